@@ -1,0 +1,50 @@
+# minimal_icl: every target sets itself up (a virtual environment in .venv).
+#   make reproduce   reproduce the paper's figures into results/
+#   make test        the whole test suite, tutorials included
+#   make tutorials   open the tutorials in JupyterLab
+#   make html        render the executed tutorials to static HTML in site/
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+export OPENBLAS_NUM_THREADS := 1
+export OMP_NUM_THREADS := 1
+export MKL_NUM_THREADS := 1
+export MPLBACKEND := Agg
+
+.PHONY: test reproduce train tutorials html bench thorough clean
+
+# Install once; reinstall only when pyproject.toml changes (the package is editable).
+$(BIN)/.installed-test: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(BIN)/.installed-tutorials: pyproject.toml $(BIN)/.installed-test
+	$(BIN)/python -m pip install --quiet -e '.[tutorials]'
+	touch $@
+
+test: $(BIN)/.installed-test
+	$(BIN)/python -m pytest -q
+
+reproduce: $(BIN)/.installed-test
+	$(BIN)/python -m minimal_icl reproduce --out results
+
+train: $(BIN)/.installed-test
+	$(BIN)/python -m minimal_icl train --out results
+
+thorough: $(BIN)/.installed-test
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q tests -k "property or theorem"
+
+bench: $(BIN)/.installed-test
+	$(BIN)/python benchmarks/bench_train.py
+
+tutorials: $(BIN)/.installed-tutorials
+	$(BIN)/jupyter lab tutorials/
+
+html: $(BIN)/.installed-tutorials
+	$(BIN)/python -m minimal_icl.tutorials_html --out site
+
+clean:
+	rm -rf $(VENV) results site .pytest_cache .hypothesis

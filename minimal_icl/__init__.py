@@ -1,0 +1,40 @@
+"""minimal_icl: how a transformer learns in context without training, in NumPy.
+
+A self-attention layer followed by an MLP turns its context into an exact rank-1
+update of the MLP's first weight matrix (Dherin et al. 2025, arXiv:2507.16003):
+
+    T_W(C, x) = T_{W+ΔW}(x),   ΔW = (W ΔA) A(x)ᵀ / ‖A(x)‖².
+
+This package has handwritten forward and backward passes for a small transformer, the
+theorems as code, and the paper's experiments.
+
+Shape letters, used in every docstring and shape comment:
+
+    B  prompts in a batch        N  context pairs (tokens before the query)
+    T  tokens in a prompt        D  model width = token width (d_token)
+    H  attention heads           K  key/query/value width per head (d_head)
+    M  MLP hidden width (d_mlp)  Tq positions that query (T, or 1 with last_only)
+"""
+
+from .backend import namespace, to_device, tree_leaves, tree_map
+from .block import BlockPatch
+from .config import TransformerConfig
+from .model import backward, forward, predict
+from .params import (
+    AttentionParams,
+    BlockParams,
+    LayerNormParams,
+    MLPParams,
+    ModelParams,
+    init_params,
+)
+from .tolerances import FLOAT32_RTOL, GRADCHECK_RTOL, IDENTITY_RTOL, relative_residual
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionParams", "BlockParams", "BlockPatch", "FLOAT32_RTOL", "GRADCHECK_RTOL",
+    "IDENTITY_RTOL", "LayerNormParams", "MLPParams", "ModelParams", "TransformerConfig",
+    "backward", "forward", "init_params", "namespace", "predict", "relative_residual",
+    "to_device", "tree_leaves", "tree_map",
+]

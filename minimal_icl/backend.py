@@ -1,0 +1,169 @@
+"""The array backend: which namespace an array belongs to, and moving trees between them.
+
+Every numeric function in minimal_icl asks its inputs for their namespace with
+:func:`namespace` and then uses only functions of the Python array API standard
+(``xp.matmul``, ``xp.sum``, ``xp.permute_dims``, ...). The same code therefore runs on
+NumPy, on CuPy (a GPU) and on ``array_api_strict`` (the reference implementation the
+tests use to prove that nothing outside the standard is called).
+
+Random numbers are always drawn on the host with ``numpy.random.default_rng`` and then
+moved with ``xp.asarray``: the same seed gives the same numbers on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import array_api_compat
+import numpy
+
+Array = Any  # an array of any array-API namespace
+
+
+def namespace(*arrays: Array):
+    """The array-API namespace shared by ``arrays`` (``None`` entries are ignored).
+
+    NumPy ≥ 2 implements the standard in its main namespace, so NumPy arrays get
+    ``numpy`` itself (no wrapper layer on the hot path); everything else goes through
+    ``array_api_compat.array_namespace``.
+    """
+    arrays = tuple(a for a in arrays if a is not None)
+    if all(type(a) is numpy.ndarray for a in arrays):
+        return numpy
+    return array_api_compat.array_namespace(*arrays)
+
+
+def device(x: Array):
+    """The device an array lives on (``"cpu"`` for NumPy)."""
+    return array_api_compat.device(x)
+
+
+def is_numpy(xp) -> bool:
+    return xp is numpy or array_api_compat.is_numpy_namespace(xp)
+
+
+# ---------------------------------------------------------------------------------------
+# The error function. It is not part of the array API standard, so take the library's
+# own where it has one and fall back to a series that uses standard calls only.
+# ---------------------------------------------------------------------------------------
+
+_SQRT_PI = math.sqrt(math.pi)
+
+
+def erf(x: Array) -> Array:
+    """erf(x) = 2/√π ∫₀ˣ e^{−t²} dt, elementwise, in the namespace of ``x``."""
+    xp = namespace(x)
+    if is_numpy(xp):
+        import scipy.special
+
+        return scipy.special.erf(x)
+    if array_api_compat.is_cupy_namespace(xp):
+        import cupyx.scipy.special
+
+        return cupyx.scipy.special.erf(x)
+    if array_api_compat.is_torch_namespace(xp):
+        import torch
+
+        return torch.special.erf(x)
+    return erf_array_api(x)
+
+
+def erf_array_api(x: Array, n_series: int = 90, n_fraction: int = 60) -> Array:
+    """erf from standard array-API calls only, accurate to a few ulp in float64.
+
+    For |x| < 3 the series with positive terms (no cancellation)
+        erf(x) = 2/√π · e^{−x²} · Σₙ 2ⁿ x^{2n+1} / (1·3·5···(2n+1));
+    for |x| ≥ 3 the continued fraction
+        erfc(x) = e^{−x²}/√π · 1/(x + (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + ...))))),
+    evaluated from the tail. Abramowitz & Stegun 7.1.6 and 7.1.14.
+    """
+    xp = namespace(x)
+    a = xp.abs(x)
+    small = xp.where(a < 3.0, a, xp.zeros_like(a))
+    large = xp.where(a < 3.0, xp.full_like(a, 3.0), a)
+
+    # Series, summed from the small terms upwards is not needed: terms are positive.
+    term = small
+    total = small
+    two_x2 = 2.0 * small * small
+    for n in range(1, n_series):
+        term = term * two_x2 / (2 * n + 1)
+        total = total + term
+    erf_small = (2.0 / _SQRT_PI) * xp.exp(-small * small) * total
+
+    # Continued fraction for erfc, evaluated backwards: K = x + (k/2) / K.
+    tail = large
+    for k in range(n_fraction, 0, -1):
+        tail = large + (k / 2.0) / tail
+    erf_large = 1.0 - xp.exp(-large * large) / (_SQRT_PI * tail)
+
+    return xp.sign(x) * xp.where(a < 3.0, erf_small, erf_large)
+
+
+# ---------------------------------------------------------------------------------------
+# Trees of parameters: NamedTuple records, tuples and None leaves.
+# ---------------------------------------------------------------------------------------
+
+
+def _is_record(tree) -> bool:
+    return isinstance(tree, tuple) and hasattr(tree, "_fields")
+
+
+def tree_map(fn: Callable, tree, *rest):
+    """Apply ``fn`` to every array of ``tree`` (and the matching arrays of ``rest``).
+
+    Records (NamedTuple) and tuples are rebuilt with the same type; ``None`` stays
+    ``None``. Nothing is modified in place.
+    """
+    if tree is None:
+        return None
+    if _is_record(tree):
+        return type(tree)(*(tree_map(fn, *parts) for parts in zip(tree, *rest)))
+    if isinstance(tree, tuple):
+        return tuple(tree_map(fn, *parts) for parts in zip(tree, *rest))
+    return fn(tree, *rest)
+
+
+def tree_leaves(tree, prefix: str = "") -> list[tuple[str, Array]]:
+    """``[(dotted_name, array), ...]`` in a fixed order, e.g. ``blocks.0.mlp.W1``."""
+    if tree is None:
+        return []
+    if _is_record(tree):
+        out = []
+        for name, part in zip(tree._fields, tree):
+            out += tree_leaves(part, f"{prefix}{name}.")
+        return out
+    if isinstance(tree, tuple):
+        out = []
+        for i, part in enumerate(tree):
+            out += tree_leaves(part, f"{prefix}{i}.")
+        return out
+    return [(prefix[:-1], tree)]
+
+
+def to_device(tree, target: str = "numpy", dtype=None):
+    """Move every array of a tree to another backend, optionally changing its dtype.
+
+    ``target`` is ``"numpy"`` (host) or ``"cupy"`` (the current GPU). Works on
+    parameter records, caches, patches and plain arrays. This is the one place where
+    data crosses between host and device; no training step or theorem check does it.
+    """
+    if target == "numpy":
+
+        def move(a):
+            if array_api_compat.is_cupy_array(a):
+                a = a.get()
+            a = numpy.asarray(a)
+            return a if dtype is None else a.astype(dtype)
+
+    elif target == "cupy":
+        import cupy
+
+        def move(a):
+            a = cupy.asarray(a)
+            return a if dtype is None else a.astype(dtype)
+
+    else:
+        raise ValueError(f"to_device: unknown target {target!r}; use 'numpy' or 'cupy'")
+    return tree_map(move, tree)

@@ -1,0 +1,85 @@
+"""The configuration record of a transformer: one frozen dataclass, validated on creation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+ATTENTIONS = ("softmax", "linear")
+ACTIVATIONS = ("relu", "gelu")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """A stack of ``n_blocks`` identical blocks acting on tokens of width ``d_token``.
+
+    One block, with z the block input (B, T, D):
+
+        u1  = LN1(z)                      if layer_norm else z
+        a   = Attention(u1)               multi-head, output projected back to D
+        h   = z + a                       if attn_skip  else a
+        u2  = LN2(h)                      if layer_norm else h
+        m   = W2 g(W1 u2 + b1) + b2       the MLP; W1 is "the W" of the theorems
+        out = h + m                       if mlp_skip   else m
+
+    Tokens are used as given (no embedding, no positions), as in Dherin et al. (2025).
+
+    Fields:
+        d_token:    token width D = model width.
+        n_blocks:   number of blocks L.
+        n_heads:    attention heads H.
+        d_head:     key/query/value width per head K.
+        d_mlp:      MLP hidden width M.
+        attention:  "softmax" (scores q·k/√K, softmax over keys) or "linear"
+                    (un-normalised: the scaled scores q·k/√K weight the values directly).
+        activation: "relu" or "gelu" (exact, x·Φ(x) with Φ from erf).
+        causal:     token t attends to tokens ≤ t only.
+        attn_skip:  residual connection around attention.
+        mlp_skip:   residual connection around the MLP.
+        layer_norm: pre-LayerNorm before attention and before the MLP (learnable gain
+                    and bias, biased variance, eps inside the square root).
+        ln_eps:     the LayerNorm eps.
+    """
+
+    d_token: int = 3
+    n_blocks: int = 1
+    n_heads: int = 1
+    d_head: int = 8
+    d_mlp: int = 32
+    attention: str = "softmax"
+    activation: str = "relu"
+    causal: bool = False
+    attn_skip: bool = False
+    mlp_skip: bool = False
+    layer_norm: bool = False
+    ln_eps: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("d_token", "n_blocks", "n_heads", "d_head", "d_mlp"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(
+                f"TransformerConfig.attention must be one of {ATTENTIONS}, got {self.attention!r}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"TransformerConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}"
+            )
+        for name in ("causal", "attn_skip", "mlp_skip", "layer_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"TransformerConfig.{name} must be a bool, got {getattr(self, name)!r}"
+                )
+        if not (isinstance(self.ln_eps, float) and self.ln_eps > 0.0):
+            raise ValueError(f"TransformerConfig.ln_eps must be a positive float, got {self.ln_eps!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TransformerConfig":
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"TransformerConfig: unknown fields {sorted(unknown)}")
+        return cls(**values)

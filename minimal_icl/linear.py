@@ -1,0 +1,57 @@
+"""The dense layer y = x Wᵀ + b, with a weight shared by all prompts or one per prompt.
+
+A per-prompt weight (B, out, in) is how a patched model runs: each prompt carries its
+own W + ΔW (Theorem 2.2).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .backend import Array, namespace
+
+
+class LinearCache(NamedTuple):
+    x: Array  # (B, T, in)
+    W: Array  # (out, in), or (B, out, in) for a per-prompt weight
+    bias_ndim: int  # 0 without a bias, 1 for (out,), 2 for a per-prompt (B, out)
+
+
+def linear_forward(x: Array, W: Array, b: Array | None = None) -> tuple[Array, LinearCache]:
+    """y = x Wᵀ + b.
+
+    Shapes: x (B, T, in); W (out, in) or (B, out, in); b None, (out,) or (B, out).
+    Returns y (B, T, out).
+    """
+    xp = namespace(x, W, b)
+    y = xp.matmul(x, xp.matrix_transpose(W))  # (B, T, out)
+    bias_ndim = 0
+    if b is not None:
+        bias_ndim = b.ndim
+        y = y + (b if b.ndim == 1 else xp.expand_dims(b, axis=1))
+    return y, LinearCache(x=x, W=W, bias_ndim=bias_ndim)
+
+
+def linear_backward(dy: Array, cache: LinearCache) -> tuple[Array, Array, Array | None]:
+    """Gradients of y = x Wᵀ + b: returns (dx, dW, db), dW and db shaped like W and b."""
+    x, W, bias_ndim = cache
+    xp = namespace(dy, x, W)
+    n_out, n_in = W.shape[-2], W.shape[-1]
+
+    # forward was: y = x Wᵀ + b, so dx = dy W
+    dx = xp.matmul(dy, W)  # (B, T, in)
+    if W.ndim == 2:
+        # a shared W sums its gradient over every prompt and position: one GEMM
+        dW = xp.matmul(
+            xp.matrix_transpose(xp.reshape(dy, (-1, n_out))), xp.reshape(x, (-1, n_in))
+        )  # (out, in)
+    else:
+        dW = xp.matmul(xp.matrix_transpose(dy), x)  # (B, out, in)
+
+    if bias_ndim == 0:
+        db = None
+    elif bias_ndim == 1:
+        db = xp.sum(xp.reshape(dy, (-1, n_out)), axis=0)  # (out,)
+    else:
+        db = xp.sum(dy, axis=1)  # (B, out)
+    return dx, dW, db

@@ -1,0 +1,84 @@
+"""Parameter records and their initialisation.
+
+Parameters are small NamedTuple records of arrays, nested per block; gradients come back
+in the same record types (``backward`` returns a ``ModelParams`` of gradients). Weights
+use the paper's orientation (out, in): a dense layer computes ``x Wᵀ + b`` on row-vector
+tokens, which is ``W z + b`` on a column vector z, so ``MLPParams.W1`` is exactly the W
+of Theorem 2.2.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy
+
+from .backend import Array
+from .config import TransformerConfig
+
+
+class LayerNormParams(NamedTuple):
+    gain: Array  # (D,)
+    bias: Array  # (D,)
+
+
+class AttentionParams(NamedTuple):
+    W_Q: Array  # (H·K, D)
+    W_K: Array  # (H·K, D)
+    W_V: Array  # (H·K, D)
+    W_O: Array  # (D, H·K)
+
+
+class MLPParams(NamedTuple):
+    W1: Array  # (M, D)   the first dense layer: "W" in the theorems
+    b1: Array  # (M,)
+    W2: Array  # (D, M)
+    b2: Array  # (D,)     the output bias: "b'" in the skip-connection theorem
+
+
+class BlockParams(NamedTuple):
+    attn: AttentionParams
+    mlp: MLPParams
+    ln1: LayerNormParams | None  # None unless config.layer_norm
+    ln2: LayerNormParams | None  # None unless config.layer_norm
+
+
+class ModelParams(NamedTuple):
+    blocks: tuple  # tuple[BlockParams, ...], one per block
+
+
+def init_params(
+    config: TransformerConfig,
+    seed: int = 0,
+    dtype=numpy.float64,
+    xp=None,
+    device=None,
+) -> ModelParams:
+    """Random parameters for ``config``: weights ~ N(0, 1/fan_in), biases 0, LN gain 1.
+
+    Numbers are drawn on the host with ``numpy.random.default_rng(seed)`` and moved to
+    ``xp`` (default NumPy) on ``device``, so one seed gives the same model everywhere.
+    """
+    if xp is None:
+        xp = numpy
+    rng = numpy.random.default_rng(seed)
+    D, H, K, M = config.d_token, config.n_heads, config.d_head, config.d_mlp
+
+    def dense(n_out, n_in):
+        w = rng.standard_normal((n_out, n_in)) / numpy.sqrt(n_in)
+        return xp.asarray(w, dtype=dtype, device=device)
+
+    def const(n, value):
+        return xp.asarray(numpy.full(n, value), dtype=dtype, device=device)
+
+    def layer_norm():
+        return LayerNormParams(gain=const(D, 1.0), bias=const(D, 0.0)) if config.layer_norm else None
+
+    blocks = []
+    for _ in range(config.n_blocks):
+        attn = AttentionParams(
+            W_Q=dense(H * K, D), W_K=dense(H * K, D), W_V=dense(H * K, D), W_O=dense(D, H * K)
+        )
+        mlp = MLPParams(W1=dense(M, D), b1=const(M, 0.0), W2=dense(D, M), b2=const(D, 0.0))
+        blocks.append(BlockParams(attn=attn, mlp=mlp, ln1=layer_norm(), ln2=layer_norm()))
+    return ModelParams(blocks=tuple(blocks))

@@ -1,0 +1,31 @@
+"""Named tolerances, one per kind of claim, shared by the tests and the tutorials.
+
+* ``IDENTITY_RTOL``: an exact algebraic identity (Theorem 2.2, Proposition 3.1, the
+  von Oswald construction) computed in float64. The residual is measured relative to
+  the size of the terms being compared (see :func:`relative_residual`).
+* ``GRADCHECK_RTOL``: a handwritten gradient against central finite differences, with
+  a random upstream gradient, in float64.
+* ``FLOAT32_RTOL``: the same identities in float32 (GPU speed mode). The paper reports
+  about 1e-7 to 1e-6 there; the tier leaves room for accumulation over long contexts.
+"""
+
+from __future__ import annotations
+
+IDENTITY_RTOL = 1e-12
+GRADCHECK_RTOL = 1e-6
+FLOAT32_RTOL = 1e-4
+
+
+def relative_residual(a, b) -> float:
+    """max |a − b| / max(max |a|, max |b|): the residual measured against the terms.
+
+    Returns 0.0 when both are exactly zero. Works for any array-API arrays.
+    """
+    from .backend import namespace
+
+    xp = namespace(a, b)
+    scale = float(xp.max(xp.maximum(xp.abs(a), xp.abs(b))))
+    diff = float(xp.max(xp.abs(a - b)))
+    if scale == 0.0:
+        return diff
+    return diff / scale
