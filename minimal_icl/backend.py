@@ -34,6 +34,20 @@ def namespace(*arrays: Array):
     return array_api_compat.array_namespace(*arrays)
 
 
+def resolve_dtype(xp, dtype=None):
+    """``dtype`` in namespace ``xp``: accepts None (float64), "float32", numpy.float32,
+    or a dtype of ``xp`` itself."""
+    if dtype is None:
+        return xp.float64
+    if isinstance(dtype, str):
+        return getattr(xp, dtype)
+    try:
+        name = numpy.dtype(dtype).name
+    except TypeError:
+        return dtype  # already a dtype of xp
+    return getattr(xp, name)
+
+
 def device(x: Array):
     """The device an array lives on (``"cpu"`` for NumPy)."""
     return array_api_compat.device(x)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy
 
-from .backend import Array
+from .backend import Array, resolve_dtype
 from .config import TransformerConfig
 
 
@@ -61,6 +61,7 @@ def init_params(
     """
     if xp is None:
         xp = numpy
+    dtype = resolve_dtype(xp, dtype)
     rng = numpy.random.default_rng(seed)
     D, H, K, M = config.d_token, config.n_heads, config.d_head, config.d_mlp
 
