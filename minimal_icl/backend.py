@@ -84,7 +84,10 @@ def erf(x: Array) -> Array:
 
 
 def erf_array_api(x: Array, n_series: int = 90, n_fraction: int = 60) -> Array:
-    """erf from standard array-API calls only, accurate to a few ulp in float64.
+    """erf from standard array-API calls only, to about 1e-15 relative in float64.
+
+    Measured against scipy.special.erf on [−12, 12]: at most 12 ulp (1.3e-15 relative),
+    the worst near |x| ≈ 2.3, where the series sums about 30 terms.
 
     For |x| < 3 the series with positive terms (no cancellation)
         erf(x) = 2/√π · e^{−x²} · Σₙ 2ⁿ x^{2n+1} / (1·3·5···(2n+1));

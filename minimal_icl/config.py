@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 ATTENTIONS = ("softmax", "linear")
@@ -71,8 +72,10 @@ class TransformerConfig:
                 raise ValueError(
                     f"TransformerConfig.{name} must be a bool, got {getattr(self, name)!r}"
                 )
-        if not (isinstance(self.ln_eps, float) and self.ln_eps > 0.0):
-            raise ValueError(f"TransformerConfig.ln_eps must be a positive float, got {self.ln_eps!r}")
+        if not (isinstance(self.ln_eps, float) and 0.0 < self.ln_eps < math.inf):
+            raise ValueError(
+                f"TransformerConfig.ln_eps must be a positive finite float, got {self.ln_eps!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -51,14 +51,37 @@ def check_params(params: ModelParams, config: TransformerConfig) -> None:
     expected = {"W_Q": (HK, D), "W_K": (HK, D), "W_V": (HK, D), "W_O": (D, HK),
                 "W1": (M, D), "b1": (M,), "W2": (D, M), "b2": (D,)}
     for l, block in enumerate(params.blocks):
-        if (block.ln1 is not None) != config.layer_norm:
-            raise ValueError(f"block {l}: LayerNorm parameters do not match config.layer_norm")
+        for ln_name, ln in (("ln1", block.ln1), ("ln2", block.ln2)):
+            if (ln is not None) != config.layer_norm:
+                raise ValueError(
+                    f"block {l}: {ln_name} is {'set' if ln is not None else 'None'} but"
+                    f" config.layer_norm = {config.layer_norm}"
+                )
+            if ln is not None:
+                for name, value in zip(ln._fields, ln):
+                    if tuple(value.shape) != (D,):
+                        raise ValueError(
+                            f"block {l}: {ln_name}.{name} has shape {tuple(value.shape)},"
+                            f" config expects {(D,)}"
+                        )
         for record in (block.attn, block.mlp):
             for name, value in zip(record._fields, record):
                 if tuple(value.shape) != expected[name]:
                     raise ValueError(
                         f"block {l}: {name} has shape {tuple(value.shape)}, config expects {expected[name]}"
                     )
+
+
+def check_patch(patch: BlockPatch, config: TransformerConfig, n_prompts: int, l: int) -> None:
+    """Raise a ValueError unless ``patch`` holds delta_W (B, M, D) and delta_b (B, D)."""
+    B, M, D = n_prompts, config.d_mlp, config.d_token
+    for name, expected in (("delta_W", (B, M, D)), ("delta_b", (B, D))):
+        shape = tuple(getattr(patch, name).shape)
+        if shape != expected:
+            raise ValueError(
+                f"patch for block {l}: {name} has shape {shape}, expected {expected}"
+                f" (one per prompt: tokens hold {B} prompts)"
+            )
 
 
 def forward(
@@ -88,10 +111,8 @@ def forward(
     caches, inputs = [], []
     for l, block_params in enumerate(params.blocks):
         patch = None if patches is None else patches[l]
-        if patch is not None and patch.delta_W.shape[0] != tokens.shape[0]:
-            raise ValueError(
-                f"patch for block {l} is for {patch.delta_W.shape[0]} prompts, tokens hold {tokens.shape[0]}"
-            )
+        if patch is not None:
+            check_patch(patch, config, tokens.shape[0], l)
         inputs.append(x)
         x, cache = block_forward(x, block_params, config, patch, last_only and l == L - 1)
         caches.append(cache)
