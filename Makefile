@@ -21,8 +21,11 @@ $(BIN)/.installed-test: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The tutorials extra, and JupyterLab set (inside .venv only) to open the jupytext .py
+# tutorials as notebooks on double-click.
 $(BIN)/.installed-tutorials: pyproject.toml $(BIN)/.installed-test
 	$(BIN)/python -m pip install --quiet -e '.[tutorials]'
+	$(BIN)/jupytext-config --settings-file $(VENV)/share/jupyter/lab/settings/overrides.json set-default-viewer python
 	touch $@
 
 test: $(BIN)/.installed-test
@@ -41,10 +44,10 @@ bench: $(BIN)/.installed-test
 	$(BIN)/python benchmarks/bench_train.py
 
 tutorials: $(BIN)/.installed-tutorials
-	$(BIN)/jupyter lab tutorials/
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) tutorials/
 
 html: $(BIN)/.installed-tutorials
-	$(BIN)/python -m minimal_icl.tutorials_html --out site
+	$(BIN)/python tutorials/render_html.py --out site
 
 clean:
 	rm -rf $(VENV) results site .pytest_cache .hypothesis

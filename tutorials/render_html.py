@@ -1,0 +1,198 @@
+"""Execute the tutorials and render them to a static HTML site.
+
+    python tutorials/render_html.py [--out site] [--fast] [NAME ...]
+
+Each tutorials/NN_*.py (jupytext percent format) is executed in a fresh ``python3``
+kernel and exported with nbconvert's ``lab`` template: plots are embedded as PNG, and
+math is typeset by MathJax 2 served from ``OUT/mathjax`` (copied from the
+``jupyter-server-mathjax`` package, which ships the STIX-Web fonts), so the site needs no
+network. ``OUT/index.html``
+links the pages, with the one-line summaries of tutorials/README.md.
+
+``--fast`` sets MINIMAL_ICL_FAST=1 (the short training runs the test suite uses); the
+default renders the full reader's version. A tutorial that fails stops the build with
+the failing cell's error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TUTORIALS_DIR = Path(__file__).resolve().parent
+MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"
+CDN_MATHJAX = "https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/latest.js?config=TeX-AMS_CHTML-full,Safe"
+
+# The lab template, less the two scripts these pages never use and that would be fetched
+# from a CDN (require.js for widgets; mermaid only loads when a diagram is present).
+PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block html_head_js_mathjax -%}
+<script type="text/x-mathjax-config">
+MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web",
+                                 imageFont: null}});
+</script>
+{{ super() }}
+{%- endblock html_head_js_mathjax -%}
+{%- block body_header -%}
+{{ super() }}
+<nav style="font-family: var(--jp-ui-font-family); font-size: 0.9rem; margin: 0 0 0.5rem 0;">
+<a href="index.html" style="color: #0969da; text-decoration: none;">&larr; all tutorials</a></nav>
+{%- endblock body_header -%}
+"""
+
+INDEX_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<title>minimal_icl tutorials</title>
+<style>
+body {{ font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 52rem;
+       margin: 2.5rem auto; padding: 0 1.25rem; line-height: 1.5; color: #1f2328; }}
+h1 {{ font-size: 1.8rem; margin-bottom: 0.2rem; }}
+p.lead {{ color: #57606a; margin-top: 0; }}
+ol {{ padding-left: 1.6rem; }}
+li {{ margin: 0.7rem 0; }}
+li a {{ font-weight: 600; color: #0969da; text-decoration: none; }}
+li a:hover {{ text-decoration: underline; }}
+li span {{ display: block; color: #57606a; }}
+footer {{ margin-top: 2.5rem; font-size: 0.85rem; color: #6e7781; }}
+</style>
+</head>
+<body>
+<h1>minimal_icl tutorials</h1>
+<p class="lead">How a transformer learns in context without training: the implicit weight
+update of Dherin et al. (2025, arXiv:2507.16003), worked through in NumPy. Every page was
+executed; its last cell checks what it teaches.</p>
+<ol>
+{items}
+</ol>
+<footer>Rendered {when} from tutorials/*.py{mode}.</footer>
+</body>
+</html>
+"""
+
+
+def tutorial_paths(names: list[str]) -> list[Path]:
+    paths = sorted(TUTORIALS_DIR.glob("[0-9][0-9]_*.py"))
+    if names:
+        wanted = [n.removesuffix(".py") for n in names]
+        paths = [p for p in paths if p.stem in wanted or p.stem[:2] in wanted]
+        if len(paths) != len(wanted):
+            raise SystemExit(f"render_html: unknown tutorial in {names}")
+    if not paths:
+        raise SystemExit(f"render_html: no tutorials in {TUTORIALS_DIR}")
+    return paths
+
+
+def summaries() -> dict[str, tuple[str, str]]:
+    """{file name: (title, summary)} from the index lines of tutorials/README.md:
+    ``N. [Title](NN_name.py) — summary``."""
+    out = {}
+    pattern = re.compile(r"^\s*\d+\.\s*\[(?P<title>[^\]]+)\]\((?P<file>[0-9]{2}_\w+\.py)\)\s*[—-]+\s*(?P<text>.*)$")
+    for line in (TUTORIALS_DIR / "README.md").read_text().splitlines():
+        match = pattern.match(line)
+        if match:
+            out[match["file"]] = (match["title"], match["text"].strip())
+    return out
+
+
+def copy_mathjax(out: Path) -> str:
+    """Copy MathJax 2 next to the pages; return the URL the pages load it from."""
+    try:
+        import jupyter_server_mathjax
+    except ImportError:
+        print("render_html: jupyter-server-mathjax is not installed; pages load MathJax from a CDN "
+              "(math renders only with network access). `make html` installs it.", file=sys.stderr)
+        return CDN_MATHJAX
+    static = Path(jupyter_server_mathjax.__file__).parent / "static"
+    target = out / "mathjax"
+    if not target.exists():
+        shutil.copytree(static, target)
+    return f"mathjax/MathJax.js?config={MATHJAX_CONFIG}"
+
+
+def execute(path: Path, fast: bool, timeout: int):
+    import jupytext
+    from nbclient import NotebookClient
+
+    notebook = jupytext.read(path)
+    # figures must come back as PNG outputs: the inline backend, whatever the caller set
+    # (the Makefile exports MPLBACKEND=Agg, under which plt.show() would output nothing)
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    if fast:
+        os.environ["MINIMAL_ICL_FAST"] = "1"
+    else:
+        os.environ.pop("MINIMAL_ICL_FAST", None)
+    with tempfile.TemporaryDirectory() as workdir:
+        client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": workdir}})
+        client.execute()
+    return notebook
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="tutorials to render (e.g. 01 or 01_block_by_hand); default all")
+    parser.add_argument("--out", default="site", help="output folder (default: site)")
+    parser.add_argument("--fast", action="store_true", help="short training runs (MINIMAL_ICL_FAST=1)")
+    parser.add_argument("--timeout", type=int, default=300, help="per-cell timeout in seconds")
+    args = parser.parse_args(argv)
+
+    import jinja2
+    from nbclient.exceptions import CellExecutionError
+    from nbconvert import HTMLExporter
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    exporter = HTMLExporter(
+        template_name="lab",
+        extra_loaders=[jinja2.DictLoader({"minimal_icl_page.html.j2": PAGE_TEMPLATE})],
+    )
+    exporter.template_file = "minimal_icl_page.html.j2"
+    exporter.mathjax_url = copy_mathjax(out)
+
+    index = summaries()
+    items = []
+    for path in tutorial_paths(args.names):
+        start = time.perf_counter()
+        try:
+            notebook = execute(path, args.fast, args.timeout)
+        except CellExecutionError as error:
+            print(f"render_html: {path.name} failed:\n{error}", file=sys.stderr)
+            return 1
+        body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": path.stem}})
+        page = out / f"{path.stem}.html"
+        page.write_text(body, encoding="utf-8")
+        print(f"{path.name}: executed and rendered in {time.perf_counter() - start:5.1f} s -> {page}")
+        title, text = index.get(path.name, (path.stem, ""))
+        items.append(f'<li><a href="{page.name}">{html.escape(title)}</a>'
+                     f"<span>{html.escape(text)}</span></li>")
+
+    rendered = sorted(out.glob("[0-9][0-9]_*.html"))
+    if len(rendered) != len(items):  # keep pages rendered earlier (partial re-render)
+        items = []
+        for page in rendered:
+            title, text = index.get(page.stem + ".py", (page.stem, ""))
+            items.append(f'<li><a href="{page.name}">{html.escape(title)}</a>'
+                         f"<span>{html.escape(text)}</span></li>")
+    (out / "index.html").write_text(
+        INDEX_PAGE.format(items="\n".join(items), when=time.strftime("%Y-%m-%d"),
+                          mode=" (fast mode)" if args.fast else ""),
+        encoding="utf-8",
+    )
+    print(f"index: {out / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
