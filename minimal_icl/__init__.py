@@ -19,6 +19,16 @@ Shape letters, used in every docstring and shape comment:
 from .backend import namespace, to_device, tree_leaves, tree_map
 from .block import BlockPatch
 from .config import TransformerConfig
+from .dynamics import FactorisedPath, ImplicitPath, factorised_path, implicit_path
+from .implicit import (
+    DegenerateQueryError,
+    ImplicitUpdate,
+    implicit_update,
+    linear_attention_context_vector,
+    minimum_norm_solution,
+    null_space_perturbation,
+    remove_tokens,
+)
 from .model import backward, forward, predict
 from .params import (
     AttentionParams,
@@ -29,6 +39,7 @@ from .params import (
     init_params,
 )
 from .tolerances import FLOAT32_RTOL, GRADCHECK_RTOL, IDENTITY_RTOL, relative_residual
+from .von_oswald import gd_one_step_predict, von_oswald_attention, von_oswald_model, von_oswald_predict
 
 __version__ = "0.1.0"
 
@@ -37,4 +48,8 @@ __all__ = [
     "IDENTITY_RTOL", "LayerNormParams", "MLPParams", "ModelParams", "TransformerConfig",
     "backward", "forward", "init_params", "namespace", "predict", "relative_residual",
     "to_device", "tree_leaves", "tree_map",
+    "DegenerateQueryError", "FactorisedPath", "ImplicitPath", "ImplicitUpdate", "factorised_path",
+    "gd_one_step_predict", "implicit_path", "implicit_update", "linear_attention_context_vector",
+    "minimum_norm_solution", "null_space_perturbation", "remove_tokens", "von_oswald_attention",
+    "von_oswald_model", "von_oswald_predict",
 ]

@@ -1,0 +1,303 @@
+"""Proposition 3.1 (Dherin et al. 2025, v1): consuming context tokens is a gradient path.
+
+Feed the context c_1, ..., c_N to one block one token at a time. With A_i = A(c_1..c_i, x)
+the query's MLP input after the first i tokens (A_0 = A(x)) and W_i = W_0 + ΔW(c_1..c_i)
+the patch of Theorem 2.2 for that prefix,
+
+    W_{i+1} = W_i − h ∇_W L_i(W_i),   h = 1/‖A(x)‖²,
+    L_i(W) = trace(Δ_iᵀ W),            Δ_i = W_0 (A_i − A_{i+1}) A(x)ᵀ,
+
+and T_{W_i}(x) = T_{W_0}(c_1..c_i, x) for every i. L_i is linear in W, so ∇L_i = Δ_i at
+every W; the step size depends on the query only. Every increment has the right factor
+A(x)ᵀ, so the whole path W_i − W_0 stays rank 1, and
+
+    ‖W_{i+1} − W_i‖_F = ‖W_0 (A_{i+1} − A_i)‖ / ‖A(x)‖.
+
+The L_i are not data-fit losses (they have no minimiser): "gradient descent" here is a
+rewriting of the increments, not the optimisation of a task loss.
+
+The prefixes are computed from ONE run of the block on the whole prompt: the query sits
+last and sees every token (causal or not), and there are no positions, so its attention
+output after i tokens only renormalises the query row of that run (THEORY.md §4):
+
+    softmax:  A_i = W_O concat_h[(Σ_{j≤i} P_j v_j + P_x v_x) / (Σ_{j≤i} P_j + P_x)]
+    linear:   A_i = W_O concat_h[ Σ_{j≤i} S_j v_j + S_x v_x ]
+
+with P (S) the query row of the attention weights (scaled scores) on the whole prompt,
+then h_i = z_x + A_i (attn skip) and u_i = LN2(h_i) (LayerNorm), elementwise per prefix.
+
+Shapes: B prompts, N context tokens, D token width, M MLP width.
+Reference: Dherin et al. (2025), arXiv:2507.16003, Proposition 3.1 and the appendix of v1.
+Single block only: a stack raises a ValueError.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from .attention import merge_heads
+from .backend import Array, namespace
+from .block import BlockPatch, block_forward
+from .config import TransformerConfig
+from .implicit import ImplicitUpdate, check_nonzero, check_prompt, squared_norms
+from .layernorm import layernorm_forward
+from .linear import linear_forward
+from .model import check_params
+from .params import BlockParams, ModelParams
+
+PREFIX_METHODS = ("auto", "cumulative", "forward")
+
+
+# -- the query's state after each prefix of the context ---------------------------------
+
+
+def prefix_states(
+    block_params: BlockParams,
+    config: TransformerConfig,
+    context: Array,
+    query: Array,
+    method: str = "auto",
+) -> tuple[Array, Array]:
+    """The query's MLP input u_i and residual h_i on the prompt [c_1..c_i, x], i = 0..N.
+
+    ``method``:
+        "cumulative": one block run on the whole prompt, then prefix sums of the query row
+            (see the module docstring). Exact to rounding.
+        "forward": N + 1 runs of ``block_forward``, one per prefix (the reference).
+        "auto": "cumulative", unless for softmax attention the query's weight on itself
+            in the whole-prompt run is below √(smallest normal float) for some prompt and
+            head: then the renormalised prefix weights would lose relative accuracy in
+            subnormal numbers, and "forward" is used instead.
+
+    context (B, N, D), query (B, D). Returns (u (B, N+1, D), h (B, N+1, D)).
+    """
+    if method not in PREFIX_METHODS:
+        raise ValueError(f"prefix method must be one of {PREFIX_METHODS}, got {method!r}")
+    xp = namespace(context, query)
+    B, N, D = context.shape
+    query_token = xp.reshape(query, (B, 1, D))
+    tokens = xp.concat([context, query_token], axis=1)  # (B, N+1, D)
+
+    if method != "forward":
+        _, cache = block_forward(tokens, block_params, config, last_only=True)
+        w = cache.attn.weights[:, :, 0, :]  # (B, H, N+1): the query row; last entry is x itself
+        if method == "cumulative" or config.attention == "linear":
+            usable = True
+        else:
+            usable = bool(xp.min(w[:, :, N]) >= math.sqrt(xp.finfo(w.dtype).smallest_normal))
+        if usable:
+            return _prefix_states_cumulative(block_params, config, query_token, w, cache.attn.v)
+
+    u, h = [], []
+    for i in range(N + 1):
+        prefix = xp.concat([context[:, :i, :], query_token], axis=1)  # (B, i+1, D)
+        _, cache = block_forward(prefix, block_params, config, last_only=True)
+        u.append(cache.u)
+        h.append(cache.h)
+    return xp.concat(u, axis=1), xp.concat(h, axis=1)
+
+
+def _prefix_states_cumulative(block_params, config, query_token, w, v):
+    """u_i, h_i from the query row w (B, H, N+1) and values v (B, H, N+1, K) of one run."""
+    xp = namespace(w, v)
+    N = w.shape[-1] - 1
+    wv = xp.expand_dims(w, axis=-1) * v  # (B, H, N+1, K)  weight × value per token
+    # Σ_{j≤i} w_j v_j for i = 0..N (an empty sum at i = 0), plus the query's own term
+    heads = xp.cumulative_sum(wv[:, :, :N, :], axis=2, include_initial=True) + wv[:, :, N:, :]
+    if config.attention == "softmax":
+        total = xp.cumulative_sum(w[:, :, :N], axis=2, include_initial=True) + w[:, :, N:]
+        heads = heads / xp.expand_dims(total, axis=-1)  # (B, H, N+1, K) renormalised
+    A, _ = linear_forward(merge_heads(heads), block_params.attn.W_O)  # (B, N+1, D)
+    h = query_token + A if config.attn_skip else A
+    if config.layer_norm:
+        u, _ = layernorm_forward(h, block_params.ln2, config.ln_eps)
+    else:
+        u = h
+    return u, h
+
+
+def _single_block(params: ModelParams, config: TransformerConfig, what: str) -> BlockParams:
+    check_params(params, config)
+    if config.n_blocks != 1:
+        raise ValueError(
+            f"{what} is stated for one contextual block (Proposition 3.1 in v1); this model has"
+            f" {config.n_blocks} blocks. In a stack every block's patch for a prefix depends on"
+            " the earlier blocks' outputs on that prefix, so there is no single weight path."
+            " Use a one-block model, or implicit_update per prefix."
+        )
+    return params.blocks[0]
+
+
+def _index(i, low: int, high: int, what: str) -> int:
+    if isinstance(i, bool) or not isinstance(i, int) or not low <= i <= high:
+        raise ValueError(f"{what} index must be an int in [{low}, {high}], got {i!r}")
+    return i
+
+
+def _outer(column: Array, row: Array) -> Array:
+    """column ⊗ row per prompt: (B, M) and (B, D) -> (B, M, D)."""
+    xp = namespace(column, row)
+    return xp.expand_dims(column, axis=-1) * xp.expand_dims(row, axis=-2)
+
+
+# -- Proposition 3.1: the implicit gradient path ----------------------------------------
+
+
+class ImplicitPath(NamedTuple):
+    """The weights W_0, W_1, ..., W_N of one block as its context is consumed.
+
+    Nothing of size (B, N, M, D) is stored: W_i is materialised on demand by
+    ``weights(i)``.
+    """
+
+    W0: Array  # (M, D)             the block's W1
+    A_query: Array  # (B, D)        A(x) = A_0: the MLP input with the query alone
+    step_size: Array  # (B,)        h = 1/‖A(x)‖²
+    A_prefix: Array  # (B, N+1, D)  A_i = A(c_1..c_i, x) at the MLP input, i = 0..N
+    columns: Array  # (B, N, M)     W_0 (A_{i+1} − A_i): W_{i+1} − W_i = h columns[:, i] ⊗ A(x)
+    increment_norms: Array  # (B, N)  ‖W_{i+1} − W_i‖_F = ‖W_0 (A_{i+1} − A_i)‖ / ‖A(x)‖
+    delta_b_prefix: Array  # (B, N+1, D)  Δb for prefix i: h_i − h_0 (zeros without MLP skip)
+
+    @property
+    def n_context(self) -> int:
+        return self.A_prefix.shape[1] - 1
+
+    def update(self, i: int) -> ImplicitUpdate:
+        """Theorem 2.2's update for the prefix c_1..c_i: W_i = W_0 + delta_W."""
+        i = _index(i, 0, self.n_context, "prefix")
+        xp = namespace(self.A_query)
+        delta_u = self.A_prefix[:, i, :] - self.A_query  # (B, D)
+        column = xp.matmul(delta_u, xp.matrix_transpose(self.W0))  # (B, M)
+        row = self.A_query * xp.expand_dims(self.step_size, axis=-1)  # (B, D) A(x)/‖A(x)‖²
+        delta_b = self.delta_b_prefix[:, i, :]
+        return ImplicitUpdate(_outer(column, row), delta_b, column, row, delta_u, self.A_query)
+
+    def weights(self, i: int) -> Array:
+        """W_i = W_0 + W_0 (A_i − A_0) A(x)ᵀ / ‖A(x)‖², (B, M, D)."""
+        return self.W0 + self.update(i).delta_W
+
+    def gradient(self, i: int) -> Array:
+        """∇L_i = Δ_i = W_0 (A_i − A_{i+1}) A(x)ᵀ, the same at every W; (B, M, D), i < N."""
+        i = _index(i, 0, self.n_context - 1, "step")
+        return _outer(-self.columns[:, i, :], self.A_query)
+
+    def loss(self, i: int, W: Array) -> Array:
+        """L_i(W) = trace(Δ_iᵀ W) for W (M, D) or (B, M, D); returns (B,)."""
+        xp = namespace(W, self.A_query)
+        return xp.sum(xp.sum(self.gradient(i) * W, axis=-1), axis=-1)
+
+    def patch(self, i: int) -> tuple:
+        """The patches for ``forward`` that make the query alone behave like [c_1..c_i, x]."""
+        return (self.update(i),)
+
+
+def implicit_path(
+    params: ModelParams,
+    config: TransformerConfig,
+    context: Array,
+    query: Array,
+    method: str = "auto",
+) -> ImplicitPath:
+    """The implicit gradient path of Proposition 3.1 for one block, every prompt at once.
+
+    context (B, N, D), query (B, D); ``method`` as in :func:`prefix_states`.
+    Raises DegenerateQueryError if A(x) = 0 for some prompt, ValueError for a stack or
+    bad input.
+    """
+    block = _single_block(params, config, "implicit_path")
+    check_prompt(config, context, query)
+    xp = namespace(context, query)
+    u, h = prefix_states(block, config, context, query, method)  # (B, N+1, D) each
+    W0 = block.mlp.W1
+    A_query = u[:, 0, :]  # (B, D)
+    norm_sq = squared_norms(A_query)  # (B,)
+    check_nonzero(norm_sq, 0, "A(x)")
+    columns = xp.matmul(u[:, 1:, :] - u[:, :-1, :], xp.matrix_transpose(W0))  # (B, N, M)
+    increment_norms = xp.sqrt(squared_norms(columns)) / xp.expand_dims(xp.sqrt(norm_sq), axis=-1)
+    delta_b = h - h[:, :1, :] if config.mlp_skip else xp.zeros_like(h)
+    return ImplicitPath(W0, A_query, 1.0 / norm_sq, u, columns, increment_norms, delta_b)
+
+
+# -- the factorised form (appendix of v1) ----------------------------------------------
+
+
+class FactorisedPath(NamedTuple):
+    """W_i = W_{i−1}(I + h_i A_i): consuming tokens from the FRONT, the rest in context.
+
+    With S_i = A(c_{i+1}..c_N, x) the query's MLP input when c_1..c_i are consumed
+    (S_0 = A(C, x), S_N = A(x)):
+
+        ΔA(c_i) = S_{i−1} − S_i,   A_i = ΔA(c_i) S_iᵀ,   h_i = 1/‖S_i‖²,
+        W_i = W_{i−1} (I + h_i A_i) = W_{i−1} + h_i (W_{i−1} ΔA(c_i)) S_iᵀ.
+
+    Each step is Theorem 2.2 applied to W_{i−1}, removing c_i from the prompt
+    [c_i..c_N, x]. By induction W_i S_i = W_{i−1}(S_i + ΔA(c_i)) = W_{i−1} S_{i−1} = W_0 S_0,
+    so T_{W_i}(c_{i+1}..c_N, x) = T_{W_0}(C, x) for every i, and T_{W_N}(x) = T_{W_0}(C, x).
+    (With an MLP skip the output bias follows b_i = b_0 + h_C − h(S_i).)
+
+    W_N − W_0 also solves X A(x) = W_0 ΔA but is not the rank-1 ΔW(C) in general: its
+    columns lie in W_0 span{ΔA(c_i)} and its rows in span{S_i}, so its rank is at most
+    min(N, dim span{ΔA(c_i)}) (≤ D − 1 with LayerNorm, whose outputs differ by vectors
+    g ⊙ (mean-zero)); it is generically > 1 for N ≥ 2, and for N = 1 W_1 = W_0 + ΔW(C)
+    exactly. Being another solution, ‖W_N − W_0‖_F ≥ ‖ΔW(C)‖_F (ΔW(C) has minimum norm).
+    """
+
+    W0: Array  # (M, D)             the block's W1
+    A_suffix: Array  # (B, N+1, D)  S_i = A(c_{i+1}..c_N, x) at the MLP input, i = 0..N
+    delta_A: Array  # (B, N, D)     ΔA(c_i) = S_{i−1} − S_i at index i − 1
+    step_sizes: Array  # (B, N)     h_i = 1/‖S_i‖² at index i − 1
+    delta_b_suffix: Array  # (B, N+1, D)  b_i − b_0 = h(S_0) − h(S_i) (zeros without MLP skip)
+
+    @property
+    def n_context(self) -> int:
+        return self.A_suffix.shape[1] - 1
+
+    def factor(self, i: int) -> Array:
+        """A_i = ΔA(c_i) S_iᵀ, i = 1..N; (B, D, D)."""
+        i = _index(i, 1, self.n_context, "factor")
+        return _outer(self.delta_A[:, i - 1, :], self.A_suffix[:, i, :])
+
+    def weights(self, i: int) -> Array:
+        """W_i = W_0 (I + h_1 A_1)(I + h_2 A_2)···(I + h_i A_i), (B, M, D), applied as
+        i rank-1 updates (never forming the D × D factors)."""
+        i = _index(i, 0, self.n_context, "step")
+        xp = namespace(self.A_suffix)
+        B = self.A_suffix.shape[0]
+        W = xp.broadcast_to(self.W0, (B, *self.W0.shape))  # (B, M, D)
+        for j in range(1, i + 1):
+            column = xp.matmul(W, xp.expand_dims(self.delta_A[:, j - 1, :], axis=-1))  # (B, M, 1)
+            row = self.A_suffix[:, j, :] * xp.expand_dims(self.step_sizes[:, j - 1], axis=-1)
+            W = W + column * xp.expand_dims(row, axis=-2)  # W_{j−1} + h_j (W_{j−1} ΔA) S_jᵀ
+        return W
+
+    def patch(self, i: int) -> tuple:
+        """Patches for ``forward`` on the prompt [c_{i+1}..c_N, x]: W_i − W_0 and b_i − b_0."""
+        return (BlockPatch(delta_W=self.weights(i) - self.W0, delta_b=self.delta_b_suffix[:, i, :]),)
+
+
+def factorised_path(
+    params: ModelParams,
+    config: TransformerConfig,
+    context: Array,
+    query: Array,
+    method: str = "auto",
+) -> FactorisedPath:
+    """The factorised path W_i = W_{i−1}(I + h_i A_i) of the v1 appendix, one block.
+
+    The suffixes S_i = A(c_{i+1}..c_N, x) are the prefixes of the reversed context (the
+    query's output does not depend on the order of the tokens it sees).
+    context (B, N, D), query (B, D). Raises DegenerateQueryError if some S_i, i ≥ 1, is 0.
+    """
+    block = _single_block(params, config, "factorised_path")
+    check_prompt(config, context, query)
+    xp = namespace(context, query)
+    u_rev, h_rev = prefix_states(block, config, xp.flip(context, axis=1), query, method)
+    S = xp.flip(u_rev, axis=1)  # (B, N+1, D)  S_i = A(c_{i+1}..c_N, x)
+    h_res = xp.flip(h_rev, axis=1)  # (B, N+1, D)
+    norm_sq = squared_norms(S[:, 1:, :])  # (B, N)  ‖S_i‖², i = 1..N
+    if norm_sq.shape[-1] > 0:
+        check_nonzero(xp.min(norm_sq, axis=-1), 0, "A(c_{i+1}..c_N, x) for some i ≥ 1")
+    delta_A = S[:, :-1, :] - S[:, 1:, :]  # (B, N, D)
+    delta_b = h_res[:, :1, :] - h_res if config.mlp_skip else xp.zeros_like(h_res)
+    return FactorisedPath(block.mlp.W1, S, delta_A, 1.0 / norm_sq, delta_b)

@@ -1,0 +1,326 @@
+"""Theorem 2.2 (Dherin et al. 2025, v1): the context of a prompt is a rank-1 update of W.
+
+A contextual block T_W = M_W ∘ A reads its output at the query x. Removing a set Y of
+context tokens from the prompt and adding the rank-1 matrix
+
+    ΔW(Y) = (W δA_x(Y)) A(C\\Y, x)ᵀ / ‖A(C\\Y, x)‖²,   δA_x(Y) = A(C, x) − A(C\\Y, x),
+
+to the first weight W of the MLP gives the same output at the query:
+
+    T_W(C, x) = T_{W+ΔW(Y)}(C\\Y, x).
+
+Proof: with a = A(C\\Y, x) and δ = δA_x(Y), (W + ΔW) a = W a + W δ (aᵀa)/‖a‖² = W (a + δ)
+= W A(C, x), so the MLP sees the same pre-activation.
+
+In this package's block the patch sits at the MLP input u (THEORY.md §3):
+
+    u = LN2(h) with layer_norm,  h = z + A with attn_skip (else h = A),  u = h otherwise;
+    ΔW = W1 (u_C − u_∅) u_∅ᵀ / ‖u_∅‖²,   Δb = h_C − h_∅ added to b2 when mlp_skip,
+
+where the subscripts C and ∅ mean the query's state with the whole prompt and with the
+removed tokens left out. u_C, h_C, u_∅, h_∅ come from the engine's own ``block_forward``.
+
+Stacks of blocks (THEORY.md §3): block l's patch is computed from the with-context
+representations that block l − 1 outputs, and its u_∅ from that block run on the query's
+with-context representation alone. Running the query alone through the L patched blocks
+then reproduces the with-context output at the query exactly.
+
+Shapes: B prompts, N context tokens, D token width, M MLP width.
+Reference: Dherin et al. (2025), arXiv:2507.16003, Theorem 2.2 in v1 and its appendix.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import NamedTuple, Sequence
+
+from .attention import merge_heads, split_heads
+from .backend import Array, device, namespace
+from .block import block_forward
+from .config import TransformerConfig
+from .linear import linear_forward
+from .model import check_params, forward
+from .params import AttentionParams, ModelParams
+
+
+class DegenerateQueryError(ValueError):
+    """The implicit update divides by ‖A(C\\Y, x)‖², and for some prompts it is zero.
+
+    Attributes:
+        prompts: the indices of the prompts (in the batch) whose vector is zero.
+        block:   the block whose MLP input is zero.
+
+    Theorem 2.2 assumes A(C\\Y, x) ≠ 0: no matrix X maps a = 0 to W δ ≠ 0, so no
+    update of W exists in general. There is no epsilon to fall back on.
+    """
+
+    def __init__(self, prompts: Sequence[int], block: int, vector: str = "A(C\\Y, x)"):
+        self.prompts = tuple(int(i) for i in prompts)
+        self.block = int(block)
+        super().__init__(
+            f"implicit update undefined for prompt(s) {list(self.prompts)} at block {self.block}:"
+            f" the MLP input at the query without the removed tokens, u_∅ = {vector}, is the zero"
+            f" vector (or its squared norm underflows to 0), and ΔW = W δ u_∅ᵀ / ‖u_∅‖² divides"
+            f" by ‖u_∅‖² (Theorem 2.2 assumes it is non-zero). Use a query whose attention output"
+            f" is non-zero (a non-zero query token, an attention skip, or a LayerNorm bias), or"
+            f" leave more tokens in the context."
+        )
+
+
+class ImplicitUpdate(NamedTuple):
+    """The rank-1 update of one block's MLP for a batch of prompts (Theorem 2.2).
+
+    Usable directly as that block's entry in ``forward(..., patches=...)``.
+    """
+
+    delta_W: Array  # (B, M, D)  ΔW = column ⊗ row, added to W1
+    delta_b: Array  # (B, D)     Δb = h_C − h_∅, added to b2 (zeros without an MLP skip)
+    column: Array  # (B, M)      W1 δu, the left factor
+    row: Array  # (B, D)         u_∅ / ‖u_∅‖², the right factor
+    delta_u: Array  # (B, D)     δu = u_C − u_∅: the context vector δA_x(Y) at the MLP input
+    u_without: Array  # (B, D)   u_∅ = A(C\Y, x) at the MLP input
+
+
+# -- checking the arguments ------------------------------------------------------------
+
+
+def check_prompt(config: TransformerConfig, context: Array, query: Array) -> None:
+    """Raise a ValueError naming the argument unless context is a finite (B, N, D) array
+    and query a finite (B, D) array of the same dtype, with D = config.d_token."""
+    D = config.d_token
+    c_shape = getattr(context, "shape", None)
+    q_shape = getattr(query, "shape", None)
+    if c_shape is None or len(c_shape) != 3 or c_shape[-1] != D or c_shape[0] < 1:
+        raise ValueError(f"context must have shape (B, N, d_token={D}) with B ≥ 1, got shape {c_shape}")
+    if q_shape is None or len(q_shape) != 2 or q_shape[-1] != D:
+        raise ValueError(f"query must have shape (B, d_token={D}), got shape {q_shape}")
+    if q_shape[0] != c_shape[0]:
+        raise ValueError(
+            f"query holds {q_shape[0]} prompts but context holds {c_shape[0]}: one query per prompt"
+        )
+    if context.dtype != query.dtype:
+        raise ValueError(f"context ({context.dtype}) and query ({query.dtype}) must share a dtype")
+    xp = namespace(context, query)
+    if not bool(xp.all(xp.isfinite(context))):
+        raise ValueError("context contains NaN or infinity")
+    if not bool(xp.all(xp.isfinite(query))):
+        raise ValueError("query contains NaN or infinity")
+
+
+def removed_positions(removed, n_context: int) -> tuple[int, ...]:
+    """The sorted context positions Y to remove; ``None`` means all of them (Y = C).
+
+    Raises a ValueError for a position that is not an int, out of range [0, N), or
+    repeated.
+    """
+    if removed is None:
+        return tuple(range(n_context))
+    positions = []
+    for j in removed:
+        if isinstance(j, bool):
+            raise ValueError(f"removed positions must be ints, got {j!r}")
+        try:
+            j = operator.index(j)
+        except TypeError:
+            raise ValueError(f"removed positions must be ints, got {j!r}") from None
+        if not 0 <= j < n_context:
+            raise ValueError(
+                f"removed position {j} is out of range: the context has positions 0..{n_context - 1}"
+            )
+        positions.append(j)
+    if len(set(positions)) != len(positions):
+        raise ValueError(f"removed positions must be distinct, got {list(removed)}")
+    return tuple(sorted(positions))
+
+
+# -- the pieces of the theorem ---------------------------------------------------------
+
+
+def remove_tokens(context: Array, query: Array, removed=None) -> Array:
+    """The prompt without the tokens Y: C\\Y in its order, then the query.
+
+    context (B, N, D), query (B, D), removed: None (Y = C) or a sequence of positions.
+    Returns tokens (B, N − |Y| + 1, D).
+    """
+    xp = namespace(context, query)
+    B, N, D = context.shape
+    Y = set(removed_positions(removed, N))
+    keep = [j for j in range(N) if j not in Y]
+    query_token = xp.reshape(query, (B, 1, D))
+    if not keep:
+        return query_token
+    if len(keep) == N:
+        return xp.concat([context, query_token], axis=1)
+    index = xp.asarray(keep, dtype=xp.int64, device=device(context))
+    return xp.concat([xp.take(context, index, axis=1), query_token], axis=1)  # (B, N−|Y|+1, D)
+
+
+def squared_norms(a: Array) -> Array:
+    """‖a‖² over the last axis."""
+    xp = namespace(a)
+    return xp.sum(a * a, axis=-1)
+
+
+def check_nonzero(norm_sq: Array, block: int, vector: str = "A(C\\Y, x)") -> None:
+    """Raise DegenerateQueryError for the prompts whose ‖a‖² (B,) is exactly 0, and a
+    ValueError if it overflowed."""
+    xp = namespace(norm_sq)
+    zero = norm_sq == 0
+    if bool(xp.any(zero)):
+        flat = xp.reshape(zero, (-1,))
+        raise DegenerateQueryError([i for i in range(flat.shape[0]) if bool(flat[i])], block, vector)
+    if not bool(xp.all(xp.isfinite(norm_sq))):
+        raise ValueError(f"block {block}: ‖{vector}‖² overflows; rescale the tokens")
+
+
+def rank_one_update(W: Array, delta_u: Array, u_without: Array, block: int = 0):
+    """ΔW = (W δ) aᵀ / ‖a‖² for every prompt, with δ = δu and a = u_∅.
+
+    W (M, D); delta_u, u_without (B, D). Returns (delta_W (B, M, D), column (B, M),
+    row (B, D)) with delta_W = column ⊗ row, column = W δ, row = a / ‖a‖².
+    Raises DegenerateQueryError where a = 0 (naming ``block``).
+    """
+    xp = namespace(W, delta_u, u_without)
+    norm_sq = squared_norms(u_without)  # (B,)
+    check_nonzero(norm_sq, block)
+    row = u_without / xp.expand_dims(norm_sq, axis=-1)  # (B, D)
+    column = xp.matmul(delta_u, xp.matrix_transpose(W))  # (B, M)  = W δ per prompt
+    delta_W = xp.expand_dims(column, axis=-1) * xp.expand_dims(row, axis=-2)  # (B, M, D)
+    return delta_W, column, row
+
+
+def implicit_update(
+    params: ModelParams,
+    config: TransformerConfig,
+    context: Array,
+    query: Array,
+    removed=None,
+) -> tuple[ImplicitUpdate, ...]:
+    """The patches that replace context tokens by weight updates, one per block.
+
+        forward(params, config, remove_tokens(context, query, removed), patches=updates)
+
+    reproduces ``forward(params, config, [context, query])`` at the query (last
+    position), to rounding. For one block (THEORY.md §2–3):
+
+        u_C, h_C = the block's MLP input and residual at the query on [C, x]
+        u_∅, h_∅ = the same on [C\\Y, x]
+        ΔW = W1 (u_C − u_∅) u_∅ᵀ / ‖u_∅‖²,   Δb = h_C − h_∅ if mlp_skip else 0.
+
+    For a stack (n_blocks > 1) only Y = C is exact (removed None, or every position):
+    block l's u_C, h_C come from the with-context run, and u_∅, h_∅ from block l run on
+    the query's with-context input alone. (Y = ∅ gives zero patches and is allowed too.)
+    Removing only part of the context from a stack raises a ValueError: the kept tokens'
+    representations after block 1 change when Y is removed, so the query in later blocks
+    attends to different keys and values, and no patch of the MLPs alone is exact.
+
+    Args:
+        context: (B, N, D) the context tokens c_1..c_N of each prompt.
+        query:   (B, D) the query token x of each prompt.
+        removed: None (Y = C) or a sequence of context positions Y, the same for every
+            prompt.
+
+    Returns a tuple of ``ImplicitUpdate``, one per block.
+    Raises DegenerateQueryError if u_∅ = 0 for some prompt, ValueError on bad input.
+    Reference: Dherin et al. (2025), Theorem 2.2 in v1 (and its skip-connection form).
+    """
+    check_params(params, config)
+    check_prompt(config, context, query)
+    xp = namespace(context, query)
+    B, N, D = context.shape
+    Y = removed_positions(removed, N)
+    if config.n_blocks > 1 and 0 < len(Y) < N:
+        raise ValueError(
+            f"removing part of the context (positions {list(Y)} of {N}) is exact for a single block"
+            f" only; this model has {config.n_blocks} blocks. In a stack the kept tokens'"
+            " representations after the first block change when tokens are removed, so the query"
+            " in later blocks attends to different keys and values and no patch at the query alone"
+            " is exact. Remove the whole context (removed=None), or use a one-block model."
+        )
+
+    tokens = xp.concat([context, xp.reshape(query, (B, 1, D))], axis=1)  # (B, N+1, D)
+    _, cache = forward(params, config, tokens, last_only=True)
+
+    updates = []
+    for l, block_params in enumerate(params.blocks):
+        z = cache.inputs[l]  # (B, N+1, D): block l's input, with context
+        u_C = cache.blocks[l].u[:, -1, :]  # (B, D)
+        h_C = cache.blocks[l].h[:, -1, :]  # (B, D)
+        z_without = remove_tokens(z[:, :-1, :], z[:, -1, :], Y)  # (B, N−|Y|+1, D)
+        _, without = block_forward(z_without, block_params, config, last_only=True)
+        u_0 = without.u[:, -1, :]  # (B, D)
+        h_0 = without.h[:, -1, :]  # (B, D)
+
+        delta_u = u_C - u_0
+        delta_W, column, row = rank_one_update(block_params.mlp.W1, delta_u, u_0, block=l)
+        delta_b = h_C - h_0 if config.mlp_skip else xp.zeros_like(h_C)
+        updates.append(ImplicitUpdate(delta_W, delta_b, column, row, delta_u, u_0))
+    return tuple(updates)
+
+
+# -- non-uniqueness and the minimum norm ------------------------------------------------
+
+
+def minimum_norm_solution(column: Array, u_without: Array) -> Array:
+    """The minimum-Frobenius-norm X solving X a = W δ, by the pseudo-inverse: X = (W δ) a⁺.
+
+    For a column vector a ≠ 0, a⁺ = aᵀ/‖a‖², so X equals the theorem's ΔW; this
+    function computes a⁺ with ``linalg.pinv`` (an SVD), independently of that formula.
+
+    column (B, M) = W δ, u_without (B, D) = a. Returns (B, M, D).
+    """
+    xp = namespace(column, u_without)
+    a_pinv = xp.linalg.pinv(xp.expand_dims(u_without, axis=-1))  # (B, 1, D)
+    return xp.matmul(xp.expand_dims(column, axis=-1), a_pinv)  # (B, M, D)
+
+
+def null_space_perturbation(update: ImplicitUpdate, perturbation: Array) -> Array:
+    """Another solution of X a = W δ: ΔW + M⊥, where M⊥ a = 0.
+
+    M⊥ = M (I − a aᵀ/‖a‖²) is the part of ``perturbation`` M that annihilates a = u_∅,
+    so (W + ΔW + M⊥) a = W (a + δ): the patched output at the query is unchanged. The
+    rows of ΔW are multiples of aᵀ and the rows of M⊥ are orthogonal to a, hence
+
+        ‖ΔW + M⊥‖²_F = ‖ΔW‖²_F + ‖M⊥‖²_F > ‖ΔW‖²_F   whenever M⊥ ≠ 0:
+
+    ΔW is the minimum-norm solution (THEORY.md §2).
+
+    update: an ImplicitUpdate for B prompts; perturbation: (M, D) or (B, M, D).
+    Returns ΔW + M⊥ (B, M, D).
+    """
+    xp = namespace(update.delta_W, perturbation)
+    a = xp.expand_dims(update.u_without, axis=-1)  # (B, D, 1)
+    M_a = xp.matmul(perturbation, a)  # (B, M, 1)
+    M_perp = perturbation - M_a * xp.expand_dims(update.row, axis=-2)  # (B, M, D)
+    return update.delta_W + M_perp
+
+
+# -- linear attention: the context vector in closed form --------------------------------
+
+
+def linear_attention_context_vector(
+    attn_params: AttentionParams, n_heads: int, context_tokens: Array, query_token: Array
+) -> Array:
+    """δA for un-normalised linear attention, in closed form (THEORY.md §6):
+
+        δA = W_O concat_h[ (Σ_{y∈Y} v_y k_yᵀ) q_x / √K ],
+        v_y = W_V,h y,  k_y = W_K,h y,  q_x = W_Q,h x,
+
+    the contribution of the tokens Y to the query's attention output (the dual form of
+    Dai et al. 2023, here exact). The memory matrix Σ v kᵀ does not depend on x.
+
+    context_tokens (B, |Y|, D): the attention inputs of the removed tokens (after LN1
+    if the model has LayerNorm); query_token (B, D). Returns δA (B, D).
+    """
+    xp = namespace(context_tokens, query_token, attn_params.W_Q)
+    B, _, D = context_tokens.shape
+    q, _ = linear_forward(xp.reshape(query_token, (B, 1, D)), attn_params.W_Q)  # (B, 1, H·K)
+    k, _ = linear_forward(context_tokens, attn_params.W_K)  # (B, |Y|, H·K)
+    v, _ = linear_forward(context_tokens, attn_params.W_V)  # (B, |Y|, H·K)
+    q, k, v = split_heads(q, n_heads), split_heads(k, n_heads), split_heads(v, n_heads)
+    K = q.shape[-1]
+    memory = xp.matmul(xp.matrix_transpose(v), k)  # (B, H, K, K)  Σ_y v_y k_yᵀ
+    heads = xp.matmul(q, xp.matrix_transpose(memory)) * (1.0 / math.sqrt(K))  # (B, H, 1, K)
+    out, _ = linear_forward(merge_heads(heads), attn_params.W_O)  # (B, 1, D)
+    return out[:, 0, :]
