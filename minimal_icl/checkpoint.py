@@ -1,0 +1,170 @@
+"""Checkpoints: a model's configuration and parameters in one ``.npz`` file, no pickles.
+
+Layout of the file (a NumPy zip archive; every entry a plain numeric or text array):
+
+    format              "minimal_icl.checkpoint/1"                 (0-d unicode array)
+    config              the TransformerConfig as JSON text          (0-d unicode array)
+    metadata            optional JSON text (settings, seeds, ...)   (0-d unicode array)
+    params/<name>       one array per parameter, under its dotted name, e.g.
+                        params/blocks.0.mlp.W1
+    extra/<name>        optional numeric arrays (a training history, ...)
+
+Saving is atomic: the archive is written to a temporary file in the same directory,
+flushed and fsync'ed, then moved over the target with ``os.replace``, so a crash leaves
+either the old file or the new one, never half of one. Loading always uses
+``allow_pickle=False``: a file holding a pickled object is refused, never unpickled.
+Every problem with a file raises :class:`CheckpointError`, which names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from typing import NamedTuple
+
+import numpy
+
+from .backend import to_device, tree_leaves, tree_map
+from .config import TransformerConfig
+from .params import ModelParams, init_params
+
+FORMAT = "minimal_icl.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, incomplete or does not match."""
+
+    def __init__(self, path, problem: str):
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"checkpoint {self.path}: {problem}")
+
+
+class Checkpoint(NamedTuple):
+    config: TransformerConfig
+    params: ModelParams
+    extra: dict  # name -> NumPy array
+    metadata: dict  # decoded JSON (empty if none was saved)
+
+
+def _text(value: str) -> numpy.ndarray:
+    return numpy.asarray(value, dtype=numpy.str_)  # a 0-d unicode array, not an object
+
+
+def save_checkpoint(path, params: ModelParams, config: TransformerConfig,
+                    extra: dict | None = None, metadata: dict | None = None) -> None:
+    """Write ``params`` and ``config`` (and optional ``extra`` arrays and JSON ``metadata``)
+    to ``path`` atomically. Arrays are copied to the host; dtypes are kept exactly."""
+    path = os.fspath(path)
+    arrays = {"format": _text(FORMAT), "config": _text(json.dumps(config.to_dict(), sort_keys=True))}
+    if metadata is not None:
+        arrays["metadata"] = _text(json.dumps(metadata, sort_keys=True))
+    for name, value in tree_leaves(to_device(params, "numpy")):
+        arrays[f"params/{name}"] = value
+    for name, value in (extra or {}).items():
+        value = numpy.asarray(value)
+        if value.dtype == object:
+            raise ValueError(f"save_checkpoint: extra array {name!r} holds Python objects; only numeric arrays")
+        arrays[f"extra/{name}"] = value
+
+    directory = os.path.dirname(os.path.abspath(path))
+    handle = tempfile.NamedTemporaryFile(
+        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            numpy.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+        raise
+
+
+def _read_text(path, archive, key: str) -> str:
+    value = archive[key]
+    if value.dtype.kind != "U" or value.shape != ():
+        raise CheckpointError(path, f"entry {key!r} must be a text scalar, got {value.dtype} {value.shape}")
+    return str(value[()])
+
+
+def load_checkpoint(path, config: TransformerConfig | None = None, xp=None, device=None) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Args:
+        config: if given, the file's configuration must equal it.
+        xp, device: where to put the parameters (default: NumPy on the host).
+
+    Raises CheckpointError (a ValueError) naming the file and the problem: missing file,
+    not a zip/npz archive, truncated, a pickled object inside, a missing or unexpected
+    parameter, a wrong shape, a configuration that does not match.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(path, "no such file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(path, "not an .npz (zip) archive, or truncated")
+    try:
+        with numpy.load(path, allow_pickle=False) as archive:
+            contents = {key: archive[key] for key in archive.files}
+    except CheckpointError:
+        raise
+    except ValueError as error:
+        if "pickle" in str(error).lower():
+            raise CheckpointError(path, "it holds a pickled Python object, which is never loaded") from None
+        raise CheckpointError(path, f"not a readable .npz archive ({error})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        raise CheckpointError(path, f"not a readable .npz archive, perhaps truncated ({error})") from None
+
+    for key in ("format", "config"):
+        if key not in contents:
+            raise CheckpointError(path, f"entry {key!r} is missing: not a minimal_icl checkpoint")
+    file_format = _read_text(path, contents, "format")
+    if file_format != FORMAT:
+        raise CheckpointError(path, f"format {file_format!r} is not {FORMAT!r}")
+    try:
+        stored = TransformerConfig.from_dict(json.loads(_read_text(path, contents, "config")))
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(path, f"the stored configuration is invalid ({error})") from None
+    if config is not None and stored != config:
+        stored_fields, wanted = stored.to_dict(), config.to_dict()
+        differ = ", ".join(
+            f"{name}: file {stored_fields[name]!r} != expected {wanted[name]!r}"
+            for name in wanted if stored_fields[name] != wanted[name]
+        )
+        raise CheckpointError(path, f"configuration does not match ({differ})")
+    metadata = {}
+    if "metadata" in contents:
+        try:
+            metadata = json.loads(_read_text(path, contents, "metadata"))
+        except ValueError as error:
+            raise CheckpointError(path, f"the metadata is not valid JSON ({error})") from None
+
+    template = init_params(stored, seed=0)
+    expected = dict(tree_leaves(template))
+    stored_names = {key[len("params/"):] for key in contents if key.startswith("params/")}
+    missing = sorted(set(expected) - stored_names)
+    unexpected = sorted(stored_names - set(expected))
+    if missing:
+        raise CheckpointError(path, f"parameters missing: {', '.join(missing)}")
+    if unexpected:
+        raise CheckpointError(path, f"unexpected parameters for this configuration: {', '.join(unexpected)}")
+    for name, reference in expected.items():
+        value = contents[f"params/{name}"]
+        if value.shape != reference.shape:
+            raise CheckpointError(
+                path, f"parameter {name} has shape {value.shape}, the configuration needs {reference.shape}"
+            )
+        if value.dtype.kind != "f":
+            raise CheckpointError(path, f"parameter {name} has dtype {value.dtype}, expected a float dtype")
+
+    names = iter(name for name, _ in tree_leaves(template))
+    params = tree_map(lambda _: contents[f"params/{next(names)}"], template)
+    if xp is not None:
+        params = tree_map(lambda a: xp.asarray(a, device=device), params)
+    extra = {key[len("extra/"):]: value for key, value in contents.items() if key.startswith("extra/")}
+    return Checkpoint(config=stored, params=params, extra=extra, metadata=metadata)

@@ -1,0 +1,126 @@
+"""The command line: ``python -m minimal_icl COMMAND`` (or the ``minimal-icl`` script).
+
+    python -m minimal_icl train --out results [--seed 0] [--steps N] [--fast] [--quiet]
+
+Each command is one entry of :data:`COMMANDS`: a help line, a function that adds its
+arguments to an ``argparse`` sub-parser, and a function that runs it and returns the
+exit status. A new command (``figure NAME``, ``reproduce``) is one more entry.
+Errors the package knows about (a ValueError such as a bad checkpoint, an OSError such
+as an unwritable directory) are printed as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from typing import Callable, NamedTuple
+
+
+class Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
+    return value
+
+
+# -- train -----------------------------------------------------------------------------
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="directory for paper_model.npz (created if needed)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the initialisation and the data (default 0)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the setting's)")
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=False,
+                        help="a short run of a few seconds, for smoke tests (default: --no-fast)")
+    parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
+                        help="print only the final comparison (default: --no-quiet)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .checkpoint import save_checkpoint
+    from .train import compare_with_baselines, paper_setting, train_setup
+
+    setup = paper_setting(fast=args.fast)
+    if args.steps is not None:
+        setup = replace(setup, steps=args.steps, val_every=min(setup.val_every, args.steps))
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "paper_model.npz")
+    c, o = setup.config, setup.optimizer
+    say = (lambda *_: None) if args.quiet else print
+    say(
+        f"training the paper setting: d = {setup.d}, N = {setup.n_context}, one block of {c.attention}"
+        f" attention ({c.n_heads} heads of width {c.d_head}) and a {c.activation} MLP of width {c.d_mlp};"
+        f" {setup.steps} steps of {setup.batch_size} prompts, {o.name} lr {o.lr:g} ({o.schedule}), seed {args.seed}"
+    )
+
+    def log(v):
+        train_text = "      -" if v.step == 0 else f"{v.train_loss:7.4f}"
+        say(f"step {v.step:6d}   train loss {train_text}   held-out loss {v.val_loss:7.4f}"
+            f"   {v.wall_time:6.1f} s")
+
+    result = train_setup(setup, seed=args.seed, quiet=args.quiet, log=log)
+    n_test = 2000 if args.fast else 10000
+    table = compare_with_baselines(result.params, setup, n_prompts=n_test, seed=args.seed)
+    print(f"held-out mean squared error on {n_test} new prompts (mean ± standard error):")
+    for name, (value, stderr) in table.items():
+        print(f"  {name:28s} {value:8.4f} ± {stderr:.4f}")
+    history = result.history
+    save_checkpoint(
+        path, result.params, setup.config,
+        extra={f"history/{name}": value for name, value in zip(history._fields, history)},
+        metadata={"setup": setup.to_dict(), "seed": args.seed,
+                  "held_out": {name: list(v) for name, v in table.items()}},
+    )
+    print(f"saved {path}")
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("train the paper's setting and compare it with the baselines",
+                     add_arguments=add_train_arguments, run=run_train),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="minimal-icl", description="minimal_icl: in-context learning as an implicit weight update.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+    for name, command in COMMANDS.items():
+        command.add_arguments(subparsers.add_parser(name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except (ValueError, OSError) as error:
+        print(f"minimal-icl {args.command}: error: {error}", file=sys.stderr)
+        return 2

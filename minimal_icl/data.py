@@ -1,0 +1,299 @@
+"""In-context linear regression prompts and the baselines a trained model is measured against.
+
+A prompt (Dherin et al. 2025, section 4; Garg et al. 2022) holds N pairs of one random
+linear task and a query:
+
+    w, x_1, ..., x_N, x_query ~ N(0, I_d)          fresh for every prompt
+    y_i = ⟨w, x_i⟩ + σ ε_i,  ε_i ~ N(0, 1)         (σ = 0: noiseless, the paper's setting)
+    tokens = [(x_1; y_1), ..., (x_N; y_N), (x_query; 0)]      (N+1, d+1)
+    target = ⟨w, x_query⟩                            the noiseless value at the query
+
+The model's prediction is the last coordinate of its output at the query token.
+
+Baselines, each a function of a batch (THEORY.md §6):
+
+    zero             ŷ = 0                                   MSE = E⟨w, x⟩² = d
+    one step of GD   ŷ = η x_qᵀ (1/N) Σ y_i x_i  (from W₀ = 0)
+                     η* = 1 / (1 + (d+1)/N)                  MSE = d (d+1) / (N+d+1)
+    least squares    ŵ = argmin Σ (⟨w, x_i⟩ − y_i)²          (minimum norm if N < d)
+    ridge            ŵ = (XᵀX + λI)⁻¹ Xᵀy,  λ = σ²/τ²        the posterior mean for w ~ N(0, τ²I)
+
+η* minimises the expected error E‖(ηS − I) w‖² with S = (1/N) Σ x_i x_iᵀ, because
+E S = I and E tr S² = d (1 + (d+1)/N) (Zhang, Frei & Bartlett 2024, with Λ = I).
+
+Random numbers are drawn on the host with ``numpy.random.default_rng`` and then moved
+with ``xp.asarray``: one seed gives the same prompts on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, NamedTuple
+
+import numpy
+
+from .backend import Array, namespace, resolve_dtype
+
+
+class RegressionBatch(NamedTuple):
+    """B in-context regression prompts with N context pairs in dimension d (D = d + 1)."""
+
+    tokens: Array  # (B, N+1, D)  (x_i; y_i) for i = 1..N, then (x_query; 0)
+    target: Array  # (B,)         ⟨w, x_query⟩, without label noise
+    w: Array  # (B, d)            the task of each prompt
+
+    @property
+    def context(self) -> Array:
+        """The N context tokens (x_i; y_i), (B, N, D)."""
+        return self.tokens[:, :-1, :]
+
+    @property
+    def query(self) -> Array:
+        """The query token (x_query; 0), (B, D)."""
+        return self.tokens[:, -1, :]
+
+    @property
+    def context_x(self) -> Array:
+        """The context inputs x_i, (B, N, d)."""
+        return self.tokens[:, :-1, :-1]
+
+    @property
+    def context_y(self) -> Array:
+        """The context labels y_i, (B, N)."""
+        return self.tokens[:, :-1, -1]
+
+    @property
+    def query_x(self) -> Array:
+        """The query input x_query, (B, d)."""
+        return self.tokens[:, -1, :-1]
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _noise_level(noise) -> float:
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a finite float ≥ 0, got {noise!r}")
+    return float(noise)
+
+
+def _generator(seed) -> numpy.random.Generator:
+    if isinstance(seed, numpy.random.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, numpy.integer)) or seed < 0:
+        raise ValueError(f"seed must be an int ≥ 0 or a numpy Generator, got {seed!r}")
+    return numpy.random.default_rng(int(seed))
+
+
+# -- sampling --------------------------------------------------------------------------
+
+
+def _draw_host(rng, n_prompts: int, n_context: int, d: int, noise: float):
+    """Draw the prompts on the host as float64 NumPy arrays: (tokens, target, w)."""
+    w = rng.standard_normal((n_prompts, d))  # (B, d)
+    x = rng.standard_normal((n_prompts, n_context + 1, d))  # (B, N+1, d), the query last
+    y = numpy.matmul(x, w[:, :, None])[:, :, 0]  # (B, N+1)  ⟨w, x_i⟩
+    target = y[:, -1].copy()  # (B,)
+    if noise > 0.0:
+        y[:, :-1] += noise * rng.standard_normal((n_prompts, n_context))
+    y[:, -1] = 0.0  # the query's label slot is empty
+    tokens = numpy.concatenate([x, y[:, :, None]], axis=2)  # (B, N+1, d+1)
+    return tokens, target, w
+
+
+def _to_batch(tokens, target, w, dtype, xp, device) -> RegressionBatch:
+    if xp is None:
+        xp = numpy
+    dtype = resolve_dtype(xp, dtype)
+    return RegressionBatch(
+        tokens=xp.asarray(tokens, dtype=dtype, device=device),
+        target=xp.asarray(target, dtype=dtype, device=device),
+        w=xp.asarray(w, dtype=dtype, device=device),
+    )
+
+
+def regression_prompts(
+    batch_size: int,
+    n_context: int,
+    d: int,
+    seed=0,
+    noise: float = 0.0,
+    dtype=numpy.float64,
+    xp=None,
+    device=None,
+) -> RegressionBatch:
+    """Draw ``batch_size`` prompts of ``n_context`` pairs in dimension ``d``.
+
+    Args:
+        seed: an int ≥ 0, or a ``numpy.random.Generator`` to continue drawing from.
+        noise: σ, the standard deviation of the label noise on the context labels.
+        dtype, xp, device: the arrays are created with this dtype in namespace ``xp``
+            (default NumPy) on ``device``.
+
+    Returns a :class:`RegressionBatch`: tokens (B, N+1, d+1), target (B,), w (B, d).
+    """
+    batch_size = _positive_int("batch_size", batch_size)
+    n_context = _positive_int("n_context", n_context)
+    d = _positive_int("d", d)
+    noise = _noise_level(noise)
+    tokens, target, w = _draw_host(_generator(seed), batch_size, n_context, d, noise)
+    return _to_batch(tokens, target, w, dtype, xp, device)
+
+
+def regression_stream(
+    batch_size: int,
+    n_context: int,
+    d: int,
+    seed=0,
+    noise: float = 0.0,
+    dtype=numpy.float64,
+    xp=None,
+    device=None,
+    batches_per_draw: int = 64,
+) -> Iterator[RegressionBatch]:
+    """An endless stream of fresh batches: no prompt is ever repeated.
+
+    The host draws ``batches_per_draw`` batches with one call per random array and then
+    hands them out one by one, which spreads the cost of a draw over many training
+    steps (a draw of one small batch is dominated by per-call overhead).
+    """
+    batch_size = _positive_int("batch_size", batch_size)
+    n_context = _positive_int("n_context", n_context)
+    d = _positive_int("d", d)
+    batches_per_draw = _positive_int("batches_per_draw", batches_per_draw)
+    noise = _noise_level(noise)
+    rng = _generator(seed)
+    while True:
+        tokens, target, w = _draw_host(rng, batch_size * batches_per_draw, n_context, d, noise)
+        pool = _to_batch(tokens, target, w, dtype, xp, device)
+        for i in range(batches_per_draw):
+            part = slice(i * batch_size, (i + 1) * batch_size)
+            yield RegressionBatch(pool.tokens[part], pool.target[part], pool.w[part])
+
+
+def prompt_tokens(context_x: Array, context_y: Array, query_x: Array) -> Array:
+    """Assemble tokens [(x_1; y_1) ... (x_N; y_N) (x_query; 0)] from their parts.
+
+    Shapes: context_x (B, N, d), context_y (B, N), query_x (B, d); returns (B, N+1, d+1).
+    """
+    xp = namespace(context_x, context_y, query_x)
+    B, N, d = context_x.shape
+    if tuple(context_y.shape) != (B, N) or tuple(query_x.shape) != (B, d):
+        raise ValueError(
+            f"prompt_tokens: context_x {tuple(context_x.shape)} needs context_y (B, N) = {(B, N)}"
+            f" and query_x (B, d) = {(B, d)}, got {tuple(context_y.shape)} and {tuple(query_x.shape)}"
+        )
+    context = xp.concat([context_x, xp.expand_dims(context_y, axis=-1)], axis=-1)  # (B, N, D)
+    zero = xp.zeros((B, 1), dtype=query_x.dtype, device=query_x.device)
+    query = xp.concat([query_x, zero], axis=-1)  # (B, D)
+    return xp.concat([context, xp.expand_dims(query, axis=1)], axis=1)  # (B, N+1, D)
+
+
+# -- baselines -------------------------------------------------------------------------
+
+
+def optimal_gd_step(d: int, n_context: int) -> float:
+    """η* = 1 / (1 + (d+1)/N): the best step of one GD step from W₀ = 0 for x ~ N(0, I_d)."""
+    d = _positive_int("d", d)
+    n_context = _positive_int("n_context", n_context)
+    return 1.0 / (1.0 + (d + 1) / n_context)
+
+
+def one_step_gd_mse(d: int, n_context: int, eta: float | None = None) -> float:
+    """Expected MSE of one GD step with step η on noiseless prompts:
+
+        E (ŷ − ⟨w, x_q⟩)² = d [η² (1 + (d+1)/N) − 2η + 1],   = d (d+1)/(N+d+1) at η*.
+    """
+    eta = optimal_gd_step(d, n_context) if eta is None else float(eta)
+    return d * (eta * eta * (1.0 + (d + 1) / n_context) - 2.0 * eta + 1.0)
+
+
+def zero_predict(batch: RegressionBatch) -> Array:
+    """ŷ = 0 for every prompt, (B,)."""
+    xp = namespace(batch.target)
+    return xp.zeros_like(batch.target)
+
+
+def one_step_gd_predict(batch: RegressionBatch, eta: float | None = None) -> Array:
+    """One gradient step on L(w) = (1/2N) Σ (⟨w, x_i⟩ − y_i)² from w₀ = 0, then predict:
+
+        ŷ = η x_qᵀ (1/N) Σ y_i x_i,    η = η* = 1/(1 + (d+1)/N) by default.   (B,)
+    """
+    xp = namespace(batch.tokens)
+    x, y, x_q = batch.context_x, batch.context_y, batch.query_x
+    N, d = x.shape[1], x.shape[2]
+    if eta is None:
+        eta = optimal_gd_step(d, N)
+    elif not math.isfinite(eta):
+        raise ValueError(f"one_step_gd_predict: eta must be finite, got {eta!r}")
+    w_step = xp.sum(x * xp.expand_dims(y, axis=-1), axis=1) * (eta / N)  # (B, d)
+    return xp.sum(w_step * x_q, axis=-1)
+
+
+def _check_lambda(lam) -> float:
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"ridge lambda must be a finite float ≥ 0, got {lam!r}")
+    return float(lam)
+
+
+def least_squares_predict(batch: RegressionBatch) -> Array:
+    """ŷ = ⟨ŵ, x_q⟩ with ŵ = X⁺ y, the least-squares fit to the context, (B,).
+
+    X⁺ is the pseudo-inverse, so for N < d ŵ is the minimum-norm interpolant. On
+    noiseless prompts with N ≥ d (and X of full rank) ŵ = w and the error is zero.
+    """
+    xp = namespace(batch.tokens)
+    x, y = batch.context_x, batch.context_y
+    w_hat = xp.matmul(xp.linalg.pinv(x), xp.expand_dims(y, axis=-1))[..., 0]  # (B, d)
+    return xp.sum(w_hat * batch.query_x, axis=-1)
+
+
+def ridge_lambda(noise: float, prior_std: float = 1.0) -> float:
+    """λ = σ²/τ², the ridge penalty whose solution is the posterior mean for w ~ N(0, τ²I)."""
+    noise = _noise_level(noise)
+    if not (isinstance(prior_std, (int, float)) and math.isfinite(prior_std) and prior_std > 0):
+        raise ValueError(f"prior_std must be a finite float > 0, got {prior_std!r}")
+    return noise * noise / (prior_std * prior_std)
+
+
+def ridge_predict(batch: RegressionBatch, lam: float) -> Array:
+    """ŷ = ⟨ŵ, x_q⟩ with ŵ = (XᵀX + λI)⁻¹ Xᵀy, (B,). λ = 0 needs XᵀX invertible (N ≥ d)."""
+    lam = _check_lambda(lam)
+    xp = namespace(batch.tokens)
+    x, y = batch.context_x, batch.context_y
+    d = x.shape[-1]
+    gram = xp.matmul(xp.matrix_transpose(x), x)  # (B, d, d)
+    eye = xp.eye(d, dtype=x.dtype, device=x.device)
+    rhs = xp.matmul(xp.matrix_transpose(x), xp.expand_dims(y, axis=-1))  # (B, d, 1)
+    w_hat = xp.linalg.solve(gram + lam * eye, rhs)[..., 0]  # (B, d)
+    return xp.sum(w_hat * batch.query_x, axis=-1)
+
+
+def mse(prediction: Array, target: Array) -> float:
+    """mean_b (ŷ_b − y_b)² as a Python float."""
+    if tuple(prediction.shape) != tuple(target.shape):
+        raise ValueError(
+            f"mse: prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape"
+        )
+    xp = namespace(prediction, target)
+    diff = prediction - target
+    return float(xp.mean(diff * diff))
+
+
+def baseline_mse(batch: RegressionBatch, noise: float = 0.0) -> dict[str, float]:
+    """The held-out MSE of every baseline on ``batch``:
+    ``{"zero", "one_step_gd", "least_squares"}``, and ``"ridge"`` (λ = σ²) when σ > 0."""
+    result = {
+        "zero": mse(zero_predict(batch), batch.target),
+        "one_step_gd": mse(one_step_gd_predict(batch), batch.target),
+        "least_squares": mse(least_squares_predict(batch), batch.target),
+    }
+    if _noise_level(noise) > 0.0:
+        result["ridge"] = mse(ridge_predict(batch, ridge_lambda(noise)), batch.target)
+    return result

@@ -1,0 +1,36 @@
+"""The training loss: squared error of the prediction at the query, a forward/backward in one.
+
+    ŷ_b  = out[b, −1, −1]                       last coordinate of the output at the query
+    loss = (1/B) Σ_b (ŷ_b − target_b)²
+    ∂loss/∂out[b, −1, −1] = (2/B) (ŷ_b − target_b),   zero everywhere else.
+
+Only the query position enters the loss, so ``forward(..., last_only=True)`` (out of
+shape (B, 1, D)) gives the same loss and the same parameter gradients as the full output
+(B, T, D), for less work.
+"""
+
+from __future__ import annotations
+
+from .backend import Array, namespace
+
+
+def query_loss(out: Array, target: Array) -> tuple[Array, Array]:
+    """Mean squared error at the query and its gradient with respect to ``out``.
+
+    Shapes: out (B, Tq, D) (Tq = T, or 1 from ``last_only``), target (B,).
+    Returns (loss, dout): loss a 0-d array in the namespace of ``out`` (``float(loss)``
+    reads it), dout shaped like ``out``.
+    """
+    if out.ndim != 3:
+        raise ValueError(f"query_loss: out must have shape (B, Tq, D), got {tuple(out.shape)}")
+    if tuple(target.shape) != (out.shape[0],):
+        raise ValueError(
+            f"query_loss: target must have shape (B,) = ({out.shape[0]},), got {tuple(target.shape)}"
+        )
+    xp = namespace(out, target)
+    B = out.shape[0]
+    residual = out[:, -1, -1] - target  # (B,)
+    loss = xp.sum(residual * residual) / B
+    dout = xp.zeros_like(out)  # (B, Tq, D)
+    dout[:, -1, -1] = residual * (2.0 / B)
+    return loss, dout
