@@ -40,7 +40,7 @@ from .attention import merge_heads
 from .backend import Array, namespace
 from .block import BlockPatch, block_forward
 from .config import TransformerConfig
-from .implicit import ImplicitUpdate, check_nonzero, check_prompt, squared_norms
+from .implicit import ImplicitUpdate, check_nonzero, check_prompt, inverse_direction, norms
 from .layernorm import layernorm_forward
 from .linear import linear_forward
 from .model import check_params
@@ -169,7 +169,7 @@ class ImplicitPath(NamedTuple):
         xp = namespace(self.A_query)
         delta_u = self.A_prefix[:, i, :] - self.A_query  # (B, D)
         column = xp.matmul(delta_u, xp.matrix_transpose(self.W0))  # (B, M)
-        row = self.A_query * xp.expand_dims(self.step_size, axis=-1)  # (B, D) A(x)/‖A(x)‖²
+        row = inverse_direction(self.A_query, 0, "A(x)")  # (B, D) A(x)/‖A(x)‖²
         delta_b = self.delta_b_prefix[:, i, :]
         return ImplicitUpdate(_outer(column, row), delta_b, column, row, delta_u, self.A_query)
 
@@ -211,12 +211,12 @@ def implicit_path(
     u, h = prefix_states(block, config, context, query, method)  # (B, N+1, D) each
     W0 = block.mlp.W1
     A_query = u[:, 0, :]  # (B, D)
-    norm_sq = squared_norms(A_query)  # (B,)
-    check_nonzero(norm_sq, 0, "A(x)")
+    norm = norms(A_query)  # (B,)
+    check_nonzero(norm, 0, "A(x)")
     columns = xp.matmul(u[:, 1:, :] - u[:, :-1, :], xp.matrix_transpose(W0))  # (B, N, M)
-    increment_norms = xp.sqrt(squared_norms(columns)) / xp.expand_dims(xp.sqrt(norm_sq), axis=-1)
+    increment_norms = norms(columns) / xp.expand_dims(norm, axis=-1)  # (B, N)
     delta_b = h - h[:, :1, :] if config.mlp_skip else xp.zeros_like(h)
-    return ImplicitPath(W0, A_query, 1.0 / norm_sq, u, columns, increment_norms, delta_b)
+    return ImplicitPath(W0, A_query, (1.0 / norm) / norm, u, columns, increment_norms, delta_b)
 
 
 # -- the factorised form (appendix of v1) ----------------------------------------------
@@ -295,9 +295,9 @@ def factorised_path(
     u_rev, h_rev = prefix_states(block, config, xp.flip(context, axis=1), query, method)
     S = xp.flip(u_rev, axis=1)  # (B, N+1, D)  S_i = A(c_{i+1}..c_N, x)
     h_res = xp.flip(h_rev, axis=1)  # (B, N+1, D)
-    norm_sq = squared_norms(S[:, 1:, :])  # (B, N)  ‖S_i‖², i = 1..N
-    if norm_sq.shape[-1] > 0:
-        check_nonzero(xp.min(norm_sq, axis=-1), 0, "A(c_{i+1}..c_N, x) for some i ≥ 1")
+    norm = norms(S[:, 1:, :])  # (B, N)  ‖S_i‖, i = 1..N
+    if norm.shape[-1] > 0:
+        check_nonzero(xp.min(norm, axis=-1), 0, "A(c_{i+1}..c_N, x) for some i ≥ 1")
     delta_A = S[:, :-1, :] - S[:, 1:, :]  # (B, N, D)
     delta_b = h_res[:, :1, :] - h_res if config.mlp_skip else xp.zeros_like(h_res)
-    return FactorisedPath(block.mlp.W1, S, delta_A, 1.0 / norm_sq, delta_b)
+    return FactorisedPath(block.mlp.W1, S, delta_A, (1.0 / norm) / norm, delta_b)

@@ -61,7 +61,7 @@ class DegenerateQueryError(ValueError):
         super().__init__(
             f"implicit update undefined for prompt(s) {list(self.prompts)} at block {self.block}:"
             f" the MLP input at the query without the removed tokens, u_∅ = {vector}, is the zero"
-            f" vector (or its squared norm underflows to 0), and ΔW = W δ u_∅ᵀ / ‖u_∅‖² divides"
+            f" vector, and ΔW = W δ u_∅ᵀ / ‖u_∅‖² divides"
             f" by ‖u_∅‖² (Theorem 2.2 assumes it is non-zero). Use a query whose attention output"
             f" is non-zero (a non-zero query token, an attention skip, or a LayerNorm bias), or"
             f" leave more tokens in the context."
@@ -156,22 +156,40 @@ def remove_tokens(context: Array, query: Array, removed=None) -> Array:
     return xp.concat([xp.take(context, index, axis=1), query_token], axis=1)  # (B, N−|Y|+1, D)
 
 
-def squared_norms(a: Array) -> Array:
-    """‖a‖² over the last axis."""
+def norms(a: Array) -> Array:
+    """‖a‖ over the last axis, computed as s ‖a/s‖ with s = max |a| so that squaring
+    never overflows or underflows (float32 activations of deep stacks reach 1e19)."""
     xp = namespace(a)
-    return xp.sum(a * a, axis=-1)
+    s = xp.max(xp.abs(a), axis=-1, keepdims=True)  # (..., 1)
+    scaled = a / xp.where(s == 0, xp.ones_like(s), s)
+    return s[..., 0] * xp.sqrt(xp.sum(scaled * scaled, axis=-1))
 
 
-def check_nonzero(norm_sq: Array, block: int, vector: str = "A(C\\Y, x)") -> None:
-    """Raise DegenerateQueryError for the prompts whose ‖a‖² (B,) is exactly 0, and a
-    ValueError if it overflowed."""
-    xp = namespace(norm_sq)
-    zero = norm_sq == 0
+def check_nonzero(norm: Array, block: int, vector: str = "A(C\\Y, x)") -> None:
+    """Raise DegenerateQueryError for the prompts whose ‖a‖ (B,) is exactly 0 (a = 0)."""
+    xp = namespace(norm)
+    zero = norm == 0
     if bool(xp.any(zero)):
         flat = xp.reshape(zero, (-1,))
         raise DegenerateQueryError([i for i in range(flat.shape[0]) if bool(flat[i])], block, vector)
-    if not bool(xp.all(xp.isfinite(norm_sq))):
-        raise ValueError(f"block {block}: ‖{vector}‖² overflows; rescale the tokens")
+
+
+def inverse_direction(a: Array, block: int = 0, vector: str = "A(C\\Y, x)") -> Array:
+    """a / ‖a‖² over the last axis, as (a/‖a‖)/‖a‖ (no squared norm to overflow).
+
+    Raises DegenerateQueryError where a = 0, and a ValueError where ‖a‖ is so small that
+    a/‖a‖² overflows the dtype.
+    """
+    xp = namespace(a)
+    norm = xp.expand_dims(norms(a), axis=-1)  # (..., 1)
+    check_nonzero(norm[..., 0], block, vector)
+    row = (a / norm) / norm
+    if not bool(xp.all(xp.isfinite(row))):
+        raise ValueError(
+            f"block {block}: ‖{vector}‖ is non-zero but so small that {vector}/‖{vector}‖²"
+            f" overflows {a.dtype}; rescale the tokens or use float64"
+        )
+    return row
 
 
 def rank_one_update(W: Array, delta_u: Array, u_without: Array, block: int = 0):
@@ -182,9 +200,7 @@ def rank_one_update(W: Array, delta_u: Array, u_without: Array, block: int = 0):
     Raises DegenerateQueryError where a = 0 (naming ``block``).
     """
     xp = namespace(W, delta_u, u_without)
-    norm_sq = squared_norms(u_without)  # (B,)
-    check_nonzero(norm_sq, block)
-    row = u_without / xp.expand_dims(norm_sq, axis=-1)  # (B, D)
+    row = inverse_direction(u_without, block)  # (B, D)
     column = xp.matmul(delta_u, xp.matrix_transpose(W))  # (B, M)  = W δ per prompt
     delta_W = xp.expand_dims(column, axis=-1) * xp.expand_dims(row, axis=-2)  # (B, M, D)
     return delta_W, column, row

@@ -1,0 +1,157 @@
+"""Hypothesis strategies shared by the theorem tests: models, parameters and prompts.
+
+Hypothesis draws the structure (configuration, batch size, context length, the removed
+subset Y, a seed); the arrays are then generated from the seed with
+``numpy.random.default_rng``, so a failing example is reproduced exactly by its seed.
+Parameters are ``init_params`` perturbed so that every bias and LayerNorm gain/bias is
+non-zero: an identity that only holds with zero biases would go unnoticed otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy
+from hypothesis import strategies as st
+
+from minimal_icl import LayerNormParams, TransformerConfig, init_params
+from minimal_icl.backend import tree_map
+from minimal_icl.tolerances import IDENTITY_RTOL
+
+# A difference called real: six orders of magnitude above rounding (IDENTITY_RTOL is
+# 1e-12 and float64 rounding ~1e-16), yet far below what generic random draws give
+# (the smallest gaps measured over thousands of draws are ~1e-3).
+GENERIC_GAP = 1e-6
+
+# A singular value σ_k counts as zero when σ_k ≤ RANK_RTOL · σ_1: a rank-1 matrix built
+# in float64 has σ_2/σ_1 ~ 1e-16.
+RANK_RTOL = IDENTITY_RTOL
+
+# Standard deviations of the perturbations added to the initial biases and LN params.
+BIAS_SCALE = 0.5
+LN_SCALE = 0.3
+
+
+class Problem(NamedTuple):
+    """One drawn instance: a model and a batch of prompts."""
+
+    config: TransformerConfig
+    params: object  # ModelParams
+    context: numpy.ndarray  # (B, N, D)
+    query: numpy.ndarray  # (B, D)
+    removed: tuple | None  # the removed positions Y; None means Y = C
+    seed: int
+
+
+def random_params(config: TransformerConfig, seed: int, dtype=numpy.float64):
+    """``init_params`` with every bias, LN gain and LN bias perturbed away from 0 / 1."""
+    params = init_params(config, seed=seed, dtype=dtype)
+    rng = numpy.random.default_rng(seed + 1)
+
+    def noise(shape, scale):
+        return (scale * rng.standard_normal(shape)).astype(dtype)
+
+    blocks = []
+    for block in params.blocks:
+        mlp = block.mlp._replace(
+            b1=block.mlp.b1 + noise(block.mlp.b1.shape, BIAS_SCALE),
+            b2=block.mlp.b2 + noise(block.mlp.b2.shape, BIAS_SCALE),
+        )
+        ln1, ln2 = block.ln1, block.ln2
+        if config.layer_norm:
+            D = config.d_token
+            ln1 = LayerNormParams(gain=ln1.gain + noise(D, LN_SCALE), bias=noise(D, LN_SCALE))
+            ln2 = LayerNormParams(gain=ln2.gain + noise(D, LN_SCALE), bias=noise(D, LN_SCALE))
+        blocks.append(block._replace(mlp=mlp, ln1=ln1, ln2=ln2))
+    return params._replace(blocks=tuple(blocks))
+
+
+def random_prompts(config: TransformerConfig, seed: int, B: int, N: int, scale: float = 1.0,
+                   dtype=numpy.float64):
+    """context (B, N, D) and query (B, D), standard normal times ``scale``."""
+    rng = numpy.random.default_rng(seed + 2)
+    context = (scale * rng.standard_normal((B, N, config.d_token))).astype(dtype)
+    query = (scale * rng.standard_normal((B, config.d_token))).astype(dtype)
+    return context, query
+
+
+def cast(problem: Problem, dtype) -> Problem:
+    """The same problem with every array converted to ``dtype``."""
+    return problem._replace(
+        params=tree_map(lambda a: a.astype(dtype), problem.params),
+        context=problem.context.astype(dtype),
+        query=problem.query.astype(dtype),
+    )
+
+
+@st.composite
+def configs(
+    draw,
+    n_blocks=st.integers(1, 3),
+    attention=st.sampled_from(["softmax", "linear"]),
+    activation=st.sampled_from(["relu", "gelu"]),
+    causal=st.booleans(),
+    attn_skip=st.booleans(),
+    mlp_skip=st.booleans(),
+    layer_norm=st.booleans(),
+    d_token=st.integers(2, 6),
+):
+    """A TransformerConfig with small widths; every switch drawn unless fixed."""
+    return TransformerConfig(
+        d_token=draw(d_token),
+        n_blocks=draw(n_blocks),
+        n_heads=draw(st.integers(1, 3)),
+        d_head=draw(st.integers(1, 4)),
+        d_mlp=draw(st.integers(1, 6)),
+        attention=draw(attention),
+        activation=draw(activation),
+        causal=draw(causal),
+        attn_skip=draw(attn_skip),
+        mlp_skip=draw(mlp_skip),
+        layer_norm=draw(layer_norm),
+    )
+
+
+@st.composite
+def problems(
+    draw,
+    config=None,
+    n_context=st.integers(1, 8),
+    batch=st.integers(1, 3),
+    subset: bool = False,
+    scale=st.just(1.0),
+    dtype=numpy.float64,
+):
+    """A Problem. ``config`` is a strategy (default: ``configs()``). With ``subset`` the
+    removed positions Y are any subset of the context (empty and full included), else
+    Y = C (removed=None)."""
+    cfg = draw(configs() if config is None else config)
+    N = draw(n_context)
+    B = draw(batch)
+    seed = draw(st.integers(0, 2**31 - 1))
+    removed = None
+    if subset:
+        mask = draw(st.lists(st.booleans(), min_size=N, max_size=N))
+        removed = tuple(j for j in range(N) if mask[j])
+    params = random_params(cfg, seed, dtype)
+    context, query = random_prompts(cfg, seed, B, N, draw(scale), dtype)
+    return Problem(cfg, params, context, query, removed, seed)
+
+
+def one_block(**switches):
+    """``configs`` restricted to a single block (other switches may be fixed too)."""
+    return configs(n_blocks=st.just(1), **{k: st.just(v) for k, v in switches.items()})
+
+
+def generic_one_block():
+    """One block where distinctness claims are generic: with LayerNorm and D = 2 the MLP
+    input takes essentially two values (LN of a 2-vector is ±(1, −1) up to eps), so
+    D ≥ 3 is drawn there."""
+
+    @st.composite
+    def draw_config(draw):
+        layer_norm = draw(st.booleans())
+        d_token = st.integers(3, 6) if layer_norm else st.integers(2, 6)
+        return draw(configs(n_blocks=st.just(1), layer_norm=st.just(layer_norm), d_token=d_token))
+
+    return draw_config()
