@@ -96,14 +96,23 @@ def tutorial_paths(names: list[str]) -> list[Path]:
 
 def summaries() -> dict[str, tuple[str, str]]:
     """{file name: (title, summary)} from the index lines of tutorials/README.md:
-    ``N. [Title](NN_name.py) — summary``."""
+    ``- **N.** [Title](NN_name.py) — summary``."""
     out = {}
-    pattern = re.compile(r"^\s*\d+\.\s*\[(?P<title>[^\]]+)\]\((?P<file>[0-9]{2}_\w+\.py)\)\s*[—-]+\s*(?P<text>.*)$")
+    pattern = re.compile(
+        r"^\s*[-*]\s*\*\*\d+\.\*\*\s*\[(?P<title>[^\]]+)\]\((?P<file>[0-9]{2}_\w+\.py)\)\s*[—-]+\s*(?P<text>.*)$"
+    )
     for line in (TUTORIALS_DIR / "README.md").read_text().splitlines():
         match = pattern.match(line)
         if match:
             out[match["file"]] = (match["title"], match["text"].strip())
     return out
+
+
+def index_item(page: Path, index: dict[str, tuple[str, str]]) -> str:
+    """One entry of the index page, numbered by the tutorial's file number."""
+    title, text = index.get(page.stem + ".py", (page.stem, ""))
+    return (f'<li value="{int(page.stem[:2])}"><a href="{page.name}">{html.escape(title)}</a>'
+            f"<span>{html.escape(text)}</span></li>")
 
 
 def copy_mathjax(out: Path) -> str:
@@ -174,17 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         page = out / f"{path.stem}.html"
         page.write_text(body, encoding="utf-8")
         print(f"{path.name}: executed and rendered in {time.perf_counter() - start:5.1f} s -> {page}")
-        title, text = index.get(path.name, (path.stem, ""))
-        items.append(f'<li><a href="{page.name}">{html.escape(title)}</a>'
-                     f"<span>{html.escape(text)}</span></li>")
+        items.append(index_item(page, index))
 
     rendered = sorted(out.glob("[0-9][0-9]_*.html"))
     if len(rendered) != len(items):  # keep pages rendered earlier (partial re-render)
-        items = []
-        for page in rendered:
-            title, text = index.get(page.stem + ".py", (page.stem, ""))
-            items.append(f'<li><a href="{page.name}">{html.escape(title)}</a>'
-                         f"<span>{html.escape(text)}</span></li>")
+        items = [index_item(page, index) for page in rendered]
     (out / "index.html").write_text(
         INDEX_PAGE.format(items="\n".join(items), when=time.strftime("%Y-%m-%d"),
                           mode=" (fast mode)" if args.fast else ""),
