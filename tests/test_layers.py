@@ -1,0 +1,421 @@
+"""Every layer on its own: a gradient check of each forward/backward pair, and each
+layer's exact definition against an independent formula.
+
+The gradient checks use ``minimal_icl.gradcheck.check_layer``: float64, a random
+upstream gradient G, the loss Σ out ⊙ G, fourth-order central differences, relative
+error ≤ GRADCHECK_RTOL for every input and parameter. They run on every backend of the
+``backend`` fixture. array_api_strict is about ten times slower than NumPy per call, so
+the attention grid runs its full product (16 cases) on NumPy and a pairwise covering
+subset (5 cases, every pair of switch values) on array_api_strict's "device1".
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy
+import pytest
+import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minimal_icl.activations import gelu_backward, gelu_forward, relu_backward, relu_forward
+from minimal_icl.attention import (
+    attention_backward,
+    attention_forward,
+    causal_mask,
+    mask_backward,
+    mask_forward,
+    softmax_backward,
+    softmax_forward,
+)
+from minimal_icl.backend import device
+from minimal_icl.gradcheck import assert_gradients_ok, check_layer
+from minimal_icl.layernorm import layernorm_backward, layernorm_forward
+from minimal_icl.linear import linear_backward, linear_forward
+from minimal_icl.mlp import mlp_backward, mlp_forward
+from minimal_icl.params import AttentionParams, LayerNormParams, MLPParams
+from minimal_icl.tolerances import IDENTITY_RTOL, relative_residual
+
+EPS64 = float(numpy.finfo(numpy.float64).eps)
+
+
+def examples(n: int) -> int:
+    """``n`` examples under the ci profile (200), scaled with the loaded profile."""
+    return max(1, n * settings().max_examples // 200)
+
+
+def gpu_available() -> bool:
+    try:
+        import cupy
+
+        return bool(cupy.is_available())
+    except Exception:  # noqa: BLE001 - no CuPy, or no GPU
+        return False
+
+
+def backend_cases(full, strict):
+    """pytest params (backend, *case) for the ``backend`` fixture: the ``full`` cases on
+    NumPy (and CuPy on a GPU), the ``strict`` cases on array_api_strict's device1."""
+    runs = [(("numpy",), "numpy", full), (("array_api_strict", "device1"), "strict-device1", strict)]
+    if gpu_available():
+        runs.append((("cupy",), "cupy", full))
+    return [
+        pytest.param(which, *case, id="-".join([name, *map(str, case)]))
+        for which, name, cases in runs
+        for case in cases
+    ]
+
+
+def randn(backend, rng, *shape, scale=1.0):
+    """Standard normal numbers drawn on the host, moved to the backend (float64)."""
+    return backend.asarray(scale * rng.standard_normal(shape))
+
+
+def gradcheck(forward_fn, backward_fn, inputs, expected_names, seed=0):
+    """check_layer, then insist that every expected input was checked and passed."""
+    errors = check_layer(forward_fn, backward_fn, inputs, seed=seed)
+    assert set(errors) == set(expected_names), f"checked {sorted(errors)}"
+    assert_gradients_ok(errors)
+    return errors
+
+
+# ---------------------------------------------------------------------------------------
+# Gradient checks, one layer pair at a time
+# ---------------------------------------------------------------------------------------
+
+B, T, D_IN, D_OUT = 2, 3, 3, 2
+
+LINEAR_CASES = {
+    # name: (weight shape, bias shape or None)
+    "shared-W-shared-b": ((D_OUT, D_IN), (D_OUT,)),
+    "per-prompt-W-per-prompt-b": ((B, D_OUT, D_IN), (B, D_OUT)),
+    "shared-W-per-prompt-b": ((D_OUT, D_IN), (B, D_OUT)),
+    "per-prompt-W-shared-b": ((B, D_OUT, D_IN), (D_OUT,)),
+    "shared-W-no-bias": ((D_OUT, D_IN), None),
+    "per-prompt-W-no-bias": ((B, D_OUT, D_IN), None),
+}
+
+
+@pytest.mark.parametrize("case", list(LINEAR_CASES))
+def test_linear_gradients(backend, case):
+    W_shape, b_shape = LINEAR_CASES[case]
+    rng = numpy.random.default_rng(1)
+    x = randn(backend, rng, B, T, D_IN)
+    W = randn(backend, rng, *W_shape)
+    b = None if b_shape is None else randn(backend, rng, *b_shape)
+
+    def fwd(inputs):
+        return linear_forward(*inputs)
+
+    def bwd(dy, cache):
+        dx, dW, db = linear_backward(dy, cache)
+        assert dW.shape == W.shape and (db is None) == (b is None)
+        assert db is None or db.shape == b.shape
+        return dx, dW, db
+
+    names = {"0", "1"} | ({"2"} if b is not None else set())
+    gradcheck(fwd, bwd, (x, W, b), names)
+
+
+@pytest.mark.parametrize("kind", ["relu", "gelu"])
+def test_activation_gradients(backend, kind):
+    forward_fn, backward_fn = {"relu": (relu_forward, relu_backward), "gelu": (gelu_forward, gelu_backward)}[kind]
+    x = randn(backend, numpy.random.default_rng(2), 1, 2, 3, scale=2.0)
+    gradcheck(forward_fn, backward_fn, x, {"input"})
+
+
+@pytest.mark.parametrize("eps", [1e-5, 0.5])
+def test_layernorm_gradients(backend, eps):
+    rng = numpy.random.default_rng(3)
+    x = randn(backend, rng, 2, 2, 4)
+    p = LayerNormParams(gain=backend.asarray(1.0 + 0.5 * rng.standard_normal(4)), bias=randn(backend, rng, 4))
+
+    def fwd(inputs):
+        return layernorm_forward(inputs[0], inputs[1], eps)
+
+    def bwd(dy, cache):
+        return layernorm_backward(dy, cache)
+
+    gradcheck(fwd, bwd, (x, p), {"0", "1.gain", "1.bias"})
+
+
+def test_softmax_gradients(backend):
+    scores = randn(backend, numpy.random.default_rng(4), 2, 2, 3, 4, scale=2.0)
+    gradcheck(softmax_forward, softmax_backward, scores, {"input"})
+
+
+@pytest.mark.parametrize("n_queries", [4, 2, 1])
+def test_mask_gradients(backend, n_queries):
+    """The mask alone with linear attention's fill 0, and mask then softmax with −inf."""
+    scores = randn(backend, numpy.random.default_rng(5), 2, 2, n_queries, 4)
+    mask = causal_mask(n_queries, 4, backend.xp, device=backend.device)
+
+    def masked(s):
+        return mask_forward(s, mask, 0.0)
+
+    gradcheck(masked, mask_backward, scores, {"input"})
+
+    def masked_softmax(s):
+        m, m_cache = mask_forward(s, mask, -math.inf)
+        p, p_cache = softmax_forward(m)
+        return p, (m_cache, p_cache)
+
+    def masked_softmax_backward(dp, caches):
+        return mask_backward(softmax_backward(dp, caches[1]), caches[0])
+
+    gradcheck(masked_softmax, masked_softmax_backward, scores, {"input"})
+
+
+# (kind, causal, last_only, n_heads): the full product on NumPy; on array_api_strict
+# the five rows 0000, 0111, 1011, 1101, 1110, which hold every pair of values of every
+# two switches (see test_strict_attention_cases_cover_every_pair).
+ATTENTION_SWITCHES = (("softmax", "linear"), (False, True), (False, True), (1, 2))
+ATTENTION_CASES = list(itertools.product(*ATTENTION_SWITCHES))
+STRICT_ATTENTION_CASES = [
+    tuple(values[bit] for values, bit in zip(ATTENTION_SWITCHES, bits))
+    for bits in ((0, 0, 0, 0), (0, 1, 1, 1), (1, 0, 1, 1), (1, 1, 0, 1), (1, 1, 1, 0))
+]
+
+
+def test_strict_attention_cases_cover_every_pair():
+    for i, j in itertools.combinations(range(4), 2):
+        seen = {(case[i], case[j]) for case in STRICT_ATTENTION_CASES}
+        assert seen == set(itertools.product(ATTENTION_SWITCHES[i], ATTENTION_SWITCHES[j]))
+
+
+def attention_inputs(backend, rng, n_heads, d_head=1, D=2, n_prompts=2, n_tokens=3):
+    x = randn(backend, rng, n_prompts, n_tokens, D)
+    HK = n_heads * d_head
+    p = AttentionParams(
+        W_Q=randn(backend, rng, HK, D), W_K=randn(backend, rng, HK, D),
+        W_V=randn(backend, rng, HK, D), W_O=randn(backend, rng, D, HK),
+    )
+    return x, p
+
+
+@pytest.mark.parametrize(
+    ("backend", "kind", "causal", "last_only", "n_heads"),
+    backend_cases(ATTENTION_CASES, STRICT_ATTENTION_CASES),
+    indirect=["backend"],
+)
+def test_attention_gradients(backend, kind, causal, last_only, n_heads):
+    x, p = attention_inputs(backend, numpy.random.default_rng(6), n_heads)
+
+    def fwd(inputs):
+        return attention_forward(inputs[0], inputs[1], n_heads, kind, causal, last_only)
+
+    out, _ = fwd((x, p))
+    assert tuple(out.shape) == (2, 1 if last_only else 3, 2)
+    gradcheck(fwd, attention_backward, (x, p), {"0", "1.W_Q", "1.W_K", "1.W_V", "1.W_O"})
+
+
+MLP_CASES = [("relu", False), ("relu", True), ("gelu", False), ("gelu", True)]
+
+
+@pytest.mark.parametrize(
+    ("backend", "activation", "patched"),
+    backend_cases(MLP_CASES, [("relu", True), ("gelu", False)]),  # the series erf is slow on strict
+    indirect=["backend"],
+)
+def test_mlp_gradients(backend, activation, patched):
+    """Per-prompt W1 (B, M, D) and b2 (B, D) are how a patched model runs its MLP."""
+    rng = numpy.random.default_rng(7)
+    n_prompts, D, M = 2, 2, 3
+    u = randn(backend, rng, n_prompts, 2, D)
+    p = MLPParams(
+        W1=randn(backend, rng, *((n_prompts, M, D) if patched else (M, D))),
+        b1=randn(backend, rng, M),
+        W2=randn(backend, rng, D, M),
+        b2=randn(backend, rng, *((n_prompts, D) if patched else (D,))),
+    )
+
+    def fwd(inputs):
+        return mlp_forward(inputs[0], inputs[1], activation)
+
+    gradcheck(fwd, mlp_backward, (u, p), {"0", "1.W1", "1.b1", "1.W2", "1.b2"})
+
+
+# ---------------------------------------------------------------------------------------
+# Exact definitions against independent formulas
+# ---------------------------------------------------------------------------------------
+
+
+def test_linear_matches_loop(backend):
+    """y[b, t] = W[b] x[b, t] + bias[b] for per-prompt weights, W x + bias for shared."""
+    rng = numpy.random.default_rng(8)
+    x, W, Wb, b, bb = (rng.standard_normal(s) for s in [(B, T, D_IN), (D_OUT, D_IN), (B, D_OUT, D_IN), (D_OUT,), (B, D_OUT)])
+    for weight, bias in [(W, b), (Wb, bb), (W, None)]:
+        y, _ = linear_forward(backend.asarray(x), backend.asarray(weight), None if bias is None else backend.asarray(bias))
+        expected = numpy.empty((B, T, D_OUT))
+        for i, t in itertools.product(range(B), range(T)):
+            Wi = weight if weight.ndim == 2 else weight[i]
+            bi = 0.0 if bias is None else (bias if bias.ndim == 1 else bias[i])
+            expected[i, t] = Wi @ x[i, t] + bi
+        assert relative_residual(backend.to_numpy(y), expected) <= IDENTITY_RTOL
+
+
+def softmax_by_loop(row):
+    """pᵢ = exp(sᵢ − m) / Σⱼ exp(sⱼ − m), m = max s, one Python float at a time."""
+    m = max(row)
+    e = [math.exp(s - m) for s in row]
+    total = math.fsum(e)
+    return [v / total for v in e]
+
+
+@settings(max_examples=examples(40))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_rows=st.integers(1, 4),
+    n_cols=st.integers(1, 6),
+    scale=st.sampled_from([1e-3, 1.0, 30.0, 1e3]),
+    n_masked=st.integers(0, 5),
+)
+def test_property_softmax_matches_exp_sum_loop(seed, n_rows, n_cols, scale, n_masked):
+    """Max-subtracted softmax = exp/sum, with −inf entries weighted exactly 0 and no
+    overflow at scale 1e3 (where exp(s) alone would overflow)."""
+    rng = numpy.random.default_rng(seed)
+    scores = scale * rng.standard_normal((n_rows, n_cols))
+    scores[:, 1 : 1 + n_masked] = -math.inf  # column 0 always stays finite
+    probs, _ = softmax_forward(scores)
+    expected = numpy.array([softmax_by_loop(list(row)) for row in scores])
+    assert numpy.all(numpy.isfinite(probs))
+    assert numpy.all(probs[:, 1 : 1 + n_masked] == 0.0)
+    numpy.testing.assert_allclose(probs, expected, rtol=IDENTITY_RTOL, atol=0.0)
+
+
+def test_softmax_without_max_subtraction_would_overflow():
+    """The reason for the max subtraction: exp(1000) overflows to inf."""
+    scores = numpy.array([[1000.0, 999.0, 0.0]])
+    with numpy.errstate(over="ignore", invalid="ignore"):
+        naive = numpy.exp(scores) / numpy.sum(numpy.exp(scores))
+    assert numpy.isnan(naive).any()
+    probs, _ = softmax_forward(scores)
+    numpy.testing.assert_allclose(probs[0], softmax_by_loop([1000.0, 999.0, 0.0]), rtol=IDENTITY_RTOL)
+
+
+def test_layernorm_matches_formula(backend):
+    """LN(x) = g ⊙ (x − μ)/√(σ² + eps) + b with the biased variance and eps inside the
+    root; with eps = 0.5 the two look-alike definitions differ visibly."""
+    rng = numpy.random.default_rng(9)
+    x = 3.0 * rng.standard_normal((2, 3, 4)) + 1.0
+    g, b = 1.0 + rng.standard_normal(4), rng.standard_normal(4)
+    eps = 0.5
+    y, _ = layernorm_forward(backend.asarray(x), LayerNormParams(backend.asarray(g), backend.asarray(b)), eps)
+    y = backend.to_numpy(y)
+
+    mu = x.mean(axis=-1, keepdims=True)
+    biased = ((x - mu) ** 2).sum(axis=-1, keepdims=True) / 4
+    expected = g * (x - mu) / numpy.sqrt(biased + eps) + b
+    assert relative_residual(y, expected) <= IDENTITY_RTOL
+
+    unbiased = ((x - mu) ** 2).sum(axis=-1, keepdims=True) / 3
+    assert relative_residual(y, g * (x - mu) / numpy.sqrt(unbiased + eps) + b) > 1e-3
+    assert relative_residual(y, g * (x - mu) / (numpy.sqrt(biased) + eps) + b) > 1e-3
+
+
+def test_gelu_matches_x_times_normal_cdf(backend):
+    """gelu(x) = x Φ(x) exactly (not the tanh fit): |error| ≤ 8 eps |x| on [−12, 12].
+
+    Measured: 1.5 eps |x| with scipy's erf (NumPy), 3.4 eps |x| with the array-API
+    series (array_api_strict). The tanh approximation is 1e-4 away.
+    """
+    x = numpy.concatenate([numpy.linspace(-12.0, 12.0, 4801), [0.0, 1e-300, -1e-300]])
+    y = backend.to_numpy(gelu_forward(backend.asarray(x))[0])
+    expected = x * scipy.stats.norm.cdf(x)
+    assert numpy.all(numpy.abs(y - expected) <= 8 * EPS64 * numpy.abs(x))
+    tanh_fit = 0.5 * x * (1 + numpy.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    assert numpy.max(numpy.abs(y - tanh_fit)) > 1e-4
+
+
+def test_relu_definition_and_kink(backend):
+    """relu(x) = max(x, 0); its backward uses the subgradient 0 at x = 0."""
+    x = backend.asarray([[[-2.0, -0.0, 0.0, 1e-300, 3.0]]])
+    y, cache = relu_forward(x)
+    assert backend.to_numpy(y).tolist() == [[[0.0, 0.0, 0.0, 1e-300, 3.0]]]
+    dx = relu_backward(backend.asarray(numpy.full((1, 1, 5), 7.0)), cache)
+    assert backend.to_numpy(dx).tolist() == [[[0.0, 0.0, 0.0, 7.0, 7.0]]]
+
+
+def test_causal_mask_semantics(backend):
+    """Query i is position T − Tq + i and sees keys j ≤ T − Tq + i: the diagonal is never
+    masked, and the last query (all that last_only keeps) sees every key."""
+    for n_keys in range(1, 6):
+        for n_queries in range(1, n_keys + 1):
+            mask = causal_mask(n_queries, n_keys, backend.xp, device=backend.device)
+            assert device(mask) == device(backend.asarray(0.0))
+            mask = backend.to_numpy(mask)
+            expected = [[j <= n_keys - n_queries + i for j in range(n_keys)] for i in range(n_queries)]
+            assert mask.tolist() == expected
+            assert all(mask[i, n_keys - n_queries + i] for i in range(n_queries))
+            assert mask[-1].all()
+
+
+@pytest.mark.parametrize("kind", ["softmax", "linear"])
+def test_causal_attention_weights(backend, kind):
+    """Causal weights vanish on future keys; softmax rows sum to 1; last_only keeps the
+    full computation's last row of weights and of output."""
+    x, p = attention_inputs(backend, numpy.random.default_rng(10), n_heads=2, d_head=2, D=3, n_tokens=5)
+    out, cache = attention_forward(x, p, 2, kind, causal=True)
+    P = backend.to_numpy(cache.weights)  # (B, H, T, T)
+    future = numpy.triu(numpy.ones((5, 5), dtype=bool), k=1)
+    assert numpy.all(P[..., future] == 0.0)
+    assert numpy.all(P[..., ~future] != 0.0)
+    if kind == "softmax":
+        numpy.testing.assert_allclose(P.sum(axis=-1), 1.0, rtol=0, atol=4 * EPS64)
+    out_last, cache_last = attention_forward(x, p, 2, kind, causal=True, last_only=True)
+    assert relative_residual(backend.to_numpy(cache_last.weights), P[:, :, -1:, :]) <= IDENTITY_RTOL
+    assert relative_residual(backend.to_numpy(out_last), backend.to_numpy(out)[:, -1:, :]) <= IDENTITY_RTOL
+
+
+def attention_by_loop(x, p, n_heads, kind, causal):
+    """Multi-head self-attention written plainly: one head, one query, one key at a time."""
+    n_prompts, n_tokens, D = x.shape
+    K = p.W_Q.shape[0] // n_heads
+    out = numpy.zeros((n_prompts, n_tokens, D))
+    for b in range(n_prompts):
+        heads = []
+        for h in range(n_heads):
+            rows = slice(h * K, (h + 1) * K)
+            Wq, Wk, Wv = p.W_Q[rows], p.W_K[rows], p.W_V[rows]
+            head = numpy.zeros((n_tokens, K))
+            for i in range(n_tokens):
+                q = Wq @ x[b, i]
+                keys = range(i + 1) if causal else range(n_tokens)
+                scores = [float(q @ (Wk @ x[b, j])) / math.sqrt(K) for j in keys]
+                weights = softmax_by_loop(scores) if kind == "softmax" else scores
+                for w, j in zip(weights, keys):
+                    head[i] += w * (Wv @ x[b, j])
+            heads.append(head)
+        out[b] = numpy.concatenate(heads, axis=1) @ p.W_O.T
+    return out
+
+
+@pytest.mark.parametrize("kind", ["softmax", "linear"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("n_heads", [1, 3])
+def test_attention_matches_per_head_loop(backend, kind, causal, n_heads):
+    rng = numpy.random.default_rng(11)
+    x_np = rng.standard_normal((2, 4, 3))
+    p_np = AttentionParams(*(rng.standard_normal(s) for s in [(2 * n_heads, 3)] * 3 + [(3, 2 * n_heads)]))
+    x = backend.asarray(x_np)
+    p = AttentionParams(*(backend.asarray(w) for w in p_np))
+    expected = attention_by_loop(x_np, p_np, n_heads, kind, causal)
+    out, _ = attention_forward(x, p, n_heads, kind, causal)
+    assert relative_residual(backend.to_numpy(out), expected) <= IDENTITY_RTOL
+    out_last, _ = attention_forward(x, p, n_heads, kind, causal, last_only=True)
+    assert relative_residual(backend.to_numpy(out_last), expected[:, -1:, :]) <= IDENTITY_RTOL
+
+
+def test_mlp_matches_formula():
+    """M(u) = W2 g(W1 u + b1) + b2, per prompt with per-prompt W1 and b2."""
+    rng = numpy.random.default_rng(12)
+    u = rng.standard_normal((2, 3, 4))
+    p = MLPParams(rng.standard_normal((2, 5, 4)), rng.standard_normal(5), rng.standard_normal((4, 5)), rng.standard_normal((2, 4)))
+    for activation, g in [("relu", lambda z: numpy.maximum(z, 0.0)), ("gelu", lambda z: z * scipy.stats.norm.cdf(z))]:
+        out, _ = mlp_forward(u, p, activation)
+        expected = numpy.stack([
+            numpy.stack([p.W2 @ g(p.W1[b] @ u[b, t] + p.b1) + p.b2[b] for t in range(3)]) for b in range(2)
+        ])
+        assert relative_residual(out, expected) <= IDENTITY_RTOL
