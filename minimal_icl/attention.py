@@ -157,6 +157,42 @@ def attention_forward(
     return out, cache
 
 
+def head_projection_backward(
+    M: Array, G: Array, proj: LinearCache
+) -> tuple[Array, Array]:
+    """Backward of a key or value projection Y = x Wᵀ whose gradient per head is Mₕᵀ Gₕ.
+
+    Keys: dKₕ = dSₕᵀ Qₕ (M = dS, G = Q). Values: dVₕ = Pₕᵀ dPVₕ (M = P, G = dPV).
+    Shapes: M (B, H, Tq, T), G (B, H, Tq, K), proj caches x (B, T, D) and W (H·K, D).
+    Returns (dx (B, T, D), dW (H·K, D)), by either of two orders of the same products:
+
+        direct:        dYₕ = Mₕᵀ Gₕ  (B, H, T, K);   dx = merge(dY) W;   dW = Σ_b merge(dY)ᵀ x
+        reassociated:  dx = Σₕ Mₕᵀ (Gₕ Wₕ);          dWₕ = Σ_b Gₕᵀ (Mₕ x)
+
+    The reassociated order never builds the (B, H, T, K) array dY. It costs about
+    2·Tq·D multiply-adds per (prompt, head, token) against Tq·K + 2·K·D for the direct
+    order, so it is chosen when that is smaller: always with ``last_only`` (Tq = 1),
+    and for narrow tokens (D < K/2 roughly) on every position.
+    """
+    x, W = proj.x, proj.W
+    xp = namespace(M, G, x)
+    B, H, Tq, T = M.shape
+    K, D = G.shape[-1], x.shape[-1]
+    if 2 * Tq * D >= Tq * K + 2 * K * D:
+        dx, dW, _ = linear_backward(merge_heads(xp.matmul(xp.matrix_transpose(M), G)), proj)
+        return dx, dW
+    # With the heads stacked along the contracted axis, Σₕ Mₕᵀ (Gₕ Wₕ) is one matmul:
+    M_stacked = xp.reshape(M, (B, H * Tq, T))  # (B, H·Tq, T)
+    GW = xp.matmul(G, xp.reshape(W, (H, K, D)))  # (B, H, Tq, D)
+    dx = xp.matmul(xp.matrix_transpose(M_stacked), xp.reshape(GW, (B, H * Tq, D)))  # (B, T, D)
+    Mx = xp.reshape(xp.matmul(M_stacked, x), (B, H, Tq, D))  # (B, H, Tq, D)
+    # dWₕ = Σ over prompts and query rows of Gₕᵀ (Mₕ x): one matmul per head
+    G_rows = xp.reshape(xp.permute_dims(G, (1, 3, 0, 2)), (H, K, B * Tq))  # (H, K, B·Tq)
+    Mx_rows = xp.reshape(xp.permute_dims(Mx, (1, 0, 2, 3)), (H, B * Tq, D))  # (H, B·Tq, D)
+    dW = xp.reshape(xp.matmul(G_rows, Mx_rows), (H * K, D))  # (H·K, D)
+    return dx, dW
+
+
 def attention_backward(dout: Array, cache: AttentionCache) -> tuple[Array, AttentionParams]:
     """Returns (dx, AttentionParams of gradients); dx has the shape of the input x."""
     c = cache
@@ -168,7 +204,7 @@ def attention_backward(dout: Array, cache: AttentionCache) -> tuple[Array, Atten
     # forward was: heads = merge(P V)
     dPV = split_heads(dheads, c.n_heads)  # (B, H, Tq, K)
     dweights = xp.matmul(dPV, xp.matrix_transpose(c.v))  # (B, H, Tq, T)
-    dv = xp.matmul(xp.matrix_transpose(c.weights), dPV)  # (B, H, T, K)
+    # (dV = Pᵀ dPV is folded into the V projection's backward below)
     # forward was: P = softmax(S) (or P = S for linear attention)
     dscores = dweights if c.softmax is None else softmax_backward(dweights, c.softmax)
     # forward was: S = where(mask, S, fill)
@@ -177,11 +213,11 @@ def attention_backward(dout: Array, cache: AttentionCache) -> tuple[Array, Atten
     # forward was: S = Q Kᵀ / √K
     dscores = dscores * (1.0 / math.sqrt(d_head))
     dq = xp.matmul(dscores, c.k)  # (B, H, Tq, K)
-    dk = xp.matmul(xp.matrix_transpose(dscores), c.q)  # (B, H, T, K)
+    # (dK = dSᵀ Q is folded into the K projection's backward below)
     # forward was: Q, K, V = split(x_q W_Qᵀ), split(x W_Kᵀ), split(x W_Vᵀ)
     dx_q, dW_Q, _ = linear_backward(merge_heads(dq), c.q_proj)
-    dx_k, dW_K, _ = linear_backward(merge_heads(dk), c.k_proj)
-    dx_v, dW_V, _ = linear_backward(merge_heads(dv), c.v_proj)
+    dx_k, dW_K = head_projection_backward(dscores, c.q, c.k_proj)  # dK = dSᵀ Q
+    dx_v, dW_V = head_projection_backward(c.weights, dPV, c.v_proj)  # dV = Pᵀ dPV
 
     dx = dx_k + dx_v
     if c.last_only:

@@ -174,7 +174,7 @@ def regression_stream(
         pool = _to_batch(tokens, target, w, dtype, xp, device)
         for i in range(batches_per_draw):
             part = slice(i * batch_size, (i + 1) * batch_size)
-            yield RegressionBatch(pool.tokens[part], pool.target[part], pool.w[part])
+            yield RegressionBatch(pool.tokens[part, ...], pool.target[part], pool.w[part, ...])
 
 
 def prompt_tokens(context_x: Array, context_y: Array, query_x: Array) -> Array:

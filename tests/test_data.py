@@ -1,0 +1,186 @@
+"""In-context regression prompts and the baselines (minimal_icl.data)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy
+import pytest
+
+from minimal_icl.data import (
+    RegressionBatch,
+    baseline_mse,
+    least_squares_predict,
+    mse,
+    one_step_gd_mse,
+    one_step_gd_predict,
+    optimal_gd_step,
+    prompt_tokens,
+    regression_prompts,
+    regression_stream,
+    ridge_lambda,
+    ridge_predict,
+    zero_predict,
+)
+from minimal_icl.tolerances import IDENTITY_RTOL, relative_residual
+
+
+def test_prompt_layout_and_target():
+    """tokens = [(x_i; ⟨w, x_i⟩) ..., (x_q; 0)], target = ⟨w, x_q⟩, views slice the tokens."""
+    batch = regression_prompts(5, 7, 3, seed=1)
+    assert batch.tokens.shape == (5, 8, 4)
+    assert batch.target.shape == (5,) and batch.w.shape == (5, 3)
+    assert batch.context.shape == (5, 7, 4) and batch.query.shape == (5, 4)
+    assert batch.context_x.shape == (5, 7, 3) and batch.context_y.shape == (5, 7)
+    assert batch.query_x.shape == (5, 3)
+    for b, i in itertools.product(range(5), range(7)):
+        expected = sum(batch.w[b, k] * batch.tokens[b, i, k] for k in range(3))
+        assert abs(batch.tokens[b, i, 3] - expected) <= 1e-14
+    for b in range(5):
+        assert batch.tokens[b, -1, -1] == 0.0
+        expected = sum(batch.w[b, k] * batch.tokens[b, -1, k] for k in range(3))
+        assert abs(batch.target[b] - expected) <= 1e-14
+    assert numpy.array_equal(batch.query, batch.tokens[:, -1, :])
+    assert numpy.array_equal(prompt_tokens(batch.context_x, batch.context_y, batch.query_x), batch.tokens)
+
+
+def test_seeding_is_reproducible_and_distinct():
+    a = regression_prompts(4, 10, 2, seed=3)
+    b = regression_prompts(4, 10, 2, seed=3)
+    c = regression_prompts(4, 10, 2, seed=4)
+    assert all(numpy.array_equal(x, y) for x, y in zip(a, b))
+    assert not numpy.array_equal(a.tokens, c.tokens)
+    # a Generator continues its stream: two draws differ
+    rng = numpy.random.default_rng(0)
+    assert not numpy.array_equal(regression_prompts(2, 3, 2, rng).tokens, regression_prompts(2, 3, 2, rng).tokens)
+
+
+def test_label_noise_touches_context_labels_only():
+    clean = regression_prompts(3, 20, 2, seed=5)
+    noisy = regression_prompts(3, 20, 2, seed=5, noise=0.5)
+    assert numpy.array_equal(clean.context_x, noisy.context_x)
+    assert numpy.array_equal(clean.target, noisy.target)  # the target is noiseless
+    assert numpy.all(noisy.tokens[:, -1, -1] == 0.0)
+    residual = noisy.context_y - clean.context_y
+    assert 0.3 < float(numpy.std(residual)) < 0.7
+
+
+def test_stream_gives_fresh_batches():
+    stream = regression_stream(3, 4, 2, seed=0, batches_per_draw=2)
+    batches = [next(stream) for _ in range(5)]  # crosses two draws
+    flat = numpy.concatenate([b.tokens for b in batches])
+    assert flat.shape == (15, 5, 3)
+    assert len({row.tobytes() for row in flat}) == 15  # no prompt repeated
+    for batch in batches:
+        assert numpy.allclose(batch.target, numpy.sum(batch.w * batch.query_x, axis=1), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_backends_dtype_and_device_are_kept(backend, dtype):
+    batch = regression_prompts(4, 6, 2, seed=2, dtype=dtype, xp=backend.xp, device=backend.device)
+    reference = regression_prompts(4, 6, 2, seed=2)
+    for name, value in zip(batch._fields, batch):
+        assert value.dtype == getattr(backend.xp, dtype), name
+        if backend.device is not None:
+            assert value.device == backend.device
+        tol = 1e-6 if dtype == "float32" else 0.0
+        assert numpy.allclose(backend.to_numpy(value), getattr(reference, name), rtol=tol, atol=tol)
+    # every baseline stays in the batch's namespace and dtype
+    for prediction in (zero_predict(batch), one_step_gd_predict(batch), least_squares_predict(batch),
+                       ridge_predict(batch, 0.1)):
+        assert prediction.shape == (4,) and prediction.dtype == getattr(backend.xp, dtype)
+    assert numpy.allclose(
+        backend.to_numpy(least_squares_predict(batch)), backend.to_numpy(batch.target),
+        rtol=0, atol=1e-3 if dtype == "float32" else 1e-12,
+    )
+    stream_batch = next(regression_stream(2, 3, 2, seed=0, dtype=dtype, xp=backend.xp, device=backend.device))
+    assert stream_batch.tokens.dtype == getattr(backend.xp, dtype)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(batch_size=0, n_context=5, d=2), "batch_size"),
+        (dict(batch_size=2, n_context=-1, d=2), "n_context"),
+        (dict(batch_size=2, n_context=5, d=2.5), "d must"),
+        (dict(batch_size=True, n_context=5, d=2), "batch_size"),
+        (dict(batch_size=2, n_context=5, d=2, noise=-0.1), "noise"),
+        (dict(batch_size=2, n_context=5, d=2, noise=float("nan")), "noise"),
+        (dict(batch_size=2, n_context=5, d=2, seed=-1), "seed"),
+    ],
+)
+def test_bad_sizes_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        regression_prompts(**kwargs)
+
+
+def test_least_squares_is_exact_on_noiseless_prompts():
+    for N, d in [(2, 2), (5, 3), (50, 2)]:
+        batch = regression_prompts(20, N, d, seed=N)
+        assert relative_residual(least_squares_predict(batch), batch.target) <= 1e-10
+
+
+def test_least_squares_minimum_norm_when_underdetermined():
+    """N < d: ŵ is the minimum-norm interpolant, ŵ = Xᵀ (X Xᵀ)⁻¹ y."""
+    batch = regression_prompts(6, 2, 5, seed=0)
+    X, y = batch.context_x, batch.context_y
+    w_hat = numpy.stack([X[b].T @ numpy.linalg.solve(X[b] @ X[b].T, y[b]) for b in range(6)])
+    expected = numpy.sum(w_hat * batch.query_x, axis=1)
+    assert relative_residual(least_squares_predict(batch), expected) <= 1e-10
+
+
+def test_one_step_gd_against_a_loop():
+    """ŷ = η x_qᵀ (1/N) Σ y_i x_i: the gradient of (1/2N) Σ (⟨w, x_i⟩ − y_i)² at w = 0 is −(1/N) Σ y_i x_i."""
+    batch = regression_prompts(4, 9, 3, seed=7, noise=0.2)
+    for eta in (None, 0.37):
+        step = optimal_gd_step(3, 9) if eta is None else eta
+        expected = []
+        for b in range(4):
+            w0 = numpy.zeros(3)
+            gradient = numpy.zeros(3)
+            for i in range(9):
+                x_i, y_i = batch.tokens[b, i, :3], batch.tokens[b, i, 3]
+                gradient += (w0 @ x_i - y_i) * x_i / 9
+            w1 = w0 - step * gradient
+            expected.append(w1 @ batch.tokens[b, -1, :3])
+        assert relative_residual(one_step_gd_predict(batch, eta), numpy.array(expected)) <= IDENTITY_RTOL
+
+
+def test_optimal_step_and_its_expected_error():
+    assert optimal_gd_step(2, 50) == pytest.approx(50 / 53, rel=1e-15)
+    assert one_step_gd_mse(2, 50) == pytest.approx(2 * 3 / 53, rel=1e-14)
+    # η* minimises the closed-form expected error
+    grid = numpy.linspace(0.5, 1.2, 141)
+    errors = [one_step_gd_mse(2, 50, eta) for eta in grid]
+    assert abs(grid[int(numpy.argmin(errors))] - 50 / 53) <= 0.005
+    # and the formula agrees with a Monte-Carlo estimate (50k prompts: ~1% standard error)
+    batch = regression_prompts(50_000, 50, 2, seed=11)
+    measured = mse(one_step_gd_predict(batch), batch.target)
+    assert measured == pytest.approx(6 / 53, rel=0.04)
+
+
+def test_ridge_is_the_posterior_mean_and_tends_to_least_squares():
+    batch = regression_prompts(5, 8, 3, seed=3, noise=0.3)
+    lam = ridge_lambda(0.3, prior_std=2.0)
+    assert lam == pytest.approx(0.09 / 4.0)
+    X, y = batch.context_x, batch.context_y
+    expected = [numpy.linalg.solve(X[b].T @ X[b] + lam * numpy.eye(3), X[b].T @ y[b]) @ batch.query_x[b]
+                for b in range(5)]
+    assert relative_residual(ridge_predict(batch, lam), numpy.array(expected)) <= 1e-12
+    assert relative_residual(ridge_predict(batch, 0.0), least_squares_predict(batch)) <= 1e-10
+    with pytest.raises(ValueError, match="lambda"):
+        ridge_predict(batch, -1.0)
+
+
+def test_baseline_table_on_the_paper_setting():
+    batch = regression_prompts(20_000, 50, 2, seed=0)
+    table = baseline_mse(batch)
+    assert set(table) == {"zero", "one_step_gd", "least_squares"}
+    assert table["zero"] == pytest.approx(2.0, rel=0.05)  # E⟨w, x⟩² = d
+    assert table["one_step_gd"] == pytest.approx(6 / 53, rel=0.05)
+    assert table["least_squares"] <= 1e-20
+    assert numpy.all(zero_predict(batch) == 0.0)
+    assert "ridge" in baseline_mse(regression_prompts(10, 5, 2, seed=0, noise=0.1), noise=0.1)
+    with pytest.raises(ValueError, match="shape"):
+        mse(batch.target[:3], batch.target)
+    assert isinstance(batch, RegressionBatch)
