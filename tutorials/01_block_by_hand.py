@@ -226,7 +226,7 @@ print(f"relative residual, last_only vs full: {last_only_residual:.1e}")
 #    compare it with the library backward for an all-ones upstream gradient: why would a
 #    checker that probes with ones never see this bug?
 #
-# The solution cell below is collapsed in JupyterLab (click it to open).
+# The solution is folded away below (click to open it).
 
 # %% jupyter={"source_hidden": true}
 # Solution 2. With dP = 1 both backwards give 0: the true one because Σ_j P_j = 1, the wrong

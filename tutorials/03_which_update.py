@@ -179,7 +179,7 @@ print(f"Y = C minus c_1, zero queries included: relative residual {residual_part
 # output: compare `forward` on the query alone with *any* patch (the MLP input is
 # $(W + X)\cdot 0 = 0$ whatever $X$ is) against the with-context output of prompt 3.
 #
-# The solution cell below is collapsed in JupyterLab (click it to open).
+# The solution is folded away below (click to open it).
 
 # %% jupyter={"source_hidden": true}
 # Solution: the MLP input at the query alone is A(x) = 0, so (W + X) A(x) = 0 for every X and

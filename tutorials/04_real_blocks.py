@@ -196,7 +196,7 @@ except ValueError as error:
 # (`minimal_icl.train.train` with your own `TransformerConfig`) and check that the stacked
 # patches still reproduce its predictions. Which block gets the largest $\|\Delta W\|_F$?
 #
-# The solution cell below is collapsed in JupyterLab (click it to open).
+# The solution is folded away below (click to open it).
 
 # %% jupyter={"source_hidden": true}
 # Solution (a short run; the answer about the norms depends on the run).

@@ -196,7 +196,7 @@ print({k: round(v, 3) for k, v in slopes.items()})
 # Repeat the caveat measurement with `attn_skip=True, layer_norm=True`, for both kinds of
 # attention. Does LayerNorm change the slopes? (Hint: LayerNorm pins $\|u\|$ near $\sqrt{D}$.)
 #
-# The solution cell below is collapsed in JupyterLab (click it to open).
+# The solution is folded away below (click to open it).
 
 # %% jupyter={"source_hidden": true}
 # Solution. Softmax: unchanged (the new token still gets a weight ~1/(i+1), and LN2 is smooth).

@@ -200,7 +200,7 @@ plt.show()
 # $\eta$ again for $\sigma = 1$ and compare $\hat\eta$ with $\eta^*$. Which way does it move, and
 # why?
 #
-# The solution cell below is collapsed in JupyterLab (click it to open).
+# The solution is folded away below (click to open it).
 
 # %% [markdown] jupyter={"source_hidden": true}
 # **Solution.** The noise leaves $\mathbb{E}[p\,y] = d$ unchanged but adds

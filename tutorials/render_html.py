@@ -31,7 +31,9 @@ MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"
 CDN_MATHJAX = "https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/latest.js?config=TeX-AMS_CHTML-full,Safe"
 
 # The lab template, less the two scripts these pages never use and that would be fetched
-# from a CDN (require.js for widgets; mermaid only loads when a diagram is present).
+# from a CDN (require.js for widgets; mermaid only loads when a diagram is present), with
+# MathJax set to the fonts that jupyter-server-mathjax ships, a link back to the index, and
+# the exercise solutions (cells collapsed in JupyterLab) folded into <details>.
 PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
@@ -42,6 +44,24 @@ MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFon
 </script>
 {{ super() }}
 {%- endblock html_head_js_mathjax -%}
+{%- block input_group -%}
+{%- if cell.metadata.get("jupyter", {}).get("source_hidden") -%}
+<details><summary style="cursor: pointer; color: #0969da; margin-left: 6rem; font-family: var(--jp-ui-font-family);">show the solution</summary>
+{{ super() }}
+</details>
+{%- else -%}
+{{ super() }}
+{%- endif -%}
+{%- endblock input_group -%}
+{%- block markdowncell scoped -%}
+{%- if cell.metadata.get("jupyter", {}).get("source_hidden") -%}
+<details><summary style="cursor: pointer; color: #0969da; margin-left: 6rem; font-family: var(--jp-ui-font-family);">show the solution</summary>
+{{ super() }}
+</details>
+{%- else -%}
+{{ super() }}
+{%- endif -%}
+{%- endblock markdowncell -%}
 {%- block body_header -%}
 {{ super() }}
 <nav style="font-family: var(--jp-ui-font-family); font-size: 0.9rem; margin: 0 0 0.5rem 0;">
