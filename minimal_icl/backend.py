@@ -98,7 +98,8 @@ def erf_array_api(x: Array, n_series: int = 90, n_fraction: int = 60) -> Array:
     xp = namespace(x)
     a = xp.abs(x)
     small = xp.where(a < 3.0, a, xp.zeros_like(a))
-    large = xp.where(a < 3.0, xp.full_like(a, 3.0), a)
+    # erfc(30) < 1e-390: erf is 1 to double precision there, and x² cannot overflow
+    large = xp.where(a < 3.0, xp.full_like(a, 3.0), xp.where(a < 30.0, a, xp.full_like(a, 30.0)))
 
     # Series, summed from the small terms upwards is not needed: terms are positive.
     term = small

@@ -6,7 +6,8 @@ upstream gradient G, the loss Σ out ⊙ G, fourth-order central differences, re
 error ≤ GRADCHECK_RTOL for every input and parameter. They run on every backend of the
 ``backend`` fixture. array_api_strict is about ten times slower than NumPy per call, so
 the attention grid runs its full product (16 cases) on NumPy and a pairwise covering
-subset (5 cases, every pair of switch values) on array_api_strict's "device1".
+subset (5 cases, every pair of switch values) on array_api_strict's "device1", and the
+MLP runs two of its four cases there (its gelu uses the slow standard-calls erf).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from minimal_icl.attention import (
     attention_backward,
     attention_forward,
     causal_mask,
+    head_projection_backward,
     mask_backward,
     mask_forward,
     softmax_backward,
@@ -58,7 +60,10 @@ def gpu_available() -> bool:
 def backend_cases(full, strict):
     """pytest params (backend, *case) for the ``backend`` fixture: the ``full`` cases on
     NumPy (and CuPy on a GPU), the ``strict`` cases on array_api_strict's device1."""
-    runs = [(("numpy",), "numpy", full), (("array_api_strict", "device1"), "strict-device1", strict)]
+    runs = [
+        (("numpy",), "numpy", full),
+        (("array_api_strict", "device1"), "strict-device1", strict),
+    ]
     if gpu_available():
         runs.append((("cupy",), "cupy", full))
     return [
@@ -121,7 +126,10 @@ def test_linear_gradients(backend, case):
 
 @pytest.mark.parametrize("kind", ["relu", "gelu"])
 def test_activation_gradients(backend, kind):
-    forward_fn, backward_fn = {"relu": (relu_forward, relu_backward), "gelu": (gelu_forward, gelu_backward)}[kind]
+    forward_fn, backward_fn = {
+        "relu": (relu_forward, relu_backward),
+        "gelu": (gelu_forward, gelu_backward),
+    }[kind]
     x = randn(backend, numpy.random.default_rng(2), 1, 2, 3, scale=2.0)
     gradcheck(forward_fn, backward_fn, x, {"input"})
 
@@ -130,7 +138,9 @@ def test_activation_gradients(backend, kind):
 def test_layernorm_gradients(backend, eps):
     rng = numpy.random.default_rng(3)
     x = randn(backend, rng, 2, 2, 4)
-    p = LayerNormParams(gain=backend.asarray(1.0 + 0.5 * rng.standard_normal(4)), bias=randn(backend, rng, 4))
+    p = LayerNormParams(
+        gain=backend.asarray(1.0 + 0.5 * rng.standard_normal(4)), bias=randn(backend, rng, 4)
+    )
 
     def fwd(inputs):
         return layernorm_forward(inputs[0], inputs[1], eps)
@@ -189,8 +199,10 @@ def attention_inputs(backend, rng, n_heads, d_head=1, D=2, n_prompts=2, n_tokens
     x = randn(backend, rng, n_prompts, n_tokens, D)
     HK = n_heads * d_head
     p = AttentionParams(
-        W_Q=randn(backend, rng, HK, D), W_K=randn(backend, rng, HK, D),
-        W_V=randn(backend, rng, HK, D), W_O=randn(backend, rng, D, HK),
+        W_Q=randn(backend, rng, HK, D),
+        W_K=randn(backend, rng, HK, D),
+        W_V=randn(backend, rng, HK, D),
+        W_O=randn(backend, rng, D, HK),
     )
     return x, p
 
@@ -211,6 +223,55 @@ def test_attention_gradients(backend, kind, causal, last_only, n_heads):
     gradcheck(fwd, attention_backward, (x, p), {"0", "1.W_Q", "1.W_K", "1.W_V", "1.W_O"})
 
 
+@pytest.mark.parametrize(
+    ("backend", "kind", "causal"),
+    backend_cases(
+        list(itertools.product(("softmax", "linear"), (False, True))),
+        [("softmax", True), ("linear", False)],
+    ),
+    indirect=["backend"],
+)
+def test_attention_gradients_wide_heads(backend, kind, causal):
+    """Heads wider than the tokens (K = 3, D = 2): the key and value projections take the
+    reassociated order of head_projection_backward on every position (the cases above
+    take it only with last_only)."""
+    x, p = attention_inputs(backend, numpy.random.default_rng(13), n_heads=2, d_head=3, D=2)
+
+    def fwd(inputs):
+        return attention_forward(inputs[0], inputs[1], 2, kind, causal)
+
+    gradcheck(fwd, attention_backward, (x, p), {"0", "1.W_Q", "1.W_K", "1.W_V", "1.W_O"})
+
+
+def direct_order(M, G, x, W):
+    """dYₕ = Mₕᵀ Gₕ, dx = merge(dY) W, dW = Σ_b merge(dY)ᵀ x, in plain NumPy."""
+    dY = numpy.einsum("bhqt,bhqk->bthk", M, G)
+    dY = dY.reshape(dY.shape[0], dY.shape[1], -1)  # (B, T, H·K)
+    return dY @ W, numpy.einsum("bto,bti->oi", dY, x)
+
+
+@pytest.mark.parametrize(
+    ("B", "H", "Tq", "T", "K", "D", "order"),
+    [
+        (2, 2, 4, 4, 1, 3, "direct"),  # 2·Tq·D = 24 ≥ Tq·K + 2·K·D = 10
+        (2, 3, 4, 4, 5, 2, "reassociated"),  # 16 < 40
+        (2, 2, 1, 4, 2, 3, "reassociated"),  # last_only: Tq = 1
+    ],
+    ids=["direct", "reassociated", "reassociated-last-only"],
+)
+def test_head_projection_backward_orders_agree(backend, B, H, Tq, T, K, D, order):
+    """Both orders of the key/value projection backward give the direct formula."""
+    assert (2 * Tq * D >= Tq * K + 2 * K * D) == (order == "direct")
+    rng = numpy.random.default_rng(14)
+    M, G = rng.standard_normal((B, H, Tq, T)), rng.standard_normal((B, H, Tq, K))
+    x, W = rng.standard_normal((B, T, D)), rng.standard_normal((H * K, D))
+    _, proj = linear_forward(backend.asarray(x), backend.asarray(W))
+    dx, dW = head_projection_backward(backend.asarray(M), backend.asarray(G), proj)
+    dx_expected, dW_expected = direct_order(M, G, x, W)
+    assert relative_residual(backend.to_numpy(dx), dx_expected) <= IDENTITY_RTOL
+    assert relative_residual(backend.to_numpy(dW), dW_expected) <= IDENTITY_RTOL
+
+
 MLP_CASES = [("relu", False), ("relu", True), ("gelu", False), ("gelu", True)]
 
 
@@ -222,7 +283,7 @@ MLP_CASES = [("relu", False), ("relu", True), ("gelu", False), ("gelu", True)]
 def test_mlp_gradients(backend, activation, patched):
     """Per-prompt W1 (B, M, D) and b2 (B, D) are how a patched model runs its MLP."""
     rng = numpy.random.default_rng(7)
-    n_prompts, D, M = 2, 2, 3
+    n_prompts, D, M = 2, 2, 2
     u = randn(backend, rng, n_prompts, 2, D)
     p = MLPParams(
         W1=randn(backend, rng, *((n_prompts, M, D) if patched else (M, D))),
@@ -245,9 +306,16 @@ def test_mlp_gradients(backend, activation, patched):
 def test_linear_matches_loop(backend):
     """y[b, t] = W[b] x[b, t] + bias[b] for per-prompt weights, W x + bias for shared."""
     rng = numpy.random.default_rng(8)
-    x, W, Wb, b, bb = (rng.standard_normal(s) for s in [(B, T, D_IN), (D_OUT, D_IN), (B, D_OUT, D_IN), (D_OUT,), (B, D_OUT)])
+    x, W, Wb, b, bb = (
+        rng.standard_normal(s)
+        for s in [(B, T, D_IN), (D_OUT, D_IN), (B, D_OUT, D_IN), (D_OUT,), (B, D_OUT)]
+    )
     for weight, bias in [(W, b), (Wb, bb), (W, None)]:
-        y, _ = linear_forward(backend.asarray(x), backend.asarray(weight), None if bias is None else backend.asarray(bias))
+        y, _ = linear_forward(
+            backend.asarray(x),
+            backend.asarray(weight),
+            None if bias is None else backend.asarray(bias),
+        )
         expected = numpy.empty((B, T, D_OUT))
         for i, t in itertools.product(range(B), range(T)):
             Wi = weight if weight.ndim == 2 else weight[i]
@@ -292,7 +360,9 @@ def test_softmax_without_max_subtraction_would_overflow():
         naive = numpy.exp(scores) / numpy.sum(numpy.exp(scores))
     assert numpy.isnan(naive).any()
     probs, _ = softmax_forward(scores)
-    numpy.testing.assert_allclose(probs[0], softmax_by_loop([1000.0, 999.0, 0.0]), rtol=IDENTITY_RTOL)
+    numpy.testing.assert_allclose(
+        probs[0], softmax_by_loop([1000.0, 999.0, 0.0]), rtol=IDENTITY_RTOL
+    )
 
 
 def test_layernorm_matches_formula(backend):
@@ -302,7 +372,9 @@ def test_layernorm_matches_formula(backend):
     x = 3.0 * rng.standard_normal((2, 3, 4)) + 1.0
     g, b = 1.0 + rng.standard_normal(4), rng.standard_normal(4)
     eps = 0.5
-    y, _ = layernorm_forward(backend.asarray(x), LayerNormParams(backend.asarray(g), backend.asarray(b)), eps)
+    y, _ = layernorm_forward(
+        backend.asarray(x), LayerNormParams(backend.asarray(g), backend.asarray(b)), eps
+    )
     y = backend.to_numpy(y)
 
     mu = x.mean(axis=-1, keepdims=True)
@@ -346,7 +418,9 @@ def test_causal_mask_semantics(backend):
             mask = causal_mask(n_queries, n_keys, backend.xp, device=backend.device)
             assert device(mask) == device(backend.asarray(0.0))
             mask = backend.to_numpy(mask)
-            expected = [[j <= n_keys - n_queries + i for j in range(n_keys)] for i in range(n_queries)]
+            expected = [
+                [j <= n_keys - n_queries + i for j in range(n_keys)] for i in range(n_queries)
+            ]
             assert mask.tolist() == expected
             assert all(mask[i, n_keys - n_queries + i] for i in range(n_queries))
             assert mask[-1].all()
@@ -356,7 +430,9 @@ def test_causal_mask_semantics(backend):
 def test_causal_attention_weights(backend, kind):
     """Causal weights vanish on future keys; softmax rows sum to 1; last_only keeps the
     full computation's last row of weights and of output."""
-    x, p = attention_inputs(backend, numpy.random.default_rng(10), n_heads=2, d_head=2, D=3, n_tokens=5)
+    x, p = attention_inputs(
+        backend, numpy.random.default_rng(10), n_heads=2, d_head=2, D=3, n_tokens=5
+    )
     out, cache = attention_forward(x, p, 2, kind, causal=True)
     P = backend.to_numpy(cache.weights)  # (B, H, T, T)
     future = numpy.triu(numpy.ones((5, 5), dtype=bool), k=1)
@@ -366,7 +442,10 @@ def test_causal_attention_weights(backend, kind):
         numpy.testing.assert_allclose(P.sum(axis=-1), 1.0, rtol=0, atol=4 * EPS64)
     out_last, cache_last = attention_forward(x, p, 2, kind, causal=True, last_only=True)
     assert relative_residual(backend.to_numpy(cache_last.weights), P[:, :, -1:, :]) <= IDENTITY_RTOL
-    assert relative_residual(backend.to_numpy(out_last), backend.to_numpy(out)[:, -1:, :]) <= IDENTITY_RTOL
+    assert (
+        relative_residual(backend.to_numpy(out_last), backend.to_numpy(out)[:, -1:, :])
+        <= IDENTITY_RTOL
+    )
 
 
 def attention_by_loop(x, p, n_heads, kind, causal):
@@ -398,7 +477,9 @@ def attention_by_loop(x, p, n_heads, kind, causal):
 def test_attention_matches_per_head_loop(backend, kind, causal, n_heads):
     rng = numpy.random.default_rng(11)
     x_np = rng.standard_normal((2, 4, 3))
-    p_np = AttentionParams(*(rng.standard_normal(s) for s in [(2 * n_heads, 3)] * 3 + [(3, 2 * n_heads)]))
+    p_np = AttentionParams(
+        *(rng.standard_normal(s) for s in [(2 * n_heads, 3)] * 3 + [(3, 2 * n_heads)])
+    )
     x = backend.asarray(x_np)
     p = AttentionParams(*(backend.asarray(w) for w in p_np))
     expected = attention_by_loop(x_np, p_np, n_heads, kind, causal)
@@ -412,10 +493,21 @@ def test_mlp_matches_formula():
     """M(u) = W2 g(W1 u + b1) + b2, per prompt with per-prompt W1 and b2."""
     rng = numpy.random.default_rng(12)
     u = rng.standard_normal((2, 3, 4))
-    p = MLPParams(rng.standard_normal((2, 5, 4)), rng.standard_normal(5), rng.standard_normal((4, 5)), rng.standard_normal((2, 4)))
-    for activation, g in [("relu", lambda z: numpy.maximum(z, 0.0)), ("gelu", lambda z: z * scipy.stats.norm.cdf(z))]:
+    p = MLPParams(
+        rng.standard_normal((2, 5, 4)),
+        rng.standard_normal(5),
+        rng.standard_normal((4, 5)),
+        rng.standard_normal((2, 4)),
+    )
+    for activation, g in [
+        ("relu", lambda z: numpy.maximum(z, 0.0)),
+        ("gelu", lambda z: z * scipy.stats.norm.cdf(z)),
+    ]:
         out, _ = mlp_forward(u, p, activation)
-        expected = numpy.stack([
-            numpy.stack([p.W2 @ g(p.W1[b] @ u[b, t] + p.b1) + p.b2[b] for t in range(3)]) for b in range(2)
-        ])
+        expected = numpy.stack(
+            [
+                numpy.stack([p.W2 @ g(p.W1[b] @ u[b, t] + p.b1) + p.b2[b] for t in range(3)])
+                for b in range(2)
+            ]
+        )
         assert relative_residual(out, expected) <= IDENTITY_RTOL

@@ -1,0 +1,210 @@
+"""The backend module: the array-API error function, namespaces and dtypes, and trees.
+
+The model-level portability checks (array_api_strict's "device1" against NumPy, float32)
+live in test_model.py, next to the grid of configurations they run on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_strict
+import numpy
+import pytest
+import scipy.special
+
+from minimal_icl import (
+    IDENTITY_RTOL,
+    BlockPatch,
+    TransformerConfig,
+    init_params,
+    relative_residual,
+    to_device,
+    tree_leaves,
+    tree_map,
+)
+from minimal_icl.backend import device, erf, erf_array_api, namespace, resolve_dtype
+
+DEVICE1 = array_api_strict.Device("device1")
+
+
+# ---------------------------------------------------------------------------------------
+# erf from standard calls only
+# ---------------------------------------------------------------------------------------
+
+
+def ulp_error(approx, exact):
+    """|approx − exact| in units of the float64 spacing at |exact|."""
+    return numpy.abs(approx - exact) / numpy.spacing(numpy.abs(exact))
+
+
+def erf_grid():
+    rng = numpy.random.default_rng(0)
+    return numpy.concatenate(
+        [
+            numpy.linspace(-12.0, 12.0, 24001),
+            rng.uniform(-4.0, 4.0, 20000),
+            numpy.logspace(-300, 0, 301),
+            -numpy.logspace(-300, 0, 301),
+            [numpy.nextafter(3.0, 0.0), 3.0, -3.0, 29.9, 30.0, 1e300, -1e300],
+        ]
+    )
+
+
+def test_erf_array_api_matches_scipy_to_a_few_ulp():
+    """Over [−12, 12] (and tiny and huge |x|) within 16 ulp of scipy.special.erf;
+    measured at most 12 ulp (1.3e-15 relative), near |x| ≈ 2.3. scipy itself is within
+    2 ulp of the exact value there."""
+    x = erf_grid()
+    with numpy.errstate(
+        over="raise", invalid="raise", divide="raise"
+    ):  # x² of 1e300 must not overflow
+        approx = erf_array_api(x)
+    errors = ulp_error(approx, scipy.special.erf(x))
+    assert errors.max() <= 16.0
+    assert numpy.median(errors) <= 1.0
+
+
+def test_erf_array_api_special_values():
+    x = numpy.array([0.0, -0.0, math.inf, -math.inf, math.nan, 5e-324])
+    y = erf_array_api(x)
+    assert y[0] == 0.0 and y[1] == 0.0 and y[2] == 1.0 and y[3] == -1.0 and math.isnan(y[4])
+    assert y[5] == scipy.special.erf(5e-324)
+    x = erf_grid()
+    numpy.testing.assert_array_equal(erf_array_api(-x), -erf_array_api(x))  # odd
+
+
+def test_erf_array_api_float32():
+    """float32 in, float32 out, within 16 float32 ulp (measured 10)."""
+    x = numpy.linspace(-12.0, 12.0, 24001, dtype=numpy.float32)
+    y = erf_array_api(x)
+    assert y.dtype == numpy.float32
+    exact = scipy.special.erf(x.astype(numpy.float64))
+    spacing32 = numpy.spacing(numpy.abs(exact).astype(numpy.float32)).astype(numpy.float64)
+    assert numpy.max(numpy.abs(y - exact) / spacing32) <= 16.0
+
+
+def test_erf_dispatch(backend):
+    """erf takes the library's own where it has one (scipy on NumPy, cupyx on CuPy) and
+    the standard-calls series elsewhere (array_api_strict), on the input's device."""
+    x_np = erf_grid()
+    x = backend.asarray(x_np)
+    y = erf(x)
+    assert device(y) == device(x) and y.dtype == x.dtype
+    y = backend.to_numpy(y)
+    if backend.name == "numpy":
+        numpy.testing.assert_array_equal(y, scipy.special.erf(x_np))
+    elif backend.name.startswith("array_api_strict"):
+        numpy.testing.assert_array_equal(y, erf_array_api(x_np))
+    assert ulp_error(y, scipy.special.erf(x_np)).max() <= 16.0
+
+
+# ---------------------------------------------------------------------------------------
+# Namespaces, dtypes, devices
+# ---------------------------------------------------------------------------------------
+
+
+def test_namespace():
+    a = numpy.zeros(2)
+    assert namespace(a) is numpy and namespace(a, None, a) is numpy
+    s = array_api_strict.asarray([1.0], device=DEVICE1)
+    xp = namespace(s, None)
+    assert xp.__name__ == "array_api_strict"
+    with pytest.raises(TypeError):
+        namespace(a, s)  # two libraries at once
+
+
+def test_resolve_dtype():
+    assert resolve_dtype(numpy) is numpy.float64
+    assert resolve_dtype(numpy, "float32") is numpy.float32
+    assert resolve_dtype(numpy, numpy.float32) is numpy.float32
+    xp = array_api_strict
+    assert resolve_dtype(xp) == xp.float64
+    assert resolve_dtype(xp, "float32") == xp.float32
+    assert resolve_dtype(xp, numpy.float32) == xp.float32
+    assert resolve_dtype(xp, xp.float32) == xp.float32  # already a dtype of xp
+
+
+def test_device():
+    assert device(numpy.zeros(2)) == "cpu"
+    assert device(array_api_strict.asarray([1.0], device=DEVICE1)) == DEVICE1
+
+
+def test_relative_residual(backend):
+    a = backend.asarray([1.0, -4.0])
+    assert relative_residual(a, a) == 0.0
+    zero = backend.asarray([0.0, 0.0])
+    assert relative_residual(zero, zero) == 0.0
+    assert relative_residual(a, backend.asarray([1.0, -2.0])) == 0.5  # |−4 − (−2)| / 4
+    assert relative_residual(a, a + 1e-13) <= IDENTITY_RTOL
+
+
+# ---------------------------------------------------------------------------------------
+# Trees: NamedTuple records, tuples, None
+# ---------------------------------------------------------------------------------------
+
+CONFIG = TransformerConfig(d_token=3, n_blocks=2, n_heads=1, d_head=2, d_mlp=4)
+
+
+def test_tree_leaves_names_and_order():
+    params = init_params(CONFIG)
+    names = [name for name, _ in tree_leaves(params)]
+    per_block = [
+        "attn.W_Q",
+        "attn.W_K",
+        "attn.W_V",
+        "attn.W_O",
+        "mlp.W1",
+        "mlp.b1",
+        "mlp.W2",
+        "mlp.b2",
+    ]
+    assert names == [f"blocks.{l}.{n}" for l in range(2) for n in per_block]  # ln1, ln2 None
+    assert tree_leaves(None) == []
+    a = numpy.zeros(2)
+    assert tree_leaves(a) == [("", a)]
+    assert [n for n, _ in tree_leaves((a, (None, a)))] == ["0", "1.1"]
+    with_ln = init_params(TransformerConfig(d_token=3, layer_norm=True))
+    assert [n for n, _ in tree_leaves(with_ln)][-4:] == [
+        "blocks.0.ln1.gain",
+        "blocks.0.ln1.bias",
+        "blocks.0.ln2.gain",
+        "blocks.0.ln2.bias",
+    ]
+
+
+def test_tree_map_rebuilds_records_and_keeps_none():
+    params = init_params(CONFIG, seed=1)
+    before = [a.copy() for _, a in tree_leaves(params)]
+    doubled = tree_map(lambda a: 2.0 * a, params)
+    assert type(doubled) is type(params)
+    assert type(doubled.blocks) is tuple and type(doubled.blocks[0]) is type(params.blocks[0])
+    assert doubled.blocks[0].ln1 is None
+    for (name, a), (_, b), old in zip(tree_leaves(doubled), tree_leaves(params), before):
+        assert numpy.array_equal(a, 2.0 * b), name
+        assert numpy.array_equal(b, old), name  # nothing modified in place
+    summed = tree_map(lambda a, b: a + b, params, doubled)  # several trees, leaf by leaf
+    for (name, s), (_, b) in zip(tree_leaves(summed), tree_leaves(params)):
+        assert numpy.array_equal(s, 3.0 * b), name
+    patches = (BlockPatch(numpy.ones((1, 4, 3)), numpy.ones((1, 3))), None)
+    moved = tree_map(numpy.negative, patches)
+    assert isinstance(moved[0], BlockPatch) and moved[1] is None and moved[0].delta_b[0, 0] == -1.0
+    assert tree_map(numpy.negative, None) is None
+
+
+def test_to_device_numpy_round_trip_with_dtype():
+    params = init_params(CONFIG, seed=2)
+    as32 = to_device(params, "numpy", dtype=numpy.float32)
+    assert type(as32) is type(params)
+    for (name, a), (_, b) in zip(tree_leaves(as32), tree_leaves(params)):
+        assert a.dtype == numpy.float32 and numpy.array_equal(a, b.astype(numpy.float32)), name
+    back = to_device(as32, "numpy", dtype=numpy.float64)
+    for (name, a), (_, b) in zip(tree_leaves(back), tree_leaves(params)):
+        assert a.dtype == numpy.float64, name
+        assert numpy.array_equal(a, b.astype(numpy.float32).astype(numpy.float64)), name  # exact
+        assert relative_residual(a, b) <= 2.0**-24, name
+    same = to_device(params, "numpy")
+    for (name, a), (_, b) in zip(tree_leaves(same), tree_leaves(params)):
+        assert a.dtype == numpy.float64 and numpy.array_equal(a, b), name
+    with pytest.raises(ValueError, match="unknown target 'tpu'"):
+        to_device(params, "tpu")
