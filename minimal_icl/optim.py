@@ -10,7 +10,7 @@ state, and returns new parameters and a new state; nothing is modified in place.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 from .backend import namespace, tree_map
 
@@ -62,11 +62,26 @@ def sgd_step(params, grads, state: SGDState, lr: float, momentum: float = 0.0):
 # -- parameters as one vector ------------------------------------------------------------
 
 
-def _arrays(tree) -> list:
-    """The arrays of a tree, in the order of ``tree_leaves``."""
-    arrays = []
-    tree_map(arrays.append, tree)
-    return arrays
+def _arrays(tree, out: list | None = None) -> list:
+    """The arrays of a tree, in the order of ``tree_leaves`` (a plain loop: this is on
+    the hot path, where ``tree_map``'s generality costs more than the arithmetic)."""
+    out = [] if out is None else out
+    if isinstance(tree, tuple):
+        for part in tree:
+            _arrays(part, out)
+    elif tree is not None:
+        out.append(tree)
+    return out
+
+
+def _rebuild(like, arrays: Iterator):
+    """A tree shaped like ``like`` holding the next arrays of ``arrays``."""
+    if like is None:
+        return None
+    if isinstance(like, tuple):
+        parts = [_rebuild(part, arrays) for part in like]
+        return type(like)(*parts) if hasattr(like, "_fields") else tuple(parts)
+    return next(arrays)
 
 
 def flatten(tree):
@@ -80,19 +95,15 @@ def unflatten(vector, like):
     """The inverse of :func:`flatten`: a tree shaped like ``like`` whose arrays are
     consecutive pieces of ``vector`` (views where the backend allows it)."""
     xp = namespace(vector)
-    needed = sum(math.prod(a.shape) for a in _arrays(like))
-    if vector.shape[0] != needed:
-        raise ValueError(f"unflatten: vector has {vector.shape[0]} entries, the tree needs {needed}")
-    offset = 0
-
-    def piece(a):
-        nonlocal offset
-        size = math.prod(a.shape)
-        out = xp.reshape(vector[offset:offset + size], a.shape)
+    shapes = [a.shape for a in _arrays(like)]
+    sizes = [math.prod(shape) for shape in shapes]
+    if vector.shape[0] != sum(sizes):
+        raise ValueError(f"unflatten: vector has {vector.shape[0]} entries, the tree needs {sum(sizes)}")
+    pieces, offset = [], 0
+    for shape, size in zip(shapes, sizes):
+        pieces.append(xp.reshape(vector[offset:offset + size], shape))
         offset += size
-        return out
-
-    return tree_map(piece, like)
+    return _rebuild(like, iter(pieces))
 
 
 # -- Adam ------------------------------------------------------------------------------
