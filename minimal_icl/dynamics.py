@@ -34,10 +34,11 @@ Single block only: a stack raises a ValueError.
 from __future__ import annotations
 
 import math
+import operator
 from typing import NamedTuple
 
 from .attention import merge_heads
-from .backend import Array, namespace
+from .backend import Array, device, namespace
 from .block import BlockPatch, block_forward
 from .config import TransformerConfig
 from .implicit import ImplicitUpdate, check_nonzero, check_prompt, inverse_direction, norms
@@ -130,9 +131,13 @@ def _single_block(params: ModelParams, config: TransformerConfig, what: str) -> 
 
 
 def _index(i, low: int, high: int, what: str) -> int:
-    if isinstance(i, bool) or not isinstance(i, int) or not low <= i <= high:
+    try:
+        j = None if isinstance(i, bool) else operator.index(i)
+    except TypeError:
+        j = None
+    if j is None or not low <= j <= high:
         raise ValueError(f"{what} index must be an int in [{low}, {high}], got {i!r}")
-    return i
+    return j
 
 
 def _outer(column: Array, row: Array) -> Array:
@@ -258,22 +263,28 @@ class FactorisedPath(NamedTuple):
         i = _index(i, 1, self.n_context, "factor")
         return _outer(self.delta_A[:, i - 1, :], self.A_suffix[:, i, :])
 
-    def weights(self, i: int) -> Array:
-        """W_i = W_0 (I + h_1 A_1)(I + h_2 A_2)···(I + h_i A_i), (B, M, D), applied as
-        i rank-1 updates (never forming the D × D factors)."""
+    def delta_W(self, i: int) -> Array:
+        """W_i − W_0, (B, M, D), accumulated as i rank-1 updates (never forming the D × D
+        factors, and without subtracting W_0, which would cancel digits when the update
+        is small):  W_j − W_0 = (W_{j−1} − W_0) + h_j (W_{j−1} ΔA(c_j)) S_jᵀ."""
         i = _index(i, 0, self.n_context, "step")
         xp = namespace(self.A_suffix)
         B = self.A_suffix.shape[0]
-        W = xp.broadcast_to(self.W0, (B, *self.W0.shape))  # (B, M, D)
+        delta = xp.zeros((B, *self.W0.shape), dtype=self.W0.dtype, device=device(self.W0))
         for j in range(1, i + 1):
+            W = self.W0 + delta  # W_{j−1}
             column = xp.matmul(W, xp.expand_dims(self.delta_A[:, j - 1, :], axis=-1))  # (B, M, 1)
             row = self.A_suffix[:, j, :] * xp.expand_dims(self.step_sizes[:, j - 1], axis=-1)
-            W = W + column * xp.expand_dims(row, axis=-2)  # W_{j−1} + h_j (W_{j−1} ΔA) S_jᵀ
-        return W
+            delta = delta + column * xp.expand_dims(row, axis=-2)
+        return delta
+
+    def weights(self, i: int) -> Array:
+        """W_i = W_0 (I + h_1 A_1)(I + h_2 A_2)···(I + h_i A_i), (B, M, D)."""
+        return self.W0 + self.delta_W(i)
 
     def patch(self, i: int) -> tuple:
         """Patches for ``forward`` on the prompt [c_{i+1}..c_N, x]: W_i − W_0 and b_i − b_0."""
-        return (BlockPatch(delta_W=self.weights(i) - self.W0, delta_b=self.delta_b_suffix[:, i, :]),)
+        return (BlockPatch(delta_W=self.delta_W(i), delta_b=self.delta_b_suffix[:, i, :]),)
 
 
 def factorised_path(

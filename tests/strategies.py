@@ -18,13 +18,18 @@ from minimal_icl import LayerNormParams, TransformerConfig, init_params
 from minimal_icl.backend import tree_map
 from minimal_icl.tolerances import IDENTITY_RTOL
 
-# A difference called real: six orders of magnitude above rounding (IDENTITY_RTOL is
-# 1e-12 and float64 rounding ~1e-16), yet far below what generic random draws give
-# (the smallest gaps measured over thousands of draws are ~1e-3).
+# Claims that two things DIFFER (the path depends on order, the factorised endpoint is not
+# the rank-1 update) hold generically, not for every draw: a single prompt can land near
+# a coincidence (a gap of 1e-7 turned up in 3000 draws, and the small-gap tail is heavy).
+# Those tests therefore draw B = GENERIC_BATCH prompts per model and require the MEDIAN
+# gap over them to exceed GENERIC_GAP. Over 3000 random models per claim (these
+# strategies' distributions, 16 prompts each) the smallest median gap was 1.4e-3; GENERIC_GAP
+# is three orders below that and six above float64 rounding (IDENTITY_RTOL = 1e-12).
 GENERIC_GAP = 1e-6
+GENERIC_BATCH = 16
 
-# A singular value σ_k counts as zero when σ_k ≤ RANK_RTOL · σ_1: a rank-1 matrix built
-# in float64 has σ_2/σ_1 ~ 1e-16.
+# A singular value σ_k counts as zero when σ_k ≤ RANK_RTOL · (the size of the terms the
+# matrix was computed from): a rank-1 matrix built in float64 has σ_2/σ_1 ~ 1e-16.
 RANK_RTOL = IDENTITY_RTOL
 
 # Standard deviations of the perturbations added to the initial biases and LN params.
@@ -95,13 +100,14 @@ def configs(
     mlp_skip=st.booleans(),
     layer_norm=st.booleans(),
     d_token=st.integers(2, 6),
+    d_head=st.integers(1, 4),
 ):
     """A TransformerConfig with small widths; every switch drawn unless fixed."""
     return TransformerConfig(
         d_token=draw(d_token),
         n_blocks=draw(n_blocks),
         n_heads=draw(st.integers(1, 3)),
-        d_head=draw(st.integers(1, 4)),
+        d_head=draw(d_head),
         d_mlp=draw(st.integers(1, 6)),
         attention=draw(attention),
         activation=draw(activation),
@@ -144,14 +150,24 @@ def one_block(**switches):
 
 
 def generic_one_block():
-    """One block where distinctness claims are generic: with LayerNorm and D = 2 the MLP
-    input takes essentially two values (LN of a 2-vector is ±(1, −1) up to eps), so
-    D ≥ 3 is drawn there."""
+    """One block where distinctness claims are generic.
 
-    @st.composite
-    def draw_config(draw):
-        layer_norm = draw(st.booleans())
-        d_token = st.integers(3, 6) if layer_norm else st.integers(2, 6)
-        return draw(configs(n_blocks=st.just(1), layer_norm=st.just(layer_norm), d_token=d_token))
+    Excluded: D = 2 (with LayerNorm the MLP input takes essentially two values, LN of a
+    2-vector being ±(1, −1) up to eps) and H·K = 1 (without the attention skip every
+    attention output is a multiple of the single column of W_O, so all MLP inputs are
+    collinear and the factorised update collapses to the rank-1 one).
+    """
+    return configs(n_blocks=st.just(1), d_token=st.integers(3, 6), d_head=st.integers(2, 4))
 
-    return draw_config()
+
+def residual_against(a, b, scale) -> float:
+    """max |a − b| / scale, per prompt, maxed over prompts: the residual of a difference
+    measured against the size of the TERMS it was computed from.
+
+    Used where a and b are themselves small differences of large terms (δu = u_C − u_∅
+    when the context barely moves the query): their relative rounding is then ulp times
+    the ratio of the terms to the difference, and relative_residual(a, b) would measure
+    cancellation, not a failure of the identity. a, b (B, ...); scale (B,), positive.
+    """
+    diff = numpy.abs(numpy.asarray(a) - numpy.asarray(b)).reshape(len(scale), -1).max(axis=1)
+    return float(numpy.max(diff / scale))
