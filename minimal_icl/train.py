@@ -163,7 +163,7 @@ def predict_in_chunks(params, config: TransformerConfig, tokens, chunk: int = 10
     """``predict`` over (B, T, D) tokens, ``chunk`` prompts at a time (bounded memory); (B,)."""
     xp = namespace(tokens)
     B = tokens.shape[0]
-    return xp.concat([predict(params, config, tokens[i:i + chunk, ...]) for i in range(0, B, chunk)])
+    return xp.concat([predict(params, config, tokens[i:min(i + chunk, B), ...]) for i in range(0, B, chunk)])
 
 
 def evaluate(params, config: TransformerConfig, batch: RegressionBatch) -> float:

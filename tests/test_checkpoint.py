@@ -1,0 +1,213 @@
+"""Checkpoints: exact round trip, atomic save, and a clear error for every bad file."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import replace
+
+import numpy
+import pytest
+
+import minimal_icl.checkpoint as checkpoint_module
+from minimal_icl import TransformerConfig, init_params, tree_leaves, tree_map
+from minimal_icl.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+
+CONFIG = TransformerConfig(d_token=3, n_blocks=2, n_heads=2, d_head=3, d_mlp=5, layer_norm=True, mlp_skip=True)
+
+
+def _params(dtype=numpy.float64, seed=0):
+    params = init_params(CONFIG, seed=seed, dtype=dtype)
+    rng = numpy.random.default_rng(seed)
+    return tree_map(lambda p: p + rng.standard_normal(p.shape).astype(dtype), params)  # every entry nonzero
+
+
+def _same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
+def test_round_trip_is_bitwise_exact(tmp_path, dtype):
+    params = _params(dtype)
+    extra = {"history/val_loss": numpy.array([2.0, 0.5, 0.1]), "history/step": numpy.arange(3)}
+    metadata = {"seed": 3, "note": "ünïcode"}
+    path = tmp_path / "model.npz"
+    save_checkpoint(path, params, CONFIG, extra=extra, metadata=metadata)
+    loaded = load_checkpoint(path, config=CONFIG)
+    assert loaded.config == CONFIG and loaded.metadata == metadata
+    assert type(loaded.params) is type(params)
+    for (n1, a), (n2, b) in zip(tree_leaves(params), tree_leaves(loaded.params)):
+        assert n1 == n2 and _same_bits(a, b), n1
+    assert set(loaded.extra) == set(extra)
+    assert all(_same_bits(loaded.extra[k], v) for k, v in extra.items())
+
+
+def test_file_holds_text_and_numbers_only(tmp_path):
+    path = tmp_path / "model.npz"
+    save_checkpoint(path, _params(), CONFIG)
+    with numpy.load(path, allow_pickle=False) as archive:
+        assert str(archive["format"]) == FORMAT
+        assert json.loads(str(archive["config"])) == CONFIG.to_dict()
+        names = sorted(k for k in archive.files if k.startswith("params/"))
+        assert names == sorted(f"params/{n}" for n, _ in tree_leaves(_params()))
+        assert all(archive[k].dtype.kind in "fU" for k in archive.files)
+
+
+def test_load_to_a_backend(tmp_path, backend):
+    path = tmp_path / "model.npz"
+    params = _params()
+    save_checkpoint(path, params, CONFIG)
+    loaded = load_checkpoint(path, xp=backend.xp, device=backend.device)
+    for (_, a), (_, b) in zip(tree_leaves(params), tree_leaves(loaded.params)):
+        if backend.device is not None:
+            assert b.device == backend.device
+        assert _same_bits(a, backend.to_numpy(b))
+
+
+def test_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "model.npz"
+    old = _params(seed=1)
+    save_checkpoint(path, old, CONFIG)
+    before = path.read_bytes()
+
+    def broken_savez(file, **arrays):  # writes part of an archive, then fails
+        file.write(b"PK\x03\x04 partial archive")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module.numpy, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, _params(seed=2), CONFIG)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.npz"]  # the temporary file is gone
+    monkeypatch.undo()
+
+    def broken_replace(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="rename failed"):
+        save_checkpoint(path, _params(seed=2), CONFIG)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.npz"]
+    monkeypatch.undo()
+    loaded = load_checkpoint(path)
+    assert all(_same_bits(a, b) for (_, a), (_, b) in zip(tree_leaves(old), tree_leaves(loaded.params)))
+
+
+def test_save_fsyncs_before_replacing(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(checkpoint_module.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd)))
+    monkeypatch.setattr(checkpoint_module.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b)))
+    save_checkpoint(tmp_path / "m.npz", _params(), CONFIG)
+    assert calls == ["fsync", "replace"]
+
+
+def _error(path, **kwargs) -> CheckpointError:
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, **kwargs)
+    error = info.value
+    assert isinstance(error, ValueError)
+    assert str(path) in str(error)
+    return error
+
+
+def test_missing_file(tmp_path):
+    assert "no such file" in str(_error(tmp_path / "absent.npz"))
+
+
+def test_truncated_and_garbage_files(tmp_path):
+    good = tmp_path / "good.npz"
+    save_checkpoint(good, _params(), CONFIG)
+    data = good.read_bytes()
+    for name, content in [("truncated.npz", data[: len(data) // 2]), ("garbage.npz", b"not a checkpoint at all"),
+                          ("empty.npz", b""), ("cut_end.npz", data[:-10])]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        assert "archive" in str(_error(path)), name
+
+
+def test_corrupted_member_is_reported(tmp_path):
+    path = tmp_path / "model.npz"
+    save_checkpoint(path, _params(), CONFIG)
+    data = bytearray(path.read_bytes())
+    position = data.find(b"params/blocks.0.mlp.W1")
+    data[position + 200] ^= 0xFF  # flip a byte inside that array's data
+    path.write_bytes(bytes(data))
+    _error(path)
+
+
+def _write_npz(path, arrays):
+    numpy.savez(path, **arrays)
+
+
+def _arrays_of(params, config):
+    arrays = {"format": numpy.asarray(FORMAT), "config": numpy.asarray(json.dumps(config.to_dict()))}
+    arrays.update({f"params/{n}": a for n, a in tree_leaves(params)})
+    return arrays
+
+
+def test_missing_unexpected_and_misshapen_parameters(tmp_path):
+    arrays = _arrays_of(_params(), CONFIG)
+    missing = dict(arrays)
+    del missing["params/blocks.1.mlp.W1"]
+    _write_npz(tmp_path / "missing.npz", missing)
+    assert "blocks.1.mlp.W1" in str(_error(tmp_path / "missing.npz"))
+
+    wrong = dict(arrays, **{"params/blocks.0.attn.W_Q": numpy.zeros((5, 3))})
+    _write_npz(tmp_path / "shape.npz", wrong)
+    assert "shape" in str(_error(tmp_path / "shape.npz"))
+
+    extra = dict(arrays, **{"params/blocks.2.mlp.W1": numpy.zeros((5, 3))})
+    _write_npz(tmp_path / "unexpected.npz", extra)
+    assert "unexpected" in str(_error(tmp_path / "unexpected.npz"))
+
+    integers = dict(arrays, **{"params/blocks.0.mlp.b1": numpy.zeros(5, dtype=numpy.int64)})
+    _write_npz(tmp_path / "int.npz", integers)
+    assert "dtype" in str(_error(tmp_path / "int.npz"))
+
+    no_config = {k: v for k, v in arrays.items() if k != "config"}
+    _write_npz(tmp_path / "noconfig.npz", no_config)
+    assert "config" in str(_error(tmp_path / "noconfig.npz"))
+
+    bad_config = dict(arrays, config=numpy.asarray('{"d_token": -1}'))
+    _write_npz(tmp_path / "badconfig.npz", bad_config)
+    assert "configuration" in str(_error(tmp_path / "badconfig.npz"))
+
+    other_format = dict(arrays, format=numpy.asarray("something/2"))
+    _write_npz(tmp_path / "format.npz", other_format)
+    assert "format" in str(_error(tmp_path / "format.npz"))
+
+
+def test_configuration_mismatch(tmp_path):
+    path = tmp_path / "model.npz"
+    save_checkpoint(path, _params(), CONFIG)
+    error = _error(path, config=replace(CONFIG, activation="gelu"))
+    assert "activation" in str(error) and "gelu" in str(error)
+
+
+class Explosive:
+    """Unpickling this object would create a file: the test checks it never happens."""
+
+    marker = None
+
+    def __reduce__(self):
+        return (open, (str(Explosive.marker), "w"))
+
+
+def test_pickled_object_is_refused_without_unpickling(tmp_path):
+    Explosive.marker = tmp_path / "unpickled.txt"
+    arrays = _arrays_of(_params(), CONFIG)
+    payload = numpy.empty(1, dtype=object)
+    payload[0] = Explosive()
+    arrays["extra/payload"] = payload
+    path = tmp_path / "pickled.npz"
+    numpy.savez(path, **arrays)  # NumPy pickles object arrays by default
+    with zipfile.ZipFile(path) as archive:
+        assert "extra/payload.npy" in archive.namelist()
+    error = _error(path)
+    assert "pickle" in str(error)
+    assert not Explosive.marker.exists()
+    with pytest.raises(ValueError, match="objects"):
+        save_checkpoint(tmp_path / "x.npz", _params(), CONFIG, extra={"bad": payload})

@@ -1,0 +1,86 @@
+"""The command line: ``python -m minimal_icl train`` end to end, and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from minimal_icl.checkpoint import load_checkpoint
+from minimal_icl.cli import COMMANDS, build_parser, main
+from minimal_icl.train import paper_setting
+
+
+def test_train_fast_end_to_end(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["train", "--out", str(out), "--fast", "--seed", "1"]) == 0
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    assert lines[0].startswith("training the paper setting")
+    steps = [line for line in lines if line.startswith("step")]
+    assert len(steps) == 4 and "held-out loss" in steps[-1]  # steps 0, 100, 200, 300
+    assert any("trained model" in line for line in lines)
+    for name in ("zero predictor", "one step of GD", "least squares"):
+        assert any(name in line for line in lines), name
+    assert lines[-1] == f"saved {out / 'paper_model.npz'}"
+    assert printed.err == ""  # not a terminal: no progress line
+
+    checkpoint = load_checkpoint(out / "paper_model.npz", config=paper_setting().config)
+    assert checkpoint.metadata["seed"] == 1
+    assert checkpoint.metadata["setup"]["steps"] == paper_setting(fast=True).steps
+    assert checkpoint.extra["history/val_loss"].shape == (4,)
+    assert checkpoint.extra["history/val_loss"][-1] < checkpoint.extra["history/val_loss"][0]
+
+
+def test_quiet_prints_only_the_result(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path), "--fast", "--quiet", "--steps", "20"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not any(line.startswith(("step", "training")) for line in lines)
+    assert lines[0].startswith("held-out mean squared error") and lines[-1].startswith("saved")
+
+
+def test_flags_parse_both_ways():
+    parser = build_parser()
+    args = parser.parse_args(["train", "--out", "x", "--no-fast", "--no-quiet"])
+    assert (args.fast, args.quiet, args.seed, args.steps) == (False, False, 0, None)
+    args = parser.parse_args(["train", "--out", "x", "--fast", "--quiet", "--steps", "7"])
+    assert (args.fast, args.quiet, args.steps) == (True, True, 7)
+    assert "train" in COMMANDS
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--out", "x", "--steps", "0"], "--steps"),
+        (["train", "--out", "x", "--steps", "many"], "--steps"),
+        (["train", "--out", "x", "--seed", "-2"], "--seed"),
+        (["train", "--out", "x", "--fast=yes"], "--fast"),
+        (["train"], "--out"),
+        (["dance"], "dance"),
+        ([], "COMMAND"),
+    ],
+)
+def test_bad_arguments_give_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err and "error" in err
+
+
+def test_known_errors_give_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    assert main(["train", "--out", str(blocker / "sub"), "--fast"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("minimal-icl train: error:")
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "minimal_icl", "train", "--out", str(tmp_path), "--steps", "-1"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1 and "--steps" in done.stderr

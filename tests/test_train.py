@@ -1,0 +1,176 @@
+"""The training loop, its settings, the progress display and the paper's setting."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import replace
+
+import numpy
+import pytest
+
+from minimal_icl import TransformerConfig, init_params, tree_leaves
+from minimal_icl.data import regression_prompts
+from minimal_icl.train import (
+    History,
+    OptimizerSettings,
+    ProgressLine,
+    TrainingDivergedError,
+    TrainingSetup,
+    compare_with_baselines,
+    evaluate,
+    paper_setting,
+    progress_enabled,
+    train,
+    train_setup,
+)
+
+SMALL = TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=4, d_mlp=16)
+
+
+def _run(steps=120, seed=0, **kwargs):
+    params = init_params(SMALL, seed=seed)
+    settings = kwargs.pop("optimizer", OptimizerSettings(lr=5e-3))
+    return train(SMALL, params, settings, steps=steps, batch_size=32, n_context=20, d=2, seed=seed,
+                 val_every=kwargs.pop("val_every", 40), val_size=256, **kwargs)
+
+
+def test_short_run_reduces_held_out_loss():
+    """A smoke test of the loop (not a gradient proof): 120 Adam steps cut the held-out loss."""
+    result = _run(steps=120)
+    history = result.history
+    assert isinstance(history, History)
+    assert history.val_step.tolist() == [0, 40, 80, 120]
+    assert history.val_loss[-1] < 0.6 * history.val_loss[0]
+    assert history.step.tolist() == list(range(1, 121))
+    assert history.train_loss.shape == (120,) and numpy.all(numpy.isfinite(history.train_loss))
+    assert numpy.all(numpy.diff(history.wall_time) >= 0)
+    # the recorded value is the held-out loss of the returned parameters
+    val = regression_prompts(256, 20, 2, numpy.random.default_rng(numpy.random.SeedSequence(0).spawn(2)[1]))
+    assert evaluate(result.params, SMALL, val) == pytest.approx(history.val_loss[-1], rel=1e-12)
+
+
+def test_training_is_deterministic():
+    a, b = _run(steps=30), _run(steps=30)
+    for (_, x), (_, y) in zip(tree_leaves(a.params), tree_leaves(b.params)):
+        assert numpy.array_equal(x, y)
+    assert numpy.array_equal(a.history.train_loss, b.history.train_loss)
+    c = _run(steps=30, seed=1)
+    assert not numpy.array_equal(a.history.train_loss, c.history.train_loss)
+
+
+def test_sgd_with_momentum_trains_too():
+    result = _run(steps=80, optimizer=OptimizerSettings(name="sgd", lr=0.02, momentum=0.9))
+    assert result.history.val_loss[-1] < 0.8 * result.history.val_loss[0]
+
+
+def test_log_callback_and_quiet_progress():
+    records = []
+    stream = io.StringIO()  # not a terminal: no progress line
+    _run(steps=50, val_every=20, log=records.append, stream=stream)
+    assert [r.step for r in records] == [0, 20, 40, 50]
+    assert math.isnan(records[0].train_loss) and all(math.isfinite(r.train_loss) for r in records[1:])
+    assert all(r.steps_per_second > 0 for r in records[1:])
+    assert stream.getvalue() == ""
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_line_on_a_terminal(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    terminal = FakeTerminal()
+    assert progress_enabled(terminal) and not progress_enabled(terminal, quiet=True)
+    assert not progress_enabled(io.StringIO())
+    _run(steps=20, stream=terminal)
+    text = terminal.getvalue()
+    assert "\r" in text and "step 20/20" in text and "steps/s" in text
+    assert text.endswith("\r\x1b[K")  # the line is erased at the end
+    quiet = FakeTerminal()
+    _run(steps=5, stream=quiet, quiet=True)
+    assert quiet.getvalue() == ""
+    monkeypatch.setenv("CI", "true")
+    assert not progress_enabled(terminal)
+    line = ProgressLine(terminal, enabled=False)
+    line.update("x", force=True)
+    line.clear()
+
+
+def test_divergence_raises_a_clear_error():
+    with numpy.errstate(all="ignore"), pytest.raises(TrainingDivergedError, match="diverged at step"):
+        _run(steps=50, optimizer=OptimizerSettings(name="sgd", lr=1e6))
+
+
+def test_learning_rate_schedule():
+    constant = OptimizerSettings(lr=0.1, warmup_steps=4)
+    assert [constant.lr_at(t, 10) for t in (1, 2, 4, 5, 10)] == pytest.approx([0.025, 0.05, 0.1, 0.1, 0.1])
+    cosine = OptimizerSettings(lr=0.1, schedule="cosine", final_lr_fraction=0.1)
+    assert cosine.lr_at(1, 101) == pytest.approx(0.1 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 101))))
+    assert cosine.lr_at(101, 101) == pytest.approx(0.01)
+    lrs = [cosine.lr_at(t, 101) for t in range(1, 102)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="adagrad"), "name"),
+        (dict(schedule="linear"), "schedule"),
+        (dict(lr=0.0), "lr"),
+        (dict(lr=math.nan), "lr"),
+        (dict(warmup_steps=-1), "warmup_steps"),
+        (dict(final_lr_fraction=2.0), "final_lr_fraction"),
+    ],
+)
+def test_bad_optimizer_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OptimizerSettings(**kwargs)
+
+
+def test_bad_training_arguments():
+    params = init_params(SMALL)
+    with pytest.raises(ValueError, match="d_token"):
+        train(SMALL, params, OptimizerSettings(), steps=1, batch_size=2, n_context=3, d=3)
+    with pytest.raises(ValueError, match="steps"):
+        train(SMALL, params, OptimizerSettings(), steps=0, batch_size=2, n_context=3, d=2)
+    with pytest.raises(ValueError, match="shape"):
+        train(replace(SMALL, d_mlp=5), params, OptimizerSettings(), steps=1, batch_size=2, n_context=3, d=2)
+
+
+def test_training_on_every_backend_keeps_dtype_and_device(backend):
+    config = TransformerConfig(d_token=3, n_blocks=1, n_heads=1, d_head=2, d_mlp=4)
+    for dtype in ("float32", "float64"):
+        params = init_params(config, seed=0, dtype=dtype, xp=backend.xp, device=backend.device)
+        result = train(config, params, OptimizerSettings(lr=1e-2), steps=3, batch_size=4, n_context=5, d=2,
+                       val_every=3, val_size=8)
+        for name, value in tree_leaves(result.params):
+            assert value.dtype == getattr(backend.xp, dtype), name
+            if backend.device is not None:
+                assert value.device == backend.device
+        assert numpy.all(numpy.isfinite(result.history.val_loss))
+
+
+def test_paper_setting_is_the_papers_model():
+    setup = paper_setting()
+    c = setup.config
+    assert (c.d_token, c.n_blocks, c.attention) == (3, 1, "softmax")
+    assert not (c.attn_skip or c.mlp_skip or c.layer_norm or c.causal)
+    assert (setup.n_context, setup.d, setup.noise) == (50, 2, 0.0)
+    fast = paper_setting(fast=True)
+    assert fast.config == c and fast.steps < setup.steps
+    assert TrainingSetup.from_dict(setup.to_dict()) == setup
+    assert "Our choices" in paper_setting.__doc__
+
+
+def test_comparison_table_has_every_baseline():
+    setup = replace(paper_setting(fast=True), config=SMALL, n_context=20, steps=10)
+    result = train_setup(setup, seed=0, quiet=True)
+    table = compare_with_baselines(result.params, setup, n_prompts=500, seed=0)
+    names = list(table)
+    assert names[0] == "trained model" and "zero predictor" in names and "least squares" in names
+    assert any(name.startswith("one step of GD") for name in names)
+    assert table["zero predictor"][0] == pytest.approx(2.0, rel=0.2)
+    assert table["least squares"][0] <= 1e-20
+    assert all(stderr > 0 for name, (_, stderr) in table.items() if name != "least squares")
