@@ -92,7 +92,9 @@ def check_prompt(config: TransformerConfig, context: Array, query: Array) -> Non
     c_shape = getattr(context, "shape", None)
     q_shape = getattr(query, "shape", None)
     if c_shape is None or len(c_shape) != 3 or c_shape[-1] != D or c_shape[0] < 1:
-        raise ValueError(f"context must have shape (B, N, d_token={D}) with B ≥ 1, got shape {c_shape}")
+        raise ValueError(
+            f"context must have shape (B, N, d_token={D}) with B ≥ 1, got shape {c_shape}"
+        )
     if q_shape is None or len(q_shape) != 2 or q_shape[-1] != D:
         raise ValueError(f"query must have shape (B, d_token={D}), got shape {q_shape}")
     if q_shape[0] != c_shape[0]:
@@ -126,7 +128,8 @@ def removed_positions(removed, n_context: int) -> tuple[int, ...]:
             raise ValueError(f"removed positions must be ints, got {j!r}") from None
         if not 0 <= j < n_context:
             raise ValueError(
-                f"removed position {j} is out of range: the context has positions 0..{n_context - 1}"
+                f"removed position {j} is out of range: the context has positions"
+                f" 0..{n_context - 1}"
             )
         positions.append(j)
     if len(set(positions)) != len(positions):
@@ -171,7 +174,9 @@ def check_nonzero(norm: Array, block: int, vector: str = "A(C\\Y, x)") -> None:
     zero = norm == 0
     if bool(xp.any(zero)):
         flat = xp.reshape(zero, (-1,))
-        raise DegenerateQueryError([i for i in range(flat.shape[0]) if bool(flat[i])], block, vector)
+        raise DegenerateQueryError(
+            [i for i in range(flat.shape[0]) if bool(flat[i])], block, vector
+        )
 
 
 def inverse_direction(a: Array, block: int = 0, vector: str = "A(C\\Y, x)") -> Array:

@@ -127,15 +127,25 @@ def von_oswald_model(
     """
     attn, n_heads = von_oswald_attention(d, eta, n_context, W0, dtype, xp, device)
     config = TransformerConfig(
-        d_token=d + 1, n_blocks=1, n_heads=n_heads, d_head=d + 1, d_mlp=1,
-        attention="linear", activation="relu", causal=False,
-        attn_skip=True, mlp_skip=True, layer_norm=False,
+        d_token=d + 1,
+        n_blocks=1,
+        n_heads=n_heads,
+        d_head=d + 1,
+        d_mlp=1,
+        attention="linear",
+        activation="relu",
+        causal=False,
+        attn_skip=True,
+        mlp_skip=True,
+        layer_norm=False,
     )
     xp = namespace(attn.W_Q)
     zeros = xp.zeros_like
     mlp = MLPParams(
-        W1=zeros(attn.W_Q[:1, :]), b1=zeros(attn.W_Q[0, :1]),
-        W2=zeros(attn.W_Q[:, :1]), b2=zeros(attn.W_Q[:, 0]),
+        W1=zeros(attn.W_Q[:1, :]),
+        b1=zeros(attn.W_Q[0, :1]),
+        W2=zeros(attn.W_Q[:, :1]),
+        b2=zeros(attn.W_Q[:, 0]),
     )
     return config, ModelParams(blocks=(BlockParams(attn=attn, mlp=mlp, ln1=None, ln2=None),))
 
@@ -148,7 +158,9 @@ def _check_regression(context_x: Array, context_y: Array, query_x: Array) -> tup
         raise ValueError(f"context_x must have shape (B, n, d) with n, d ≥ 1, got shape {shape}")
     B, n, d = shape
     if tuple(getattr(context_y, "shape", ())) != (B, n):
-        raise ValueError(f"context_y must have shape {(B, n)}, got {getattr(context_y, 'shape', None)}")
+        raise ValueError(
+            f"context_y must have shape {(B, n)}, got {getattr(context_y, 'shape', None)}"
+        )
     if tuple(getattr(query_x, "shape", ())) != (B, d):
         raise ValueError(f"query_x must have shape {(B, d)}, got {getattr(query_x, 'shape', None)}")
     xp = namespace(context_x, context_y, query_x)
@@ -190,7 +202,9 @@ def von_oswald_predict(tokens: Array, eta: float, W0=None) -> Array:
     B, T, D = shape
     d, n = D - 1, T - 1
     tokens = regression_tokens(tokens[:, :-1, :d], tokens[:, :-1, d], tokens[:, -1, :d], W0)
-    config, params = von_oswald_model(d, eta, n, W0, dtype=tokens.dtype, xp=xp, device=tokens.device)
+    config, params = von_oswald_model(
+        d, eta, n, W0, dtype=tokens.dtype, xp=xp, device=tokens.device
+    )
     out, _ = forward(params, config, tokens, last_only=True)  # (B, 1, d+1)
     y_initial = tokens[:, -1, d]  # W_0 x_q
     return 2.0 * y_initial - out[:, -1, d]

@@ -71,8 +71,9 @@ def random_params(config: TransformerConfig, seed: int, dtype=numpy.float64):
     return params._replace(blocks=tuple(blocks))
 
 
-def random_prompts(config: TransformerConfig, seed: int, B: int, N: int, scale: float = 1.0,
-                   dtype=numpy.float64):
+def random_prompts(
+    config: TransformerConfig, seed: int, B: int, N: int, scale: float = 1.0, dtype=numpy.float64
+):
     """context (B, N, D) and query (B, D), standard normal times ``scale``."""
     rng = numpy.random.default_rng(seed + 2)
     context = (scale * rng.standard_normal((B, N, config.d_token))).astype(dtype)

@@ -11,6 +11,18 @@ import numpy
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import (
+    GENERIC_BATCH,
+    GENERIC_GAP,
+    RANK_RTOL,
+    configs,
+    generic_one_block,
+    one_block,
+    problems,
+    random_params,
+    random_prompts,
+    residual_against,
+)
 
 from minimal_icl import (
     IDENTITY_RTOL,
@@ -26,19 +38,6 @@ from minimal_icl.backend import device, tree_map
 from minimal_icl.block import block_forward
 from minimal_icl.dynamics import prefix_states
 from minimal_icl.gradcheck import assert_gradients_ok, check_gradients
-
-from strategies import (
-    GENERIC_BATCH,
-    GENERIC_GAP,
-    RANK_RTOL,
-    configs,
-    generic_one_block,
-    one_block,
-    problems,
-    random_params,
-    random_prompts,
-    residual_against,
-)
 
 
 def with_query(context, query):
@@ -126,7 +125,10 @@ def test_theorem_step_size_depends_only_on_the_query(problem, other_N):
     config, params, context, query, _, seed = problem
     path = implicit_path(params, config, context, query)
     _, alone = block_forward(query[:, None, :], params.blocks[0], config)
-    assert relative_residual(path.step_size, 1.0 / numpy.sum(alone.u[:, 0] ** 2, axis=-1)) <= IDENTITY_RTOL
+    assert (
+        relative_residual(path.step_size, 1.0 / numpy.sum(alone.u[:, 0] ** 2, axis=-1))
+        <= IDENTITY_RTOL
+    )
     other_context, _ = random_prompts(config, seed + 7, context.shape[0], other_N)
     other = implicit_path(params, config, other_context, query)
     assert relative_residual(path.step_size, other.step_size) <= IDENTITY_RTOL
@@ -140,17 +142,24 @@ def test_theorem_path_stays_rank_one_with_right_factor_A_x(problem):
     config, params, context, query = problem[:4]
     N = context.shape[1]
     path = implicit_path(params, config, context, query)
-    updates = [implicit_update(params, config, context[:, :i], query)[0].delta_W for i in range(1, N + 1)]
+    updates = [
+        implicit_update(params, config, context[:, :i], query)[0].delta_W for i in range(1, N + 1)
+    ]
     stacked = numpy.concatenate(updates, axis=1)  # (B, N·M, D)
     sigma = numpy.linalg.svd(stacked, compute_uv=False)
     assert numpy.all(sigma[:, 1:] <= RANK_RTOL * sigma[:, :1])
 
     # the size of the terms W_0 A_i / ‖A(x)‖ whose differences are the increments
-    scale = numpy.linalg.norm(params.blocks[0].mlp.W1) * numpy.max(norm(path.A_prefix), axis=-1) \
+    scale = (
+        numpy.linalg.norm(params.blocks[0].mlp.W1)
+        * numpy.max(norm(path.A_prefix), axis=-1)
         / norm(path.A_query)
+    )
     previous = numpy.zeros_like(updates[0])
     for i in range(N):
-        increment = path.step_size[:, None, None] * path.columns[:, i, :, None] * path.A_query[:, None, :]
+        increment = (
+            path.step_size[:, None, None] * path.columns[:, i, :, None] * path.A_query[:, None, :]
+        )
         assert residual_against(updates[i] - previous, increment, scale) <= IDENTITY_RTOL, i
         previous = updates[i]
 
@@ -218,8 +227,13 @@ def test_theorem_factorised_weights_are_the_product_of_factors(problem):
     config, params, context, query = problem[:4]
     path = factorised_path(params, config, context, query)
     B, N, D = context.shape
-    S = numpy.stack([block_forward(with_query(context[:, i:], query), params.blocks[0], config)[1].u[:, -1]
-                     for i in range(N + 1)], axis=1)  # (B, N+1, D)
+    S = numpy.stack(
+        [
+            block_forward(with_query(context[:, i:], query), params.blocks[0], config)[1].u[:, -1]
+            for i in range(N + 1)
+        ],
+        axis=1,
+    )  # (B, N+1, D)
     assert relative_residual(path.A_suffix, S) <= IDENTITY_RTOL
     product = numpy.broadcast_to(numpy.eye(D), (B, D, D))
     for i in range(1, N + 1):
@@ -228,10 +242,14 @@ def test_theorem_factorised_weights_are_the_product_of_factors(problem):
         scale = (norm(S[:, i - 1]) + norm(S[:, i])) * norm(S[:, i])  # ΔA(c_i) is a difference
         assert residual_against(path.factor(i), A_i, scale) <= IDENTITY_RTOL
         product = product @ (numpy.eye(D) + h_i[:, None, None] * A_i)
-        assert relative_residual(path.weights(i), params.blocks[0].mlp.W1 @ product) <= IDENTITY_RTOL
+        assert (
+            relative_residual(path.weights(i), params.blocks[0].mlp.W1 @ product) <= IDENTITY_RTOL
+        )
 
 
-@given(problems(config=generic_one_block(), n_context=st.integers(2, 8), batch=st.just(GENERIC_BATCH)))
+@given(
+    problems(config=generic_one_block(), n_context=st.integers(2, 8), batch=st.just(GENERIC_BATCH))
+)
 def test_theorem_factorised_endpoint_is_another_solution_not_the_rank1_update(problem):
     """For N ≥ 2, W_N − W_0 solves X A(x) = W_0 ΔA like ΔW(C), has the larger Frobenius
     norm (ΔW(C) is the minimum-norm solution), and differs from ΔW(C) (generically: the
@@ -242,9 +260,13 @@ def test_theorem_factorised_endpoint_is_another_solution_not_the_rank1_update(pr
     W0 = params.blocks[0].mlp.W1
     X = path.delta_W(context.shape[1])
     solved = numpy.einsum("bmd,bd->bm", X, update.u_without)
-    assert residual_against(solved, update.column, update_scale(W0, update) * norm(update.u_without)) \
+    assert (
+        residual_against(solved, update.column, update_scale(W0, update) * norm(update.u_without))
         <= IDENTITY_RTOL
-    assert numpy.all(frobenius(X) >= frobenius(update.delta_W) - IDENTITY_RTOL * update_scale(W0, update))
+    )
+    assert numpy.all(
+        frobenius(X) >= frobenius(update.delta_W) - IDENTITY_RTOL * update_scale(W0, update)
+    )
     gap = frobenius(X - update.delta_W) / frobenius(update.delta_W)
     assert numpy.median(gap) >= GENERIC_GAP, gap
 
@@ -255,9 +277,14 @@ def test_theorem_factorised_path_of_one_token_is_the_rank1_update(problem):
     config, params, context, query = problem[:4]
     path = factorised_path(params, config, context, query)
     (update,) = implicit_update(params, config, context, query)
-    assert relative_residual(path.weights(1), params.blocks[0].mlp.W1 + update.delta_W) <= IDENTITY_RTOL
+    assert (
+        relative_residual(path.weights(1), params.blocks[0].mlp.W1 + update.delta_W)
+        <= IDENTITY_RTOL
+    )
     W0 = params.blocks[0].mlp.W1
-    assert residual_against(path.delta_W(1), update.delta_W, update_scale(W0, update)) <= IDENTITY_RTOL
+    assert (
+        residual_against(path.delta_W(1), update.delta_W, update_scale(W0, update)) <= IDENTITY_RTOL
+    )
 
 
 @given(problems(config=one_block()))
@@ -293,11 +320,18 @@ def test_theorem_endpoint_is_order_invariant_for_one_block(problem):
     path, path_p = (implicit_path(params, config, c, query) for c in (context, shuffled))
     assert relative_residual(path.A_prefix[:, N], path_p.A_prefix[:, N]) <= IDENTITY_RTOL
     assert relative_residual(path.weights(N), path_p.weights(N)) <= IDENTITY_RTOL
-    assert relative_residual(output_at_query(problem, with_query(context, query)),
-                             output_at_query(problem, with_query(shuffled, query))) <= IDENTITY_RTOL
+    assert (
+        relative_residual(
+            output_at_query(problem, with_query(context, query)),
+            output_at_query(problem, with_query(shuffled, query)),
+        )
+        <= IDENTITY_RTOL
+    )
 
 
-@given(problems(config=generic_one_block(), n_context=st.integers(2, 8), batch=st.just(GENERIC_BATCH)))
+@given(
+    problems(config=generic_one_block(), n_context=st.integers(2, 8), batch=st.just(GENERIC_BATCH))
+)
 def test_theorem_path_depends_on_token_order(problem):
     """Swapping the first two tokens changes W_1 (and so the path), though not W_N
     (generically: the median gap over the prompts exceeds GENERIC_GAP)."""
@@ -323,9 +357,18 @@ def test_theorem_stack_patches_are_order_invariant_without_causal_mask(problem):
         assert residual_against(update.delta_W, update_p.delta_W, scale) <= IDENTITY_RTOL, l
 
 
-@given(problems(config=configs(n_blocks=st.just(2), causal=st.just(True), mlp_skip=st.just(True),
-                                d_token=st.integers(3, 6)),
-                n_context=st.integers(2, 8), batch=st.just(GENERIC_BATCH)))
+@given(
+    problems(
+        config=configs(
+            n_blocks=st.just(2),
+            causal=st.just(True),
+            mlp_skip=st.just(True),
+            d_token=st.integers(3, 6),
+        ),
+        n_context=st.integers(2, 8),
+        batch=st.just(GENERIC_BATCH),
+    )
+)
 def test_theorem_causal_stack_patches_depend_on_order(problem):
     """With a causal mask the context tokens' outputs of block 1 depend on their order,
     so block 2's context vector δu at the query (hence its patch) changes when the first
@@ -385,8 +428,18 @@ def test_paths_reject_stacks_and_bad_arguments():
 def test_paths_stay_on_the_device(backend):
     """implicit_path and factorised_path on every backend: results on the input's device,
     equal to NumPy's, and the path still reproduces the prefix outputs there."""
-    config = TransformerConfig(d_token=4, n_blocks=1, n_heads=2, d_head=2, d_mlp=3, causal=True,
-                               attn_skip=True, mlp_skip=True, layer_norm=True, activation="gelu")
+    config = TransformerConfig(
+        d_token=4,
+        n_blocks=1,
+        n_heads=2,
+        d_head=2,
+        d_mlp=3,
+        causal=True,
+        attn_skip=True,
+        mlp_skip=True,
+        layer_norm=True,
+        activation="gelu",
+    )
     params = random_params(config, 4)
     context, query = random_prompts(config, 4, B=2, N=4)
     reference = implicit_path(params, config, context, query)
@@ -398,15 +451,21 @@ def test_paths_stay_on_the_device(backend):
     path = implicit_path(params_d, config, context_d, query_d)
     for name, value in zip(path._fields, path):
         assert device(value) == where, name
-        assert relative_residual(backend.to_numpy(value), getattr(reference, name)) <= IDENTITY_RTOL, name
+        assert (
+            relative_residual(backend.to_numpy(value), getattr(reference, name)) <= IDENTITY_RTOL
+        ), name
     for i in range(3):
         assert device(path.weights(i)) == where and device(path.gradient(i)) == where
         assert device(path.loss(i, path.weights(i))) == where
     xp = backend.xp
-    expected, _ = forward(params_d, config, xp.concat([context_d[:, :2, :], query_d[:, None, :]], axis=1))
+    expected, _ = forward(
+        params_d, config, xp.concat([context_d[:, :2, :], query_d[:, None, :]], axis=1)
+    )
     patched, _ = forward(params_d, config, query_d[:, None, :], patches=path.patch(2))
-    assert relative_residual(backend.to_numpy(expected[:, -1, :]), backend.to_numpy(patched[:, -1, :])) \
+    assert (
+        relative_residual(backend.to_numpy(expected[:, -1, :]), backend.to_numpy(patched[:, -1, :]))
         <= IDENTITY_RTOL
+    )
 
     factorised = factorised_path(params_d, config, context_d, query_d)
     W_N = factorised.weights(4)

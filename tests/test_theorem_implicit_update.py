@@ -15,8 +15,18 @@ import itertools
 
 import numpy
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
+from strategies import (
+    RANK_RTOL,
+    Problem,
+    cast,
+    configs,
+    one_block,
+    problems,
+    random_params,
+    random_prompts,
+)
 
 import minimal_icl.implicit as implicit
 from minimal_icl import (
@@ -32,8 +42,6 @@ from minimal_icl import (
     remove_tokens,
 )
 from minimal_icl.backend import device, tree_map
-
-from strategies import RANK_RTOL, Problem, cast, configs, one_block, problems, random_params, random_prompts
 
 
 def with_query(context, query):
@@ -53,7 +61,9 @@ def theorem_residual(problem: Problem) -> float:
     return relative_residual(full[:, -1, :], patched[:, -1, :])
 
 
-def check_context_equals_rank1_weight_update(problem: Problem, rtol: float = IDENTITY_RTOL) -> float:
+def check_context_equals_rank1_weight_update(
+    problem: Problem, rtol: float = IDENTITY_RTOL
+) -> float:
     """Assert Theorem 2.2 for ``problem``; returns the residual."""
     residual = theorem_residual(problem)
     assert residual <= rtol, (
@@ -98,15 +108,26 @@ def test_theorem_stack_context_equals_per_block_rank1_updates(problem):
 SWITCHES = list(itertools.product([False, True], repeat=4))
 
 
-@pytest.mark.parametrize("attention,activation", list(itertools.product(["softmax", "linear"], ["relu", "gelu"])))
+@pytest.mark.parametrize(
+    "attention,activation", list(itertools.product(["softmax", "linear"], ["relu", "gelu"]))
+)
 @pytest.mark.parametrize("causal,attn_skip,mlp_skip,layer_norm", SWITCHES)
-def test_theorem_holds_for_every_switch_combination(attention, activation, causal, attn_skip,
-                                                    mlp_skip, layer_norm):
+def test_theorem_holds_for_every_switch_combination(
+    attention, activation, causal, attn_skip, mlp_skip, layer_norm
+):
     """All 64 combinations, each with Y = C, a partial Y (one block) and a 2-block stack."""
     for n_blocks, removed in ((1, None), (1, (0, 2, 3)), (2, None)):
         config = TransformerConfig(
-            d_token=4, n_blocks=n_blocks, n_heads=2, d_head=3, d_mlp=5, attention=attention,
-            activation=activation, causal=causal, attn_skip=attn_skip, mlp_skip=mlp_skip,
+            d_token=4,
+            n_blocks=n_blocks,
+            n_heads=2,
+            d_head=3,
+            d_mlp=5,
+            attention=attention,
+            activation=activation,
+            causal=causal,
+            attn_skip=attn_skip,
+            mlp_skip=mlp_skip,
             layer_norm=layer_norm,
         )
         seed = 17 * n_blocks + len(removed or ())
@@ -127,7 +148,9 @@ def test_theorem_delta_W_is_rank_one(problem):
         W = params.blocks[l].mlp.W1
         W_delta = update.delta_u @ W.T  # (B, M)
         sigma = numpy.linalg.svd(update.delta_W, compute_uv=False)  # (B, min(M, D))
-        expected = numpy.linalg.norm(W_delta, axis=-1) / numpy.linalg.norm(update.u_without, axis=-1)
+        expected = numpy.linalg.norm(W_delta, axis=-1) / numpy.linalg.norm(
+            update.u_without, axis=-1
+        )
         assert relative_residual(sigma[:, 0], expected) <= IDENTITY_RTOL
         assert numpy.all(sigma[:, 1:] <= RANK_RTOL * sigma[:, :1])
         mapped = numpy.einsum("bmd,bd->bm", update.delta_W, update.u_without)
@@ -140,11 +163,15 @@ def test_theorem_delta_W_is_the_minimum_norm_solution(problem):
     solution that LAPACK's lstsq returns for each prompt."""
     config, params, context, query, removed, _ = problem
     (update,) = implicit.implicit_update(params, config, context, query, removed=removed)
-    assert relative_residual(update.delta_W, minimum_norm_solution(update.column, update.u_without)) \
+    assert (
+        relative_residual(update.delta_W, minimum_norm_solution(update.column, update.u_without))
         <= IDENTITY_RTOL
+    )
     for b in range(context.shape[0]):
         # X a = W δ  ⇔  aᵀ Xᵀ = (W δ)ᵀ: an underdetermined system, lstsq gives its least-norm Xᵀ
-        X_T = numpy.linalg.lstsq(update.u_without[b][None, :], update.column[b][None, :], rcond=None)[0]
+        X_T = numpy.linalg.lstsq(
+            update.u_without[b][None, :], update.column[b][None, :], rcond=None
+        )[0]
         assert relative_residual(update.delta_W[b], X_T.T) <= IDENTITY_RTOL
 
 
@@ -155,7 +182,9 @@ def test_theorem_null_space_perturbation_keeps_output_and_increases_norm(problem
     config, params, context, query, removed, seed = problem
     (update,) = implicit.implicit_update(params, config, context, query, removed=removed)
     B, M, D = update.delta_W.shape
-    size = numpy.linalg.norm(update.delta_W, axis=(1, 2)) + numpy.linalg.norm(params.blocks[0].mlp.W1)
+    size = numpy.linalg.norm(update.delta_W, axis=(1, 2)) + numpy.linalg.norm(
+        params.blocks[0].mlp.W1
+    )
     perturbation = numpy.random.default_rng(seed).standard_normal((B, M, D)) * size[:, None, None]
     other = null_space_perturbation(update, perturbation)
     M_perp = other - update.delta_W
@@ -184,12 +213,16 @@ def test_theorem_linear_attention_context_vector_closed_form(problem):
     config, params, context, query, removed, _ = problem
     (update,) = implicit.implicit_update(params, config, context, query, removed=removed)
     Y = list(removed)
-    closed = linear_attention_context_vector(params.blocks[0].attn, config.n_heads, context[:, Y], query)
+    closed = linear_attention_context_vector(
+        params.blocks[0].attn, config.n_heads, context[:, Y], query
+    )
     assert relative_residual(update.delta_u, closed) <= IDENTITY_RTOL
 
 
-@given(problems(config=configs(attn_skip=st.just(False), layer_norm=st.just(False))),
-       st.lists(st.booleans(), min_size=3, max_size=3))
+@given(
+    problems(config=configs(attn_skip=st.just(False), layer_norm=st.just(False))),
+    st.lists(st.booleans(), min_size=3, max_size=3),
+)
 def test_theorem_zero_query_without_skip_raises_degenerate_query_error(problem, zero_rows):
     """A zero query with no attention skip and no LayerNorm has A(x) = W_O W_V 0 = 0 in
     the first block: the update is undefined and the error names those prompts."""
@@ -237,11 +270,16 @@ def float32_residuals(n_samples: int, seed: int = 0):
     own, versus64 = [], []
     for k in range(n_samples):
         config = TransformerConfig(
-            d_token=int(rng.integers(2, 7)), n_blocks=int(rng.integers(1, 4)),
-            n_heads=int(rng.integers(1, 4)), d_head=int(rng.integers(1, 5)),
-            d_mlp=int(rng.integers(1, 7)), attention=str(rng.choice(["softmax", "linear"])),
-            activation=str(rng.choice(["relu", "gelu"])), causal=bool(rng.integers(2)),
-            attn_skip=bool(rng.integers(2)), mlp_skip=bool(rng.integers(2)),
+            d_token=int(rng.integers(2, 7)),
+            n_blocks=int(rng.integers(1, 4)),
+            n_heads=int(rng.integers(1, 4)),
+            d_head=int(rng.integers(1, 5)),
+            d_mlp=int(rng.integers(1, 7)),
+            attention=str(rng.choice(["softmax", "linear"])),
+            activation=str(rng.choice(["relu", "gelu"])),
+            causal=bool(rng.integers(2)),
+            attn_skip=bool(rng.integers(2)),
+            mlp_skip=bool(rng.integers(2)),
             layer_norm=bool(rng.integers(2)),
         )
         N, B = int(rng.integers(1, 9)), int(rng.integers(1, 4))
@@ -249,7 +287,9 @@ def float32_residuals(n_samples: int, seed: int = 0):
         problem64 = Problem(config, random_params(config, k), context, query, None, k)
         problem32 = cast(problem64, numpy.float32)
         own.append(theorem_residual(problem32))
-        updates = implicit.implicit_update(problem32.params, config, problem32.context, problem32.query)
+        updates = implicit.implicit_update(
+            problem32.params, config, problem32.context, problem32.query
+        )
         patched, _ = forward(problem32.params, config, problem32.query[:, None, :], patches=updates)
         full64, _ = forward(problem64.params, config, with_query(context, query))
         versus64.append(relative_residual(patched[:, -1].astype(numpy.float64), full64[:, -1]))
@@ -267,8 +307,16 @@ def test_theorem_float32_residual_distribution_is_within_tier():
 
 
 def _broken_problem(mlp_skip: bool) -> Problem:
-    config = TransformerConfig(d_token=4, n_blocks=1, n_heads=2, d_head=3, d_mlp=5,
-                               attn_skip=True, mlp_skip=mlp_skip, layer_norm=True)
+    config = TransformerConfig(
+        d_token=4,
+        n_blocks=1,
+        n_heads=2,
+        d_head=3,
+        d_mlp=5,
+        attn_skip=True,
+        mlp_skip=mlp_skip,
+        layer_norm=True,
+    )
     context, query = random_prompts(config, 3, B=2, N=5)
     return Problem(config, random_params(config, 3), context, query, None, 3)
 
@@ -314,15 +362,23 @@ def _small():
 def test_remove_tokens_keeps_the_order_of_the_remaining_tokens():
     _, _, context, query = _small()
     tokens = remove_tokens(context, query, [2, 0])
-    assert numpy.array_equal(tokens, numpy.concatenate([context[:, [1, 3]], query[:, None]], axis=1))
+    assert numpy.array_equal(
+        tokens, numpy.concatenate([context[:, [1, 3]], query[:, None]], axis=1)
+    )
     assert numpy.array_equal(remove_tokens(context, query), query[:, None])
     assert numpy.array_equal(remove_tokens(context, query, []), with_query(context, query))
 
 
-@pytest.mark.parametrize("removed,message", [
-    ([4], "out of range"), ([-1], "out of range"), ([1, 1], "distinct"), ([0.5], "ints"),
-    ([True], "ints"),
-])
+@pytest.mark.parametrize(
+    "removed,message",
+    [
+        ([4], "out of range"),
+        ([-1], "out of range"),
+        ([1, 1], "distinct"),
+        ([0.5], "ints"),
+        ([True], "ints"),
+    ],
+)
 def test_bad_removed_positions_raise(removed, message):
     config, params, context, query = _small()
     with pytest.raises(ValueError, match=message):
@@ -359,7 +415,9 @@ def test_partial_context_in_a_stack_raises():
     assert all(numpy.array_equal(a.delta_W, b.delta_W) for a, b in zip(full, explicit))
     for update in implicit.implicit_update(params, config, context, query, removed=[]):
         # nothing removed: δu = 0 up to the rounding of two runs of the same block
-        assert numpy.max(numpy.abs(update.delta_u)) <= IDENTITY_RTOL * numpy.max(numpy.abs(update.u_without))
+        assert numpy.max(numpy.abs(update.delta_u)) <= IDENTITY_RTOL * numpy.max(
+            numpy.abs(update.u_without)
+        )
 
 
 # -- backends -------------------------------------------------------------------------
@@ -368,8 +426,17 @@ def test_partial_context_in_a_stack_raises():
 def test_implicit_update_stays_on_the_device(backend):
     """On every backend (array_api_strict on its second device included) the updates
     live on the input's device, match NumPy, and satisfy the theorem there."""
-    config = TransformerConfig(d_token=4, n_blocks=2, n_heads=2, d_head=2, d_mlp=3,
-                               attn_skip=True, mlp_skip=True, layer_norm=True, activation="gelu")
+    config = TransformerConfig(
+        d_token=4,
+        n_blocks=2,
+        n_heads=2,
+        d_head=2,
+        d_mlp=3,
+        attn_skip=True,
+        mlp_skip=True,
+        layer_norm=True,
+        activation="gelu",
+    )
     params = random_params(config, 11)
     context, query = random_prompts(config, 11, B=2, N=5)
     reference = implicit.implicit_update(params, config, context, query)
@@ -381,14 +448,18 @@ def test_implicit_update_stays_on_the_device(backend):
     for update, ref in zip(updates, reference):
         for name, value in zip(update._fields, update):
             assert device(value) == where, name
-            assert relative_residual(backend.to_numpy(value), getattr(ref, name)) <= IDENTITY_RTOL, name
+            assert (
+                relative_residual(backend.to_numpy(value), getattr(ref, name)) <= IDENTITY_RTOL
+            ), name
 
     xp = backend.xp
     full, _ = forward(params_d, config, xp.concat([context_d, query_d[:, None, :]], axis=1))
     patched, _ = forward(params_d, config, query_d[:, None, :], patches=updates)
     assert device(patched) == where
-    assert relative_residual(backend.to_numpy(full[:, -1, :]), backend.to_numpy(patched[:, -1, :])) \
+    assert (
+        relative_residual(backend.to_numpy(full[:, -1, :]), backend.to_numpy(patched[:, -1, :]))
         <= IDENTITY_RTOL
+    )
 
     single = dataclasses.replace(config, n_blocks=1)
     params_1 = tree_map(backend.asarray, random_params(single, 11))

@@ -105,10 +105,14 @@ def test_theorem_von_oswald_context_vector_is_the_gd_step_at_the_query(task):
     config, params = von_oswald_model(d, eta, n, W0)
     tokens = regression_tokens(x, y, query_x, W0)
     (update,) = implicit_update(params, config, tokens[:, :-1], tokens[:, -1])
-    assert relative_residual(update.u_without, tokens[:, -1]) <= IDENTITY_RTOL  # A(x) = 0 to rounding
+    assert (
+        relative_residual(update.u_without, tokens[:, -1]) <= IDENTITY_RTOL
+    )  # A(x) = 0 to rounding
     W0_ = numpy.zeros(d) if W0 is None else W0
     step = W0_ - explicit_W1(x, y, eta, W0)  # (B, d)  W_0 − W_1
-    expected = numpy.concatenate([numpy.zeros_like(query_x), numpy.sum(step * query_x, -1)[:, None]], -1)
+    expected = numpy.concatenate(
+        [numpy.zeros_like(query_x), numpy.sum(step * query_x, -1)[:, None]], -1
+    )
     assert relative_residual(update.delta_u, expected) <= IDENTITY_RTOL
 
 
@@ -134,18 +138,28 @@ def test_theorem_von_oswald_implicit_update_is_gd_weights_projected_on_the_query
 
 def test_von_oswald_predict_stays_on_the_device(backend):
     rng = numpy.random.default_rng(0)
-    x, y, q = rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 5)), rng.standard_normal((2, 3))
+    x, y, q = (
+        rng.standard_normal((2, 5, 3)),
+        rng.standard_normal((2, 5)),
+        rng.standard_normal((2, 3)),
+    )
     xd, yd, qd = backend.asarray(x), backend.asarray(y), backend.asarray(q)
     tokens = regression_tokens(xd, yd, qd)
     predicted = von_oswald_predict(tokens, 0.5, W0=[0.1, -0.2, 0.3])
     explicit = gd_one_step_predict(xd, yd, qd, 0.5, W0=[0.1, -0.2, 0.3])
     assert device(predicted) == device(xd) and device(explicit) == device(xd)
-    assert relative_residual(backend.to_numpy(predicted), backend.to_numpy(explicit)) <= IDENTITY_RTOL
+    assert (
+        relative_residual(backend.to_numpy(predicted), backend.to_numpy(explicit)) <= IDENTITY_RTOL
+    )
 
 
 def test_von_oswald_rejects_bad_arguments():
     rng = numpy.random.default_rng(0)
-    x, y, q = rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 5)), rng.standard_normal((2, 3))
+    x, y, q = (
+        rng.standard_normal((2, 5, 3)),
+        rng.standard_normal((2, 5)),
+        rng.standard_normal((2, 3)),
+    )
     with pytest.raises(ValueError, match="d must be"):
         von_oswald_attention(0, 0.1, 5)
     with pytest.raises(ValueError, match="n_context"):
