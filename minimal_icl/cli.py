@@ -1,6 +1,8 @@
 """The command line: ``python -m minimal_icl COMMAND`` (or the ``minimal-icl`` script).
 
     python -m minimal_icl train --out results [--seed 0] [--steps N] [--fast] [--quiet]
+    python -m minimal_icl figure NAME --out results [--seed 0] [--fast] [--quiet]
+    python -m minimal_icl reproduce --out results [--seed 0] [--fast] [--quiet]
 
 Each command is one entry of :data:`COMMANDS`: a help line, a function that adds its
 arguments to an ``argparse`` sub-parser, and a function that runs it and returns the
@@ -103,9 +105,61 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- figure, reproduce -----------------------------------------------------------------
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="directory for the figures, their JSON and the models (created if needed)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the models and the held-out tasks (default 0)")
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=False,
+                        help="smoke-test settings: briefly trained models, smaller grids (default: --no-fast)")
+    parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
+                        help="no progress line (default: --no-quiet; it is shown on a terminal only)")
+
+
+def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
+    from .experiments import FIGURES
+
+    parser.add_argument("name", choices=list(FIGURES), metavar="NAME", help=f"one of: {', '.join(FIGURES)}")
+    add_experiment_arguments(parser)
+
+
+def run_figure(args: argparse.Namespace) -> int:
+    from .experiments import Progress, run_figure
+
+    progress = Progress(quiet=args.quiet)
+    try:
+        record = run_figure(args.name, args.out, seed=args.seed, fast=args.fast, progress=progress)
+    finally:
+        progress.close()
+    for key, value in record["headline"].items():
+        print(f"  {key}: {value}")
+    print(f"wrote {os.path.join(args.out, args.name)}.png and .json ({record['seconds']:.1f} s)")
+    return 0
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from .experiments import Progress, reproduce
+
+    progress = Progress(quiet=args.quiet)
+    try:
+        reproduce(args.out, seed=args.seed, fast=args.fast, progress=progress)
+    finally:
+        progress.close()
+    path = os.path.join(args.out, "summary.md")
+    with open(path) as f:
+        print(f.read(), end="")
+    print(f"wrote the figures and {path}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "train": Command("train the paper's setting and compare it with the baselines",
                      add_arguments=add_train_arguments, run=run_train),
+    "figure": Command("compute one of the paper's figures (PNG + JSON)",
+                      add_arguments=add_figure_arguments, run=run_figure),
+    "reproduce": Command("reproduce every figure of the paper and write summary.md",
+                         add_arguments=add_experiment_arguments, run=run_reproduce),
 }
 
 

@@ -1,0 +1,231 @@
+"""What every experiment shares: statistics, the output folder, JSON and PNG writing, progress.
+
+The experiments run on the host in NumPy: they call the package's model, theorems and
+training, then summarise the results (means, standard errors, fitted slopes) and write
+one ``NAME.png`` and one ``NAME.json`` per figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy
+
+from ..backend import Array, namespace
+
+
+class ExperimentError(ValueError):
+    """A problem with an experiment's arguments or output folder, said in one line."""
+
+
+# -- arguments ---------------------------------------------------------------------------
+
+
+def check_seed(seed) -> int:
+    """The seed as an int ≥ 0, or an ExperimentError naming the bad value."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, numpy.integer)) or seed < 0:
+        raise ExperimentError(f"seed must be an integer ≥ 0, got {seed!r}")
+    return int(seed)
+
+
+def prepare_out_dir(out) -> Path:
+    """Create the output folder if needed and check that files can be written in it."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ExperimentError(f"cannot write to output folder {str(path)!r}: {reason}") from None
+    return path
+
+
+def task_rng(seed: int, name: str) -> numpy.random.Generator:
+    """An independent random stream per (seed, purpose): held-out tasks never overlap
+    the training stream, and each figure draws its own."""
+    return numpy.random.default_rng([check_seed(seed), zlib.crc32(name.encode())])
+
+
+# -- statistics --------------------------------------------------------------------------
+
+
+def mean_se(values, axis: int = 0) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Mean and standard error of the mean over ``axis``: se = std(ddof=1) / √n.
+
+    Needs at least two samples along ``axis`` (one sample has no standard error).
+    """
+    values = numpy.asarray(values, dtype=numpy.float64)
+    n = values.shape[axis]
+    if n < 2:
+        raise ExperimentError(f"mean_se needs at least 2 samples, got {n}")
+    mean = numpy.mean(values, axis=axis)
+    se = numpy.std(values, axis=axis, ddof=1) / math.sqrt(n)
+    return mean, se
+
+
+def loglog_slope(x, y) -> float:
+    """Slope of the least-squares line through (log x, log y): y ≈ c · x^slope."""
+    x = numpy.asarray(x, dtype=numpy.float64)
+    y = numpy.asarray(y, dtype=numpy.float64)
+    if x.shape != y.shape or x.ndim != 1 or x.size < 2:
+        raise ExperimentError(f"loglog_slope needs two 1-d arrays of equal length ≥ 2, got {x.shape}, {y.shape}")
+    if not (numpy.all(x > 0) and numpy.all(y > 0)):
+        raise ExperimentError("loglog_slope needs positive x and y (a log-log fit)")
+    slope, _ = numpy.polyfit(numpy.log(x), numpy.log(y), 1)
+    return float(slope)
+
+
+def cos_frobenius(A: Array, B: Array) -> Array:
+    """cos_F(A, B) = ⟨A, B⟩_F / (‖A‖_F ‖B‖_F), ⟨A, B⟩_F = trace(Aᵀ B), per leading index.
+
+    A, B: (..., m, n). Returns (...). A zero matrix has no direction: ValueError.
+    """
+    xp = namespace(A, B)
+    inner = xp.sum(A * B, axis=(-2, -1))
+    norm_A = xp.sqrt(xp.sum(A * A, axis=(-2, -1)))
+    norm_B = xp.sqrt(xp.sum(B * B, axis=(-2, -1)))
+    if bool(xp.any(norm_A == 0)) or bool(xp.any(norm_B == 0)):
+        raise ValueError("cos_frobenius: a zero matrix has no direction (its Frobenius norm is 0)")
+    return inner / (norm_A * norm_B)
+
+
+def heldout_table(table: dict) -> dict:
+    """``train.compare_with_baselines``'s table with short, stable keys:
+    {"mse": {name: value}, "se": {name: value}} for name in model, zero, one_step_gd,
+    least_squares (and ridge with label noise)."""
+    keys = (("trained model", "model"), ("zero", "zero"), ("one step of GD", "one_step_gd"),
+            ("least squares", "least_squares"), ("ridge", "ridge"))
+    out = {"mse": {}, "se": {}}
+    for name, (value, se) in table.items():
+        short = next((k for prefix, k in keys if name.startswith(prefix)), name)
+        out["mse"][short], out["se"][short] = value, se
+    return out
+
+
+# -- files -------------------------------------------------------------------------------
+
+
+def _plain(value):
+    """Turn NumPy arrays and scalars inside ``value`` into JSON-ready Python objects."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, numpy.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, numpy.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path, record: dict) -> Path:
+    """Write ``record`` as indented JSON, atomically (temp file in the folder, then rename).
+
+    NaN and infinity are refused (they are not JSON): a figure never plots them.
+    """
+    path = Path(path)
+    text = json.dumps(_plain(record), indent=1, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_json(path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def new_figure(n_panels: int, width: float = 4.6, height: float = 3.6, n_rows: int = 1):
+    """``n_panels`` axes in ``n_rows`` rows, Agg backend (no display, no LaTeX: mathtext).
+
+    Returns (figure, flat list of axes); ``width`` and ``height`` are per panel (inches).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 10.5, "legend.fontsize": 8.5})
+    n_cols = -(-n_panels // n_rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows),
+                             squeeze=False)
+    return fig, [ax for row in axes for ax in row][:n_panels]
+
+
+def plain_log_ticks(ax, axis: str = "y") -> None:
+    """Label a log axis with plain numbers (0.1, 0.2, 1, 2) instead of 2×10⁻¹."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FormatStrFormatter("%g"))
+    target.set_minor_formatter(FormatStrFormatter(""))
+
+
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Save ``fig`` as a PNG (tight layout, modest dpi so the committed files stay small)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+# -- progress ----------------------------------------------------------------------------
+
+
+class Progress:
+    """The live status line of long work: ``[stage] done/total  elapsed``.
+
+    Drawn with the training loop's ``ProgressLine``, and only where it draws: on a
+    terminal, unless ``quiet`` or the environment variable CI is set.
+    """
+
+    def __init__(self, quiet: bool = False, stream=None):
+        from ..train import ProgressLine, progress_enabled
+
+        self.stream = sys.stderr if stream is None else stream
+        self.line = ProgressLine(self.stream, enabled=progress_enabled(self.stream, quiet))
+        self.start = time.perf_counter()
+
+    @property
+    def enabled(self) -> bool:
+        return self.line.enabled
+
+    def update(self, stage: str, done: int | None = None, total: int | None = None) -> None:
+        if not self.enabled:
+            return
+        count = "" if done is None else f" {done}/{total}"
+        self.line.update(f"[{stage}]{count}  {time.perf_counter() - self.start:6.1f} s")
+
+    def message(self, text: str) -> None:
+        """A permanent line (the status line is cleared first); silent when not shown."""
+        if self.enabled:
+            self.line.clear()
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        self.line.clear()
+
+
+QUIET = Progress(quiet=True)

@@ -1,0 +1,140 @@
+"""Figure 3 (v1): the implicit updates converge as the context grows, and why.
+
+For the first i context tokens the patch is ΔW_i = ΔW(c_1..c_i) (Theorem 2.2), and
+Proposition 3.1 makes W_i = W + ΔW_i a gradient path. The figure plots the size of one
+step of that path,
+
+    ‖ΔW_{i+1} − ΔW_i‖_F = ‖W (A_{i+1} − A_i)‖ / ‖A(x)‖,
+
+against the context length i on log-log axes, mean ± standard error over held-out tasks.
+The paper shows the decay for its trained model. We add two controls it lacks
+(THEORY.md §4): the same architecture with untrained random weights, and un-normalised
+linear attention with random weights. A new token gets softmax weight ≈ 1/(i+1), so the
+steps shrink like 1/i even with random weights; linear attention does not renormalise
+and its steps do not shrink. The fitted log-log slope of each curve is in the legend.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy
+
+from ..data import regression_prompts
+from ..dynamics import implicit_path
+from ..params import init_params
+from .common import (
+    QUIET,
+    Progress,
+    loglog_slope,
+    mean_se,
+    new_figure,
+    prepare_out_dir,
+    save_figure,
+    task_rng,
+    write_json,
+)
+from .models import paper_model
+
+NAME = "convergence"
+TITLE = "Figure 3: the implicit steps ‖ΔW_{i+1} − ΔW_i‖ shrink with the context length"
+
+
+@dataclass(frozen=True)
+class ConvergenceConfig:
+    """Our choices for Figure 3 (the paper gives its task count only).
+
+    n_tasks:   held-out prompts (tasks), one fresh w each; curves are mean ± SE over them.
+    fit_from:  the log-log slope is fitted to the mean curve over i = fit_from..N−1
+               (the first few steps carry the query's own attention weight).
+    """
+
+    n_tasks: int = 100
+    fit_from: int = 5
+
+
+def convergence_config(fast: bool = False) -> ConvergenceConfig:
+    """The settings; the fast variant differs only in the (briefly trained) model."""
+    return ConvergenceConfig()
+
+
+def step_norms(params, config, context, query) -> numpy.ndarray:
+    """‖ΔW_{i+1} − ΔW_i‖_F for i = 0..N−1, every prompt: (B, N), from ``implicit_path``."""
+    return numpy.asarray(implicit_path(params, config, context, query).increment_norms)
+
+
+def compute(model, cfg: ConvergenceConfig, seed: int, progress: Progress = QUIET) -> dict:
+    """The three curves and their slopes, as a JSON-ready record."""
+    config, setup = model.config, model.setup
+    batch = regression_prompts(cfg.n_tasks, setup.n_context, setup.d, task_rng(seed, NAME))
+    context, query = batch.context, batch.query
+    linear_config = replace(config, attention="linear")
+    models = {
+        "trained_softmax": ("trained softmax (paper model)", model.params, config),
+        "random_softmax": ("untrained softmax", init_params(config, seed=seed + 1), config),
+        "random_linear": ("untrained linear attention", init_params(linear_config, seed=seed + 1),
+                          linear_config),
+    }
+    N = setup.n_context
+    i = numpy.arange(1, N)  # the step from i to i + 1 tokens; i = 0 is left out (log axis)
+    fit = i >= cfg.fit_from
+    curves = {}
+    for key, (label, params, cfg_model) in models.items():
+        progress.update(f"{NAME}: {label}")
+        norms = step_norms(params, cfg_model, context, query)[:, 1:]  # (B, N−1)
+        mean, se = mean_se(norms, axis=0)
+        slope = loglog_slope(i[fit], mean[fit])
+        curves[key] = {"label": label, "mean": mean, "se": se, "slope": slope,
+                       "attention": cfg_model.attention,
+                       "ratio_first_last": float(mean[0] / mean[-1])}
+    headline = {f"slope_{k}": c["slope"] for k, c in curves.items()}
+    headline.update({f"ratio_first_last_{k}": c["ratio_first_last"] for k, c in curves.items()})
+    return {
+        "figure": NAME,
+        "title": TITLE,
+        "paper": "Figure 3 of v1 (trained model only; no slope reported)",
+        "config": asdict(cfg),
+        "model": model.describe(),
+        "controls_seed": seed + 1,
+        "headline": headline,
+        "data": {"i": i, "curves": curves},
+    }
+
+
+def plot(record: dict, path) -> None:
+    fig, (ax,) = new_figure(1, width=6.4, height=4.4)
+    data = record["data"]
+    i = numpy.asarray(data["i"])
+    colors = {"trained_softmax": "C0", "random_softmax": "C1", "random_linear": "C2"}
+    for key, curve in data["curves"].items():
+        mean, se = numpy.asarray(curve["mean"]), numpy.asarray(curve["se"])
+        ax.plot(i, mean, color=colors[key], label=f"{curve['label']}  (slope {curve['slope']:+.2f})")
+        ax.fill_between(i, numpy.maximum(mean - se, mean * 1e-3), mean + se, color=colors[key],
+                        alpha=0.25, linewidth=0)
+    # a 1/i line through the untrained-softmax curve at the middle of the fitted range, halved
+    anchor = len(i) // 2
+    ref = 0.5 * numpy.asarray(data["curves"]["random_softmax"]["mean"])[anchor] * i[anchor] / i
+    ax.plot(i, ref, color="0.4", linestyle=":", label=r"$\propto 1/i$ (reference)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("context length $i$ (tokens already consumed)")
+    ax.set_ylabel(r"$\|\Delta W_{i+1} - \Delta W_i\|_F$")
+    n = record["config"]["n_tasks"]
+    ax.set_title(f"Implicit step size vs context length (mean ± SE, {n} tasks)")
+    ax.legend(loc="lower left")
+    ax.grid(True, which="both", alpha=0.25)
+    save_figure(fig, path)
+
+
+def run(out_dir, seed: int = 0, fast: bool = False, progress: Progress = QUIET) -> dict:
+    """Compute Figure 3, write convergence.json and convergence.png into ``out_dir``."""
+    start = time.perf_counter()
+    out_dir = prepare_out_dir(out_dir)
+    model = paper_model(out_dir, seed, fast, progress)
+    record = compute(model, convergence_config(fast), seed, progress)
+    record["fast"] = fast
+    plot(record, out_dir / f"{NAME}.png")
+    record["seconds"] = time.perf_counter() - start  # training (if any), numbers and plot
+    write_json(out_dir / f"{NAME}.json", record)
+    return record

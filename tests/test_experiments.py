@@ -1,0 +1,280 @@
+"""The paper's experiments in their fast variant: every figure's numbers, the summary, the CLI.
+
+One module-scoped ``reproduce --fast`` run (one briefly trained paper model and one deep
+model, shared by every figure) feeds the tests; they check the numbers in the JSON files
+against what the theory says.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy
+import pytest
+
+from minimal_icl import FLOAT32_RTOL, IDENTITY_RTOL
+from minimal_icl.backend import tree_leaves
+from minimal_icl.cli import main
+from minimal_icl.experiments import FIGURES, ExperimentError, reproduce, run_figure
+from minimal_icl.experiments.common import cos_frobenius, loglog_slope, mean_se, write_json
+from minimal_icl.experiments.models import (
+    PAPER_HISTORY,
+    PAPER_MODEL_FILE,
+    _try_load,
+    train_recording,
+)
+from minimal_icl.train import paper_setting, train_setup
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    """``reproduce --fast`` once: (output folder, {figure: record as read from its JSON})."""
+    out = tmp_path_factory.mktemp("reproduce_fast")
+    reproduce(out, seed=0, fast=True)
+    records = {name: json.loads((out / f"{name}.json").read_text()) for name in FIGURES}
+    return out, records
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def test_every_figure_writes_a_png_and_a_json_with_its_settings(fast_run):
+    out, records = fast_run
+    for name, record in records.items():
+        png = (out / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, name
+        assert record["figure"] == name and record["fast"] is True
+        assert record["config"] and record["headline"] and record["data"]
+        assert record["model"]["seed"] == 0
+    assert (out / PAPER_MODEL_FILE).exists() and (out / "deep_model.npz").exists()
+
+
+def test_figures_share_the_trained_model_instead_of_retraining(fast_run):
+    _, records = fast_run
+    assert records["identity"]["model"]["reused_checkpoint"] is False  # trained here
+    for name in ("convergence", "finetune", "dynamics"):
+        assert records[name]["model"]["reused_checkpoint"] is True, name
+
+
+def test_summary_holds_the_table_with_this_runs_numbers(fast_run):
+    out, records = fast_run
+    text = (out / "summary.md").read_text()
+    assert "| figure | quantity | this run | paper |" in text
+    for label in ("2 identity", "3 convergence", "4 finetune", "5 deep", "dynamics"):
+        assert f"| {label} |" in text, label
+    h = records["identity"]["headline"]
+    assert f"{h['max_abs_difference_float64']:.1e}" in text
+    assert f"{records['convergence']['headline']['slope_random_softmax']:.2f}" in text
+    assert "≈ 1e-7" in text and "no number given" in text
+
+
+# -- Figure 2 ------------------------------------------------------------------------------
+
+
+def test_identity_prompt_and_patch_agree_to_float64_rounding(fast_run):
+    h = fast_run[1]["identity"]["headline"]
+    assert h["max_abs_difference_float64"] <= IDENTITY_RTOL * h["prediction_scale_float64"]
+    data = fast_run[1]["identity"]["data"]
+    scale = max(data["val_loss_prompt"])
+    assert h["max_abs_val_loss_difference"] <= IDENTITY_RTOL * scale
+
+
+def test_identity_float32_difference_is_in_the_float32_tier_and_really_float32(fast_run):
+    h = fast_run[1]["identity"]["headline"]
+    assert h["max_abs_difference_float32"] <= FLOAT32_RTOL * h["prediction_scale_float32"]
+    # computed in float32: far above the float64 rounding level
+    assert h["max_abs_difference_float32"] > 1e3 * h["max_abs_difference_float64"]
+
+
+def test_identity_heatmap_covers_the_grid_except_the_degenerate_query(fast_run):
+    record = fast_run[1]["identity"]
+    G = 2 * record["config"]["grid_half"] + 1
+    axis = numpy.asarray(record["data"]["grid_axis"])
+    assert axis.shape == (G,) and axis[0] == -record["config"]["grid_limit"] and axis[G // 2] == 0.0
+    for name in ("heatmap_float64", "heatmap_float32"):
+        rows = record["data"][name]
+        assert len(rows) == G and all(len(row) == G for row in rows)
+        missing = [(r, c) for r in range(G) for c in range(G) if rows[r][c] is None]
+        assert missing == [(G // 2, G // 2)], name  # only x = 0, where A(x) = 0
+        values = numpy.array([v for row in rows for v in row if v is not None])
+        assert numpy.all(numpy.isfinite(values)) and numpy.all(values >= 0)
+
+
+def test_training_curves_are_finite_and_the_model_learns(fast_run):
+    record = fast_run[1]["identity"]
+    data, h = record["data"], record["headline"]
+    val = numpy.asarray(data["val_loss_prompt"])
+    assert numpy.all(numpy.isfinite(val)) and numpy.all(numpy.isfinite(data["train_loss_smoothed"]))
+    assert 0.5 < val[0] < 10.0  # untrained: about the label variance d = 2
+    assert val[-1] < 0.5 * val[0]
+    assert h["heldout_mse"]["model"] < h["heldout_mse"]["zero"]
+
+
+# -- Figure 3 ------------------------------------------------------------------------------
+
+
+def test_convergence_softmax_decays_like_one_over_i_even_untrained(fast_run):
+    h = fast_run[1]["convergence"]["headline"]
+    assert -1.3 < h["slope_random_softmax"] < -0.6
+    assert h["slope_trained_softmax"] < -0.5
+
+
+def test_convergence_linear_attention_steps_do_not_decay(fast_run):
+    h = fast_run[1]["convergence"]["headline"]
+    assert abs(h["slope_random_linear"]) < 0.3
+    assert h["ratio_first_last_random_linear"] < 3.0 < h["ratio_first_last_random_softmax"]
+
+
+# -- Figure 4 ------------------------------------------------------------------------------
+
+
+def test_finetune_alignment_is_a_cosine_and_losses_are_finite(fast_run):
+    data = fast_run[1]["finetune"]["data"]
+    align = numpy.asarray(data["alignment"]["mean"])
+    assert numpy.all(align >= -1.0) and numpy.all(align <= 1.0)
+    for name, curve in data["test_loss"].items():
+        mean = numpy.asarray(curve["mean"])
+        assert numpy.all(numpy.isfinite(mean)) and numpy.all(mean >= 0), name
+        assert numpy.all(mean < 50.0), name
+
+
+def test_finetune_baselines_are_ordered_as_theory_says(fast_run):
+    data = fast_run[1]["finetune"]["data"]
+    d = fast_run[1]["finetune"]["model"]["setup"]["d"]
+    i = numpy.asarray(data["i"])
+    loss = {name: numpy.asarray(curve["mean"]) for name, curve in data["test_loss"].items()}
+    enough = i >= d + 2
+    assert enough.any()
+    # noiseless labels, i ≥ d: least squares recovers w; one step of GD is biased but helps
+    assert numpy.all(loss["least_squares"][enough] <= loss["one_step_gd"][enough])
+    assert numpy.all(loss["one_step_gd"][enough] <= loss["zero"][enough])
+    assert numpy.all(loss["least_squares"][i >= d] <= 1e-20)
+
+
+def test_finetune_implicit_loss_is_the_prompt_prefix_loss_and_learns(fast_run):
+    data = fast_run[1]["finetune"]["data"]
+    implicit = numpy.asarray(data["test_loss"]["implicit"]["mean"])
+    zero = numpy.asarray(data["test_loss"]["zero"]["mean"])
+    assert implicit[-1] < zero[-1]
+
+
+# -- Figure 5 and the dynamics -------------------------------------------------------------
+
+
+def test_deep_per_block_patches_reproduce_every_block(fast_run):
+    record = fast_run[1]["deep"]
+    h = record["headline"]
+    assert len(record["data"]["blocks"]) == record["model"]["setup"]["config"]["n_blocks"] == 4
+    assert h["max_relative_difference"] <= IDENTITY_RTOL
+    assert h["max_rank_delta_W"] == 1
+    # the patches matter: without them the context changes every block's output by O(1)
+    assert min(h["mean_context_effect_per_block"]) > 1e6 * h["max_difference"]
+
+
+def test_dynamics_gradient_step_and_output_identities_hold_at_every_step(fast_run):
+    record = fast_run[1]["dynamics"]
+    h, data = record["headline"], record["data"]
+    N = record["model"]["setup"]["n_context"]
+    assert len(data["step_residual"]) == N and len(data["output_residual"]) == N + 1
+    assert h["max_step_residual"] <= IDENTITY_RTOL
+    assert h["max_output_residual"] <= IDENTITY_RTOL
+    assert h["path_rank_one"] is True
+    cos = numpy.asarray(data["cos_successive"])
+    assert numpy.all(numpy.abs(cos) <= 1.0 + 1e-12)
+
+
+# -- the shared model --------------------------------------------------------------------
+
+
+def test_recording_loop_trains_exactly_like_train_setup():
+    setup = replace(paper_setting(fast=True), steps=12, val_every=5, val_size=16)
+    reference = train_setup(setup, seed=3, quiet=True)
+    params, history = train_recording(setup, seed=3)
+    for (name, a), (_, b) in zip(tree_leaves(reference.params), tree_leaves(params)):
+        assert numpy.array_equal(a, b), name
+    assert numpy.array_equal(history["val_loss"], reference.history.val_loss)
+    assert numpy.array_equal(history["val_step"], reference.history.val_step)
+
+
+def test_a_checkpoint_is_reused_only_for_the_same_setting_and_seed(fast_run):
+    path = fast_run[0] / PAPER_MODEL_FILE
+    setup = paper_setting(fast=True)
+    assert _try_load(path, setup, 0, PAPER_HISTORY) is not None
+    assert _try_load(path, setup, 1, PAPER_HISTORY) is None
+    assert _try_load(path, replace(setup, steps=setup.steps + 1), 0, PAPER_HISTORY) is None
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_cli_figure_reuses_a_copied_checkpoint(fast_run, tmp_path, capsys):
+    shutil.copy(fast_run[0] / PAPER_MODEL_FILE, tmp_path / PAPER_MODEL_FILE)
+    assert main(["figure", "convergence", "--out", str(tmp_path), "--fast", "--quiet"]) == 0
+    record = json.loads((tmp_path / "convergence.json").read_text())
+    assert record["model"]["reused_checkpoint"] is True
+    assert record["headline"] == fast_run[1]["convergence"]["headline"]
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_bad_arguments_give_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["figure", "nonsense", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--out", str(tmp_path), "--seed", "-1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "-1" in err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    err = _one_line_error(capsys, ["figure", "dynamics", "--out", str(blocker / "sub"), "--fast"])
+    assert "cannot write to output folder" in err
+
+
+def test_cli_corrupt_checkpoint_gives_a_one_line_error(tmp_path, capsys):
+    (tmp_path / PAPER_MODEL_FILE).write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    err = _one_line_error(capsys, ["figure", "dynamics", "--out", str(tmp_path), "--fast"])
+    assert PAPER_MODEL_FILE in err
+
+
+def test_python_api_rejects_unknown_figures_and_negative_seeds(tmp_path):
+    with pytest.raises(ExperimentError, match="unknown figure"):
+        run_figure("figure9", tmp_path)
+    with pytest.raises(ExperimentError, match="seed"):
+        reproduce(tmp_path, seed=-2)
+
+
+# -- the statistics helpers ----------------------------------------------------------------
+
+
+def test_statistics_helpers_against_direct_formulas(tmp_path):
+    rng = numpy.random.default_rng(0)
+    x = rng.standard_normal((7, 3))
+    mean, se = mean_se(x)
+    assert numpy.allclose(mean, x.sum(axis=0) / 7)
+    assert numpy.allclose(se, numpy.sqrt(((x - mean) ** 2).sum(axis=0) / 6 / 7))
+    i = numpy.arange(1.0, 20.0)
+    assert loglog_slope(i, 3.0 * i**-1.5) == pytest.approx(-1.5, abs=1e-12)
+    A, B = rng.standard_normal((2, 4, 5, 3))
+    expected = [numpy.trace(a.T @ b) / numpy.linalg.norm(a) / numpy.linalg.norm(b) for a, b in zip(A, B)]
+    assert numpy.allclose(cos_frobenius(A, B), expected)
+    with pytest.raises(ValueError, match="zero matrix"):
+        cos_frobenius(A, numpy.zeros_like(B))
+    with pytest.raises(ExperimentError):
+        mean_se(x[:1])
+    with pytest.raises(ExperimentError):
+        loglog_slope(i, -i)
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "x.json", {"a": numpy.nan})  # NaN is not JSON
+    assert not list(tmp_path.iterdir())  # and nothing half-written is left
