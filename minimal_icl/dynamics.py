@@ -241,11 +241,22 @@ class FactorisedPath(NamedTuple):
     so T_{W_i}(c_{i+1}..c_N, x) = T_{W_0}(C, x) for every i, and T_{W_N}(x) = T_{W_0}(C, x).
     (With an MLP skip the output bias follows b_i = b_0 + h_C − h(S_i).)
 
-    W_N − W_0 also solves X A(x) = W_0 ΔA but is not the rank-1 ΔW(C) in general: its
-    columns lie in W_0 span{ΔA(c_i)} and its rows in span{S_i}, so its rank is at most
-    min(N, dim span{ΔA(c_i)}) (≤ D − 1 with LayerNorm, whose outputs differ by vectors
-    g ⊙ (mean-zero)); it is generically > 1 for N ≥ 2, and for N = 1 W_1 = W_0 + ΔW(C)
-    exactly. Being another solution, ‖W_N − W_0‖_F ≥ ‖ΔW(C)‖_F (ΔW(C) has minimum norm).
+    W_N − W_0 also solves X A(x) = W_0 ΔA but is not the rank-1 ΔW(C) in general, another
+    face of non-uniqueness. Being another solution, ‖W_N − W_0‖_F ≥ ‖ΔW(C)‖_F (ΔW(C) has
+    minimum norm). Its rank: expanding the product, every term of W_N − W_0 starts with
+    W_0 ΔA(c_j) and ends with S_kᵀ, so
+
+        rank(W_N − W_0) ≤ min(N, M, dim span{ΔA(c_1), …, ΔA(c_N)}),
+
+    and the ΔA are differences of MLP inputs that share the query's skip term:
+
+        no LayerNorm:               ΔA ∈ range(W_O),                 dim ≤ min(D, H·K)
+        LayerNorm, no attn skip:    ΔA ∈ g ⊙ P range(W_O),           dim ≤ min(D − 1, H·K)
+        LayerNorm and attn skip:    ΔA ∈ g ⊙ P span{x, range(W_O)},  dim ≤ min(D − 1, H·K + 1)
+
+    (P removes the mean over the D features). THEORY.md §4 says "in general full rank";
+    precisely, the rank generically reaches this bound (checked numerically), so it
+    exceeds 1 for N ≥ 2 in generic models, while for N = 1, W_1 = W_0 + ΔW(C) exactly.
     """
 
     W0: Array  # (M, D)             the block's W1

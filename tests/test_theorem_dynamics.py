@@ -289,12 +289,18 @@ def test_theorem_factorised_path_of_one_token_is_the_rank1_update(problem):
 
 @given(problems(config=one_block()))
 def test_theorem_factorised_update_rank_is_at_most_tokens_and_span(problem):
-    """rank(W_N − W_0) ≤ min(N, D), and ≤ D − 1 with LayerNorm (the ΔA(c_i) are
-    differences of LN outputs: g ⊙ (mean-zero vectors))."""
+    """rank(W_N − W_0) ≤ min(N, M, dim span{ΔA(c_i)}), the span bounded by min(D, H·K)
+    without LayerNorm, min(D − 1, H·K) with it, min(D − 1, H·K + 1) with LayerNorm and
+    the attention skip (FactorisedPath's docstring)."""
     config, params, context, query = problem[:4]
     path = factorised_path(params, config, context, query)
-    N, D = context.shape[1], config.d_token
-    bound = min(N, D - 1 if config.layer_norm else D)
+    N, D, M = context.shape[1], config.d_token, config.d_mlp
+    HK = config.n_heads * config.d_head
+    if not config.layer_norm:
+        span = min(D, HK)
+    else:
+        span = min(D - 1, HK + 1 if config.attn_skip else HK)
+    bound = min(N, M, span)
     sigma = numpy.linalg.svd(path.delta_W(N), compute_uv=False)
     # rounding in the steps W_{j−1} ΔA(c_j) is relative to W_{j−1}: measure against ‖W_0‖ too
     scale = sigma[:, :1] + numpy.linalg.norm(params.blocks[0].mlp.W1)
