@@ -91,15 +91,17 @@ def run_train(args: argparse.Namespace) -> int:
     result = train_setup(setup, seed=args.seed, quiet=args.quiet, log=log)
     n_test = 2000 if args.fast else 10000
     table = compare_with_baselines(result.params, setup, n_prompts=n_test, seed=args.seed)
-    print(f"held-out mean squared error on {n_test} new prompts (mean ± standard error):")
-    for name, (value, stderr) in table.items():
-        print(f"  {name:28s} {value:8.4f} ± {stderr:.4f}")
+    print(f"held-out mean squared error on {n_test} new prompts (± standard error):")
+    print(f"  {'':28s} {'MSE':>17s}   {'baseline − model, same prompts':>30s}")
+    for name, row in table.items():
+        versus = "" if name == "trained model" else f"   {row.excess:+18.4f} ± {row.excess_stderr:.4f}"
+        print(f"  {name:28s} {row.mse:8.4f} ± {row.stderr:.4f}{versus}")
     history = result.history
     save_checkpoint(
         path, result.params, setup.config,
         extra={f"history/{name}": value for name, value in zip(history._fields, history)},
         metadata={"setup": setup.to_dict(), "seed": args.seed,
-                  "held_out": {name: list(v) for name, v in table.items()}},
+                  "held_out": {name: row._asdict() for name, row in table.items()}},
     )
     print(f"saved {path}")
     return 0

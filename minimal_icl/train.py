@@ -171,14 +171,24 @@ def evaluate(params, config: TransformerConfig, batch: RegressionBatch) -> float
     return mse(predict_in_chunks(params, config, batch.tokens), batch.target)
 
 
+class HeldOut(NamedTuple):
+    """One row of :func:`compare_with_baselines`."""
+
+    mse: float  # mean squared error on the held-out prompts
+    stderr: float  # its standard error
+    excess: float  # mean over the same prompts of (this squared error − the model's)
+    excess_stderr: float  # its standard error (a paired comparison: the prompts are shared)
+
+
 def compare_with_baselines(params, setup: "TrainingSetup", n_prompts: int = 10_000,
-                           seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Held-out MSE of the model and of the baselines on ``n_prompts`` new prompts.
+                           seed: int = 0) -> dict[str, HeldOut]:
+    """Held-out errors of the model and of the baselines on ``n_prompts`` new prompts.
 
     The prompts come from a third stream of ``seed``, independent of the training and
-    validation prompts of :func:`train`. Returns {name: (mean squared error, its
-    standard error)} for the trained model, the zero predictor, one step of GD with the
-    optimal step η* = 1/(1 + (d+1)/N), and least squares (ridge with λ = σ² if σ > 0).
+    validation prompts of :func:`train`. Rows: the trained model, the zero predictor, one
+    step of GD with the optimal step η* = 1/(1 + (d+1)/N), least squares (and ridge with
+    λ = σ² if σ > 0). ``excess`` compares each row with the model prompt by prompt, so
+    its standard error is much smaller than the two MSEs' own.
     """
     first = tree_leaves(params)[0][1]
     xp, dtype, device = namespace(first), first.dtype, array_device(first)
@@ -193,11 +203,18 @@ def compare_with_baselines(params, setup: "TrainingSetup", n_prompts: int = 10_0
     }
     if setup.noise > 0:
         predictions["ridge (λ = σ²)"] = ridge_predict(batch, ridge_lambda(setup.noise))
-    table = {}
-    for name, prediction in predictions.items():
-        squared = to_device((prediction - batch.target) ** 2, "numpy")
-        table[name] = (float(numpy.mean(squared)), float(numpy.std(squared) / math.sqrt(n_prompts)))
-    return table
+    squared = {name: to_device((p - batch.target) ** 2, "numpy") for name, p in predictions.items()}
+    model = squared["trained model"]
+    root_n = math.sqrt(n_prompts)
+    return {
+        name: HeldOut(
+            mse=float(numpy.mean(errors)),
+            stderr=float(numpy.std(errors) / root_n),
+            excess=float(numpy.mean(errors - model)),
+            excess_stderr=float(numpy.std(errors - model) / root_n),
+        )
+        for name, errors in squared.items()
+    }
 
 
 # -- progress --------------------------------------------------------------------------

@@ -171,6 +171,10 @@ def test_comparison_table_has_every_baseline():
     names = list(table)
     assert names[0] == "trained model" and "zero predictor" in names and "least squares" in names
     assert any(name.startswith("one step of GD") for name in names)
-    assert table["zero predictor"][0] == pytest.approx(2.0, rel=0.2)
-    assert table["least squares"][0] <= 1e-20
-    assert all(stderr > 0 for name, (_, stderr) in table.items() if name != "least squares")
+    assert table["zero predictor"].mse == pytest.approx(2.0, rel=0.2)
+    assert table["least squares"].mse <= 1e-20
+    assert all(row.stderr > 0 for name, row in table.items() if name != "least squares")
+    model = table["trained model"]
+    assert model.excess == 0.0 and model.excess_stderr == 0.0
+    for row in table.values():  # the paired difference is the difference of the means
+        assert row.excess == pytest.approx(row.mse - model.mse, abs=1e-12)
