@@ -500,7 +500,12 @@ switch_cases = st.fixed_dictionaries(
 @given(case=switch_cases, seed=st.integers(0, 2**16))
 def test_property_last_only_is_the_last_row(case, seed):
     """last_only's output is the full output's last row, predict reads its last entry,
-    and its backward equals the full backward with an upstream gradient zero elsewhere."""
+    and its backward equals the full backward with an upstream gradient zero elsewhere.
+
+    The two backwards add the same products in different orders, so each gradient is
+    compared against the scale of the whole backward (its largest entry): a W_Q
+    gradient of 1e-7 left over from a cancellation of O(1) terms (rank collapse, or
+    LayerNorm on 3-wide tokens) agrees only to 1e-9 of itself, 1e-16 of the terms."""
     config = make_config(case)
     params = random_params(config, seed)
     tokens = random_tokens(seed, config, n_tokens=4)
@@ -515,16 +520,20 @@ def test_property_last_only_is_the_last_row(case, seed):
     G_full = numpy.concatenate([numpy.zeros((N_PROMPTS, 3, D)), G_last], axis=1)
     dtokens_last, grads_last = backward(G_last, last_cache)
     dtokens_full, grads_full = backward(G_full, full_cache)
-    assert relative_residual(dtokens_last, dtokens_full) <= IDENTITY_RTOL
-    for (name, a), (_, b) in zip(tree_leaves(grads_last), tree_leaves(grads_full)):
-        assert relative_residual(a, b) <= IDENTITY_RTOL, name
+    pairs = [("tokens", dtokens_last, dtokens_full)] + [
+        (name, a, b) for (name, a), (_, b) in zip(tree_leaves(grads_last), tree_leaves(grads_full))
+    ]
+    scale = max(float(numpy.max(numpy.abs(b))) for _, _, b in pairs)
+    for name, a, b in pairs:
+        assert float(numpy.max(numpy.abs(a - b))) <= IDENTITY_RTOL * scale, name
 
 
 @settings(max_examples=examples(30))
 @given(case=switch_cases, seed=st.integers(0, 2**16), t=st.integers(0, 3))
 def test_property_causal_output_ignores_later_tokens(case, seed, t):
     """Causal: out[:, :t+1] is unchanged, bit for bit, when tokens after t change.
-    Not causal: the output at position 0 does change."""
+    Not causal, with the MLP skip: the output at position 0 does change. (Without the
+    skip a block whose ReLUs are all off outputs its bias b2 whatever the tokens.)"""
     config = make_config(case)
     params = random_params(config, seed)
     tokens = random_tokens(seed, config, n_tokens=5)
@@ -536,7 +545,7 @@ def test_property_causal_output_ignores_later_tokens(case, seed, t):
     out_changed, _ = forward(params, config, changed)
     if config.causal:
         assert numpy.array_equal(out[:, : t + 1], out_changed[:, : t + 1])
-    else:
+    elif config.mlp_skip:
         assert relative_residual(out[:, 0], out_changed[:, 0]) > 1e-6
 
 
