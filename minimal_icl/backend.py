@@ -28,10 +28,12 @@ def namespace(*arrays: Array):
     ``numpy`` itself (no wrapper layer on the hot path); everything else goes through
     ``array_api_compat.array_namespace``.
     """
-    arrays = tuple(a for a in arrays if a is not None)
-    if all(type(a) is numpy.ndarray for a in arrays):
+    for a in arrays:  # a plain loop: this runs a few dozen times per training step
+        if a is not None and type(a) is not numpy.ndarray:
+            break
+    else:
         return numpy
-    return array_api_compat.array_namespace(*arrays)
+    return array_api_compat.array_namespace(*(a for a in arrays if a is not None))
 
 
 def resolve_dtype(xp, dtype=None):
