@@ -98,15 +98,20 @@ def cos_frobenius(A: Array, B: Array) -> Array:
 
 
 def heldout_table(table: dict) -> dict:
-    """``train.compare_with_baselines``'s table with short, stable keys:
-    {"mse": {name: value}, "se": {name: value}} for name in model, zero, one_step_gd,
-    least_squares (and ridge with label noise)."""
+    """``train.compare_with_baselines``'s rows with short, stable keys (model, zero,
+    one_step_gd, least_squares, and ridge with label noise):
+
+        {"mse": {name: MSE}, "se": {name: its standard error},
+         "excess": {name: mean of (its squared error − the model's), same prompts},
+         "excess_se": {name: standard error of that paired difference}}
+    """
     keys = (("trained model", "model"), ("zero", "zero"), ("one step of GD", "one_step_gd"),
             ("least squares", "least_squares"), ("ridge", "ridge"))
-    out = {"mse": {}, "se": {}}
-    for name, (value, se) in table.items():
+    out = {"mse": {}, "se": {}, "excess": {}, "excess_se": {}}
+    for name, row in table.items():
         short = next((k for prefix, k in keys if name.startswith(prefix)), name)
-        out["mse"][short], out["se"][short] = value, se
+        out["mse"][short], out["se"][short] = row.mse, row.stderr
+        out["excess"][short], out["excess_se"][short] = row.excess, row.excess_stderr
     return out
 
 

@@ -57,7 +57,7 @@ class DeepConfig:
 
 def deep_config(fast: bool = False) -> DeepConfig:
     if fast:
-        return DeepConfig(n_heldout=1000, smooth=10)
+        return DeepConfig(n_heldout=500, smooth=10)
     return DeepConfig()
 
 
@@ -108,6 +108,8 @@ def compute(model, cfg: DeepConfig, seed: int, progress: Progress = QUIET) -> di
         "final_val_loss": float(numpy.asarray(history["val_loss"])[-1]),
         "heldout_mse": table["mse"],
         "heldout_se": table["se"],
+        "heldout_excess_over_model": table["excess"],
+        "heldout_excess_over_model_se": table["excess_se"],
     }
     return {
         "figure": NAME,

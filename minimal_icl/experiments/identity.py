@@ -139,6 +139,8 @@ def compute(model, cfg: IdentityConfig, seed: int, progress: Progress = QUIET) -
         "max_abs_val_loss_difference": float(numpy.max(numpy.abs(val_loss - val_patched))),
         "heldout_mse": table["mse"],
         "heldout_se": table["se"],
+        "heldout_excess_over_model": table["excess"],
+        "heldout_excess_over_model_se": table["excess_se"],
     })
     window = numpy.ones(last) / last
     smoothed = numpy.convolve(train_loss, window, mode="valid")

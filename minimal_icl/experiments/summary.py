@@ -38,6 +38,9 @@ def summary_rows(records: dict) -> list[tuple[str, str, str, str]]:
             ("2 identity", "held-out MSE: trained model / zero / one GD step (η*) / least squares",
              f"{_mse(m['model'])} / {_mse(m['zero'])} / {_mse(m['one_step_gd'])} / {_mse(m['least_squares'])}",
              "not reported"),
+            ("2 identity", "one GD step's MSE minus the model's, paired over the same prompts (± SE)",
+             f"{h['heldout_excess_over_model']['one_step_gd']:+.4f}"
+             f" ± {h['heldout_excess_over_model_se']['one_step_gd']:.4f}", "not reported"),
         ]
     if "convergence" in records:
         h = records["convergence"]["headline"]
