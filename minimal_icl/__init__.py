@@ -40,6 +40,20 @@ from .params import (
 )
 from .tolerances import FLOAT32_RTOL, GRADCHECK_RTOL, IDENTITY_RTOL, relative_residual
 from .von_oswald import gd_one_step_predict, von_oswald_attention, von_oswald_model, von_oswald_predict
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import (
+    RegressionBatch,
+    least_squares_predict,
+    one_step_gd_predict,
+    optimal_gd_step,
+    regression_prompts,
+    regression_stream,
+    ridge_predict,
+    zero_predict,
+)
+from .loss import query_loss
+from .optim import adam_init, adam_step, sgd_init, sgd_step
+from .train import OptimizerSettings, TrainingSetup, paper_setting, train, train_setup
 
 __version__ = "0.1.0"
 
@@ -52,4 +66,8 @@ __all__ = [
     "gd_one_step_predict", "implicit_path", "implicit_update", "linear_attention_context_vector",
     "minimum_norm_solution", "null_space_perturbation", "remove_tokens", "von_oswald_attention",
     "von_oswald_model", "von_oswald_predict",
+    "CheckpointError", "OptimizerSettings", "RegressionBatch", "TrainingSetup", "adam_init", "adam_step",
+    "least_squares_predict", "load_checkpoint", "one_step_gd_predict", "optimal_gd_step", "paper_setting",
+    "query_loss", "regression_prompts", "regression_stream", "ridge_predict", "save_checkpoint", "sgd_init",
+    "sgd_step", "train", "train_setup", "zero_predict",
 ]

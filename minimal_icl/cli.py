@@ -92,10 +92,10 @@ def run_train(args: argparse.Namespace) -> int:
     n_test = 2000 if args.fast else 10000
     table = compare_with_baselines(result.params, setup, n_prompts=n_test, seed=args.seed)
     print(f"held-out mean squared error on {n_test} new prompts (± standard error):")
-    print(f"  {'':28s} {'MSE':>17s}   {'baseline − model, same prompts':>30s}")
+    print(f"  {'':30s} {'MSE':>17s}   {'baseline − model, same prompts':>30s}")
     for name, row in table.items():
         versus = "" if name == "trained model" else f"   {row.excess:+18.4f} ± {row.excess_stderr:.4f}"
-        print(f"  {name:28s} {row.mse:8.4f} ± {row.stderr:.4f}{versus}")
+        print(f"  {name:30s} {row.mse:8.4f} ± {row.stderr:.4f}{versus}")
     history = result.history
     save_checkpoint(
         path, result.params, setup.config,

@@ -356,6 +356,7 @@ def train(
             log(Validation(step, mean, value, now, rate))
         return step, now
 
+    smoothed = math.nan  # a moving average of the training loss, for the progress line
     start = time.perf_counter()
     previous = validate(0, start, 0, 0.0)
     for step in range(1, steps + 1):
@@ -371,9 +372,11 @@ def train(
             )
         train_loss[step - 1] = value
         if progress.enabled:
+            smoothed = value if step == 1 else 0.98 * smoothed + 0.02 * value
             elapsed = time.perf_counter() - start
             progress.update(
-                f"step {step}/{steps}  loss {value:.4f}  {step / max(elapsed, 1e-12):.0f} steps/s",
+                f"step {step}/{steps}  loss {smoothed:.4f} (moving average)"
+                f"  {step / max(elapsed, 1e-12):.0f} steps/s",
                 force=step == steps,
             )
         if step % val_every == 0 or step == steps:
