@@ -53,7 +53,7 @@ from .data import (
 )
 from .loss import query_loss
 from .optim import adam_init, adam_step, sgd_init, sgd_step
-from .train import OptimizerSettings, TrainingSetup, paper_setting, train, train_setup
+from .train import OptimizerSettings, TrainingSetup, paper_setting, train_setup
 
 __version__ = "0.1.0"
 
@@ -69,5 +69,5 @@ __all__ = [
     "CheckpointError", "OptimizerSettings", "RegressionBatch", "TrainingSetup", "adam_init", "adam_step",
     "least_squares_predict", "load_checkpoint", "one_step_gd_predict", "optimal_gd_step", "paper_setting",
     "query_loss", "regression_prompts", "regression_stream", "ridge_predict", "save_checkpoint", "sgd_init",
-    "sgd_step", "train", "train_setup", "zero_predict",
+    "sgd_step", "train_setup", "zero_predict",
 ]
