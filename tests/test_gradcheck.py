@@ -176,15 +176,15 @@ def model_errors() -> dict[str, float]:
         return float(numpy.sum(forward(inputs.params, CONFIG, inputs.tokens)[0] * G))
 
     errors = check_gradients(loss, Inputs(params, tokens), Inputs(grads, dtokens))
-    short = {}
-    for name, error in errors.items():
-        parts = name.split(".")
-        short[
-            "tokens"
-            if parts[0] == "tokens"
-            else ".".join(parts[-2:] if parts[-2] in ("ln1", "ln2") else parts[-1:])
-        ] = error
-    return short
+    return {short_name(name): error for name, error in errors.items()}
+
+
+def short_name(name: str) -> str:
+    """params.blocks.0.attn.W_Q -> W_Q, params.blocks.0.ln1.gain -> ln1.gain."""
+    if name == "tokens":
+        return name
+    *_, owner, leaf = name.split(".")
+    return f"{owner}.{leaf}" if owner in ("ln1", "ln2") else leaf
 
 
 def failing(errors: dict[str, float]) -> set[str]:
