@@ -486,6 +486,13 @@ def test_implicit_update_stays_on_the_device(backend):
     assert device(remove_tokens(context_d, query_d, [1, 3])) == where
     assert device(minimum_norm_solution(one.column, one.u_without)) == where
     assert device(null_space_perturbation(one, one.delta_W)) == where
+    attn = params_1.blocks[0].attn
+    closed = linear_attention_context_vector(attn, single.n_heads, context_d[:, :2, :], query_d)
+    reference_closed = linear_attention_context_vector(
+        random_params(single, 11).blocks[0].attn, single.n_heads, context[:, :2], query
+    )
+    assert device(closed) == where
+    assert relative_residual(backend.to_numpy(closed), reference_closed) <= IDENTITY_RTOL
 
 
 if __name__ == "__main__":
