@@ -21,9 +21,9 @@ last and sees every token (causal or not), and there are no positions, so its at
 output after i tokens only renormalises the query row of that run (THEORY.md §4):
 
     softmax:  A_i = W_O concat_h[(Σ_{j≤i} P_j v_j + P_x v_x) / (Σ_{j≤i} P_j + P_x)]
-    linear:   A_i = W_O concat_h[ Σ_{j≤i} S_j v_j + S_x v_x ]
+    linear:   A_i = W_O concat_h[ Σ_{j≤i} s_j v_j + s_x v_x ]
 
-with P (S) the query row of the attention weights (scaled scores) on the whole prompt,
+with P (s) the query row of the attention weights (scaled scores) on the whole prompt,
 then h_i = z_x + A_i (attn skip) and u_i = LN2(h_i) (LayerNorm), elementwise per prefix.
 
 Shapes: B prompts, N context tokens, D token width, M MLP width.
