@@ -124,7 +124,8 @@ print(f"‖u_∅‖ ranges over [{numpy.linalg.norm(ln_update.u_without, axis=1)
 #
 # `implicit_update` returns one patch per block. Run the query alone through the patched stack
 # and compare the query's residual stream with the with-context run **after every block** —
-# the comparison of the paper's Figure 5 (later versions). Then patch only the first block.
+# the comparison of the paper's Figure 5 (later versions; `make reproduce` draws it for a trained
+# 4-block model with `minimal_icl.experiments.deep`). Then patch only the first block.
 
 # %%
 stack_config = TransformerConfig(d_token=3, n_blocks=3, n_heads=2, d_head=8, d_mlp=32,
