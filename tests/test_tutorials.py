@@ -41,12 +41,16 @@ def test_tutorial_runs(path: Path, tmp_path: Path, monkeypatch):
         notebook,
         timeout=CELL_TIMEOUT_S,
         kernel_name="python3",
+        extra_arguments=["--InteractiveShell.colors=nocolor"],  # plain-text tracebacks
         resources={"metadata": {"path": str(tmp_path)}},
     )
+    failure = None
     try:
         client.execute()
     except CellExecutionError as error:
-        pytest.fail(f"{path.name} failed:\n{error}", pytrace=False)
+        failure = str(error)
+    if failure is not None:
+        pytest.fail(f"{path.name} failed:\n{failure}", pytrace=False)
 
 
 def test_tutorials_exist_and_end_in_asserts():

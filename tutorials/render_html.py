@@ -21,6 +21,7 @@ import html
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -164,8 +165,11 @@ def execute(path: Path, fast: bool, timeout: int):
         os.environ.pop("MINIMAL_ICL_FAST", None)
     with tempfile.TemporaryDirectory() as workdir:
         client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                extra_arguments=["--InteractiveShell.colors=nocolor"],
                                 resources={"metadata": {"path": workdir}})
-        client.execute()
+        # the kernel's own stderr only carries start-up notices; cell errors come back as
+        # messages and are reported with the failing cell
+        client.execute(stderr=subprocess.DEVNULL)
     return notebook
 
 
