@@ -181,16 +181,25 @@ def head_projection_backward(
     if 2 * Tq * D >= Tq * K + 2 * K * D:
         dx, dW, _ = linear_backward(merge_heads(xp.matmul(xp.matrix_transpose(M), G)), proj)
         return dx, dW
-    # With the heads stacked along the contracted axis, Σₕ Mₕᵀ (Gₕ Wₕ) is one matmul:
+    # Products with a per-head weight Wₕ run per head over all prompts and query rows
+    # (H matmuls); products with a per-prompt x run per prompt with the heads stacked
+    # along the rows (B matmuls). Small matmuls cost more in calls than in arithmetic.
+    def per_head(a):  # (B, H, Tq, ·) -> (H, B·Tq, ·)
+        return xp.reshape(xp.permute_dims(a, (1, 0, 2, 3)), (H, B * Tq, a.shape[-1]))
+
+    def per_prompt(a):  # (H, B·Tq, ·) -> (B, H·Tq, ·)
+        a = xp.reshape(a, (H, B, Tq, a.shape[-1]))
+        return xp.reshape(xp.permute_dims(a, (1, 0, 2, 3)), (B, H * Tq, a.shape[-1]))
+
     M_stacked = xp.reshape(M, (B, H * Tq, T))  # (B, H·Tq, T)
-    GW = xp.matmul(G, xp.reshape(W, (H, K, D)))  # (B, H, Tq, D)
-    dx = xp.matmul(xp.matrix_transpose(M_stacked), xp.reshape(GW, (B, H * Tq, D)))  # (B, T, D)
-    Mx = xp.reshape(xp.matmul(M_stacked, x), (B, H, Tq, D))  # (B, H, Tq, D)
-    # dWₕ = Σ over prompts and query rows of Gₕᵀ (Mₕ x): one matmul per head
-    G_rows = xp.reshape(xp.permute_dims(G, (1, 3, 0, 2)), (H, K, B * Tq))  # (H, K, B·Tq)
-    Mx_rows = xp.reshape(xp.permute_dims(Mx, (1, 0, 2, 3)), (H, B * Tq, D))  # (H, B·Tq, D)
-    dW = xp.reshape(xp.matmul(G_rows, Mx_rows), (H * K, D))  # (H·K, D)
-    return dx, dW
+    G_heads = per_head(G)  # (H, B·Tq, K)
+    GW = per_prompt(xp.matmul(G_heads, xp.reshape(W, (H, K, D))))  # (B, H·Tq, D)  Gₕ Wₕ
+    # Σₕ Mₕᵀ (Gₕ Wₕ): the sum over heads is part of the contraction over H·Tq rows
+    dx = xp.matmul(xp.matrix_transpose(M_stacked), GW)  # (B, T, D)
+    Mx = xp.reshape(xp.matmul(M_stacked, x), (B, H, Tq, D))  # (B, H, Tq, D)  Mₕ x
+    # dWₕ = Σ over prompts and query rows of Gₕᵀ (Mₕ x)
+    dW = xp.matmul(xp.matrix_transpose(G_heads), per_head(Mx))  # (H, K, D)
+    return dx, xp.reshape(dW, (H * K, D))
 
 
 def attention_backward(dout: Array, cache: AttentionCache) -> tuple[Array, AttentionParams]:
