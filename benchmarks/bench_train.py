@@ -16,8 +16,9 @@ write them (nn.Module with nn.Linear, F.softmax over the whole sequence, the out
 at the query afterwards, loss.backward(), torch.optim.Adam) run in the same process with
 one thread, in float32 and float64, from the same initial weights.
 
-Each time is the best of ``--repeat`` runs of ``--steps`` steps (the least disturbed by
-other processes); GFLOP/s counts the matrix products only (see ``matmul_flops``).
+Each time is the best of ``--repeat`` runs of about ``--seconds`` CPU seconds each (the
+least disturbed by other processes); GFLOP/s counts the matrix products only (see
+``matmul_flops``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import time  # noqa: E402
 import numpy  # noqa: E402
 
 from minimal_icl import TransformerConfig, init_params, tree_leaves  # noqa: E402
-from minimal_icl.data import regression_prompts, regression_stream  # noqa: E402
+from minimal_icl.data import default_batches_per_draw, regression_prompts, regression_stream  # noqa: E402
 from minimal_icl.train import OptimizerSettings, optimizer_init, paper_setting, train_step  # noqa: E402
 
 
@@ -85,20 +86,23 @@ def peak_gemm_gflops(n: int = 512, repeat: int = 5) -> float:
     return 2.0 * n**3 / best / 1e9
 
 
-def best_time_per_step(step, steps: int, repeat: int) -> float:
-    """Seconds of CPU time per call of ``step``, best of ``repeat`` runs of ``steps`` calls.
+def best_time_per_step(step, seconds: float, repeat: int) -> float:
+    """CPU seconds per call of ``step``: the best of ``repeat`` runs of about ``seconds`` each.
 
     CPU time of this process (one thread) rather than wall time: on a shared machine it
     leaves out the time spent waiting for a core.
     """
     step()  # warm-up (allocations, caches)
+    start = time.process_time()
     step()
+    once = max(time.process_time() - start, 1e-6)
+    calls = max(3, int(seconds / once))
     best = math.inf
     for _ in range(repeat):
         start = time.process_time()
-        for _ in range(steps):
+        for _ in range(calls):
             step()
-        best = min(best, (time.process_time() - start) / steps)
+        best = min(best, (time.process_time() - start) / calls)
     return best
 
 
@@ -197,26 +201,30 @@ def torch_step(workload: Workload, dtype_name: str):
     return step
 
 
-def data_cost(workload: Workload, steps: int) -> tuple[float, float]:
-    """Seconds per batch: a fresh draw per step, and the stream (64 batches per draw)."""
+def data_cost(workload: Workload, seconds: float) -> tuple[float, float]:
+    """Seconds per batch: a fresh draw per step, and the stream (several batches per draw)."""
     rng = numpy.random.default_rng(0)
     single = best_time_per_step(
-        lambda: regression_prompts(workload.batch_size, workload.n_context, workload.d, rng), steps, 3
+        lambda: regression_prompts(workload.batch_size, workload.n_context, workload.d, rng), seconds, 3
     )
-    stream = regression_stream(workload.batch_size, workload.n_context, workload.d, seed=0, batches_per_draw=64)
-    for _ in range(62):  # line the timed runs up with whole draws
-        next(stream)
-    pooled = best_time_per_step(lambda: next(stream), 64, 3)
-    return single, pooled
+    per_draw = default_batches_per_draw(workload.batch_size, workload.n_context, workload.d)
+    stream = regression_stream(workload.batch_size, workload.n_context, workload.d, seed=0)
+    best = math.inf
+    for _ in range(3):  # whole draws each time
+        start = time.process_time()
+        for _ in range(8 * per_draw):
+            next(stream)
+        best = min(best, (time.process_time() - start) / (8 * per_draw))
+    return single, best
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="steps per timed run (paper workload)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs; the best is reported")
-    parser.add_argument("--quick", action="store_true", help="fewer steps, for a smoke run")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed run (default 1 s)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs; the best is reported (default 5)")
+    parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     args = parser.parse_args()
-    steps = 20 if args.quick else args.steps
+    seconds = 0.1 if args.quick else args.seconds
     try:
         import torch
 
@@ -231,27 +239,29 @@ def main():
     print(header)
     print("-" * len(header))
     for workload in workloads():
-        n = steps if workload.name == "paper" else max(steps // 10, 5)
         T = workload.n_context + 1
         ours_flops = matmul_flops(workload.config, workload.batch_size, T, last_only=True)
         full_flops = matmul_flops(workload.config, workload.batch_size, T, last_only=False)
         rows = {}
         for dtype in ("float64", "float32"):
             rows[f"minimal_icl {dtype} (last_only)"] = (
-                best_time_per_step(minimal_icl_step(workload, dtype), n, args.repeat), ours_flops)
+                best_time_per_step(minimal_icl_step(workload, dtype), seconds, args.repeat), ours_flops)
         if torch_version is not None:
             for dtype in ("float32", "float64"):
                 rows[f"PyTorch CPU {dtype} (full sequence)"] = (
-                    best_time_per_step(torch_step(workload, dtype), n, args.repeat), full_flops)
+                    best_time_per_step(torch_step(workload, dtype), seconds, args.repeat), full_flops)
         for name, (seconds, flops) in rows.items():
             print(f"{workload.name:8s} {name:34s} {seconds * 1e3:9.3f} {1 / seconds:9.0f} {flops / seconds / 1e9:8.2f}")
         ours = rows["minimal_icl float64 (last_only)"][0]
         if torch_version is not None:
             t32 = rows["PyTorch CPU float32 (full sequence)"][0]
             t64 = rows["PyTorch CPU float64 (full sequence)"][0]
-            print(f"{'':8s} minimal_icl float64 is {t32 / ours:.1f}× faster than PyTorch float32"
-                  f" and {t64 / ours:.1f}× faster than PyTorch float64")
-        single, pooled = data_cost(workload, n)
+            def versus(theirs):
+                return f"{theirs / ours:.1f}× faster than" if theirs >= ours else f"{ours / theirs:.1f}× slower than"
+
+            print(f"{'':8s} minimal_icl float64 is {versus(t32)} PyTorch float32"
+                  f" and {versus(t64)} PyTorch float64")
+        single, pooled = data_cost(workload, seconds)
         print(f"{'':8s} data per step: {single * 1e3:.3f} ms drawn alone, {pooled * 1e3:.3f} ms from the stream"
               f" ({ours_flops / 1e6:.1f} MFLOP per minimal_icl step, {full_flops / 1e6:.1f} MFLOP full sequence)\n")
 

@@ -146,6 +146,13 @@ def regression_prompts(
     return _to_batch(tokens, target, w, dtype, xp, device)
 
 
+def default_batches_per_draw(batch_size: int, n_context: int, d: int) -> int:
+    """How many batches :func:`regression_stream` draws at once: up to 64, and about 2²⁰
+    random numbers at most (larger draws gain nothing and cost memory)."""
+    per_batch = batch_size * ((n_context + 1) * d + d)
+    return max(1, min(64, 2**20 // per_batch))
+
+
 def regression_stream(
     batch_size: int,
     n_context: int,
@@ -155,17 +162,20 @@ def regression_stream(
     dtype=numpy.float64,
     xp=None,
     device=None,
-    batches_per_draw: int = 64,
+    batches_per_draw: int | None = None,
 ) -> Iterator[RegressionBatch]:
     """An endless stream of fresh batches: no prompt is ever repeated.
 
     The host draws ``batches_per_draw`` batches with one call per random array and then
-    hands them out one by one, which spreads the cost of a draw over many training
-    steps (a draw of one small batch is dominated by per-call overhead).
+    hands them out one by one, which spreads the per-call overhead of a draw over many
+    training steps. By default (None) a draw holds up to 64 batches and about 2²⁰
+    random numbers (:func:`default_batches_per_draw`).
     """
     batch_size = _positive_int("batch_size", batch_size)
     n_context = _positive_int("n_context", n_context)
     d = _positive_int("d", d)
+    if batches_per_draw is None:
+        batches_per_draw = default_batches_per_draw(batch_size, n_context, d)
     batches_per_draw = _positive_int("batches_per_draw", batches_per_draw)
     noise = _noise_level(noise)
     rng = _generator(seed)

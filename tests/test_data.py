@@ -10,6 +10,7 @@ import pytest
 from minimal_icl.data import (
     RegressionBatch,
     baseline_mse,
+    default_batches_per_draw,
     least_squares_predict,
     mse,
     one_step_gd_mse,
@@ -73,6 +74,10 @@ def test_stream_gives_fresh_batches():
     assert len({row.tobytes() for row in flat}) == 15  # no prompt repeated
     for batch in batches:
         assert numpy.allclose(batch.target, numpy.sum(batch.w * batch.query_x, axis=1), rtol=0, atol=1e-14)
+    # by default a draw holds up to 64 batches and about 2²⁰ numbers
+    assert default_batches_per_draw(64, 50, 2) == 64
+    assert default_batches_per_draw(256, 50, 15) == 2**20 // (256 * (51 * 15 + 15))
+    assert default_batches_per_draw(10**6, 50, 2) == 1
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
