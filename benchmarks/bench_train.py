@@ -42,13 +42,26 @@ from minimal_icl.train import OptimizerSettings, optimizer_init, paper_setting, 
 
 class Workload:
     def __init__(self, name, config, batch_size, n_context):
-        self.name, self.config, self.batch_size, self.n_context = name, config, batch_size, n_context
+        self.name, self.config, self.batch_size, self.n_context = (
+            name,
+            config,
+            batch_size,
+            n_context,
+        )
         self.d = config.d_token - 1
 
 
 def workloads():
-    larger = TransformerConfig(d_token=16, n_blocks=2, n_heads=4, d_head=4, d_mlp=64,
-                               attn_skip=True, mlp_skip=True, layer_norm=True)
+    larger = TransformerConfig(
+        d_token=16,
+        n_blocks=2,
+        n_heads=4,
+        d_head=4,
+        d_mlp=64,
+        attn_skip=True,
+        mlp_skip=True,
+        layer_norm=True,
+    )
     return [Workload("paper", paper_setting().config, 64, 50), Workload("larger", larger, 256, 50)]
 
 
@@ -70,7 +83,9 @@ def matmul_flops(config: TransformerConfig, B: int, T: int, last_only: bool) -> 
     forward_flops = 0.0
     for block in range(L):
         Tq = 1 if (last_only and block == L - 1) else T
-        multiply_adds = Tq * D * HK + 2 * T * D * HK + 2 * H * Tq * T * K + Tq * HK * D + 2 * Tq * D * M
+        multiply_adds = (
+            Tq * D * HK + 2 * T * D * HK + 2 * H * Tq * T * K + Tq * HK * D + 2 * Tq * D * M
+        )
         forward_flops += 2.0 * B * multiply_adds
     return 3.0 * forward_flops
 
@@ -112,7 +127,9 @@ def best_time_per_step(step, seconds: float, repeat: int) -> float:
 def minimal_icl_step(workload: Workload, dtype):
     config = workload.config
     params = init_params(config, seed=0, dtype=dtype)
-    batch = regression_prompts(workload.batch_size, workload.n_context, workload.d, seed=0, dtype=dtype)
+    batch = regression_prompts(
+        workload.batch_size, workload.n_context, workload.d, seed=0, dtype=dtype
+    )
     optimizer = OptimizerSettings(name="adam", lr=1e-4)
     state = [params, optimizer_init(optimizer, params)]
 
@@ -154,7 +171,7 @@ def torch_step(workload: Workload, dtype_name: str):
 
         def forward(self, x):
             c = self.c
-            B, T, D = x.shape
+            B, T, _ = x.shape
             u1 = self.ln1(x) if c.layer_norm else x
             q = self.q(u1).view(B, T, c.n_heads, c.d_head).transpose(1, 2)
             k = self.k(u1).view(B, T, c.n_heads, c.d_head).transpose(1, 2)
@@ -179,9 +196,20 @@ def torch_step(workload: Workload, dtype_name: str):
     model = Model(config).to(dtype)
     # the same initial weights as minimal_icl's
     ours = dict(tree_leaves(init_params(config, seed=0)))
-    rename = {"q.weight": "attn.W_Q", "k.weight": "attn.W_K", "v.weight": "attn.W_V", "o.weight": "attn.W_O",
-              "fc1.weight": "mlp.W1", "fc1.bias": "mlp.b1", "fc2.weight": "mlp.W2", "fc2.bias": "mlp.b2",
-              "ln1.weight": "ln1.gain", "ln1.bias": "ln1.bias", "ln2.weight": "ln2.gain", "ln2.bias": "ln2.bias"}
+    rename = {
+        "q.weight": "attn.W_Q",
+        "k.weight": "attn.W_K",
+        "v.weight": "attn.W_V",
+        "o.weight": "attn.W_O",
+        "fc1.weight": "mlp.W1",
+        "fc1.bias": "mlp.b1",
+        "fc2.weight": "mlp.W2",
+        "fc2.bias": "mlp.b2",
+        "ln1.weight": "ln1.gain",
+        "ln1.bias": "ln1.bias",
+        "ln2.weight": "ln2.gain",
+        "ln2.bias": "ln2.bias",
+    }
     with torch.no_grad():
         for name, tensor in model.named_parameters():
             _, index, local = name.split(".", 2)
@@ -205,7 +233,9 @@ def data_cost(workload: Workload, seconds: float) -> tuple[float, float]:
     """Seconds per batch: a fresh draw per step, and the stream (several batches per draw)."""
     rng = numpy.random.default_rng(0)
     single = best_time_per_step(
-        lambda: regression_prompts(workload.batch_size, workload.n_context, workload.d, rng), seconds, 3
+        lambda: regression_prompts(workload.batch_size, workload.n_context, workload.d, rng),
+        seconds,
+        3,
     )
     per_draw = default_batches_per_draw(workload.batch_size, workload.n_context, workload.d)
     stream = regression_stream(workload.batch_size, workload.n_context, workload.d, seed=0)
@@ -220,8 +250,12 @@ def data_cost(workload: Workload, seconds: float) -> tuple[float, float]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed run (default 1 s)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs; the best is reported (default 5)")
+    parser.add_argument(
+        "--seconds", type=float, default=1.0, help="length of one timed run (default 1 s)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="timed runs; the best is reported (default 5)"
+    )
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     args = parser.parse_args()
     seconds = 0.1 if args.quick else args.seconds
@@ -235,7 +269,9 @@ def main():
     peak = peak_gemm_gflops()
     print(f"one thread; numpy {numpy.__version__}; torch {torch_version or 'not installed'}")
     print(f"arithmetic ceiling: a 512×512 float64 GEMM runs at {peak:.1f} GFLOP/s here\n")
-    header = f"{'workload':8s} {'implementation':34s} {'ms/step':>9s} {'steps/s':>9s} {'GFLOP/s':>8s}"
+    header = (
+        f"{'workload':8s} {'implementation':34s} {'ms/step':>9s} {'steps/s':>9s} {'GFLOP/s':>8s}"
+    )
     print(header)
     print("-" * len(header))
     for workload in workloads():
@@ -245,25 +281,40 @@ def main():
         rows = {}
         for dtype in ("float64", "float32"):
             rows[f"minimal_icl {dtype} (last_only)"] = (
-                best_time_per_step(minimal_icl_step(workload, dtype), seconds, args.repeat), ours_flops)
+                best_time_per_step(minimal_icl_step(workload, dtype), seconds, args.repeat),
+                ours_flops,
+            )
         if torch_version is not None:
             for dtype in ("float32", "float64"):
                 rows[f"PyTorch CPU {dtype} (full sequence)"] = (
-                    best_time_per_step(torch_step(workload, dtype), seconds, args.repeat), full_flops)
+                    best_time_per_step(torch_step(workload, dtype), seconds, args.repeat),
+                    full_flops,
+                )
         for name, (seconds, flops) in rows.items():
-            print(f"{workload.name:8s} {name:34s} {seconds * 1e3:9.3f} {1 / seconds:9.0f} {flops / seconds / 1e9:8.2f}")
+            print(
+                f"{workload.name:8s} {name:34s} {seconds * 1e3:9.3f} {1 / seconds:9.0f} {flops / seconds / 1e9:8.2f}"
+            )
         ours = rows["minimal_icl float64 (last_only)"][0]
         if torch_version is not None:
             t32 = rows["PyTorch CPU float32 (full sequence)"][0]
             t64 = rows["PyTorch CPU float64 (full sequence)"][0]
-            def versus(theirs):
-                return f"{theirs / ours:.1f}× faster than" if theirs >= ours else f"{ours / theirs:.1f}× slower than"
 
-            print(f"{'':8s} minimal_icl float64 is {versus(t32)} PyTorch float32"
-                  f" and {versus(t64)} PyTorch float64")
+            def versus(theirs, ours=ours):
+                return (
+                    f"{theirs / ours:.1f}× faster than"
+                    if theirs >= ours
+                    else f"{ours / theirs:.1f}× slower than"
+                )
+
+            print(
+                f"{'':8s} minimal_icl float64 is {versus(t32)} PyTorch float32"
+                f" and {versus(t64)} PyTorch float64"
+            )
         single, pooled = data_cost(workload, seconds)
-        print(f"{'':8s} data per step: {single * 1e3:.3f} ms drawn alone, {pooled * 1e3:.3f} ms from the stream"
-              f" ({ours_flops / 1e6:.1f} MFLOP per minimal_icl step, {full_flops / 1e6:.1f} MFLOP full sequence)\n")
+        print(
+            f"{'':8s} data per step: {single * 1e3:.3f} ms drawn alone, {pooled * 1e3:.3f} ms from the stream"
+            f" ({ours_flops / 1e6:.1f} MFLOP per minimal_icl step, {full_flops / 1e6:.1f} MFLOP full sequence)\n"
+        )
 
 
 if __name__ == "__main__":

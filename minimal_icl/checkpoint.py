@@ -53,12 +53,20 @@ def _text(value: str) -> numpy.ndarray:
     return numpy.asarray(value, dtype=numpy.str_)  # a 0-d unicode array, not an object
 
 
-def save_checkpoint(path, params: ModelParams, config: TransformerConfig,
-                    extra: dict | None = None, metadata: dict | None = None) -> None:
+def save_checkpoint(
+    path,
+    params: ModelParams,
+    config: TransformerConfig,
+    extra: dict | None = None,
+    metadata: dict | None = None,
+) -> None:
     """Write ``params`` and ``config`` (and optional ``extra`` arrays and JSON ``metadata``)
     to ``path`` atomically. Arrays are copied to the host; dtypes are kept exactly."""
     path = os.fspath(path)
-    arrays = {"format": _text(FORMAT), "config": _text(json.dumps(config.to_dict(), sort_keys=True))}
+    arrays = {
+        "format": _text(FORMAT),
+        "config": _text(json.dumps(config.to_dict(), sort_keys=True)),
+    }
     if metadata is not None:
         arrays["metadata"] = _text(json.dumps(metadata, sort_keys=True))
     for name, value in tree_leaves(to_device(params, "numpy")):
@@ -66,7 +74,9 @@ def save_checkpoint(path, params: ModelParams, config: TransformerConfig,
     for name, value in (extra or {}).items():
         value = numpy.asarray(value)
         if value.dtype == object:
-            raise ValueError(f"save_checkpoint: extra array {name!r} holds Python objects; only numeric arrays")
+            raise ValueError(
+                f"save_checkpoint: extra array {name!r} holds Python objects; only numeric arrays"
+            )
         arrays[f"extra/{name}"] = value
 
     directory = os.path.dirname(os.path.abspath(path))
@@ -88,11 +98,15 @@ def save_checkpoint(path, params: ModelParams, config: TransformerConfig,
 def _read_text(path, archive, key: str) -> str:
     value = archive[key]
     if value.dtype.kind != "U" or value.shape != ():
-        raise CheckpointError(path, f"entry {key!r} must be a text scalar, got {value.dtype} {value.shape}")
+        raise CheckpointError(
+            path, f"entry {key!r} must be a text scalar, got {value.dtype} {value.shape}"
+        )
     return str(value[()])
 
 
-def load_checkpoint(path, config: TransformerConfig | None = None, xp=None, device=None) -> Checkpoint:
+def load_checkpoint(
+    path, config: TransformerConfig | None = None, xp=None, device=None
+) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Args:
@@ -115,10 +129,14 @@ def load_checkpoint(path, config: TransformerConfig | None = None, xp=None, devi
         raise
     except ValueError as error:
         if "pickle" in str(error).lower():
-            raise CheckpointError(path, "it holds a pickled Python object, which is never loaded") from None
+            raise CheckpointError(
+                path, "it holds a pickled Python object, which is never loaded"
+            ) from None
         raise CheckpointError(path, f"not a readable .npz archive ({error})") from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
-        raise CheckpointError(path, f"not a readable .npz archive, perhaps truncated ({error})") from None
+        raise CheckpointError(
+            path, f"not a readable .npz archive, perhaps truncated ({error})"
+        ) from None
 
     for key in ("format", "config"):
         if key not in contents:
@@ -134,7 +152,8 @@ def load_checkpoint(path, config: TransformerConfig | None = None, xp=None, devi
         stored_fields, wanted = stored.to_dict(), config.to_dict()
         differ = ", ".join(
             f"{name}: file {stored_fields[name]!r} != expected {wanted[name]!r}"
-            for name in wanted if stored_fields[name] != wanted[name]
+            for name in wanted
+            if stored_fields[name] != wanted[name]
         )
         raise CheckpointError(path, f"configuration does not match ({differ})")
     metadata = {}
@@ -146,25 +165,32 @@ def load_checkpoint(path, config: TransformerConfig | None = None, xp=None, devi
 
     template = init_params(stored, seed=0)
     expected = dict(tree_leaves(template))
-    stored_names = {key[len("params/"):] for key in contents if key.startswith("params/")}
+    stored_names = {key[len("params/") :] for key in contents if key.startswith("params/")}
     missing = sorted(set(expected) - stored_names)
     unexpected = sorted(stored_names - set(expected))
     if missing:
         raise CheckpointError(path, f"parameters missing: {', '.join(missing)}")
     if unexpected:
-        raise CheckpointError(path, f"unexpected parameters for this configuration: {', '.join(unexpected)}")
+        raise CheckpointError(
+            path, f"unexpected parameters for this configuration: {', '.join(unexpected)}"
+        )
     for name, reference in expected.items():
         value = contents[f"params/{name}"]
         if value.shape != reference.shape:
             raise CheckpointError(
-                path, f"parameter {name} has shape {value.shape}, the configuration needs {reference.shape}"
+                path,
+                f"parameter {name} has shape {value.shape}, the configuration needs {reference.shape}",
             )
         if value.dtype.kind != "f":
-            raise CheckpointError(path, f"parameter {name} has dtype {value.dtype}, expected a float dtype")
+            raise CheckpointError(
+                path, f"parameter {name} has dtype {value.dtype}, expected a float dtype"
+            )
 
     names = iter(name for name, _ in tree_leaves(template))
     params = tree_map(lambda _: contents[f"params/{next(names)}"], template)
     if xp is not None:
         params = tree_map(lambda a: xp.asarray(a, device=device), params)
-    extra = {key[len("extra/"):]: value for key, value in contents.items() if key.startswith("extra/")}
+    extra = {
+        key[len("extra/") :]: value for key, value in contents.items() if key.startswith("extra/")
+    }
     return Checkpoint(config=stored, params=params, extra=extra, metadata=metadata)

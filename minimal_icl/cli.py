@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 
 class Command(NamedTuple):
@@ -57,13 +58,30 @@ def non_negative_int(text: str) -> int:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="directory for paper_model.npz (created if needed)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the initialisation and the data (default 0)")
-    parser.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the setting's)")
-    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=False,
-                        help="a short run of a few seconds, for smoke tests (default: --no-fast)")
-    parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
-                        help="print only the final comparison (default: --no-quiet)")
+    parser.add_argument(
+        "--out", required=True, help="directory for paper_model.npz (created if needed)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="seed of the initialisation and the data (default 0)",
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=None, help="training steps (default: the setting's)"
+    )
+    parser.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="a short run of a few seconds, for smoke tests (default: --no-fast)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="print only the final comparison (default: --no-quiet)",
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -85,8 +103,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     def log(v):
         train_text = "      -" if v.step == 0 else f"{v.train_loss:7.4f}"
-        say(f"step {v.step:6d}   train loss {train_text}   held-out loss {v.val_loss:7.4f}"
-            f"   {v.wall_time:6.1f} s")
+        say(
+            f"step {v.step:6d}   train loss {train_text}   held-out loss {v.val_loss:7.4f}"
+            f"   {v.wall_time:6.1f} s"
+        )
 
     result = train_setup(setup, seed=args.seed, quiet=args.quiet, log=log)
     n_test = 2000 if args.fast else 10000
@@ -94,14 +114,21 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"held-out mean squared error on {n_test} new prompts (± standard error):")
     print(f"  {'':30s} {'MSE':>17s}   {'baseline − model, same prompts':>30s}")
     for name, row in table.items():
-        versus = "" if name == "trained model" else f"   {row.excess:+18.4f} ± {row.excess_stderr:.4f}"
+        versus = (
+            "" if name == "trained model" else f"   {row.excess:+18.4f} ± {row.excess_stderr:.4f}"
+        )
         print(f"  {name:30s} {row.mse:8.4f} ± {row.stderr:.4f}{versus}")
     history = result.history
     save_checkpoint(
-        path, result.params, setup.config,
+        path,
+        result.params,
+        setup.config,
         extra={f"history/{name}": value for name, value in zip(history._fields, history)},
-        metadata={"setup": setup.to_dict(), "seed": args.seed,
-                  "held_out": {name: row._asdict() for name, row in table.items()}},
+        metadata={
+            "setup": setup.to_dict(),
+            "seed": args.seed,
+            "held_out": {name: row._asdict() for name, row in table.items()},
+        },
     )
     print(f"saved {path}")
     return 0
@@ -111,18 +138,37 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="directory for the figures, their JSON and the models (created if needed)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the models and the held-out tasks (default 0)")
-    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=False,
-                        help="smoke-test settings: briefly trained models, smaller grids (default: --no-fast)")
-    parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False,
-                        help="no progress line (default: --no-quiet; it is shown on a terminal only)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="directory for the figures, their JSON and the models (created if needed)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="seed of the models and the held-out tasks (default 0)",
+    )
+    parser.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="smoke-test settings: briefly trained models, smaller grids (default: --no-fast)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="no progress line (default: --no-quiet; it is shown on a terminal only)",
+    )
 
 
 def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
     from .experiments import FIGURES
 
-    parser.add_argument("name", choices=list(FIGURES), metavar="NAME", help=f"one of: {', '.join(FIGURES)}")
+    parser.add_argument(
+        "name", choices=list(FIGURES), metavar="NAME", help=f"one of: {', '.join(FIGURES)}"
+    )
     add_experiment_arguments(parser)
 
 
@@ -156,20 +202,36 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("train the paper's setting and compare it with the baselines",
-                     add_arguments=add_train_arguments, run=run_train),
-    "figure": Command("compute one of the paper's figures (PNG + JSON)",
-                      add_arguments=add_figure_arguments, run=run_figure),
-    "reproduce": Command("reproduce every figure of the paper and write summary.md",
-                         add_arguments=add_experiment_arguments, run=run_reproduce),
+    "train": Command(
+        "train the paper's setting and compare it with the baselines",
+        add_arguments=add_train_arguments,
+        run=run_train,
+    ),
+    "figure": Command(
+        "compute one of the paper's figures (PNG + JSON)",
+        add_arguments=add_figure_arguments,
+        run=run_figure,
+    ),
+    "reproduce": Command(
+        "reproduce every figure of the paper and write summary.md",
+        add_arguments=add_experiment_arguments,
+        run=run_reproduce,
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="minimal-icl", description="minimal_icl: in-context learning as an implicit weight update.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+    parser = OneLineParser(
+        prog="minimal-icl",
+        description="minimal_icl: in-context learning as an implicit weight update.",
+    )
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
+    )
     for name, command in COMMANDS.items():
-        command.add_arguments(subparsers.add_parser(name, help=command.help, description=command.help))
+        command.add_arguments(
+            subparsers.add_parser(name, help=command.help, description=command.help)
+        )
     return parser
 
 

@@ -28,7 +28,8 @@ with ``xp.asarray``: one seed gives the same prompts on every backend.
 from __future__ import annotations
 
 import math
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy
 
@@ -78,7 +79,12 @@ def _positive_int(name: str, value) -> int:
 
 
 def _noise_level(noise) -> float:
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+    if (
+        isinstance(noise, bool)
+        or not isinstance(noise, (int, float))
+        or not math.isfinite(noise)
+        or noise < 0
+    ):
         raise ValueError(f"noise must be a finite float ≥ 0, got {noise!r}")
     return float(noise)
 
@@ -218,7 +224,7 @@ def optimal_gd_step(d: int, n_context: int) -> float:
 def one_step_gd_mse(d: int, n_context: int, eta: float | None = None) -> float:
     """Expected MSE of one GD step with step η on noiseless prompts:
 
-        E (ŷ − ⟨w, x_q⟩)² = d [η² (1 + (d+1)/N) − 2η + 1],   = d (d+1)/(N+d+1) at η*.
+    E (ŷ − ⟨w, x_q⟩)² = d [η² (1 + (d+1)/N) − 2η + 1],   = d (d+1)/(N+d+1) at η*.
     """
     eta = optimal_gd_step(d, n_context) if eta is None else float(eta)
     return d * (eta * eta * (1.0 + (d + 1) / n_context) - 2.0 * eta + 1.0)
@@ -233,7 +239,7 @@ def zero_predict(batch: RegressionBatch) -> Array:
 def one_step_gd_predict(batch: RegressionBatch, eta: float | None = None) -> Array:
     """One gradient step on L(w) = (1/2N) Σ (⟨w, x_i⟩ − y_i)² from w₀ = 0, then predict:
 
-        ŷ = η x_qᵀ (1/N) Σ y_i x_i,    η = η* = 1/(1 + (d+1)/N) by default.   (B,)
+    ŷ = η x_qᵀ (1/N) Σ y_i x_i,    η = η* = 1/(1 + (d+1)/N) by default.   (B,)
     """
     xp = namespace(batch.tokens)
     x, y, x_q = batch.context_x, batch.context_y, batch.query_x
@@ -247,7 +253,12 @@ def one_step_gd_predict(batch: RegressionBatch, eta: float | None = None) -> Arr
 
 
 def _check_lambda(lam) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+    if (
+        isinstance(lam, bool)
+        or not isinstance(lam, (int, float))
+        or not math.isfinite(lam)
+        or lam < 0
+    ):
         raise ValueError(f"ridge lambda must be a finite float ≥ 0, got {lam!r}")
     return float(lam)
 

@@ -10,7 +10,8 @@ state, and returns new parameters and a new state; nothing is modified in place.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 from .backend import namespace, tree_map
 
@@ -98,10 +99,12 @@ def unflatten(vector, like):
     shapes = [a.shape for a in _arrays(like)]
     sizes = [math.prod(shape) for shape in shapes]
     if vector.shape[0] != sum(sizes):
-        raise ValueError(f"unflatten: vector has {vector.shape[0]} entries, the tree needs {sum(sizes)}")
+        raise ValueError(
+            f"unflatten: vector has {vector.shape[0]} entries, the tree needs {sum(sizes)}"
+        )
     pieces, offset = [], 0
     for shape, size in zip(shapes, sizes):
-        pieces.append(xp.reshape(vector[offset:offset + size], shape))
+        pieces.append(xp.reshape(vector[offset : offset + size], shape))
         offset += size
     return _rebuild(like, iter(pieces))
 

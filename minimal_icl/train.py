@@ -18,8 +18,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy
 
@@ -75,7 +76,9 @@ class OptimizerSettings:
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
-            raise ValueError(f"OptimizerSettings.name must be one of {OPTIMIZERS}, got {self.name!r}")
+            raise ValueError(
+                f"OptimizerSettings.name must be one of {OPTIMIZERS}, got {self.name!r}"
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"OptimizerSettings.schedule must be one of {SCHEDULES}, got {self.schedule!r}"
@@ -135,7 +138,7 @@ class TrainingSetup:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainingSetup":
+    def from_dict(cls, values: dict) -> TrainingSetup:
         values = dict(values)
         values["config"] = TransformerConfig.from_dict(values["config"])
         values["optimizer"] = OptimizerSettings(**values["optimizer"])
@@ -145,8 +148,14 @@ class TrainingSetup:
 # -- one step --------------------------------------------------------------------------
 
 
-def train_step(params, state, config: TransformerConfig, batch: RegressionBatch,
-               optimizer: OptimizerSettings, lr: float):
+def train_step(
+    params,
+    state,
+    config: TransformerConfig,
+    batch: RegressionBatch,
+    optimizer: OptimizerSettings,
+    lr: float,
+):
     """forward (query row only) + loss + backward + optimiser step.
 
     Returns (params, state, loss) with loss a 0-d array (``float(loss)`` reads it).
@@ -163,7 +172,9 @@ def predict_in_chunks(params, config: TransformerConfig, tokens, chunk: int = 10
     """``predict`` over (B, T, D) tokens, ``chunk`` prompts at a time (bounded memory); (B,)."""
     xp = namespace(tokens)
     B = tokens.shape[0]
-    return xp.concat([predict(params, config, tokens[i:min(i + chunk, B), ...]) for i in range(0, B, chunk)])
+    return xp.concat(
+        [predict(params, config, tokens[i : min(i + chunk, B), ...]) for i in range(0, B, chunk)]
+    )
 
 
 def evaluate(params, config: TransformerConfig, batch: RegressionBatch) -> float:
@@ -180,8 +191,9 @@ class HeldOut(NamedTuple):
     excess_stderr: float  # its standard error (a paired comparison: the prompts are shared)
 
 
-def compare_with_baselines(params, setup: "TrainingSetup", n_prompts: int = 10_000,
-                           seed: int = 0) -> dict[str, HeldOut]:
+def compare_with_baselines(
+    params, setup: TrainingSetup, n_prompts: int = 10_000, seed: int = 0
+) -> dict[str, HeldOut]:
     """Held-out errors of the model and of the baselines on ``n_prompts`` new prompts.
 
     The prompts come from a third stream of ``seed``, independent of the training and
@@ -193,7 +205,9 @@ def compare_with_baselines(params, setup: "TrainingSetup", n_prompts: int = 10_0
     first = tree_leaves(params)[0][1]
     xp, dtype, device = namespace(first), first.dtype, array_device(first)
     rng = numpy.random.default_rng(numpy.random.SeedSequence(seed).spawn(3)[2])
-    batch = regression_prompts(n_prompts, setup.n_context, setup.d, rng, setup.noise, dtype, xp, device)
+    batch = regression_prompts(
+        n_prompts, setup.n_context, setup.d, rng, setup.noise, dtype, xp, device
+    )
     eta = optimal_gd_step(setup.d, setup.n_context)
     predictions = {
         "trained model": predict_in_chunks(params, setup.config, batch.tokens),
@@ -324,7 +338,9 @@ def train(
     val_every = _positive_int("val_every", val_every)
     val_size = _positive_int("val_size", val_size)
     if config.d_token != d + 1:
-        raise ValueError(f"prompts in dimension d = {d} need config.d_token = {d + 1}, got {config.d_token}")
+        raise ValueError(
+            f"prompts in dimension d = {d} need config.d_token = {d + 1}, got {config.d_token}"
+        )
     check_params(params, config)
     first = tree_leaves(params)[0][1]
     xp, dtype, device = namespace(first), first.dtype, array_device(first)
@@ -405,9 +421,20 @@ def train_setup(
     """Initialise a model with ``seed`` and train it as ``setup`` says (data seed ``seed``)."""
     params = init_params(setup.config, seed=seed, dtype=dtype, xp=xp, device=device)
     return train(
-        setup.config, params, setup.optimizer, setup.steps, setup.batch_size, setup.n_context,
-        setup.d, seed=seed, noise=setup.noise, val_every=setup.val_every, val_size=setup.val_size,
-        quiet=quiet, log=log, stream=stream,
+        setup.config,
+        params,
+        setup.optimizer,
+        setup.steps,
+        setup.batch_size,
+        setup.n_context,
+        setup.d,
+        seed=seed,
+        noise=setup.noise,
+        val_every=setup.val_every,
+        val_size=setup.val_size,
+        quiet=quiet,
+        log=log,
+        stream=stream,
     )
 
 
@@ -447,13 +474,32 @@ def paper_setting(fast: bool = False) -> TrainingSetup:
     ``fast=True``: 300 steps, for smoke tests (about a second).
     """
     config = TransformerConfig(
-        d_token=3, n_blocks=1, n_heads=8, d_head=2, d_mlp=128, attention="softmax",
-        activation="relu", causal=False, attn_skip=False, mlp_skip=False, layer_norm=False,
+        d_token=3,
+        n_blocks=1,
+        n_heads=8,
+        d_head=2,
+        d_mlp=128,
+        attention="softmax",
+        activation="relu",
+        causal=False,
+        attn_skip=False,
+        mlp_skip=False,
+        layer_norm=False,
     )
-    optimizer = OptimizerSettings(name="adam", lr=8e-3, schedule="cosine", warmup_steps=200,
-                                  final_lr_fraction=0.01)
-    setup = TrainingSetup(config=config, optimizer=optimizer, steps=20_000, batch_size=64,
-                          n_context=50, d=2, noise=0.0, val_every=2000, val_size=4096)
+    optimizer = OptimizerSettings(
+        name="adam", lr=8e-3, schedule="cosine", warmup_steps=200, final_lr_fraction=0.01
+    )
+    setup = TrainingSetup(
+        config=config,
+        optimizer=optimizer,
+        steps=20_000,
+        batch_size=64,
+        n_context=50,
+        d=2,
+        noise=0.0,
+        val_every=2000,
+        val_size=4096,
+    )
     if fast:
         setup = replace(setup, steps=300, val_every=100, val_size=512)
     return setup

@@ -14,13 +14,17 @@ import minimal_icl.checkpoint as checkpoint_module
 from minimal_icl import TransformerConfig, init_params, tree_leaves, tree_map
 from minimal_icl.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 
-CONFIG = TransformerConfig(d_token=3, n_blocks=2, n_heads=2, d_head=3, d_mlp=5, layer_norm=True, mlp_skip=True)
+CONFIG = TransformerConfig(
+    d_token=3, n_blocks=2, n_heads=2, d_head=3, d_mlp=5, layer_norm=True, mlp_skip=True
+)
 
 
 def _params(dtype=numpy.float64, seed=0):
     params = init_params(CONFIG, seed=seed, dtype=dtype)
     rng = numpy.random.default_rng(seed)
-    return tree_map(lambda p: p + rng.standard_normal(p.shape).astype(dtype), params)  # every entry nonzero
+    return tree_map(
+        lambda p: p + rng.standard_normal(p.shape).astype(dtype), params
+    )  # every entry nonzero
 
 
 def _same_bits(a, b):
@@ -92,14 +96,20 @@ def test_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["model.npz"]
     monkeypatch.undo()
     loaded = load_checkpoint(path)
-    assert all(_same_bits(a, b) for (_, a), (_, b) in zip(tree_leaves(old), tree_leaves(loaded.params)))
+    assert all(
+        _same_bits(a, b) for (_, a), (_, b) in zip(tree_leaves(old), tree_leaves(loaded.params))
+    )
 
 
 def test_save_fsyncs_before_replacing(tmp_path, monkeypatch):
     calls = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(checkpoint_module.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd)))
-    monkeypatch.setattr(checkpoint_module.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b)))
+    monkeypatch.setattr(
+        checkpoint_module.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))
+    )
+    monkeypatch.setattr(
+        checkpoint_module.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))
+    )
     save_checkpoint(tmp_path / "m.npz", _params(), CONFIG)
     assert calls == ["fsync", "replace"]
 
@@ -121,8 +131,12 @@ def test_truncated_and_garbage_files(tmp_path):
     good = tmp_path / "good.npz"
     save_checkpoint(good, _params(), CONFIG)
     data = good.read_bytes()
-    for name, content in [("truncated.npz", data[: len(data) // 2]), ("garbage.npz", b"not a checkpoint at all"),
-                          ("empty.npz", b""), ("cut_end.npz", data[:-10])]:
+    for name, content in [
+        ("truncated.npz", data[: len(data) // 2]),
+        ("garbage.npz", b"not a checkpoint at all"),
+        ("empty.npz", b""),
+        ("cut_end.npz", data[:-10]),
+    ]:
         path = tmp_path / name
         path.write_bytes(content)
         assert "archive" in str(_error(path)), name
@@ -143,7 +157,10 @@ def _write_npz(path, arrays):
 
 
 def _arrays_of(params, config):
-    arrays = {"format": numpy.asarray(FORMAT), "config": numpy.asarray(json.dumps(config.to_dict()))}
+    arrays = {
+        "format": numpy.asarray(FORMAT),
+        "config": numpy.asarray(json.dumps(config.to_dict())),
+    }
     arrays.update({f"params/{n}": a for n, a in tree_leaves(params)})
     return arrays
 

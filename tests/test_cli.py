@@ -80,7 +80,13 @@ def test_known_errors_give_one_line(tmp_path, capsys):
 
 def test_python_dash_m_entry_point(tmp_path):
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "minimal_icl", "train", "--out", str(tmp_path), "--steps", "-1"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "minimal_icl", "train", "--out", str(tmp_path), "--steps", "-1"],
+        capture_output=True,
+        check=False,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1 and "--steps" in done.stderr

@@ -42,7 +42,9 @@ def test_prompt_layout_and_target():
         expected = sum(batch.w[b, k] * batch.tokens[b, -1, k] for k in range(3))
         assert abs(batch.target[b] - expected) <= 1e-14
     assert numpy.array_equal(batch.query, batch.tokens[:, -1, :])
-    assert numpy.array_equal(prompt_tokens(batch.context_x, batch.context_y, batch.query_x), batch.tokens)
+    assert numpy.array_equal(
+        prompt_tokens(batch.context_x, batch.context_y, batch.query_x), batch.tokens
+    )
 
 
 def test_seeding_is_reproducible_and_distinct():
@@ -53,7 +55,9 @@ def test_seeding_is_reproducible_and_distinct():
     assert not numpy.array_equal(a.tokens, c.tokens)
     # a Generator continues its stream: two draws differ
     rng = numpy.random.default_rng(0)
-    assert not numpy.array_equal(regression_prompts(2, 3, 2, rng).tokens, regression_prompts(2, 3, 2, rng).tokens)
+    assert not numpy.array_equal(
+        regression_prompts(2, 3, 2, rng).tokens, regression_prompts(2, 3, 2, rng).tokens
+    )
 
 
 def test_label_noise_touches_context_labels_only():
@@ -73,7 +77,9 @@ def test_stream_gives_fresh_batches():
     assert flat.shape == (15, 5, 3)
     assert len({row.tobytes() for row in flat}) == 15  # no prompt repeated
     for batch in batches:
-        assert numpy.allclose(batch.target, numpy.sum(batch.w * batch.query_x, axis=1), rtol=0, atol=1e-14)
+        assert numpy.allclose(
+            batch.target, numpy.sum(batch.w * batch.query_x, axis=1), rtol=0, atol=1e-14
+        )
     # by default a draw holds up to 64 batches and about 2²⁰ numbers
     assert default_batches_per_draw(64, 50, 2) == 64
     assert default_batches_per_draw(256, 50, 15) == 2**20 // (256 * (51 * 15 + 15))
@@ -91,14 +97,22 @@ def test_backends_dtype_and_device_are_kept(backend, dtype):
         tol = 1e-6 if dtype == "float32" else 0.0
         assert numpy.allclose(backend.to_numpy(value), getattr(reference, name), rtol=tol, atol=tol)
     # every baseline stays in the batch's namespace and dtype
-    for prediction in (zero_predict(batch), one_step_gd_predict(batch), least_squares_predict(batch),
-                       ridge_predict(batch, 0.1)):
+    for prediction in (
+        zero_predict(batch),
+        one_step_gd_predict(batch),
+        least_squares_predict(batch),
+        ridge_predict(batch, 0.1),
+    ):
         assert prediction.shape == (4,) and prediction.dtype == getattr(backend.xp, dtype)
     assert numpy.allclose(
-        backend.to_numpy(least_squares_predict(batch)), backend.to_numpy(batch.target),
-        rtol=0, atol=1e-3 if dtype == "float32" else 1e-12,
+        backend.to_numpy(least_squares_predict(batch)),
+        backend.to_numpy(batch.target),
+        rtol=0,
+        atol=1e-3 if dtype == "float32" else 1e-12,
     )
-    stream_batch = next(regression_stream(2, 3, 2, seed=0, dtype=dtype, xp=backend.xp, device=backend.device))
+    stream_batch = next(
+        regression_stream(2, 3, 2, seed=0, dtype=dtype, xp=backend.xp, device=backend.device)
+    )
     assert stream_batch.tokens.dtype == getattr(backend.xp, dtype)
 
 
@@ -148,7 +162,10 @@ def test_one_step_gd_against_a_loop():
                 gradient += (w0 @ x_i - y_i) * x_i / 9
             w1 = w0 - step * gradient
             expected.append(w1 @ batch.tokens[b, -1, :3])
-        assert relative_residual(one_step_gd_predict(batch, eta), numpy.array(expected)) <= IDENTITY_RTOL
+        assert (
+            relative_residual(one_step_gd_predict(batch, eta), numpy.array(expected))
+            <= IDENTITY_RTOL
+        )
 
 
 def test_optimal_step_and_its_expected_error():
@@ -169,8 +186,10 @@ def test_ridge_is_the_posterior_mean_and_tends_to_least_squares():
     lam = ridge_lambda(0.3, prior_std=2.0)
     assert lam == pytest.approx(0.09 / 4.0)
     X, y = batch.context_x, batch.context_y
-    expected = [numpy.linalg.solve(X[b].T @ X[b] + lam * numpy.eye(3), X[b].T @ y[b]) @ batch.query_x[b]
-                for b in range(5)]
+    expected = [
+        numpy.linalg.solve(X[b].T @ X[b] + lam * numpy.eye(3), X[b].T @ y[b]) @ batch.query_x[b]
+        for b in range(5)
+    ]
     assert relative_residual(ridge_predict(batch, lam), numpy.array(expected)) <= 1e-12
     assert relative_residual(ridge_predict(batch, 0.0), least_squares_predict(batch)) <= 1e-10
     with pytest.raises(ValueError, match="lambda"):

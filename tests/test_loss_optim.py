@@ -10,7 +10,15 @@ import pytest
 from minimal_icl import TransformerConfig, backward, forward, init_params, tree_leaves, tree_map
 from minimal_icl.gradcheck import assert_gradients_ok, check_gradients
 from minimal_icl.loss import query_loss
-from minimal_icl.optim import AdamState, adam_init, adam_step, flatten, sgd_init, sgd_step, unflatten
+from minimal_icl.optim import (
+    AdamState,
+    adam_init,
+    adam_step,
+    flatten,
+    sgd_init,
+    sgd_step,
+    unflatten,
+)
 from minimal_icl.tolerances import IDENTITY_RTOL, relative_residual
 
 
@@ -19,7 +27,9 @@ def test_query_loss_value_and_gradient_by_finite_differences():
     out = rng.standard_normal((5, 4, 3))
     target = rng.standard_normal(5)
     loss, dout = query_loss(out, target)
-    assert float(loss) == pytest.approx(float(numpy.mean((out[:, -1, -1] - target) ** 2)), rel=1e-15)
+    assert float(loss) == pytest.approx(
+        float(numpy.mean((out[:, -1, -1] - target) ** 2)), rel=1e-15
+    )
     assert dout.shape == out.shape
     mask = numpy.zeros(out.shape, dtype=bool)
     mask[:, -1, -1] = True
@@ -29,7 +39,9 @@ def test_query_loss_value_and_gradient_by_finite_differences():
 
 def test_loss_through_the_model_last_only_matches_full_output():
     """The loss reads the query row only: last_only gives the same loss and gradients."""
-    config = TransformerConfig(d_token=3, n_blocks=2, n_heads=2, d_head=3, d_mlp=5, attn_skip=True, layer_norm=True)
+    config = TransformerConfig(
+        d_token=3, n_blocks=2, n_heads=2, d_head=3, d_mlp=5, attn_skip=True, layer_norm=True
+    )
     params = init_params(config, seed=1)
     rng = numpy.random.default_rng(1)
     tokens, target = rng.standard_normal((4, 6, 3)), rng.standard_normal(4)
@@ -107,8 +119,14 @@ def test_adam_against_algorithm_1():
             m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
             theta = theta - lr * m_hat / (numpy.sqrt(v_hat) + eps)
         assert relative_residual(dict(tree_leaves(current))[name], theta) <= IDENTITY_RTOL, name
-        assert relative_residual(dict(tree_leaves(unflatten(state.m, params)))[name], m) <= IDENTITY_RTOL
-        assert relative_residual(dict(tree_leaves(unflatten(state.v, params)))[name], v) <= IDENTITY_RTOL
+        assert (
+            relative_residual(dict(tree_leaves(unflatten(state.m, params)))[name], m)
+            <= IDENTITY_RTOL
+        )
+        assert (
+            relative_residual(dict(tree_leaves(unflatten(state.v, params)))[name], v)
+            <= IDENTITY_RTOL
+        )
 
 
 def test_first_adam_step_moves_every_weight_by_about_lr():
@@ -124,7 +142,7 @@ def test_optimisers_do_not_modify_their_inputs(backend):
     grads = tree_map(backend.asarray, _tree(1))
     before = [backend.to_numpy(a).copy() for _, a in tree_leaves(params)]
     state = adam_init(params)
-    new, state2 = adam_step(params, grads, state, lr=0.1)
+    new, _ = adam_step(params, grads, state, lr=0.1)
     new_sgd, _ = sgd_step(params, grads, sgd_init(params, 0.5), lr=0.1, momentum=0.5)
     after = [backend.to_numpy(a) for _, a in tree_leaves(params)]
     assert all(numpy.array_equal(a, b) for a, b in zip(before, after))

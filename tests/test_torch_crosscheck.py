@@ -27,7 +27,9 @@ def torch_model(params, config: TransformerConfig, tokens):
     H, K = config.n_heads, config.d_head
     x = tokens
     for p in params.blocks:
-        u1 = F.layer_norm(x, (D,), p.ln1.gain, p.ln1.bias, config.ln_eps) if config.layer_norm else x
+        u1 = (
+            F.layer_norm(x, (D,), p.ln1.gain, p.ln1.bias, config.ln_eps) if config.layer_norm else x
+        )
         q = F.linear(u1, p.attn.W_Q).view(B, T, H, K).transpose(1, 2)
         k = F.linear(u1, p.attn.W_K).view(B, T, H, K).transpose(1, 2)
         v = F.linear(u1, p.attn.W_V).view(B, T, H, K).transpose(1, 2)
@@ -47,20 +49,60 @@ def torch_model(params, config: TransformerConfig, tokens):
 
 CONFIGS = [
     TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=4, d_mlp=8),  # the paper's block
-    TransformerConfig(d_token=3, n_blocks=1, n_heads=1, d_head=3, d_mlp=6, attention="linear", activation="gelu",
-                      causal=True),
-    TransformerConfig(d_token=4, n_blocks=2, n_heads=2, d_head=3, d_mlp=7, activation="gelu", causal=True,
-                      attn_skip=True, mlp_skip=True, layer_norm=True),
-    TransformerConfig(d_token=5, n_blocks=2, n_heads=3, d_head=2, d_mlp=6, attention="linear", mlp_skip=True,
-                      layer_norm=True),
-    TransformerConfig(d_token=16, n_blocks=2, n_heads=4, d_head=4, d_mlp=64, attn_skip=True, mlp_skip=True,
-                      layer_norm=True),  # the benchmark's larger model
+    TransformerConfig(
+        d_token=3,
+        n_blocks=1,
+        n_heads=1,
+        d_head=3,
+        d_mlp=6,
+        attention="linear",
+        activation="gelu",
+        causal=True,
+    ),
+    TransformerConfig(
+        d_token=4,
+        n_blocks=2,
+        n_heads=2,
+        d_head=3,
+        d_mlp=7,
+        activation="gelu",
+        causal=True,
+        attn_skip=True,
+        mlp_skip=True,
+        layer_norm=True,
+    ),
+    TransformerConfig(
+        d_token=5,
+        n_blocks=2,
+        n_heads=3,
+        d_head=2,
+        d_mlp=6,
+        attention="linear",
+        mlp_skip=True,
+        layer_norm=True,
+    ),
+    TransformerConfig(
+        d_token=16,
+        n_blocks=2,
+        n_heads=4,
+        d_head=4,
+        d_mlp=64,
+        attn_skip=True,
+        mlp_skip=True,
+        layer_norm=True,
+    ),  # the benchmark's larger model
 ]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.attention}-{c.activation}-L{c.n_blocks}"
-                         f"{'-causal' if c.causal else ''}{'-skips' if c.attn_skip else ''}"
-                         f"{'-LN' if c.layer_norm else ''}-D{c.d_token}")
+@pytest.mark.parametrize(
+    "config",
+    CONFIGS,
+    ids=lambda c: (
+        f"{c.attention}-{c.activation}-L{c.n_blocks}"
+        f"{'-causal' if c.causal else ''}{'-skips' if c.attn_skip else ''}"
+        f"{'-LN' if c.layer_norm else ''}-D{c.d_token}"
+    ),
+)
 @pytest.mark.parametrize("last_only", [True, False])
 def test_loss_and_every_gradient_match_pytorch(config, last_only):
     rng = numpy.random.default_rng(config.d_token)
@@ -72,7 +114,9 @@ def test_loss_and_every_gradient_match_pytorch(config, last_only):
     loss, dout = query_loss(out, target)
     dtokens, grads = backward(dout, cache)
 
-    torch_params = tree_map(lambda p: torch.tensor(p, dtype=torch.float64, requires_grad=True), params)
+    torch_params = tree_map(
+        lambda p: torch.tensor(p, dtype=torch.float64, requires_grad=True), params
+    )
     torch_tokens = torch.tensor(tokens, dtype=torch.float64, requires_grad=True)
     torch_out = torch_model(torch_params, config, torch_tokens)
     torch_loss = ((torch_out[:, -1, -1] - torch.tensor(target)) ** 2).mean()

@@ -31,8 +31,19 @@ SMALL = TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=4, d_mlp=16)
 def _run(steps=120, seed=0, **kwargs):
     params = init_params(SMALL, seed=seed)
     settings = kwargs.pop("optimizer", OptimizerSettings(lr=5e-3))
-    return train(SMALL, params, settings, steps=steps, batch_size=32, n_context=20, d=2, seed=seed,
-                 val_every=kwargs.pop("val_every", 40), val_size=256, **kwargs)
+    return train(
+        SMALL,
+        params,
+        settings,
+        steps=steps,
+        batch_size=32,
+        n_context=20,
+        d=2,
+        seed=seed,
+        val_every=kwargs.pop("val_every", 40),
+        val_size=256,
+        **kwargs,
+    )
 
 
 def test_short_run_reduces_held_out_loss():
@@ -46,7 +57,9 @@ def test_short_run_reduces_held_out_loss():
     assert history.train_loss.shape == (120,) and numpy.all(numpy.isfinite(history.train_loss))
     assert numpy.all(numpy.diff(history.wall_time) >= 0)
     # the recorded value is the held-out loss of the returned parameters
-    val = regression_prompts(256, 20, 2, numpy.random.default_rng(numpy.random.SeedSequence(0).spawn(2)[1]))
+    val = regression_prompts(
+        256, 20, 2, numpy.random.default_rng(numpy.random.SeedSequence(0).spawn(2)[1])
+    )
     assert evaluate(result.params, SMALL, val) == pytest.approx(history.val_loss[-1], rel=1e-12)
 
 
@@ -69,7 +82,9 @@ def test_log_callback_and_quiet_progress():
     stream = io.StringIO()  # not a terminal: no progress line
     _run(steps=50, val_every=20, log=records.append, stream=stream)
     assert [r.step for r in records] == [0, 20, 40, 50]
-    assert math.isnan(records[0].train_loss) and all(math.isfinite(r.train_loss) for r in records[1:])
+    assert math.isnan(records[0].train_loss) and all(
+        math.isfinite(r.train_loss) for r in records[1:]
+    )
     assert all(r.steps_per_second > 0 for r in records[1:])
     assert stream.getvalue() == ""
 
@@ -99,15 +114,22 @@ def test_progress_line_on_a_terminal(monkeypatch):
 
 
 def test_divergence_raises_a_clear_error():
-    with numpy.errstate(all="ignore"), pytest.raises(TrainingDivergedError, match="diverged at step"):
+    with (
+        numpy.errstate(all="ignore"),
+        pytest.raises(TrainingDivergedError, match="diverged at step"),
+    ):
         _run(steps=50, optimizer=OptimizerSettings(name="sgd", lr=1e6))
 
 
 def test_learning_rate_schedule():
     constant = OptimizerSettings(lr=0.1, warmup_steps=4)
-    assert [constant.lr_at(t, 10) for t in (1, 2, 4, 5, 10)] == pytest.approx([0.025, 0.05, 0.1, 0.1, 0.1])
+    assert [constant.lr_at(t, 10) for t in (1, 2, 4, 5, 10)] == pytest.approx(
+        [0.025, 0.05, 0.1, 0.1, 0.1]
+    )
     cosine = OptimizerSettings(lr=0.1, schedule="cosine", final_lr_fraction=0.1)
-    assert cosine.lr_at(1, 101) == pytest.approx(0.1 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 101))))
+    assert cosine.lr_at(1, 101) == pytest.approx(
+        0.1 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 101)))
+    )
     assert cosine.lr_at(101, 101) == pytest.approx(0.01)
     lrs = [cosine.lr_at(t, 101) for t in range(1, 102)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
@@ -136,15 +158,32 @@ def test_bad_training_arguments():
     with pytest.raises(ValueError, match="steps"):
         train(SMALL, params, OptimizerSettings(), steps=0, batch_size=2, n_context=3, d=2)
     with pytest.raises(ValueError, match="shape"):
-        train(replace(SMALL, d_mlp=5), params, OptimizerSettings(), steps=1, batch_size=2, n_context=3, d=2)
+        train(
+            replace(SMALL, d_mlp=5),
+            params,
+            OptimizerSettings(),
+            steps=1,
+            batch_size=2,
+            n_context=3,
+            d=2,
+        )
 
 
 def test_training_on_every_backend_keeps_dtype_and_device(backend):
     config = TransformerConfig(d_token=3, n_blocks=1, n_heads=1, d_head=2, d_mlp=4)
     for dtype in ("float32", "float64"):
         params = init_params(config, seed=0, dtype=dtype, xp=backend.xp, device=backend.device)
-        result = train(config, params, OptimizerSettings(lr=1e-2), steps=3, batch_size=4, n_context=5, d=2,
-                       val_every=3, val_size=8)
+        result = train(
+            config,
+            params,
+            OptimizerSettings(lr=1e-2),
+            steps=3,
+            batch_size=4,
+            n_context=5,
+            d=2,
+            val_every=3,
+            val_size=8,
+        )
         for name, value in tree_leaves(result.params):
             assert value.dtype == getattr(backend.xp, dtype), name
             if backend.device is not None:
