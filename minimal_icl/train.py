@@ -465,8 +465,8 @@ def paper_setting(fast: bool = False) -> TrainingSetup:
             0.098 and 0.089 in the same 20 000 steps, 8e-3 0.088.
         batch 64, 20 000 steps, fresh prompts every step (1.28 M prompts): about 2.5 ms
             a step (forward at the query only, backward, Adam; data ~0.2 ms), so about
-            50 s of one core. Batch 128 for 12 000 steps reached the same error as batch
-            64 for 20 000, at a higher cost per prompt seen (a step costs twice as much).
+            50 s of one core. Batch 128 for 12 000 steps (1.5 M prompts, a step costs
+            twice as much) reached the same error as batch 64 for 20 000.
         held-out loss every 2 000 steps on 4 096 prompts.
 
     What it gives, on 10 000 new prompts per seed (mean squared error ± standard error):
