@@ -174,7 +174,8 @@ def to_device(tree, target: str = "numpy", dtype=None):
         def move(a):
             if array_api_compat.is_cupy_array(a):
                 a = a.get()
-            a = numpy.asarray(a)
+            elif not isinstance(a, numpy.ndarray):
+                a = numpy.from_dlpack(a)  # any other array-API array on the host
             return a if dtype is None else a.astype(dtype)
 
     elif target == "cupy":
@@ -186,4 +187,9 @@ def to_device(tree, target: str = "numpy", dtype=None):
 
     else:
         raise ValueError(f"to_device: unknown target {target!r}; use 'numpy' or 'cupy'")
-    return tree_map(move, tree)
+
+    def move_arrays(a):
+        # records also hold plain Python values (head counts, flags): leave those alone
+        return move(a) if hasattr(a, "shape") and hasattr(a, "dtype") else a
+
+    return tree_map(move_arrays, tree)

@@ -208,3 +208,22 @@ def test_to_device_numpy_round_trip_with_dtype():
         assert a.dtype == numpy.float64 and numpy.array_equal(a, b), name
     with pytest.raises(ValueError, match="unknown target 'tpu'"):
         to_device(params, "tpu")
+
+
+def test_to_device_brings_another_backend_home_and_keeps_plain_values():
+    """Arrays of any host backend (here array_api_strict's second device) come back as
+    NumPy arrays, bit for bit; a cache's plain Python fields (head counts, flags) stay."""
+    from minimal_icl import forward
+
+    params = init_params(CONFIG, seed=3)
+    strict = init_params(CONFIG, seed=3, xp=array_api_strict, device=DEVICE1)
+    home = to_device(strict, "numpy")
+    for (name, a), (_, b) in zip(tree_leaves(home), tree_leaves(params)):
+        assert type(a) is numpy.ndarray and numpy.array_equal(a, b), name
+
+    tokens = numpy.random.default_rng(0).standard_normal((2, 4, CONFIG.d_token))
+    _, cache = forward(strict, CONFIG, array_api_strict.asarray(tokens, device=DEVICE1))
+    cache_home = to_device(cache, "numpy")
+    attn = cache_home.blocks[0].attn
+    assert attn.n_heads == CONFIG.n_heads and attn.last_only is False
+    assert type(attn.weights) is numpy.ndarray
