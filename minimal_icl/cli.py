@@ -172,6 +172,17 @@ def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
     add_experiment_arguments(parser)
 
 
+def _short(value) -> str:
+    """A headline number (or a dict or list of them) with 4 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_short(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return str(value)
+
+
 def run_figure(args: argparse.Namespace) -> int:
     from .experiments import Progress, run_figure
 
@@ -181,7 +192,7 @@ def run_figure(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     for key, value in record["headline"].items():
-        print(f"  {key}: {value}")
+        print(f"  {key}: {_short(value)}")
     print(f"wrote {os.path.join(args.out, args.name)}.png and .json ({record['seconds']:.1f} s)")
     return 0
 

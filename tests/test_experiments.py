@@ -18,7 +18,13 @@ from minimal_icl import FLOAT32_RTOL, IDENTITY_RTOL
 from minimal_icl.backend import tree_leaves
 from minimal_icl.cli import main
 from minimal_icl.experiments import FIGURES, ExperimentError, reproduce, run_figure
-from minimal_icl.experiments.common import cos_frobenius, loglog_slope, mean_se, write_json
+from minimal_icl.experiments.common import (
+    cos_frobenius,
+    loglog_slope,
+    mean_se,
+    moving_average,
+    write_json,
+)
 from minimal_icl.experiments.models import (
     PAPER_HISTORY,
     PAPER_MODEL_FILE,
@@ -275,6 +281,8 @@ def test_statistics_helpers_against_direct_formulas(tmp_path):
         mean_se(x[:1])
     with pytest.raises(ExperimentError):
         loglog_slope(i, -i)
+    steps, averages = moving_average(numpy.arange(1.0, 11.0), 3, max_points=4)
+    assert list(steps) == [4, 6, 8, 10] and list(averages) == [3.0, 5.0, 7.0, 9.0]
     with pytest.raises(ValueError):
         write_json(tmp_path / "x.json", {"a": numpy.nan})  # NaN is not JSON
     assert not list(tmp_path.iterdir())  # and nothing half-written is left

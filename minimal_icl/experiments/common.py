@@ -144,12 +144,27 @@ def write_json(path, record: dict) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a result file is not
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def moving_average(values, window: int, max_points: int = 1000) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """(steps, averages): the mean over each ``window`` consecutive values, ending at
+    step = 1-based index, thinned to at most ``max_points`` points for plotting."""
+    values = numpy.asarray(values, dtype=numpy.float64)
+    window = max(1, min(int(window), values.shape[0]))
+    smoothed = numpy.convolve(values, numpy.ones(window) / window, mode="valid")
+    steps = numpy.arange(window, values.shape[0] + 1)
+    stride = max(1, -(-smoothed.shape[0] // max_points))
+    keep = numpy.arange(smoothed.shape[0] - 1, -1, -stride)[::-1]  # always keep the last
+    return steps[keep], smoothed[keep]
 
 
 def read_json(path) -> dict:

@@ -28,6 +28,7 @@ from .common import (
     QUIET,
     Progress,
     heldout_table,
+    moving_average,
     mean_se,
     new_figure,
     prepare_out_dir,
@@ -98,7 +99,7 @@ def compute(model, cfg: DeepConfig, seed: int, progress: Progress = QUIET) -> di
     progress.update(f"{NAME}: baselines on {cfg.n_heldout} new prompts")
     table = heldout_table(compare_with_baselines(params, setup, n_prompts=cfg.n_heldout, seed=seed))
     train_loss = numpy.asarray(history["train_loss"])
-    last = max(1, min(cfg.smooth, train_loss.shape[0]))
+    train_step, smoothed = moving_average(train_loss, cfg.smooth)
     headline = {
         "max_difference": max(b["difference_max"] for b in blocks),
         "max_relative_difference": max(b["relative_difference_max"] for b in blocks),
@@ -121,8 +122,8 @@ def compute(model, cfg: DeepConfig, seed: int, progress: Progress = QUIET) -> di
         "tolerances": {"IDENTITY_RTOL": IDENTITY_RTOL},
         "data": {
             "blocks": blocks,
-            "train_step": numpy.arange(last, train_loss.shape[0] + 1),
-            "train_loss_smoothed": numpy.convolve(train_loss, numpy.ones(last) / last, mode="valid"),
+            "train_step": train_step,
+            "train_loss_smoothed": smoothed,
             "val_step": history["val_step"],
             "val_loss": history["val_loss"],
         },
@@ -172,6 +173,7 @@ def run(out_dir, seed: int = 0, fast: bool = False, progress: Progress = QUIET) 
     model = deep_model(out_dir, seed, fast, progress)
     record = compute(model, deep_config(fast), seed, progress)
     record["fast"] = fast
+    progress.update(f"{NAME}: plotting")
     plot(record, out_dir / f"{NAME}.png")
     record["seconds"] = time.perf_counter() - start  # training (if any), numbers and plot
     write_json(out_dir / f"{NAME}.json", record)

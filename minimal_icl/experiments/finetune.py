@@ -267,6 +267,7 @@ def run(out_dir, seed: int = 0, fast: bool = False, progress: Progress = QUIET) 
     model = paper_model(out_dir, seed, fast, progress)
     record = compute(model, finetune_config(fast), seed, progress)
     record["fast"] = fast
+    progress.update(f"{NAME}: plotting")
     plot(record, out_dir / f"{NAME}.png")
     record["seconds"] = time.perf_counter() - start  # training (if any), numbers and plot
     write_json(out_dir / f"{NAME}.json", record)

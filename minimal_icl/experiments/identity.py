@@ -31,6 +31,7 @@ from .common import (
     QUIET,
     Progress,
     heldout_table,
+    moving_average,
     new_figure,
     prepare_out_dir,
     plain_log_ticks,
@@ -142,8 +143,7 @@ def compute(model, cfg: IdentityConfig, seed: int, progress: Progress = QUIET) -
         "heldout_excess_over_model": table["excess"],
         "heldout_excess_over_model_se": table["excess_se"],
     })
-    window = numpy.ones(last) / last
-    smoothed = numpy.convolve(train_loss, window, mode="valid")
+    train_step, smoothed = moving_average(train_loss, cfg.smooth)
     return {
         "figure": NAME,
         "title": TITLE,
@@ -153,7 +153,7 @@ def compute(model, cfg: IdentityConfig, seed: int, progress: Progress = QUIET) -
         "headline": headline,
         "tolerances": {"IDENTITY_RTOL": IDENTITY_RTOL, "FLOAT32_RTOL": FLOAT32_RTOL},
         "data": {
-            "train_step": numpy.arange(last, train_loss.shape[0] + 1),
+            "train_step": train_step,  # thinned to ≤ 1000 points
             "train_loss_smoothed": smoothed,
             "val_step": val_step,
             "val_loss_prompt": val_loss,
@@ -246,6 +246,7 @@ def run(out_dir, seed: int = 0, fast: bool = False, progress: Progress = QUIET) 
     model = paper_model(out_dir, seed, fast, progress, need_patched_history=True)
     record = compute(model, identity_config(fast), seed, progress)
     record["fast"] = fast
+    progress.update(f"{NAME}: plotting")
     plot(record, out_dir / f"{NAME}.png")
     record["seconds"] = time.perf_counter() - start  # training (if any), numbers and plot
     write_json(out_dir / f"{NAME}.json", record)
