@@ -45,6 +45,7 @@ from .optim import adam_init, adam_step, sgd_init, sgd_step
 from .params import ModelParams, init_params
 
 OPTIMIZERS = ("adam", "sgd")
+FLUSH_EVERY = 50  # training losses are read back to the host this many steps at a time
 SCHEDULES = ("constant", "cosine")
 
 
@@ -373,28 +374,41 @@ def train(
         return step, now
 
     smoothed = math.nan  # a moving average of the training loss, for the progress line
-    start = time.perf_counter()
-    previous = validate(0, start, 0, 0.0)
-    for step in range(1, steps + 1):
-        batch = next(stream_of_batches)
-        lr = optimizer.lr_at(step, steps)
-        params, state, loss = train_step(params, state, config, batch, optimizer, lr)
-        value = float(loss)
-        if not math.isfinite(value):
+    pending = []  # the last few losses, still 0-d arrays on the device
+
+    def flush(step, lr):
+        """Read the pending losses (one transfer for several steps) and check them."""
+        nonlocal smoothed
+        values = to_device(xp.stack(pending), "numpy")
+        train_loss[step - len(pending):step] = values
+        pending.clear()
+        if not numpy.all(numpy.isfinite(values)):
             progress.clear()
+            bad = step - len(values) + int(numpy.argmin(numpy.isfinite(values))) + 1
             raise TrainingDivergedError(
-                f"training diverged at step {step}: loss {value} (learning rate {lr:.3g});"
-                " lower the learning rate"
+                f"training diverged at step {bad}: loss {train_loss[bad - 1]}"
+                f" (learning rate {lr:.3g}); lower the learning rate"
             )
-        train_loss[step - 1] = value
         if progress.enabled:
-            smoothed = value if step == 1 else 0.98 * smoothed + 0.02 * value
+            for value in values:
+                smoothed = value if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * value
             elapsed = time.perf_counter() - start
             progress.update(
                 f"step {step}/{steps}  loss {smoothed:.4f} (moving average)"
                 f"  {step / max(elapsed, 1e-12):.0f} steps/s",
                 force=step == steps,
             )
+
+    start = time.perf_counter()
+    previous = validate(0, start, 0, 0.0)
+    for step in range(1, steps + 1):
+        batch = next(stream_of_batches)
+        lr = optimizer.lr_at(step, steps)
+        params, state, loss = train_step(params, state, config, batch, optimizer, lr)
+        # The loss stays on the device; it is read every FLUSH_EVERY steps, not every step.
+        pending.append(loss)
+        if len(pending) == FLUSH_EVERY or step % val_every == 0 or step == steps:
+            flush(step, lr)
         if step % val_every == 0 or step == steps:
             previous = validate(step, start, *previous)
     progress.clear()
