@@ -10,7 +10,7 @@ linear task and a query:
 
 The model's prediction is the last coordinate of its output at the query token.
 
-Baselines, each a function of a batch (THEORY.md §6):
+Baselines, each a function of a batch (docs/theory.md §6):
 
     zero             ŷ = 0                                   MSE = E⟨w, x⟩² = d
     one step of GD   ŷ = η x_qᵀ (1/N) Σ y_i x_i  (from W₀ = 0)

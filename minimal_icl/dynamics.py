@@ -18,7 +18,7 @@ rewriting of the increments, not the optimisation of a task loss.
 
 The prefixes are computed from ONE run of the block on the whole prompt: the query sits
 last and sees every token (causal or not), and there are no positions, so its attention
-output after i tokens only renormalises the query row of that run (THEORY.md §4):
+output after i tokens only renormalises the query row of that run (docs/theory.md §4):
 
     softmax:  A_i = W_O concat_h[(Σ_{j≤i} P_j v_j + P_x v_x) / (Σ_{j≤i} P_j + P_x)]
     linear:   A_i = W_O concat_h[ Σ_{j≤i} s_j v_j + s_x v_x ]
@@ -254,7 +254,7 @@ class FactorisedPath(NamedTuple):
         LayerNorm, no attn skip:    ΔA ∈ g ⊙ P range(W_O),           dim ≤ min(D − 1, H·K)
         LayerNorm and attn skip:    ΔA ∈ g ⊙ P span{x, range(W_O)},  dim ≤ min(D − 1, H·K + 1)
 
-    (P removes the mean over the D features). THEORY.md §4 says "in general full rank";
+    (P removes the mean over the D features). docs/theory.md §4 says "in general full rank";
     precisely, the rank generically reaches this bound (checked numerically), so it
     exceeds 1 for N ≥ 2 in generic models, while for N = 1, W_1 = W_0 + ΔW(C) exactly.
     """

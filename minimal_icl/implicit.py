@@ -12,7 +12,7 @@ to the first weight W of the MLP gives the same output at the query:
 Proof: with a = A(C\\Y, x) and δ = δA_x(Y), (W + ΔW) a = W a + W δ (aᵀa)/‖a‖² = W (a + δ)
 = W A(C, x), so the MLP sees the same pre-activation.
 
-In this package's block the patch sits at the MLP input u (THEORY.md §3):
+In this package's block the patch sits at the MLP input u (docs/theory.md §3):
 
     u = LN2(h) with layer_norm,  h = z + A with attn_skip (else h = A),  u = h otherwise;
     ΔW = W1 (u_C − u_∅) u_∅ᵀ / ‖u_∅‖²,   Δb = h_C − h_∅ added to b2 when mlp_skip,
@@ -20,7 +20,7 @@ In this package's block the patch sits at the MLP input u (THEORY.md §3):
 where the subscripts C and ∅ mean the query's state with the whole prompt and with the
 removed tokens left out. u_C, h_C, u_∅, h_∅ come from the engine's own ``block_forward``.
 
-Stacks of blocks (THEORY.md §3): block l's patch is computed from the with-context
+Stacks of blocks (docs/theory.md §3): block l's patch is computed from the with-context
 representations that block l − 1 outputs, and its u_∅ from that block run on the query's
 with-context representation alone. Running the query alone through the L patched blocks
 then reproduces the with-context output at the query exactly.
@@ -223,7 +223,7 @@ def implicit_update(
         forward(params, config, remove_tokens(context, query, removed), patches=updates)
 
     reproduces ``forward(params, config, [context, query])`` at the query (last
-    position), to rounding. For one block (THEORY.md §2–3):
+    position), to rounding. For one block (docs/theory.md §2–3):
 
         u_C, h_C = the block's MLP input and residual at the query on [C, x]
         u_∅, h_∅ = the same on [C\\Y, x]
@@ -305,7 +305,7 @@ def null_space_perturbation(update: ImplicitUpdate, perturbation: Array) -> Arra
 
         ‖ΔW + M⊥‖²_F = ‖ΔW‖²_F + ‖M⊥‖²_F > ‖ΔW‖²_F   whenever M⊥ ≠ 0:
 
-    ΔW is the minimum-norm solution (THEORY.md §2).
+    ΔW is the minimum-norm solution (docs/theory.md §2).
 
     update: an ImplicitUpdate for B prompts; perturbation: (M, D) or (B, M, D).
     Returns ΔW + M⊥ (B, M, D).
@@ -323,7 +323,7 @@ def null_space_perturbation(update: ImplicitUpdate, perturbation: Array) -> Arra
 def linear_attention_context_vector(
     attn_params: AttentionParams, n_heads: int, context_tokens: Array, query_token: Array
 ) -> Array:
-    """δA for un-normalised linear attention, in closed form (THEORY.md §6):
+    """δA for un-normalised linear attention, in closed form (docs/theory.md §6):
 
         δA = W_O concat_h[ (Σ_{y∈Y} v_y k_yᵀ) q_x / √K ],
         v_y = W_V,h y,  k_y = W_K,h y,  q_x = W_Q,h x,

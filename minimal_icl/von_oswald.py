@@ -36,7 +36,7 @@ explicit step W_1 at this query. Implicit and explicit updates coincide at x_q o
 
 Shapes: B prompts, N = n context pairs, d input width; tokens have width d + 1.
 Reference: J. von Oswald et al., "Transformers learn in-context by gradient descent",
-ICML 2023, Proposition 1; THEORY.md §6.
+ICML 2023, Proposition 1; docs/theory.md §6.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def test_theorem_removing_any_subset_of_context_equals_rank1_weight_update(probl
 def test_theorem_stack_context_equals_per_block_rank1_updates(problem):
     """L = 2..3 blocks: the query alone through the L patched blocks gives the
     with-context output at the query, and the patched query's state agrees after every
-    block (the induction of THEORY.md §3)."""
+    block (the induction of docs/theory.md §3)."""
     config, params, context, query, _, _ = problem
     check_context_equals_rank1_weight_update(problem)
     updates = implicit.implicit_update(params, config, context, query)

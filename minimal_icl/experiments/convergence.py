@@ -8,7 +8,7 @@ step of that path,
 
 against the context length i on log-log axes, mean ± standard error over held-out tasks.
 The paper shows the decay for its trained model. We add two controls it lacks
-(THEORY.md §4): the same architecture with untrained random weights, and un-normalised
+(docs/theory.md §4): the same architecture with untrained random weights, and un-normalised
 linear attention with random weights. A new token gets softmax weight ≈ 1/(i+1), so the
 steps shrink like 1/i even with random weights; linear attention does not renormalise
 and its steps do not shrink. The fitted log-log slope of each curve is in the legend.

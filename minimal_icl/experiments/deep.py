@@ -1,6 +1,6 @@
 """Figure 5 (later versions): a stack of pre-LN blocks, one rank-1 patch per block.
 
-For a stack of L blocks the patches are computed block by block (THEORY.md §3): block
+For a stack of L blocks the patches are computed block by block (docs/theory.md §3): block
 l's ΔW_l (on its W1) and Δb_l (on its MLP output bias, the attention skip's share) use
 the with-context representations that block l − 1 outputs. Running the query ALONE
 through the L patched blocks then reproduces, block by block, the query's output with
