@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .backend import Array, namespace
-from .block import BlockCache, BlockPatch, block_backward, block_forward
+from .block import BlockPatch, block_backward, block_forward
 from .config import TransformerConfig
 from .params import ModelParams
 

@@ -62,7 +62,6 @@ from minimal_icl import (
     MLPParams,
     ModelParams,
     TransformerConfig,
-    forward,
     init_params,
     relative_residual,
 )

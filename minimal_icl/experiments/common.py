@@ -213,6 +213,28 @@ def save_figure(fig, path, dpi: int = 110) -> Path:
 # -- progress ----------------------------------------------------------------------------
 
 
+
+def run_experiment(name: str, out_dir, seed: int, fast: bool, progress, load_model, compute,
+                   config, plot) -> dict:
+    """The steps every figure shares: get the trained model (from its checkpoint in
+    ``out_dir`` if it is there), compute the numbers, plot NAME.png, write NAME.json.
+
+    ``load_model(out_dir, seed, fast, progress)`` returns the model, ``compute(model,
+    config, seed, progress)`` the record of numbers, ``plot(record, path)`` draws it.
+    Returns the record, with ``fast`` and ``seconds`` (training if any, numbers and plot).
+    """
+    start = time.perf_counter()
+    out_dir = prepare_out_dir(out_dir)
+    model = load_model(out_dir, seed, fast, progress)
+    record = compute(model, config, seed, progress)
+    record["fast"] = fast
+    progress.update(f"{name}: plotting")
+    plot(record, out_dir / f"{name}.png")
+    record["seconds"] = time.perf_counter() - start
+    write_json(out_dir / f"{name}.json", record)
+    return record
+
+
 class Progress:
     """The live status line of long work: ``[stage] done/total  elapsed``.
 

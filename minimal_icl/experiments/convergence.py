@@ -16,7 +16,6 @@ and its steps do not shrink. The fitted log-log slope of each curve is in the le
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, replace
 
 import numpy
@@ -30,10 +29,9 @@ from .common import (
     loglog_slope,
     mean_se,
     new_figure,
-    prepare_out_dir,
+    run_experiment,
     save_figure,
     task_rng,
-    write_json,
 )
 from .models import paper_model
 
@@ -129,13 +127,5 @@ def plot(record: dict, path) -> None:
 
 def run(out_dir, seed: int = 0, fast: bool = False, progress: Progress = QUIET) -> dict:
     """Compute Figure 3, write convergence.json and convergence.png into ``out_dir``."""
-    start = time.perf_counter()
-    out_dir = prepare_out_dir(out_dir)
-    model = paper_model(out_dir, seed, fast, progress)
-    record = compute(model, convergence_config(fast), seed, progress)
-    record["fast"] = fast
-    progress.update(f"{NAME}: plotting")
-    plot(record, out_dir / f"{NAME}.png")
-    record["seconds"] = time.perf_counter() - start  # training (if any), numbers and plot
-    write_json(out_dir / f"{NAME}.json", record)
-    return record
+    return run_experiment(NAME, out_dir, seed, fast, progress, paper_model, compute,
+                          convergence_config(fast), plot)

@@ -14,7 +14,6 @@ context changes (the same difference without the patches), and the training curv
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import numpy
@@ -28,13 +27,12 @@ from .common import (
     QUIET,
     Progress,
     heldout_table,
-    moving_average,
     mean_se,
+    moving_average,
     new_figure,
-    prepare_out_dir,
+    run_experiment,
     save_figure,
     task_rng,
-    write_json,
 )
 from .models import deep_model
 
@@ -168,13 +166,5 @@ def plot(record: dict, path) -> None:
 
 def run(out_dir, seed: int = 0, fast: bool = False, progress: Progress = QUIET) -> dict:
     """Compute the deep figure, write deep.json and deep.png into ``out_dir``."""
-    start = time.perf_counter()
-    out_dir = prepare_out_dir(out_dir)
-    model = deep_model(out_dir, seed, fast, progress)
-    record = compute(model, deep_config(fast), seed, progress)
-    record["fast"] = fast
-    progress.update(f"{NAME}: plotting")
-    plot(record, out_dir / f"{NAME}.png")
-    record["seconds"] = time.perf_counter() - start  # training (if any), numbers and plot
-    write_json(out_dir / f"{NAME}.json", record)
-    return record
+    return run_experiment(NAME, out_dir, seed, fast, progress, deep_model, compute,
+                          deep_config(fast), plot)

@@ -16,7 +16,6 @@ so the check compares two independent computations.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import numpy
@@ -31,10 +30,9 @@ from .common import (
     Progress,
     cos_frobenius,
     new_figure,
-    prepare_out_dir,
+    run_experiment,
     save_figure,
     task_rng,
-    write_json,
 )
 from .models import paper_model
 
@@ -177,13 +175,5 @@ def plot(record: dict, path) -> None:
 
 def run(out_dir, seed: int = 0, fast: bool = False, progress: Progress = QUIET) -> dict:
     """Compute the path figure, write dynamics.json and dynamics.png into ``out_dir``."""
-    start = time.perf_counter()
-    out_dir = prepare_out_dir(out_dir)
-    model = paper_model(out_dir, seed, fast, progress)
-    record = compute(model, dynamics_config(fast), seed, progress)
-    record["fast"] = fast
-    progress.update(f"{NAME}: plotting")
-    plot(record, out_dir / f"{NAME}.png")
-    record["seconds"] = time.perf_counter() - start  # training (if any), numbers and plot
-    write_json(out_dir / f"{NAME}.json", record)
-    return record
+    return run_experiment(NAME, out_dir, seed, fast, progress, paper_model, compute,
+                          dynamics_config(fast), plot)

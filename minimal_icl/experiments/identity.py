@@ -17,8 +17,8 @@ theorem divides by ‖A(x)‖²); that grid point is left out and drawn grey.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy
 
@@ -33,11 +33,10 @@ from .common import (
     heldout_table,
     moving_average,
     new_figure,
-    prepare_out_dir,
     plain_log_ticks,
+    run_experiment,
     save_figure,
     task_rng,
-    write_json,
 )
 from .models import paper_model, patched_predict
 
@@ -241,13 +240,7 @@ def plot(record: dict, path) -> None:
 
 def run(out_dir, seed: int = 0, fast: bool = False, progress: Progress = QUIET) -> dict:
     """Compute Figure 2, write identity.json and identity.png into ``out_dir``."""
-    start = time.perf_counter()
-    out_dir = prepare_out_dir(out_dir)
-    model = paper_model(out_dir, seed, fast, progress, need_patched_history=True)
-    record = compute(model, identity_config(fast), seed, progress)
-    record["fast"] = fast
-    progress.update(f"{NAME}: plotting")
-    plot(record, out_dir / f"{NAME}.png")
-    record["seconds"] = time.perf_counter() - start  # training (if any), numbers and plot
-    write_json(out_dir / f"{NAME}.json", record)
-    return record
+    # training records the held-out loss both ways: with the prompt and patched
+    load_model = partial(paper_model, need_patched_history=True)
+    return run_experiment(NAME, out_dir, seed, fast, progress, load_model, compute,
+                          identity_config(fast), plot)
