@@ -18,29 +18,8 @@ Shape letters, used in every docstring and shape comment:
 
 from .backend import namespace, to_device, tree_leaves, tree_map
 from .block import BlockPatch
-from .config import TransformerConfig
-from .dynamics import FactorisedPath, ImplicitPath, factorised_path, implicit_path
-from .implicit import (
-    DegenerateQueryError,
-    ImplicitUpdate,
-    implicit_update,
-    linear_attention_context_vector,
-    minimum_norm_solution,
-    null_space_perturbation,
-    remove_tokens,
-)
-from .model import backward, forward, predict
-from .params import (
-    AttentionParams,
-    BlockParams,
-    LayerNormParams,
-    MLPParams,
-    ModelParams,
-    init_params,
-)
-from .tolerances import FLOAT32_RTOL, GRADCHECK_RTOL, IDENTITY_RTOL, relative_residual
-from .von_oswald import gd_one_step_predict, von_oswald_attention, von_oswald_model, von_oswald_predict
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import TransformerConfig
 from .data import (
     RegressionBatch,
     least_squares_predict,
@@ -51,23 +30,57 @@ from .data import (
     ridge_predict,
     zero_predict,
 )
+from .dynamics import FactorisedPath, ImplicitPath, factorised_path, implicit_path
+from .implicit import (
+    DegenerateQueryError,
+    ImplicitUpdate,
+    implicit_update,
+    linear_attention_context_vector,
+    minimum_norm_solution,
+    null_space_perturbation,
+    remove_tokens,
+)
 from .loss import query_loss
+from .model import backward, forward, predict
 from .optim import adam_init, adam_step, sgd_init, sgd_step
+from .params import (
+    AttentionParams,
+    BlockParams,
+    LayerNormParams,
+    MLPParams,
+    ModelParams,
+    init_params,
+)
+from .tolerances import FLOAT32_RTOL, GRADCHECK_RTOL, IDENTITY_RTOL, relative_residual
 from .train import OptimizerSettings, TrainingSetup, paper_setting, train_setup
+from .von_oswald import (
+    gd_one_step_predict,
+    von_oswald_attention,
+    von_oswald_model,
+    von_oswald_predict,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttentionParams", "BlockParams", "BlockPatch", "FLOAT32_RTOL", "GRADCHECK_RTOL",
-    "IDENTITY_RTOL", "LayerNormParams", "MLPParams", "ModelParams", "TransformerConfig",
-    "backward", "forward", "init_params", "namespace", "predict", "relative_residual",
-    "to_device", "tree_leaves", "tree_map",
-    "DegenerateQueryError", "FactorisedPath", "ImplicitPath", "ImplicitUpdate", "factorised_path",
-    "gd_one_step_predict", "implicit_path", "implicit_update", "linear_attention_context_vector",
-    "minimum_norm_solution", "null_space_perturbation", "remove_tokens", "von_oswald_attention",
-    "von_oswald_model", "von_oswald_predict",
-    "CheckpointError", "OptimizerSettings", "RegressionBatch", "TrainingSetup", "adam_init", "adam_step",
-    "least_squares_predict", "load_checkpoint", "one_step_gd_predict", "optimal_gd_step", "paper_setting",
-    "query_loss", "regression_prompts", "regression_stream", "ridge_predict", "save_checkpoint", "sgd_init",
-    "sgd_step", "train_setup", "zero_predict",
+    # the model
+    "TransformerConfig", "init_params", "forward", "backward", "predict",
+    "ModelParams", "BlockParams", "AttentionParams", "MLPParams", "LayerNormParams", "BlockPatch",
+    # Theorem 2.2 and its neighbours
+    "implicit_update", "ImplicitUpdate", "DegenerateQueryError", "remove_tokens",
+    "minimum_norm_solution", "null_space_perturbation", "linear_attention_context_vector",
+    # Proposition 3.1
+    "implicit_path", "ImplicitPath", "factorised_path", "FactorisedPath",
+    # von Oswald et al. (2023)
+    "von_oswald_attention", "von_oswald_model", "von_oswald_predict", "gd_one_step_predict",
+    # data and baselines
+    "RegressionBatch", "regression_prompts", "regression_stream", "zero_predict",
+    "one_step_gd_predict", "optimal_gd_step", "least_squares_predict", "ridge_predict",
+    # training and checkpoints
+    "query_loss", "sgd_init", "sgd_step", "adam_init", "adam_step", "OptimizerSettings",
+    "TrainingSetup", "paper_setting", "train_setup",
+    "save_checkpoint", "load_checkpoint", "CheckpointError",
+    # tolerances and backends
+    "IDENTITY_RTOL", "GRADCHECK_RTOL", "FLOAT32_RTOL", "relative_residual",
+    "namespace", "to_device", "tree_map", "tree_leaves",
 ]
