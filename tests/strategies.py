@@ -145,6 +145,33 @@ def problems(
     return Problem(cfg, params, context, query, removed, seed)
 
 
+def well_conditioned(config: TransformerConfig) -> bool:
+    """False for the two kinds of model whose forward pass amplifies rounding enough to
+    eat the margin of a property test over thousands of draws:
+
+    * LayerNorm over D = 2 features: LN of (a, b) is ±(1, −1) smoothed over |a − b| ~ √eps,
+      so its condition number reaches |h|/√eps ~ 300 |h|, and the patched query-alone
+      run meets it at a different point (u_∅ = LN(h_∅)) from the with-context run;
+    * stacks of un-normalised linear attention without LayerNorm: linear attention is
+      cubic in its input, so a stack composes polynomials of degree 9 or 27 and, with
+      standard normal tokens, outputs reach 1e5.
+
+    On these the identities still hold to the float64 forward pass's own accuracy
+    (residuals up to 3.5e-13 in float64 and 1.03e-4 in float32 were measured, see
+    docs/float32.md, and the 64-combination test runs them at fixed seeds), but not with
+    margin under IDENTITY_RTOL = 1e-12 and FLOAT32_RTOL = 1e-4 in every draw. The
+    float32 test and the stack tests draw well-conditioned models only.
+    """
+    if config.layer_norm and config.d_token == 2:
+        return False
+    return config.n_blocks == 1 or config.attention == "softmax" or config.layer_norm
+
+
+def stacks(n_blocks=st.integers(2, 3), **switches):
+    """``configs`` for stacks of 2–3 blocks, restricted to well-conditioned ones."""
+    return configs(n_blocks=n_blocks, **switches).filter(well_conditioned)
+
+
 def one_block(**switches):
     """``configs`` restricted to a single block (other switches may be fixed too)."""
     return configs(n_blocks=st.just(1), **{k: st.just(v) for k, v in switches.items()})

@@ -26,6 +26,8 @@ from strategies import (
     problems,
     random_params,
     random_prompts,
+    stacks,
+    well_conditioned,
 )
 
 import minimal_icl.implicit as implicit
@@ -91,11 +93,12 @@ def test_theorem_removing_any_subset_of_context_equals_rank1_weight_update(probl
     check_context_equals_rank1_weight_update(problem)
 
 
-@given(problems(config=configs(n_blocks=st.integers(2, 3))))
+@given(problems(config=stacks()))
 def test_theorem_stack_context_equals_per_block_rank1_updates(problem):
     """L = 2..3 blocks: the query alone through the L patched blocks gives the
     with-context output at the query, and the patched query's state agrees after every
-    block (the induction of docs/theory.md §3)."""
+    block (the induction of docs/theory.md §3). Well-conditioned stacks only (see
+    strategies.well_conditioned; every combination also runs at fixed seeds)."""
     config, params, context, query, _, _ = problem
     check_context_equals_rank1_weight_update(problem)
     updates = implicit.implicit_update(params, config, context, query)
@@ -256,9 +259,10 @@ def test_theorem_degenerate_query_error_names_the_block():
 # -- float32 --------------------------------------------------------------------------
 
 
-@given(problems(config=configs(), subset=False, dtype=numpy.float32))
+@given(problems(config=configs().filter(well_conditioned), dtype=numpy.float32))
 def test_theorem_float32_context_equals_rank1_weight_update(problem):
-    """The same identity in float32 holds to FLOAT32_RTOL (stacks included)."""
+    """The same identity in float32 holds to FLOAT32_RTOL (well-conditioned stacks
+    included; docs/float32.md has the measured distribution of every kind)."""
     assert problem.context.dtype == numpy.float32
     check_context_equals_rank1_weight_update(problem, rtol=FLOAT32_RTOL)
 
@@ -271,12 +275,26 @@ FLOAT32_MEASURES = (
 )
 
 
+FLOAT32_GROUPS = (
+    "1 block",
+    "stack",
+    "1 block, D = 2 with LN",
+    "stack, D = 2 with LN or linear without LN",
+)
+
+
+def float32_group(config: TransformerConfig) -> str:
+    """The group of a model in docs/float32.md: well-conditioned single blocks and
+    stacks first (strategies.well_conditioned), then the ill-conditioned ones."""
+    return FLOAT32_GROUPS[(config.n_blocks > 1) + 2 * (not well_conditioned(config))]
+
+
 def float32_residuals(n_samples: int, seed: int = 0) -> tuple[dict, numpy.ndarray]:
     """Residuals at the query over random problems drawn like the tests' (Y = C, every
-    switch, 1–3 blocks): ({measure: array (n_samples,)}, n_blocks (n_samples,))."""
+    switch, 1–3 blocks): ({measure: array (n_samples,)}, group label per problem)."""
     rng = numpy.random.default_rng(seed)
     values = {name: [] for name in FLOAT32_MEASURES}
-    n_blocks = []
+    groups = []
     for k in range(n_samples):
         config = TransformerConfig(
             d_token=int(rng.integers(2, 7)),
@@ -307,15 +325,17 @@ def float32_residuals(n_samples: int, seed: int = 0) -> tuple[dict, numpy.ndarra
         )
         for name, value in zip(FLOAT32_MEASURES, measured):
             values[name].append(value)
-        n_blocks.append(config.n_blocks)
-    return {name: numpy.array(v) for name, v in values.items()}, numpy.array(n_blocks)
+        groups.append(float32_group(config))
+    return {name: numpy.array(v) for name, v in values.items()}, numpy.array(groups)
 
 
 def test_theorem_float32_residual_distribution_is_within_tier():
-    """The measured float32 distribution (docs/float32.md) stays within FLOAT32_RTOL."""
-    values, _ = float32_residuals(60)
-    assert numpy.max(values["theorem, float32"]) <= FLOAT32_RTOL
-    assert numpy.max(values["patched float32 vs float64"]) <= FLOAT32_RTOL
+    """The measured float32 distribution (docs/float32.md) stays within FLOAT32_RTOL on
+    well-conditioned models."""
+    values, groups = float32_residuals(60)
+    keep = numpy.isin(groups, FLOAT32_GROUPS[:2])  # well-conditioned models
+    assert numpy.max(values["theorem, float32"][keep]) <= FLOAT32_RTOL
+    assert numpy.max(values["patched float32 vs float64"][keep]) <= FLOAT32_RTOL
     assert numpy.max(values["theorem, float64"]) <= IDENTITY_RTOL
     # float32 really ran: its rounding (~1e-7) is far above float64's
     assert numpy.median(values["unpatched float32 vs float64"]) > 1e3 * IDENTITY_RTOL
@@ -496,10 +516,15 @@ def test_implicit_update_stays_on_the_device(backend):
 
 
 if __name__ == "__main__":
-    values, n_blocks = float32_residuals(1000)
-    print("| measure | blocks | median | 90% | 99% | max |")
+    import sys
+
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
+    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    values, groups = float32_residuals(n, seed)
+    print(f"{n} problems, seed {seed}:", {g: int(numpy.sum(groups == g)) for g in FLOAT32_GROUPS})
+    print("| measure | models | median | 99% | 99.9% | max |")
     print("|---|---|---|---|---|---|")
     for name in FLOAT32_MEASURES:
-        for label, keep in (("1", n_blocks == 1), ("2–3", n_blocks > 1), ("all", n_blocks > 0)):
-            q = numpy.quantile(values[name][keep], [0.5, 0.9, 0.99, 1.0])
-            print(f"| {name} | {label} | " + " | ".join(f"{v:.1e}" for v in q) + " |")
+        for group in FLOAT32_GROUPS:
+            q = numpy.quantile(values[name][groups == group], [0.5, 0.99, 0.999, 1.0])
+            print(f"| {name} | {group} | " + " | ".join(f"{v:.1e}" for v in q) + " |")
