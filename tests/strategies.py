@@ -188,6 +188,14 @@ def generic_one_block():
     return configs(n_blocks=st.just(1), d_token=st.integers(3, 6), d_head=st.integers(2, 4))
 
 
+def gaps(difference, reference):
+    """‖difference‖ / ‖reference‖ per prompt, and 0 where the reference is exactly 0 (the
+    context had no effect at all, e.g. a saturated softmax: no difference to measure)."""
+    difference, reference = numpy.asarray(difference), numpy.asarray(reference)
+    safe = numpy.where(reference > 0, reference, 1.0)
+    return numpy.where(reference > 0, difference / safe, 0.0)
+
+
 def residual_against(a, b, scale) -> float:
     """max |a − b| / scale, per prompt, maxed over prompts: the residual of a difference
     measured against the size of the TERMS it was computed from.
