@@ -254,9 +254,9 @@ class FactorisedPath(NamedTuple):
         LayerNorm, no attn skip:    ΔA ∈ g ⊙ P range(W_O),           dim ≤ min(D − 1, H·K)
         LayerNorm and attn skip:    ΔA ∈ g ⊙ P span{x, range(W_O)},  dim ≤ min(D − 1, H·K + 1)
 
-    (P removes the mean over the D features). docs/theory.md §4 says "in general full rank";
-    precisely, the rank generically reaches this bound (checked numerically), so it
-    exceeds 1 for N ≥ 2 in generic models, while for N = 1, W_1 = W_0 + ΔW(C) exactly.
+    (P removes the mean over the D features). The rank generically reaches this bound
+    (checked numerically; docs/theory.md §4), so it exceeds 1 for N ≥ 2 in generic
+    models, while for N = 1, W_1 = W_0 + ΔW(C) exactly.
     """
 
     W0: Array  # (M, D)             the block's W1
