@@ -78,15 +78,20 @@ def _positive_int(name: str, value) -> int:
     return int(value)
 
 
-def _noise_level(noise) -> float:
+def _non_negative(name: str, value) -> float:
+    """``value`` as a float, or a ValueError naming ``name`` unless it is finite and ≥ 0."""
     if (
-        isinstance(noise, bool)
-        or not isinstance(noise, (int, float))
-        or not math.isfinite(noise)
-        or noise < 0
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
     ):
-        raise ValueError(f"noise must be a finite float ≥ 0, got {noise!r}")
-    return float(noise)
+        raise ValueError(f"{name} must be a finite float ≥ 0, got {value!r}")
+    return float(value)
+
+
+def _noise_level(noise) -> float:
+    return _non_negative("noise", noise)
 
 
 def _generator(seed) -> numpy.random.Generator:
@@ -253,14 +258,7 @@ def one_step_gd_predict(batch: RegressionBatch, eta: float | None = None) -> Arr
 
 
 def _check_lambda(lam) -> float:
-    if (
-        isinstance(lam, bool)
-        or not isinstance(lam, (int, float))
-        or not math.isfinite(lam)
-        or lam < 0
-    ):
-        raise ValueError(f"ridge lambda must be a finite float ≥ 0, got {lam!r}")
-    return float(lam)
+    return _non_negative("ridge lambda", lam)
 
 
 def least_squares_predict(batch: RegressionBatch) -> Array:
