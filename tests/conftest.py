@@ -12,6 +12,7 @@ import os
 
 import numpy
 import pytest
+from backends import gpu_available
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -59,13 +60,8 @@ class Backend:
 def _backends():
     out = [pytest.param(("numpy",), id="numpy")]
     out.append(pytest.param(("array_api_strict", "device1"), id="strict-device1"))
-    try:
-        import cupy
-
-        if cupy.is_available():
-            out.append(pytest.param(("cupy",), id="cupy"))
-    except Exception:  # noqa: BLE001 - no CuPy, or no GPU: the CuPy suite is skipped
-        pass
+    if gpu_available():
+        out.append(pytest.param(("cupy",), id="cupy"))
     return out
 
 

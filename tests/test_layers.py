@@ -21,6 +21,8 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backends import gpu_available
+
 from minimal_icl.activations import gelu_backward, gelu_forward, relu_backward, relu_forward
 from minimal_icl.attention import (
     attention_backward,
@@ -46,15 +48,6 @@ EPS64 = float(numpy.finfo(numpy.float64).eps)
 def examples(n: int) -> int:
     """``n`` examples under the ci profile (200), scaled with the loaded profile."""
     return max(1, n * settings().max_examples // 200)
-
-
-def gpu_available() -> bool:
-    try:
-        import cupy
-
-        return bool(cupy.is_available())
-    except Exception:  # noqa: BLE001 - no CuPy, or no GPU
-        return False
 
 
 def backend_cases(full, strict):

@@ -28,6 +28,8 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backends import gpu_available
+
 from minimal_icl import (
     FLOAT32_RTOL,
     IDENTITY_RTOL,
@@ -154,15 +156,6 @@ def case_id(case: dict) -> str:
     ]
     sizes = [f"L{case['n_blocks']}"] if "n_blocks" in case else []
     return "-".join([case["attention"], case["activation"], *sizes, f"H{case['n_heads']}", *flags])
-
-
-def gpu_available() -> bool:
-    try:
-        import cupy
-
-        return bool(cupy.is_available())
-    except Exception:  # noqa: BLE001 - no CuPy, or no GPU
-        return False
 
 
 def backend_cases(full, strict):
