@@ -3,6 +3,7 @@
 #   make test        the whole test suite, tutorials included
 #   make tutorials   open the tutorials in JupyterLab
 #   make html        render the executed tutorials to static HTML in site/
+#   make student     write the student edition of the tutorials (solutions removed) to student/
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -12,7 +13,7 @@ export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export MPLBACKEND := Agg
 
-.PHONY: test reproduce train tutorials html bench thorough clean
+.PHONY: test reproduce train tutorials html student bench thorough clean
 
 # Install once; reinstall only when pyproject.toml changes (the package is editable).
 $(BIN)/.installed-test: pyproject.toml
@@ -49,5 +50,8 @@ tutorials: $(BIN)/.installed-tutorials
 html: $(BIN)/.installed-tutorials
 	$(BIN)/python tutorials/render_html.py --out site
 
+student: $(BIN)/.installed-test
+	$(BIN)/python tutorials/make_student.py --out student
+
 clean:
-	rm -rf $(VENV) results site .pytest_cache .hypothesis
+	rm -rf $(VENV) results site student .pytest_cache .hypothesis

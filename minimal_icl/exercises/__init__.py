@@ -1,0 +1,136 @@
+"""Checks for the tutorials' "your turn" cells: one small function per exercise.
+
+A tutorial's "your turn" cell asks the reader to write the body of a function (between
+nbgrader's ``### BEGIN SOLUTION`` / ``### END SOLUTION`` markers); the next cell passes
+that function to a check from this package. A check calls the reader's function on
+fresh inputs, compares the answer with the package's own computation and either prints
+a one-line confirmation or raises :class:`ExerciseError` with a hint that names the
+mistake: not written yet, wrong shape, transposed, wrong sign, off by a constant factor,
+or one of the typical mistakes the exercise lists (a missing division by ‖a‖², a missing
+term of a backward, ...).
+
+The checks of each tutorial live in ``minimal_icl.exercises.tutorial_NN``; this module
+holds the machinery they share. In the student edition (``make student``) every solution
+is replaced by ``raise NotImplementedError``, and the check reports the exercise as not
+written yet: every check can fail, and the test suite makes sure each one does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy
+
+from ..backend import to_device
+from ..tolerances import IDENTITY_RTOL, relative_residual
+
+__all__ = ["ExerciseError", "call_answer", "check_array", "check_scalar"]
+
+# An answer counts as one of the listed typical mistakes when it matches that mistake to
+# this relative residual (looser than IDENTITY_RTOL: a mistake need not be exact to be
+# recognised, and any other answer is still rejected).
+MISTAKE_RTOL = 1e-6
+
+
+class ExerciseError(AssertionError):
+    """A "your turn" answer is not right yet; the message says what looks wrong."""
+
+
+def call_answer(function: Callable, *args, name: str | None = None, **kwargs):
+    """Call the reader's function; a placeholder still in it becomes an ExerciseError."""
+    label = name or getattr(function, "__name__", "your function")
+    if not callable(function):
+        raise ExerciseError(f"{label}: expected the function you wrote, got {type(function).__name__}")
+    try:
+        return function(*args, **kwargs)
+    except NotImplementedError as error:
+        raise ExerciseError(
+            f"{label} is not written yet ({error}): replace the placeholder between the"
+            f" BEGIN/END SOLUTION markers with your lines, run that cell, then this one."
+        ) from None
+
+
+def _as_host(value, name: str) -> numpy.ndarray:
+    if value is None:
+        raise ExerciseError(f"{name} is None: your function must return it (did you forget `return`?)")
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        value = to_device(value, "numpy")  # any array-API array, brought to the host
+    try:
+        return numpy.asarray(value, dtype=numpy.float64)
+    except (TypeError, ValueError):
+        raise ExerciseError(f"{name}: expected an array, got {type(value).__name__}") from None
+
+
+def _constant_factor(answer: numpy.ndarray, expected: numpy.ndarray) -> float | None:
+    """c when answer ≈ c · expected for a constant c ≠ 1 (least squares), else None."""
+    scale = float(numpy.sum(expected * expected))
+    if scale == 0.0:
+        return None
+    c = float(numpy.sum(answer * expected)) / scale
+    if c == 0.0 or abs(c - 1.0) < 1e-9:
+        return None
+    if relative_residual(answer, c * expected) <= MISTAKE_RTOL:
+        return c
+    return None
+
+
+def check_array(
+    name: str,
+    answer,
+    expected,
+    *,
+    mistakes: Iterable[tuple[str, object]] = (),
+    rtol: float = IDENTITY_RTOL,
+    quiet: bool = False,
+) -> float:
+    """Compare the reader's array with the expected one; return the relative residual.
+
+    name:     what the answer is, as the hint should call it ("ΔW", "dscores").
+    mistakes: (hint, array) pairs: the arrays a typical mistake would give, each with the
+              hint to print when the answer matches it.
+    rtol:     the tolerance for a right answer (the package's IDENTITY_RTOL by default).
+
+    Raises ExerciseError with a hint when the answer is wrong.
+    """
+    answer = _as_host(answer, name)
+    expected = _as_host(expected, f"expected {name}")
+    if answer.shape != expected.shape:
+        hint = f"{name} has shape {answer.shape}, expected {expected.shape}"
+        if answer.ndim >= 2 and answer.shape[:-2] + answer.shape[-2:][::-1] == expected.shape:
+            hint += ": the last two axes look swapped (a transposed factor?)"
+        elif answer.size == expected.size:
+            hint += ": the right number of entries in the wrong layout (a reshape or transpose?)"
+        raise ExerciseError(hint)
+    if not numpy.all(numpy.isfinite(answer)):
+        raise ExerciseError(f"{name} contains NaN or infinity: check for a division by zero")
+    residual = relative_residual(answer, expected)
+    if residual <= rtol:
+        if not quiet:
+            print(f"✓ {name} is right (relative residual {residual:.1e} ≤ {rtol:.0e})")
+        return residual
+    for hint, wrong in mistakes:
+        wrong = _as_host(wrong, hint)
+        if wrong.shape == answer.shape and relative_residual(answer, wrong) <= MISTAKE_RTOL:
+            raise ExerciseError(f"{name} is not right: {hint}")
+    if answer.ndim >= 2 and answer.shape[-1] == answer.shape[-2]:
+        if relative_residual(answer, numpy.swapaxes(expected, -1, -2)) <= MISTAKE_RTOL:
+            raise ExerciseError(f"{name} is the transpose of the right answer: swap the factors")
+    if relative_residual(answer, -expected) <= MISTAKE_RTOL:
+        raise ExerciseError(f"{name} has the wrong sign: check which difference you take")
+    c = _constant_factor(answer, expected)
+    if c is not None:
+        raise ExerciseError(
+            f"{name} is {c:.4g} times the right answer: a missing or extra scale factor"
+            f" (a norm, a 1/N, a step size?)"
+        )
+    raise ExerciseError(
+        f"{name} is not right: relative residual {residual:.2e} against the expected answer"
+        f" (tolerance {rtol:.0e}); shapes agree, so look at the formula itself"
+    )
+
+
+def check_scalar(name: str, answer, expected, *, rtol: float = IDENTITY_RTOL,
+                 mistakes: Iterable[tuple[str, object]] = (), quiet: bool = False) -> float:
+    """check_array for one number (a loss, a step size, a rank)."""
+    return check_array(name, numpy.reshape(_as_host(answer, name), ()), expected,
+                       rtol=rtol, mistakes=mistakes, quiet=quiet)

@@ -1,0 +1,63 @@
+"""The exercise checks' shared machinery fails on wrong answers, with the right hint."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+
+from minimal_icl.exercises import ExerciseError, call_answer, check_array, check_scalar
+
+
+def expected():
+    return numpy.random.default_rng(0).standard_normal((4, 3))
+
+
+def test_right_answer_passes_and_reports_the_residual(capsys):
+    e = expected()
+    assert check_array("ΔW", e + 1e-17, e) <= 1e-15
+    assert "✓ ΔW is right" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("answer", "hint"),
+    [
+        (None, "is None"),
+        ("text", "expected an array"),
+        (numpy.zeros((3, 4)), "swapped"),
+        (numpy.zeros(12), "wrong layout"),
+        (numpy.zeros((2, 2)), "shape"),
+        (-expected(), "wrong sign"),
+        (2.5 * expected(), "2.5 times"),
+        (expected() + 1.0, "relative residual"),
+        (numpy.full((4, 3), numpy.nan), "NaN"),
+    ],
+)
+def test_wrong_answers_fail_with_a_specific_hint(answer, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check_array("ΔW", answer, expected())
+
+
+def test_a_listed_mistake_gets_its_own_hint_and_a_square_transpose_is_named():
+    e = expected()
+    with pytest.raises(ExerciseError, match="divide by ‖a‖²"):
+        check_array("ΔW", e + 3.0, e, mistakes=[("you did not divide by ‖a‖²", e + 3.0)])
+    square = numpy.random.default_rng(1).standard_normal((3, 3))
+    with pytest.raises(ExerciseError, match="transpose"):
+        check_array("P", square.T, square)
+
+
+def test_placeholder_is_reported_as_not_written_yet():
+    def placeholder(x):
+        raise NotImplementedError("your turn: ...")
+
+    with pytest.raises(ExerciseError, match="not written yet"):
+        call_answer(placeholder, 1.0)
+    with pytest.raises(ExerciseError, match="expected the function"):
+        call_answer(3.0)
+    assert call_answer(lambda x: 2 * x, 2.0) == 4.0
+
+
+def test_check_scalar():
+    check_scalar("η", 0.5, 0.5, quiet=True)
+    with pytest.raises(ExerciseError):
+        check_scalar("η", 0.25, 0.5)
