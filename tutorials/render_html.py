@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
 import re
 import shutil
@@ -34,7 +35,8 @@ CDN_MATHJAX = "https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/latest.js?co
 # The lab template, less the two scripts these pages never use and that would be fetched
 # from a CDN (require.js for widgets; mermaid only loads when a diagram is present), with
 # MathJax set to the fonts that jupyter-server-mathjax ships, a link back to the index, and
-# the exercise solutions (cells collapsed in JupyterLab) folded into <details>.
+# the exercise solutions (cells collapsed in JupyterLab) folded into <details>, code and
+# output together.
 PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
@@ -45,18 +47,26 @@ MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFon
 </script>
 {{ super() }}
 {%- endblock html_head_js_mathjax -%}
-{%- block input_group -%}
+{%- block extra_css -%}
+<style>
+/* code and printed output wrap instead of scrolling sideways */
+.jp-InputArea-editor pre, .jp-OutputArea-output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+details.solution > summary { cursor: pointer; color: #0969da; margin-left: 6rem;
+                             font-family: var(--jp-ui-font-family); }
+</style>
+{%- endblock extra_css -%}
+{%- block codecell -%}
 {%- if cell.metadata.get("jupyter", {}).get("source_hidden") -%}
-<details><summary style="cursor: pointer; color: #0969da; margin-left: 6rem; font-family: var(--jp-ui-font-family);">show the solution</summary>
+<details class="solution"><summary>show the solution</summary>
 {{ super() }}
 </details>
 {%- else -%}
 {{ super() }}
 {%- endif -%}
-{%- endblock input_group -%}
+{%- endblock codecell -%}
 {%- block markdowncell scoped -%}
 {%- if cell.metadata.get("jupyter", {}).get("source_hidden") -%}
-<details><summary style="cursor: pointer; color: #0969da; margin-left: 6rem; font-family: var(--jp-ui-font-family);">show the solution</summary>
+<details class="solution"><summary>show the solution</summary>
 {{ super() }}
 </details>
 {%- else -%}
@@ -86,6 +96,7 @@ li {{ margin: 0.7rem 0; }}
 li a {{ font-weight: 600; color: #0969da; text-decoration: none; }}
 li a:hover {{ text-decoration: underline; }}
 li span {{ display: block; color: #57606a; }}
+li small {{ display: block; color: #6e7781; }}
 footer {{ margin-top: 2.5rem; font-size: 0.85rem; color: #6e7781; }}
 </style>
 </head>
@@ -94,6 +105,12 @@ footer {{ margin-top: 2.5rem; font-size: 0.85rem; color: #6e7781; }}
 <p class="lead">How a transformer learns in context without training: the implicit weight
 update of Dherin et al. (2025, arXiv:2507.16003), worked through in NumPy. Every page was
 executed; its last cell checks what it teaches.</p>
+<p>Read them in the order below: each entry says which pages it builds on and how long it
+takes to run. Every page uses one notation (docs/notation.md in the repository). The
+"your turn" cells are yours to write: <code>make student</code> writes an edition of every
+tutorial with those lines removed, and the check after each one tells you whether your
+lines are right. Prerequisites: linear algebra (rank, norms, the pseudo-inverse), the
+chain rule, and NumPy.</p>
 <ol>
 {items}
 </ol>
@@ -115,25 +132,48 @@ def tutorial_paths(names: list[str]) -> list[Path]:
     return paths
 
 
-def summaries() -> dict[str, tuple[str, str]]:
-    """{file name: (title, summary)} from the index lines of tutorials/README.md:
-    ``- **N.** [Title](NN_name.py) — summary``."""
+def summaries() -> dict[str, tuple[str, str, str]]:
+    """{file name: (title, summary, prerequisites)} from the index lines of
+    tutorials/README.md: ``- **N.** [Title](NN_name.py) — summary *Read after: 1, 2.*``
+    (the last part is optional)."""
     out = {}
     pattern = re.compile(
-        r"^\s*[-*]\s*\*\*\d+\.\*\*\s*\[(?P<title>[^\]]+)\]\((?P<file>[0-9]{2}_\w+\.py)\)\s*[—-]+\s*(?P<text>.*)$"
+        r"^\s*[-*]\s*\*\*\d+\.\*\*\s*\[(?P<title>[^\]]+)\]\((?P<file>[0-9]{2}_\w+\.py)\)\s*[—-]+\s*"
+        r"(?P<text>.*?)\s*(\*Read after: (?P<after>[^*]*)\*)?$"
     )
     for line in (TUTORIALS_DIR / "README.md").read_text().splitlines():
         match = pattern.match(line)
         if match:
-            out[match["file"]] = (match["title"], match["text"].strip())
+            after = (match["after"] or "").strip().rstrip(".")
+            out[match["file"]] = (match["title"], match["text"].strip(), after)
     return out
 
 
-def index_item(page: Path, index: dict[str, tuple[str, str]]) -> str:
-    """One entry of the index page, numbered by the tutorial's file number."""
-    title, text = index.get(page.stem + ".py", (page.stem, ""))
+def index_item(page: Path, index: dict[str, tuple[str, str, str]], seconds: dict[str, float]) -> str:
+    """One entry of the index page, numbered by the tutorial's file number, with what to
+    read first and how long the page took to execute when it was rendered."""
+    title, text, after = index.get(page.stem + ".py", (page.stem, "", ""))
+    notes = [f"read after {after}" if after else "start here"]
+    if page.stem in seconds:
+        notes.append(f"runs in about {max(1, round(seconds[page.stem]))} s")
     return (f'<li value="{int(page.stem[:2])}"><a href="{page.name}">{html.escape(title)}</a>'
-            f"<span>{html.escape(text)}</span></li>")
+            f"<span>{html.escape(text)}</span><small>{html.escape(' · '.join(notes))}</small></li>")
+
+
+def merge_streams(notebook) -> None:
+    """Join consecutive printed outputs of a cell (same stream) into one output block, so
+    that a cell's prints render as one block, not one block per flush."""
+    for cell in notebook.cells:
+        merged = []
+        for output in cell.get("outputs", []):
+            previous = merged[-1] if merged else None
+            if (output.get("output_type") == "stream" and previous is not None
+                    and previous.get("output_type") == "stream" and previous["name"] == output["name"]):
+                previous["text"] += output["text"]
+            else:
+                merged.append(output)
+        if "outputs" in cell:
+            cell["outputs"] = merged
 
 
 def copy_mathjax(out: Path) -> str:
@@ -170,6 +210,7 @@ def execute(path: Path, fast: bool, timeout: int):
         # the kernel's own stderr only carries start-up notices; cell errors come back as
         # messages and are reported with the failing cell
         client.execute(stderr=subprocess.DEVNULL)
+    merge_streams(notebook)
     return notebook
 
 
@@ -195,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     exporter.mathjax_url = copy_mathjax(out)
 
     index = summaries()
+    times_file = out / "run_times.json"
+    seconds = json.loads(times_file.read_text()) if times_file.exists() else {}
     items = []
     for path in tutorial_paths(args.names):
         start = time.perf_counter()
@@ -206,12 +249,14 @@ def main(argv: list[str] | None = None) -> int:
         body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": path.stem}})
         page = out / f"{path.stem}.html"
         page.write_text(body, encoding="utf-8")
-        print(f"{path.name}: executed and rendered in {time.perf_counter() - start:5.1f} s -> {page}")
-        items.append(index_item(page, index))
+        seconds[path.stem] = time.perf_counter() - start
+        print(f"{path.name}: executed and rendered in {seconds[path.stem]:5.1f} s -> {page}")
+        items.append(index_item(page, index, seconds))
 
+    times_file.write_text(json.dumps(seconds, indent=1))
     rendered = sorted(out.glob("[0-9][0-9]_*.html"))
     if len(rendered) != len(items):  # keep pages rendered earlier (partial re-render)
-        items = [index_item(page, index) for page in rendered]
+        items = [index_item(page, index, seconds) for page in rendered]
     (out / "index.html").write_text(
         INDEX_PAGE.format(items="\n".join(items), when=time.strftime("%Y-%m-%d"),
                           mode=" (fast mode)" if args.fast else ""),
