@@ -25,6 +25,7 @@ from .data import (
     least_squares_predict,
     one_step_gd_predict,
     optimal_gd_step,
+    prompt_tokens,
     regression_prompts,
     regression_stream,
     ridge_predict,
@@ -53,12 +54,7 @@ from .params import (
 )
 from .tolerances import FLOAT32_RTOL, GRADCHECK_RTOL, IDENTITY_RTOL, relative_residual
 from .train import OptimizerSettings, TrainingSetup, paper_setting, train_setup
-from .von_oswald import (
-    gd_one_step_predict,
-    von_oswald_attention,
-    von_oswald_model,
-    von_oswald_predict,
-)
+from .von_oswald import von_oswald_attention, von_oswald_model, von_oswald_predict
 
 __version__ = "0.1.0"
 
@@ -72,9 +68,9 @@ __all__ = [
     # Proposition 3.1
     "implicit_path", "ImplicitPath", "factorised_path", "FactorisedPath",
     # von Oswald et al. (2023)
-    "von_oswald_attention", "von_oswald_model", "von_oswald_predict", "gd_one_step_predict",
+    "von_oswald_attention", "von_oswald_model", "von_oswald_predict",
     # data and baselines
-    "RegressionBatch", "regression_prompts", "regression_stream", "zero_predict",
+    "RegressionBatch", "regression_prompts", "regression_stream", "prompt_tokens", "zero_predict",
     "one_step_gd_predict", "optimal_gd_step", "least_squares_predict", "ridge_predict",
     # training and checkpoints
     "query_loss", "sgd_init", "sgd_step", "adam_init", "adam_step", "OptimizerSettings",

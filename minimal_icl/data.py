@@ -13,7 +13,7 @@ The model's prediction is the last coordinate of its output at the query token.
 Baselines, each a function of a batch (docs/theory.md §6):
 
     zero             ŷ = 0                                   MSE = E⟨w, x⟩² = d
-    one step of GD   ŷ = η x_qᵀ (1/N) Σ y_i x_i  (from W₀ = 0)
+    one step of GD   ŷ = η x_qᵀ (1/N) Σ y_i x_i  (from θ_0 = 0)
                      η* = 1 / (1 + (d+1)/N)                  MSE = d (d+1) / (N+d+1)
     least squares    ŵ = argmin Σ (⟨w, x_i⟩ − y_i)²          (minimum norm if N < d)
     ridge            ŵ = (XᵀX + λI)⁻¹ Xᵀy,  λ = σ²/τ²        the posterior mean for w ~ N(0, τ²I)
@@ -198,10 +198,15 @@ def regression_stream(
             yield RegressionBatch(pool.tokens[part, ...], pool.target[part], pool.w[part, ...])
 
 
-def prompt_tokens(context_x: Array, context_y: Array, query_x: Array) -> Array:
-    """Assemble tokens [(x_1; y_1) ... (x_N; y_N) (x_query; 0)] from their parts.
+def prompt_tokens(
+    context_x: Array, context_y: Array, query_x: Array, query_y: Array | None = None
+) -> Array:
+    """Assemble tokens [(x_1; y_1) ... (x_N; y_N) (x_q; y_q)] from their parts, (B, N+1, d+1).
 
-    Shapes: context_x (B, N, d), context_y (B, N), query_x (B, d); returns (B, N+1, d+1).
+    Shapes: context_x (B, N, d), context_y (B, N), query_x (B, d), query_y (B,).
+    query_y is what the query's label slot holds: 0 by default (the regression prompts);
+    von Oswald's construction puts the initial prediction ⟨θ_0, x_q⟩ there
+    (:func:`minimal_icl.von_oswald.von_oswald_predict`).
     """
     xp = namespace(context_x, context_y, query_x)
     B, N, d = context_x.shape
@@ -210,17 +215,22 @@ def prompt_tokens(context_x: Array, context_y: Array, query_x: Array) -> Array:
             f"prompt_tokens: context_x {tuple(context_x.shape)} needs context_y (B, N) = {(B, N)}"
             f" and query_x (B, d) = {(B, d)}, got {tuple(context_y.shape)} and {tuple(query_x.shape)}"
         )
-    context = xp.concat([context_x, xp.expand_dims(context_y, axis=-1)], axis=-1)  # (B, N, D)
-    zero = xp.zeros((B, 1), dtype=query_x.dtype, device=query_x.device)
-    query = xp.concat([query_x, zero], axis=-1)  # (B, D)
-    return xp.concat([context, xp.expand_dims(query, axis=1)], axis=1)  # (B, N+1, D)
+    if query_y is None:
+        query_y = xp.zeros((B,), dtype=query_x.dtype, device=query_x.device)
+    elif tuple(query_y.shape) != (B,):
+        raise ValueError(
+            f"prompt_tokens: query_y must have shape (B,) = {(B,)}, got {tuple(query_y.shape)}"
+        )
+    context = xp.concat([context_x, context_y[..., None]], axis=-1)  # (B, N, D)
+    query = xp.concat([query_x, query_y[:, None]], axis=-1)  # (B, D)
+    return xp.concat([context, query[:, None, :]], axis=1)  # (B, N+1, D)
 
 
 # -- baselines -------------------------------------------------------------------------
 
 
 def optimal_gd_step(d: int, n_context: int) -> float:
-    """η* = 1 / (1 + (d+1)/N): the best step of one GD step from W₀ = 0 for x ~ N(0, I_d)."""
+    """η* = 1 / (1 + (d+1)/N): the best step of one GD step from θ_0 = 0 for x ~ N(0, I_d)."""
     d = _positive_int("d", d)
     n_context = _positive_int("n_context", n_context)
     return 1.0 / (1.0 + (d + 1) / n_context)
@@ -241,20 +251,49 @@ def zero_predict(batch: RegressionBatch) -> Array:
     return xp.zeros_like(batch.target)
 
 
-def one_step_gd_predict(batch: RegressionBatch, eta: float | None = None) -> Array:
-    """One gradient step on L(w) = (1/2N) Σ (⟨w, x_i⟩ − y_i)² from w₀ = 0, then predict:
+def theta0_row(theta0, d: int) -> numpy.ndarray:
+    """θ_0, the initial weights of explicit gradient descent, as a host (1, d) float64 row.
 
-    ŷ = η x_qᵀ (1/N) Σ y_i x_i,    η = η* = 1/(1 + (d+1)/N) by default.   (B,)
+    ``theta0``: None (θ_0 = 0), or d finite numbers of shape (d,) or (1, d).
+    """
+    if theta0 is None:
+        return numpy.zeros((1, d))
+    theta0 = numpy.asarray(theta0, dtype=numpy.float64)
+    if theta0.shape not in ((d,), (1, d)):
+        raise ValueError(f"theta0 must have shape ({d},) or (1, {d}), got {theta0.shape}")
+    if not numpy.all(numpy.isfinite(theta0)):
+        raise ValueError("theta0 contains NaN or infinity")
+    return theta0.reshape(1, d)
+
+
+def one_step_gd_predict(batch: RegressionBatch, eta: float | None = None, theta0=None) -> Array:
+    """One gradient step on the context's least squares, then predict at the query, (B,):
+
+        L(θ) = (1/2N) Σ_j (⟨θ, x_j⟩ − y_j)²,   ∇L(θ_0) = (1/N) Σ_j (⟨θ_0, x_j⟩ − y_j) x_j,
+        θ_1 = θ_0 − η ∇L(θ_0),                 ŷ = ⟨θ_1, x_q⟩.
+
+    From θ_0 = 0 (``theta0=None``, the baseline) ŷ = η x_qᵀ (1/N) Σ_j y_j x_j.
+    ``eta``: η, by default η* = 1/(1 + (d+1)/N); ``theta0``: θ_0 of shape (d,) or (1, d).
+    The query's label slot is not read. One linear-attention layer computes the same
+    prediction (von Oswald et al. 2023; :func:`minimal_icl.von_oswald.von_oswald_predict`).
     """
     xp = namespace(batch.tokens)
-    x, y, x_q = batch.context_x, batch.context_y, batch.query_x
+    x, y, x_q = batch.context_x, batch.context_y, batch.query_x  # (B, N, d), (B, N), (B, d)
     N, d = x.shape[1], x.shape[2]
     if eta is None:
         eta = optimal_gd_step(d, N)
-    elif not math.isfinite(eta):
-        raise ValueError(f"one_step_gd_predict: eta must be finite, got {eta!r}")
-    w_step = xp.sum(x * xp.expand_dims(y, axis=-1), axis=1) * (eta / N)  # (B, d)
-    return xp.sum(w_step * x_q, axis=-1)
+    elif (
+        isinstance(eta, bool)
+        or not isinstance(eta, (int, float, numpy.integer, numpy.floating))
+        or not math.isfinite(eta)
+    ):
+        raise ValueError(f"one_step_gd_predict: eta must be a finite number, got {eta!r}")
+    eta = float(eta)  # a Python float keeps the batch's dtype
+    theta0 = xp.asarray(theta0_row(theta0, d), dtype=x.dtype, device=x.device)  # (1, d)
+    residual = xp.sum(x * theta0[:, None, :], axis=-1) - y  # (B, N)  ⟨θ_0, x_j⟩ − y_j
+    gradient = xp.sum(residual[..., None] * x, axis=1) / N  # (B, d)  ∇L(θ_0)
+    theta1 = theta0 - eta * gradient  # (B, d)
+    return xp.sum(theta1 * x_q, axis=-1)
 
 
 def _check_lambda(lam) -> float:

@@ -149,23 +149,42 @@ def test_least_squares_minimum_norm_when_underdetermined():
 
 
 def test_one_step_gd_against_a_loop():
-    """ŷ = η x_qᵀ (1/N) Σ y_i x_i: the gradient of (1/2N) Σ (⟨w, x_i⟩ − y_i)² at w = 0 is −(1/N) Σ y_i x_i."""
+    """ŷ = ⟨θ_1, x_q⟩, θ_1 = θ_0 − η ∇L(θ_0), ∇L(θ_0) = (1/N) Σ (⟨θ_0, x_j⟩ − y_j) x_j: from
+    θ_0 = 0 (the baseline, η* by default) and from a given θ_0."""
     batch = regression_prompts(4, 9, 3, seed=7, noise=0.2)
-    for eta in (None, 0.37):
+    for eta, theta0 in ((None, None), (0.37, None), (0.37, [0.5, -1.0, 2.0])):
         step = optimal_gd_step(3, 9) if eta is None else eta
         expected = []
         for b in range(4):
-            w0 = numpy.zeros(3)
+            start = numpy.zeros(3) if theta0 is None else numpy.array(theta0)
             gradient = numpy.zeros(3)
             for i in range(9):
                 x_i, y_i = batch.tokens[b, i, :3], batch.tokens[b, i, 3]
-                gradient += (w0 @ x_i - y_i) * x_i / 9
-            w1 = w0 - step * gradient
-            expected.append(w1 @ batch.tokens[b, -1, :3])
+                gradient += (start @ x_i - y_i) * x_i / 9
+            theta1 = start - step * gradient
+            expected.append(theta1 @ batch.tokens[b, -1, :3])
         assert (
-            relative_residual(one_step_gd_predict(batch, eta), numpy.array(expected))
+            relative_residual(one_step_gd_predict(batch, eta, theta0), numpy.array(expected))
             <= IDENTITY_RTOL
         )
+    with pytest.raises(ValueError, match="eta"):
+        one_step_gd_predict(batch, float("nan"))
+    with pytest.raises(ValueError, match="theta0 must have shape"):
+        one_step_gd_predict(batch, 0.1, [1.0, 2.0])
+
+
+def test_prompt_tokens_puts_query_y_in_the_label_slot():
+    """prompt_tokens(x, y, x_q, y_q) = [(x_j; y_j) ..., (x_q; y_q)], y_q = 0 by default."""
+    batch = regression_prompts(3, 4, 2, seed=5)
+    query_y = numpy.array([1.5, -2.0, 0.25])
+    tokens = prompt_tokens(batch.context_x, batch.context_y, batch.query_x, query_y)
+    assert numpy.array_equal(tokens[:, :-1], batch.context)
+    assert numpy.array_equal(tokens[:, -1, :-1], batch.query_x)
+    assert numpy.array_equal(tokens[:, -1, -1], query_y)
+    with pytest.raises(ValueError, match="context_y"):
+        prompt_tokens(batch.context_x, batch.context_y[:, :3], batch.query_x)
+    with pytest.raises(ValueError, match="query_y"):
+        prompt_tokens(batch.context_x, batch.context_y, batch.query_x, query_y[:2])
 
 
 def test_optimal_step_and_its_expected_error():

@@ -70,15 +70,11 @@ from minimal_icl.data import (
     one_step_gd_mse,
     one_step_gd_predict,
     optimal_gd_step,
+    prompt_tokens,
     regression_prompts,
 )
 from minimal_icl.implicit import implicit_update, linear_attention_context_vector
-from minimal_icl.von_oswald import (
-    gd_one_step_predict,
-    regression_tokens,
-    von_oswald_model,
-    von_oswald_predict,
-)
+from minimal_icl.von_oswald import von_oswald_model, von_oswald_predict
 
 # %% [markdown]
 # ## The patch of a linear-attention block, in closed form
@@ -110,7 +106,7 @@ print(f"Y = c_1..c_6: implicit_update vs closed form: {residual_partial:.1e}")
 #
 # `von_oswald_predict` runs the construction as a one-block model of this package (linear
 # attention, attention skip, an all-zero MLP with a skip) and reads $\hat y$ from the
-# query's $y$-slot; `gd_one_step_predict` takes the explicit step.
+# query's $y$-slot; `one_step_gd_predict` takes the explicit step.
 
 # %%
 d, n = 2, 16
@@ -119,9 +115,8 @@ cx, cy, qx = gd_batch.context_x, gd_batch.context_y, gd_batch.query_x
 vo_residuals = {}
 for label, W0 in (("W0 = 0", None), ("W0 = (0.5, −1)", numpy.array([0.5, -1.0]))):
     for eta in (0.1, 0.5, 1.0):
-        tokens = regression_tokens(cx, cy, qx, W0)
-        layer = von_oswald_predict(tokens, eta, W0)
-        explicit = gd_one_step_predict(cx, cy, qx, eta, W0)
+        layer = von_oswald_predict(gd_batch.tokens, eta, W0)
+        explicit = one_step_gd_predict(gd_batch, eta, W0)
         vo_residuals[(label, eta)] = relative_residual(layer, explicit)
 for key, value in vo_residuals.items():
     print(f"{key[0]:16s} η = {key[1]:.1f}: layer vs explicit step {value:.1e}")
@@ -149,7 +144,7 @@ readout_params = ModelParams(blocks=(BlockParams(
     attn=vo_params.blocks[0].attn,
     mlp=MLPParams(W1=readout, b1=numpy.zeros(1), W2=numpy.zeros((d + 1, 1)), b2=numpy.zeros(d + 1)),
     ln1=None, ln2=None),))
-vo_tokens = regression_tokens(cx, cy, qx)
+vo_tokens = prompt_tokens(cx, cy, qx)
 (readout_update,) = implicit_update(readout_params, readout_config, vo_tokens[:, :-1], vo_tokens[:, -1])
 W1_explicit = eta * numpy.mean(cy[:, :, None] * cx, axis=1)  # (B, d): W_1 = η (1/n) Σ y_i x_iᵀ
 projected = (numpy.sum(W1_explicit * qx, axis=1)[:, None] * qx) / numpy.sum(qx * qx, axis=1)[:, None]
