@@ -17,8 +17,10 @@
 #
 # Everything in this course runs on a transformer whose forward **and backward** passes are
 # written out by hand in NumPy. This first tutorial opens one block, looks at what its
-# forward pass keeps for the backward pass, and shows the one piece of evidence we accept
-# that a handwritten gradient is right: a **gradient check** against finite differences.
+# forward pass keeps for the backward pass, has you write the one backward that is easy to
+# get wrong (softmax), and shows the one piece of evidence we accept that a handwritten
+# gradient is right: a **gradient check** against finite differences. Symbols follow the
+# [notation](../docs/notation.md) table.
 #
 # One block of `minimal_icl`, acting on the tokens $z \in \mathbb{R}^{T \times D}$ of a prompt
 # (rows are tokens), is
@@ -28,28 +30,29 @@
 # u_1 &= \mathrm{LN}_1(z) &&\text{(or } u_1 = z \text{ without LayerNorm)}\\
 # A &= \mathrm{Attn}(u_1) &&\text{multi-head self-attention, no biases}\\
 # h &= z + A &&\text{(or } h = A \text{ without the attention skip)}\\
-# u &= \mathrm{LN}_2(h) &&\text{the MLP input}\\
-# \mathrm{out} &= h + W_2\, g(W_1 u + b_1) + b_2 &&\text{(or drop the } h + \text{ without the MLP skip)}
+# u &= \mathrm{LN}_2(h) &&\text{the MLP input (or } u = h\text{)}\\
+# \mathrm{out} &= h + W'\, g(W u + b) + b' &&\text{(or drop the } h + \text{ without the MLP skip)}
 # \end{aligned}
 # $$
 #
-# with softmax attention
-# $\mathrm{Attn}(x) = \mathrm{concat}_h\big(\mathrm{softmax}(Q_h K_h^\top/\sqrt{K})\, V_h\big)\, W_O^\top$,
-# $Q_h = x W_{Q,h}^\top$, and so on. $W_1$ — the first dense layer after attention — is the
-# matrix $W$ of the theorems in the next tutorials (Dherin et al. 2025, arXiv:2507.16003,
-# section 2: a *contextual block* $T_W = M_W \circ A$).
+# with softmax attention: for each head, $q = W_Q u_1$, $k = W_K u_1$, $v = W_V u_1$ per token
+# (in $\mathbb{R}^K$), scores $S = q k^\top/\sqrt{K}$, weights $P = \mathrm{softmax}(S)$ over
+# the keys, and $A = W_O\,\mathrm{concat}_{\text{heads}}(P v)$. $W$, the first dense layer
+# after attention (`mlp.W1`), is the matrix of the theorems in the next tutorials (Dherin et
+# al. 2025, arXiv:2507.16003, section 2: a *contextual block* $T_W = M_W \circ A$).
 #
-# **What we will check**
+# **What we will do**
 #
-# 1. the forward pass and what its cache holds;
-# 2. the backward pass against fourth-order central differences, for every parameter and the
-#    input tokens, to relative error $\le$ `GRADCHECK_RTOL` $= 10^{-6}$;
-# 3. that the checker *can fail*: a deliberately wrong softmax backward is caught;
-# 4. that `last_only=True` (used in training) gives the same query output as the full pass.
+# 1. run the forward pass and look at what its cache holds;
+# 2. **write the softmax backward yourself**, first row by row from its Jacobian, then in
+#    the compact form the library uses; a check runs it through the gradient checker and
+#    against the library;
+# 3. check the whole block's backward against fourth-order central differences, for every
+#    parameter and the input tokens, to relative error $\le$ `GRADCHECK_RTOL` $= 10^{-6}$;
+# 4. see that the checker *can fail*: a deliberately wrong softmax backward is caught;
+# 5. check that `last_only=True` (used in training) gives the same query output.
 
 # %%
-import inspect
-
 import matplotlib.pyplot as plt
 import numpy
 
@@ -63,7 +66,11 @@ from minimal_icl import (
     init_params,
     relative_residual,
 )
-from minimal_icl.attention import attention_backward, softmax_backward, softmax_forward
+from minimal_icl.attention import softmax_backward, softmax_forward
+from minimal_icl.exercises.tutorial_01 import (
+    check_softmax_backward,
+    check_softmax_backward_explicit,
+)
 from minimal_icl.gradcheck import check_gradients, check_layer
 
 print("minimal_icl", minimal_icl.__version__)
@@ -71,9 +78,9 @@ print("minimal_icl", minimal_icl.__version__)
 # %% [markdown]
 # ## A small block
 #
-# A GPT-style block: two heads, pre-LayerNorm, both skip connections, exact GELU. Tokens are
-# used as given (no embedding, no positional encoding), as in the paper. Every random number
-# comes from an explicit seed.
+# A GPT-style block: two heads of width $K = 4$, pre-LayerNorm, both skip connections,
+# exact GELU, MLP width $M = 8$. Tokens are used as given (no embedding, no positional
+# encoding), as in the paper. Every random number comes from an explicit seed.
 
 # %%
 config = TransformerConfig(
@@ -86,7 +93,6 @@ rng = numpy.random.default_rng(1)
 B, T, D = 2, 5, config.d_token
 tokens = rng.standard_normal((B, T, D))  # (B, T, D): 2 prompts of 5 tokens
 
-block = params.blocks[0]
 for name, value in minimal_icl.tree_leaves(params):
     print(f"{name:22s} {tuple(value.shape)}")
 
@@ -99,16 +105,18 @@ for name, value in minimal_icl.tree_leaves(params):
 # `forward` returns the output and a **cache**: everything the backward pass will need. A
 # layer's backward needs the layer's *input* (for $y = x W^\top$, $\partial L/\partial W =
 # (\partial L/\partial y)^\top x$) and, for softmax, its *output* (the Jacobian of softmax is
-# $\mathrm{diag}(P) - P P^\top$). Nothing is recomputed and nothing is mutated.
+# $\mathrm{diag}(P) - P P^\top$, a function of $P$ alone). Nothing is recomputed and nothing
+# is mutated.
 
 # %%
 out, cache = forward(params, config, tokens)
 block_cache = cache.blocks[0]
-print("out", out.shape)
-print("BlockCache fields:", block_cache._fields)
-for field in ("A", "h", "u"):
-    print(f"  {field}: {getattr(block_cache, field).shape}")
-print("attention weights P:", block_cache.attn.weights.shape, "(B, H, Tq, T)")
+print("out", out.shape, "  cache fields:", ", ".join(block_cache._fields))
+print("| array | shape | what it is |\n|---|---|---|")
+for field, meaning in (("A", "attention output"), ("h", "residual after attention"),
+                       ("u", "MLP input LN2(h)")):
+    print(f"| {field} | {getattr(block_cache, field).shape} | {meaning} |")
+print(f"| P | {block_cache.attn.weights.shape} | attention weights (B, H, Tq, T) |")
 print("rows of P sum to 1:", numpy.allclose(numpy.sum(block_cache.attn.weights, axis=-1), 1.0))
 
 # %% [markdown]
@@ -129,30 +137,99 @@ fig.colorbar(image, ax=axes, label="attention weight")
 plt.show()
 
 # %% [markdown]
-# ## The backward pass, mirrored
+# ## Your turn: the softmax backward
 #
-# The backward walks the forward in reverse, and each step names the forward line it
-# inverts. Here is the library's attention backward (read from the source, not copied):
+# The backward walks the forward in reverse. The one step that is not a matrix product is
+# the softmax. For one row $p = \mathrm{softmax}(s)$, $p_i = e^{s_i}/\sum_j e^{s_j}$, the
+# Jacobian is
+#
+# $$
+# J_{ik} = \frac{\partial p_i}{\partial s_k} = p_i(\delta_{ik} - p_k),\qquad
+# J = \mathrm{diag}(p) - p\,p^\top ,
+# $$
+#
+# and the backward maps the upstream gradient $dp = \partial L/\partial p$ of that row to
+# $ds = J^\top dp$ (the chain rule: $ds_k = \sum_i dp_i\, \partial p_i/\partial s_k$).
+#
+# **Stage 1, explicit.** Inside the loop below, `p` and `dp` are one row of the weights $P$
+# and of the upstream gradient $dP$ (shape `(T,)`). Build `J` $= \mathrm{diag}(p) - p p^\top$
+# (`numpy.diag`, `numpy.outer`) and store `J.T @ dp` in `dscores[index]`.
 
 # %%
-print(inspect.getsource(attention_backward))
+def softmax_backward_explicit(dprobs, softmax_cache):
+    """dS from dP, one row at a time, through the Jacobian of each row."""
+    P = softmax_cache.probs  # (..., T)
+    dscores = numpy.empty_like(dprobs)
+    for index in numpy.ndindex(P.shape[:-1]):  # every row (prompt, head, query)
+        p, dp = P[index], dprobs[index]  # (T,), (T,)
+        ### BEGIN SOLUTION
+        J = numpy.diag(p) - numpy.outer(p, p)  # J[i, k] = ∂p_i/∂s_k
+        dscores[index] = J.T @ dp
+        ### END SOLUTION
+    return dscores
+
+
+# %%
+check_softmax_backward_explicit(softmax_backward_explicit)
 
 # %% [markdown]
-# ## The gradient check
+# **Stage 2, compact.** Building a $T \times T$ matrix per row is wasteful. Write out
+# $J^\top dp$ with $J = \mathrm{diag}(p) - p p^\top$:
+#
+# $$
+# ds_k = p_k\, dp_k - p_k \sum_j dp_j\, p_j
+# \quad\Longrightarrow\quad
+# dS = P \odot \Big(dP - \sum_j dP_j\, P_j\Big),
+# $$
+#
+# where the sum runs over the **keys** $j$ (the last axis, over which each row of $P$ sums to
+# 1) and broadcasts back over that axis. Write this one line for arrays of any shape
+# `(..., T)`; `numpy.sum(..., axis=-1, keepdims=True)` keeps the broadcast right.
+
+# %%
+def softmax_backward_compact(dprobs, softmax_cache):
+    """dS = P ⊙ (dP − Σ_j dP_j P_j) over the last axis, all rows at once."""
+    P = softmax_cache.probs  # (..., T)
+    ### BEGIN SOLUTION
+    dscores = P * (dprobs - numpy.sum(dprobs * P, axis=-1, keepdims=True))
+    ### END SOLUTION
+    return dscores
+
+
+# %%
+check_softmax_backward(softmax_backward_compact)
+
+# %% [markdown]
+# The library's `softmax_backward` is this line. In `attention_backward` it sits between
+# the two matrix products it mirrors; the backward quotes each forward line it inverts:
+#
+# ```python
+# # forward was: heads = merge(P V)
+# dPV = split_heads(dheads, c.n_heads)                     # (B, H, Tq, K)
+# dweights = xp.matmul(dPV, xp.matrix_transpose(c.v))      # (B, H, Tq, T)
+# # forward was: P = softmax(S) (or P = S for linear attention)
+# dscores = dweights if c.softmax is None else softmax_backward(dweights, c.softmax)
+# # forward was: S = Q Kᵀ / √K
+# dscores = dscores * (1.0 / math.sqrt(d_head))
+# dq = xp.matmul(dscores, c.k)                             # (B, H, Tq, K)
+# ```
+#
+# ## The gradient check of the whole block
 #
 # Pick a **random** upstream gradient $G$ and the scalar $L = \sum \mathrm{out} \odot G$.
 # Then `backward(G, cache)` claims to return $\partial L / \partial \theta$ for every parameter
 # $\theta$ and $\partial L/\partial z$ for the tokens. `check_gradients` compares each with
-# fourth-order central differences
+# fourth-order central differences (step $\epsilon = 10^{-5}$, $e_i$ the $i$-th unit vector)
 #
 # $$
 # \frac{\partial L}{\partial \theta_i} \approx
-# \frac{8\,[L(\theta + h e_i) - L(\theta - h e_i)] - [L(\theta + 2h e_i) - L(\theta - 2h e_i)]}{12 h},
+# \frac{8\,[L(\theta + \epsilon e_i) - L(\theta - \epsilon e_i)]
+#       - [L(\theta + 2\epsilon e_i) - L(\theta - 2\epsilon e_i)]}{12 \epsilon},
 # $$
 #
 # and reports $\|g_{\text{analytic}} - g_{\text{numeric}}\| / \max(\|g_{\text{analytic}}\|,
 # \|g_{\text{numeric}}\|)$ per parameter. A random $G$ matters: with $G$ all ones, errors that
-# cancel in a sum go unseen.
+# cancel in a sum go unseen (exercise 2).
 
 # %%
 G = rng.standard_normal(out.shape)
@@ -169,8 +246,9 @@ def loss_of_tokens(z):
 
 errors = check_gradients(loss_of_params, params, grads)
 errors["tokens"] = check_gradients(loss_of_tokens, tokens, dtokens)["input"]
+print("| gradient of | relative error |\n|---|---|")
 for name, error in errors.items():
-    print(f"{name:22s} {error:.2e}")
+    print(f"| {name.replace('blocks.0.', '')} | {error:.1e} |")
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.5), constrained_layout=True)
@@ -178,7 +256,8 @@ names = list(errors)
 ax.bar(range(len(names)), [errors[n] for n in names], color="tab:blue")
 ax.axhline(GRADCHECK_RTOL, color="tab:red", linestyle="--", label="GRADCHECK_RTOL")
 ax.set_yscale("log")
-ax.set_xticks(range(len(names)), [n.replace("blocks.0.", "") for n in names], rotation=60, ha="right")
+ax.set_xticks(range(len(names)), [n.replace("blocks.0.", "") for n in names],
+              rotation=60, ha="right")
 ax.set_ylabel("relative error")
 ax.set_title("handwritten backward vs finite differences")
 ax.legend()
@@ -190,7 +269,7 @@ plt.show()
 # A check that cannot fail proves nothing. Here is a *wrong* softmax backward that forgets
 # the $-P P^\top$ part of the Jacobian (it returns $P \odot dP$ instead of
 # $P \odot (dP - \sum_j dP_j P_j)$). `check_layer` runs a forward/backward pair with a random
-# upstream gradient; the correct library backward passes and the wrong one is caught.
+# upstream gradient; the library backward passes and the wrong one is caught.
 
 # %%
 scores = rng.standard_normal((2, 3, 4))
@@ -218,31 +297,115 @@ last_only_residual = relative_residual(out_last[:, 0], out[:, -1])
 print(f"relative residual, last_only vs full: {last_only_residual:.1e}")
 
 # %% [markdown]
+# ## Summary
+#
+# * A block is $h = z + \mathrm{Attn}(\mathrm{LN}_1(z))$, $\mathrm{out} = h + W' g(W\,
+#   \mathrm{LN}_2(h) + b) + b'$; its cache keeps each layer's input (and softmax's output).
+# * Softmax's Jacobian is $\partial P_i/\partial S_k = P_i(\delta_{ik} - P_k)$, so its
+#   backward is $dS = P \odot (dP - \sum_j dP_j P_j)$.
+# * A gradient is right when $\|g_{\text{analytic}} - g_{\text{numeric}}\|/\max(\|\cdot\|)
+#   \le 10^{-6}$ for $L = \sum \mathrm{out} \odot G$ with a **random** $G$.
+# * The checker fails on a wrong backward: $P \odot dP$ alone gives a relative error of
+#   about $0.5$ here, against $\approx 10^{-11}$ for $P \odot (dP - \sum_j dP_j P_j)$.
+# * `last_only=True`: $\mathrm{out}_{\text{last only}} = \mathrm{out}[:, -1]$ to $10^{-12}$.
+
+# %% [markdown]
 # ## Exercises
 #
-# 1. Switch `attention="linear"` and `activation="relu"` in the config and rerun the gradient
-#    check. Does anything change?
-# 2. Write another wrong softmax backward that subtracts the plain mean of $dP$ instead of the
-#    $P$-weighted mean, $P \odot (dP - \tfrac{1}{T}\sum_j dP_j)$. Does `check_layer` catch it? Now
-#    compare it with the library backward for an all-ones upstream gradient: why would a
-#    checker that probes with ones never see this bug?
+# 1. *(Derivation.)* From $p_i = e^{s_i}/\sum_j e^{s_j}$, derive $\partial p_i/\partial s_k =
+#    p_i(\delta_{ik} - p_k)$, and from it $ds = J^\top dp = p \odot (dp - \langle dp, p\rangle)$.
+#    Why is $J$ symmetric, and why does $J\mathbf{1} = 0$ hold?
+# 2. *(Prediction, then code.)* Two wrong backwards: $P \odot (dP - \tfrac{1}{T}\sum_j dP_j)$
+#    (the plain mean instead of the $P$-weighted mean) and $P \odot dP - P/T$. Predict what
+#    each returns, next to the library's, for an all-ones upstream gradient $dP = \mathbf{1}$,
+#    then check. Why does a checker that probes with ones miss bugs that a random upstream
+#    gradient catches?
+# 3. *(Prediction.)* Switch the block to `attention="linear"` and `activation="relu"` and
+#    rerun the gradient check of the whole block. Which rows of the table change, and does
+#    anything fail?
+# 4. *(Extension.)* Write the LayerNorm backward. For $y = g \odot \hat x + b$,
+#    $\hat x = (x - \mu)\,r$, $r = 1/\sqrt{\sigma^2 + \epsilon}$ (biased variance), show
+#    $dx = r\,(d\hat x - \mathrm{mean}(d\hat x) - \hat x\, \mathrm{mean}(d\hat x \odot \hat x))$
+#    with $d\hat x = g \odot dy$, code it, and check it with `check_layer` and against
+#    `minimal_icl.layernorm.layernorm_backward`.
 #
-# The solution is folded away below (click to open it).
+# The solutions are folded away below (click to open them).
+
+# %% [markdown] jupyter={"source_hidden": true}
+# **Solution 1.** $\partial p_i/\partial s_k = \big(\delta_{ik} e^{s_i}\sum_j e^{s_j} -
+# e^{s_i} e^{s_k}\big)/(\sum_j e^{s_j})^2 = p_i\delta_{ik} - p_i p_k$. So
+# $J = \mathrm{diag}(p) - p p^\top$, symmetric because $p p^\top$ is. Then
+# $ds_k = \sum_i dp_i J_{ik} = p_k dp_k - p_k \sum_i dp_i p_i$, i.e.
+# $ds = p \odot (dp - \langle dp, p\rangle)$. $J\mathbf 1 = p - p\,(p^\top \mathbf 1) = 0$
+# because $\sum_k p_k = 1$: adding a constant to every score changes nothing (which is why
+# the forward may subtract the row maximum), so $ds$ always sums to zero over a row.
 
 # %% jupyter={"source_hidden": true}
-# Solution 2. With dP = 1 both backwards give 0: the true one because Σ_j P_j = 1, the wrong
-# one because dP − mean(dP) = 0. Only a random upstream gradient tells them apart.
-def mean_softmax_backward(dprobs, softmax_cache):
-    return softmax_cache.probs * (dprobs - numpy.mean(dprobs, axis=-1, keepdims=True))
+# Solution 2. With dP = 1, the library gives P ⊙ (1 − Σ_j P_j) = 0 (Σ_j P_j = 1), the
+# plain-mean backward gives P ⊙ (1 − 1) = 0 as well: identical, the bug is invisible.
+# The second gives P − P/T ≠ 0, so ones catch it. A random dP has no such symmetry:
+# dP − mean(dP) and dP − ⟨dP, P⟩ differ unless P is uniform, so both bugs show.
+def plain_mean_backward(dprobs, softmax_cache):
+    P = softmax_cache.probs
+    return P * (dprobs - numpy.mean(dprobs, axis=-1, keepdims=True))
 
 
-print("check_layer error of the plain-mean backward:",
-      f"{check_layer(softmax_forward, mean_softmax_backward, scores, seed=3)['input']:.2e}")
+def shifted_backward(dprobs, softmax_cache):
+    P = softmax_cache.probs
+    return P * dprobs - P / P.shape[-1]
+
+
 probs, softmax_cache = softmax_forward(scores)
-for name, upstream in (("ones", numpy.ones_like(probs)), ("random", rng.standard_normal(probs.shape))):
-    gap = numpy.max(numpy.abs(mean_softmax_backward(upstream, softmax_cache)
-                              - softmax_backward(upstream, softmax_cache)))
-    print(f"upstream {name:6s}: max |plain-mean − library| = {gap:.1e}")
+print("| backward | ones: max gap to the library | random: max gap |\n|---|---|---|")
+for bad in (plain_mean_backward, shifted_backward):
+    gaps = []
+    for upstream in (numpy.ones_like(probs), rng.standard_normal(probs.shape)):
+        gaps.append(numpy.max(numpy.abs(bad(upstream, softmax_cache)
+                                        - softmax_backward(upstream, softmax_cache))))
+    print(f"| {bad.__name__} | {gaps[0]:.1e} | {gaps[1]:.1e} |")
+
+# %% jupyter={"source_hidden": true}
+# Solution 3. Every row stays far below GRADCHECK_RTOL. Linear attention has no softmax
+# (P = S), so its backward skips one step; ReLU has a kink at 0, but fourth-order
+# differences with ε = 1e-5 only straddle it if a pre-activation lies within 2ε of 0.
+linear_config = TransformerConfig(
+    d_token=3, n_blocks=1, n_heads=2, d_head=4, d_mlp=8,
+    attention="linear", activation="relu",
+    attn_skip=True, mlp_skip=True, layer_norm=True,
+)
+linear_params = init_params(linear_config, seed=0)
+linear_out, linear_cache = forward(linear_params, linear_config, tokens)
+_, linear_grads = backward(G, linear_cache)
+linear_errors = check_gradients(
+    lambda p: float(numpy.sum(forward(p, linear_config, tokens)[0] * G)),
+    linear_params, linear_grads)
+print(f"linear attention + ReLU: largest relative error {max(linear_errors.values()):.1e}")
+
+# %% jupyter={"source_hidden": true}
+# Solution 4. The three paths from x to x̂ (direct, through μ, through σ²) add up to the
+# projection below. check_layer needs a function of one input: close over the parameters.
+from minimal_icl.layernorm import layernorm_backward, layernorm_forward
+from minimal_icl.params import LayerNormParams
+
+ln_params = LayerNormParams(gain=rng.standard_normal(D), bias=rng.standard_normal(D))
+
+
+def my_layernorm_backward(dy, ln_cache):
+    x_hat, rstd, gain = ln_cache
+    dx_hat = dy * gain
+    return rstd * (dx_hat - numpy.mean(dx_hat, axis=-1, keepdims=True)
+                   - x_hat * numpy.mean(dx_hat * x_hat, axis=-1, keepdims=True))
+
+
+def ln_forward(x):
+    return layernorm_forward(x, ln_params, config.ln_eps)
+
+
+ln_error = check_layer(ln_forward, my_layernorm_backward, tokens, seed=5)["input"]
+y, ln_cache = ln_forward(tokens)
+dy = rng.standard_normal(y.shape)
+ln_gap = relative_residual(my_layernorm_backward(dy, ln_cache), layernorm_backward(dy, ln_cache)[0])
+print(f"LayerNorm backward: gradient check {ln_error:.1e}, against the library {ln_gap:.1e}")
 
 # %% [markdown]
 # ## Checks
@@ -256,3 +419,5 @@ assert wrong > 1e3 * GRADCHECK_RTOL, "the checker must catch a wrong softmax Jac
 assert last_only_residual <= IDENTITY_RTOL
 assert numpy.allclose(numpy.sum(block_cache.attn.weights, axis=-1), 1.0, rtol=0, atol=IDENTITY_RTOL)
 assert out.shape == (B, T, D) and dtokens.shape == tokens.shape
+assert max(linear_errors.values()) <= GRADCHECK_RTOL, linear_errors
+assert ln_error <= GRADCHECK_RTOL and ln_gap <= IDENTITY_RTOL
