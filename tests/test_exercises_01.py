@@ -1,0 +1,111 @@
+"""Tutorial 01's checks pass the right softmax backwards and name each typical mistake."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+
+from minimal_icl.attention import softmax_backward
+from minimal_icl.exercises import ExerciseError
+from minimal_icl.exercises.tutorial_01 import (
+    check_softmax_backward,
+    check_softmax_backward_explicit,
+)
+
+
+def explicit(dprobs, cache):
+    P = cache.probs
+    dscores = numpy.empty_like(dprobs)
+    for index in numpy.ndindex(P.shape[:-1]):
+        p = P[index]
+        dscores[index] = (numpy.diag(p) - numpy.outer(p, p)).T @ dprobs[index]
+    return dscores
+
+
+def compact(dprobs, cache):
+    P = cache.probs
+    return P * (dprobs - numpy.sum(dprobs * P, axis=-1, keepdims=True))
+
+
+CHECKS = [check_softmax_backward_explicit, check_softmax_backward]
+
+
+@pytest.mark.parametrize("check", CHECKS)
+@pytest.mark.parametrize("answer", [explicit, compact, softmax_backward])
+def test_right_backwards_pass_both_checks(check, answer, capsys):
+    error, residual = check(answer)
+    assert error <= 1e-6 and residual <= 1e-12
+    assert "✓" in capsys.readouterr().out
+
+
+def plain_mean(dprobs, cache):
+    P = cache.probs
+    return P * (dprobs - numpy.mean(dprobs, axis=-1, keepdims=True))
+
+
+def query_axis(dprobs, cache):
+    P = cache.probs
+    return P * (dprobs - numpy.sum(dprobs * P, axis=-2, keepdims=True))
+
+
+def diagonal_only(dprobs, cache):
+    return cache.probs * dprobs
+
+
+def diagonal_only_explicit(dprobs, cache):
+    P = cache.probs
+    dscores = numpy.empty_like(dprobs)
+    for index in numpy.ndindex(P.shape[:-1]):
+        dscores[index] = numpy.diag(P[index]) @ dprobs[index]  # J without −p pᵀ
+    return dscores
+
+
+def no_outer_factor(dprobs, cache):
+    P = cache.probs
+    return dprobs - numpy.sum(dprobs * P, axis=-1, keepdims=True)
+
+
+def plus_sign(dprobs, cache):
+    P = cache.probs
+    return P * (dprobs + numpy.sum(dprobs * P, axis=-1, keepdims=True))
+
+
+def negated(dprobs, cache):
+    return -compact(dprobs, cache)
+
+
+def placeholder(dprobs, cache):
+    raise NotImplementedError("your turn")
+
+
+@pytest.mark.parametrize("check", CHECKS)
+@pytest.mark.parametrize(
+    ("answer", "hint"),
+    [
+        (diagonal_only, "−Σ_j dP_j P_j term is missing"),
+        (diagonal_only_explicit, "−Σ_j dP_j P_j term is missing"),
+        (plain_mean, "plain mean"),
+        (query_axis, "wrong axis"),
+        (no_outer_factor, "outer factor P is missing"),
+        (plus_sign, "plus sign"),
+        (negated, "wrong sign"),
+        (placeholder, "not written yet"),
+    ],
+)
+def test_typical_mistakes_get_their_hint(check, answer, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check(answer)
+
+
+def test_a_backward_that_is_wrong_only_under_the_gradient_checker_is_caught():
+    """The check also runs the reader's backward through check_layer: a function that
+    answers right on the first call and wrong afterwards (state kept between calls)
+    passes the comparison with the library and fails the gradient check."""
+    calls = []
+
+    def stateful(dprobs, cache):
+        calls.append(1)
+        return compact(dprobs, cache) * (1.0 if len(calls) == 1 else 2.0)
+
+    with pytest.raises(ExerciseError, match="gradient checker"):
+        check_softmax_backward(stateful)
