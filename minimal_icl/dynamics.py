@@ -4,11 +4,13 @@ Feed the context c_1, ..., c_N to one block one token at a time. With A_i = A(c_
 the query's MLP input after the first i tokens (A_0 = A(x)) and W_i = W_0 + ΔW(c_1..c_i)
 the patch of Theorem 2.2 for that prefix,
 
-    W_{i+1} = W_i − h ∇_W L_i(W_i),   h = 1/‖A(x)‖²,
-    L_i(W) = trace(Δ_iᵀ W),            Δ_i = W_0 (A_i − A_{i+1}) A(x)ᵀ,
+    W_{i+1} = W_i − η_x ∇_W L_i(W_i),   η_x = 1/‖A(x)‖²,
+    L_i(W) = trace(G_iᵀ W),              G_i = W_0 (A_i − A_{i+1}) A(x)ᵀ,
 
-and T_{W_i}(x) = T_{W_0}(c_1..c_i, x) for every i. L_i is linear in W, so ∇L_i = Δ_i at
-every W; the step size depends on the query only. Every increment has the right factor
+and T_{W_i}(x) = T_{W_0}(c_1..c_i, x) for every i. L_i is linear in W, so ∇L_i = G_i at
+every W; the step size η_x depends on the query only. (The paper writes h for η_x and
+Δ_i for G_i; here h is the residual stream, see docs/notation.md.) Every W_i − W_0 is
+Theorem 2.2's update, computed by ``implicit.rank_one_update``. Every increment has the right factor
 A(x)ᵀ, so the whole path W_i − W_0 stays rank 1, and
 
     ‖W_{i+1} − W_i‖_F = ‖W_0 (A_{i+1} − A_i)‖ / ‖A(x)‖.
@@ -24,7 +26,8 @@ output after i tokens only renormalises the query row of that run (docs/theory.m
     linear:   A_i = W_O concat_h[ Σ_{j≤i} s_j v_j + s_x v_x ]
 
 with P (s) the query row of the attention weights (scaled scores) on the whole prompt,
-then h_i = z_x + A_i (attn skip) and u_i = LN2(h_i) (LayerNorm), elementwise per prefix.
+then the residual h_i = z_x + A_i (attn skip) and u_i = LN2(h_i) (LayerNorm), elementwise
+per prefix.
 
 Shapes: B prompts, N context tokens, D token width, M MLP width.
 Reference: Dherin et al. (2025), arXiv:2507.16003, Proposition 3.1 and the appendix of v1.
@@ -41,7 +44,7 @@ from .attention import merge_heads
 from .backend import Array, device, namespace
 from .block import BlockPatch, block_forward
 from .config import TransformerConfig
-from .implicit import ImplicitUpdate, check_nonzero, check_prompt, inverse_direction, norms
+from .implicit import ImplicitUpdate, check_nonzero, check_prompt, norms, outer, rank_one_update
 from .layernorm import layernorm_forward
 from .linear import linear_forward
 from .model import check_params
@@ -140,12 +143,6 @@ def _index(i, low: int, high: int, what: str) -> int:
     return j
 
 
-def _outer(column: Array, row: Array) -> Array:
-    """column ⊗ row per prompt: (B, M) and (B, D) -> (B, M, D)."""
-    xp = namespace(column, row)
-    return xp.expand_dims(column, axis=-1) * xp.expand_dims(row, axis=-2)
-
-
 # -- Proposition 3.1: the implicit gradient path ----------------------------------------
 
 
@@ -158,9 +155,9 @@ class ImplicitPath(NamedTuple):
 
     W0: Array  # (M, D)             the block's W1
     A_query: Array  # (B, D)        A(x) = A_0: the MLP input with the query alone
-    step_size: Array  # (B,)        h = 1/‖A(x)‖²
+    step_size: Array  # (B,)        η_x = 1/‖A(x)‖²
     A_prefix: Array  # (B, N+1, D)  A_i = A(c_1..c_i, x) at the MLP input, i = 0..N
-    columns: Array  # (B, N, M)     W_0 (A_{i+1} − A_i): W_{i+1} − W_i = h columns[:, i] ⊗ A(x)
+    columns: Array  # (B, N, M)     W_0 (A_{i+1} − A_i): W_{i+1} − W_i = η_x columns[:, i] ⊗ A(x)
     increment_norms: Array  # (B, N)  ‖W_{i+1} − W_i‖_F = ‖W_0 (A_{i+1} − A_i)‖ / ‖A(x)‖
     delta_b_prefix: Array  # (B, N+1, D)  Δb for prefix i: h_i − h_0 (zeros without MLP skip)
 
@@ -169,26 +166,28 @@ class ImplicitPath(NamedTuple):
         return self.A_prefix.shape[1] - 1
 
     def update(self, i: int) -> ImplicitUpdate:
-        """Theorem 2.2's update for the prefix c_1..c_i: W_i = W_0 + delta_W."""
+        """Theorem 2.2's update for the prefix c_1..c_i: W_i = W_0 + ΔW_i,
+        ΔW_i = W_0 (A_i − A_0) A(x)ᵀ/‖A(x)‖² (``rank_one_update`` with a = A(x))."""
         i = _index(i, 0, self.n_context, "prefix")
-        xp = namespace(self.A_query)
-        delta_u = self.A_prefix[:, i, :] - self.A_query  # (B, D)
-        column = xp.matmul(delta_u, xp.matrix_transpose(self.W0))  # (B, M)
-        row = inverse_direction(self.A_query, 0, "A(x)")  # (B, D) A(x)/‖A(x)‖²
+        delta_u = self.A_prefix[:, i, :] - self.A_query  # (B, D)  A_i − A_0
+        delta_W, column, row = rank_one_update(self.W0, delta_u, self.A_query, 0, "A(x)")
         delta_b = self.delta_b_prefix[:, i, :]
-        return ImplicitUpdate(_outer(column, row), delta_b, column, row, delta_u, self.A_query)
+        return ImplicitUpdate(delta_W, delta_b, column, row, delta_u, self.A_query)
 
     def weights(self, i: int) -> Array:
-        """W_i = W_0 + W_0 (A_i − A_0) A(x)ᵀ / ‖A(x)‖², (B, M, D)."""
+        """W_i = W_0 + W_0 (A_i − A_0) A(x)ᵀ / ‖A(x)‖² = W_0 + ΔW_i, (B, M, D)."""
         return self.W0 + self.update(i).delta_W
 
     def gradient(self, i: int) -> Array:
-        """∇L_i = Δ_i = W_0 (A_i − A_{i+1}) A(x)ᵀ, the same at every W; (B, M, D), i < N."""
+        """∇L_i = G_i = W_0 (A_i − A_{i+1}) A(x)ᵀ, the same at every W; (B, M, D), i < N.
+
+        W_{i+1} = W_i − η_x G_i: G_i is −(W_{i+1} − W_i)/η_x, the increment without its
+        division by ‖A(x)‖²."""
         i = _index(i, 0, self.n_context - 1, "step")
-        return _outer(-self.columns[:, i, :], self.A_query)
+        return outer(-self.columns[:, i, :], self.A_query)
 
     def loss(self, i: int, W: Array) -> Array:
-        """L_i(W) = trace(Δ_iᵀ W) for W (M, D) or (B, M, D); returns (B,)."""
+        """L_i(W) = trace(G_iᵀ W) for W (M, D) or (B, M, D); returns (B,)."""
         xp = namespace(W, self.A_query)
         return xp.sum(xp.sum(self.gradient(i) * W, axis=-1), axis=-1)
 
@@ -218,6 +217,7 @@ def implicit_path(
     A_query = u[:, 0, :]  # (B, D)
     norm = norms(A_query)  # (B,)
     check_nonzero(norm, 0, "A(x)")
+    # W_0 (A_{i+1} − A_i), the column of W_{i+1} − W_i (its row is η_x A(x), shared)
     columns = xp.matmul(u[:, 1:, :] - u[:, :-1, :], xp.matrix_transpose(W0))  # (B, N, M)
     increment_norms = norms(columns) / xp.expand_dims(norm, axis=-1)  # (B, N)
     delta_b = h - h[:, :1, :] if config.mlp_skip else xp.zeros_like(h)
@@ -228,13 +228,15 @@ def implicit_path(
 
 
 class FactorisedPath(NamedTuple):
-    """W_i = W_{i−1}(I + h_i A_i): consuming tokens from the FRONT, the rest in context.
+    """W_i = W_{i−1}(I + η_i F_i): consuming tokens from the FRONT, the rest in context.
 
     With S_i = A(c_{i+1}..c_N, x) the query's MLP input when c_1..c_i are consumed
     (S_0 = A(C, x), S_N = A(x)):
 
-        ΔA(c_i) = S_{i−1} − S_i,   A_i = ΔA(c_i) S_iᵀ,   h_i = 1/‖S_i‖²,
-        W_i = W_{i−1} (I + h_i A_i) = W_{i−1} + h_i (W_{i−1} ΔA(c_i)) S_iᵀ.
+        ΔA(c_i) = S_{i−1} − S_i,   F_i = ΔA(c_i) S_iᵀ,   η_i = 1/‖S_i‖²,
+        W_i = W_{i−1} (I + η_i F_i) = W_{i−1} + η_i (W_{i−1} ΔA(c_i)) S_iᵀ.
+
+    (The paper writes h_i for η_i and A_i for F_i; see docs/notation.md.)
 
     Each step is Theorem 2.2 applied to W_{i−1}, removing c_i from the prompt
     [c_i..c_N, x]. By induction W_i S_i = W_{i−1}(S_i + ΔA(c_i)) = W_{i−1} S_{i−1} = W_0 S_0,
@@ -262,7 +264,7 @@ class FactorisedPath(NamedTuple):
     W0: Array  # (M, D)             the block's W1
     A_suffix: Array  # (B, N+1, D)  S_i = A(c_{i+1}..c_N, x) at the MLP input, i = 0..N
     delta_A: Array  # (B, N, D)     ΔA(c_i) = S_{i−1} − S_i at index i − 1
-    step_sizes: Array  # (B, N)     h_i = 1/‖S_i‖² at index i − 1
+    step_sizes: Array  # (B, N)     η_i = 1/‖S_i‖² at index i − 1
     delta_b_suffix: Array  # (B, N+1, D)  b_i − b_0 = h(S_0) − h(S_i) (zeros without MLP skip)
 
     @property
@@ -270,27 +272,29 @@ class FactorisedPath(NamedTuple):
         return self.A_suffix.shape[1] - 1
 
     def factor(self, i: int) -> Array:
-        """A_i = ΔA(c_i) S_iᵀ, i = 1..N; (B, D, D)."""
+        """F_i = ΔA(c_i) S_iᵀ, i = 1..N; (B, D, D)."""
         i = _index(i, 1, self.n_context, "factor")
-        return _outer(self.delta_A[:, i - 1, :], self.A_suffix[:, i, :])
+        return outer(self.delta_A[:, i - 1, :], self.A_suffix[:, i, :])
 
     def delta_W(self, i: int) -> Array:
         """W_i − W_0, (B, M, D), accumulated as i rank-1 updates (never forming the D × D
         factors, and without subtracting W_0, which would cancel digits when the update
-        is small):  W_j − W_0 = (W_{j−1} − W_0) + h_j (W_{j−1} ΔA(c_j)) S_jᵀ."""
+        is small):  W_j − W_0 = (W_{j−1} − W_0) + η_j (W_{j−1} ΔA(c_j)) S_jᵀ, each step
+        Theorem 2.2's update of W_{j−1} (``rank_one_update`` with δ = ΔA(c_j), a = S_j)."""
         i = _index(i, 0, self.n_context, "step")
         xp = namespace(self.A_suffix)
         B = self.A_suffix.shape[0]
         delta = xp.zeros((B, *self.W0.shape), dtype=self.W0.dtype, device=device(self.W0))
         for j in range(1, i + 1):
-            W = self.W0 + delta  # W_{j−1}
-            column = xp.matmul(W, xp.expand_dims(self.delta_A[:, j - 1, :], axis=-1))  # (B, M, 1)
-            row = self.A_suffix[:, j, :] * xp.expand_dims(self.step_sizes[:, j - 1], axis=-1)
-            delta = delta + column * xp.expand_dims(row, axis=-2)
+            W = self.W0 + delta  # W_{j−1}, (B, M, D)
+            step, _, _ = rank_one_update(
+                W, self.delta_A[:, j - 1, :], self.A_suffix[:, j, :], 0, "A(c_{j+1}..c_N, x)"
+            )
+            delta = delta + step
         return delta
 
     def weights(self, i: int) -> Array:
-        """W_i = W_0 (I + h_1 A_1)(I + h_2 A_2)···(I + h_i A_i), (B, M, D)."""
+        """W_i = W_0 (I + η_1 F_1)(I + η_2 F_2)···(I + η_i F_i), (B, M, D)."""
         return self.W0 + self.delta_W(i)
 
     def patch(self, i: int) -> tuple:
@@ -305,7 +309,7 @@ def factorised_path(
     query: Array,
     method: str = "auto",
 ) -> FactorisedPath:
-    """The factorised path W_i = W_{i−1}(I + h_i A_i) of the v1 appendix, one block.
+    """The factorised path W_i = W_{i−1}(I + η_i F_i) of the v1 appendix, one block.
 
     The suffixes S_i = A(c_{i+1}..c_N, x) are the prefixes of the reversed context (the
     query's output does not depend on the order of the tokens it sees).

@@ -20,10 +20,12 @@ In this package's block the patch sits at the MLP input u (docs/theory.md §3):
 where the subscripts C and ∅ mean the query's state with the whole prompt and with the
 removed tokens left out. u_C, h_C, u_∅, h_∅ come from the engine's own ``block_forward``.
 
-Stacks of blocks (docs/theory.md §3): block l's patch is computed from the with-context
-representations that block l − 1 outputs, and its u_∅ from that block run on the query's
-with-context representation alone. Running the query alone through the L patched blocks
-then reproduces the with-context output at the query exactly.
+Stacks of blocks (docs/theory.md §3), sequentially: run the reduced prompt [C\\Y, x]
+through the stack one block at a time; block l's u_∅, h_∅ come from block l run on the
+patched outputs of blocks 1..l − 1 on the reduced prompt, its u_C, h_C from the run on
+the whole prompt, and its patch acts at every position of the reduced prompt. By
+induction the query's state after every block equals the with-context one, for any
+Y ⊆ C (for Y = C the reduced prompt is the query alone).
 
 Shapes: B prompts, N context tokens, D token width, M MLP width.
 Reference: Dherin et al. (2025), arXiv:2507.16003, Theorem 2.2 in v1 and its appendix.
@@ -37,7 +39,7 @@ from typing import NamedTuple, Sequence
 
 from .attention import merge_heads, split_heads
 from .backend import Array, device, namespace
-from .block import block_forward
+from .block import BlockPatch, block_forward
 from .config import TransformerConfig
 from .linear import linear_forward
 from .model import check_params, forward
@@ -197,18 +199,35 @@ def inverse_direction(a: Array, block: int = 0, vector: str = "A(C\\Y, x)") -> A
     return row
 
 
-def rank_one_update(W: Array, delta_u: Array, u_without: Array, block: int = 0):
-    """ΔW = (W δ) aᵀ / ‖a‖² for every prompt, with δ = δu and a = u_∅.
+def outer(column: Array, row: Array) -> Array:
+    """column ⊗ row over the last axis: (..., M) and (..., D) -> (..., M, D)."""
+    xp = namespace(column, row)
+    return xp.expand_dims(column, axis=-1) * xp.expand_dims(row, axis=-2)
 
-    W (M, D); delta_u, u_without (B, D). Returns (delta_W (B, M, D), column (B, M),
-    row (B, D)) with delta_W = column ⊗ row, column = W δ, row = a / ‖a‖².
-    Raises DegenerateQueryError where a = 0 (naming ``block``).
+
+def rank_one_update(
+    W: Array, delta: Array, a: Array, block: int = 0, vector: str = "A(C\\Y, x)"
+) -> tuple[Array, Array, Array]:
+    """ΔW = (W δ) aᵀ / ‖a‖², the rank-1 update of Theorem 2.2 (v1), for every prompt.
+
+    The one place in the package where this formula is computed: ``implicit_update``
+    (δ = δu = u_C − u_∅, a = u_∅), the path of Proposition 3.1 (δ = A_i − A(x),
+    a = A(x)) and each step of the factorised path (W = W_{i−1}, δ = ΔA(c_i), a = S_i)
+    call it. It solves X a = W δ with minimum Frobenius norm: ΔW a = W δ (aᵀa)/‖a‖².
+
+    W (M, D), or (B, M, D) for one weight per prompt; delta, a (B, D).
+    Returns (delta_W (B, M, D), column (B, M), row (B, D)) with delta_W = column ⊗ row,
+    column = W δ and row = a / ‖a‖².
+    Raises DegenerateQueryError where a = 0, naming ``block`` and ``vector`` (the name
+    of a in the error message).
     """
-    xp = namespace(W, delta_u, u_without)
-    row = inverse_direction(u_without, block)  # (B, D)
-    column = xp.matmul(delta_u, xp.matrix_transpose(W))  # (B, M)  = W δ per prompt
-    delta_W = xp.expand_dims(column, axis=-1) * xp.expand_dims(row, axis=-2)  # (B, M, D)
-    return delta_W, column, row
+    xp = namespace(W, delta, a)
+    row = inverse_direction(a, block, vector)  # (B, D)  a/‖a‖²
+    if W.ndim == 2:
+        column = xp.matmul(delta, xp.matrix_transpose(W))  # (B, M)  W δ per prompt
+    else:
+        column = xp.matmul(W, xp.expand_dims(delta, axis=-1))[..., 0]  # (B, M)
+    return outer(column, row), column, row  # (B, M, D)
 
 
 def implicit_update(
@@ -218,23 +237,33 @@ def implicit_update(
     query: Array,
     removed=None,
 ) -> tuple[ImplicitUpdate, ...]:
-    """The patches that replace context tokens by weight updates, one per block.
+    """The patches that replace context tokens Y by weight updates, one per block.
 
         forward(params, config, remove_tokens(context, query, removed), patches=updates)
 
     reproduces ``forward(params, config, [context, query])`` at the query (last
-    position), to rounding. For one block (docs/theory.md §2–3):
+    position), to rounding, for any Y ⊆ C and any number of blocks. For one block
+    (docs/theory.md §2–3):
 
         u_C, h_C = the block's MLP input and residual at the query on [C, x]
         u_∅, h_∅ = the same on [C\\Y, x]
         ΔW = W1 (u_C − u_∅) u_∅ᵀ / ‖u_∅‖²,   Δb = h_C − h_∅ if mlp_skip else 0.
 
-    For a stack (n_blocks > 1) only Y = C is exact (removed None, or every position):
-    block l's u_C, h_C come from the with-context run, and u_∅, h_∅ from block l run on
-    the query's with-context input alone. (Y = ∅ gives zero patches and is allowed too.)
-    Removing only part of the context from a stack raises a ValueError: the kept tokens'
-    representations after block 1 change when Y is removed, so the query in later blocks
-    attends to different keys and values, and no patch of the MLPs alone is exact.
+    A stack is patched sequentially, on the reduced prompt [C\\Y, x] (docs/theory.md §3):
+    z_1 = [C\\Y, x] and, for l = 1..L,
+
+        u_C, h_C = block l's query state in the run of the model on [C, x]
+        u_∅, h_∅ = block l's query state on z_l (no patch of block l)
+        ΔW_l, Δb_l as above;   z_{l+1} = block l, patched with ΔW_l, Δb_l, applied to z_l.
+
+    The patch acts at every position of the reduced prompt, so the kept tokens' inputs
+    to block l + 1 differ from their representations in the full run; u_∅ is computed
+    after that change, and by induction the query's input to every block (hence its
+    output) equals the full run's: (W + ΔW) u_∅ = W u_C, and with an MLP skip
+    h_∅ + M(u_C) + Δb = h_C + M(u_C). For Y = C the reduced prompt is the query alone,
+    whose patched state is its with-context state, and the construction is the classic
+    one: u_∅ from block l run on the query's with-context input alone. The patches of a
+    partial Y depend on the kept tokens too; each ΔW_l is rank 1.
 
     Args:
         context: (B, N, D) the context tokens c_1..c_N of each prompt.
@@ -242,7 +271,8 @@ def implicit_update(
         removed: None (Y = C) or a sequence of context positions Y, the same for every
             prompt.
 
-    Returns a tuple of ``ImplicitUpdate``, one per block.
+    Returns a tuple of ``ImplicitUpdate``, one per block; each is a ``BlockPatch``-shaped
+    entry for ``forward(..., patches=...)`` (ΔW (B, M, D), used at every position).
     Raises DegenerateQueryError if u_∅ = 0 for some prompt, ValueError on bad input.
     Reference: Dherin et al. (2025), Theorem 2.2 in v1 (and its skip-connection form).
     """
@@ -250,33 +280,28 @@ def implicit_update(
     check_prompt(config, context, query)
     xp = namespace(context, query)
     B, N, D = context.shape
-    Y = removed_positions(removed, N)
-    if config.n_blocks > 1 and 0 < len(Y) < N:
-        raise ValueError(
-            f"removing part of the context (positions {list(Y)} of {N}) is exact for a single block"
-            f" only; this model has {config.n_blocks} blocks. In a stack the kept tokens'"
-            " representations after the first block change when tokens are removed, so the query"
-            " in later blocks attends to different keys and values and no patch at the query alone"
-            " is exact. Remove the whole context (removed=None), or use a one-block model."
-        )
+    L = config.n_blocks
 
     tokens = xp.concat([context, xp.reshape(query, (B, 1, D))], axis=1)  # (B, N+1, D)
-    _, cache = forward(params, config, tokens, last_only=True)
+    _, full = forward(params, config, tokens, last_only=True)
+    z = remove_tokens(context, query, removed)  # (B, N−|Y|+1, D): z_1 = [C\Y, x]
 
     updates = []
     for l, block_params in enumerate(params.blocks):
-        z = cache.inputs[l]  # (B, N+1, D): block l's input, with context
-        u_C = cache.blocks[l].u[:, -1, :]  # (B, D)
-        h_C = cache.blocks[l].h[:, -1, :]  # (B, D)
-        z_without = remove_tokens(z[:, :-1, :], z[:, -1, :], Y)  # (B, N−|Y|+1, D)
-        _, without = block_forward(z_without, block_params, config, last_only=True)
-        u_0 = without.u[:, -1, :]  # (B, D)
-        h_0 = without.h[:, -1, :]  # (B, D)
+        u_C = full.blocks[l].u[:, -1, :]  # (B, D)
+        h_C = full.blocks[l].h[:, -1, :]  # (B, D)
+        _, without = block_forward(z, block_params, config, last_only=True)
+        u_0 = without.u[:, -1, :]  # (B, D)  u_∅
+        h_0 = without.h[:, -1, :]  # (B, D)  h_∅
 
-        delta_u = u_C - u_0
+        delta_u = u_C - u_0  # (B, D)
         delta_W, column, row = rank_one_update(block_params.mlp.W1, delta_u, u_0, block=l)
         delta_b = h_C - h_0 if config.mlp_skip else xp.zeros_like(h_C)
-        updates.append(ImplicitUpdate(delta_W, delta_b, column, row, delta_u, u_0))
+        update = ImplicitUpdate(delta_W, delta_b, column, row, delta_u, u_0)
+        updates.append(update)
+        if l < L - 1:
+            # z_{l+1}: block l patched, at every position of the reduced prompt
+            z, _ = block_forward(z, block_params, config, BlockPatch(delta_W, delta_b))
     return tuple(updates)
 
 
