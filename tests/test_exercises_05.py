@@ -1,0 +1,77 @@
+"""Tutorial 05's check: one step of Proposition 3.1's path passes when right and names
+each typical mistake."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+
+from minimal_icl.exercises import ExerciseError
+from minimal_icl.exercises.tutorial_05 import check_path_step, path_step_case
+from minimal_icl.tolerances import IDENTITY_RTOL, relative_residual
+
+
+def step_with(gradient_sign=1.0, row="x", eta_power=2, eta_in_gradient=False,
+              uphill=False, from_W0=False):
+    """A path step with one switch per typical mistake (the defaults are right)."""
+
+    def step(W_i, W_0, A_i, A_next, A_x):
+        rows = {"x": A_x, "i": A_i, "next": A_next}
+        column = gradient_sign * (A_i - A_next) @ W_0.T  # (B, M)
+        G = column[:, :, None] * rows[row][:, None, :]  # (B, M, D)
+        eta = 1.0 / numpy.linalg.norm(A_x, axis=-1) ** eta_power  # (B,)
+        if eta_in_gradient:
+            G = eta[:, None, None] * G
+        start = W_0 if from_W0 else W_i
+        sign = 1.0 if uphill else -1.0
+        return G, start + sign * eta[:, None, None] * G
+
+    return step
+
+
+def test_the_right_step_passes(capsys):
+    check_path_step(step_with())
+    out = capsys.readouterr().out
+    assert "✓ G_i is right" in out and "✓ W_{i+1} − W_i" in out
+
+
+def test_the_case_is_a_real_step_of_the_path():
+    """The check's inputs: W_i − η_x G_i is the package's W_{i+1}, and A_i ≠ A(x)."""
+    case = path_step_case()
+    eta = numpy.asarray(case.path.step_size)[:, None, None]
+    stepped = case.W_i - eta * numpy.asarray(case.path.gradient(case.i))
+    assert relative_residual(stepped, case.path.weights(case.i + 1)) <= IDENTITY_RTOL
+    assert relative_residual(case.A_i, case.A_x) > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        (dict(gradient_sign=-1.0), "the difference has the wrong sign"),
+        (dict(row="i"), "the row is A_i"),
+        (dict(row="next"), "the row is A_\\{i\\+1\\}"),
+        (dict(eta_in_gradient=True), "G_i is the gradient alone"),
+        (dict(eta_power=0), "the step size η_x is missing"),
+        (dict(eta_power=1), "is not squared"),
+        (dict(uphill=True), "uphill"),
+        (dict(from_W0=True), "starts from W_0"),
+    ],
+)
+def test_each_typical_mistake_gets_its_hint(mistake, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check_path_step(step_with(**mistake))
+
+
+def test_placeholder_and_bad_returns():
+    def placeholder(W_i, W_0, A_i, A_next, A_x):
+        raise NotImplementedError("your turn")
+
+    with pytest.raises(ExerciseError, match="not written yet"):
+        check_path_step(placeholder)
+    with pytest.raises(ExerciseError, match="two arrays"):
+        check_path_step(lambda W_i, W_0, A_i, A_next, A_x: W_i)
+    with pytest.raises(ExerciseError, match="shape"):
+        check_path_step(lambda W_i, W_0, A_i, A_next, A_x: (W_i[0], W_i))
+    right = step_with()
+    with pytest.raises(ExerciseError, match="W_next has shape"):
+        check_path_step(lambda *args: (right(*args)[0], right(*args)[1][0]))

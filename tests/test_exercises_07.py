@@ -1,0 +1,55 @@
+"""Tutorial 07's check: cos_F of two batches of updates passes when right and names each
+typical mistake."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+
+from minimal_icl.exercises import ExerciseError
+from minimal_icl.exercises.tutorial_07 import alignment_case, check_cos_frobenius
+
+
+def right(U, V):
+    inner = numpy.sum(U * V, axis=(-2, -1))
+    return inner / (numpy.linalg.norm(U, axis=(-2, -1)) * numpy.linalg.norm(V, axis=(-2, -1)))
+
+
+def test_the_right_answer_passes_and_the_case_has_its_special_pairs(capsys):
+    check_cos_frobenius(right)
+    assert "✓ cos_F is right" in capsys.readouterr().out
+    U, V = alignment_case()
+    assert numpy.allclose(right(U, V)[4:], [1.0, -1.0], rtol=0, atol=1e-15)
+
+
+def fro(U):
+    return numpy.linalg.norm(U, axis=(-2, -1))
+
+
+@pytest.mark.parametrize(
+    ("cos_f", "hint"),
+    [
+        (lambda U, V: numpy.sum(U * V, axis=(-2, -1)), "inner product ⟨U, V⟩_F alone"),
+        (lambda U, V: numpy.sum(U * V, axis=(-2, -1)) / (fro(U) ** 2 * fro(V) ** 2), "squared norms"),
+        (lambda U, V: numpy.sum(U * V, axis=(-2, -1)) / fro(U) ** 2, "projection coefficient"),
+        (lambda U, V: numpy.sum(U * V, axis=(-2, -1))
+         / (numpy.linalg.norm(U, 2, axis=(-2, -1)) * numpy.linalg.norm(V, 2, axis=(-2, -1))),
+         "spectral norm"),
+        (lambda U, V: numpy.abs(right(U, V)), "keeps its sign"),
+        (lambda U, V: numpy.mean(numpy.sum(U * V, -1)
+                                 / (numpy.linalg.norm(U, axis=-1) * numpy.linalg.norm(V, axis=-1)), -1),
+         "row-by-row"),
+        (lambda U, V: numpy.sum(U * V) / (numpy.linalg.norm(U) * numpy.linalg.norm(V)), "shape"),
+    ],
+)
+def test_each_typical_mistake_gets_its_hint(cos_f, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check_cos_frobenius(cos_f)
+
+
+def test_placeholder_is_not_written_yet():
+    def placeholder(U, V):
+        raise NotImplementedError("your turn")
+
+    with pytest.raises(ExerciseError, match="not written yet"):
+        check_cos_frobenius(placeholder)
