@@ -1,0 +1,126 @@
+"""Tutorial 08's checks pass the right answers and name each typical mistake."""
+
+from __future__ import annotations
+
+import math
+
+import numpy
+import pytest
+
+from minimal_icl.exercises import ExerciseError
+from minimal_icl.exercises.tutorial_08 import (
+    check_linear_attention_delta_A,
+    check_von_oswald_weights,
+)
+
+
+# -- δA of linear attention --------------------------------------------------------------
+
+
+def delta_A(attn, n_heads, removed, query, *, scale=True, transpose=False, with_query=False,
+            one_head=False, skip_W_O=False):
+    """The closed form, right by default; each keyword makes one typical mistake."""
+    if with_query:
+        removed = numpy.concatenate([removed, query[:, None, :]], axis=1)
+    B, n, _ = removed.shape
+    H = 1 if one_head else n_heads
+    q = (query @ attn.W_Q.T).reshape(B, H, -1)
+    k = (removed @ attn.W_K.T).reshape(B, n, H, -1)
+    v = (removed @ attn.W_V.T).reshape(B, n, H, -1)
+    K = attn.W_Q.shape[0] // n_heads
+    memory = numpy.einsum("byhv,byhk->bhvk", k, v) if transpose else numpy.einsum(
+        "byhv,byhk->bhvk", v, k)
+    heads = numpy.einsum("bhvk,bhk->bhv", memory, q) / (math.sqrt(K) if scale else 1.0)
+    heads = heads.reshape(B, -1)
+    return heads if skip_W_O else heads @ attn.W_O.T
+
+
+def test_delta_A_right_answer_passes(capsys):
+    assert check_linear_attention_delta_A(delta_A) <= 1e-12
+    assert "✓ δA is right" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ({"scale": False}, "1/√K of the scores is missing"),
+        ({"transpose": True}, "memory is transposed"),
+        ({"with_query": True}, "query's own term"),
+        ({"one_head": True}, "one big head"),
+        ({"skip_W_O": True}, "apply W_O"),
+    ],
+)
+def test_delta_A_mistakes_get_their_hint(mistake, hint):
+    def wrong(attn, n_heads, removed, query):
+        return delta_A(attn, n_heads, removed, query, **mistake)
+
+    with pytest.raises(ExerciseError, match=hint):
+        check_linear_attention_delta_A(wrong)
+
+
+def test_delta_A_whole_context_and_placeholder():
+    def placeholder(attn, n_heads, removed, query):
+        raise NotImplementedError("your turn")
+
+    with pytest.raises(ExerciseError, match="not written yet"):
+        check_linear_attention_delta_A(placeholder)
+    with pytest.raises(ExerciseError, match="wrong sign"):
+        check_linear_attention_delta_A(lambda a, h, r, q: -delta_A(a, h, r, q))
+
+
+# -- von Oswald's weights ----------------------------------------------------------------
+
+
+def weights(d, eta, N, theta0, *, corner=-1.0, transposed=False, no_theta=False, swap=False,
+            P=None, full_key=False):
+    """von Oswald's (W_K, W_Q, W_V, W_P), right by default; keywords make the mistakes."""
+    W_K = numpy.eye(d + 1) if full_key else numpy.diag([1.0] * d + [0.0])
+    W_V = numpy.zeros((d + 1, d + 1))
+    row = numpy.zeros(d) if no_theta else theta0
+    if transposed:
+        W_V[:d, d] = row
+    else:
+        W_V[d, :d] = row
+    W_V[d, d] = corner
+    W_P = eta / N * numpy.eye(d + 1) if P is None else P(eta, N, d)
+    if swap:
+        return W_V, W_V.copy(), W_K, W_P
+    return W_K, W_K.copy(), W_V, W_P
+
+
+def test_von_oswald_right_answer_passes(capsys):
+    assert check_von_oswald_weights(weights) <= 1e-12
+    assert "✓ W_K, W_Q, W_V, W_P are right" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ({"P": lambda eta, N, d: eta * numpy.eye(d + 1)}, "the 1/N is missing"),
+        ({"P": lambda eta, N, d: numpy.eye(d + 1) / N}, "step size η is missing"),
+        ({"P": lambda eta, N, d: eta / N * math.sqrt(d + 1) * numpy.eye(d + 1)}, "W_O = √K W_P"),
+        ({"P": lambda eta, N, d: -eta / N * numpy.eye(d + 1)}, "W_P has the wrong sign"),
+        ({"corner": 1.0}, "the −1 has the wrong sign"),
+        ({"transposed": True}, "transposed block"),
+        ({"no_theta": True}, "θ_0 is missing"),
+        ({"swap": True}, "roles are swapped"),
+        ({"full_key": True}, "must not see the y-slot"),
+    ],
+)
+def test_von_oswald_mistakes_get_their_hint(mistake, hint):
+    def wrong(d, eta, N, theta0):
+        return weights(d, eta, N, theta0, **mistake)
+
+    with pytest.raises(ExerciseError, match=hint):
+        check_von_oswald_weights(wrong)
+
+
+def test_von_oswald_wrong_return_and_placeholder():
+    with pytest.raises(ExerciseError, match="four matrices"):
+        check_von_oswald_weights(lambda d, eta, N, theta0: weights(d, eta, N, theta0)[:3])
+
+    def placeholder(d, eta, N, theta0):
+        raise NotImplementedError("your turn")
+
+    with pytest.raises(ExerciseError, match="not written yet"):
+        check_von_oswald_weights(placeholder)
