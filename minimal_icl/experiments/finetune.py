@@ -132,6 +132,26 @@ def finetune_W(params, config, u: numpy.ndarray, h: numpy.ndarray, y: numpy.ndar
     return W - mlp.W1, loss
 
 
+def alignment_ceiling(F: numpy.ndarray, row: numpy.ndarray, W=None) -> numpy.ndarray:
+    """The best cos_F(F, c aᵀ) over all columns c for a fixed row a (c in range(W) if W given).
+
+        max_c cos_F(F, c aᵀ) = ‖P F a‖ / (‖F‖_F ‖a‖),
+
+    P = I, or the orthogonal projector onto range(W). By Cauchy–Schwarz ⟨F, c aᵀ⟩_F =
+    cᵀ(F a) = cᵀ(P F a) for c in the range of P, largest for c ∝ P F a. Every ΔW_i of one
+    query has the row a = A(x)/‖A(x)‖² and the column W δu in range(W), so no update of
+    that shape aligns with F better than this (docs/theory.md §5).
+
+    F (B, M, D), row a (B, D), W (M, D) or None. Returns (B,).
+    """
+    Fa = numpy.einsum("bmd,bd->bm", F, row)  # (B, M)
+    if W is not None:
+        basis, _ = numpy.linalg.qr(W)  # (M, D) orthonormal columns spanning range(W)
+        Fa = (Fa @ basis) @ basis.T
+    return numpy.linalg.norm(Fa, axis=1) / (numpy.linalg.norm(F, axis=(1, 2))
+                                            * numpy.linalg.norm(row, axis=1))
+
+
 def compute(model, cfg: FinetuneConfig, seed: int, progress: Progress = QUIET) -> dict:
     params, config, setup = model.params, model.config, model.setup
     if config.n_blocks != 1:
@@ -150,6 +170,7 @@ def compute(model, cfg: FinetuneConfig, seed: int, progress: Progress = QUIET) -
     names = ("finetuned", "implicit", "zero", "one_step_gd", "least_squares")
     losses = {name: [] for name in names}
     alignment, fit_loss, patch_norm, ft_norm = [], [], [], []
+    ceiling_row, ceiling, correlation = [], [], []
     for n, i in enumerate(contexts):
         progress.update(f"{NAME}: finetune on i examples", n, len(contexts))
         delta_W_ft, fit = finetune_W(params, config, u[:, :i], h[:, :i], y[:, :i], cfg.lr, cfg.steps)
@@ -166,6 +187,12 @@ def compute(model, cfg: FinetuneConfig, seed: int, progress: Progress = QUIET) -
         for name, prediction in predictions.items():
             losses[name].append((prediction - target) ** 2)  # (B,)
         alignment.append(cos_frobenius(delta_W_ft, update.delta_W))
+        ceiling_row.append(alignment_ceiling(delta_W_ft, update.row))
+        ceiling.append(alignment_ceiling(delta_W_ft, update.row, params.blocks[0].mlp.W1))
+        if numpy.any(alignment[-1] > ceiling[-1] + 1e-12):
+            raise ExperimentError("finetune: cos_F exceeds its ceiling; the ceiling is wrong")
+        pair = numpy.stack([predictions["finetuned"], predictions["implicit"]])  # (2, B)
+        correlation.append(float(numpy.corrcoef(pair)[0, 1]))  # over the tasks
         fit_loss.append(fit)
         ft_norm.append(numpy.linalg.norm(delta_W_ft, axis=(1, 2)))
         patch_norm.append(numpy.linalg.norm(update.delta_W, axis=(1, 2)))
@@ -176,6 +203,8 @@ def compute(model, cfg: FinetuneConfig, seed: int, progress: Progress = QUIET) -
 
     curves = {name: summary(values) for name, values in losses.items()}
     align = summary(alignment)
+    best = summary(ceiling)
+    best_row = summary(ceiling_row)
     last = -1
     headline = {
         f"test_loss_{name}_at_N": float(curves[name]["mean"][last]) for name in names
@@ -184,6 +213,11 @@ def compute(model, cfg: FinetuneConfig, seed: int, progress: Progress = QUIET) -
         "alignment_at_N": float(align["mean"][last]),
         "alignment_mean_over_i": float(numpy.mean(align["mean"])),
         "alignment_min_over_i": float(numpy.min(align["mean"])),
+        "alignment_ceiling_at_N": float(best["mean"][last]),
+        "alignment_ceiling_mean_over_i": float(numpy.mean(best["mean"])),
+        "alignment_ceiling_row_only_at_N": float(best_row["mean"][last]),
+        "prediction_correlation_at_N": correlation[last],
+        "prediction_correlation_min_over_i": float(numpy.min(correlation)),
         "fit_loss_finetuned_at_N": float(numpy.mean(fit_loss[last])),
         "context_at_N": contexts[last],
     })
@@ -198,6 +232,9 @@ def compute(model, cfg: FinetuneConfig, seed: int, progress: Progress = QUIET) -
             "i": contexts,
             "test_loss": curves,
             "alignment": align,
+            "alignment_ceiling": best,
+            "alignment_ceiling_row_only": best_row,
+            "prediction_correlation": correlation,
             "fit_loss_finetuned": summary(fit_loss),
             "norm_delta_W_finetuned": summary(ft_norm),
             "norm_delta_W_implicit": summary(patch_norm),
@@ -206,13 +243,14 @@ def compute(model, cfg: FinetuneConfig, seed: int, progress: Progress = QUIET) -
 
 
 def plot(record: dict, path) -> None:
-    fig, axes = new_figure(3, width=4.9, height=4.2)
+    fig, axes = new_figure(4, width=6.2, height=4.8, n_rows=2)
     d = record["data"]
     i = numpy.asarray(d["i"])
     cfg = record["config"]
+    big = {"label": 12.5, "title": 13.5, "ticks": 11.5, "legend": 10.5}
     floor = 1e-5  # bottom of the loss axis; exact zeros (up to rounding) are drawn there
     styles = {
-        "finetuned": ("C0", "-", "o", f"finetuned W ({cfg['steps']} GD steps)"),
+        "finetuned": ("C0", "-", "o", f"finetuned W ({cfg['steps']} full-batch GD steps)"),
         "implicit": ("C3", "-", "s", r"implicit patch $\Delta W_i$ (= prompt $c_{1..i}, x$)"),
         "zero": ("0.5", ":", None, "zero predictor"),
         "one_step_gd": ("C2", "--", None, r"one GD step from 0, optimal $\eta^*$"),
@@ -221,40 +259,57 @@ def plot(record: dict, path) -> None:
     for name, (color, line, marker, label) in styles.items():
         curve = d["test_loss"][name]
         mean, se = numpy.asarray(curve["mean"]), numpy.asarray(curve["se"])
-        ax.plot(i, mean, linestyle=line, marker=marker, markersize=3, color=color, label=label)
+        ax.plot(i, mean, linestyle=line, marker=marker, markersize=4, color=color, label=label)
         ax.fill_between(i, numpy.maximum(mean - se, floor), mean + se, color=color, alpha=0.15,
                         linewidth=0)
     ls = numpy.asarray(d["test_loss"]["least_squares"]["mean"])
-    ax.plot(i, numpy.maximum(ls, floor), "kv", markersize=4,
+    ax.plot(i, numpy.maximum(ls, floor), "kv", markersize=5,
             label="least squares (at the floor: 0 up to rounding)")
     ax.set_yscale("log")
     ax.set_ylim(floor / 1.5, None)
-    ax.set_xlabel("examples used $i$")
-    ax.set_ylabel("test squared error at the query")
-    ax.set_title(f"(a) test loss, mean ± SE over {cfg['n_tasks']} tasks")
-    ax.legend(fontsize=7.5, loc="lower left", bbox_to_anchor=(0.0, 0.07))
+    ax.set_ylabel("test squared error at the query", fontsize=big["label"])
+    ax.set_title(f"(a) test loss, mean ± SE over {cfg['n_tasks']} tasks", fontsize=big["title"])
+    ax.legend(fontsize=big["legend"], loc="lower left", bbox_to_anchor=(0.0, 0.04))
 
     ax = axes[1]
     mean, se = numpy.asarray(d["alignment"]["mean"]), numpy.asarray(d["alignment"]["se"])
-    ax.plot(i, mean, "o-", markersize=3, color="C4")
+    ax.plot(i, mean, "o-", markersize=4, color="C4",
+            label=r"$\cos_F(\Delta W_{ft}, \Delta W_i)$")
     ax.fill_between(i, mean - se, mean + se, color="C4", alpha=0.25, linewidth=0)
+    if "alignment_ceiling" in d:
+        best = numpy.asarray(d["alignment_ceiling"]["mean"])
+        ax.plot(i, best, "--", color="0.3",
+                label="best possible for rank 1 with the row of $\\Delta W_i$\n"
+                      "and a column in range$(W)$")
     ax.axhline(0.0, color="0.5", linewidth=0.8)
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_xlabel("examples used $i$")
-    ax.set_ylabel(r"$\cos_F(\Delta W_{ft}, \Delta W_i)$")
-    ax.set_title("(b) alignment of the two updates")
+    ax.set_ylim(min(-0.05, float(numpy.min(mean - se)) - 0.05), 1.05)
+    ax.set_ylabel("Frobenius cosine", fontsize=big["label"])
+    ax.set_title("(b) alignment of the two updates", fontsize=big["title"])
+    ax.legend(fontsize=big["legend"], loc="upper right")
 
     ax = axes[2]
-    for key, color, label in (("norm_delta_W_finetuned", "C0", r"$\|\Delta W_{ft}\|_F$ (finetuned)"),
-                              ("norm_delta_W_implicit", "C3", r"$\|\Delta W_i\|_F$ (implicit)")):
+    norms = (("norm_delta_W_finetuned", "C0", r"$\|\Delta W_{ft}\|_F$ (finetuned)"),
+             ("norm_delta_W_implicit", "C3", r"$\|\Delta W_i\|_F$ (implicit)"))
+    for key, color, label in norms:
         mean, se = numpy.asarray(d[key]["mean"]), numpy.asarray(d[key]["se"])
-        ax.plot(i, mean, "o-", markersize=3, color=color, label=label)
+        ax.plot(i, mean, "o-", markersize=4, color=color, label=label)
         ax.fill_between(i, mean - se, mean + se, color=color, alpha=0.2, linewidth=0)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("examples used $i$")
-    ax.set_ylabel("Frobenius norm")
-    ax.set_title("(c) size of the two updates")
-    ax.legend()
+    ax.set_ylabel("Frobenius norm", fontsize=big["label"])
+    ax.set_title("(c) size of the two updates", fontsize=big["title"])
+    ax.legend(fontsize=big["legend"])
+
+    ax = axes[3]
+    if "prediction_correlation" in d:
+        ax.plot(i, d["prediction_correlation"], "o-", markersize=4, color="C1")
+    ax.set_ylim(min(0.0, float(numpy.min(d.get("prediction_correlation", [0.0])))), 1.02)
+    ax.axhline(1.0, color="0.5", linewidth=0.8)
+    ax.set_ylabel("correlation over the tasks", fontsize=big["label"])
+    ax.set_title("(d) the two predictions at the query, correlated", fontsize=big["title"])
+
+    for ax in axes:
+        ax.set_xlabel("examples used $i$", fontsize=big["label"])
+        ax.tick_params(labelsize=big["ticks"])
     save_figure(fig, path)
 
 
