@@ -84,8 +84,46 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def training_log(say: Callable[[str], None], line) -> Callable:
+    """The ``callback`` of ``train.train`` for the command line.
+
+    At each held-out measurement: a permanent line (``say``) with the step, the mean
+    training loss since the previous measurement, the held-out loss and the time. In
+    between: the live ``ProgressLine`` ``line`` with the step, the mean loss of the last
+    ``FLUSH_EVERY`` steps and the steps per second.
+    """
+    import numpy
+
+    from .train import FLUSH_EVERY
+
+    previous = 0  # the step of the previous held-out measurement
+
+    def callback(report) -> None:
+        nonlocal previous
+        if report.val_loss is not None:
+            line.clear()
+            mean = numpy.mean(report.train_loss[previous:]) if report.step > 0 else None
+            train_text = "      -" if mean is None else f"{mean:7.4f}"
+            say(
+                f"step {report.step:6d}   train loss {train_text}"
+                f"   held-out loss {report.val_loss:7.4f}   {report.wall_time:6.1f} s"
+            )
+            previous = report.step
+        if report.step > 0:
+            recent = numpy.mean(report.train_loss[-FLUSH_EVERY:])
+            rate = report.step / max(report.wall_time, 1e-12)
+            line.update(
+                f"step {report.step}/{report.steps}  loss {recent:.4f}"
+                f" (mean of the last {min(FLUSH_EVERY, report.step)} steps)  {rate:.0f} steps/s",
+                force=report.step == report.steps,
+            )
+
+    return callback
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .checkpoint import save_checkpoint
+    from .progress import ProgressLine, progress_enabled
     from .train import compare_with_baselines, paper_setting, train_setup
 
     setup = paper_setting(fast=args.fast)
@@ -101,14 +139,9 @@ def run_train(args: argparse.Namespace) -> int:
         f" {setup.steps} steps of {setup.batch_size} prompts, {o.name} lr {o.lr:g} ({o.schedule}), seed {args.seed}"
     )
 
-    def log(v):
-        train_text = "      -" if v.step == 0 else f"{v.train_loss:7.4f}"
-        say(
-            f"step {v.step:6d}   train loss {train_text}   held-out loss {v.val_loss:7.4f}"
-            f"   {v.wall_time:6.1f} s"
-        )
-
-    result = train_setup(setup, seed=args.seed, quiet=args.quiet, log=log)
+    line = ProgressLine(sys.stderr, enabled=progress_enabled(sys.stderr, args.quiet))
+    result = train_setup(setup, seed=args.seed, callback=training_log(say, line))
+    line.clear()
     n_test = 2000 if args.fast else 10000
     table = compare_with_baselines(result.params, setup, n_prompts=n_test, seed=args.seed)
     print(f"held-out mean squared error on {n_test} new prompts (± standard error):")

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy
 import pytest
 
-from minimal_icl import FLOAT32_RTOL, IDENTITY_RTOL
+from minimal_icl import FLOAT32_RTOL, IDENTITY_RTOL, relative_residual
 from minimal_icl.backend import tree_leaves
 from minimal_icl.cli import main
 from minimal_icl.experiments import FIGURES, ExperimentError, reproduce, run_figure
@@ -29,7 +29,7 @@ from minimal_icl.experiments.models import (
     PAPER_HISTORY,
     PAPER_MODEL_FILE,
     _try_load,
-    train_recording,
+    train_with_patched_validation,
 )
 from minimal_icl.train import paper_setting, train_setup
 
@@ -194,14 +194,18 @@ def test_dynamics_gradient_step_and_output_identities_hold_at_every_step(fast_ru
 # -- the shared model --------------------------------------------------------------------
 
 
-def test_recording_loop_trains_exactly_like_train_setup():
+def test_the_figures_model_is_train_setups_with_the_patched_loss_beside():
+    """One training loop: the paper model of the figures is ``train_setup``'s, and the
+    callback's patched held-out loss agrees with the prompt's at every measurement."""
     setup = replace(paper_setting(fast=True), steps=12, val_every=5, val_size=16)
-    reference = train_setup(setup, seed=3, quiet=True)
-    params, history = train_recording(setup, seed=3)
+    reference = train_setup(setup, seed=3)
+    params, history = train_with_patched_validation(setup, seed=3)
     for (name, a), (_, b) in zip(tree_leaves(reference.params), tree_leaves(params)):
         assert numpy.array_equal(a, b), name
     assert numpy.array_equal(history["val_loss"], reference.history.val_loss)
     assert numpy.array_equal(history["val_step"], reference.history.val_step)
+    assert history["val_loss_patched"].shape == history["val_loss"].shape == (4,)
+    assert relative_residual(history["val_loss_patched"], history["val_loss"]) <= IDENTITY_RTOL
 
 
 def test_a_checkpoint_is_reused_only_for_the_same_setting_and_seed(fast_run):

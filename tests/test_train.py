@@ -1,8 +1,7 @@
-"""The training loop, its settings, the progress display and the paper's setting."""
+"""The training loop, its callback, its settings and the paper's setting."""
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import replace
 
@@ -14,13 +13,12 @@ from minimal_icl.data import regression_prompts
 from minimal_icl.train import (
     History,
     OptimizerSettings,
-    ProgressLine,
+    Report,
     TrainingDivergedError,
     TrainingSetup,
     compare_with_baselines,
     evaluate,
     paper_setting,
-    progress_enabled,
     train,
     train_setup,
 )
@@ -77,40 +75,32 @@ def test_sgd_with_momentum_trains_too():
     assert result.history.val_loss[-1] < 0.8 * result.history.val_loss[0]
 
 
-def test_log_callback_and_quiet_progress():
-    records = []
-    stream = io.StringIO()  # not a terminal: no progress line
-    _run(steps=50, val_every=20, log=records.append, stream=stream)
-    assert [r.step for r in records] == [0, 20, 40, 50]
-    assert math.isnan(records[0].train_loss) and all(
-        math.isfinite(r.train_loss) for r in records[1:]
+def test_callback_receives_the_parameters_and_the_losses():
+    """The callback sees step 0, every read-back of the losses (after FLUSH_EVERY = 50
+    steps or at a held-out measurement) and the last step; its parameters are those after
+    ``step`` steps, its losses those so far."""
+    reports = []
+    constant = OptimizerSettings(lr=5e-3)  # no schedule: a shorter run takes the same steps
+    result = _run(steps=120, val_every=60, optimizer=constant, callback=reports.append)
+    assert all(isinstance(r, Report) and r.steps == 120 for r in reports)
+    assert [r.step for r in reports] == [0, 50, 60, 110, 120]
+    assert [r.step for r in reports if r.val_loss is not None] == [0, 60, 120]
+    assert [r.val_loss for r in reports if r.val_loss is not None] == result.history.val_loss.tolist()
+    for r in reports:
+        assert numpy.array_equal(r.train_loss, result.history.train_loss[: r.step])
+    assert all(r.wall_time >= 0 for r in reports)
+    assert numpy.all(numpy.diff([r.wall_time for r in reports]) >= 0)
+    # the parameters at step 60 are those of a 60-step run; at the end, the result's
+    shorter = _run(steps=60, val_every=60, optimizer=constant)
+    for (name, a), (_, b) in zip(tree_leaves(reports[2].params), tree_leaves(shorter.params)):
+        assert numpy.array_equal(a, b), name
+    for (name, a), (_, b) in zip(tree_leaves(reports[-1].params), tree_leaves(result.params)):
+        assert numpy.array_equal(a, b), name
+    # and the held-out loss reported is that of the parameters reported
+    val = regression_prompts(
+        256, 20, 2, numpy.random.default_rng(numpy.random.SeedSequence(0).spawn(2)[1])
     )
-    assert all(r.steps_per_second > 0 for r in records[1:])
-    assert stream.getvalue() == ""
-
-
-class FakeTerminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_progress_line_on_a_terminal(monkeypatch):
-    monkeypatch.delenv("CI", raising=False)
-    terminal = FakeTerminal()
-    assert progress_enabled(terminal) and not progress_enabled(terminal, quiet=True)
-    assert not progress_enabled(io.StringIO())
-    _run(steps=20, stream=terminal)
-    text = terminal.getvalue()
-    assert "\r" in text and "step 20/20" in text and "steps/s" in text
-    assert text.endswith("\r\x1b[K")  # the line is erased at the end
-    quiet = FakeTerminal()
-    _run(steps=5, stream=quiet, quiet=True)
-    assert quiet.getvalue() == ""
-    monkeypatch.setenv("CI", "true")
-    assert not progress_enabled(terminal)
-    line = ProgressLine(terminal, enabled=False)
-    line.update("x", force=True)
-    line.clear()
+    assert evaluate(reports[2].params, SMALL, val) == pytest.approx(reports[2].val_loss, rel=1e-12)
 
 
 def test_divergence_raises_a_clear_error():
@@ -200,12 +190,12 @@ def test_paper_setting_is_the_papers_model():
     fast = paper_setting(fast=True)
     assert fast.config == c and fast.steps < setup.steps
     assert TrainingSetup.from_dict(setup.to_dict()) == setup
-    assert "Our choices" in paper_setting.__doc__
+    assert "Our choices" in paper_setting.__doc__ and "docs/paper_setting.md" in paper_setting.__doc__
 
 
 def test_comparison_table_has_every_baseline():
     setup = replace(paper_setting(fast=True), config=SMALL, n_context=20, steps=10)
-    result = train_setup(setup, seed=0, quiet=True)
+    result = train_setup(setup, seed=0)
     table = compare_with_baselines(result.params, setup, n_prompts=500, seed=0)
     names = list(table)
     assert names[0] == "trained model" and "zero predictor" in names and "least squares" in names

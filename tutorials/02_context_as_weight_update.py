@@ -179,7 +179,7 @@ plt.show()
 
 # %%
 setup = replace(paper_setting(fast=True), steps=300 if FAST else 1500)
-trained = train_setup(setup, seed=0, quiet=True)
+trained = train_setup(setup, seed=0)
 print(f"{setup.steps} Adam steps; held-out MSE {trained.history.val_loss[0]:.2f} -> "
       f"{trained.history.val_loss[-1]:.2f}  (predicting 0 scores {baseline_mse(batch)['zero']:.2f})")
 

@@ -207,7 +207,7 @@ from minimal_icl.train import OptimizerSettings, train
 two_config = TransformerConfig(d_token=3, n_blocks=2, n_heads=2, d_head=8, d_mlp=32,
                                activation="gelu", attn_skip=True, mlp_skip=True, layer_norm=True)
 two = train(two_config, init_params(two_config, seed=1), OptimizerSettings(lr=3e-3), steps=200,
-            batch_size=64, n_context=16, d=2, seed=1, quiet=True)
+            batch_size=64, n_context=16, d=2, seed=1)
 two_updates = implicit_update(two.params, two_config, context, query)
 two_with_context, _ = forward(two.params, two_config, batch.tokens, last_only=True)
 two_patched, _ = forward(two.params, two_config, query_alone, patches=two_updates)

@@ -55,7 +55,7 @@ from IPython.display import Image, display
 
 from minimal_icl import FLOAT32_RTOL, IDENTITY_RTOL, relative_residual
 from minimal_icl.experiments import convergence, identity
-from minimal_icl.experiments.models import TrainedModel, train_recording
+from minimal_icl.experiments.models import TrainedModel, train_with_patched_validation
 from minimal_icl.train import paper_setting
 
 FAST = os.environ.get("MINIMAL_ICL_FAST") == "1"  # the test suite's short run
@@ -67,9 +67,10 @@ print(paper_setting.__doc__)
 # %% [markdown]
 # ## Training, with the validation loss computed two ways
 #
-# `train_recording` is the package's training loop (`train.train_step`: forward, loss at the
-# query, handwritten backward, Adam) with one addition: at every validation step it evaluates the
-# held-out prompts both ways. The full paper setting is 20 000 steps (`make reproduce`); here
+# `train_with_patched_validation` runs the package's training loop (`train.train_setup`: forward,
+# loss at the query, handwritten backward, Adam) with a callback that receives the parameters and,
+# at every validation step, evaluates the held-out prompts both ways. The full paper setting is
+# 20 000 steps (`make reproduce`); here
 # 4 000 steps (300 in the test suite's fast mode).
 
 # %%
@@ -77,7 +78,7 @@ if FAST:
     setup = paper_setting(fast=True)
 else:
     setup = replace(paper_setting(), steps=4000, val_every=250, val_size=1024)
-params, history = train_recording(setup, SEED)
+params, history = train_with_patched_validation(setup, SEED)
 model = TrainedModel(params=params, setup=setup, seed=SEED, history=history,
                      path=figures / "paper_model.npz", reused=False)
 curve_residual = relative_residual(history["val_loss"], history["val_loss_patched"])
@@ -158,7 +159,7 @@ from minimal_icl.train import train_setup
 linear_setup = replace(paper_setting(fast=True), steps=500,
                        config=replace(setup.config, attention="linear"),
                        optimizer=replace(setup.optimizer, lr=1e-3))
-linear_model = train_setup(linear_setup, seed=SEED, quiet=True)
+linear_model = train_setup(linear_setup, seed=SEED)
 tasks = regression_prompts(100, setup.n_context, setup.d, seed=1)
 norms = convergence.step_norms(linear_model.params, linear_setup.config, tasks.context, tasks.query)
 i = numpy.arange(1, setup.n_context)

@@ -73,7 +73,7 @@ figures = Path(tempfile.mkdtemp(prefix="minimal_icl_tutorial_07_"))
 
 # %%
 setup = paper_setting(fast=True) if FAST else replace(paper_setting(), steps=4000, val_every=1000)
-trained = train_setup(setup, seed=SEED, quiet=True)
+trained = train_setup(setup, seed=SEED)
 model = TrainedModel(params=trained.params, setup=setup, seed=SEED,
                      history={k: numpy.asarray(v) for k, v in trained.history._asdict().items()},
                      path=figures / "paper_model.npz", reused=False)

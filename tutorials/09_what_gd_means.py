@@ -158,7 +158,7 @@ plt.show()
 # training run.
 
 # %%
-trained = train_setup(replace(setup, steps=300 if FAST else 1500), seed=0, quiet=True).params
+trained = train_setup(replace(setup, steps=300 if FAST else 1500), seed=0).params
 checkpoints = list(range(0, N + 1, 5))
 task_error = {}
 for name, p in (("random weights", random_params), ("trained", trained)):

@@ -238,12 +238,12 @@ def run_experiment(name: str, out_dir, seed: int, fast: bool, progress, load_mod
 class Progress:
     """The live status line of long work: ``[stage] done/total  elapsed``.
 
-    Drawn with the training loop's ``ProgressLine``, and only where it draws: on a
+    Drawn with ``progress.ProgressLine``, and only where it draws: on a
     terminal, unless ``quiet`` or the environment variable CI is set.
     """
 
     def __init__(self, quiet: bool = False, stream=None):
-        from ..train import ProgressLine, progress_enabled
+        from ..progress import ProgressLine, progress_enabled
 
         self.stream = sys.stderr if stream is None else stream
         self.line = ProgressLine(self.stream, enabled=progress_enabled(self.stream, quiet))

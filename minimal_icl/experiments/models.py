@@ -1,13 +1,11 @@
 """The two trained models the figures share, trained once per output folder and reused.
 
 * The paper's model (Figures 2–4 and the dynamics figure): ``train.paper_setting()``,
-  one block of softmax attention and an MLP, no skips, no LayerNorm. It is trained here
-  with the package's own step (``train.train_step``) so that at every held-out
-  measurement the validation loss is computed BOTH ways, with the prompt T_W(C, x) and
-  with the query alone plus the patch T_{W+ΔW}(x) (Figure 2). The data and the steps are
-  those of ``train.train_setup`` for the same seed (a test checks that the two runs give
-  the same parameters), so ``python -m minimal_icl train`` and ``reproduce`` train the
-  same model. Saved as ``DIR/paper_model.npz``.
+  one block of softmax attention and an MLP, no skips, no LayerNorm. It is trained by
+  ``train.train_setup`` with a callback that, at every held-out measurement, also
+  computes the validation loss with the query alone plus the patch T_{W+ΔW}(x), beside
+  the one with the prompt T_W(C, x) (Figure 2). ``python -m minimal_icl train`` and
+  ``reproduce`` therefore train the same model. Saved as ``DIR/paper_model.npz``.
 * The deep model (Figure 5 of later versions): :func:`deep_setting`, a stack of L = 4
   pre-LN blocks with both skips, trained briefly with ``train.train_setup``. Saved as
   ``DIR/deep_model.npz``.
@@ -16,14 +14,11 @@ A checkpoint is reused when its training setup and seed match the ones asked for
 otherwise the model is trained again and the file replaced. Figure 2 also needs the
 two-way validation record, so a checkpoint written by ``python -m minimal_icl train``
 (which has the record with the prompt only) serves the other figures, and Figure 2
-retrains it, to the same parameters, with the record. (``train.train``'s ``log``
-callback sees the losses but not the parameters, hence the loop here.)
+retrains it, to the same parameters, with the record.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -32,20 +27,11 @@ import numpy
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TransformerConfig
-from ..data import mse, regression_prompts, regression_stream
+from ..data import mse, regression_prompts
 from ..implicit import implicit_update
 from ..model import predict
-from ..params import ModelParams, init_params
-from ..train import (
-    OptimizerSettings,
-    TrainingDivergedError,
-    TrainingSetup,
-    evaluate,
-    optimizer_init,
-    paper_setting,
-    train_setup,
-    train_step,
-)
+from ..params import ModelParams
+from ..train import OptimizerSettings, Report, TrainingSetup, paper_setting, train_setup
 from .common import QUIET, Progress
 
 PAPER_MODEL_FILE = "paper_model.npz"
@@ -120,49 +106,33 @@ def patched_predict(params: ModelParams, config: TransformerConfig, tokens, chun
     return numpy.concatenate(parts)
 
 
-def train_recording(setup: TrainingSetup, seed: int, progress: Progress = QUIET):
-    """Train like ``train.train_setup(setup, seed)`` and record the validation loss two ways.
+def train_with_patched_validation(setup: TrainingSetup, seed: int, progress: Progress = QUIET):
+    """``train.train_setup(setup, seed)``, with the held-out loss measured two ways.
 
-    The loop is the package's: the same initial parameters, the same stream of fresh
-    batches and held-out batch (seeded as in ``train.train``), ``train_step`` and the
-    learning-rate schedule. At step 0 and every ``setup.val_every`` steps it measures
+    A callback of the training loop measures, at step 0 and every ``setup.val_every``
+    steps, on the held-out batch of the run (the same prompts as ``val_loss``):
         val_loss          = MSE of T_W(C, x)        (the prompt, as train() does)
         val_loss_patched  = MSE of T_{W+ΔW}(x)      (the query alone, patched)
-    on the held-out batch. Returns (params, history dict of numpy arrays).
+    Returns (params, history dict of numpy arrays: the fields of ``train.History`` and
+    ``val_loss_patched``).
     """
-    config = setup.config
-    params = init_params(config, seed=seed)
-    train_seed, val_seed = numpy.random.SeedSequence(seed).spawn(2)
+    _, val_seed = numpy.random.SeedSequence(seed).spawn(2)  # the held-out batch of train()
     val_batch = regression_prompts(setup.val_size, setup.n_context, setup.d,
                                    numpy.random.default_rng(val_seed), setup.noise)
-    batches = regression_stream(setup.batch_size, setup.n_context, setup.d,
-                                numpy.random.default_rng(train_seed), setup.noise)
-    state = optimizer_init(setup.optimizer, params)
-    train_loss = numpy.empty(setup.steps)
-    record = {"val_step": [], "val_loss": [], "val_loss_patched": [], "wall_time": []}
-    start = time.perf_counter()
+    patched = []
 
-    def validate(step):
-        record["val_step"].append(step)
-        record["val_loss"].append(evaluate(params, config, val_batch))
-        patched = patched_predict(params, config, val_batch.tokens)
-        record["val_loss_patched"].append(mse(patched, val_batch.target))
-        record["wall_time"].append(time.perf_counter() - start)
+    def callback(report: Report) -> None:
+        if report.val_loss is not None:
+            prediction = patched_predict(report.params, setup.config, val_batch.tokens)
+            patched.append(mse(prediction, val_batch.target))
+        if report.step > 0:
+            loss = float(numpy.mean(report.train_loss[-50:]))
+            progress.update(f"train paper model, loss {loss:.4f}", report.step, setup.steps)
 
-    validate(0)
-    for step in range(1, setup.steps + 1):
-        lr = setup.optimizer.lr_at(step, setup.steps)
-        params, state, loss = train_step(params, state, config, next(batches), setup.optimizer, lr)
-        value = float(loss)
-        if not math.isfinite(value):
-            raise TrainingDivergedError(f"training diverged at step {step}: loss {value}")
-        train_loss[step - 1] = value
-        progress.update(f"train paper model, loss {value:.4f}", step, setup.steps)
-        if step % setup.val_every == 0 or step == setup.steps:
-            validate(step)
-    history = {"step": numpy.arange(1, setup.steps + 1), "train_loss": train_loss}
-    history.update({k: numpy.asarray(v) for k, v in record.items()})
-    return params, history
+    result = train_setup(setup, seed=seed, callback=callback)
+    history = {k: numpy.asarray(v) for k, v in result.history._asdict().items()}
+    history["val_loss_patched"] = numpy.asarray(patched)
+    return result.params, history
 
 
 # -- checkpoints -------------------------------------------------------------------------
@@ -214,7 +184,7 @@ def paper_model(out_dir, seed: int = 0, fast: bool = False, progress: Progress =
     loaded = _try_load(path, setup, seed, needed)
     if loaded is not None:
         return TrainedModel(loaded[0], setup, seed, loaded[1], path, True)
-    params, history = train_recording(setup, seed, progress)
+    params, history = train_with_patched_validation(setup, seed, progress)
     _save(path, params, setup, seed, history)
     progress.message(f"trained the paper model ({setup.steps} steps) -> {path}")
     return TrainedModel(params, setup, seed, history, path, False)
@@ -229,10 +199,12 @@ def deep_model(out_dir, seed: int = 0, fast: bool = False, progress: Progress = 
     if loaded is not None:
         return TrainedModel(loaded[0], setup, seed, loaded[1], path, True)
 
-    def log(v):
-        progress.update(f"train deep model, val loss {v.val_loss:.4f}", v.step, setup.steps)
+    def callback(report: Report) -> None:
+        if report.val_loss is not None:
+            progress.update(f"train deep model, val loss {report.val_loss:.4f}", report.step,
+                            setup.steps)
 
-    result = train_setup(setup, seed=seed, quiet=True, log=log)
+    result = train_setup(setup, seed=seed, callback=callback)
     history = {k: numpy.asarray(v) for k, v in result.history._asdict().items()}
     _save(path, result.params, setup, seed, history)
     progress.message(f"trained the deep model ({setup.steps} steps) -> {path}")
