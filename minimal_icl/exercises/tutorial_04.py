@@ -1,0 +1,124 @@
+"""Checks for tutorial 04: the patch of a block with both skip connections.
+
+The block the package runs with ``attn_skip=True, mlp_skip=True`` and no LayerNorm is
+
+    h = x + A(C, x),   out = h + W′ g(W h + b) + b′,
+
+so its MLP reads h, not A(C, x) (the paper's skip form, appendix of v1, feeds A(C, x) to
+the MLP). With the query alone, h_∅ = x + A(x), and Theorem 2.2 applied at the MLP
+input gives
+
+    ΔW  = W (h_C − h_∅) h_∅ᵀ / ‖h_∅‖² = W δA (x + A(x))ᵀ / ‖x + A(x)‖²,
+    Δb′ = h_C − h_∅ = A(C, x) − A(x) = δA.
+
+The reader writes both; the check compares them with
+:func:`minimal_icl.implicit.implicit_update` on a fresh random block and then runs the
+query alone through the block patched with the reader's answer
+(``forward(..., patches=...)``), which must give the with-context output at the query.
+Reference: Dherin et al. (2025), arXiv:2507.16003, Theorem 2.2 and its skip-connection
+form (v1); docs/notation.md for the symbols.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy
+
+from ..block import BlockPatch
+from ..config import TransformerConfig
+from ..data import regression_prompts
+from ..implicit import ImplicitUpdate, implicit_update
+from ..model import forward
+from ..params import ModelParams, init_params
+from ..tolerances import IDENTITY_RTOL, relative_residual
+from . import ExerciseError, _as_host, call_answer, check_array
+
+__all__ = ["SkipPatchCase", "skip_patch_case", "check_skip_patch"]
+
+
+class SkipPatchCase(NamedTuple):
+    """A skip block (no LayerNorm), B prompts, and the package's patch for Y = C."""
+
+    config: TransformerConfig
+    params: ModelParams
+    tokens: numpy.ndarray  # (B, N+1, D)  [C, x]
+    W: numpy.ndarray  # (M, D)           the MLP's first weight
+    x: numpy.ndarray  # (B, D)           the query token
+    A_with: numpy.ndarray  # (B, D)      A(C, x)
+    A_without: numpy.ndarray  # (B, D)   A(x), the query alone
+    update: ImplicitUpdate  # the package's ΔW, Δb′
+
+
+def skip_patch_case(seed: int = 0) -> SkipPatchCase:
+    """A random softmax block with both skips (2 heads, M = 16) on 6 regression prompts
+    of 8 context pairs; A(C, x) and A(x) read from the engine's own forward caches."""
+    config = TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=4, d_mlp=16,
+                               attn_skip=True, mlp_skip=True)
+    params = init_params(config, seed=seed)
+    batch = regression_prompts(6, n_context=8, d=2, seed=seed + 1)
+    _, with_context = forward(params, config, batch.tokens)
+    _, alone = forward(params, config, batch.query[:, None, :])
+    (update,) = implicit_update(params, config, batch.context, batch.query)
+    return SkipPatchCase(
+        config, params, numpy.asarray(batch.tokens), numpy.asarray(params.blocks[0].mlp.W1),
+        numpy.asarray(batch.query), numpy.asarray(with_context.blocks[0].A[:, -1]),
+        numpy.asarray(alone.blocks[0].A[:, -1]), update,
+    )
+
+
+def _rank_one(column: numpy.ndarray, a: numpy.ndarray, power: int = 2) -> numpy.ndarray:
+    """column ⊗ a/‖a‖^power per prompt: (B, M), (B, D) -> (B, M, D)."""
+    row = a / numpy.linalg.norm(a, axis=-1, keepdims=True) ** power
+    return column[:, :, None] * row[:, None, :]
+
+
+def check_skip_patch(skip_patch: Callable, seed: int = 0) -> None:
+    """Check ``skip_patch(W, x, A_with, A_without) -> (delta_W, delta_b)``.
+
+    Shapes: W (M, D), x, A_with = A(C, x), A_without = A(x) (B, D); delta_W (B, M, D),
+    delta_b (B, D). Expected: the package's ``implicit_update`` for Y = C on the skip
+    block; then the query alone, patched with the answer, must reproduce the
+    with-context output at the query to IDENTITY_RTOL.
+    Raises ExerciseError with a hint naming the mistake.
+    """
+    case = skip_patch_case(seed)
+    answer = call_answer(skip_patch, case.W.copy(), case.x.copy(), case.A_with.copy(),
+                         case.A_without.copy(), name="skip_patch")
+    if not isinstance(answer, (tuple, list)) or len(answer) != 2:
+        raise ExerciseError("skip_patch must return two arrays: (delta_W, delta_b)")
+    delta_W, delta_b = answer
+
+    W, x, A_C, A_0 = case.W, case.x, case.A_with, case.A_without
+    h_C, h_0 = x + A_C, x + A_0  # the MLP inputs with and without the context
+    column = (A_C - A_0) @ W.T  # (B, M)  W δA
+    check_array("ΔW", delta_W, numpy.asarray(case.update.delta_W), mistakes=[
+        ("the row is A(x)/‖A(x)‖², the paper's skip form; in this block the MLP reads"
+         " h = x + A, so the row is (x + A(x))/‖x + A(x)‖²", _rank_one(column, A_0)),
+        ("the division by ‖a‖² is missing: ΔW = W δA aᵀ/‖a‖² with a = x + A(x)",
+         _rank_one(column, h_0, power=0)),
+        ("‖a‖ is not squared: the row is a/‖a‖², a = x + A(x)", _rank_one(column, h_0, 1)),
+        ("the row is built from the with-context input x + A(C, x); it is the MLP input"
+         " WITHOUT the context, a = x + A(x)", _rank_one(column, h_C)),
+        ("the column is W (x + A(C, x)); it is W times the CHANGE of the MLP input,"
+         " W (h_C − h_∅) = W δA (x cancels)", _rank_one(h_C @ W.T, h_0)),
+        ("the column is W A(C, x); subtract A(x): the column is W δA = W (A(C, x) − A(x))",
+         _rank_one(A_C @ W.T, h_0)),
+    ])
+    check_array("Δb′", delta_b, numpy.asarray(case.update.delta_b), mistakes=[
+        ("Δb′ is zero: the MLP skip carries h past the MLP, so the output must also gain"
+         " h_C − h_∅ = δA", numpy.zeros_like(A_C)),
+        ("Δb′ is h_C = x + A(C, x); it is the change of the residual stream, h_C − h_∅",
+         h_C),
+        ("Δb′ is A(C, x); subtract A(x): Δb′ = A(C, x) − A(x) = δA", A_C),
+    ])
+
+    patch = BlockPatch(_as_host(delta_W, "ΔW"), _as_host(delta_b, "Δb′"))
+    full, _ = forward(case.params, case.config, case.tokens)
+    patched, _ = forward(case.params, case.config, case.tokens[:, -1:, :], patches=(patch,))
+    residual = relative_residual(patched[:, -1], full[:, -1])
+    if residual > IDENTITY_RTOL:
+        raise ExerciseError(
+            f"the patched query alone misses the with-context output by {residual:.2e}"
+        )
+    print(f"✓ T_(W+ΔW, b′+Δb′)(x) = T_(W, b′)(C, x): residual {residual:.1e} ≤ {IDENTITY_RTOL:.0e}")

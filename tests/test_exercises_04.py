@@ -1,0 +1,80 @@
+"""Tutorial 04's check: the skip block's patch passes when right and names each typical
+mistake."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+
+from minimal_icl.exercises import ExerciseError
+from minimal_icl.exercises.tutorial_04 import check_skip_patch, skip_patch_case
+from minimal_icl.tolerances import IDENTITY_RTOL, relative_residual
+
+
+def patch_with(row="x+A", power=2, column="delta", bias="delta", transpose=False):
+    """A skip-block patch with one switch per typical mistake (the defaults are right)."""
+
+    def skip_patch(W, x, A_with, A_without):
+        rows = {"x+A": x + A_without, "A": A_without, "with": x + A_with}
+        columns = {"delta": A_with - A_without, "h_C": x + A_with, "A_C": A_with}
+        a = rows[row]
+        c = columns[column] @ W.T  # (B, M)
+        delta_W = c[:, :, None] * (a / numpy.linalg.norm(a, axis=-1, keepdims=True) ** power)[:, None, :]
+        if transpose:
+            delta_W = numpy.swapaxes(delta_W, -1, -2)
+        biases = {"delta": A_with - A_without, "zero": numpy.zeros_like(x),
+                  "h_C": x + A_with, "A_C": A_with, "minus": A_without - A_with}
+        return delta_W, biases[bias]
+
+    return skip_patch
+
+
+def test_the_right_patch_passes(capsys):
+    check_skip_patch(patch_with())
+    out = capsys.readouterr().out
+    assert "✓ ΔW is right" in out and "✓ Δb′ is right" in out and "✓ T_(W+ΔW" in out
+
+
+def test_the_case_is_the_skip_block_whose_row_is_x_plus_A():
+    """The check's inputs: the package's row is (x + A(x))/‖x + A(x)‖², which differs
+    from the paper's A(x)/‖A(x)‖², and Δb′ = δA."""
+    case = skip_patch_case()
+    a = case.x + case.A_without
+    assert relative_residual(case.update.row, a / numpy.sum(a**2, -1, keepdims=True)) <= IDENTITY_RTOL
+    paper = case.A_without / numpy.sum(case.A_without**2, -1, keepdims=True)
+    assert relative_residual(case.update.row, paper) > 1e-2
+    assert relative_residual(case.update.delta_b, case.A_with - case.A_without) <= IDENTITY_RTOL
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        (dict(row="A"), "the paper's skip form"),
+        (dict(power=0), "division by ‖a‖² is missing"),
+        (dict(power=1), "is not squared"),
+        (dict(row="with"), "WITHOUT the context"),
+        (dict(column="h_C"), "CHANGE of the MLP input"),
+        (dict(column="A_C"), "the column is W A\\(C, x\\)"),
+        (dict(transpose=True), "swapped"),
+        (dict(bias="zero"), "Δb′ is zero"),
+        (dict(bias="h_C"), "change of the residual stream"),
+        (dict(bias="A_C"), "Δb′ is A\\(C, x\\)"),
+        (dict(bias="minus"), "wrong sign"),
+    ],
+)
+def test_each_typical_mistake_gets_its_hint(mistake, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check_skip_patch(patch_with(**mistake))
+
+
+def test_placeholder_and_bad_returns():
+    def placeholder(W, x, A_with, A_without):
+        raise NotImplementedError("your turn")
+
+    with pytest.raises(ExerciseError, match="not written yet"):
+        check_skip_patch(placeholder)
+    with pytest.raises(ExerciseError, match="two arrays"):
+        check_skip_patch(lambda W, x, A_with, A_without: W)
+    right = patch_with()
+    with pytest.raises(ExerciseError, match="Δb′ has shape"):
+        check_skip_patch(lambda *args: (right(*args)[0], right(*args)[1][0]))
