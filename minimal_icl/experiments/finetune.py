@@ -15,7 +15,13 @@ query, with baselines on the same tasks (zero predictor; one GD step on the firs
 examples from w = 0 with the optimal step η* = 1/(1 + (d+1)/i); least squares on the
 first i examples, minimum-norm for i < d; for noiseless labels ridge with λ = σ²/τ² = 0
 is least squares); (b) the alignment cos_F(ΔW_ft, ΔW_i) = ⟨ΔW_ft, ΔW_i⟩_F /
-(‖ΔW_ft‖_F ‖ΔW_i‖_F).
+(‖ΔW_ft‖_F ‖ΔW_i‖_F), under its ceiling: ΔW_i = (W δu) aᵀ/‖a‖² has the row a = A(x)
+and a column in range(W), and no matrix of that shape has a larger cos_F with ΔW_ft
+than ‖P_W ΔW_ft a‖/(‖ΔW_ft‖_F ‖a‖) (``alignment_ceiling``); (c) the norms of both
+updates; (d) the correlation over the tasks of the two predictions at the query.
+
+The protocol (lone tokens, only W trained, full-batch GD, the step size) and panels
+(b)–(d) are this package's own: the paper's finetuning protocol could not be recovered.
 
 Finetuning runs all tasks at once: a per-task weight W + ΔW_ft (B, M, D) in the MLP
 (``mlp_forward``/``mlp_backward`` accept one weight per prompt), applied at the i
@@ -62,7 +68,7 @@ TITLE = "Figure 4: finetuning W on i examples against the implicit patch ΔW_i"
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Our choices for Figure 4 (the paper does not publish its optimiser settings).
+    """Our choices for Figure 4 (the paper's finetuning protocol could not be recovered).
 
     n_tasks:  held-out tasks (a fresh w, N context pairs and a test query each).
     lr:       the learning rate in units of the curvature: each task takes steps of size
@@ -224,7 +230,8 @@ def compute(model, cfg: FinetuneConfig, seed: int, progress: Progress = QUIET) -
     return {
         "figure": NAME,
         "title": TITLE,
-        "paper": "Figure 4 of v1 (curves only; optimiser settings not published)",
+        "paper": ("Figure 4 of v1 (test-loss curves); the finetuning protocol and the"
+                  " alignment panel here are this package's own"),
         "config": asdict(cfg),
         "model": model.describe(),
         "headline": headline,
