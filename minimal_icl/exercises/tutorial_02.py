@@ -1,0 +1,106 @@
+"""Checks for tutorial 02 (context as a weight update): ΔW from two forward caches.
+
+The reader writes the corollary of Theorem 2.2 (Dherin et al. 2025, arXiv:2507.16003,
+Theorem 2.2 in v1, Y = C),
+
+    ΔW = (W ΔA) A(x)ᵀ / ‖A(x)‖²,   ΔA = A(C, x) − A(x),
+
+as ``delta_W_from_caches(W, cache_with, cache_alone) -> (B, M, D)``, where
+``cache_with`` is the forward cache of the whole prompt [C, x] and ``cache_alone`` that
+of the query alone [x]. ``check_delta_W`` compares the answer with the package's
+``implicit_update`` and runs the patched forward, ``forward(x, patches=...)``, which must
+reproduce the with-context output at the query. Hints name the typical mistakes: no
+division by ‖A(x)‖², a division by ‖A(x)‖, the transposed factor A(x) ⊗ W ΔA, the sign
+of ΔA, and A(C, x) in place of A(x) as the row.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy
+
+from ..block import BlockPatch
+from ..config import TransformerConfig
+from ..implicit import implicit_update
+from ..model import forward
+from ..params import ModelParams
+from ..tolerances import IDENTITY_RTOL, relative_residual
+from . import ExerciseError, call_answer, check_array
+
+__all__ = ["check_delta_W", "delta_W_mistakes"]
+
+
+def _outer(column: numpy.ndarray, row: numpy.ndarray) -> numpy.ndarray:
+    return column[:, :, None] * row[:, None, :]  # (B, M, D)
+
+
+def delta_W_mistakes(W, A_with, A_alone) -> list[tuple[str, numpy.ndarray]]:
+    """The typical wrong updates for W (M, D), A(C, x) and A(x) (B, D), with their hints."""
+    W, A_C, A_x = (numpy.asarray(v, dtype=numpy.float64) for v in (W, A_with, A_alone))
+    column = (A_C - A_x) @ W.T  # (B, M)  W ΔA
+    norm = numpy.linalg.norm(A_x, axis=-1, keepdims=True)  # (B, 1)  ‖A(x)‖
+    norm_C = numpy.linalg.norm(A_C, axis=-1, keepdims=True)
+    return [
+        ("the division by ‖A(x)‖² is missing: the row is A(x)ᵀ/‖A(x)‖², so that"
+         " ΔW A(x) = W ΔA (aᵀa/‖a‖² = 1)", _outer(column, A_x)),
+        ("you divided by ‖A(x)‖ instead of ‖A(x)‖²: ΔW A(x) must equal W ΔA, and"
+         " aᵀa/‖a‖ = ‖a‖ ≠ 1", _outer(column, A_x / norm)),
+        ("the sign of ΔA is flipped: ΔA = A(C, x) − A(x), the with-context output minus"
+         " the query alone", _outer(-column, A_x / norm**2)),
+        ("the row is A(C, x)ᵀ/‖A(C, x)‖², but the patched block runs on the query alone:"
+         " ΔW must act on A(x), so the row is A(x)ᵀ/‖A(x)‖²", _outer(column, A_C / norm_C**2)),
+    ]
+
+
+def check_delta_W(
+    delta_W_from_caches: Callable,
+    params: ModelParams,
+    config: TransformerConfig,
+    n_prompts: int = 16,
+    n_context: int = 10,
+    seed: int = 0,
+) -> float:
+    """Check ``delta_W_from_caches(W, cache_with, cache_alone) -> ΔW (B, M, D)``.
+
+    Draws fresh prompts (standard normal tokens: n_prompts prompts of n_context context
+    tokens and a query), runs ``forward`` on [C, x] and on [x] (``last_only=True``),
+    calls the reader's function with the first block's W and the two caches, then
+
+    1. compares the answer with ``implicit_update(...)[0].delta_W`` (relative residual
+       ≤ IDENTITY_RTOL), with a hint for each typical mistake;
+    2. runs the query alone through the block patched with the answer and compares its
+       output with the with-context output at the query (≤ IDENTITY_RTOL).
+
+    One-block models only (the exercise patches the first block). Returns the residual
+    of the patched forward. Raises ExerciseError with a hint.
+    """
+    if config.n_blocks != 1:
+        raise ValueError(f"check_delta_W: expected a one-block model, config has {config.n_blocks}")
+    rng = numpy.random.default_rng(seed)
+    tokens = rng.standard_normal((n_prompts, n_context + 1, config.d_token))  # [C, x]
+    context, query = tokens[:, :-1], tokens[:, -1]
+    query_alone = tokens[:, -1:]  # (B, 1, D)
+    with_context, cache_with = forward(params, config, tokens, last_only=True)
+    _, cache_alone = forward(params, config, query_alone, last_only=True)
+    W = params.blocks[0].mlp.W1
+    (update,) = implicit_update(params, config, context, query)
+
+    label = getattr(delta_W_from_caches, "__name__", "your function")
+    answer = call_answer(delta_W_from_caches, W, cache_with, cache_alone, name=label)
+    A_with = cache_with.blocks[0].u[:, -1]  # the MLP input at the query (A(C, x) here)
+    A_alone = cache_alone.blocks[0].u[:, -1]
+    residual = check_array("ΔW", answer, update.delta_W,
+                           mistakes=delta_W_mistakes(W, A_with, A_alone), quiet=True)
+
+    patch = BlockPatch(delta_W=numpy.asarray(answer, dtype=numpy.float64), delta_b=update.delta_b)
+    patched, _ = forward(params, config, query_alone, patches=(patch,))
+    identity = relative_residual(patched[:, -1], with_context[:, -1])
+    if not identity <= IDENTITY_RTOL:
+        raise ExerciseError(
+            f"ΔW matches implicit_update but the patched forward misses the with-context"
+            f" output by {identity:.1e} > {IDENTITY_RTOL:.0e}"
+        )
+    print(f"✓ ΔW is right: against implicit_update {residual:.1e}; the query alone through"
+          f" W + ΔW reproduces T_W(C, x) to {identity:.1e} (≤ {IDENTITY_RTOL:.0e})")
+    return identity
