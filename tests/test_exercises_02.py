@@ -1,0 +1,101 @@
+"""Tutorial 02's check passes the right ΔW and names each typical mistake."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+
+from minimal_icl import TransformerConfig, init_params
+from minimal_icl.exercises import ExerciseError
+from minimal_icl.exercises.tutorial_02 import check_delta_W
+
+CONFIG = TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=4, d_mlp=16,
+                           attention="softmax", activation="relu")
+PARAMS = init_params(CONFIG, seed=0)
+
+
+def pieces(W, cache_with, cache_alone):
+    A_C = cache_with.blocks[0].u[:, -1]
+    A_x = cache_alone.blocks[0].u[:, -1]
+    return (A_C - A_x) @ W.T, A_C, A_x
+
+
+def outer(column, row):
+    return column[:, :, None] * row[:, None, :]
+
+
+def right(W, cache_with, cache_alone):
+    column, _, A_x = pieces(W, cache_with, cache_alone)
+    return outer(column, A_x / numpy.sum(A_x**2, axis=-1, keepdims=True))
+
+
+def no_division(W, cache_with, cache_alone):
+    column, _, A_x = pieces(W, cache_with, cache_alone)
+    return outer(column, A_x)
+
+
+def divided_by_norm(W, cache_with, cache_alone):
+    column, _, A_x = pieces(W, cache_with, cache_alone)
+    return outer(column, A_x / numpy.linalg.norm(A_x, axis=-1, keepdims=True))
+
+
+def transposed(W, cache_with, cache_alone):
+    return numpy.swapaxes(right(W, cache_with, cache_alone), -1, -2)  # aᵀ ⊗ W δ
+
+
+def flipped_sign(W, cache_with, cache_alone):
+    column, _, A_x = pieces(W, cache_with, cache_alone)  # A(x) − A(C, x)
+    return outer(-column, A_x / numpy.sum(A_x**2, axis=-1, keepdims=True))
+
+
+def row_with_context(W, cache_with, cache_alone):
+    column, A_C, _ = pieces(W, cache_with, cache_alone)
+    return outer(column, A_C / numpy.sum(A_C**2, axis=-1, keepdims=True))
+
+
+def placeholder(W, cache_with, cache_alone):
+    raise NotImplementedError("your turn")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [CONFIG,
+     TransformerConfig(d_token=4, n_blocks=1, n_heads=2, d_head=3, d_mlp=8,
+                       attention="linear", activation="gelu")],
+)
+def test_right_answer_passes_and_the_patched_forward_reproduces_the_context(config, capsys):
+    params = init_params(config, seed=1)
+    assert check_delta_W(right, params, config) <= 1e-12
+    assert "✓ ΔW is right" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("answer", "hint"),
+    [
+        (no_division, "division by ‖A\\(x\\)‖² is missing"),
+        (divided_by_norm, "instead of ‖A\\(x\\)‖²"),
+        (transposed, "transposed factor"),
+        (flipped_sign, "sign of ΔA is flipped"),
+        (row_with_context, "the row is A\\(C, x\\)ᵀ"),
+        (placeholder, "not written yet"),
+    ],
+)
+def test_typical_mistakes_get_their_hint(answer, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check_delta_W(answer, PARAMS, CONFIG)
+
+
+def test_an_answer_that_fails_only_in_the_patched_forward_is_caught(monkeypatch):
+    """The check runs the patched forward itself: were the comparison with implicit_update
+    fooled, the with-context output would still have to come out."""
+    import minimal_icl.exercises.tutorial_02 as module
+
+    monkeypatch.setattr(module, "check_array", lambda *args, **kwargs: 0.0)
+    with pytest.raises(ExerciseError, match="patched forward"):
+        check_delta_W(no_division, PARAMS, CONFIG)
+
+
+def test_a_stack_is_refused():
+    config = TransformerConfig(d_token=3, n_blocks=2, n_heads=1, d_head=4, d_mlp=8)
+    with pytest.raises(ValueError, match="one-block"):
+        check_delta_W(right, init_params(config, seed=0), config)
