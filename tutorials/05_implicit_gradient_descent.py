@@ -240,7 +240,8 @@ def numerical_rank(X, rtol=1e-10):
 
 
 ranks = {}
-for name, switches in (("no LayerNorm", {}), ("LN + attn skip", dict(attn_skip=True, layer_norm=True))):
+with_ln = dict(attn_skip=True, layer_norm=True)
+for name, switches in (("no LayerNorm", {}), ("LN + attn skip", with_ln)):
     cfg = TransformerConfig(d_token=3, n_blocks=1, n_heads=1, d_head=8, d_mlp=32, **switches)
     p = init_params(cfg, seed=0)
     for n in (1, 2, 3, N):
@@ -358,8 +359,8 @@ plt.show()
 # $X A(x) = W_0 A_i$ (Theorem 2.2 with the first $i$ tokens), $T_{W_i}(x) = T_{W_0}(c_1..c_i, x)$.
 
 # %% jupyter={"source_hidden": true}
-# Solution 2. All scores 0: p_(i+1) = 1/(i+2) exactly and A_(i+1) − A_i = W_O (v_(i+1) − v̄_i)/(i+2).
-# The numerator is a random vector whose size does not shrink, so (i+2)·increment stays flat.
+# Solution 2. All scores 0: p_(i+1) = 1/(i+2) exactly, and
+# A_(i+1) − A_i = W_O (v_(i+1) − v̄_i)/(i+2). The numerator is a random vector whose size does not shrink, so (i+2)·increment stays flat.
 block = params.blocks[0]
 no_W_Q = block.attn._replace(W_Q=0.0 * block.attn.W_Q)  # every score q·k/√K is 0
 uniform_params = params._replace(blocks=(block._replace(attn=no_W_Q),))
