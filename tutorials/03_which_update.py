@@ -24,22 +24,25 @@
 # \Delta W(Y) = \frac{(W\,\delta A_x(Y))\, A(C\setminus Y, x)^\top}{\|A(C\setminus Y, x)\|^2}.
 # $$
 #
-# Three questions follow.
+# Symbols follow the [notation](../docs/notation.md) table; here $a = A(C\setminus Y, x)$ and
+# $\delta = \delta A_x(Y)$. Three questions follow.
 #
-# * **Is it the only update?** No. Any $X$ with $X a = W\delta$, $a = A(C\setminus Y, x)$, does
-#   the same job, e.g. $\Delta W + M_\perp$ with $M_\perp a = 0$. Among them $\Delta W(Y)$ is the
+# * **Is it the only update?** No. Any $X$ with $X a = W\delta$ does the same job, e.g.
+#   $\Delta W + Z$ with $Z a = 0$ (a *null-space* matrix $Z$). Among them $\Delta W(Y)$ is the
 #   one of **minimum Frobenius norm**: it is $W\delta\, a^+$ with the pseudo-inverse
-#   $a^+ = a^\top/\|a\|^2$, and its rows are multiples of $a^\top$ while those of $M_\perp$ are
-#   orthogonal to $a$, so $\|\Delta W + M_\perp\|_F^2 = \|\Delta W\|_F^2 + \|M_\perp\|_F^2$.
+#   $a^+ = a^\top/\|a\|^2$, and its rows are multiples of $a^\top$ while those of $Z$ are
+#   orthogonal to $a$, so $\|\Delta W + Z\|_F^2 = \|\Delta W\|_F^2 + \|Z\|_F^2$.
 # * **What if $a = A(C\setminus Y, x) = 0$?** Then $Xa = 0 \neq W\delta$ for every $X$: no update
 #   exists in general. The package raises `DegenerateQueryError`; it never adds an epsilon.
 # * **Does the order of the kept tokens matter?** $C\setminus Y$ keeps the remaining tokens in
-#   their order (the model here has no positions, so it would not matter anyway).
+#   their order (the model here has no positions and no causal mask, so it would not matter
+#   anyway).
 #
-# **What we will check**: the identity for random subsets $Y$ of every size
-# (relative residual $\le$ `IDENTITY_RTOL`); the minimum-norm property against an independent
-# pseudo-inverse (`numpy.linalg.pinv` via `minimum_norm_solution`) and against a family of
-# other solutions; and the error in the degenerate case.
+# **What we will do**: check the identity for random subsets $Y$ of every size (relative
+# residual $\le$ `IDENTITY_RTOL`); **write the projection that makes any matrix a null-space
+# matrix $Z$** and check it by the patched forward; check the minimum-norm property against
+# an independent pseudo-inverse (`numpy.linalg.pinv` via `minimum_norm_solution`) and a
+# family of other solutions; and meet the error of the degenerate case.
 
 # %%
 import matplotlib.pyplot as plt
@@ -54,6 +57,7 @@ from minimal_icl import (
     relative_residual,
 )
 from minimal_icl.data import regression_prompts
+from minimal_icl.exercises.tutorial_03 import check_null_space
 from minimal_icl.implicit import (
     DegenerateQueryError,
     implicit_update,
@@ -75,7 +79,7 @@ with_context, _ = forward(params, config, batch.tokens, last_only=True)
 #
 # For each size $|Y| = 0, \dots, N$ draw a few random subsets, patch, and run the block on
 # the shorter prompt `remove_tokens(context, query, Y)` ($C \setminus Y$ in order, then the
-# query).
+# query): $T_{W+\Delta W(Y)}(C\setminus Y, x)$ against $T_W(C, x)$.
 
 # %%
 rng = numpy.random.default_rng(0)
@@ -91,6 +95,7 @@ for size in range(N + 1):
         patch_norms.append(numpy.mean(numpy.linalg.norm(updates[0].delta_W, axis=(-2, -1))))
 print(f"largest relative residual over {len(residuals)} subsets: {max(residuals):.1e}")
 
+# %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
 axes[0].semilogy(sizes, numpy.maximum(residuals, 1e-18), "o", ms=4)
 axes[0].axhline(IDENTITY_RTOL, color="tab:red", ls="--", label="IDENTITY_RTOL")
@@ -101,39 +106,82 @@ axes[0].legend()
 axes[1].plot(sizes, patch_norms, "o", ms=4, color="tab:green")
 axes[1].set_xlabel("|Y|")
 axes[1].set_ylabel(r"mean $\|\Delta W(Y)\|_F$")
-axes[1].set_title("bigger removals need bigger patches")
+axes[1].set_title("on average, bigger removals need bigger patches")
 plt.show()
+
+# %% [markdown]
+# ## Your turn: a null-space matrix from any matrix
+#
+# Another exact update is $\Delta W + Z$ for any $Z$ with $Z a = 0$, because then
+# $(W + \Delta W + Z)\,a = W a + W\delta = W A(C, x)$. Any matrix becomes one by removing
+# the part of its rows along $a$: with the orthogonal projector $I - a a^\top/\|a\|^2$,
+#
+# $$
+# Z_\perp = Z\Big(I - \frac{a\,a^\top}{\|a\|^2}\Big) = Z - \frac{(Z a)\, a^\top}{\|a\|^2},
+# \qquad Z_\perp a = Z a - Z a = 0 .
+# $$
+#
+# Write it for every prompt at once: `Z` has shape `(B, M, D)` and `a` shape `(B, D)`;
+# `Z @ a[:, :, None]` is $Za$, shape `(B, M, 1)`, and `a[:, None, :]` is $a^\top$ per prompt.
+
+# %%
+def null_space_part(Z, a):
+    """Z_⊥ = Z (I − a aᵀ/‖a‖²) per prompt: Z (B, M, D), a (B, D) -> (B, M, D)."""
+    ### BEGIN SOLUTION
+    Za = Z @ a[:, :, None]  # (B, M, 1)
+    Z_perp = Z - Za * a[:, None, :] / numpy.sum(a * a, axis=-1)[:, None, None]
+    ### END SOLUTION
+    return Z_perp
+
+
+# %% [markdown]
+# The check draws fresh prompts and a random $Z$, compares your $Z_\perp$ with the package's
+# `null_space_perturbation`, checks $Z_\perp a = 0$, and runs the query alone through
+# $W + \Delta W + Z_\perp$, which must give the with-context output.
+
+# %%
+check_null_space(null_space_part, params, config)
 
 # %% [markdown]
 # ## Not unique: a family of updates, one of minimum norm
 #
-# `null_space_perturbation(update, M)` returns $\Delta W + M_\perp$ with
-# $M_\perp = M(I - a a^\top/\|a\|^2)$. Every member of the family $\Delta W + t M_\perp$ gives the
-# same output at the query, and its norm grows like $\sqrt{\|\Delta W\|_F^2 + t^2\|M_\perp\|_F^2}$.
+# `null_space_perturbation(update, Z)` returns $\Delta W + Z_\perp$ (the line you just wrote,
+# added to $\Delta W$). Every member of the family $\Delta W + t Z_\perp$ gives the same
+# output at the query, and by Pythagoras its norm is
+# $\sqrt{\|\Delta W\|_F^2 + t^2\|Z_\perp\|_F^2}$, smallest at $t = 0$.
 
 # %%
 (update,) = implicit_update(params, config, context, query)  # Y = C
 query_alone = query[:, None, :]
-M = rng.standard_normal((config.d_mlp, config.d_token))
+Z = rng.standard_normal((config.d_mlp, config.d_token))  # one Z for every prompt
 scales = numpy.linspace(-2, 2, 21)
 family_residuals, family_norms = [], []
 for t in scales:
-    other_solution = null_space_perturbation(update, t * M)  # (B, M, D)
-    out, _ = forward(params, config, query_alone,
-                     patches=(BlockPatch(delta_W=other_solution, delta_b=update.delta_b),))
+    other_solution = null_space_perturbation(update, t * Z)  # (B, M, D)  ΔW + t Z_⊥
+    patch = BlockPatch(delta_W=other_solution, delta_b=update.delta_b)
+    out, _ = forward(params, config, query_alone, patches=(patch,))
     family_residuals.append(relative_residual(out[:, -1], with_context[:, -1]))
     family_norms.append(numpy.linalg.norm(other_solution[0]))
-
-M_perp = null_space_perturbation(update, M) - update.delta_W
-pythagoras = numpy.sqrt(numpy.linalg.norm(update.delta_W[0]) ** 2
-                        + scales ** 2 * numpy.linalg.norm(M_perp[0]) ** 2)
-pinv_solution = minimum_norm_solution(update.column, update.u_without)  # via linalg.pinv
 print(f"largest residual over the family: {max(family_residuals):.1e}")
-print(f"ΔW vs the pseudo-inverse solution: relative residual "
-      f"{relative_residual(update.delta_W, pinv_solution):.1e}")
+
+# %% [markdown]
+# The minimum-norm solution of $X a = W\delta$ is $X = W\delta\, a^+$; `minimum_norm_solution`
+# computes $a^+$ with `linalg.pinv` (an SVD), independently of the formula $a^\top/\|a\|^2$.
+
+# %%
+Z_perp = null_space_perturbation(update, Z) - update.delta_W  # (B, M, D)
+pythagoras = numpy.sqrt(numpy.linalg.norm(update.delta_W[0]) ** 2
+                        + scales ** 2 * numpy.linalg.norm(Z_perp[0]) ** 2)
+pinv_solution = minimum_norm_solution(update.column, update.u_without)  # via linalg.pinv
+pinv_residual = relative_residual(update.delta_W, pinv_solution)
+a = update.u_without  # (B, D)
+annihilation = numpy.max(numpy.abs(Z_perp @ a[:, :, None])) / (
+    numpy.max(numpy.abs(Z)) * numpy.max(numpy.linalg.norm(a, axis=-1)))
+print(f"Z_⊥ a, relative to max|Z| ‖a‖: {annihilation:.1e}")
+print(f"ΔW vs the pseudo-inverse solution: relative residual {pinv_residual:.1e}")
 
 fig, ax = plt.subplots(figsize=(5, 3.4), constrained_layout=True)
-ax.plot(scales, family_norms, "o", ms=4, label=r"$\|\Delta W + t M_\perp\|_F$ (prompt 0)")
+ax.plot(scales, family_norms, "o", ms=4, label=r"$\|\Delta W + t Z_\perp\|_F$ (prompt 0)")
 ax.plot(scales, pythagoras, "-", lw=1, color="gray", label="Pythagoras")
 ax.set_xlabel("t")
 ax.set_ylabel("Frobenius norm")
@@ -169,27 +217,106 @@ keep_first = list(range(1, N))  # Y = every token but c_1
 partial = implicit_update(params, config, context, bad_query, removed=keep_first)
 bad_tokens = numpy.concatenate([context, bad_query[:, None, :]], axis=1)
 bad_with_context, _ = forward(params, config, bad_tokens, last_only=True)
-patched, _ = forward(params, config, remove_tokens(context, bad_query, keep_first), patches=partial)
+shorter = remove_tokens(context, bad_query, keep_first)  # (B, 2, D): c_1, then x
+patched, _ = forward(params, config, shorter, patches=partial)
 residual_partial = relative_residual(patched[:, -1], bad_with_context[:, -1])
 print(f"Y = C minus c_1, zero queries included: relative residual {residual_partial:.1e}")
 
 # %% [markdown]
-# ## Exercise
+# ## Summary
 #
-# Show numerically that for a zero query no matrix $X$ at all reproduces the with-context
-# output: compare `forward` on the query alone with *any* patch (the MLP input is
-# $(W + X)\cdot 0 = 0$ whatever $X$ is) against the with-context output of prompt 3.
+# * Any part of the context can go into the weights:
+#   $T_W(C, x) = T_{W + \Delta W(Y)}(C\setminus Y, x)$, $\Delta W(Y) = W\delta\,a^\top/\|a\|^2$.
+# * Every $X$ with $X a = W\delta$ works; they are $\Delta W(Y) + Z$ with $Z a = 0$, and
+#   $Z_\perp = Z(I - a a^\top/\|a\|^2)$ makes one from any $Z$.
+# * $\Delta W(Y) = W\delta\, a^+$ is the minimum-norm one:
+#   $\|\Delta W + Z\|_F^2 = \|\Delta W\|_F^2 + \|Z\|_F^2$.
+# * If $a = 0$ no $X$ exists ($X \cdot 0 = 0$): `DegenerateQueryError`, no epsilon.
+
+# %% [markdown]
+# ## Exercises
 #
-# The solution is folded away below (click to open it).
+# 1. *(Derivation.)* Show that among all $X \in \mathbb{R}^{M \times D}$ with $X a = W\delta$,
+#    the one of minimum Frobenius norm is $X = W\delta\, a^\top/\|a\|^2 = W\delta\, a^+$.
+#    (Hint: treat each row $x_m^\top$ of $X$ separately: it must satisfy
+#    $x_m^\top a = (W\delta)_m$.)
+# 2. *(Derivation, then a test.)* Show that $\Delta W + Z$ gives the MLP the same
+#    pre-activation $(W + \Delta W + Z)a = W A(C, x)$ if and only if $Z a = 0$. Is "the
+#    *output* is exact" also equivalent to $Z a = 0$ for this ReLU block? Predict, then build
+#    a $Z$ with $Z a \neq 0$ that keeps the output exact.
+# 3. *(Derivation, then a prediction to test.)* Suppose every token's key is the same vector
+#    (set `W_K = 0`: all scores are equal). Show that after the first $i$ context tokens the
+#    query gives each of the $i + 1$ tokens (itself included) the weight $1/(i+1)$, and that
+#    $A_{i+1} - A_i = (W_O v_{i+1} - A_i)/(i+2)$ with $v_{i+1} = W_V c_{i+1}$. What does this
+#    predict for the size of the next patch increment as $i$ grows? Test the weights.
+# 4. *(Prediction.)* For a zero query, show that no matrix $X$ at all reproduces the
+#    with-context output of prompt 3 from the query alone: compare `forward` on the query
+#    alone with a few random patches against the with-context output.
+#
+# The solutions are folded away below (click to open them).
+
+# %% [markdown] jupyter={"source_hidden": true}
+# **Solution 1.** The constraint $X a = W\delta$ is one equation per row:
+# $x_m^\top a = (W\delta)_m$, and $\|X\|_F^2 = \sum_m \|x_m\|^2$, so each row is minimised
+# on its own. Split $x_m = \alpha_m a/\|a\| + x_m^\perp$ with $x_m^\perp \perp a$: the
+# constraint fixes $\alpha_m \|a\| = (W\delta)_m$ and says nothing about $x_m^\perp$, and
+# $\|x_m\|^2 = \alpha_m^2 + \|x_m^\perp\|^2$ is smallest for $x_m^\perp = 0$. Hence
+# $x_m = (W\delta)_m\, a/\|a\|^2$, i.e. $X = W\delta\,a^\top/\|a\|^2$. For a non-zero column
+# vector $a$ the pseudo-inverse is $a^+ = a^\top/\|a\|^2$ (check $a^+ a = 1$), so this is the
+# pseudo-inverse solution $W\delta\,a^+$, which `minimum_norm_solution` confirms above.
+
+# %% [markdown] jupyter={"source_hidden": true}
+# **Solution 2.** $(W + \Delta W + Z)a = W A(C, x) + Z a$, equal to $W A(C, x)$ iff
+# $Za = 0$. For the output the "if" holds but not the "only if": the ReLU forgets how
+# negative a pre-activation is. Take a hidden unit $m$ that is off at the query
+# ($[W A(C,x) + b]_m < 0$) and $Z = -e_m a^\top/\|a\|^2$: then $Za = -e_m \neq 0$ pushes
+# unit $m$ further below zero, and the output does not move.
 
 # %% jupyter={"source_hidden": true}
-# Solution: the MLP input at the query alone is A(x) = 0, so (W + X) A(x) = 0 for every X and
-# the output is the same constant for all patches — and it is not the with-context output.
+# Solution 2 (the test), for prompt 0 of the batch.
+A_C = update.u_without + update.delta_u  # (B, D)  A(C, x)
+pre_activation = A_C @ params.blocks[0].mlp.W1.T + params.blocks[0].mlp.b1  # (B, M)
+m = int(numpy.argmin(pre_activation[0]))  # a unit that is off for prompt 0
+Z_dead = numpy.zeros_like(update.delta_W)
+Z_dead[0, m] = -update.row[0]  # Z = −e_m aᵀ/‖a‖² for prompt 0 only
+dead_out, _ = forward(params, config, query_alone,
+                      patches=(BlockPatch(update.delta_W + Z_dead, update.delta_b),))
+Za_norm = numpy.linalg.norm(Z_dead[0] @ update.u_without[0])
+dead_residual = relative_residual(dead_out[:, -1], with_context[:, -1])
+print(f"unit {m}: pre-activation {pre_activation[0, m]:.2f}; ‖Z a‖ = {Za_norm:.1f};"
+      f" output residual {dead_residual:.1e}")
+
+# %% [markdown] jupyter={"source_hidden": true}
+# **Solution 3.** Equal keys give equal scores $s_j = \langle q, k\rangle/\sqrt{K}$, and the
+# softmax of $i + 1$ equal numbers is $e^{s}/((i+1)e^{s}) = 1/(i+1)$. So
+# $A_i = W_O \frac{1}{i+1}\sum_{j} v_j$ over the query and $c_1..c_i$, an average, and
+# $A_{i+1} = \frac{(i+1)A_i + W_O v_{i+1}}{i+2}$ gives $A_{i+1} - A_i = (W_O v_{i+1} - A_i)/(i+2)$.
+# The increment $\|W_0(A_{i+1} - A_i)\|/\|A(x)\|$ of the path (tutorial 5) therefore decays
+# like $1/i$ — for **any** values, trained or not. With unequal keys and context tokens
+# drawn alike, the $i$ context tokens are exchangeable, so each gets on average
+# $(1 - P_x)/i$ ($P_x$ the query's own weight): still of order $1/i$, the same decay.
+
+# %% jupyter={"source_hidden": true}
+# Solution 3 (the test): the query's weights for every prefix c_1..c_i with W_K = 0.
+flat_keys = params._replace(blocks=(params.blocks[0]._replace(
+    attn=params.blocks[0].attn._replace(W_K=numpy.zeros_like(params.blocks[0].attn.W_K))),))
+weight_gaps = []
+for i in range(N + 1):
+    prefix = numpy.concatenate([context[:, :i], query_alone], axis=1)  # (B, i + 1, D)
+    _, prefix_cache = forward(flat_keys, config, prefix, last_only=True)
+    P = prefix_cache.blocks[0].attn.weights[:, :, -1]  # (B, H, i + 1)
+    weight_gaps.append(float(numpy.max(numpy.abs(P - 1.0 / (i + 1)))))
+print(f"largest |P − 1/(i+1)| over i = 0..{N}: {max(weight_gaps):.1e}")
+
+# %% jupyter={"source_hidden": true}
+# Solution 4. The MLP input at the query alone is A(x) = 0, so (W + X) A(x) = 0 for every X
+# and the output is the same for all patches — and it is not the with-context output.
 outputs = []
 for seed in range(3):
-    X = numpy.random.default_rng(seed).standard_normal((len(bad_query), config.d_mlp, config.d_token))
-    out, _ = forward(params, config, bad_query[:, None, :],
-                     patches=(BlockPatch(delta_W=X, delta_b=numpy.zeros_like(bad_query)),))
+    X = numpy.random.default_rng(seed).standard_normal(
+        (len(bad_query), config.d_mlp, config.d_token))
+    patch = BlockPatch(delta_W=X, delta_b=numpy.zeros_like(bad_query))
+    out, _ = forward(params, config, bad_query[:, None, :], patches=(patch,))
     outputs.append(out[3, -1])
 print("query alone, three random patches:", numpy.array(outputs))
 print("with context:                     ", bad_with_context[3, -1])
@@ -202,6 +329,10 @@ assert max(residuals) <= IDENTITY_RTOL
 assert max(family_residuals) <= IDENTITY_RTOL
 assert relative_residual(numpy.array(family_norms), pythagoras) <= IDENTITY_RTOL
 assert numpy.argmin(family_norms) == numpy.argmin(numpy.abs(scales))  # t = 0 is the minimum
-assert relative_residual(update.delta_W, pinv_solution) <= IDENTITY_RTOL
+assert annihilation <= IDENTITY_RTOL  # Z_⊥ a = 0
+assert pinv_residual <= IDENTITY_RTOL
 assert isinstance(raised, DegenerateQueryError) and raised.prompts == (3, 7) and raised.block == 0
 assert residual_partial <= IDENTITY_RTOL
+assert Za_norm > 0.5 and dead_residual <= IDENTITY_RTOL  # Z a ≠ 0, output still exact
+assert max(weight_gaps) <= IDENTITY_RTOL
+assert numpy.ptp(numpy.array(outputs), axis=0).max() <= IDENTITY_RTOL  # same for every X

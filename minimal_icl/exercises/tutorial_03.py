@@ -1,0 +1,110 @@
+"""Checks for tutorial 03 (which update?): the null-space part of a perturbation.
+
+Theorem 2.2 (Dherin et al. 2025, arXiv:2507.16003, Theorem 2.2 in v1) needs only
+X a = W δ of the update X, with a = A(C\\Y, x). Its ΔW is one solution; ΔW + Z is another
+exactly when Z a = 0. The reader writes the projection that turns any matrix Z into one
+that annihilates a,
+
+    Z_⊥ = Z (I − a aᵀ/‖a‖²),
+
+as ``null_space_part(Z, a) -> Z_⊥`` with Z (B, M, D) and a (B, D). ``check_null_space``
+compares the answer with the package's ``null_space_perturbation(update, Z) − ΔW``, checks
+Z_⊥ a = 0, and runs the patched forward with ΔW + Z_⊥, which must reproduce the
+with-context output at the query. Hints name the typical mistakes: a missing ‖a‖², a
+division by ‖a‖, the projection onto a instead of away from it, the projector applied to
+the rows instead of the columns.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy
+
+from ..block import BlockPatch
+from ..config import TransformerConfig
+from ..implicit import implicit_update, null_space_perturbation
+from ..model import forward
+from ..params import ModelParams
+from ..tolerances import IDENTITY_RTOL, relative_residual
+from . import ExerciseError, call_answer, check_array
+
+__all__ = ["check_null_space", "null_space_mistakes"]
+
+
+def null_space_mistakes(Z, a) -> list[tuple[str, numpy.ndarray]]:
+    """The typical wrong projections of Z (B, M, D) for a (B, D), each with its hint."""
+    Z, a = numpy.asarray(Z, dtype=numpy.float64), numpy.asarray(a, dtype=numpy.float64)
+    Za = Z @ a[:, :, None]  # (B, M, 1)
+    norm = numpy.linalg.norm(a, axis=-1)[:, None, None]  # (B, 1, 1)
+    a_row = a[:, None, :]  # (B, 1, D)
+    mistakes = [
+        ("the division by ‖a‖² is missing: I − a aᵀ is a projector only for ‖a‖ = 1;"
+         " use I − a aᵀ/‖a‖²", Z - Za * a_row),
+        ("you divided by ‖a‖ instead of ‖a‖²: (a aᵀ/‖a‖) a = ‖a‖ a ≠ a",
+         Z - Za * a_row / norm),
+        ("this is the part of Z along a, Z a aᵀ/‖a‖², the part that must go: Z_⊥ is Z"
+         " minus it", Za * a_row / norm**2),
+        ("the sign of the correction is flipped: Z_⊥ = Z − (Z a) aᵀ/‖a‖²",
+         Z + Za * a_row / norm**2),
+    ]
+    if Z.shape[-1] == Z.shape[-2]:  # only then can the projector act from the left
+        left = Z - a[:, :, None] * (a_row @ Z) / norm**2  # (I − a aᵀ/‖a‖²) Z
+        mistakes.append(("the projector multiplies Z from the left; Z_⊥ a = 0 needs it on the"
+                         " right: Z (I − a aᵀ/‖a‖²)", left))
+    return mistakes
+
+
+def check_null_space(
+    null_space_part: Callable,
+    params: ModelParams,
+    config: TransformerConfig,
+    n_prompts: int = 16,
+    n_context: int = 10,
+    seed: int = 0,
+) -> float:
+    """Check ``null_space_part(Z, a) -> Z_⊥ (B, M, D)`` with Z_⊥ = Z (I − a aᵀ/‖a‖²).
+
+    Draws fresh prompts (standard normal tokens) and a random Z (B, M, D), computes the
+    first block's update with ``implicit_update`` (Y = C, so a = u_∅ = A(x) in the
+    paper's block), calls the reader's function on (Z, a), then
+
+    1. compares the answer with ``null_space_perturbation(update, Z) − update.delta_W``
+       (relative residual ≤ IDENTITY_RTOL), with a hint for each typical mistake;
+    2. checks Z_⊥ a = 0 relative to ‖Z‖ ‖a‖;
+    3. runs the query alone with W + ΔW + Z_⊥ and compares the output at the query with
+       the with-context output (≤ IDENTITY_RTOL).
+
+    One-block models only. Returns the residual of the patched forward.
+    Raises ExerciseError with a hint.
+    """
+    if config.n_blocks != 1:
+        raise ValueError(f"check_null_space: expected a one-block model, config has {config.n_blocks}")
+    rng = numpy.random.default_rng(seed)
+    tokens = rng.standard_normal((n_prompts, n_context + 1, config.d_token))
+    context, query = tokens[:, :-1], tokens[:, -1]
+    with_context, _ = forward(params, config, tokens, last_only=True)
+    (update,) = implicit_update(params, config, context, query)
+    Z = rng.standard_normal((n_prompts, config.d_mlp, config.d_token))
+    a = update.u_without  # (B, D)
+
+    label = getattr(null_space_part, "__name__", "your function")
+    answer = call_answer(null_space_part, Z.copy(), a.copy(), name=label)
+    expected = null_space_perturbation(update, Z) - update.delta_W
+    residual = check_array("Z_⊥", answer, expected, mistakes=null_space_mistakes(Z, a), quiet=True)
+
+    answer = numpy.asarray(answer, dtype=numpy.float64)
+    annihilated = float(numpy.max(numpy.abs(answer @ a[:, :, None]))) / float(
+        numpy.max(numpy.abs(Z)) * numpy.max(numpy.linalg.norm(a, axis=-1)))
+    patch = BlockPatch(delta_W=update.delta_W + answer, delta_b=update.delta_b)
+    patched, _ = forward(params, config, query[:, None, :], patches=(patch,))
+    identity = relative_residual(patched[:, -1], with_context[:, -1])
+    if not (annihilated <= IDENTITY_RTOL and identity <= IDENTITY_RTOL):
+        raise ExerciseError(
+            f"Z_⊥ matches the package's but Z_⊥ a = {annihilated:.1e} (relative) and the"
+            f" patched forward misses by {identity:.1e}"
+        )
+    print(f"✓ Z_⊥ is right: against null_space_perturbation {residual:.1e}; Z_⊥ a = 0 to"
+          f" {annihilated:.1e}; W + ΔW + Z_⊥ on the query alone reproduces T_W(C, x) to"
+          f" {identity:.1e}")
+    return identity
