@@ -4,6 +4,7 @@
 #   make tutorials   open the tutorials in JupyterLab
 #   make html        render the executed tutorials to static HTML in site/
 #   make student     write the student edition of the tutorials (solutions removed) to student/
+#   make bench       time a training step against PyTorch and JAX (installs the bench extra)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -41,7 +42,12 @@ train: $(BIN)/.installed-test
 thorough: $(BIN)/.installed-test
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q tests -k "property or theorem"
 
-bench: $(BIN)/.installed-test
+# The benchmark's peers, PyTorch and JAX: the bench extra.
+$(BIN)/.installed-bench: pyproject.toml $(BIN)/.installed-test
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: $(BIN)/.installed-bench
 	$(BIN)/python benchmarks/bench_train.py
 
 tutorials: $(BIN)/.installed-tutorials

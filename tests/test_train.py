@@ -85,7 +85,8 @@ def test_callback_receives_the_parameters_and_the_losses():
     assert all(isinstance(r, Report) and r.steps == 120 for r in reports)
     assert [r.step for r in reports] == [0, 50, 60, 110, 120]
     assert [r.step for r in reports if r.val_loss is not None] == [0, 60, 120]
-    assert [r.val_loss for r in reports if r.val_loss is not None] == result.history.val_loss.tolist()
+    measured = [r.val_loss for r in reports if r.val_loss is not None]
+    assert measured == result.history.val_loss.tolist()
     for r in reports:
         assert numpy.array_equal(r.train_loss, result.history.train_loss[: r.step])
     assert all(r.wall_time >= 0 for r in reports)
@@ -190,7 +191,8 @@ def test_paper_setting_is_the_papers_model():
     fast = paper_setting(fast=True)
     assert fast.config == c and fast.steps < setup.steps
     assert TrainingSetup.from_dict(setup.to_dict()) == setup
-    assert "Our choices" in paper_setting.__doc__ and "docs/paper_setting.md" in paper_setting.__doc__
+    assert "Our choices" in paper_setting.__doc__
+    assert "docs/paper_setting.md" in paper_setting.__doc__
 
 
 def test_comparison_table_has_every_baseline():
