@@ -1,0 +1,99 @@
+"""Tutorial 03's check passes the right null-space projection and names each mistake."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+
+from minimal_icl import TransformerConfig, init_params
+from minimal_icl.exercises import ExerciseError
+from minimal_icl.exercises.tutorial_03 import check_null_space, null_space_mistakes
+
+CONFIG = TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=4, d_mlp=16,
+                           attention="softmax", activation="relu")
+PARAMS = init_params(CONFIG, seed=0)
+
+
+def Za_and_row(Z, a):
+    return Z @ a[:, :, None], a[:, None, :]
+
+
+def right(Z, a):
+    Za, a_row = Za_and_row(Z, a)
+    return Z - Za * a_row / numpy.sum(a * a, axis=-1)[:, None, None]
+
+
+def right_with_a_projector(Z, a):
+    D = a.shape[-1]
+    projector = numpy.eye(D) - a[:, :, None] * a[:, None, :] / numpy.sum(a * a, axis=-1)[:, None, None]
+    return Z @ projector
+
+
+def no_norm(Z, a):
+    Za, a_row = Za_and_row(Z, a)
+    return Z - Za * a_row
+
+
+def divided_by_norm(Z, a):
+    Za, a_row = Za_and_row(Z, a)
+    return Z - Za * a_row / numpy.linalg.norm(a, axis=-1)[:, None, None]
+
+
+def along_a(Z, a):
+    Za, a_row = Za_and_row(Z, a)
+    return Za * a_row / numpy.sum(a * a, axis=-1)[:, None, None]
+
+
+def plus(Z, a):
+    Za, a_row = Za_and_row(Z, a)
+    return Z + Za * a_row / numpy.sum(a * a, axis=-1)[:, None, None]
+
+
+def placeholder(Z, a):
+    raise NotImplementedError("your turn")
+
+
+@pytest.mark.parametrize("answer", [right, right_with_a_projector])
+@pytest.mark.parametrize(
+    "config",
+    [CONFIG,
+     TransformerConfig(d_token=4, n_blocks=1, n_heads=1, d_head=4, d_mlp=8, attention="softmax",
+                       activation="gelu", attn_skip=True, mlp_skip=True, layer_norm=True)],
+)
+def test_right_answer_passes(answer, config, capsys):
+    assert check_null_space(answer, init_params(config, seed=2), config) <= 1e-12
+    assert "✓ Z_⊥ is right" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("answer", "hint"),
+    [
+        (no_norm, "division by ‖a‖² is missing"),
+        (divided_by_norm, "instead of ‖a‖²"),
+        (along_a, "part of Z along a"),
+        (plus, "sign of the correction"),
+        (placeholder, "not written yet"),
+    ],
+)
+def test_typical_mistakes_get_their_hint(answer, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check_null_space(answer, PARAMS, CONFIG)
+
+
+def test_the_projector_from_the_left_is_named_when_it_can_be_applied():
+    """With M = D the projector can multiply Z from the left; that mistake has its hint."""
+    rng = numpy.random.default_rng(0)
+    Z, a = rng.standard_normal((2, 3, 3)), rng.standard_normal((2, 3))
+    hints = [hint for hint, _ in null_space_mistakes(Z, a)]
+    assert any("from the left" in h for h in hints)
+    left = dict((h, w) for h, w in null_space_mistakes(Z, a))[hints[-1]]
+    assert numpy.allclose(numpy.swapaxes(left, -1, -2) @ a[:, :, None], 0.0)  # aᵀ Z_left = 0
+    assert not numpy.allclose(left @ a[:, :, None], 0.0)  # but Z_left a ≠ 0
+
+
+def test_an_answer_that_fails_only_in_the_patched_forward_is_caught(monkeypatch):
+    import minimal_icl.exercises.tutorial_03 as module
+
+    monkeypatch.setattr(module, "check_array", lambda *args, **kwargs: 0.0)
+    with pytest.raises(ExerciseError, match="patched forward"):
+        check_null_space(no_norm, PARAMS, CONFIG)
