@@ -17,7 +17,7 @@ first i examples, minimum-norm for i < d; for noiseless labels ridge with λ = �
 is least squares); (b) the alignment cos_F(ΔW_ft, ΔW_i) = ⟨ΔW_ft, ΔW_i⟩_F /
 (‖ΔW_ft‖_F ‖ΔW_i‖_F), under its ceiling: ΔW_i = (W δu) aᵀ/‖a‖² has the row a = A(x)
 and a column in range(W), and no matrix of that shape has a larger cos_F with ΔW_ft
-than ‖P_W ΔW_ft a‖/(‖ΔW_ft‖_F ‖a‖) (``alignment_ceiling``); (c) the norms of both
+than ‖Π_W ΔW_ft a‖/(‖ΔW_ft‖_F ‖a‖) (``alignment_ceiling``); (c) the norms of both
 updates; (d) the correlation over the tasks of the two predictions at the query.
 
 The protocol (lone tokens, only W trained, full-batch GD, the step size) and panels
@@ -141,10 +141,10 @@ def finetune_W(params, config, u: numpy.ndarray, h: numpy.ndarray, y: numpy.ndar
 def alignment_ceiling(F: numpy.ndarray, row: numpy.ndarray, W=None) -> numpy.ndarray:
     """The best cos_F(F, c aᵀ) over all columns c for a fixed row a (c in range(W) if W given).
 
-        max_c cos_F(F, c aᵀ) = ‖P F a‖ / (‖F‖_F ‖a‖),
+        max_c cos_F(F, c aᵀ) = ‖Π F a‖ / (‖F‖_F ‖a‖),
 
-    P = I, or the orthogonal projector onto range(W). By Cauchy–Schwarz ⟨F, c aᵀ⟩_F =
-    cᵀ(F a) = cᵀ(P F a) for c in the range of P, largest for c ∝ P F a. Every ΔW_i of one
+    Π = I, or the orthogonal projector onto range(W). By Cauchy–Schwarz ⟨F, c aᵀ⟩_F =
+    cᵀ(F a) = cᵀ(Π F a) for c in the range of Π, largest for c ∝ Π F a. Every ΔW_i of one
     query has the row a = A(x)/‖A(x)‖² and the column W δu in range(W), so no update of
     that shape aligns with F better than this (docs/theory.md §5).
 
