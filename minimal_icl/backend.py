@@ -12,6 +12,8 @@ moved with ``xp.asarray``: the same seed gives the same numbers on every backend
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 from typing import Any, Callable
 
@@ -34,6 +36,65 @@ def namespace(*arrays: Array):
     else:
         return numpy
     return array_api_compat.array_namespace(*(a for a in arrays if a is not None))
+
+
+class BackendUnavailableError(ValueError, ImportError):
+    """An array library was asked for that cannot run here (CuPy missing, or no usable GPU).
+
+    Both a ValueError (a bad request, like every argument error of the package) and an
+    ImportError (what a missing library raises)."""
+
+
+CUPY_INSTALL_HINT = (
+    "install the CuPy wheel that matches the NVIDIA driver: pip install -e '.[gpu]'"
+    " (cupy-cuda12x, CUDA 12 drivers) or pip install cupy-cuda13x (CUDA 13 drivers);"
+    " nvidia-smi shows the driver's CUDA version"
+)
+
+
+@functools.cache
+def require_cupy():
+    """The ``cupy`` module, after checking that it is installed and finds a usable GPU.
+
+    Raises BackendUnavailableError with one message and the install hint where CuPy is
+    missing, or where CuPy finds no GPU or no working driver (the driver's own error, one
+    line, instead of its traceback). A successful check is remembered for the process.
+    """
+    try:
+        import cupy
+    except ImportError as error:
+        raise BackendUnavailableError(
+            f"CuPy was asked for but cannot be imported ({error}); {CUPY_INSTALL_HINT}"
+        ) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count > 0:
+            cupy.empty(1)  # an allocation on the current device: a working driver and GPU
+    except Exception as error:  # noqa: BLE001 - CUDA errors come in several classes
+        problem = " ".join(str(error).split()) or type(error).__name__
+        raise BackendUnavailableError(
+            f"CuPy is installed but cannot use a GPU ({problem}); check the NVIDIA driver"
+            f" with nvidia-smi, or {CUPY_INSTALL_HINT}"
+        ) from None
+    if count == 0:
+        raise BackendUnavailableError(f"CuPy is installed but finds no GPU; {CUPY_INSTALL_HINT}")
+    return cupy
+
+
+def resolve_namespace(xp=None, name: str = "xp"):
+    """The array namespace ``xp`` names: None or "numpy" is NumPy, "cupy" is CuPy's
+    array-API namespace (``array_api_compat.cupy``), and a namespace is returned as it is.
+    Asking for CuPy, by name or by namespace, checks it can run (:func:`require_cupy`)."""
+    if xp is None or (isinstance(xp, str) and xp == "numpy"):
+        return numpy
+    if isinstance(xp, str):
+        if xp != "cupy":
+            raise ValueError(f"{name} must be 'numpy', 'cupy' or an array namespace, got {xp!r}")
+        require_cupy()
+        return importlib.import_module("array_api_compat.cupy")
+    if xp is not numpy and array_api_compat.is_cupy_namespace(xp):
+        require_cupy()
+    return xp
 
 
 def resolve_dtype(xp, dtype=None):
@@ -179,7 +240,7 @@ def to_device(tree, target: str = "numpy", dtype=None):
             return a if dtype is None else a.astype(dtype)
 
     elif target == "cupy":
-        import cupy
+        cupy = require_cupy()
 
         def move(a):
             a = cupy.asarray(a)

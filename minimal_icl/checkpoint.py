@@ -10,8 +10,12 @@ Layout of the file (a NumPy zip archive; every entry a plain numeric or text arr
     extra/<name>        optional numeric arrays (a training history, ...)
 
 Saving is atomic: the archive is written to a temporary file in the same directory,
-flushed and fsync'ed, then moved over the target with ``os.replace``, so a crash leaves
-either the old file or the new one, never half of one. Loading always uses
+``.NAME.PID.tmp``, flushed and fsync'ed, then moved over the target with ``os.replace``,
+so a crash leaves either the old file or the new one, never half of one. A temporary
+file left by a save that was killed (its process is gone) is removed by the next save
+to the same path. The file is created with mode 0o666 less the umask, like any file a
+program writes. The parameters must match the configuration (the file could not be
+loaded otherwise), so saving checks them first. Loading always uses
 ``allow_pickle=False``: a file holding a pickled object is refused, never unpickled.
 Every problem with a file raises :class:`CheckpointError`, which names the file.
 """
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from typing import NamedTuple
 
@@ -29,6 +32,7 @@ import numpy
 from .backend import to_device, tree_leaves, tree_map
 from .config import TransformerConfig
 from .params import ModelParams, init_params
+from .validation import check_config, check_namespace, check_params, check_writable_file
 
 FORMAT = "minimal_icl.checkpoint/1"
 
@@ -61,14 +65,24 @@ def save_checkpoint(
     metadata: dict | None = None,
 ) -> None:
     """Write ``params`` and ``config`` (and optional ``extra`` arrays and JSON ``metadata``)
-    to ``path`` atomically. Arrays are copied to the host; dtypes are kept exactly."""
-    path = os.fspath(path)
+    to ``path`` atomically. Arrays are copied to the host; dtypes are kept exactly.
+
+    Raises, before anything is written: ValueError if ``params`` do not match ``config``
+    (``validation.check_params``), if ``path`` is a directory or its directory does not
+    exist or is not writable, if ``metadata`` is not JSON or an ``extra`` entry is not a
+    numeric array.
+    """
+    path = check_writable_file(path, "path")
+    check_params(params, config)
     arrays = {
         "format": _text(FORMAT),
         "config": _text(json.dumps(config.to_dict(), sort_keys=True)),
     }
     if metadata is not None:
-        arrays["metadata"] = _text(json.dumps(metadata, sort_keys=True))
+        try:
+            arrays["metadata"] = _text(json.dumps(metadata, sort_keys=True))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"save_checkpoint: metadata must be JSON data ({error})") from None
     for name, value in tree_leaves(to_device(params, "numpy")):
         arrays[f"params/{name}"] = value
     for name, value in (extra or {}).items():
@@ -79,20 +93,55 @@ def save_checkpoint(
             )
         arrays[f"extra/{name}"] = value
 
-    directory = os.path.dirname(os.path.abspath(path))
-    handle = tempfile.NamedTemporaryFile(
-        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp", delete=False
-    )
+    temporary = _temporary_path(path)
+    _remove_stale_temporaries(path)
+    # O_EXCL: never write through a file or link someone else put there; mode 0o666 & ~umask
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with handle:
+        with os.fdopen(descriptor, "wb") as handle:
             numpy.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
+        os.replace(temporary, path)
     except BaseException:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
         raise
+
+
+def _temporary_path(path: str, pid: int | None = None) -> str:
+    """``DIR/.NAME.PID.tmp``: where the save by process ``pid`` writes before the rename."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}.{os.getpid() if pid is None else pid}.tmp")
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs on this machine (so its temporary file is stale)."""
+    if pid == os.getpid():
+        return True  # our own name: a save of this process that was interrupted
+    if os.name != "posix":
+        return False  # no safe probe: leave other processes' files alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
+def _remove_stale_temporaries(path: str) -> None:
+    """Remove ``DIR/.NAME.PID.tmp`` files of saves to ``path`` whose process is gone."""
+    directory, name = os.path.split(os.path.abspath(path))
+    prefix = f".{name}."
+    for entry in os.listdir(directory):
+        middle = entry[len(prefix) : -len(".tmp")]
+        if entry.startswith(prefix) and entry.endswith(".tmp") and middle.isdigit():
+            if _process_gone(int(middle)):
+                try:
+                    os.unlink(os.path.join(directory, entry))
+                except FileNotFoundError:
+                    pass  # another save removed it first
 
 
 def _read_text(path, archive, key: str) -> str:
@@ -118,6 +167,11 @@ def load_checkpoint(
     parameter, a wrong shape, a configuration that does not match.
     """
     path = os.fspath(path)
+    if config is not None:
+        check_config(config)
+    xp = None if xp is None else check_namespace(xp)
+    if os.path.isdir(path):
+        raise CheckpointError(path, "is a directory, not a checkpoint file")
     if not os.path.exists(path):
         raise CheckpointError(path, "no such file")
     if not zipfile.is_zipfile(path):

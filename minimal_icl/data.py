@@ -34,6 +34,14 @@ from typing import NamedTuple
 import numpy
 
 from .backend import Array, namespace, resolve_dtype
+from .validation import (
+    check_float_dtype,
+    check_generator,
+    check_namespace,
+    check_non_negative,
+    check_positive_float,
+    check_positive_int,
+)
 
 
 class RegressionBatch(NamedTuple):
@@ -67,39 +75,6 @@ class RegressionBatch(NamedTuple):
     def query_x(self) -> Array:
         """The query input x_query, (B, d)."""
         return self.tokens[:, -1, :-1]
-
-
-# -- validation ------------------------------------------------------------------------
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _non_negative(name: str, value) -> float:
-    """``value`` as a float, or a ValueError naming ``name`` unless it is finite and ≥ 0."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{name} must be a finite float ≥ 0, got {value!r}")
-    return float(value)
-
-
-def _noise_level(noise) -> float:
-    return _non_negative("noise", noise)
-
-
-def _generator(seed) -> numpy.random.Generator:
-    if isinstance(seed, numpy.random.Generator):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, numpy.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int ≥ 0 or a numpy Generator, got {seed!r}")
-    return numpy.random.default_rng(int(seed))
 
 
 # -- sampling --------------------------------------------------------------------------
@@ -149,11 +124,13 @@ def regression_prompts(
 
     Returns a :class:`RegressionBatch`: tokens (B, N+1, d+1), target (B,), w (B, d).
     """
-    batch_size = _positive_int("batch_size", batch_size)
-    n_context = _positive_int("n_context", n_context)
-    d = _positive_int("d", d)
-    noise = _noise_level(noise)
-    tokens, target, w = _draw_host(_generator(seed), batch_size, n_context, d, noise)
+    batch_size = check_positive_int("batch_size", batch_size)
+    n_context = check_positive_int("n_context", n_context)
+    d = check_positive_int("d", d)
+    noise = check_non_negative("noise", noise)
+    xp = check_namespace(xp)
+    dtype = check_float_dtype(xp, dtype)
+    tokens, target, w = _draw_host(check_generator(seed), batch_size, n_context, d, noise)
     return _to_batch(tokens, target, w, dtype, xp, device)
 
 
@@ -180,16 +157,24 @@ def regression_stream(
     The host draws ``batches_per_draw`` batches with one call per random array and then
     hands them out one by one, which spreads the per-call overhead of a draw over many
     training steps. By default (None) a draw holds up to 64 batches and about 2²⁰
-    random numbers (:func:`default_batches_per_draw`).
+    random numbers (:func:`default_batches_per_draw`). The arguments are checked when
+    the stream is made, not at the first batch.
     """
-    batch_size = _positive_int("batch_size", batch_size)
-    n_context = _positive_int("n_context", n_context)
-    d = _positive_int("d", d)
+    batch_size = check_positive_int("batch_size", batch_size)
+    n_context = check_positive_int("n_context", n_context)
+    d = check_positive_int("d", d)
     if batches_per_draw is None:
         batches_per_draw = default_batches_per_draw(batch_size, n_context, d)
-    batches_per_draw = _positive_int("batches_per_draw", batches_per_draw)
-    noise = _noise_level(noise)
-    rng = _generator(seed)
+    batches_per_draw = check_positive_int("batches_per_draw", batches_per_draw)
+    noise = check_non_negative("noise", noise)
+    rng = check_generator(seed)
+    xp = check_namespace(xp)
+    dtype = check_float_dtype(xp, dtype)
+    return _stream(rng, batch_size, n_context, d, noise, dtype, xp, device, batches_per_draw)
+
+
+def _stream(rng, batch_size, n_context, d, noise, dtype, xp, device, batches_per_draw):
+    """The generator behind :func:`regression_stream`."""
     while True:
         tokens, target, w = _draw_host(rng, batch_size * batches_per_draw, n_context, d, noise)
         pool = _to_batch(tokens, target, w, dtype, xp, device)
@@ -231,8 +216,8 @@ def prompt_tokens(
 
 def optimal_gd_step(d: int, n_context: int) -> float:
     """η* = 1 / (1 + (d+1)/N): the best step of one GD step from θ_0 = 0 for x ~ N(0, I_d)."""
-    d = _positive_int("d", d)
-    n_context = _positive_int("n_context", n_context)
+    d = check_positive_int("d", d)
+    n_context = check_positive_int("n_context", n_context)
     return 1.0 / (1.0 + (d + 1) / n_context)
 
 
@@ -296,10 +281,6 @@ def one_step_gd_predict(batch: RegressionBatch, eta: float | None = None, theta0
     return xp.sum(theta1 * x_q, axis=-1)
 
 
-def _check_lambda(lam) -> float:
-    return _non_negative("ridge lambda", lam)
-
-
 def least_squares_predict(batch: RegressionBatch) -> Array:
     """ŷ = ⟨ŵ, x_q⟩ with ŵ = X⁺ y, the least-squares fit to the context, (B,).
 
@@ -314,15 +295,14 @@ def least_squares_predict(batch: RegressionBatch) -> Array:
 
 def ridge_lambda(noise: float, prior_std: float = 1.0) -> float:
     """λ = σ²/τ², the ridge penalty whose solution is the posterior mean for w ~ N(0, τ²I)."""
-    noise = _noise_level(noise)
-    if not (isinstance(prior_std, (int, float)) and math.isfinite(prior_std) and prior_std > 0):
-        raise ValueError(f"prior_std must be a finite float > 0, got {prior_std!r}")
+    noise = check_non_negative("noise", noise)
+    check_positive_float("prior_std", prior_std)
     return noise * noise / (prior_std * prior_std)
 
 
 def ridge_predict(batch: RegressionBatch, lam: float) -> Array:
     """ŷ = ⟨ŵ, x_q⟩ with ŵ = (XᵀX + λI)⁻¹ Xᵀy, (B,). λ = 0 needs XᵀX invertible (N ≥ d)."""
-    lam = _check_lambda(lam)
+    lam = check_non_negative("ridge lambda", lam)
     xp = namespace(batch.tokens)
     x, y = batch.context_x, batch.context_y
     d = x.shape[-1]
@@ -352,6 +332,6 @@ def baseline_mse(batch: RegressionBatch, noise: float = 0.0) -> dict[str, float]
         "one_step_gd": mse(one_step_gd_predict(batch), batch.target),
         "least_squares": mse(least_squares_predict(batch), batch.target),
     }
-    if _noise_level(noise) > 0.0:
+    if check_non_negative("noise", noise) > 0.0:
         result["ridge"] = mse(ridge_predict(batch, ridge_lambda(noise)), batch.target)
     return result

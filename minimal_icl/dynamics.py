@@ -37,18 +37,23 @@ Single block only: a stack raises a ValueError.
 from __future__ import annotations
 
 import math
-import operator
 from typing import NamedTuple
 
 from .attention import merge_heads
 from .backend import Array, device, namespace
 from .block import BlockPatch, block_forward
 from .config import TransformerConfig
-from .implicit import ImplicitUpdate, check_nonzero, check_prompt, norms, outer, rank_one_update
+from .implicit import ImplicitUpdate, check_nonzero, norms, outer, rank_one_update
 from .layernorm import layernorm_forward
 from .linear import linear_forward
-from .model import check_params
 from .params import BlockParams, ModelParams
+from .validation import (
+    check_index,
+    check_params,
+    check_prompt,
+    check_single_block,
+    check_states_finite,
+)
 
 PREFIX_METHODS = ("auto", "cumulative", "forward")
 
@@ -123,24 +128,8 @@ def _prefix_states_cumulative(block_params, config, query_token, w, v):
 
 def _single_block(params: ModelParams, config: TransformerConfig, what: str) -> BlockParams:
     check_params(params, config)
-    if config.n_blocks != 1:
-        raise ValueError(
-            f"{what} is stated for one contextual block (Proposition 3.1 in v1); this model has"
-            f" {config.n_blocks} blocks. In a stack every block's patch for a prefix depends on"
-            " the earlier blocks' outputs on that prefix, so there is no single weight path."
-            " Use a one-block model, or implicit_update per prefix."
-        )
+    check_single_block(config, what)
     return params.blocks[0]
-
-
-def _index(i, low: int, high: int, what: str) -> int:
-    try:
-        j = None if isinstance(i, bool) else operator.index(i)
-    except TypeError:
-        j = None
-    if j is None or not low <= j <= high:
-        raise ValueError(f"{what} index must be an int in [{low}, {high}], got {i!r}")
-    return j
 
 
 # -- Proposition 3.1: the implicit gradient path ----------------------------------------
@@ -168,7 +157,7 @@ class ImplicitPath(NamedTuple):
     def update(self, i: int) -> ImplicitUpdate:
         """Theorem 2.2's update for the prefix c_1..c_i: W_i = W_0 + ΔW_i,
         ΔW_i = W_0 (A_i − A_0) A(x)ᵀ/‖A(x)‖² (``rank_one_update`` with a = A(x))."""
-        i = _index(i, 0, self.n_context, "prefix")
+        i = check_index(i, 0, self.n_context, "prefix")
         delta_u = self.A_prefix[:, i, :] - self.A_query  # (B, D)  A_i − A_0
         delta_W, column, row = rank_one_update(self.W0, delta_u, self.A_query, 0, "A(x)")
         delta_b = self.delta_b_prefix[:, i, :]
@@ -183,7 +172,7 @@ class ImplicitPath(NamedTuple):
 
         W_{i+1} = W_i − η_x G_i: G_i is −(W_{i+1} − W_i)/η_x, the increment without its
         division by ‖A(x)‖²."""
-        i = _index(i, 0, self.n_context - 1, "step")
+        i = check_index(i, 0, self.n_context - 1, "step")
         return outer(-self.columns[:, i, :], self.A_query)
 
     def loss(self, i: int, W: Array) -> Array:
@@ -213,6 +202,7 @@ def implicit_path(
     check_prompt(config, context, query)
     xp = namespace(context, query)
     u, h = prefix_states(block, config, context, query, method)  # (B, N+1, D) each
+    check_states_finite(u, "implicit_path")
     W0 = block.mlp.W1
     A_query = u[:, 0, :]  # (B, D)
     norm = norms(A_query)  # (B,)
@@ -273,7 +263,7 @@ class FactorisedPath(NamedTuple):
 
     def factor(self, i: int) -> Array:
         """F_i = ΔA(c_i) S_iᵀ, i = 1..N; (B, D, D)."""
-        i = _index(i, 1, self.n_context, "factor")
+        i = check_index(i, 1, self.n_context, "factor")
         return outer(self.delta_A[:, i - 1, :], self.A_suffix[:, i, :])
 
     def delta_W(self, i: int) -> Array:
@@ -281,7 +271,7 @@ class FactorisedPath(NamedTuple):
         factors, and without subtracting W_0, which would cancel digits when the update
         is small):  W_j − W_0 = (W_{j−1} − W_0) + η_j (W_{j−1} ΔA(c_j)) S_jᵀ, each step
         Theorem 2.2's update of W_{j−1} (``rank_one_update`` with δ = ΔA(c_j), a = S_j)."""
-        i = _index(i, 0, self.n_context, "step")
+        i = check_index(i, 0, self.n_context, "step")
         xp = namespace(self.A_suffix)
         B = self.A_suffix.shape[0]
         delta = xp.zeros((B, *self.W0.shape), dtype=self.W0.dtype, device=device(self.W0))
@@ -319,6 +309,7 @@ def factorised_path(
     check_prompt(config, context, query)
     xp = namespace(context, query)
     u_rev, h_rev = prefix_states(block, config, xp.flip(context, axis=1), query, method)
+    check_states_finite(u_rev, "factorised_path")
     S = xp.flip(u_rev, axis=1)  # (B, N+1, D)  S_i = A(c_{i+1}..c_N, x)
     h_res = xp.flip(h_rev, axis=1)  # (B, N+1, D)
     norm = norms(S[:, 1:, :])  # (B, N)  ‖S_i‖, i = 1..N

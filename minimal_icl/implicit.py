@@ -34,7 +34,6 @@ Reference: Dherin et al. (2025), arXiv:2507.16003, Theorem 2.2 in v1 and its app
 from __future__ import annotations
 
 import math
-import operator
 from typing import NamedTuple, Sequence
 
 from .attention import merge_heads, split_heads
@@ -42,8 +41,9 @@ from .backend import Array, device, namespace
 from .block import BlockPatch, block_forward
 from .config import TransformerConfig
 from .linear import linear_forward
-from .model import check_params, forward
+from .model import forward
 from .params import AttentionParams, ModelParams
+from .validation import check_params, check_prompt, removed_positions
 
 
 class DegenerateQueryError(ValueError):
@@ -82,61 +82,6 @@ class ImplicitUpdate(NamedTuple):
     row: Array  # (B, D)         u_∅ / ‖u_∅‖², the right factor
     delta_u: Array  # (B, D)     δu = u_C − u_∅: the context vector δA_x(Y) at the MLP input
     u_without: Array  # (B, D)   u_∅ = A(C\Y, x) at the MLP input
-
-
-# -- checking the arguments ------------------------------------------------------------
-
-
-def check_prompt(config: TransformerConfig, context: Array, query: Array) -> None:
-    """Raise a ValueError naming the argument unless context is a finite (B, N, D) array
-    and query a finite (B, D) array of the same dtype, with D = config.d_token."""
-    D = config.d_token
-    c_shape = getattr(context, "shape", None)
-    q_shape = getattr(query, "shape", None)
-    if c_shape is None or len(c_shape) != 3 or c_shape[-1] != D or c_shape[0] < 1:
-        raise ValueError(
-            f"context must have shape (B, N, d_token={D}) with B ≥ 1, got shape {c_shape}"
-        )
-    if q_shape is None or len(q_shape) != 2 or q_shape[-1] != D:
-        raise ValueError(f"query must have shape (B, d_token={D}), got shape {q_shape}")
-    if q_shape[0] != c_shape[0]:
-        raise ValueError(
-            f"query holds {q_shape[0]} prompts but context holds {c_shape[0]}: one query per prompt"
-        )
-    if context.dtype != query.dtype:
-        raise ValueError(f"context ({context.dtype}) and query ({query.dtype}) must share a dtype")
-    xp = namespace(context, query)
-    if not bool(xp.all(xp.isfinite(context))):
-        raise ValueError("context contains NaN or infinity")
-    if not bool(xp.all(xp.isfinite(query))):
-        raise ValueError("query contains NaN or infinity")
-
-
-def removed_positions(removed, n_context: int) -> tuple[int, ...]:
-    """The sorted context positions Y to remove; ``None`` means all of them (Y = C).
-
-    Raises a ValueError for a position that is not an int, out of range [0, N), or
-    repeated.
-    """
-    if removed is None:
-        return tuple(range(n_context))
-    positions = []
-    for j in removed:
-        if isinstance(j, bool):
-            raise ValueError(f"removed positions must be ints, got {j!r}")
-        try:
-            j = operator.index(j)
-        except TypeError:
-            raise ValueError(f"removed positions must be ints, got {j!r}") from None
-        if not 0 <= j < n_context:
-            raise ValueError(
-                f"removed position {j} is out of range: the context has positions"
-                f" 0..{n_context - 1}"
-            )
-        positions.append(j)
-    if len(set(positions)) != len(positions):
-        raise ValueError(f"removed positions must be distinct, got {list(removed)}")
-    return tuple(sorted(positions))
 
 
 # -- the pieces of the theorem ---------------------------------------------------------

@@ -14,18 +14,15 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from .backend import namespace, tree_map
-
-
-def _check_lr(lr) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"learning rate must be a finite float ≥ 0, got {lr!r}")
-    return float(lr)
-
-
-def _check_fraction(name: str, value) -> float:
-    if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return float(value)
+from .validation import (
+    check_adam_state,
+    check_float_tree,
+    check_fraction,
+    check_learning_rate,
+    check_positive_float,
+    check_same_tree,
+    check_sgd_state,
+)
 
 
 # -- SGD -------------------------------------------------------------------------------
@@ -37,7 +34,8 @@ class SGDState(NamedTuple):
 
 def sgd_init(params, momentum: float = 0.0) -> SGDState:
     """The state of SGD: a zero velocity per parameter when ``momentum`` > 0."""
-    momentum = _check_fraction("momentum", momentum)
+    momentum = check_fraction("momentum", momentum)
+    check_float_tree("params", params)
     if momentum == 0.0:
         return SGDState(velocity=None)
     return SGDState(velocity=tree_map(lambda p: namespace(p).zeros_like(p), params))
@@ -50,12 +48,12 @@ def sgd_step(params, grads, state: SGDState, lr: float, momentum: float = 0.0):
 
     Returns (params, state).
     """
-    lr = _check_lr(lr)
-    momentum = _check_fraction("momentum", momentum)
+    lr = check_learning_rate(lr)
+    momentum = check_fraction("momentum", momentum)
+    check_same_tree("grads", grads, "params", params)
+    check_sgd_state(state, params, momentum)
     if momentum == 0.0:
         return tree_map(lambda p, g: p - lr * g, params, grads), state
-    if state.velocity is None:
-        raise ValueError("sgd_step: momentum > 0 needs a state from sgd_init(params, momentum)")
     velocity = tree_map(lambda v, g: momentum * v + g, state.velocity, grads)
     return tree_map(lambda p, v: p - lr * v, params, velocity), SGDState(velocity)
 
@@ -122,6 +120,7 @@ class AdamState(NamedTuple):
 
 def adam_init(params) -> AdamState:
     """Adam's state at t = 0: zero moments."""
+    check_float_tree("params", params)
     zeros = namespace(*_arrays(params)).zeros_like(flatten(params))
     return AdamState(m=zeros, v=zeros, step=0)
 
@@ -150,15 +149,18 @@ def adam_step(
     where each array operation costs more in overhead than in arithmetic.
     Returns (params, state); the new parameters are views of one new vector.
     """
-    lr = _check_lr(lr)
-    beta1 = _check_fraction("beta1", beta1)
-    beta2 = _check_fraction("beta2", beta2)
+    lr = check_learning_rate(lr)
+    beta1 = check_fraction("beta1", beta1)
+    beta2 = check_fraction("beta2", beta2)
+    eps = check_positive_float("eps", eps)
+    check_same_tree("grads", grads, "params", params)
+    g = flatten(grads)  # (P,)
+    check_adam_state(state, params, g.shape[0])
     t = state.step + 1
     root = math.sqrt(1.0 - beta2**t)
     alpha = lr * root / (1.0 - beta1**t)
     eps_hat = eps * root
 
-    g = flatten(grads)  # (P,)
     xp = namespace(g)
     m = beta1 * state.m + (1.0 - beta1) * g
     v = beta2 * state.v + (1.0 - beta2) * (g * g)

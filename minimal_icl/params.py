@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy
 
-from .backend import Array, resolve_dtype
+from .backend import Array
 from .config import TransformerConfig
 
 
@@ -57,11 +57,21 @@ def init_params(
     """Random parameters for ``config``: weights ~ N(0, 1/fan_in), biases 0, LN gain 1.
 
     Numbers are drawn on the host with ``numpy.random.default_rng(seed)`` and moved to
-    ``xp`` (default NumPy) on ``device``, so one seed gives the same model everywhere.
+    ``xp`` (default NumPy; also "numpy" or "cupy" by name) on ``device``, so one seed
+    gives the same model everywhere. ``seed`` is an int ≥ 0 and ``dtype`` a real
+    floating-point type (float64 by default); anything else raises, naming the argument.
     """
-    if xp is None:
-        xp = numpy
-    dtype = resolve_dtype(xp, dtype)
+    from .validation import (  # validation imports this module's records: import it here
+        check_config,
+        check_float_dtype,
+        check_namespace,
+        check_seed,
+    )
+
+    check_config(config)
+    seed = check_seed(seed)
+    xp = check_namespace(xp)
+    dtype = check_float_dtype(xp, dtype)
     rng = numpy.random.default_rng(seed)
     D, H, K, M = config.d_token, config.n_heads, config.d_head, config.d_mlp
 

@@ -40,9 +40,17 @@ from .data import (
     zero_predict,
 )
 from .loss import query_loss
-from .model import backward, check_params, forward, predict
+from .model import backward, forward, predict
 from .optim import adam_init, adam_step, sgd_init, sgd_step
 from .params import ModelParams, init_params
+from .validation import (
+    check_non_negative,
+    check_optimizer_settings,
+    check_params,
+    check_positive_int,
+    check_seed,
+    check_token_width,
+)
 
 OPTIMIZERS = ("adam", "sgd")
 FLUSH_EVERY = 50  # training losses are read back to the host this many steps at a time
@@ -76,24 +84,7 @@ class OptimizerSettings:
     final_lr_fraction: float = 0.0
 
     def __post_init__(self):
-        if self.name not in OPTIMIZERS:
-            raise ValueError(
-                f"OptimizerSettings.name must be one of {OPTIMIZERS}, got {self.name!r}"
-            )
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"OptimizerSettings.schedule must be one of {SCHEDULES}, got {self.schedule!r}"
-            )
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"OptimizerSettings.lr must be a finite float > 0, got {self.lr!r}")
-        if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
-            raise ValueError(
-                f"OptimizerSettings.warmup_steps must be an int ≥ 0, got {self.warmup_steps!r}"
-            )
-        if not (0.0 <= self.final_lr_fraction <= 1.0):
-            raise ValueError(
-                f"OptimizerSettings.final_lr_fraction must be in [0, 1], got {self.final_lr_fraction!r}"
-            )
+        check_optimizer_settings(self, OPTIMIZERS, SCHEDULES)
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """The learning rate of step ``step`` (1-based) out of ``total_steps``."""
@@ -162,7 +153,8 @@ def train_step(
     Returns (params, state, loss) with loss a 0-d array (``float(loss)`` reads it).
     """
     # The loss reads only the query position, so the last block computes that row only.
-    out, cache = forward(params, config, batch.tokens, last_only=True)  # (B, 1, D)
+    # No read-back per step: the training loop checks the losses it reads (divergence).
+    out, cache = forward(params, config, batch.tokens, last_only=True, check_finite=False)
     loss, dout = query_loss(out, batch.target)
     _, grads = backward(dout, cache)
     params, state = optimizer_step(optimizer, params, grads, state, lr)
@@ -203,6 +195,8 @@ def compare_with_baselines(
     λ = σ² if σ > 0). ``excess`` compares each row with the model prompt by prompt, so
     its standard error is much smaller than the two MSEs' own.
     """
+    seed = check_seed(seed)
+    n_prompts = check_positive_int("n_prompts", n_prompts)
     first = tree_leaves(params)[0][1]
     xp, dtype, device = namespace(first), first.dtype, array_device(first)
     rng = numpy.random.default_rng(numpy.random.SeedSequence(seed).spawn(3)[2])
@@ -261,12 +255,6 @@ class TrainResult(NamedTuple):
     history: History
 
 
-def _positive_int(name, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def train(
     config: TransformerConfig,
     params: ModelParams,
@@ -296,15 +284,17 @@ def train(
     Raises TrainingDivergedError if the loss becomes NaN or infinite.
     Returns TrainResult(params, history).
     """
-    steps = _positive_int("steps", steps)
-    batch_size = _positive_int("batch_size", batch_size)
-    val_every = _positive_int("val_every", val_every)
-    val_size = _positive_int("val_size", val_size)
-    if config.d_token != d + 1:
-        raise ValueError(
-            f"prompts in dimension d = {d} need config.d_token = {d + 1}, got {config.d_token}"
-        )
+    steps = check_positive_int("steps", steps)
+    batch_size = check_positive_int("batch_size", batch_size)
+    n_context = check_positive_int("n_context", n_context)
+    val_every = check_positive_int("val_every", val_every)
+    val_size = check_positive_int("val_size", val_size)
+    seed = check_seed(seed)
+    noise = check_non_negative("noise", noise)
+    check_token_width(config, d)
     check_params(params, config)
+    if not isinstance(optimizer, OptimizerSettings):
+        raise TypeError(f"optimizer must be an OptimizerSettings, got {type(optimizer).__name__}")
     first = tree_leaves(params)[0][1]
     xp, dtype, device = namespace(first), first.dtype, array_device(first)
     train_seed, val_seed = numpy.random.SeedSequence(seed).spawn(2)
