@@ -394,6 +394,40 @@ def test_theorem_causal_stack_patches_depend_on_order(problem):
     assert numpy.median(gap) >= GENERIC_GAP, gap
 
 
+# -- one formula ----------------------------------------------------------------------
+
+
+def test_every_path_update_is_computed_by_the_one_rank_one_update(monkeypatch):
+    """ΔW = (W δ) aᵀ/‖a‖² has one implementation, implicit.rank_one_update: the path's
+    W_i − W_0 (δ = A_i − A(x), a = A(x)) and every step of the factorised path
+    (W = W_{j−1}, δ = ΔA(c_j), a = S_j) call it, and give exactly what it returns."""
+    import minimal_icl.dynamics as dynamics
+    from minimal_icl.implicit import rank_one_update
+
+    config = TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=2, d_mlp=4,
+                               attn_skip=True)
+    params = random_params(config, 6)
+    context, query = random_prompts(config, 6, B=2, N=3)
+    path = implicit_path(params, config, context, query)
+    factorised = factorised_path(params, config, context, query)
+    delta_W, _, _ = rank_one_update(path.W0, path.A_prefix[:, 2] - path.A_query, path.A_query)
+    assert numpy.array_equal(path.update(2).delta_W, delta_W)
+    W_0 = factorised.W0 + numpy.zeros((2, 4, 3))  # one W_0 per prompt, as the steps use
+    step, _, _ = rank_one_update(W_0, factorised.delta_A[:, 0], factorised.A_suffix[:, 1])
+    assert numpy.array_equal(factorised.delta_W(1), step)
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return rank_one_update(*args, **kwargs)
+
+    monkeypatch.setattr(dynamics, "rank_one_update", spy)
+    path.update(2)
+    factorised.delta_W(3)
+    assert calls == [(4, 3), (2, 4, 3), (2, 4, 3), (2, 4, 3)]
+
+
 # -- errors and arguments ---------------------------------------------------------------
 
 
