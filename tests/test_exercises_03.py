@@ -25,7 +25,8 @@ def right(Z, a):
 
 def right_with_a_projector(Z, a):
     D = a.shape[-1]
-    projector = numpy.eye(D) - a[:, :, None] * a[:, None, :] / numpy.sum(a * a, axis=-1)[:, None, None]
+    norm2 = numpy.sum(a * a, axis=-1)[:, None, None]
+    projector = numpy.eye(D) - a[:, :, None] * a[:, None, :] / norm2
     return Z @ projector
 
 

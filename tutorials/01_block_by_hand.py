@@ -117,7 +117,8 @@ for field, meaning in (("A", "attention output"), ("h", "residual after attentio
                        ("u", "MLP input LN2(h)")):
     print(f"| {field} | {getattr(block_cache, field).shape} | {meaning} |")
 print(f"| P | {block_cache.attn.weights.shape} | attention weights (B, H, Tq, T) |")
-print("rows of P sum to 1:", numpy.allclose(numpy.sum(block_cache.attn.weights, axis=-1), 1.0))
+row_sums = numpy.sum(block_cache.attn.weights, axis=-1)  # (B, H, T)
+print("rows of P sum to 1:", numpy.allclose(row_sums, 1.0))
 
 # %% [markdown]
 # The three arrays `A`, `h`, `u` are the ones the theory talks about: the attention output
@@ -379,7 +380,8 @@ _, linear_grads = backward(G, linear_cache)
 linear_errors = check_gradients(
     lambda p: float(numpy.sum(forward(p, linear_config, tokens)[0] * G)),
     linear_params, linear_grads)
-print(f"linear attention + ReLU: largest relative error {max(linear_errors.values()):.1e}")
+print(f"linear attention + ReLU: largest relative error"
+      f" {max(linear_errors.values()):.1e}")
 
 # %% jupyter={"source_hidden": true}
 # Solution 4. The three paths from x to x̂ (direct, through μ, through σ²) add up to the
@@ -404,8 +406,10 @@ def ln_forward(x):
 ln_error = check_layer(ln_forward, my_layernorm_backward, tokens, seed=5)["input"]
 y, ln_cache = ln_forward(tokens)
 dy = rng.standard_normal(y.shape)
-ln_gap = relative_residual(my_layernorm_backward(dy, ln_cache), layernorm_backward(dy, ln_cache)[0])
-print(f"LayerNorm backward: gradient check {ln_error:.1e}, against the library {ln_gap:.1e}")
+ln_gap = relative_residual(my_layernorm_backward(dy, ln_cache),
+                           layernorm_backward(dy, ln_cache)[0])
+print(f"LayerNorm backward: gradient check {ln_error:.1e},"
+      f" against the library {ln_gap:.1e}")
 
 # %% [markdown]
 # ## Checks
@@ -417,7 +421,7 @@ assert max(errors.values()) <= GRADCHECK_RTOL, errors
 assert right <= GRADCHECK_RTOL
 assert wrong > 1e3 * GRADCHECK_RTOL, "the checker must catch a wrong softmax Jacobian"
 assert last_only_residual <= IDENTITY_RTOL
-assert numpy.allclose(numpy.sum(block_cache.attn.weights, axis=-1), 1.0, rtol=0, atol=IDENTITY_RTOL)
+assert numpy.allclose(row_sums, 1.0, rtol=0, atol=IDENTITY_RTOL)
 assert out.shape == (B, T, D) and dtokens.shape == tokens.shape
 assert max(linear_errors.values()) <= GRADCHECK_RTOL, linear_errors
 assert ln_error <= GRADCHECK_RTOL and ln_gap <= IDENTITY_RTOL

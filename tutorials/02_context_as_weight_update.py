@@ -94,8 +94,9 @@ batch = regression_prompts(64, n_context=20, d=2, seed=1)
 context, query = batch.context, batch.query  # (B, N, D), (B, D)
 query_alone = query[:, None, :]  # (B, 1, D): the prompt without its context
 
-with_context, cache_with = forward(params, config, batch.tokens, last_only=True)  # T_W(C, x)
-unpatched, cache_alone = forward(params, config, query_alone)  # T_W(x)
+# T_W(C, x) and T_W(x), with their caches
+with_context, cache_with = forward(params, config, batch.tokens, last_only=True)
+unpatched, cache_alone = forward(params, config, query_alone)
 W = params.blocks[0].mlp.W1  # (M, D)
 print("A(C, x):", cache_with.blocks[0].u[:, -1].shape, "  A(x):",
       cache_alone.blocks[0].u[:, -1].shape, "  W:", W.shape)
@@ -275,10 +276,12 @@ plt.show()
 setup = replace(paper_setting(fast=True), steps=300 if FAST else 1500)
 trained = train_setup(setup, seed=0)
 test = regression_prompts(256, n_context=setup.n_context, d=setup.d, seed=3)
-trained_with_context, _ = forward(trained.params, setup.config, test.tokens, last_only=True)
+trained_with_context, _ = forward(trained.params, setup.config, test.tokens,
+                                  last_only=True)
 trained_mse = float(numpy.mean((trained_with_context[:, -1, -1] - test.target) ** 2))
 baselines = baseline_mse(test)  # zero predictor, one step of GD, least squares
-print(f"{setup.steps} Adam steps, {setup.config.n_heads} heads of width {setup.config.d_head}")
+print(f"{setup.steps} Adam steps, {setup.config.n_heads} heads"
+      f" of width {setup.config.d_head}")
 print("| on 256 fresh prompts | MSE |\n|---|---|")
 print(f"| trained block | {trained_mse:.3f} |")
 print(f"| predict 0 | {baselines['zero']:.3f} |")
@@ -288,7 +291,8 @@ print(f"| one step of GD (η*) | {baselines['one_step_gd']:.3f} |")
 # The identity, its rank, and the size of the update on the trained block:
 
 # %%
-(trained_update,) = implicit_update(trained.params, setup.config, test.context, test.query)
+(trained_update,) = implicit_update(trained.params, setup.config, test.context,
+                                    test.query)
 trained_patched, _ = forward(trained.params, setup.config, test.query[:, None, :],
                              patches=(trained_update,))
 residual_trained = relative_residual(trained_patched[:, -1], trained_with_context[:, -1])
@@ -297,14 +301,16 @@ trained_ratio = numpy.max(trained_sv[:, 1] / trained_sv[:, 0])
 trained_norm_W = numpy.linalg.norm(trained.params.blocks[0].mlp.W1)
 trained_norm_dW = numpy.median(numpy.linalg.norm(trained_update.delta_W, axis=(-2, -1)))
 trained_norm_A_x = numpy.median(numpy.linalg.norm(trained_update.u_without, axis=-1))
-print(f"trained block: relative residual {residual_trained:.1e}, largest σ₂/σ₁ {trained_ratio:.1e}")
+print(f"trained block: relative residual {residual_trained:.1e},"
+      f" largest σ₂/σ₁ {trained_ratio:.1e}")
 print(f"‖W‖_F = {trained_norm_W:.1f}, median ‖ΔW‖_F = {trained_norm_dW:.1f},"
       f" median ‖A(x)‖ = {trained_norm_A_x:.3f}")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
-axes[0].semilogy(trained.history.step, trained.history.train_loss, lw=0.6, label="train (batch)")
-axes[0].semilogy(trained.history.val_step, trained.history.val_loss, "o-", label="held-out")
+history = trained.history
+axes[0].semilogy(history.step, history.train_loss, lw=0.6, label="train (batch)")
+axes[0].semilogy(history.val_step, history.val_loss, "o-", label="held-out")
 axes[0].set_xlabel("step")
 axes[0].set_ylabel("squared error at the query")
 axes[0].set_title("a short training run")
@@ -359,7 +365,8 @@ plt.show()
 # %% jupyter={"source_hidden": true}
 # Solution 1 (the check).
 formula = norm_W_dA / norm_A_x
-print(f"‖ΔW‖_F against ‖W ΔA‖/‖A(x)‖: relative residual {relative_residual(norm_dW, formula):.1e}")
+print(f"‖ΔW‖_F against ‖W ΔA‖/‖A(x)‖: relative residual"
+      f" {relative_residual(norm_dW, formula):.1e}")
 
 # %% [markdown] jupyter={"source_hidden": true}
 # **Solution 2.** Nothing changes. The query is the last token, so a causal mask lets it
@@ -376,7 +383,8 @@ causal_with, _ = forward(params, causal_config, batch.tokens, last_only=True)
 causal_patched, _ = forward(params, causal_config, query_alone, patches=(causal_update,))
 causal_change = relative_residual(causal_update.delta_W, update.delta_W)
 causal_residual = relative_residual(causal_patched[:, -1], causal_with[:, -1])
-print(f"ΔW causal vs not: {causal_change:.1e}; identity with the mask: {causal_residual:.1e}")
+print(f"ΔW causal vs not: {causal_change:.1e};"
+      f" identity with the mask: {causal_residual:.1e}")
 
 # %% [markdown] jupyter={"source_hidden": true}
 # **Solution 3.** The patch divides by $\|A(x)\|^2$; if $A(x) = 0$, then $X A(x) = 0$ for

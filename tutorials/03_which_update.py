@@ -92,7 +92,8 @@ for size in range(N + 1):
         patched, _ = forward(params, config, shorter, patches=updates)
         sizes.append(size)
         residuals.append(relative_residual(patched[:, -1], with_context[:, -1]))
-        patch_norms.append(numpy.mean(numpy.linalg.norm(updates[0].delta_W, axis=(-2, -1))))
+        norms = numpy.linalg.norm(updates[0].delta_W, axis=(-2, -1))  # (B,)
+        patch_norms.append(numpy.mean(norms))
 print(f"largest relative residual over {len(residuals)} subsets: {max(residuals):.1e}")
 
 # %%
@@ -298,8 +299,9 @@ print(f"unit {m}: pre-activation {pre_activation[0, m]:.2f}; ‖Z a‖ = {Za_nor
 
 # %% jupyter={"source_hidden": true}
 # Solution 3 (the test): the query's weights for every prefix c_1..c_i with W_K = 0.
-flat_keys = params._replace(blocks=(params.blocks[0]._replace(
-    attn=params.blocks[0].attn._replace(W_K=numpy.zeros_like(params.blocks[0].attn.W_K))),))
+attn = params.blocks[0].attn
+flat_attn = attn._replace(W_K=numpy.zeros_like(attn.W_K))  # every key is 0
+flat_keys = params._replace(blocks=(params.blocks[0]._replace(attn=flat_attn),))
 weight_gaps = []
 for i in range(N + 1):
     prefix = numpy.concatenate([context[:, :i], query_alone], axis=1)  # (B, i + 1, D)
@@ -328,10 +330,11 @@ print("with context:                     ", bad_with_context[3, -1])
 assert max(residuals) <= IDENTITY_RTOL
 assert max(family_residuals) <= IDENTITY_RTOL
 assert relative_residual(numpy.array(family_norms), pythagoras) <= IDENTITY_RTOL
-assert numpy.argmin(family_norms) == numpy.argmin(numpy.abs(scales))  # t = 0 is the minimum
+assert numpy.argmin(family_norms) == numpy.argmin(numpy.abs(scales))  # t = 0: the minimum
 assert annihilation <= IDENTITY_RTOL  # Z_⊥ a = 0
 assert pinv_residual <= IDENTITY_RTOL
-assert isinstance(raised, DegenerateQueryError) and raised.prompts == (3, 7) and raised.block == 0
+assert isinstance(raised, DegenerateQueryError)
+assert raised.prompts == (3, 7) and raised.block == 0
 assert residual_partial <= IDENTITY_RTOL
 assert Za_norm > 0.5 and dead_residual <= IDENTITY_RTOL  # Z a ≠ 0, output still exact
 assert max(weight_gaps) <= IDENTITY_RTOL

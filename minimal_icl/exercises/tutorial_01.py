@@ -36,7 +36,9 @@ __all__ = [
 SHAPE = (2, 3, 4, 5)  # (B, H, Tq, T): 2 prompts, 3 heads, 4 query rows, 5 keys
 
 
-def softmax_backward_mistakes(dprobs: numpy.ndarray, probs: numpy.ndarray) -> list[tuple[str, numpy.ndarray]]:
+def softmax_backward_mistakes(
+    dprobs: numpy.ndarray, probs: numpy.ndarray
+) -> list[tuple[str, numpy.ndarray]]:
     """The typical wrong softmax backwards for upstream dP and weights P, each with its hint.
 
     dP, P (..., T). The right answer is P ⊙ (dP − Σ_j dP_j P_j), j over the last axis.

@@ -76,7 +76,9 @@ def check_delta_W(
     of the patched forward. Raises ExerciseError with a hint.
     """
     if config.n_blocks != 1:
-        raise ValueError(f"check_delta_W: expected a one-block model, config has {config.n_blocks}")
+        raise ValueError(
+            f"check_delta_W: expected a one-block model, config has {config.n_blocks} blocks"
+        )
     rng = numpy.random.default_rng(seed)
     tokens = rng.standard_normal((n_prompts, n_context + 1, config.d_token))  # [C, x]
     context, query = tokens[:, :-1], tokens[:, -1]
@@ -93,7 +95,8 @@ def check_delta_W(
     residual = check_array("ΔW", answer, update.delta_W,
                            mistakes=delta_W_mistakes(W, A_with, A_alone), quiet=True)
 
-    patch = BlockPatch(delta_W=numpy.asarray(answer, dtype=numpy.float64), delta_b=update.delta_b)
+    answer = numpy.asarray(answer, dtype=numpy.float64)
+    patch = BlockPatch(delta_W=answer, delta_b=update.delta_b)
     patched, _ = forward(params, config, query_alone, patches=(patch,))
     identity = relative_residual(patched[:, -1], with_context[:, -1])
     if not identity <= IDENTITY_RTOL:

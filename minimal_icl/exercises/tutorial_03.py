@@ -79,7 +79,9 @@ def check_null_space(
     Raises ExerciseError with a hint.
     """
     if config.n_blocks != 1:
-        raise ValueError(f"check_null_space: expected a one-block model, config has {config.n_blocks}")
+        raise ValueError(
+            f"check_null_space: expected a one-block model, config has {config.n_blocks} blocks"
+        )
     rng = numpy.random.default_rng(seed)
     tokens = rng.standard_normal((n_prompts, n_context + 1, config.d_token))
     context, query = tokens[:, :-1], tokens[:, -1]
@@ -91,7 +93,8 @@ def check_null_space(
     label = getattr(null_space_part, "__name__", "your function")
     answer = call_answer(null_space_part, Z.copy(), a.copy(), name=label)
     expected = null_space_perturbation(update, Z) - update.delta_W
-    residual = check_array("Z_⊥", answer, expected, mistakes=null_space_mistakes(Z, a), quiet=True)
+    residual = check_array("Z_⊥", answer, expected, mistakes=null_space_mistakes(Z, a),
+                           quiet=True)
 
     answer = numpy.asarray(answer, dtype=numpy.float64)
     annihilated = float(numpy.max(numpy.abs(answer @ a[:, :, None]))) / float(
