@@ -19,7 +19,8 @@ def patch_with(row="x+A", power=2, column="delta", bias="delta", transpose=False
         columns = {"delta": A_with - A_without, "h_C": x + A_with, "A_C": A_with}
         a = rows[row]
         c = columns[column] @ W.T  # (B, M)
-        delta_W = c[:, :, None] * (a / numpy.linalg.norm(a, axis=-1, keepdims=True) ** power)[:, None, :]
+        r = a / numpy.linalg.norm(a, axis=-1, keepdims=True) ** power  # (B, D)
+        delta_W = c[:, :, None] * r[:, None, :]  # (B, M, D)
         if transpose:
             delta_W = numpy.swapaxes(delta_W, -1, -2)
         biases = {"delta": A_with - A_without, "zero": numpy.zeros_like(x),
@@ -40,7 +41,8 @@ def test_the_case_is_the_skip_block_whose_row_is_x_plus_A():
     from the paper's A(x)/‖A(x)‖², and Δb′ = δA."""
     case = skip_patch_case()
     a = case.x + case.A_without
-    assert relative_residual(case.update.row, a / numpy.sum(a**2, -1, keepdims=True)) <= IDENTITY_RTOL
+    row = a / numpy.sum(a**2, -1, keepdims=True)
+    assert relative_residual(case.update.row, row) <= IDENTITY_RTOL
     paper = case.A_without / numpy.sum(case.A_without**2, -1, keepdims=True)
     assert relative_residual(case.update.row, paper) > 1e-2
     assert relative_residual(case.update.delta_b, case.A_with - case.A_without) <= IDENTITY_RTOL

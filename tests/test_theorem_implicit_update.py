@@ -179,7 +179,8 @@ def test_theorem_stack_with_whole_context_is_the_query_alone_construction(proble
         u_C, h_C = full.blocks[l].u[:, -1], full.blocks[l].h[:, -1]
         assert relative_residual(update.u_without, u_0) <= IDENTITY_RTOL, l
         W = params.blocks[l].mlp.W1
-        classic = (W @ (u_C - u_0)[..., None]) * (u_0 / numpy.sum(u_0**2, -1, keepdims=True))[:, None]
+        row = u_0 / numpy.sum(u_0**2, -1, keepdims=True)  # (B, D)
+        classic = (W @ (u_C - u_0)[..., None]) * row[:, None, :]  # (B, M, D)
         scale = numpy.linalg.norm(W) * (
             numpy.linalg.norm(u_C, axis=-1) + numpy.linalg.norm(u_0, axis=-1)
         ) / numpy.linalg.norm(u_0, axis=-1)
@@ -238,7 +239,9 @@ def test_forward_applies_each_patch_at_every_position():
     for b in range(2):
         blocks = tuple(
             block._replace(
-                mlp=block.mlp._replace(W1=block.mlp.W1 + p.delta_W[b], b2=block.mlp.b2 + p.delta_b[b])
+                mlp=block.mlp._replace(
+                    W1=block.mlp.W1 + p.delta_W[b], b2=block.mlp.b2 + p.delta_b[b]
+                )
             )
             for block, p in zip(params.blocks, patches)
         )
