@@ -138,8 +138,8 @@ for o in orders[1:]:
     shuffled = implicit_path(random_params, config, context[:, o], query)
     endpoint_residuals.append(relative_residual(shuffled.weights(N), reference.weights(N)))
     midpoint_gaps.append(relative_residual(shuffled.weights(N // 2), reference.weights(N // 2)))
-print(f"random block, W_N over 10 orders: largest relative difference {max(endpoint_residuals):.1e};"
-      f" W_25: smallest {min(midpoint_gaps):.1e}")
+print(f"random block, W_N over 10 orders: largest relative difference"
+      f" {max(endpoint_residuals):.1e}; W_25: smallest {min(midpoint_gaps):.1e}")
 
 # %% [markdown]
 # **Explicit gradient descent, both forms.** Online SGD takes one pair at a time,
@@ -172,6 +172,7 @@ def full_batch_gd_prediction(x, y, eta=0.1, steps=50):
     return numpy.sum(theta * x_q, axis=1)
 
 
+# %%
 sgd_predictions = numpy.stack([online_sgd_predictions(x[:, o], y[:, o]) for o in orders])
 spread_sgd = order_spread(sgd_predictions)
 full_batch = numpy.stack([full_batch_gd_prediction(x[:, o], y[:, o]) for o in orders])
@@ -387,7 +388,8 @@ for n_blocks in (1, 2):
         original = forward(p, c, small.tokens, last_only=True)[0][:, -1]
         permuted = forward(p, c, shuffled_tokens, last_only=True)[0][:, -1]
         order_gap[(n_blocks, causal)] = relative_residual(original, permuted)
-        print(f"{n_blocks} block(s), causal = {causal!s:5}: relative change {order_gap[(n_blocks, causal)]:.1e}")
+        print(f"{n_blocks} block(s), causal = {causal!s:5}:"
+              f" relative change {order_gap[(n_blocks, causal)]:.1e}")
 
 # %% [markdown] jupyter={"source_hidden": true}
 # **Solution 3.** Full-batch GD's update uses $\sum_j (\theta x_j - y_j) x_j^\top$, a sum,
