@@ -185,7 +185,8 @@ def von_oswald_mistakes(d: int, eta: float, N: int, theta0) -> dict[str, list]:
              " von Oswald's layer has no 1/√K, so W_P = (η/N) I",
              eta / N * math.sqrt(d + 1) * numpy.eye(d + 1)),
             ("W_P has the wrong sign: with W_V carrying θ_0 x_j − y_j, the layer adds"
-             " +(η/N) Σ (θ_0 x_j − y_j) x_jᵀ x_q = (θ_0 − θ_1) x_q", -eta / N * numpy.eye(d + 1)),
+             " +(η/N) Σ (θ_0 x_j − y_j) x_jᵀ x_q = (θ_0 − θ_1) x_q",
+             -eta / N * numpy.eye(d + 1)),
         ],
     }
 
@@ -232,7 +233,8 @@ def check_von_oswald_weights(function: Callable, seed: int = 0) -> float:
 
     # the explicit step: θ_1 = θ_0 − η (1/N) Σ_j (θ_0 x_j − y_j) x_j
     B = 6
-    x, w, x_q = rng.standard_normal((B, N, d)), rng.standard_normal((B, d)), rng.standard_normal((B, d))
+    x = rng.standard_normal((B, N, d))  # (B, N, d)
+    w, x_q = rng.standard_normal((B, d)), rng.standard_normal((B, d))  # (B, d) each
     y = numpy.einsum("bjd,bd->bj", x, w)  # (B, N)
     gradient = numpy.einsum("bj,bjd->bd", x @ theta0 - y, x) / N  # ∇L(θ_0), (B, d)
     theta1 = theta0 - eta * gradient  # (B, d)
@@ -253,7 +255,7 @@ def check_von_oswald_weights(function: Callable, seed: int = 0) -> float:
     out, _ = forward(model, config, tokens, last_only=True)
     residual_block = check_array("the y-slot of the package's block with your weights",
                                  out[:, -1, d], target, quiet=True)
-    print(f"✓ W_K, W_Q, W_V, W_P are right: the y-slot becomes y_q + (θ_0 − θ_1) x_q for an"
-          f" explicit step θ_1 = θ_0 − η ∇L(θ_0) (residual {residual:.1e}; as a block of the"
-          f" package {residual_block:.1e})")
+    print(f"✓ W_K, W_Q, W_V, W_P are right: the y-slot becomes y_q + (θ_0 − θ_1) x_q for"
+          f" an explicit step θ_1 = θ_0 − η ∇L(θ_0) (residual {residual:.1e}; as a block of"
+          f" the package {residual_block:.1e})")
     return residual
