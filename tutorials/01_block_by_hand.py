@@ -53,6 +53,8 @@
 # 5. check that `last_only=True` (used in training) gives the same query output.
 
 # %%
+import inspect
+
 import matplotlib.pyplot as plt
 import numpy
 
@@ -66,7 +68,7 @@ from minimal_icl import (
     init_params,
     relative_residual,
 )
-from minimal_icl.attention import softmax_backward, softmax_forward
+from minimal_icl.attention import attention_backward, softmax_backward, softmax_forward
 from minimal_icl.exercises.tutorial_01 import (
     check_softmax_backward,
     check_softmax_backward_explicit,
@@ -202,19 +204,16 @@ check_softmax_backward(softmax_backward_compact)
 
 # %% [markdown]
 # The library's `softmax_backward` is this line. In `attention_backward` it sits between
-# the two matrix products it mirrors; the backward quotes each forward line it inverts:
-#
-# ```python
-# # forward was: heads = merge(P V)
-# dPV = split_heads(dheads, c.n_heads)                     # (B, H, Tq, K)
-# dweights = xp.matmul(dPV, xp.matrix_transpose(c.v))      # (B, H, Tq, T)
-# # forward was: P = softmax(S) (or P = S for linear attention)
-# dscores = dweights if c.softmax is None else softmax_backward(dweights, c.softmax)
-# # forward was: S = Q Kᵀ / √K
-# dscores = dscores * (1.0 / math.sqrt(d_head))
-# dq = xp.matmul(dscores, c.k)                             # (B, H, Tq, K)
-# ```
-#
+# the matrix products it mirrors, and each step quotes the forward line it inverts. Here
+# are those lines of the library's source (read from the package, not copied):
+
+# %%
+source = inspect.getsource(attention_backward).splitlines()
+at = next(i for i, line in enumerate(source)
+          if "softmax_backward(" in line and "dscores" in line)
+print("\n".join(source[max(at - 6, 0):at + 6]))
+
+# %% [markdown]
 # ## The gradient check of the whole block
 #
 # Pick a **random** upstream gradient $G$ and the scalar $L = \sum \mathrm{out} \odot G$.
