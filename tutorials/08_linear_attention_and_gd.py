@@ -373,8 +373,9 @@ plt.show()
 # %% [markdown] jupyter={"source_hidden": true}
 # **Solution 1.** $\mathbb{E}[S^2] = \frac{1}{N^2}\sum_{j,l}\mathbb{E}[x_j x_j^\top x_l x_l^\top]$.
 # The $N(N-1)$ terms with $j \neq l$ give $I \cdot I = I$; the $N$ terms with $j = l$ give
-# $\mathbb{E}[\|x\|^2 x x^\top] = (d + 2) I$ (Isserlis: $\mathbb{E}[x_a^2 x_b^2] = 1 + 2\delta_{ab}$
-# summed over $a$). So $\mathbb{E}[S^2] = \frac{N(N-1) + N(d+2)}{N^2} I = (1 + \frac{d+1}{N}) I$.
+# $\mathbb{E}[\|x\|^2 x x^\top] = (d + 2) I$ (Isserlis: $\mathbb{E}[x_a^2 x_b^2] = 1 + 2\delta_{ab}$,
+# so the diagonal entries are $\sum_b \mathbb{E}[x_a^2 x_b^2] = d + 2$ and the off-diagonal ones
+# vanish). So $\mathbb{E}[S^2] = \frac{N(N-1) + N(d+2)}{N^2} I = (1 + \frac{d+1}{N}) I$.
 # With $\mathbb{E}[S] = I$ and $\mathbb{E}\|(\eta S - I) w\|^2 = \operatorname{tr}\mathbb{E}[(\eta S - I)^2]$
 # ($w$ independent of $S$, $\mathbb{E}[ww^\top] = I$) the error is
 # $d[\eta^2(1 + \frac{d+1}{N}) - 2\eta + 1]$; its derivative vanishes at
