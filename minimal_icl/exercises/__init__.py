@@ -53,8 +53,10 @@ def call_answer(function: Callable, *args, name: str | None = None, **kwargs):
 def _as_host(value, name: str) -> numpy.ndarray:
     if value is None:
         raise ExerciseError(f"{name} is None: your function must return it (did you forget `return`?)")
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        value = to_device(value, "numpy")  # any array-API array, brought to the host
+    if isinstance(value, (numpy.ndarray, numpy.generic)):
+        pass  # already on the host (a NumPy scalar such as numpy.float64 has no DLPack)
+    elif hasattr(value, "shape") and hasattr(value, "dtype"):
+        value = to_device(value, "numpy")  # any other array-API array, brought to the host
     try:
         return numpy.asarray(value, dtype=numpy.float64)
     except (TypeError, ValueError):
