@@ -1,18 +1,24 @@
-"""Multi-head self-attention, softmax or linear, built from forward/backward pairs.
+"""Multi-head self-attention, softmax or linear, a forward/backward pair.
 
-For head h with Q_h = X W_Q,hᵀ, K_h = X W_K,hᵀ, V_h = X W_V,hᵀ (rows are tokens):
+For head h (its K rows W_Q,h, W_K,h, W_V,h of each projection; one row per token):
 
-    S_h = Q_h K_hᵀ / √K                     scaled scores            (B, H, Tq, T)
-    P_h = softmax(S_h + mask)               "softmax" attention (−inf above the diagonal)
-    P_h = S_h ⊙ mask                        "linear" attention: un-normalised, masked to 0
-    O   = concat_h(P_h V_h) W_Oᵀ            output at the query positions (B, Tq, D)
+    q = x_q W_Q,hᵀ                    queries                          (B, H, Tq, K)
+    k = x W_K,hᵀ,  v = x W_V,hᵀ       keys and values                  (B, H, T, K)
+    S = q kᵀ / √K                     scores                           (B, H, Tq, T)
+    P = softmax(S)                    "softmax" attention; if causal, S = −inf above the diagonal
+    P = S                             "linear" attention, un-normalised; if causal, S = 0 there
+    out = concat_h(P v) W_Oᵀ          output at the query positions    (B, Tq, D)
 
 There are no biases in the projections, as in Dherin et al. (2025): a token alone gives
 A(x) = W_O W_V x for softmax attention.
 
-``last_only=True`` computes queries for the last position only (Tq = 1) while keys and
-values still come from every token. The training loss reads only the last token of the
-last block, so there this saves the work of T − 1 query rows.
+``last_only=True`` takes the queries from the last position only (x_q = x[:, -1:],
+Tq = 1) while keys and values still come from every token: the model's output is read at
+the query, and the training loss reads only the last token of the last block.
+
+``attention_backward`` is the textbook backward, the forward read in reverse. Training
+uses ``attention_fast.attention_backward_fast``, the same gradients (to 1e-12) by
+products that avoid building the (B, H, T, K) gradients of the keys and values.
 """
 
 from __future__ import annotations
@@ -107,7 +113,7 @@ class AttentionCache(NamedTuple):
     q: Array  # (B, H, Tq, K)
     k: Array  # (B, H, T, K)
     v: Array  # (B, H, T, K)
-    weights: Array  # (B, H, Tq, T) attention weights P
+    weights: Array  # (B, H, Tq, T) the attention weights P
     softmax: SoftmaxCache | None  # None for linear attention
     mask: MaskCache | None  # None unless causal
     n_heads: int
@@ -122,11 +128,13 @@ def attention_forward(
     causal: bool = False,
     last_only: bool = False,
 ) -> tuple[Array, AttentionCache]:
-    """Self-attention over x (B, T, D); returns (B, T, D), or (B, 1, D) if ``last_only``."""
-    xp = namespace(x, p.W_Q)
+    """Self-attention over x (B, T, D); returns (B, T, D), or (B, 1, D) if ``last_only``.
+
+    Per head: q = x_q W_Qᵀ, k = x W_Kᵀ, v = x W_Vᵀ; S = q kᵀ/√K; P = softmax(S) or P = S;
+    out = concat_h(P v) W_Oᵀ (see the module docstring). Returns (out, AttentionCache).
+    """
     B, T, D = x.shape
-    x_q = x[:, -1:, :] if last_only else x  # (B, Tq, D)
-    Tq = x_q.shape[1]
+    x_q = x[:, -1:, :] if last_only else x  # (B, Tq, D) the positions that query
 
     q_flat, q_proj = linear_forward(x_q, p.W_Q)  # (B, Tq, H·K)
     k_flat, k_proj = linear_forward(x, p.W_K)  # (B, T, H·K)
@@ -134,21 +142,21 @@ def attention_forward(
     q = split_heads(q_flat, n_heads)  # (B, H, Tq, K)
     k = split_heads(k_flat, n_heads)  # (B, H, T, K)
     v = split_heads(v_flat, n_heads)  # (B, H, T, K)
-    d_head = q.shape[-1]
+    Tq, K = q.shape[-2], q.shape[-1]
 
-    scores = xp.matmul(q, xp.matrix_transpose(k)) * (1.0 / math.sqrt(d_head))  # (B, H, Tq, T)
+    scores = (q @ k.mT) / math.sqrt(K)  # (B, H, Tq, T)  S = q kᵀ/√K
     mask_cache = None
     if causal:
-        mask = causal_mask(Tq, T, xp, device=device(x))
+        mask = causal_mask(Tq, T, namespace(x), device=device(x))
         scores, mask_cache = mask_forward(scores, mask, -math.inf if kind == "softmax" else 0.0)
     if kind == "softmax":
-        weights, softmax_cache = softmax_forward(scores)
+        weights, softmax_cache = softmax_forward(scores)  # P = softmax(S)
     elif kind == "linear":
-        weights, softmax_cache = scores, None
+        weights, softmax_cache = scores, None  # P = S
     else:
         raise ValueError(f"unknown attention {kind!r}; use 'softmax' or 'linear'")
 
-    heads = merge_heads(xp.matmul(weights, v))  # (B, Tq, H·K)
+    heads = merge_heads(weights @ v)  # (B, Tq, H·K)  concat_h(P v)
     out, o_proj = linear_forward(heads, p.W_O)  # (B, Tq, D)
     cache = AttentionCache(
         q_proj, k_proj, v_proj, o_proj, q, k, v, weights, softmax_cache, mask_cache,
@@ -157,81 +165,46 @@ def attention_forward(
     return out, cache
 
 
-def head_projection_backward(
-    M: Array, G: Array, proj: LinearCache
-) -> tuple[Array, Array]:
-    """Backward of a key or value projection Y = x Wᵀ whose gradient per head is Mₕᵀ Gₕ.
-
-    Keys: dKₕ = dSₕᵀ Qₕ (M = dS, G = Q). Values: dVₕ = Pₕᵀ dPVₕ (M = P, G = dPV).
-    Shapes: M (B, H, Tq, T), G (B, H, Tq, K), proj caches x (B, T, D) and W (H·K, D).
-    Returns (dx (B, T, D), dW (H·K, D)), by either of two orders of the same products:
-
-        direct:        dYₕ = Mₕᵀ Gₕ  (B, H, T, K);   dx = merge(dY) W;   dW = Σ_b merge(dY)ᵀ x
-        reassociated:  dx = Σₕ Mₕᵀ (Gₕ Wₕ);          dWₕ = Σ_b Gₕᵀ (Mₕ x)
-
-    The reassociated order never builds the (B, H, T, K) array dY. It costs about
-    2·Tq·D multiply-adds per (prompt, head, token) against Tq·K + 2·K·D for the direct
-    order, so it is chosen when that is smaller: always with ``last_only`` (Tq = 1),
-    and for narrow tokens (D < K/2 roughly) on every position.
-    """
-    x, W = proj.x, proj.W
-    xp = namespace(M, G, x)
-    B, H, Tq, T = M.shape
-    K, D = G.shape[-1], x.shape[-1]
-    if 2 * Tq * D >= Tq * K + 2 * K * D:
-        dx, dW, _ = linear_backward(merge_heads(xp.matmul(xp.matrix_transpose(M), G)), proj)
-        return dx, dW
-    # Products with a per-head weight Wₕ run per head over all prompts and query rows
-    # (H matmuls); products with a per-prompt x run per prompt with the heads stacked
-    # along the rows (B matmuls). Small matmuls cost more in calls than in arithmetic.
-    def per_head(a):  # (B, H, Tq, ·) -> (H, B·Tq, ·)
-        return xp.reshape(xp.permute_dims(a, (1, 0, 2, 3)), (H, B * Tq, a.shape[-1]))
-
-    def per_prompt(a):  # (H, B·Tq, ·) -> (B, H·Tq, ·)
-        a = xp.reshape(a, (H, B, Tq, a.shape[-1]))
-        return xp.reshape(xp.permute_dims(a, (1, 0, 2, 3)), (B, H * Tq, a.shape[-1]))
-
-    M_stacked = xp.reshape(M, (B, H * Tq, T))  # (B, H·Tq, T)
-    G_heads = per_head(G)  # (H, B·Tq, K)
-    GW = per_prompt(xp.matmul(G_heads, xp.reshape(W, (H, K, D))))  # (B, H·Tq, D)  Gₕ Wₕ
-    # Σₕ Mₕᵀ (Gₕ Wₕ): the sum over heads is part of the contraction over H·Tq rows
-    dx = xp.matmul(xp.matrix_transpose(M_stacked), GW)  # (B, T, D)
-    Mx = xp.reshape(xp.matmul(M_stacked, x), (B, H, Tq, D))  # (B, H, Tq, D)  Mₕ x
-    # dWₕ = Σ over prompts and query rows of Gₕᵀ (Mₕ x)
-    dW = xp.matmul(xp.matrix_transpose(G_heads), per_head(Mx))  # (H, K, D)
-    return dx, xp.reshape(dW, (H * K, D))
-
-
 def attention_backward(dout: Array, cache: AttentionCache) -> tuple[Array, AttentionParams]:
-    """Returns (dx, AttentionParams of gradients); dx has the shape of the input x."""
+    """The gradients of attention_forward, each step the mirror of a forward line.
+
+    With dPv = ∂loss/∂(P v) and dS = ∂loss/∂S (per head):
+
+        dP = dPv vᵀ      dv = Pᵀ dPv
+        dS = softmax_backward(dP) (dS = dP for linear attention), masked, divided by √K
+        dq = dS k        dk = dSᵀ q
+
+    and each projection's dx and dW come from ``linear_backward`` on the merged heads.
+    The (B, H, T, K) arrays dk and dv are built explicitly; ``attention_fast`` computes
+    the same gradients without them. Returns (dx (B, T, D), AttentionParams of gradients).
+    """
     c = cache
-    xp = namespace(dout, c.q)
-    d_head = c.q.shape[-1]
+    K = c.q.shape[-1]
 
     # forward was: out = heads W_Oᵀ
-    dheads, dW_O, _ = linear_backward(dout, c.o_proj)
-    # forward was: heads = merge(P V)
-    dPV = split_heads(dheads, c.n_heads)  # (B, H, Tq, K)
-    dweights = xp.matmul(dPV, xp.matrix_transpose(c.v))  # (B, H, Tq, T)
-    # (dV = Pᵀ dPV is folded into the V projection's backward below)
+    dheads, dW_O, _ = linear_backward(dout, c.o_proj)  # (B, Tq, H·K)
+    # forward was: heads = merge_heads(P v)
+    dPv = split_heads(dheads, c.n_heads)  # (B, H, Tq, K)
+    dweights = dPv @ c.v.mT  # (B, H, Tq, T)  dP = dPv vᵀ
+    dv = c.weights.mT @ dPv  # (B, H, T, K)   dv = Pᵀ dPv
     # forward was: P = softmax(S) (or P = S for linear attention)
     dscores = dweights if c.softmax is None else softmax_backward(dweights, c.softmax)
     # forward was: S = where(mask, S, fill)
     if c.mask is not None:
         dscores = mask_backward(dscores, c.mask)
-    # forward was: S = Q Kᵀ / √K
-    dscores = dscores * (1.0 / math.sqrt(d_head))
-    dq = xp.matmul(dscores, c.k)  # (B, H, Tq, K)
-    # (dK = dSᵀ Q is folded into the K projection's backward below)
-    # forward was: Q, K, V = split(x_q W_Qᵀ), split(x W_Kᵀ), split(x W_Vᵀ)
-    dx_q, dW_Q, _ = linear_backward(merge_heads(dq), c.q_proj)
-    dx_k, dW_K = head_projection_backward(dscores, c.q, c.k_proj)  # dK = dSᵀ Q
-    dx_v, dW_V = head_projection_backward(c.weights, dPV, c.v_proj)  # dV = Pᵀ dPV
-
-    dx = dx_k + dx_v
+    # forward was: S = q kᵀ / √K
+    dscores = dscores / math.sqrt(K)
+    dq = dscores @ c.k  # (B, H, Tq, K)  dq = dS k
+    dk = dscores.mT @ c.q  # (B, H, T, K)  dk = dSᵀ q
+    # forward was: v = split_heads(x W_Vᵀ)
+    dx_v, dW_V, _ = linear_backward(merge_heads(dv), c.v_proj)  # (B, T, D)
+    # forward was: k = split_heads(x W_Kᵀ)
+    dx_k, dW_K, _ = linear_backward(merge_heads(dk), c.k_proj)  # (B, T, D)
+    # forward was: q = split_heads(x_q W_Qᵀ)
+    dx_q, dW_Q, _ = linear_backward(merge_heads(dq), c.q_proj)  # (B, Tq, D)
+    # forward was: x_q = x[:, -1:] (last_only) or x_q = x; x also fed the keys and values
     if c.last_only:
-        # forward was: x_q = x[:, -1:]; its gradient lands on the last position only
-        dx = xp.concat([dx[:, :-1, :], dx[:, -1:, :] + dx_q], axis=1)
-    else:
-        dx = dx + dx_q
+        xp = namespace(dx_q)
+        dx_q = xp.concat([xp.zeros_like(dx_v[:, :-1, :]), dx_q], axis=1)  # (B, T, D)
+    dx = dx_k + dx_v + dx_q
     return dx, AttentionParams(W_Q=dW_Q, W_K=dW_K, W_V=dW_V, W_O=dW_O)

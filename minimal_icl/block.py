@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .attention import AttentionCache, attention_backward, attention_forward
+from .attention_fast import attention_backward_fast
 from .backend import Array, namespace
 from .config import TransformerConfig
 from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
@@ -71,8 +72,14 @@ def block_forward(
     return out, cache
 
 
-def block_backward(dout: Array, cache: BlockCache) -> tuple[Array, BlockParams]:
+def block_backward(
+    dout: Array, cache: BlockCache, fast: bool = True
+) -> tuple[Array, BlockParams]:
     """Returns (dz, BlockParams of gradients).
+
+    ``fast`` runs the attention backward as ``attention_backward_fast`` (the same
+    gradients by cheaper products, what training uses); ``fast=False`` runs the textbook
+    ``attention_backward``.
 
     With a patch, the gradient of the per-prompt W1 + ΔW is summed over prompts: it is
     the gradient with respect to the shared W1 (and to a shared ΔW).
@@ -94,7 +101,7 @@ def block_backward(dout: Array, cache: BlockCache) -> tuple[Array, BlockParams]:
         dh = dh + dout
     # forward was: h = z_q + A (or h = A)
     dA = dh
-    du1, dattn = attention_backward(dA, c.attn)
+    du1, dattn = (attention_backward_fast if fast else attention_backward)(dA, c.attn)
     # forward was: u1 = LN1(z) (or u1 = z)
     if c.ln1 is not None:
         dz, dln1 = layernorm_backward(du1, c.ln1)

@@ -27,10 +27,10 @@ def linear_forward(x: Array, W: Array, b: Array | None = None) -> tuple[Array, L
     if W.ndim == 2:
         # one GEMM over all prompts and positions (a batched matmul pays per prompt)
         B, T, n_in = x.shape
-        rows = xp.matmul(xp.reshape(x, (B * T, n_in)), xp.matrix_transpose(W))  # (B·T, out)
+        rows = xp.reshape(x, (B * T, n_in)) @ W.mT  # (B·T, out)
         y = xp.reshape(rows, (B, T, W.shape[0]))
     else:
-        y = xp.matmul(x, xp.matrix_transpose(W))  # (B, T, out)
+        y = x @ W.mT  # (B, T, out)
     bias_ndim = 0
     if b is not None:
         bias_ndim = b.ndim
@@ -48,11 +48,11 @@ def linear_backward(dy: Array, cache: LinearCache) -> tuple[Array, Array, Array 
     if W.ndim == 2:
         # a shared W: every prompt and position at once, one GEMM each for dx and dW
         dy_rows = xp.reshape(dy, (-1, n_out))  # (B·T, out)
-        dx = xp.reshape(xp.matmul(dy_rows, W), x.shape)  # (B, T, in)
-        dW = xp.matmul(xp.matrix_transpose(dy_rows), xp.reshape(x, (-1, n_in)))  # (out, in)
+        dx = xp.reshape(dy_rows @ W, x.shape)  # (B, T, in)
+        dW = dy_rows.mT @ xp.reshape(x, (-1, n_in))  # (out, in)
     else:
-        dx = xp.matmul(dy, W)  # (B, T, in)
-        dW = xp.matmul(xp.matrix_transpose(dy), x)  # (B, out, in)
+        dx = dy @ W  # (B, T, in)
+        dW = dy.mT @ x  # (B, out, in)
 
     if bias_ndim == 0:
         db = None

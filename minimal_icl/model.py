@@ -72,14 +72,19 @@ def forward(
     return x, ModelCache(blocks=tuple(caches), inputs=tuple(inputs), last_only=last_only)
 
 
-def backward(dout: Array, cache: ModelCache) -> tuple[Array, ModelParams]:
-    """Gradients of a scalar loss given dout = ∂loss/∂out; returns (dtokens, grads)."""
+def backward(dout: Array, cache: ModelCache, fast: bool = True) -> tuple[Array, ModelParams]:
+    """Gradients of a scalar loss given dout = ∂loss/∂out; returns (dtokens, grads).
+
+    ``fast`` (the default, what training runs) takes each attention backward by
+    ``attention_backward_fast``; ``fast=False`` by the textbook ``attention_backward``.
+    Both give the same gradients to 1e-12 (tests/test_attention_fast.py).
+    """
     check_dout(dout, cache)
     grads = []
     dx = dout
     # forward was: x_{l+1} = block_l(x_l), so walk the blocks backwards
     for block_cache in reversed(cache.blocks):
-        dx, dblock = block_backward(dx, block_cache)
+        dx, dblock = block_backward(dx, block_cache, fast)
         grads.append(dblock)
     return dx, ModelParams(blocks=tuple(reversed(grads)))
 

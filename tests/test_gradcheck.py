@@ -13,8 +13,11 @@ from typing import NamedTuple
 
 import numpy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minimal_icl.attention
+import minimal_icl.attention_fast
 import minimal_icl.block
 import minimal_icl.mlp
 from minimal_icl import (
@@ -162,15 +165,16 @@ class Inputs(NamedTuple):
     tokens: object
 
 
-def model_errors() -> dict[str, float]:
+def model_errors(fast: bool = True) -> dict[str, float]:
     """Gradient-check a 1-block model (random perturbed parameters, random upstream G);
-    returns {short name: relative error}, e.g. "W_Q", "ln1.gain", "tokens"."""
+    returns {short name: relative error}, e.g. "W_Q", "ln1.gain", "tokens". ``fast``
+    chooses the attention backward: attention_backward_fast, or the textbook one."""
     rng = numpy.random.default_rng(3)
     params = tree_map(lambda a: a + 0.3 * rng.standard_normal(a.shape), init_params(CONFIG, seed=3))
     tokens = rng.standard_normal((2, 3, 3))
     out, cache = forward(params, CONFIG, tokens)
     G = rng.standard_normal(out.shape)
-    dtokens, grads = backward(G, cache)
+    dtokens, grads = backward(G, cache, fast=fast)
 
     def loss(inputs):
         return float(numpy.sum(forward(inputs.params, CONFIG, inputs.tokens)[0] * G))
@@ -191,21 +195,27 @@ def failing(errors: dict[str, float]) -> set[str]:
     return {name for name, error in errors.items() if not error <= GRADCHECK_RTOL}
 
 
-def test_the_unbroken_model_passes():
-    errors = model_errors()
+BACKWARDS = pytest.mark.parametrize("fast", [False, True], ids=["textbook", "fast"])
+
+
+@BACKWARDS
+def test_the_unbroken_model_passes(fast):
+    errors = model_errors(fast)
     assert len(errors) == 1 + len(ATTENTION) + len(MLP) + 4
     assert_gradients_ok(errors)
 
 
-def test_checker_catches_softmax_backward_without_its_sum_term(monkeypatch):
+@BACKWARDS
+def test_checker_catches_softmax_backward_without_its_sum_term(monkeypatch, fast):
     """dS = P ⊙ dP, dropping the − P ⊙ Σ_j dP_j P_j term. Only gradients that flow
     through the scores break: W_Q, W_K, LN1 and the tokens; W_V, W_O and the MLP do not."""
 
     def broken(dprobs, cache):
         return cache.probs * dprobs
 
-    monkeypatch.setattr(minimal_icl.attention, "softmax_backward", broken)
-    errors = model_errors()
+    module = minimal_icl.attention_fast if fast else minimal_icl.attention
+    monkeypatch.setattr(module, "softmax_backward", broken)
+    errors = model_errors(fast)
     with pytest.raises(AssertionError, match="W_K.*W_Q"):
         assert_gradients_ok(errors)
     assert failing(errors) == {"W_Q", "W_K", "ln1.gain", "ln1.bias", "tokens"}
@@ -245,12 +255,14 @@ def test_checker_catches_a_zero_weight_gradient(monkeypatch):
     assert failing(errors) == {"W1", "W2"}
 
 
-def test_checker_catches_a_dropped_key_path(monkeypatch):
-    """The attention backward without its dK term (the key projection's backward gives
+@BACKWARDS
+def test_checker_catches_a_dropped_key_path(monkeypatch, fast):
+    """The attention backward without its dk term (the key projection's backward gives
     nothing): W_K fails with error 1, and so do the tokens and the LN1 gain that feed the
     keys. The LN1 bias passes, rightly: it shifts every key by the same W_K b, which
-    adds the same amount to all scores of a query, and softmax ignores that."""
-    real_backward = minimal_icl.attention.head_projection_backward
+    adds the same amount to all scores of a query, and softmax ignores that. The key
+    projection's backward is linear_backward in the textbook attention_backward and
+    head_projection_backward in attention_backward_fast."""
     real_forward = minimal_icl.attention.attention_forward
     key_cache = []
 
@@ -259,15 +271,19 @@ def test_checker_catches_a_dropped_key_path(monkeypatch):
         key_cache[:] = [cache.k_proj]
         return out, cache
 
-    def broken(M, G, proj):
-        dx, dW = real_backward(M, G, proj)
-        if proj is key_cache[0]:
-            return numpy.zeros_like(dx), numpy.zeros_like(dW)
-        return dx, dW
+    module = minimal_icl.attention_fast if fast else minimal_icl.attention
+    name = "head_projection_backward" if fast else "linear_backward"
+    real_backward = getattr(module, name)
+
+    def broken(*args):
+        grads = real_backward(*args)
+        if args[-1] is key_cache[0]:  # the key projection's cache
+            return tuple(None if g is None else numpy.zeros_like(g) for g in grads)
+        return grads
 
     monkeypatch.setattr(minimal_icl.block, "attention_forward", remember_key_cache)
-    monkeypatch.setattr(minimal_icl.attention, "head_projection_backward", broken)
-    errors = model_errors()
+    monkeypatch.setattr(module, name, broken)
+    errors = model_errors(fast)
     with pytest.raises(AssertionError, match="W_K: 1.00e\\+00"):
         assert_gradients_ok(errors)
     assert failing(errors) == {"W_K", "ln1.gain", "tokens"}
@@ -276,6 +292,16 @@ def test_checker_catches_a_dropped_key_path(monkeypatch):
 # ---------------------------------------------------------------------------------------
 # Why the upstream gradient is random
 # ---------------------------------------------------------------------------------------
+
+
+def no_leading_factor(dprobs, cache):
+    """A wrong softmax backward: dS = dP − Σ_j dP_j P_j, without the leading P ⊙."""
+    return dprobs - numpy.sum(dprobs * cache.probs, axis=-1, keepdims=True)
+
+
+def no_sum_term(dprobs, cache):
+    """A wrong softmax backward: dS = P ⊙ dP, without the − P ⊙ Σ_j dP_j P_j term."""
+    return cache.probs * dprobs
 
 
 def test_all_ones_upstream_gradient_is_blind_to_a_wrong_softmax_jacobian():
@@ -287,13 +313,6 @@ def test_all_ones_upstream_gradient_is_blind_to_a_wrong_softmax_jacobian():
     the all-ones probe does see.)"""
     scores = numpy.random.default_rng(4).standard_normal((3, 5))
     probs, cache = softmax_forward(scores)
-
-    def no_leading_factor(dprobs, cache):
-        return dprobs - numpy.sum(dprobs * cache.probs, axis=-1, keepdims=True)
-
-    def no_sum_term(dprobs, cache):
-        return cache.probs * dprobs
-
     ones = numpy.ones_like(probs)
     assert numpy.max(numpy.abs(softmax_backward(ones, cache))) <= 4 * EPS64  # the truth: 0
     assert numpy.max(numpy.abs(no_leading_factor(ones, cache))) <= 4 * EPS64  # blind
@@ -303,3 +322,22 @@ def test_all_ones_upstream_gradient_is_blind_to_a_wrong_softmax_jacobian():
     assert_gradients_ok(check_layer(softmax_forward, softmax_backward, scores))
     for bug in (no_leading_factor, no_sum_term):
         assert check_layer(softmax_forward, bug, scores)["input"] > 0.1
+
+
+@settings(max_examples=max(1, 30 * settings().max_examples // 200))
+@given(
+    B=st.integers(1, 2),
+    H=st.integers(1, 3),
+    Tq=st.integers(1, 4),
+    T=st.integers(2, 6),
+    scale=st.sampled_from([0.1, 1.0, 3.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_property_checker_rejects_both_softmax_bugs_on_every_shape(B, H, Tq, T, scale, seed):
+    """On scores (B, H, Tq, T) of any small shape with two keys or more, the checker
+    accepts softmax_backward and rejects both wrong Jacobians. (With one key softmax is
+    the constant 1, whose true gradient 0 the first bug also gives.)"""
+    scores = scale * numpy.random.default_rng(seed).standard_normal((B, H, Tq, T))
+    assert_gradients_ok(check_layer(softmax_forward, softmax_backward, scores, seed=seed))
+    for bug in (no_leading_factor, no_sum_term):
+        assert check_layer(softmax_forward, bug, scores, seed=seed)["input"] > 1e-3

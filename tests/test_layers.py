@@ -3,11 +3,13 @@ layer's exact definition against an independent formula.
 
 The gradient checks use ``minimal_icl.gradcheck.check_layer``: float64, a random
 upstream gradient G, the loss Σ out ⊙ G, fourth-order central differences, relative
-error ≤ GRADCHECK_RTOL for every input and parameter. They run on every backend of the
-``backend`` fixture. array_api_strict is about ten times slower than NumPy per call, so
-the attention grid runs its full product (16 cases) on NumPy and a pairwise covering
-subset (5 cases, every pair of switch values) on array_api_strict's "device1", and the
-MLP runs two of its four cases there (its gelu uses the slow standard-calls erf).
+error ≤ GRADCHECK_RTOL for every input and parameter. Hypothesis draws the shapes
+(B, T, D, H, K, M from 1 to 3–5) and the seed of the arrays; the switches of a layer
+(bias kinds, attention kind, causal, last_only, activation, per-prompt weights) are
+parametrised, so every one is checked. They run on every backend of the ``backend``
+fixture. array_api_strict is about ten times slower than NumPy per call, so it gets a
+quarter of the draws, the attention switches in a pairwise covering subset (4 of 8
+cases) and two of the four MLP cases (its gelu uses the slow standard-calls erf).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 import numpy
 import pytest
 import scipy.stats
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from backends import gpu_available
@@ -28,7 +30,6 @@ from minimal_icl.attention import (
     attention_backward,
     attention_forward,
     causal_mask,
-    head_projection_backward,
     mask_backward,
     mask_forward,
     softmax_backward,
@@ -80,41 +81,81 @@ def gradcheck(forward_fn, backward_fn, inputs, expected_names, seed=0):
 
 
 # ---------------------------------------------------------------------------------------
-# Gradient checks, one layer pair at a time
+# Gradient checks, one layer pair at a time, on shapes drawn by hypothesis
 # ---------------------------------------------------------------------------------------
 
-B, T, D_IN, D_OUT = 2, 3, 3, 2
+SEEDS = st.integers(0, 2**32 - 1)
+
+
+def sizes(high: int):
+    """A shape letter (B, T, D, H, K, M, ...) drawn from 1..high: small, so that finite
+    differences stay cheap, and 1 included (one prompt, one token, one head)."""
+    return st.integers(1, high)
+
+
+def for_each_draw(backend, n_examples: int, typical: dict, **strategies):
+    """Decorator: run the check at once, on ``typical`` and on hypothesis draws of
+    ``strategies``.
+
+    ``n_examples`` draws under the ci profile (scaled with the loaded profile) on NumPy
+    and CuPy; a quarter of them, at least one, on array_api_strict, which is about ten
+    times slower per call. Hypothesis starts from the smallest draw (every size 1), so
+    ``typical``, an explicit example with every size above 1, is always checked as well.
+    The check is defined inside the test, so it closes over the ``backend`` fixture
+    (which holds no state: the draws share it safely).
+    """
+    n = examples(n_examples)
+    if backend.name.startswith("array_api_strict"):
+        n = max(1, n // 4)
+
+    def run(check):
+        settings(max_examples=n)(example(**typical)(given(**strategies)(check)))()
+        return check
+
+    return run
+
+
+B, T, D_IN, D_OUT = 2, 3, 3, 2  # the fixed shapes of the exact-definition tests below
 
 LINEAR_CASES = {
-    # name: (weight shape, bias shape or None)
-    "shared-W-shared-b": ((D_OUT, D_IN), (D_OUT,)),
-    "per-prompt-W-per-prompt-b": ((B, D_OUT, D_IN), (B, D_OUT)),
-    "shared-W-per-prompt-b": ((D_OUT, D_IN), (B, D_OUT)),
-    "per-prompt-W-shared-b": ((B, D_OUT, D_IN), (D_OUT,)),
-    "shared-W-no-bias": ((D_OUT, D_IN), None),
-    "per-prompt-W-no-bias": ((B, D_OUT, D_IN), None),
+    # name: (W per prompt, bias: None, "shared" or "per-prompt")
+    "shared-W-shared-b": (False, "shared"),
+    "per-prompt-W-per-prompt-b": (True, "per-prompt"),
+    "shared-W-per-prompt-b": (False, "per-prompt"),
+    "per-prompt-W-shared-b": (True, "shared"),
+    "shared-W-no-bias": (False, None),
+    "per-prompt-W-no-bias": (True, None),
 }
 
 
 @pytest.mark.parametrize("case", list(LINEAR_CASES))
 def test_linear_gradients(backend, case):
-    W_shape, b_shape = LINEAR_CASES[case]
-    rng = numpy.random.default_rng(1)
-    x = randn(backend, rng, B, T, D_IN)
-    W = randn(backend, rng, *W_shape)
-    b = None if b_shape is None else randn(backend, rng, *b_shape)
+    per_prompt_W, bias = LINEAR_CASES[case]
 
-    def fwd(inputs):
-        return linear_forward(*inputs)
+    typical = dict(B=2, T=3, n_in=3, n_out=2, seed=1)
 
-    def bwd(dy, cache):
-        dx, dW, db = linear_backward(dy, cache)
-        assert dW.shape == W.shape and (db is None) == (b is None)
-        assert db is None or db.shape == b.shape
-        return dx, dW, db
+    @for_each_draw(
+        backend, 8, typical, B=sizes(3), T=sizes(4), n_in=sizes(4), n_out=sizes(4), seed=SEEDS
+    )
+    def check(B, T, n_in, n_out, seed):
+        rng = numpy.random.default_rng(seed)
+        x = randn(backend, rng, B, T, n_in)
+        W = randn(backend, rng, *((B, n_out, n_in) if per_prompt_W else (n_out, n_in)))
+        b = None
+        if bias is not None:
+            b = randn(backend, rng, *((B, n_out) if bias == "per-prompt" else (n_out,)))
 
-    names = {"0", "1"} | ({"2"} if b is not None else set())
-    gradcheck(fwd, bwd, (x, W, b), names)
+        def fwd(inputs):
+            return linear_forward(*inputs)
+
+        def bwd(dy, cache):
+            dx, dW, db = linear_backward(dy, cache)
+            assert dW.shape == W.shape and (db is None) == (b is None)
+            assert db is None or db.shape == b.shape
+            return dx, dW, db
+
+        names = {"0", "1"} | ({"2"} if b is not None else set())
+        gradcheck(fwd, bwd, (x, W, b), names, seed=seed)
 
 
 @pytest.mark.parametrize("kind", ["relu", "gelu"])
@@ -123,30 +164,44 @@ def test_activation_gradients(backend, kind):
         "relu": (relu_forward, relu_backward),
         "gelu": (gelu_forward, gelu_backward),
     }[kind]
-    x = randn(backend, numpy.random.default_rng(2), 1, 2, 3, scale=2.0)
-    gradcheck(forward_fn, backward_fn, x, {"input"})
+
+    typical = dict(B=2, T=2, M=3, seed=2)
+
+    @for_each_draw(backend, 8, typical, B=sizes(2), T=sizes(3), M=sizes(4), seed=SEEDS)
+    def check(B, T, M, seed):
+        x = randn(backend, numpy.random.default_rng(seed), B, T, M, scale=2.0)
+        gradcheck(forward_fn, backward_fn, x, {"input"}, seed=seed)
 
 
 @pytest.mark.parametrize("eps", [1e-5, 0.5])
 def test_layernorm_gradients(backend, eps):
-    rng = numpy.random.default_rng(3)
-    x = randn(backend, rng, 2, 2, 4)
-    p = LayerNormParams(
-        gain=backend.asarray(1.0 + 0.5 * rng.standard_normal(4)), bias=randn(backend, rng, 4)
-    )
+    """D = 1 included: there x̂ = 0, LN(x) = bias, and every gradient but dbias is 0."""
 
-    def fwd(inputs):
-        return layernorm_forward(inputs[0], inputs[1], eps)
+    typical = dict(B=2, T=2, D=4, seed=3)
 
-    def bwd(dy, cache):
-        return layernorm_backward(dy, cache)
+    @for_each_draw(backend, 8, typical, B=sizes(3), T=sizes(3), D=sizes(5), seed=SEEDS)
+    def check(B, T, D, seed):
+        rng = numpy.random.default_rng(seed)
+        x = randn(backend, rng, B, T, D)
+        p = LayerNormParams(
+            gain=backend.asarray(1.0 + 0.5 * rng.standard_normal(D)), bias=randn(backend, rng, D)
+        )
 
-    gradcheck(fwd, bwd, (x, p), {"0", "1.gain", "1.bias"})
+        def fwd(inputs):
+            return layernorm_forward(inputs[0], inputs[1], eps)
+
+        gradcheck(fwd, layernorm_backward, (x, p), {"0", "1.gain", "1.bias"}, seed=seed)
 
 
 def test_softmax_gradients(backend):
-    scores = randn(backend, numpy.random.default_rng(4), 2, 2, 3, 4, scale=2.0)
-    gradcheck(softmax_forward, softmax_backward, scores, {"input"})
+    typical = dict(B=2, H=2, Tq=3, T=4, seed=4)
+
+    @for_each_draw(
+        backend, 8, typical, B=sizes(2), H=sizes(3), Tq=sizes(4), T=sizes(5), seed=SEEDS
+    )
+    def check(B, H, Tq, T, seed):
+        scores = randn(backend, numpy.random.default_rng(seed), B, H, Tq, T, scale=2.0)
+        gradcheck(softmax_forward, softmax_backward, scores, {"input"}, seed=seed)
 
 
 @pytest.mark.parametrize("n_queries", [4, 2, 1])
@@ -171,26 +226,28 @@ def test_mask_gradients(backend, n_queries):
     gradcheck(masked_softmax, masked_softmax_backward, scores, {"input"})
 
 
-# (kind, causal, last_only, n_heads): the full product on NumPy; on array_api_strict
-# the five rows 0000, 0111, 1011, 1101, 1110, which hold every pair of values of every
-# two switches (see test_strict_attention_cases_cover_every_pair).
-ATTENTION_SWITCHES = (("softmax", "linear"), (False, True), (False, True), (1, 2))
+# (kind, causal, last_only): the full product on NumPy; on array_api_strict the four
+# rows 000, 011, 101, 110, which hold every pair of values of every two switches (see
+# test_strict_attention_cases_cover_every_pair). The shapes B, T, D, H, K are drawn.
+ATTENTION_SWITCHES = (("softmax", "linear"), (False, True), (False, True))
 ATTENTION_CASES = list(itertools.product(*ATTENTION_SWITCHES))
 STRICT_ATTENTION_CASES = [
     tuple(values[bit] for values, bit in zip(ATTENTION_SWITCHES, bits))
-    for bits in ((0, 0, 0, 0), (0, 1, 1, 1), (1, 0, 1, 1), (1, 1, 0, 1), (1, 1, 1, 0))
+    for bits in ((0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0))
 ]
 
 
 def test_strict_attention_cases_cover_every_pair():
-    for i, j in itertools.combinations(range(4), 2):
+    n = len(ATTENTION_SWITCHES)
+    for i, j in itertools.combinations(range(n), 2):
         seen = {(case[i], case[j]) for case in STRICT_ATTENTION_CASES}
         assert seen == set(itertools.product(ATTENTION_SWITCHES[i], ATTENTION_SWITCHES[j]))
 
 
-def attention_inputs(backend, rng, n_heads, d_head=1, D=2, n_prompts=2, n_tokens=3):
-    x = randn(backend, rng, n_prompts, n_tokens, D)
-    HK = n_heads * d_head
+def attention_inputs(backend, rng, n_heads, K=1, D=2, n_prompts=2, n_tokens=3, scale=1.0):
+    """Tokens x (B, T, D) times ``scale`` and the four projections of H heads of width K."""
+    x = randn(backend, rng, n_prompts, n_tokens, D, scale=scale)
+    HK = n_heads * K
     p = AttentionParams(
         W_Q=randn(backend, rng, HK, D),
         W_K=randn(backend, rng, HK, D),
@@ -201,68 +258,31 @@ def attention_inputs(backend, rng, n_heads, d_head=1, D=2, n_prompts=2, n_tokens
 
 
 @pytest.mark.parametrize(
-    ("backend", "kind", "causal", "last_only", "n_heads"),
+    ("backend", "kind", "causal", "last_only"),
     backend_cases(ATTENTION_CASES, STRICT_ATTENTION_CASES),
     indirect=["backend"],
 )
-def test_attention_gradients(backend, kind, causal, last_only, n_heads):
-    x, p = attention_inputs(backend, numpy.random.default_rng(6), n_heads)
+def test_attention_gradients(backend, kind, causal, last_only):
+    """The textbook attention_backward, every input and every projection; heads as wide
+    as or wider than the tokens (K ≥ D) and one token (T = 1) among the draws."""
 
-    def fwd(inputs):
-        return attention_forward(inputs[0], inputs[1], n_heads, kind, causal, last_only)
+    typical = dict(B=2, T=4, D=2, H=2, K=3, seed=6)  # heads wider than the tokens
 
-    out, _ = fwd((x, p))
-    assert tuple(out.shape) == (2, 1 if last_only else 3, 2)
-    gradcheck(fwd, attention_backward, (x, p), {"0", "1.W_Q", "1.W_K", "1.W_V", "1.W_O"})
+    shapes = dict(B=sizes(2), T=sizes(4), D=sizes(3), H=sizes(3), K=sizes(3), seed=SEEDS)
 
+    @for_each_draw(backend, 8, typical, **shapes)
+    def check(B, T, D, H, K, seed):
+        # linear attention is cubic in x: smaller tokens keep finite differences accurate
+        scale = 0.5 if kind == "linear" else 1.0
+        x, p = attention_inputs(backend, numpy.random.default_rng(seed), H, K, D, B, T, scale)
 
-@pytest.mark.parametrize(
-    ("backend", "kind", "causal"),
-    backend_cases(
-        list(itertools.product(("softmax", "linear"), (False, True))),
-        [("softmax", True), ("linear", False)],
-    ),
-    indirect=["backend"],
-)
-def test_attention_gradients_wide_heads(backend, kind, causal):
-    """Heads wider than the tokens (K = 2, D = 1): the key and value projections take the
-    reassociated order of head_projection_backward on every position (the cases above
-    take it only with last_only): 2·T·D = 6 < T·K + 2·K·D = 10."""
-    x, p = attention_inputs(backend, numpy.random.default_rng(13), n_heads=2, d_head=2, D=1)
+        def fwd(inputs):
+            return attention_forward(inputs[0], inputs[1], H, kind, causal, last_only)
 
-    def fwd(inputs):
-        return attention_forward(inputs[0], inputs[1], 2, kind, causal)
-
-    gradcheck(fwd, attention_backward, (x, p), {"0", "1.W_Q", "1.W_K", "1.W_V", "1.W_O"})
-
-
-def direct_order(M, G, x, W):
-    """dYₕ = Mₕᵀ Gₕ, dx = merge(dY) W, dW = Σ_b merge(dY)ᵀ x, in plain NumPy."""
-    dY = numpy.einsum("bhqt,bhqk->bthk", M, G)
-    dY = dY.reshape(dY.shape[0], dY.shape[1], -1)  # (B, T, H·K)
-    return dY @ W, numpy.einsum("bto,bti->oi", dY, x)
-
-
-@pytest.mark.parametrize(
-    ("B", "H", "Tq", "T", "K", "D", "order"),
-    [
-        (2, 2, 4, 4, 1, 3, "direct"),  # 2·Tq·D = 24 ≥ Tq·K + 2·K·D = 10
-        (2, 3, 4, 4, 5, 2, "reassociated"),  # 16 < 40
-        (2, 2, 1, 4, 2, 3, "reassociated"),  # last_only: Tq = 1
-    ],
-    ids=["direct", "reassociated", "reassociated-last-only"],
-)
-def test_head_projection_backward_orders_agree(backend, B, H, Tq, T, K, D, order):
-    """Both orders of the key/value projection backward give the direct formula."""
-    assert (2 * Tq * D >= Tq * K + 2 * K * D) == (order == "direct")
-    rng = numpy.random.default_rng(14)
-    M, G = rng.standard_normal((B, H, Tq, T)), rng.standard_normal((B, H, Tq, K))
-    x, W = rng.standard_normal((B, T, D)), rng.standard_normal((H * K, D))
-    _, proj = linear_forward(backend.asarray(x), backend.asarray(W))
-    dx, dW = head_projection_backward(backend.asarray(M), backend.asarray(G), proj)
-    dx_expected, dW_expected = direct_order(M, G, x, W)
-    assert relative_residual(backend.to_numpy(dx), dx_expected) <= IDENTITY_RTOL
-    assert relative_residual(backend.to_numpy(dW), dW_expected) <= IDENTITY_RTOL
+        out, _ = fwd((x, p))
+        assert tuple(out.shape) == (B, 1 if last_only else T, D)
+        names = {"0", "1.W_Q", "1.W_K", "1.W_V", "1.W_O"}
+        gradcheck(fwd, attention_backward, (x, p), names, seed=seed)
 
 
 MLP_CASES = [("relu", False), ("relu", True), ("gelu", False), ("gelu", True)]
@@ -275,20 +295,26 @@ MLP_CASES = [("relu", False), ("relu", True), ("gelu", False), ("gelu", True)]
 )
 def test_mlp_gradients(backend, activation, patched):
     """Per-prompt W1 (B, M, D) and b2 (B, D) are how a patched model runs its MLP."""
-    rng = numpy.random.default_rng(7)
-    n_prompts, D, M = 2, 2, 2
-    u = randn(backend, rng, n_prompts, 2, D)
-    p = MLPParams(
-        W1=randn(backend, rng, *((n_prompts, M, D) if patched else (M, D))),
-        b1=randn(backend, rng, M),
-        W2=randn(backend, rng, D, M),
-        b2=randn(backend, rng, *((n_prompts, D) if patched else (D,))),
+
+    typical = dict(B=2, T=2, D=2, M=3, seed=7)
+
+    @for_each_draw(
+        backend, 6, typical, B=sizes(3), T=sizes(3), D=sizes(3), M=sizes(4), seed=SEEDS
     )
+    def check(B, T, D, M, seed):
+        rng = numpy.random.default_rng(seed)
+        u = randn(backend, rng, B, T, D)
+        p = MLPParams(
+            W1=randn(backend, rng, *((B, M, D) if patched else (M, D))),
+            b1=randn(backend, rng, M),
+            W2=randn(backend, rng, D, M),
+            b2=randn(backend, rng, *((B, D) if patched else (D,))),
+        )
 
-    def fwd(inputs):
-        return mlp_forward(inputs[0], inputs[1], activation)
+        def fwd(inputs):
+            return mlp_forward(inputs[0], inputs[1], activation)
 
-    gradcheck(fwd, mlp_backward, (u, p), {"0", "1.W1", "1.b1", "1.W2", "1.b2"})
+        gradcheck(fwd, mlp_backward, (u, p), {"0", "1.W1", "1.b1", "1.W2", "1.b2"}, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------
@@ -423,9 +449,7 @@ def test_causal_mask_semantics(backend):
 def test_causal_attention_weights(backend, kind):
     """Causal weights vanish on future keys; softmax rows sum to 1; last_only keeps the
     full computation's last row of weights and of output."""
-    x, p = attention_inputs(
-        backend, numpy.random.default_rng(10), n_heads=2, d_head=2, D=3, n_tokens=5
-    )
+    x, p = attention_inputs(backend, numpy.random.default_rng(10), n_heads=2, K=2, D=3, n_tokens=5)
     out, cache = attention_forward(x, p, 2, kind, causal=True)
     P = backend.to_numpy(cache.weights)  # (B, H, T, T)
     future = numpy.triu(numpy.ones((5, 5), dtype=bool), k=1)
