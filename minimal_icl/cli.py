@@ -9,6 +9,9 @@ arguments to an ``argparse`` sub-parser, and a function that runs it and returns
 exit status. A new command (``figure NAME``, ``reproduce``) is one more entry.
 Errors the package knows about (a ValueError such as a bad checkpoint, an OSError such
 as an unwritable directory) are printed as one line on stderr with exit status 2.
+Every file a command writes is checked before any training starts (a directory in the
+way, a read-only file or folder), and each command says whether it reused a saved model
+or trained one.
 """
 
 from __future__ import annotations
@@ -52,6 +55,46 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
     return value
+
+
+def check_outputs(out: str, names) -> dict[str, bool]:
+    """Create the folder ``out`` and check that each file ``out/NAME`` can be written,
+    before any work starts; returns {name: whether the file exists already}."""
+    from .validation import check_writable_file
+
+    os.makedirs(out, exist_ok=True)
+    existed = {}
+    for name in names:
+        path = check_writable_file(os.path.join(out, name), "output file")
+        existed[name] = os.path.exists(path)
+    return existed
+
+
+def model_note(record: dict, out: str, existed: dict[str, bool]) -> str | None:
+    """Whether the figure of ``record`` reused the saved model or trained one, in words.
+
+    ``existed``: which model files were in ``out`` before; updated as models are saved.
+    """
+    model = record.get("model")
+    if not isinstance(model, dict) or "checkpoint" not in model:
+        return None
+    name = model["checkpoint"]
+    path = os.path.join(out, name)
+    before, existed[name] = existed.get(name, False), True
+    if model.get("reused_checkpoint"):
+        return f"reused the saved model {path} (same training setting and seed)"
+    if before:
+        return (
+            f"trained the model again and replaced {path}: the saved one was trained with"
+            " another setting or seed, or lacks a record this figure needs"
+        )
+    return f"trained the model and saved it to {path}"
+
+
+def model_files() -> tuple[str, ...]:
+    from .experiments.models import DEEP_MODEL_FILE, PAPER_MODEL_FILE
+
+    return (PAPER_MODEL_FILE, DEEP_MODEL_FILE)
 
 
 # -- train -----------------------------------------------------------------------------
@@ -129,10 +172,12 @@ def run_train(args: argparse.Namespace) -> int:
     setup = paper_setting(fast=args.fast)
     if args.steps is not None:
         setup = replace(setup, steps=args.steps, val_every=min(setup.val_every, args.steps))
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "paper_model.npz")
+    replacing = check_outputs(args.out, ["paper_model.npz"])["paper_model.npz"]
     c, o = setup.config, setup.optimizer
     say = (lambda *_: None) if args.quiet else print
+    if replacing:
+        say(f"{path} exists: training a new model, which will replace it")
     say(
         f"training the paper setting: d = {setup.d}, N = {setup.n_context}, one block of {c.attention}"
         f" attention ({c.n_heads} heads of width {c.d_head}) and a {c.activation} MLP of width {c.d_mlp};"
@@ -163,7 +208,7 @@ def run_train(args: argparse.Namespace) -> int:
             "held_out": {name: row._asdict() for name, row in table.items()},
         },
     )
-    print(f"saved {path}")
+    print(f"saved {path}" + (" (replacing the model that was there)" if replacing else ""))
     return 0
 
 
@@ -219,11 +264,15 @@ def _short(value) -> str:
 def run_figure(args: argparse.Namespace) -> int:
     from .experiments import Progress, run_figure
 
+    existed = check_outputs(args.out, [f"{args.name}.png", f"{args.name}.json", *model_files()])
     progress = Progress(quiet=args.quiet)
     try:
         record = run_figure(args.name, args.out, seed=args.seed, fast=args.fast, progress=progress)
     finally:
         progress.close()
+    note = model_note(record, args.out, existed)
+    if note is not None:
+        print(note)
     for key, value in record["headline"].items():
         print(f"  {key}: {_short(value)}")
     print(f"wrote {os.path.join(args.out, args.name)}.png and .json ({record['seconds']:.1f} s)")
@@ -233,11 +282,19 @@ def run_figure(args: argparse.Namespace) -> int:
 def run_reproduce(args: argparse.Namespace) -> int:
     from .experiments import Progress, reproduce
 
+    from .experiments import FIGURES
+
+    names = [f"{name}.{ext}" for name in FIGURES for ext in ("png", "json")]
+    existed = check_outputs(args.out, ["summary.md", *names, *model_files()])
     progress = Progress(quiet=args.quiet)
     try:
-        reproduce(args.out, seed=args.seed, fast=args.fast, progress=progress)
+        records = reproduce(args.out, seed=args.seed, fast=args.fast, progress=progress)
     finally:
         progress.close()
+    for name, record in records.items():
+        note = model_note(record, args.out, existed)
+        if note is not None:
+            print(f"{name}: {note}")
     path = os.path.join(args.out, "summary.md")
     with open(path) as f:
         print(f.read(), end="")

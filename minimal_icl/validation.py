@@ -5,22 +5,27 @@ and trust their inputs. The functions a user calls check their arguments here fi
 
     forward, predict        check_params, check_tokens, check_patches, check_forward_finite
     backward                check_dout
-    implicit_update, implicit_path, factorised_path
-                            check_params, check_prompt, removed_positions
+    implicit_update         check_params, check_prompt, removed_positions
+    implicit_path, factorised_path
+                            check_params, check_single_block, check_prompt,
+                            check_states_finite; their methods check_index
     sgd_*, adam_*           check_learning_rate, check_fraction, check_positive_float,
                             check_same_tree, check_adam_state, check_sgd_state
     init_params, data       check_config, check_seed, check_generator, check_positive_int,
                             check_non_negative, check_float_dtype, check_namespace
-    train                   the data checks, check_params, check_optimizer_settings
+    train                   the data checks, check_params, check_token_width,
+                            check_optimizer_settings (OptimizerSettings on creation)
     save_checkpoint, the command line
                             check_writable_file
 
 Every check raises a ValueError or a TypeError (TypeError for an argument of the wrong
 kind: an integer or complex dtype, an int where a sequence is needed) whose message
 names the argument and says what is wrong. Shapes, dtypes and record types are free to
-check; the values of an array are read back from its device in two places only, one
-boolean each: :func:`check_forward_finite` (the tokens and the output of ``forward``)
-and :func:`check_prompt` (the context and query of the theorems).
+check; the values of an array are read back from its device in three places only, one
+boolean each: :func:`check_forward_finite` (the tokens and the output of ``forward``),
+:func:`check_prompt` (the context and query of the theorems) and
+:func:`check_states_finite` (the query's states along Proposition 3.1's paths). The
+causes of a failure are looked for only after it.
 
 docs/validation.md lists what each entry point validates.
 """
@@ -47,7 +52,8 @@ def _is_integer(value) -> bool:
 
 
 def _is_real(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float, numpy.integer, numpy.floating))
+    numbers = (int, float, numpy.integer, numpy.floating)
+    return not isinstance(value, bool) and isinstance(value, numbers)
 
 
 def check_positive_int(name: str, value) -> int:
@@ -163,7 +169,8 @@ def check_float_dtype(xp, dtype, name: str = "dtype"):
     try:
         resolved = resolve_dtype(xp, dtype)
     except (AttributeError, TypeError):
-        raise TypeError(f"{name} {dtype!r} is not a dtype of {getattr(xp, '__name__', xp)}") from None
+        library = getattr(xp, "__name__", xp)
+        raise TypeError(f"{name} {dtype!r} is not a dtype of {library}") from None
     if not is_real_floating(resolved, xp):
         raise TypeError(
             f"{name} must be a real floating-point type (float32 or float64), got {dtype!r}:"
@@ -224,7 +231,9 @@ def check_params(params, config: TransformerConfig, name: str = "params") -> Non
     first = None
     for l, block in enumerate(params.blocks):
         if not isinstance(block, BlockParams):
-            raise ValueError(f"{name}.blocks[{l}] must be a BlockParams, got {type(block).__name__}")
+            raise ValueError(
+                f"{name}.blocks[{l}] must be a BlockParams, got {type(block).__name__}"
+            )
         for part, record, kind in (
             ("attn", block.attn, AttentionParams),
             ("mlp", block.mlp, MLPParams),
@@ -241,7 +250,8 @@ def check_params(params, config: TransformerConfig, name: str = "params") -> Non
                     continue
             if not isinstance(record, kind):
                 raise ValueError(
-                    f"{name}.blocks[{l}].{part} must be a {kind.__name__}, got {type(record).__name__}"
+                    f"{name}.blocks[{l}].{part} must be a {kind.__name__},"
+                    f" got {type(record).__name__}"
                 )
             for field, value in zip(record._fields, record):
                 shape = getattr(value, "shape", None)
@@ -282,7 +292,9 @@ def _same_array_type(name: str, a, other_name: str, other) -> None:
         )
 
 
-def check_tokens(tokens: Array, config: TransformerConfig, params=None, name: str = "tokens") -> None:
+def check_tokens(
+    tokens: Array, config: TransformerConfig, params=None, name: str = "tokens"
+) -> None:
     """A ValueError naming ``name`` unless ``tokens`` is a (B, T, d_token) array with B,
     T ≥ 1; a TypeError unless it is real floating point (and, when ``params`` are given,
     the same array type on the same device as they are). Reads no values."""
@@ -298,7 +310,9 @@ def check_tokens(tokens: Array, config: TransformerConfig, params=None, name: st
         _same_array_type(name, tokens, "params", params.blocks[0].attn.W_Q)
 
 
-def check_patches(patches, config: TransformerConfig, n_prompts: int, name: str = "patches") -> None:
+def check_patches(
+    patches, config: TransformerConfig, n_prompts: int, name: str = "patches"
+) -> None:
     """None, or one entry per block, each None or a record with delta_W (B, M, D) and
     delta_b (B, D) of real floating point (a ``BlockPatch`` or an ``ImplicitUpdate``)."""
     if patches is None:
@@ -604,7 +618,9 @@ def check_float_tree(name: str, tree) -> None:
 def check_adam_state(state, params, size: int) -> None:
     """Adam's state: m and v of shape (P,), P = ``size`` (the entries of params), and t ≥ 0."""
     if not all(hasattr(state, f) for f in ("m", "v", "step")):
-        raise TypeError(f"state must be the AdamState of adam_init(params), got {type(state).__name__}")
+        raise TypeError(
+            f"state must be the AdamState of adam_init(params), got {type(state).__name__}"
+        )
     for field in ("m", "v"):
         shape = getattr(getattr(state, field), "shape", None)
         if shape is None or tuple(shape) != (size,):

@@ -228,3 +228,96 @@ def test_pickled_object_is_refused_without_unpickling(tmp_path):
     assert not Explosive.marker.exists()
     with pytest.raises(ValueError, match="objects"):
         save_checkpoint(tmp_path / "x.npz", _params(), CONFIG, extra={"bad": payload})
+
+
+# -- the file on disk: mode, stale temporary files, directories ----------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_file_mode_follows_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "model.npz", _params(), CONFIG)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.npz").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_save_killed_midway_leaves_a_temporary_file_the_next_save_removes(tmp_path):
+    """A process killed while writing leaves DIR/.model.npz.PID.tmp; the next save to the
+    same path removes it (its process is gone), and the old file was never touched."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "model.npz"
+    save_checkpoint(path, _params(seed=1), CONFIG)
+    before = path.read_bytes()
+    killed = f"""
+import os, numpy
+import minimal_icl.checkpoint as c
+from minimal_icl import TransformerConfig, init_params
+config = TransformerConfig(**{CONFIG.to_dict()!r})
+def dying_savez(file, **arrays):
+    file.write(b"PK partial")
+    file.flush()
+    os._exit(9)
+c.numpy.savez = dying_savez
+c.save_checkpoint({str(path)!r}, init_params(config), config)
+"""
+    done = subprocess.run([sys.executable, "-c", killed], timeout=120, check=False)
+    assert done.returncode == 9
+    stale = [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+    assert len(stale) == 1 and stale[0].startswith(".model.npz.")
+    assert path.read_bytes() == before  # the old checkpoint is intact
+    other = tmp_path / "other.npz.99.tmp"  # another file's temporary: not ours to remove
+    other.write_bytes(b"x")
+
+    save_checkpoint(path, _params(seed=2), CONFIG)
+    assert sorted(os.listdir(tmp_path)) == ["model.npz", "other.npz.99.tmp"]
+    loaded = load_checkpoint(path)
+    assert all(
+        _same_bits(a, b)
+        for (_, a), (_, b) in zip(tree_leaves(_params(seed=2)), tree_leaves(loaded.params))
+    )
+
+
+def test_a_temporary_file_of_a_running_save_is_left_alone(tmp_path):
+    """Only temporary files whose process is gone are stale: a save running in another
+    process (here: the parent of this one, which is alive) keeps its file."""
+    path = tmp_path / "model.npz"
+    running = tmp_path / f".model.npz.{os.getppid()}.tmp"
+    running.write_bytes(b"being written")
+    save_checkpoint(path, _params(), CONFIG)
+    assert running.read_bytes() == b"being written"
+
+
+def test_a_planted_link_is_not_written_through(tmp_path):
+    """The temporary file is created exclusively: a link left at its name (a stale file of
+    this very process id) is removed, never followed."""
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    path = tmp_path / "model.npz"
+    os.symlink(target, tmp_path / f".model.npz.{os.getpid()}.tmp")
+    save_checkpoint(path, _params(), CONFIG)
+    assert target.read_text() == "keep me"
+    assert load_checkpoint(path).config == CONFIG
+
+
+def test_directories_are_named_as_directories(tmp_path):
+    folder = tmp_path / "model.npz"
+    folder.mkdir()
+    error = _error(folder)
+    assert "is a directory, not a checkpoint file" in str(error)
+    with pytest.raises(ValueError, match=r"path .*model\.npz' is a directory, not a file"):
+        save_checkpoint(folder, _params(), CONFIG)
+    with pytest.raises(ValueError, match=r"the directory .*absent' does not exist"):
+        save_checkpoint(tmp_path / "absent" / "m.npz", _params(), CONFIG)
+    assert os.listdir(folder) == []
+
+
+def test_params_that_do_not_match_are_refused_before_writing(tmp_path):
+    """Today's file would not load: the check runs before anything is written."""
+    other = TransformerConfig(**{**CONFIG.to_dict(), "n_blocks": 3})
+    with pytest.raises(ValueError, match=r"params must be a ModelParams with 3 blocks"):
+        save_checkpoint(tmp_path / "m.npz", _params(), other)
+    assert os.listdir(tmp_path) == []

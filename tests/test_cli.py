@@ -90,3 +90,71 @@ def test_python_dash_m_entry_point(tmp_path):
     )
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1 and "--steps" in done.stderr
+
+
+# -- every output path is checked before any training; reuse and retraining are said -------
+
+
+def _blocked(tmp_path, name):
+    """An output folder where ``name`` is a directory: a file cannot be written there."""
+    out = tmp_path / "results"
+    (out / name).mkdir(parents=True)
+    return out
+
+
+def test_train_checks_its_output_before_training(tmp_path, capsys):
+    out = _blocked(tmp_path, "paper_model.npz")
+    assert main(["train", "--out", str(out), "--steps", "100000"]) == 2  # would take minutes
+    printed = capsys.readouterr()
+    assert printed.out == ""  # no training line, no step
+    assert printed.err.startswith("minimal-icl train: error: output file")
+    assert "paper_model.npz' is a directory, not a file" in printed.err
+
+
+@pytest.mark.parametrize("blocker", ["convergence.png", "convergence.json", "paper_model.npz"])
+def test_figure_checks_its_outputs_before_training(tmp_path, capsys, blocker):
+    out = _blocked(tmp_path, blocker)
+    assert main(["figure", "convergence", "--out", str(out)]) == 2  # the full run: minutes
+    printed = capsys.readouterr()
+    assert printed.out == "" and f"{blocker}' is a directory, not a file" in printed.err
+    assert sorted(os.listdir(out)) == [blocker]  # nothing trained, nothing written
+
+
+def test_reproduce_checks_its_outputs_before_training(tmp_path, capsys):
+    out = _blocked(tmp_path, "summary.md")
+    assert main(["reproduce", "--out", str(out)]) == 2
+    assert "summary.md' is a directory, not a file" in capsys.readouterr().err
+
+
+def test_train_says_it_replaces_a_saved_model(tmp_path, capsys):
+    (tmp_path / "paper_model.npz").write_bytes(b"an older model")
+    assert main(["train", "--out", str(tmp_path), "--steps", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    path = tmp_path / "paper_model.npz"
+    assert lines[0] == f"{path} exists: training a new model, which will replace it"
+    assert lines[-1] == f"saved {path} (replacing the model that was there)"
+
+
+def test_figure_says_whether_it_trained_retrained_or_reused(tmp_path, capsys):
+    path = tmp_path / "paper_model.npz"
+    assert main(["train", "--out", str(tmp_path), "--steps", "3", "--quiet"]) == 0
+    capsys.readouterr()
+    # a model of another setting (3 steps, not the fast setting's 300): trained again
+    assert main(["figure", "convergence", "--out", str(tmp_path), "--fast", "--quiet"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"trained the model again and replaced {path}: the saved one")
+    assert main(["figure", "convergence", "--out", str(tmp_path), "--fast", "--quiet"]) == 0
+    second = capsys.readouterr().out.splitlines()[0]
+    assert second == f"reused the saved model {path} (same training setting and seed)"
+
+
+def test_model_note_for_a_model_trained_here():
+    from minimal_icl.cli import model_note
+
+    record = {"model": {"checkpoint": "deep_model.npz", "reused_checkpoint": False}}
+    existed = {"deep_model.npz": False}
+    assert model_note(record, "out", existed) == (
+        f"trained the model and saved it to {os.path.join('out', 'deep_model.npz')}"
+    )
+    assert existed == {"deep_model.npz": True}  # the next figure finds it saved
+    assert model_note({"headline": {}}, "out", existed) is None

@@ -1,0 +1,502 @@
+"""Every bad input gets a ValueError or a TypeError that names the argument and the problem.
+
+One battery, parametrised: each case is a call with one thing wrong, the exception class
+it must raise (never an AttributeError, IndexError, broadcasting error from inside, NaN
+or a silent wrong answer), and a pattern the message must contain: the argument's name
+and the problem. The kinds: parameters that do not match the configuration (forward,
+predict, backward, the optimisers, patches, the theorems, save_checkpoint, train),
+dtypes, optimiser settings, ``removed`` and ``seed``, overflow and subnormal tokens,
+CuPy where it cannot run, files. docs/validation.md lists what each entry point checks.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from typing import NamedTuple
+
+import numpy
+import pytest
+from backends import gpu_available
+
+from minimal_icl import (
+    IDENTITY_RTOL,
+    BlockPatch,
+    ModelParams,
+    OptimizerSettings,
+    TransformerConfig,
+    adam_init,
+    adam_step,
+    backward,
+    factorised_path,
+    forward,
+    implicit_path,
+    implicit_update,
+    init_params,
+    load_checkpoint,
+    predict,
+    relative_residual,
+    remove_tokens,
+    save_checkpoint,
+    sgd_init,
+    sgd_step,
+    to_device,
+    tree_map,
+)
+from minimal_icl import backend as backend_module
+from minimal_icl.backend import BackendUnavailableError, require_cupy, resolve_namespace
+from minimal_icl.data import regression_prompts, regression_stream, ridge_predict
+from minimal_icl.train import compare_with_baselines, paper_setting, train, train_setup
+
+STACK = TransformerConfig(
+    d_token=3, n_blocks=2, n_heads=2, d_head=2, d_mlp=5, layer_norm=True, attn_skip=True,
+    mlp_skip=True,
+)
+ONE = TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=2, d_mlp=5)
+
+
+class World(NamedTuple):
+    """What the cases call with: a two-block model, a one-block model and prompts."""
+
+    params: ModelParams  # for STACK
+    one: ModelParams  # for ONE
+    tokens: numpy.ndarray  # (4, 6, 3)
+    context: numpy.ndarray  # (4, 5, 3)
+    query: numpy.ndarray  # (4, 3)
+    patches: tuple  # implicit_update(params, STACK, context, query)
+    tmp: object  # a temporary folder (pathlib.Path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    params = init_params(STACK, seed=0)
+    batch = regression_prompts(4, 5, 2, seed=1)
+    patches = implicit_update(params, STACK, batch.context, batch.query)
+    return World(
+        params, init_params(ONE, seed=0), batch.tokens, batch.context, batch.query, patches,
+        tmp_path_factory.mktemp("errors"),
+    )
+
+
+def _block(w: World, l: int = 1, **parts):
+    """w.params with block ``l``'s records changed: parts like attn={"W_Q": array}."""
+    block = w.params.blocks[l]
+    for part, fields in parts.items():
+        record = getattr(block, part)
+        block = block._replace(**{part: None if fields is None else record._replace(**fields)})
+    blocks = list(w.params.blocks)
+    blocks[l] = block
+    return ModelParams(blocks=tuple(blocks))
+
+
+def _set(tree, fn):
+    return tree_map(fn, tree)
+
+
+def _other(**fields) -> TransformerConfig:
+    return TransformerConfig(**{**STACK.to_dict(), **fields})
+
+
+def _lm(w, **kwargs):
+    return forward(w.params, STACK, w.tokens, last_only=True, check_finite=False)
+
+
+def _patch(w, **fields):
+    return (w.patches[0]._replace(**fields), None)
+
+
+def _grads(w):
+    out, cache = forward(w.params, STACK, w.tokens, last_only=True)
+    return backward(numpy.ones_like(out), cache)[1]
+
+
+# (id, call, exception class, pattern the message must match: the argument and the problem)
+CASES = [
+    # -- parameters that do not match the configuration -------------------------------
+    ("forward-fewer-blocks", lambda w: forward(w.one, STACK, w.tokens), ValueError,
+     r"params must be a ModelParams with 2 blocks.*1 blocks"),
+    ("forward-more-blocks", lambda w: forward(w.params, ONE, w.tokens), ValueError,
+     r"params must be a ModelParams with 1 blocks.*2 blocks"),
+    ("predict-other-head-width", lambda w: predict(w.params, _other(d_head=3), w.tokens),
+     ValueError, r"W_Q has shape \(4, 3\), config expects \(6, 3\) = \(n_heads·d_head"),
+    ("predict-other-head-count", lambda w: predict(w.params, _other(n_heads=3), w.tokens),
+     ValueError, r"params\.blocks\[0\]\.attn\.W_Q"),
+    ("predict-other-mlp-width", lambda w: predict(w.params, _other(d_mlp=7), w.tokens),
+     ValueError, r"W1 has shape \(5, 3\), config expects \(7, 3\)"),
+    ("forward-missing-layernorm", lambda w: forward(_block(w, ln1=None), STACK, w.tokens),
+     ValueError, r"block 1: ln1 is None but config\.layer_norm = True"),
+    ("forward-extra-layernorm", lambda w: forward(w.params, _other(layer_norm=False), w.tokens),
+     ValueError, r"ln1 is set but config\.layer_norm = False"),
+    ("forward-params-tuple", lambda w: forward(tuple(w.params.blocks), STACK, w.tokens),
+     ValueError, r"params must be a ModelParams"),
+    ("forward-block-not-a-record", lambda w: forward(ModelParams((w.params.blocks[0], 3)),
+     STACK, w.tokens), ValueError, r"params\.blocks\[1\] must be a BlockParams"),
+    ("forward-W_O-transposed", lambda w: forward(
+        _block(w, attn={"W_O": w.params.blocks[1].attn.W_O.T}), STACK, w.tokens),
+     ValueError, r"block 1: W_O has shape \(4, 3\), config expects \(3, 4\)"),
+    ("forward-b1-shape", lambda w: forward(_block(w, mlp={"b1": numpy.zeros(4)}), STACK,
+     w.tokens), ValueError, r"block 1: b1 has shape \(4,\)"),
+    ("forward-ln-gain-shape", lambda w: forward(_block(w, ln2={"gain": numpy.ones(4)}), STACK,
+     w.tokens), ValueError, r"ln2\.gain has shape \(4,\)"),
+    ("forward-int-params", lambda w: forward(_set(w.params, lambda a: a.astype(numpy.int64)),
+     STACK, w.tokens), TypeError, r"params\.blocks\[0\]\.attn\.W_Q: dtype int64 is refused"),
+    ("forward-complex-params", lambda w: forward(_set(w.params, lambda a: a.astype(complex)),
+     STACK, w.tokens), TypeError, r"params\.blocks\[0\]\.attn\.W_Q: dtype complex128"),
+    ("forward-mixed-param-dtypes", lambda w: forward(_block(w, mlp={
+        "W2": w.params.blocks[1].mlp.W2.astype(numpy.float32)}), STACK, w.tokens),
+     TypeError, r"params\.blocks\[1\]\.mlp\.W2 has dtype float32"),
+    ("forward-params-lists", lambda w: forward(_block(w, mlp={
+        "b2": [0.0, 0.0, 0.0]}), STACK, w.tokens), ValueError, r"block 1: b2 has shape None"),
+    ("save-mismatched-params", lambda w: save_checkpoint(w.tmp / "m.npz", w.one, STACK),
+     ValueError, r"params must be a ModelParams with 2 blocks"),
+    ("implicit-update-mismatch", lambda w: implicit_update(w.one, STACK, w.context, w.query),
+     ValueError, r"params must be a ModelParams with 2 blocks"),
+    ("implicit-path-mismatch", lambda w: implicit_path(w.one, _other(n_blocks=1, d_mlp=4),
+     w.context, w.query), ValueError, r"W1 has shape \(5, 3\), config expects \(4, 3\)"),
+    ("factorised-path-mismatch", lambda w: factorised_path(w.params, STACK, w.context, w.query),
+     ValueError, r"factorised_path is stated for one contextual block"),
+    ("train-mismatch", lambda w: train(STACK, w.one, OptimizerSettings(), 2, 4, 5, 2),
+     ValueError, r"params must be a ModelParams with 2 blocks"),
+    ("sgd-grads-of-other-model", lambda w: sgd_step(w.params, w.one, sgd_init(w.params), 0.1),
+     ValueError, r"grads\.blocks has 1 entries but params\.blocks has 2"),
+    ("adam-grads-other-shape", lambda w: adam_step(w.params, _block(
+        w, mlp={"W1": numpy.zeros((5, 2))}), adam_init(w.params), 0.1),
+     ValueError, r"grads\.blocks\.1\.mlp\.W1 has shape \(5, 2\) but params"),
+    ("adam-grads-without-layernorm", lambda w: adam_step(w.params, _block(w, ln1=None),
+     adam_init(w.params), 0.1), ValueError, r"grads\.blocks\.1\.ln1 is None but params"),
+    ("adam-state-of-other-params", lambda w: adam_step(w.params, w.params, adam_init(w.one),
+     0.1), ValueError, r"state\.m has shape \(\d+,\) but params hold"),
+    ("adam-state-not-a-state", lambda w: adam_step(w.params, w.params, None, 0.1),
+     TypeError, r"state must be the AdamState"),
+    ("sgd-velocity-of-other-params", lambda w: sgd_step(w.params, w.params, sgd_init(w.one, 0.5),
+     0.1, momentum=0.5), ValueError, r"state\.velocity\.blocks has 1 entries"),
+    ("sgd-momentum-without-state", lambda w: sgd_step(w.params, w.params, sgd_init(w.params),
+     0.1, momentum=0.5), ValueError, r"momentum > 0 needs a state"),
+    ("adam-int-grads", lambda w: adam_step(w.params, _set(w.params, lambda a: a.astype(int)),
+     adam_init(w.params), 0.1), TypeError, r"grads\.blocks\.0\.attn\.W_Q: dtype int64"),
+    ("adam-init-int-params", lambda w: adam_init(_set(w.params, lambda a: a.astype(int))),
+     TypeError, r"params\.blocks\.0\.attn\.W_Q: dtype int64"),
+    # -- patches ----------------------------------------------------------------------------
+    ("patches-single-update", lambda w: predict(w.params, STACK, w.tokens[:, -1:],
+     patches=w.patches[0]), ValueError, r"patches must hold one entry per block \(2\), got a"
+     r" single ImplicitUpdate"),
+    ("patches-too-few", lambda w: predict(w.params, STACK, w.tokens, patches=w.patches[:1]),
+     ValueError, r"patches must hold one entry per block \(2\), got 1"),
+    ("patches-delta_W-shape", lambda w: predict(w.params, STACK, w.tokens, patches=_patch(
+        w, delta_W=w.patches[0].delta_W[:2])), ValueError,
+     r"patch for block 0: delta_W has shape \(2, 5, 3\), expected \(4, 5, 3\)"),
+    ("patches-delta_b-shared", lambda w: predict(w.params, STACK, w.tokens, patches=_patch(
+        w, delta_b=w.patches[0].delta_b[0])), ValueError, r"delta_b has shape \(3,\)"),
+    ("patches-entry-array", lambda w: predict(w.params, STACK, w.tokens,
+     patches=(w.patches[0].delta_W, None)), TypeError, r"patches\[0\] must be None, a BlockPatch"),
+    ("patches-complex", lambda w: predict(w.params, STACK, w.tokens, patches=_patch(
+        w, delta_W=w.patches[0].delta_W.astype(complex))), TypeError,
+     r"patches\[0\]\.delta_W: dtype complex128"),
+    ("patches-not-a-tuple", lambda w: predict(w.params, STACK, w.tokens, patches="patch"),
+     TypeError, r"patches must be None or a tuple"),
+    # -- backward ------------------------------------------------------------------------
+    ("backward-dout-shape", lambda w: backward(numpy.ones((4, 6, 3)), _lm(w)[1]), ValueError,
+     r"dout must have the shape of forward's output, \(4, 1, 3\) \(last_only\)"),
+    ("backward-dout-list", lambda w: backward([1.0], _lm(w)[1]), ValueError,
+     r"dout must have the shape"),
+    ("backward-no-cache", lambda w: backward(numpy.ones((4, 1, 3)), None), TypeError,
+     r"cache must be the ModelCache"),
+    ("backward-int-dout", lambda w: backward(numpy.ones((4, 1, 3), dtype=int), _lm(w)[1]),
+     TypeError, r"dout: dtype int64"),
+    # -- dtypes of data ----------------------------------------------------------------------
+    ("prompts-int32", lambda w: regression_prompts(4, 5, 2, dtype=numpy.int32), TypeError,
+     r"dtype must be a real floating-point type.*integers would truncate"),
+    ("prompts-complex", lambda w: regression_prompts(4, 5, 2, dtype="complex128"), TypeError,
+     r"dtype must be a real floating-point type.*complex"),
+    ("prompts-not-a-dtype", lambda w: regression_prompts(4, 5, 2, dtype="float65"), TypeError,
+     r"dtype 'float65' is not a dtype"),
+    ("stream-int64", lambda w: regression_stream(4, 5, 2, dtype="int64"), TypeError,
+     r"dtype must be a real floating-point type"),
+    ("init-int32", lambda w: init_params(STACK, dtype="int32"), TypeError,
+     r"dtype must be a real floating-point type"),
+    ("init-bool", lambda w: init_params(STACK, dtype=numpy.bool_), TypeError,
+     r"dtype must be a real floating-point type.*booleans"),
+    ("forward-int-tokens", lambda w: forward(w.params, STACK, w.tokens.astype(numpy.int32)),
+     TypeError, r"tokens: dtype int32 is refused"),
+    ("forward-complex-tokens", lambda w: forward(w.params, STACK, w.tokens + 0j), TypeError,
+     r"tokens: dtype complex128 is refused"),
+    ("forward-token-list", lambda w: forward(w.params, STACK, w.tokens.tolist()), ValueError,
+     r"tokens must have shape \(B, T, d_token\), got shape None"),
+    ("forward-token-width", lambda w: forward(w.params, STACK, w.tokens[..., :2]), ValueError,
+     r"tokens have width 2 but config\.d_token = 3"),
+    ("implicit-int-context", lambda w: implicit_update(w.params, STACK,
+     w.context.astype(int), w.query), TypeError, r"context: dtype int64 is refused"),
+    ("implicit-complex-query", lambda w: implicit_update(w.params, STACK, w.context,
+     w.query + 0j), TypeError, r"query: dtype complex128 is refused"),
+    ("context-query-dtypes-differ", lambda w: implicit_update(w.params, STACK,
+     w.context.astype(numpy.float32), w.query), TypeError,
+     r"context \(float32\) and query \(float64\) must share a dtype"),
+    ("path-dtypes-differ", lambda w: implicit_path(w.one, ONE, w.context,
+     w.query.astype(numpy.float32)), TypeError, r"context \(float64\) and query \(float32\)"),
+    # -- optimiser settings ---------------------------------------------------------------
+    ("adam-eps-zero", lambda w: adam_step(w.params, w.params, adam_init(w.params), 0.1, eps=0.0),
+     ValueError, r"eps must be a finite float > 0, got 0\.0"),
+    ("adam-eps-nan", lambda w: adam_step(w.params, w.params, adam_init(w.params), 0.1,
+     eps=float("nan")), ValueError, r"eps must be a finite float > 0, got nan"),
+    ("adam-eps-negative", lambda w: adam_step(w.params, w.params, adam_init(w.params), 0.1,
+     eps=-1e-8), ValueError, r"eps must be a finite float > 0"),
+    ("adam-beta1-one", lambda w: adam_step(w.params, w.params, adam_init(w.params), 0.1,
+     beta1=1.0), ValueError, r"beta1 must be a number in \[0, 1\), got 1\.0"),
+    ("adam-beta2-negative", lambda w: adam_step(w.params, w.params, adam_init(w.params), 0.1,
+     beta2=-0.1), ValueError, r"beta2 must be a number in \[0, 1\)"),
+    ("adam-beta1-nan", lambda w: adam_step(w.params, w.params, adam_init(w.params), 0.1,
+     beta1=float("nan")), ValueError, r"beta1 must be a number in \[0, 1\), got nan"),
+    ("adam-lr-inf", lambda w: adam_step(w.params, w.params, adam_init(w.params),
+     float("inf")), ValueError, r"learning rate lr must be a finite float"),
+    ("sgd-momentum-one", lambda w: sgd_init(w.params, momentum=1.0), ValueError,
+     r"momentum must be a number in \[0, 1\)"),
+    ("sgd-lr-negative", lambda w: sgd_step(w.params, w.params, sgd_init(w.params), -0.1),
+     ValueError, r"learning rate lr must be a finite float ≥ 0"),
+    ("settings-eps-zero", lambda w: OptimizerSettings(eps=0.0), ValueError,
+     r"OptimizerSettings\.eps must be a finite float > 0"),
+    ("settings-beta2-one", lambda w: OptimizerSettings(beta2=1.0), ValueError,
+     r"OptimizerSettings\.beta2 must be a number in \[0, 1\)"),
+    ("settings-momentum-negative", lambda w: OptimizerSettings(name="sgd", momentum=-0.5),
+     ValueError, r"OptimizerSettings\.momentum must be a number in \[0, 1\)"),
+    ("settings-final-fraction-text", lambda w: OptimizerSettings(final_lr_fraction="0.1"),
+     ValueError, r"OptimizerSettings\.final_lr_fraction must be in \[0, 1\]"),
+    ("settings-warmup-bool", lambda w: OptimizerSettings(warmup_steps=True), ValueError,
+     r"OptimizerSettings\.warmup_steps must be an int ≥ 0"),
+    # -- removed and seed ------------------------------------------------------------------
+    ("removed-int", lambda w: implicit_update(w.params, STACK, w.context, w.query, removed=2),
+     TypeError, r"removed must be None or a list of context positions, got int 2; for one"
+     r" position write removed=\[2\]"),
+    ("removed-iterator", lambda w: implicit_update(w.params, STACK, w.context, w.query,
+     removed=iter([0, 1])), TypeError, r"removed must be a list of context positions, not an"
+     r" iterator"),
+    ("removed-generator", lambda w: implicit_update(w.params, STACK, w.context, w.query,
+     removed=(j for j in [0, 1])), TypeError, r"removed .*not an iterator \(generator\)"),
+    ("removed-text", lambda w: implicit_update(w.params, STACK, w.context, w.query,
+     removed="01"), TypeError, r"removed must be None or a list of context positions, got str"),
+    ("removed-out-of-range", lambda w: implicit_update(w.params, STACK, w.context, w.query,
+     removed=[5]), ValueError, r"removed position 5 is out of range"),
+    ("removed-repeated", lambda w: implicit_update(w.params, STACK, w.context, w.query,
+     removed=[1, 1]), ValueError, r"removed positions must be distinct"),
+    ("removed-float", lambda w: implicit_update(w.params, STACK, w.context, w.query,
+     removed=[0.5]), ValueError, r"removed positions must be ints, got 0\.5"),
+    ("removed-2d-array", lambda w: remove_tokens(w.context, w.query, numpy.zeros((1, 1), int)),
+     ValueError, r"removed must be one-dimensional"),
+    ("remove-tokens-int", lambda w: remove_tokens(w.context, w.query, 0), TypeError,
+     r"removed must be None or a list"),
+    ("init-seed-negative", lambda w: init_params(STACK, seed=-1), ValueError,
+     r"seed must be an int ≥ 0, got -1"),
+    ("init-seed-float", lambda w: init_params(STACK, seed=1.5), ValueError,
+     r"seed must be an int ≥ 0, got 1\.5"),
+    ("prompts-seed-negative", lambda w: regression_prompts(4, 5, 2, seed=-1), ValueError,
+     r"seed must be an int ≥ 0 or a numpy Generator, got -1"),
+    ("stream-seed-negative", lambda w: regression_stream(4, 5, 2, seed=-2), ValueError,
+     r"seed must be an int ≥ 0"),
+    ("train-seed-negative", lambda w: train(ONE, w.one, OptimizerSettings(), 2, 4, 5, 2,
+     seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
+    ("train-setup-seed-negative", lambda w: train_setup(paper_setting(fast=True), seed=-3),
+     ValueError, r"seed must be an int ≥ 0, got -3"),
+    ("baselines-seed-negative", lambda w: compare_with_baselines(
+        init_params(paper_setting().config), paper_setting(), n_prompts=8, seed=-1),
+     ValueError, r"seed must be an int ≥ 0, got -1"),
+    # -- overflow and subnormal numbers ----------------------------------------------------
+    ("forward-overflow", lambda w: forward(w.one, ONE, w.tokens * 1e200), ValueError,
+     r"the forward pass overflowed float64 in block 0: the tokens are finite"),
+    ("predict-overflow", lambda w: predict(w.one, ONE, w.tokens * 1e200), ValueError,
+     r"forward pass overflowed"),
+    ("implicit-update-overflow", lambda w: implicit_update(w.one, ONE, w.context * 1e200,
+     w.query * 1e200), ValueError, r"forward pass overflowed"),
+    ("implicit-path-overflow", lambda w: implicit_path(w.one, ONE, w.context * 1e200,
+     w.query * 1e200), ValueError, r"implicit_path: the forward pass overflowed"),
+    ("factorised-path-overflow", lambda w: factorised_path(w.one, ONE, w.context * 1e200,
+     w.query * 1e200), ValueError, r"factorised_path: the forward pass overflowed"),
+    ("forward-subnormal-tokens", lambda w: forward(w.params, STACK, w.tokens * 1e-310),
+     ValueError, r"tokens: subnormal numbers"),
+    ("implicit-subnormal-context", lambda w: implicit_update(w.params, STACK,
+     w.context * 1e-310, w.query), ValueError, r"context: subnormal numbers"),
+    ("implicit-subnormal-query", lambda w: implicit_update(w.params, STACK, w.context,
+     w.query * 1e-310), ValueError, r"query: subnormal numbers"),
+    ("path-subnormal", lambda w: implicit_path(w.one, ONE, w.context * 1e-310,
+     w.query * 1e-310), ValueError, r"context: subnormal numbers"),
+    ("float32-subnormal", lambda w: forward(to_device(w.one, "numpy", numpy.float32), ONE,
+     (w.tokens * 1e-39).astype(numpy.float32)), ValueError,
+     r"tokens: subnormal numbers .* the smallest normal float32"),
+    ("forward-nan-tokens", lambda w: forward(w.params, STACK, w.tokens * numpy.nan),
+     ValueError, r"tokens contain NaN or infinity"),
+    ("forward-nan-params", lambda w: forward(_block(w, mlp={
+        "W1": w.params.blocks[1].mlp.W1 * numpy.inf}), STACK, w.tokens), ValueError,
+     r"params\.blocks\.1\.mlp\.W1 contains NaN or infinity"),
+    ("implicit-inf-query", lambda w: implicit_update(w.params, STACK, w.context,
+     w.query * numpy.inf), ValueError, r"query contains NaN or infinity"),
+    # -- namespaces ----------------------------------------------------------------------
+    ("init-unknown-namespace", lambda w: init_params(STACK, xp="jax"), ValueError,
+     r"xp must be 'numpy', 'cupy' or an array namespace, got 'jax'"),
+    ("prompts-namespace-object", lambda w: regression_prompts(4, 5, 2, xp=3), TypeError,
+     r"xp must be an array namespace"),
+    ("to-device-unknown-target", lambda w: to_device(w.params, "tpu"), ValueError,
+     r"unknown target 'tpu'"),
+    # -- files ------------------------------------------------------------------------------
+    ("save-into-a-directory", lambda w: save_checkpoint(w.tmp, w.params, STACK), ValueError,
+     r"path .* is a directory, not a file"),
+    ("save-missing-directory", lambda w: save_checkpoint(w.tmp / "no" / "m.npz", w.params,
+     STACK), ValueError, r"path .*: the directory .* does not exist"),
+    ("save-metadata-not-json", lambda w: save_checkpoint(w.tmp / "m.npz", w.params, STACK,
+     metadata={"x": object()}), ValueError, r"metadata must be JSON data"),
+    ("save-config-dict", lambda w: save_checkpoint(w.tmp / "m.npz", w.params,
+     STACK.to_dict()), TypeError, r"config must be a TransformerConfig, got dict"),
+    ("load-a-directory", lambda w: load_checkpoint(w.tmp), ValueError,
+     r"is a directory, not a checkpoint file"),
+    # -- sizes and settings ---------------------------------------------------------------
+    ("prompts-batch-size-zero", lambda w: regression_prompts(0, 5, 2), ValueError,
+     r"batch_size must be a positive int, got 0"),
+    ("prompts-noise-negative", lambda w: regression_prompts(4, 5, 2, noise=-1.0), ValueError,
+     r"noise must be a finite float ≥ 0"),
+    ("ridge-lambda-nan", lambda w: ridge_predict(regression_prompts(4, 5, 2), float("nan")),
+     ValueError, r"ridge lambda must be a finite float ≥ 0"),
+    ("train-steps-zero", lambda w: train(ONE, w.one, OptimizerSettings(), 0, 4, 5, 2),
+     ValueError, r"steps must be a positive int, got 0"),
+    ("train-token-width", lambda w: train(ONE, w.one, OptimizerSettings(), 2, 4, 5, 3),
+     ValueError, r"prompts in dimension d = 3 need config\.d_token = 4"),
+    ("train-optimizer-dict", lambda w: train(ONE, w.one, {"lr": 0.1}, 2, 4, 5, 2),
+     TypeError, r"optimizer must be an OptimizerSettings"),
+    ("init-config-dict", lambda w: init_params(STACK.to_dict()), TypeError,
+     r"config must be a TransformerConfig, got dict"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gets_a_clear_error(world, call, error, message):
+    """The call raises ``error`` (a ValueError or TypeError) and the message names the
+    argument and the problem."""
+    assert issubclass(error, (ValueError, TypeError))
+    with numpy.errstate(all="ignore"), pytest.raises((ValueError, TypeError)) as info:
+        call(world)
+    assert type(info.value) is error or isinstance(info.value, error), repr(info.value)
+    assert re.search(message, str(info.value)), str(info.value)
+
+
+def test_the_battery_is_large_and_its_ids_distinct():
+    ids = [c[0] for c in CASES]
+    assert len(ids) >= 60 and len(set(ids)) == len(ids)
+
+
+# -- what must keep working ---------------------------------------------------------------
+
+
+def test_tokens_scaled_to_1e_minus_300_are_valid_and_the_identity_holds(world):
+    """Normal numbers however small are valid: at 1e-300 the patched query reproduces the
+    prompt's output (Theorem 2.2) to IDENTITY_RTOL, relative to the output's own scale."""
+    context, query = world.context * 1e-300, world.query * 1e-300
+    for params, config in ((world.one, ONE), (world.params, STACK)):
+        tokens = numpy.concatenate([context, query[:, None]], axis=1)
+        full, _ = forward(params, config, tokens)
+        updates = implicit_update(params, config, context, query)
+        patched, _ = forward(params, config, query[:, None], patches=updates)
+        assert numpy.all(numpy.isfinite(patched))
+        assert relative_residual(patched[:, -1], full[:, -1]) <= IDENTITY_RTOL
+
+
+@pytest.mark.parametrize(
+    "removed", [[0, 2], (2, 0), range(3), {1, 2}, numpy.array([0, 4]), []], ids=repr
+)
+def test_every_collection_of_positions_is_accepted(world, removed):
+    """Lists, tuples, ranges, sets and 1-d integer arrays name the same positions."""
+    one = implicit_update(world.one, ONE, world.context, world.query, removed=removed)
+    same = implicit_update(world.one, ONE, world.context, world.query, removed=sorted(removed))
+    assert numpy.array_equal(one[0].delta_W, same[0].delta_W)
+
+
+def test_float32_parameters_with_float64_tokens_run(world):
+    """Mixed float dtypes between tokens and parameters follow the array API's promotion."""
+    out, _ = forward(to_device(world.params, "numpy", numpy.float32), STACK, world.tokens)
+    assert out.dtype == numpy.float64
+
+
+def test_a_layout_with_the_same_width_is_caught_by_the_checkpoint(world, tmp_path):
+    """n_heads·d_head = 2·2 and 4·1 give arrays of the same shapes: the arrays cannot show
+    the layout, and the configuration stored in the checkpoint does."""
+    path = tmp_path / "m.npz"
+    save_checkpoint(path, world.params, STACK)
+    with pytest.raises(ValueError, match=r"n_heads: file 2 != expected 4"):
+        load_checkpoint(path, config=_other(n_heads=4, d_head=1))
+
+
+# -- CuPy where it cannot run ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(gpu_available(), reason="CuPy runs here")
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda w: to_device(w.params, "cupy"),
+        lambda w: init_params(STACK, xp="cupy"),
+        lambda w: regression_prompts(4, 5, 2, xp="cupy"),
+        lambda w: load_checkpoint(w.tmp / "absent.npz", xp="cupy"),
+    ],
+    ids=["to_device", "init_params", "regression_prompts", "load_checkpoint"],
+)
+def test_cupy_asked_for_where_it_is_missing(world, call, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # as if not installed
+    require_cupy.cache_clear()
+    with pytest.raises(BackendUnavailableError) as info:
+        call(world)
+    error = info.value
+    assert isinstance(error, ValueError) and isinstance(error, ImportError)
+    assert "CuPy was asked for but cannot be imported" in str(error)
+    assert "pip install -e '.[gpu]'" in str(error) and "cupy-cuda13x" in str(error)
+    assert error.__cause__ is None and error.__suppress_context__
+
+
+def _fake_cupy(get_count):
+    runtime = types.SimpleNamespace(getDeviceCount=get_count)
+    return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime),
+                                 empty=lambda n: None)
+
+
+class CUDARuntimeError(RuntimeError):
+    pass
+
+
+def _no_driver():
+    raise CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is\n insufficient")
+
+
+@pytest.mark.parametrize(
+    "get_count, message",
+    [
+        (_no_driver, r"cannot use a GPU \(cudaErrorInsufficientDriver: CUDA driver version is"
+                     r" insufficient\); check the NVIDIA driver with nvidia-smi"),
+        (lambda: 0, r"CuPy is installed but finds no GPU"),
+    ],
+    ids=["no-driver", "no-gpu"],
+)
+def test_cupy_without_a_usable_gpu(monkeypatch, get_count, message):
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(get_count))
+    require_cupy.cache_clear()
+    try:
+        with pytest.raises(BackendUnavailableError, match=message) as info:
+            resolve_namespace("cupy")
+        assert "pip install" in str(info.value) and "\n" not in str(info.value)
+    finally:
+        require_cupy.cache_clear()
+
+
+def test_a_usable_cupy_is_checked_once(monkeypatch):
+    calls = []
+    fake = _fake_cupy(lambda: calls.append(1) or 1)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    require_cupy.cache_clear()
+    try:
+        assert backend_module.require_cupy() is fake and require_cupy() is fake
+        assert calls == [1]
+    finally:
+        require_cupy.cache_clear()
+
+
+def test_the_model_runs_on_numpy_by_name(world):
+    params = init_params(ONE, seed=0, xp="numpy")
+    assert isinstance(params.blocks[0].mlp.W1, numpy.ndarray)
+    assert resolve_namespace(None) is numpy and resolve_namespace("numpy") is numpy
+    patch = BlockPatch(delta_W=numpy.zeros((4, 5, 3)), delta_b=numpy.zeros((4, 3)))
+    out, _ = forward(params, ONE, world.tokens, patches=(patch,))
+    assert out.shape == world.tokens.shape
