@@ -42,8 +42,8 @@
 # **What we will see**: you write the two predictions; the two validation curves agree to
 # `IDENTITY_RTOL` during the whole run; the grid differences are rounding in float64
 # (`IDENTITY_RTOL`) and float32 (`FLOAT32_RTOL`); the trained model beats the zero predictor;
-# and the increments of Figure 3, **read against untrained controls**: the same $1/i$ rate,
-# at a level about ten times lower.
+# and the increments of Figure 3, **read against untrained controls**: an untrained softmax
+# block's increments fall at the same $1/i$ rate, at a level about ten times lower.
 
 # %%
 import os
