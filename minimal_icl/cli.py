@@ -62,7 +62,11 @@ def check_outputs(out: str, names) -> dict[str, bool]:
     before any work starts; returns {name: whether the file exists already}."""
     from .validation import check_writable_file
 
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ValueError(f"cannot write to output folder {out!r}: {reason}") from None
     existed = {}
     for name in names:
         path = check_writable_file(os.path.join(out, name), "output file")
