@@ -17,7 +17,7 @@ Tq = 1) while keys and values still come from every token: the model's output is
 the query, and the training loss reads only the last token of the last block.
 
 ``attention_backward`` is the textbook backward, the forward read in reverse. Training
-uses ``attention_fast.attention_backward_fast``, the same gradients (to 1e-12) by
+uses ``attention_fast.attention_backward_fast``: the same gradients (to rounding) by
 products that avoid building the (B, H, T, K) gradients of the keys and values.
 """
 

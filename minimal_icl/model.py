@@ -77,7 +77,7 @@ def backward(dout: Array, cache: ModelCache, fast: bool = True) -> tuple[Array, 
 
     ``fast`` (the default, what training runs) takes each attention backward by
     ``attention_backward_fast``; ``fast=False`` by the textbook ``attention_backward``.
-    Both give the same gradients to 1e-12 (tests/test_attention_fast.py).
+    Both give the same gradients to rounding (tests/test_attention_fast.py).
     """
     check_dout(dout, cache)
     grads = []
