@@ -500,3 +500,41 @@ def test_the_model_runs_on_numpy_by_name(world):
     patch = BlockPatch(delta_W=numpy.zeros((4, 5, 3)), delta_b=numpy.zeros((4, 3)))
     out, _ = forward(params, ONE, world.tokens, patches=(patch,))
     assert out.shape == world.tokens.shape
+
+
+# -- what the checks cost: values read back from the device ----------------------------------
+
+
+def test_forward_reads_one_boolean_and_a_training_step_none(world, monkeypatch):
+    """Shapes, dtypes and the parameters against the configuration are checked without
+    reading any array value; ``forward`` then reads one boolean (finite tokens and output,
+    no subnormal tokens), and a training step reads nothing (the loop checks its losses)."""
+    import array_api_strict
+
+    from minimal_icl.data import RegressionBatch
+    from minimal_icl.train import train_step
+
+    device = array_api_strict.Device("device1")
+    Array = type(array_api_strict.asarray(0.0))
+    reads = []
+    for name in ("__bool__", "__float__", "__int__", "__index__", "__array__"):
+        original = getattr(Array, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Array, name, counted)
+
+    def move(a):
+        return array_api_strict.asarray(a, device=device)
+
+    params = tree_map(move, world.params)
+    batch = regression_prompts(4, 5, 2, seed=1)
+    batch = RegressionBatch(move(batch.tokens), move(batch.target), move(batch.w))
+    forward(params, STACK, batch.tokens)
+    assert reads == ["__bool__"]
+    reads.clear()
+    settings = OptimizerSettings()
+    train_step(params, adam_init(params), STACK, batch, settings, 1e-3)
+    assert reads == []
