@@ -46,7 +46,9 @@ def sgd_step(params, grads, state: SGDState, lr: float, momentum: float = 0.0):
 
         v ← μ v + g,    θ ← θ − lr v          (μ = 0: θ ← θ − lr g)
 
-    Returns (params, state).
+    Returns (params, state). Raises ValueError for lr not finite ≥ 0, μ outside [0, 1),
+    or grads (or a velocity) without the records and shapes of params; TypeError for
+    arrays that are not real floating point (``minimal_icl.validation``).
     """
     lr = check_learning_rate(lr)
     momentum = check_fraction("momentum", momentum)
@@ -148,6 +150,9 @@ def adam_step(
     per step instead of a dozen per parameter array, which matters for small models
     where each array operation costs more in overhead than in arithmetic.
     Returns (params, state); the new parameters are views of one new vector.
+    Raises ValueError for lr not finite ≥ 0, β₁ or β₂ outside [0, 1), ε not finite > 0
+    (ε = 0 divides 0 by 0 where a gradient is 0), grads without the records and shapes of
+    params, or a state of other parameters (``minimal_icl.validation``).
     """
     lr = check_learning_rate(lr)
     beta1 = check_fraction("beta1", beta1)
