@@ -167,8 +167,8 @@ print(f"the two validation curves: relative residual {curve_residual:.1e} over "
 # For each of a set of held-out contexts $C$, put every query $x_q$ of a grid in
 # $[-3, 3]^2$ after it and compute $|T_W(C, x) - T_{W+\Delta W}(x)|$, in float64 and with the
 # model and the data cast to float32. The query $x_q = 0$ is left out: there the query token
-# is 0, $A(x) = W_O W_V\, 0 = 0$, and no update exists (tutorial 3). These are the lines that
-# `minimal_icl.experiments.identity` runs for the figure:
+# is 0, $A(x) = W_O W_V\, 0 = 0$, and no update exists (tutorial 3). The lines below do what
+# `minimal_icl.experiments.identity` does for the figure:
 
 # %%
 G, n_tasks = (11, 20) if FAST else (41, 100)
