@@ -1,0 +1,596 @@
+"""How linear attention acquires in-context learning: the models, the data, the predictions.
+
+Zhang, Singh, Latham & Saxe, "Training dynamics of in-context learning in linear
+attention", ICML 2025, arXiv:2501.16265 (reference code github.com/yedizhang/linattn-icl);
+docs/theory.md and THEORY §9 state the results. Symbols follow docs/notation.md: d is the
+input dimension (the paper's D), the token width is d + 1, N context pairs, H heads.
+
+Tokens are the COLUMNS of
+
+    X = [x_1 .. x_N x_q; y_1 .. y_N 0] ∈ ℝ^{(d+1)×(N+1)},     G = X Xᵀ / N  ((d+1)×(d+1)),
+
+and the prediction ŷ is the bottom-right entry of the layer's output. Two parametrizations:
+
+    merged key-query   ATTN_M(X) = X + Σ_i W^V_i G W^KQ_i X
+    separate, rank R   ATTN_S(X) = X + Σ_i W^V_i G W^K_iᵀ W^Q_i X,   W^K_i, W^Q_i ∈ ℝ^{R×(d+1)}
+
+(R plays the role of the head width K of the notation table). The package follows the
+paper's 1/N; the reference code leaves it out (its weights differ by a constant factor,
+N^{1/2} for ATTN_M and N^{1/3} for ATTN_S, and its learning rates by N and N^{2/3}).
+
+Write the bottom row of W^V_i as (v̄_iᵀ, v_i) and the first d columns of W^KQ_i as
+[U_i; ū_iᵀ]. With v̄_i = 0 and ū_i = 0 (the paper's zero-initialised entries)
+
+    ŷ = Σ_i v_i βᵀ U_i x_q = w₂ᵀ W₁ z,   β = (1/N) Σ_n y_n x_n,   z = vec(β x_qᵀ) ∈ ℝ^{d²},
+
+a two-layer linear network on a cubic feature (``cubic_feature``, ``merged_to_cubic``).
+For ATTN_S the zero-initialised entries are v̄_i and the key's y-entry, and the
+effective matrix is Σ_i v_i K̄_iᵀ Q̄_i (K̄, Q̄ the first d columns of W^K, W^Q).
+
+The prediction depends on the data only through the features φ = G ⊗ x_q:
+
+    ŷ = ⟨T, G ⊗ x_q⟩,   T[a, b, c] = Σ_i W^V_i[d, a] M_i[b, c],   M_i = first d columns of
+                                      W^KQ_i (ATTN_M) or of W^K_iᵀ W^Q_i (ATTN_S),
+
+so the mean squared error over a fixed set of sequences is a quadratic in the
+(d+1)²d-entry tensor T with three precomputed statistics (``FeatureStatistics``), and
+full-batch gradient descent costs the same for any number of sequences
+(``train_gd``; equal to the per-sequence forward and backward, ``per_sequence_gd``).
+
+The loss is the mean squared error without ½, L = mean (y_q − ŷ)², as in the reference
+code (nn.MSELoss). Data follow the paper: x ~ N(0, Λ), w ~ N(0, I_d) fresh for every
+sequence; the reference code also centres x over the training set and whitens the task
+vectors empirically, which the package does not do.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy
+
+__all__ = [
+    "Covariance",
+    "CubicParams",
+    "FeatureStatistics",
+    "MergedParams",
+    "SeparateParams",
+    "Sequences",
+    "Trajectory",
+    "converged_predictor",
+    "covariance",
+    "cubic_feature",
+    "cubic_forward",
+    "cubic_backward",
+    "effective_matrix",
+    "feature_statistics",
+    "init_merged",
+    "init_separate",
+    "loss_from_statistics",
+    "merged_backward",
+    "merged_forward",
+    "merged_to_cubic",
+    "pcr_matrix",
+    "per_sequence_gd",
+    "plateau_losses",
+    "prediction",
+    "predictor_loss",
+    "separate_backward",
+    "separate_forward",
+    "sequences",
+    "squared_error",
+    "statistics_gradients",
+    "train_gd",
+    "zero_block_mask",
+]
+
+
+# -- parameters --------------------------------------------------------------------------
+
+
+class MergedParams(NamedTuple):
+    """ATTN_M's weights, H heads, token width D = d + 1."""
+
+    W_V: numpy.ndarray  # (H, D, D)  value
+    W_KQ: numpy.ndarray  # (H, D, D) merged key-query
+
+
+class SeparateParams(NamedTuple):
+    """ATTN_S's weights, H heads of rank R, token width D = d + 1."""
+
+    W_V: numpy.ndarray  # (H, D, D)  value
+    W_K: numpy.ndarray  # (H, R, D)  key
+    W_Q: numpy.ndarray  # (H, R, D)  query
+
+
+class CubicParams(NamedTuple):
+    """The two-layer linear network ŷ = w₂ᵀ W₁ z on the cubic feature z (ℝ^{d²})."""
+
+    W1: numpy.ndarray  # (H, d²)
+    w2: numpy.ndarray  # (H,)
+
+
+def _check_int(name: str, value, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+    return int(value)
+
+
+def _check_scale(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, numpy.floating)) or not (
+            numpy.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def init_merged(d: int, n_heads: int, scale: float, seed: int = 0) -> MergedParams:
+    """ATTN_M's initial weights: entries ~ N(0, scale²), then v̄_i = 0 and ū_i = 0.
+
+    v̄_i = W_V[i, d, :d] (the value's bottom row without its last entry) and
+    ū_i = W_KQ[i, d, :d] (the last row of the first d columns) are the paper's
+    zero-initialised entries. The standard deviation ``scale`` per entry is the reference
+    code's convention for this model. Returns (H, d+1, d+1) arrays, float64.
+    """
+    d, H = _check_int("d", d), _check_int("n_heads", n_heads)
+    scale = _check_scale("scale", scale)
+    rng = numpy.random.default_rng(_check_int("seed", seed, 0))
+    D = d + 1
+    W_V = scale * rng.standard_normal((H, D, D))
+    W_KQ = scale * rng.standard_normal((H, D, D))
+    W_V[:, d, :d] = 0.0  # v̄_i
+    W_KQ[:, d, :d] = 0.0  # ū_i
+    return MergedParams(W_V, W_KQ)
+
+
+def init_separate(d: int, n_heads: int, rank: int, scale: float, seed: int = 0) -> SeparateParams:
+    """ATTN_S's initial weights: each weight's entries ~ N(0, scale²/numel), numel its
+    number of entries over all heads (H R (d+1) for W_K and W_Q, H (d+1)² for W_V: the
+    reference code's convention), then the key's y-entry W_K[i, :, d] = 0 and v̄_i = 0.
+    """
+    d, H, R = _check_int("d", d), _check_int("n_heads", n_heads), _check_int("rank", rank)
+    scale = _check_scale("scale", scale)
+    rng = numpy.random.default_rng(_check_int("seed", seed, 0))
+    D = d + 1
+    W_V = scale / numpy.sqrt(H * D * D) * rng.standard_normal((H, D, D))
+    W_K = scale / numpy.sqrt(H * R * D) * rng.standard_normal((H, R, D))
+    W_Q = scale / numpy.sqrt(H * R * D) * rng.standard_normal((H, R, D))
+    W_K[:, :, d] = 0.0  # the key's y-entry
+    W_V[:, d, :d] = 0.0  # v̄_i
+    return SeparateParams(W_V, W_K, W_Q)
+
+
+def zero_block_mask(params):
+    """Ones on every entry, zeros on the paper's zero-initialised entries (same record).
+
+    Multiplying a gradient by this mask keeps those entries at zero during training
+    (the equivalence with the cubic-feature network needs it exactly; the paper's
+    population gradient keeps them at zero, a finite training set does not).
+    """
+    D = params.W_V.shape[-1]
+    d = D - 1
+    mask = type(params)(*(numpy.ones_like(w) for w in params))
+    mask.W_V[:, d, :d] = 0.0
+    if isinstance(params, MergedParams):
+        mask.W_KQ[:, d, :d] = 0.0
+    else:
+        mask.W_K[:, :, d] = 0.0
+    return mask
+
+
+# -- the layers, textbook version: one sequence at a time (batched) ----------------------
+
+
+class MergedCache(NamedTuple):
+    X: numpy.ndarray  # (B, D, T)     the tokens, as columns
+    G: numpy.ndarray  # (B, D, D)     X Xᵀ / N
+    KQX: numpy.ndarray  # (B, H, D, T) W^KQ_i X
+    A: numpy.ndarray  # (B, H, D, T)   G W^KQ_i X
+    params: MergedParams
+
+
+class SeparateCache(NamedTuple):
+    X: numpy.ndarray  # (B, D, T)
+    G: numpy.ndarray  # (B, D, D)
+    QX: numpy.ndarray  # (B, H, R, T)  W^Q_i X
+    KQX: numpy.ndarray  # (B, H, D, T) W^K_iᵀ W^Q_i X
+    A: numpy.ndarray  # (B, H, D, T)   G W^K_iᵀ W^Q_i X
+    params: SeparateParams
+
+
+def _check_tokens(X, params) -> None:
+    if not isinstance(X, numpy.ndarray) or X.ndim != 3:
+        raise ValueError(f"X must be a (B, d+1, N+1) array of tokens as columns, got "
+                         f"{getattr(X, 'shape', type(X).__name__)}")
+    D = params.W_V.shape[-1]
+    if X.shape[1] != D or X.shape[2] < 2:
+        raise ValueError(f"X has shape {X.shape}: expected (B, {D}, N+1) with N ≥ 1 for "
+                         f"weights of token width {D}")
+
+
+def merged_forward(X: numpy.ndarray, params: MergedParams):
+    """ATTN_M(X) = X + Σ_i W^V_i (X Xᵀ/N) W^KQ_i X, for a batch of sequences.
+
+    X: (B, d+1, N+1) tokens as columns, the query last with y-entry 0. Returns
+    (out (B, d+1, N+1), cache); the prediction is out[:, d, N] (``prediction``).
+    Reference: Zhang et al. 2025, eq. for ATTN_M (with the paper's 1/N).
+    """
+    _check_tokens(X, params)
+    N = X.shape[2] - 1
+    G = X @ numpy.swapaxes(X, 1, 2) / N  # (B, D, D)
+    KQX = params.W_KQ[None] @ X[:, None]  # (B, H, D, T)
+    A = G[:, None] @ KQX  # (B, H, D, T)
+    out = X + numpy.sum(params.W_V[None] @ A, axis=1)  # (B, D, T)
+    return out, MergedCache(X, G, KQX, A, params)
+
+
+def merged_backward(dout: numpy.ndarray, cache: MergedCache):
+    """The gradients of merged_forward: (dX, MergedParams of dW_V, dW_KQ), for dout
+    (B, d+1, N+1) the gradient of the loss with respect to the output."""
+    X, G, KQX, A, params = cache
+    N = X.shape[2] - 1
+    # forward: out = X + Σ_i W^V_i A_i
+    dX = dout.copy()
+    dW_V = numpy.sum(dout[:, None] @ numpy.swapaxes(A, 2, 3), axis=0)  # (H, D, D)
+    dA = numpy.swapaxes(params.W_V, 1, 2)[None] @ dout[:, None]  # (B, H, D, T)
+    # forward: A_i = G KQX_i
+    dG = numpy.sum(dA @ numpy.swapaxes(KQX, 2, 3), axis=1)  # (B, D, D)
+    dKQX = numpy.swapaxes(G, 1, 2)[:, None] @ dA  # (B, H, D, T)
+    # forward: KQX_i = W^KQ_i X
+    dW_KQ = numpy.sum(dKQX @ numpy.swapaxes(X, 1, 2)[:, None], axis=0)  # (H, D, D)
+    dX += numpy.sum(numpy.swapaxes(params.W_KQ, 1, 2)[None] @ dKQX, axis=1)
+    # forward: G = X Xᵀ / N
+    dX += (dG + numpy.swapaxes(dG, 1, 2)) @ X / N
+    return dX, MergedParams(dW_V, dW_KQ)
+
+
+def separate_forward(X: numpy.ndarray, params: SeparateParams):
+    """ATTN_S(X) = X + Σ_i W^V_i (X Xᵀ/N) W^K_iᵀ W^Q_i X, for a batch of sequences.
+
+    X: (B, d+1, N+1) tokens as columns. Returns (out (B, d+1, N+1), cache).
+    Reference: Zhang et al. 2025, eq. for ATTN_S (with the paper's 1/N).
+    """
+    _check_tokens(X, params)
+    N = X.shape[2] - 1
+    G = X @ numpy.swapaxes(X, 1, 2) / N  # (B, D, D)
+    QX = params.W_Q[None] @ X[:, None]  # (B, H, R, T)
+    KQX = numpy.swapaxes(params.W_K, 1, 2)[None] @ QX  # (B, H, D, T)
+    A = G[:, None] @ KQX  # (B, H, D, T)
+    out = X + numpy.sum(params.W_V[None] @ A, axis=1)  # (B, D, T)
+    return out, SeparateCache(X, G, QX, KQX, A, params)
+
+
+def separate_backward(dout: numpy.ndarray, cache: SeparateCache):
+    """The gradients of separate_forward: (dX, SeparateParams of dW_V, dW_K, dW_Q)."""
+    X, G, QX, KQX, A, params = cache
+    N = X.shape[2] - 1
+    # forward: out = X + Σ_i W^V_i A_i
+    dX = dout.copy()
+    dW_V = numpy.sum(dout[:, None] @ numpy.swapaxes(A, 2, 3), axis=0)  # (H, D, D)
+    dA = numpy.swapaxes(params.W_V, 1, 2)[None] @ dout[:, None]  # (B, H, D, T)
+    # forward: A_i = G KQX_i
+    dG = numpy.sum(dA @ numpy.swapaxes(KQX, 2, 3), axis=1)  # (B, D, D)
+    dKQX = numpy.swapaxes(G, 1, 2)[:, None] @ dA  # (B, H, D, T)
+    # forward: KQX_i = W^K_iᵀ QX_i
+    dW_K = numpy.sum(QX @ numpy.swapaxes(dKQX, 2, 3), axis=0)  # (H, R, D)
+    dQX = params.W_K[None] @ dKQX  # (B, H, R, T)
+    # forward: QX_i = W^Q_i X
+    dW_Q = numpy.sum(dQX @ numpy.swapaxes(X, 1, 2)[:, None], axis=0)  # (H, R, D)
+    dX += numpy.sum(numpy.swapaxes(params.W_Q, 1, 2)[None] @ dQX, axis=1)
+    # forward: G = X Xᵀ / N
+    dX += (dG + numpy.swapaxes(dG, 1, 2)) @ X / N
+    return dX, SeparateParams(dW_V, dW_K, dW_Q)
+
+
+def prediction(out: numpy.ndarray) -> numpy.ndarray:
+    """ŷ: the bottom-right entry of each output, out[:, d, N]. (B,)."""
+    return out[:, -1, -1]
+
+
+def squared_error(y_hat: numpy.ndarray, y_query: numpy.ndarray):
+    """L = mean_b (ŷ_b − y_q,b)² (no ½) and dL/dŷ = 2 (ŷ − y_q)/B."""
+    r = y_hat - y_query
+    return float(numpy.mean(r * r)), 2.0 * r / r.shape[0]
+
+
+# -- the equivalent two-layer network on the cubic feature -------------------------------
+
+
+def cubic_feature(X: numpy.ndarray) -> numpy.ndarray:
+    """z = vec(β x_qᵀ) (row-major), β = (1/N) Σ_n y_n x_n. X: (B, d+1, N+1) -> (B, d²).
+
+    Cubic in the data (β is quadratic, x_q linear); Zhang et al. 2025, section on ATTN_M.
+    """
+    N = X.shape[2] - 1
+    beta = X[:, :-1, :-1] @ X[:, -1, :-1, None] / N  # (B, d, 1)
+    z = beta @ X[:, None, :-1, -1]  # (B, d, d): β x_qᵀ
+    return z.reshape(X.shape[0], -1)
+
+
+def cubic_forward(z: numpy.ndarray, params: CubicParams):
+    """ŷ = w₂ᵀ W₁ z per sequence. z: (B, d²). Returns (ŷ (B,), cache)."""
+    h = z @ params.W1.T  # (B, H)
+    return h @ params.w2, (z, h, params)
+
+
+def cubic_backward(dy: numpy.ndarray, cache) -> CubicParams:
+    """Gradients of cubic_forward for dy = dL/dŷ (B,)."""
+    z, h, params = cache
+    # forward: ŷ = h w₂
+    dw2 = h.T @ dy  # (H,)
+    dh = dy[:, None] * params.w2[None]  # (B, H)
+    # forward: h = z W₁ᵀ
+    dW1 = dh.T @ z  # (H, d²)
+    return CubicParams(dW1, dw2)
+
+
+def merged_to_cubic(params: MergedParams) -> CubicParams:
+    """The corresponding cubic-network weights: rows of W₁ = vec(U_i)ᵀ, w₂ = (v_1..v_H),
+    U_i = W^KQ_i[:d, :d], v_i = W^V_i[d, d]. Exact when v̄_i = ū_i = 0."""
+    d = params.W_V.shape[-1] - 1
+    H = params.W_V.shape[0]
+    return CubicParams(params.W_KQ[:, :d, :d].reshape(H, d * d).copy(),
+                       params.W_V[:, d, d].copy())
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+class Covariance(NamedTuple):
+    """Λ = Q diag(λ) Qᵀ, eigenvalues in decreasing order."""
+
+    Lambda: numpy.ndarray  # (d, d)
+    eigenvalues: numpy.ndarray  # (d,) λ_1 ≥ … ≥ λ_d
+    eigenvectors: numpy.ndarray  # (d, d) columns e_1..e_d, in the same order
+
+
+class Sequences(NamedTuple):
+    """P in-context regression sequences, tokens as columns."""
+
+    X: numpy.ndarray  # (P, d+1, N+1) [x_1..x_N x_q; y_1..y_N 0]
+    y_query: numpy.ndarray  # (P,) y_q = wᵀ x_q
+
+
+def covariance(d: int, seed: int = 0, eigenvalues=None) -> Covariance:
+    """Λ = Q diag(λ) Qᵀ with Q a random rotation (QR of a Gaussian matrix, signs fixed).
+
+    Default λ ∝ (d, d−1, .., 1) normalised so that tr Λ = 1 (the paper's and the code's
+    default). Given ``eigenvalues``, they are used as they are (sorted decreasing).
+    """
+    d = _check_int("d", d)
+    rng = numpy.random.default_rng(_check_int("seed", seed, 0))
+    if eigenvalues is None:
+        lam = numpy.arange(d, 0, -1, dtype=numpy.float64)
+        lam /= lam.sum()
+    else:
+        lam = numpy.sort(numpy.asarray(eigenvalues, dtype=numpy.float64))[::-1]
+        if lam.shape != (d,) or not numpy.all(lam > 0):
+            raise ValueError(f"eigenvalues must be {d} positive numbers, got {eigenvalues!r}")
+    Q, Rm = numpy.linalg.qr(rng.standard_normal((d, d)))
+    Q = Q * numpy.sign(numpy.diag(Rm))  # a Haar-distributed rotation
+    return Covariance(Q @ numpy.diag(lam) @ Q.T, lam, Q)
+
+
+def sequences(n_sequences: int, n_context: int, cov: Covariance, seed: int = 0) -> Sequences:
+    """x ~ N(0, Λ) for the N context inputs and the query, w ~ N(0, I_d) per sequence,
+    y = wᵀ x, the query's y-entry set to 0. Float64."""
+    P, N = _check_int("n_sequences", n_sequences), _check_int("n_context", n_context)
+    rng = numpy.random.default_rng(_check_int("seed", seed, 0))
+    d = cov.eigenvalues.shape[0]
+    root = cov.eigenvectors * numpy.sqrt(cov.eigenvalues)  # Λ^{1/2} up to a rotation
+    x = root @ rng.standard_normal((P, d, N + 1))  # (P, d, N+1)
+    w = rng.standard_normal((P, d))
+    y = numpy.einsum("pd,pdt->pt", w, x)  # (P, N+1)
+    X = numpy.concatenate([x, y[:, None, :]], axis=1)
+    y_query = X[:, d, N].copy()
+    X[:, d, N] = 0.0
+    return Sequences(X, y_query)
+
+
+# -- the analytic predictions ------------------------------------------------------------
+
+
+def converged_predictor(Lambda: numpy.ndarray, n_context: int) -> numpy.ndarray:
+    """Γ⁻¹ = (Λ + (Λ + tr Λ I)/N)⁻¹: the matrix of the global minimum ŷ = βᵀ Γ⁻¹ x_q
+    (Zhang, Frei & Bartlett 2024; both parametrizations converge to it)."""
+    d = Lambda.shape[0]
+    N = _check_int("n_context", n_context)
+    return numpy.linalg.inv(Lambda + (Lambda + numpy.trace(Lambda) * numpy.eye(d)) / N)
+
+
+def plateau_losses(eigenvalues, n_context: int) -> numpy.ndarray:
+    """L(M_m) = tr Λ − Σ_{d' ≤ m} λ_d' / (1 + (1 + tr Λ/λ_d')/N), m = 0..d, (d+1,).
+
+    The loss of principal component regression on the top m eigenvectors (ATTN_S's
+    plateaus; eigenvalues taken in decreasing order). Zhang et al. 2025, re-derived in
+    docs/theory.md from E[S A S] = (1 + 1/N) Λ A Λ + (1/N) tr(AΛ) Λ.
+    """
+    lam = numpy.sort(numpy.asarray(eigenvalues, dtype=numpy.float64))[::-1]
+    N = _check_int("n_context", n_context)
+    gain = lam / (1.0 + (1.0 + lam.sum() / lam) / N)
+    return lam.sum() - numpy.concatenate([[0.0], numpy.cumsum(gain)])
+
+
+def pcr_matrix(cov: Covariance, n_context: int, m: int) -> numpy.ndarray:
+    """Σ_{d' ≤ m} c_d' e_d' e_d'ᵀ, c = λ⁻¹ (1 + (1 + tr Λ/λ)/N)⁻¹: the effective matrix of
+    principal component regression on the top m eigenvectors (ATTN_S at plateau m)."""
+    lam, E = cov.eigenvalues, cov.eigenvectors
+    m = _check_int("m", m, 0)
+    if m > lam.shape[0]:
+        raise ValueError(f"m must be ≤ d = {lam.shape[0]}, got {m}")
+    c = 1.0 / (lam * (1.0 + (1.0 + lam.sum() / lam) / _check_int("n_context", n_context)))
+    return (E[:, :m] * c[:m]) @ E[:, :m].T
+
+
+def predictor_loss(A: numpy.ndarray, Lambda: numpy.ndarray, n_context: int) -> float:
+    """The population loss of ŷ = βᵀ A x_q for x ~ N(0, Λ), w ~ N(0, I):
+
+        E (y_q − ŷ)² = tr Λ − 2 tr(Λ A Λ) + (1 + 1/N) tr(Λ A Λ Aᵀ Λ) + (1/N) tr(A Λ Aᵀ Λ) tr Λ
+
+    (β = S w, S = (1/N) Σ x_n x_nᵀ, and E[S B S] for B = A Λ Aᵀ, Isserlis)."""
+    N = _check_int("n_context", n_context)
+    LAL = Lambda @ A @ Lambda
+    return float(numpy.trace(Lambda) - 2.0 * numpy.trace(LAL)
+                 + (1.0 + 1.0 / N) * numpy.trace(LAL @ A.T @ Lambda)
+                 + numpy.trace(A @ Lambda @ A.T @ Lambda) * numpy.trace(Lambda) / N)
+
+
+# -- the fast exact version: sufficient statistics ---------------------------------------
+
+
+class FeatureStatistics(NamedTuple):
+    """Mean statistics of φ = vec(G ⊗ x_q) ∈ ℝ^F, F = (d+1)² d, over a set of sequences."""
+
+    second: numpy.ndarray  # (F, F) mean φ φᵀ
+    cross: numpy.ndarray  # (F,)    mean y_q φ
+    y2: float  # mean y_q²
+    n: int  # number of sequences
+
+
+def feature_statistics(data: Sequences, chunk: int = 10_000) -> FeatureStatistics:
+    """mean φφᵀ, mean y_q φ and mean y_q², φ = vec(G ⊗ x_q), G = X Xᵀ/N (query included).
+
+    The loss of any ATTN_M or ATTN_S weights on these sequences is then
+    L = y2 − 2 ⟨t, cross⟩ + tᵀ second t with t = vec(T) (``loss_from_statistics``).
+    """
+    X, y = data.X, data.y_query
+    P, D, T = X.shape
+    d, N = D - 1, T - 1
+    F = D * D * d
+    second, cross = numpy.zeros((F, F)), numpy.zeros(F)
+    for start in range(0, P, chunk):
+        Xc = X[start:start + chunk]
+        G = Xc @ numpy.swapaxes(Xc, 1, 2) / N  # (b, D, D)
+        phi = (G[:, :, :, None] * Xc[:, None, :d, -1][:, None]).reshape(len(Xc), F)
+        second += phi.T @ phi
+        cross += phi.T @ y[start:start + chunk]
+    return FeatureStatistics(second / P, cross / P, float(numpy.mean(y * y)), P)
+
+
+def _heads(params):
+    """(v (H, D), M (H, D, d)): the value's bottom rows and the first d columns of the
+    key-query matrices (W^KQ_i or W^K_iᵀ W^Q_i)."""
+    d = params.W_V.shape[-1] - 1
+    if isinstance(params, MergedParams):
+        M = params.W_KQ[:, :, :d]
+    else:
+        M = numpy.swapaxes(params.W_K, 1, 2) @ params.W_Q[:, :, :d]
+    return params.W_V[:, d, :], M
+
+
+def effective_tensor(params) -> numpy.ndarray:
+    """T[a, b, c] = Σ_i v_i[a] M_i[b, c] with ŷ = ⟨T, G ⊗ x_q⟩. (d+1, d+1, d)."""
+    v, M = _heads(params)
+    return numpy.einsum("ha,hbc->abc", v, M)
+
+
+def effective_matrix(params) -> numpy.ndarray:
+    """A = T[d, :d, :] = Σ_i v_i M_i[:d, :]: the matrix of the β-term, ŷ = βᵀ A x_q + the
+    terms of the zero-initialised entries (exactly ŷ = βᵀ A x_q when they are zero). (d, d)."""
+    d = params.W_V.shape[-1] - 1
+    return effective_tensor(params)[d, :d, :]
+
+
+def loss_from_statistics(params, stats: FeatureStatistics) -> float:
+    """L = y2 − 2 ⟨t, cross⟩ + tᵀ second t: the exact mean squared error on the set."""
+    t = effective_tensor(params).ravel()
+    return float(stats.y2 - 2.0 * t @ stats.cross + t @ (stats.second @ t))
+
+
+def statistics_gradients(params, stats: FeatureStatistics):
+    """(L, grads): the loss and its exact gradient from the statistics; the same record
+    type as params. dL/dt = 2 (second t − cross), then back through T = Σ_i v_i ⊗ M_i."""
+    v, M = _heads(params)
+    D = params.W_V.shape[-1]
+    d = D - 1
+    t = numpy.einsum("ha,hbc->abc", v, M).ravel()
+    second_t = stats.second @ t
+    loss = float(stats.y2 - 2.0 * t @ stats.cross + t @ second_t)
+    dT = (2.0 * (second_t - stats.cross)).reshape(D, D, d)
+    # forward: T = Σ_i v_i ⊗ M_i
+    dv = numpy.einsum("abc,hbc->ha", dT, M)  # (H, D)
+    dM = numpy.einsum("abc,ha->hbc", dT, v)  # (H, D, d)
+    dW_V = numpy.zeros_like(params.W_V)
+    dW_V[:, d, :] = dv
+    if isinstance(params, MergedParams):
+        dW_KQ = numpy.zeros_like(params.W_KQ)
+        dW_KQ[:, :, :d] = dM
+        return loss, MergedParams(dW_V, dW_KQ)
+    # forward: M_i = W^K_iᵀ W^Q_i[:, :d]
+    dW_K = params.W_Q[:, :, :d] @ numpy.swapaxes(dM, 1, 2)  # (H, R, D)
+    dW_Q = numpy.zeros_like(params.W_Q)
+    dW_Q[:, :, :d] = params.W_K @ dM
+    return loss, SeparateParams(dW_V, dW_K, dW_Q)
+
+
+class Trajectory(NamedTuple):
+    """A gradient-descent run, recorded every ``stride`` epochs."""
+
+    epochs: numpy.ndarray  # (E,) the epochs recorded (before that epoch's step)
+    train_loss: numpy.ndarray  # (E,)
+    heldout_loss: numpy.ndarray  # (E,) on the held-out statistics
+    effective: numpy.ndarray  # (E, d, d) the effective matrix A
+    params: object  # the final weights
+
+
+def train_gd(params, train: FeatureStatistics, heldout: FeatureStatistics, lr: float,
+             epochs: int, stride: int = 10, freeze_zero_blocks: bool = False,
+             stop_below: float | None = None) -> Trajectory:
+    """Full-batch gradient descent θ ← θ − lr ∇L(θ) on the training statistics, for
+    ATTN_M or ATTN_S weights; records the training and held-out losses and the effective
+    matrix every ``stride`` epochs (and at the last epoch). ``freeze_zero_blocks`` keeps
+    the zero-initialised entries at zero; ``stop_below`` ends the run once the held-out
+    loss is below it (a drop-time measurement). Exact: equal to ``per_sequence_gd``.
+    """
+    lr = _check_scale("lr", lr)
+    epochs, stride = _check_int("epochs", epochs, 0), _check_int("stride", stride)
+    mask = zero_block_mask(params) if freeze_zero_blocks else None
+    rows = []
+    for epoch in range(epochs + 1):
+        loss, grads = statistics_gradients(params, train)
+        if epoch % stride == 0 or epoch == epochs:
+            held = loss_from_statistics(params, heldout)
+            rows.append((epoch, loss, held, effective_matrix(params)))
+            if stop_below is not None and held < stop_below:
+                break
+        if epoch == epochs:
+            break
+        if mask is not None:
+            grads = type(grads)(*(g * m for g, m in zip(grads, mask)))
+        params = type(params)(*(w - lr * g for w, g in zip(params, grads)))
+    return Trajectory(numpy.array([r[0] for r in rows]), numpy.array([r[1] for r in rows]),
+                      numpy.array([r[2] for r in rows]), numpy.array([r[3] for r in rows]),
+                      params)
+
+
+def per_sequence_gd(params, data: Sequences, lr: float, epochs: int,
+                    freeze_zero_blocks: bool = False):
+    """The textbook version of ``train_gd``: forward and backward on every sequence.
+
+    Works for ATTN_M, ATTN_S and CubicParams (on ``cubic_feature(data.X)``). Returns
+    (training losses before each step (epochs + 1,), final params).
+    """
+    mask = zero_block_mask(params) if freeze_zero_blocks else None
+    z = cubic_feature(data.X) if isinstance(params, CubicParams) else None
+    losses = []
+    for epoch in range(epochs + 1):
+        if z is not None:
+            y_hat, cache = cubic_forward(z, params)
+        else:
+            forward = merged_forward if isinstance(params, MergedParams) else separate_forward
+            out, cache = forward(data.X, params)
+            y_hat = prediction(out)
+        loss, dy = squared_error(y_hat, data.y_query)
+        losses.append(loss)
+        if epoch == epochs:
+            break
+        if z is not None:
+            grads = cubic_backward(dy, cache)
+        else:
+            dout = numpy.zeros_like(out)
+            dout[:, -1, -1] = dy
+            backward = merged_backward if isinstance(params, MergedParams) else separate_backward
+            grads = backward(dout, cache)[1]
+        if mask is not None:
+            grads = type(grads)(*(g * m for g, m in zip(grads, mask)))
+        params = type(params)(*(w - lr * g for w, g in zip(params, grads)))
+    return numpy.array(losses), params
