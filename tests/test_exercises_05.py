@@ -75,3 +75,9 @@ def test_placeholder_and_bad_returns():
     right = step_with()
     with pytest.raises(ExerciseError, match="W_next has shape"):
         check_path_step(lambda *args: (right(*args)[0], right(*args)[1][0]))
+
+
+@pytest.mark.parametrize("i", [0, 8, 2.0, True])
+def test_the_case_rejects_a_step_it_cannot_tell_apart_or_that_does_not_exist(i):
+    with pytest.raises(ValueError, match="i must be an int in \\[1, 7\\]"):
+        path_step_case(i)

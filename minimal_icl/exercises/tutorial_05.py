@@ -42,7 +42,10 @@ def path_step_case(i: int = 3, seed: int = 0) -> PathStepCase:
     """A random one-block softmax model (2 heads, M = 16) on 6 prompts of 8 context pairs.
 
     i ≥ 1, so that A_i ≠ A(x) and a row taken from A_i is told apart from A(x).
+    Raises ValueError unless 1 ≤ i ≤ 7 (the step i → i + 1 must exist).
     """
+    if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= 7:
+        raise ValueError(f"path_step_case: i must be an int in [1, 7], got {i!r}")
     config = TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=4, d_mlp=16,
                                attention="softmax", activation="relu")
     params = init_params(config, seed=seed)
