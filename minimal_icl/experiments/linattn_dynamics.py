@@ -21,8 +21,9 @@ The package's rules (not the paper's):
 
 * plateau: a maximal run of recorded epochs, at least ``window`` epochs long (0.1 % of
   the run, at least 2 recorded epochs), over which the held-out loss changes by less than ``flat_tol`` (0.5 % of
-  tr Λ) per ``window``; its level is the median loss over the run. A drop is the passage
-  between consecutive plateaus: drops = plateaus − 1;
+  tr Λ) per ``window``; its level is the median loss over the run; consecutive plateaus
+  whose levels differ by less than 2 % of tr Λ are merged (the closest predicted levels
+  differ by 7 %). A drop is the passage between consecutive plateaus: drops = plateaus − 1;
 * a plateau is assigned to m = the number of eigen-directions learned at its middle
   (p_d > 1/2); a plateau m that no run reaches is reported as absent (null), not forced;
 * the time of a drop is the first epoch whose held-out loss is below the midpoint of the
@@ -67,6 +68,7 @@ class LinearDynamicsConfig:
     rank2: bool = True
     flat_fraction: float = 0.001  # ours: the plateau window, a fraction of the run
     flat_tol: float = 0.005  # ours: loss change per window on a plateau, × tr Λ
+    merge_tol: float = 0.02  # ours: plateaus closer than this (× tr Λ) are one plateau
 
 
 def linear_dynamics_config(fast: bool = False) -> LinearDynamicsConfig:
@@ -84,12 +86,14 @@ def projections(effective: numpy.ndarray, cov: la.Covariance, n_context: int) ->
     return numpy.einsum("di,edk,ki->ei", E, effective, E) / c
 
 
-def find_plateaus(epochs, loss, window: int, tol: float) -> list[tuple[int, int, float]]:
+def find_plateaus(epochs, loss, window: int, tol: float,
+                  merge_tol: float = 0.0) -> list[tuple[int, int, float]]:
     """The plateaus of a loss curve (the package's rule, module docstring): a list of
     (first epoch, last epoch, median level), one for each maximal run of recorded epochs
     e at which |L(e + window) − L(e)| < tol, the run itself at least ``window`` long; the
     plateau extends to window epochs after the run's last epoch (the end of training at
-    most). Near the end, L(e + window) is read at the last epoch."""
+    most). Near the end, L(e + window) is read at the last epoch. Consecutive plateaus
+    whose levels differ by less than ``merge_tol`` are one plateau (a wiggle is no drop)."""
     epochs, loss = numpy.asarray(epochs), numpy.asarray(loss)
     ahead = numpy.interp(numpy.minimum(epochs + window, epochs[-1]), epochs, loss)
     flat = numpy.abs(ahead - loss) < tol
@@ -103,14 +107,23 @@ def find_plateaus(epochs, loss, window: int, tol: float) -> list[tuple[int, int,
                 runs.append((int(epochs[start]), int(epochs[stop]),
                              float(numpy.median(loss[start:stop + 1]))))
             start = None
-    return runs
+    merged: list[tuple[int, int, float]] = []
+    for first, last, level in runs:
+        if merged and abs(level - merged[-1][2]) < merge_tol:
+            a, _, _ = merged[-1]
+            stop = numpy.searchsorted(epochs, last)
+            merged[-1] = (a, last, float(numpy.median(loss[numpy.searchsorted(epochs, a):stop + 1])))
+        else:
+            merged.append((first, last, level))
+    return merged
 
 
 def analyse(traj: la.Trajectory, cov: la.Covariance, cfg: LinearDynamicsConfig, epochs: int):
     """Plateaus, drops, the measured level of each plateau m and the learning order."""
     trace = float(cov.eigenvalues.sum())
     window = max(int(cfg.flat_fraction * epochs), 2 * cfg.stride)
-    plateaus = find_plateaus(traj.epochs, traj.heldout_loss, window, cfg.flat_tol * trace)
+    plateaus = find_plateaus(traj.epochs, traj.heldout_loss, window, cfg.flat_tol * trace,
+                             cfg.merge_tol * trace)
     p = projections(traj.effective, cov, cfg.n_context)
     measured: list = [None] * (cfg.d + 1)
     for first, last, level in plateaus:
