@@ -63,11 +63,14 @@ class DegeneratePositionError(DegenerateQueryError):
         self.prompts = tuple(int(i) for i in prompts)
         self.positions = tuple(int(t) for t in positions)
         self.block = int(block)
-        pairs = ", ".join(f"(prompt {b}, position {t})" for b, t in zip(self.prompts, self.positions))
+        pairs = ", ".join(
+            f"(prompt {b}, position {t})" for b, t in zip(self.prompts, self.positions)
+        )
         ValueError.__init__(
             self,
             f"implicit update undefined at block {self.block} for {pairs}: the MLP input of the"
-            f" token run alone, {vector}, is the zero vector, and ΔW_t = W δu_t {vector}ᵀ/‖{vector}‖²"
+            f" token run alone, {vector}, is the zero vector, and"
+            f" ΔW_t = W δu_t {vector}ᵀ/‖{vector}‖²"
             f" divides by ‖{vector}‖² (Theorem 2.2 assumes it is non-zero). A zero token without"
             f" LayerNorm gives this; change that token, or use a model with an attention skip and"
             f" LayerNorm bias.",

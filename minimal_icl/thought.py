@@ -104,7 +104,9 @@ def _check_block_and_queries(params, config, context, queries, name: str) -> Non
             f" {name} must have shape (B, K, d_token) with the context's B"
         )
     if queries.dtype != context.dtype:
-        raise TypeError(f"context ({context.dtype}) and {name} ({queries.dtype}) must share a dtype")
+        raise TypeError(
+            f"context ({context.dtype}) and {name} ({queries.dtype}) must share a dtype"
+        )
 
 
 def _with_context(params, config, context: Array, queries: Array):
@@ -228,10 +230,12 @@ def compression_error(
     thought = []
     for K in Ks:
         patch = thought_patch(params, config, context, calibration_queries[:, :K, :], rtol)
-        out, _ = forward(params, config, alone,
-                         patches=(BlockPatch(_repeat(patch.delta_W, Q), _repeat(patch.delta_b, Q)),))
+        repeated = BlockPatch(_repeat(patch.delta_W, Q), _repeat(patch.delta_b, Q))
+        out, _ = forward(params, config, alone, patches=(repeated,))
         thought.append(error(out))
-    exact_patch = implicit_update(params, config, _repeat(context, Q), xp.reshape(alone, (B * Q, D)))
+    exact_patch = implicit_update(
+        params, config, _repeat(context, Q), xp.reshape(alone, (B * Q, D))
+    )
     exact, _ = forward(params, config, alone, patches=exact_patch)
     no_context, _ = forward(params, config, alone)
     return CompressionError(Ks, tuple(thought), error(exact), error(no_context))
