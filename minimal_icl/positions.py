@@ -150,7 +150,7 @@ def implicit_update_every_position(
 
 
 def implicit_update_from_last_token(
-    params: ModelParams, config: TransformerConfig, tokens: Array
+    params: ModelParams, config: TransformerConfig, tokens: Array, per_block: bool = False
 ) -> tuple[ImplicitUpdate, ...]:
     """Innocenti & Achour's variant: every position t reproduced from the last token x alone.
 
@@ -167,6 +167,17 @@ def implicit_update_from_last_token(
 
     At t = T − 1 the patch is the per-position one (and ``implicit_update``'s).
 
+    ``per_block=True`` gives the statement Innocenti & Achour verify in their code
+    (github.com/francesco-innocenti/generalising-icl, ``compute_icl_updates``), one
+    block at a time: every block l uses u_x, h_x of block l run on the LAST position's
+    with-context input z_l,T alone, so that
+
+        block_forward(z_l[:, -1:], block l, patched with ΔW_l,t, Δb′_l,t) = block l's output at t,
+
+    z_l being block l's input in the run of the whole prompt. In the first block the two
+    choices agree; from the second block on the ``per_block`` patches are not for a
+    chained ``forward`` (its block l sees z_l,t, not z_l,T).
+
     tokens (B, T, D). Returns one ``ImplicitUpdate`` per block with a position axis after
     the batch axis (delta_W (B, T, M, D)); in the first block ``u_without`` is u_x at
     every t. Raises DegeneratePositionError where u_x = 0 (position T − 1, block 0) or,
@@ -179,12 +190,12 @@ def implicit_update_from_last_token(
     updates = []
     for l, block_params in enumerate(params.blocks):
         z = full.inputs[l]  # (B, T, D)
-        if l == 0:
+        if l == 0 or per_block:
             u_x, h_x = _alone(z[:, -1:, :], block_params, config)  # (B, 1, D)
             zero = norms(u_x[:, 0, :]) == 0  # (B,)
             if bool(namespace(u_x).any(zero)):
                 prompts = [b for b in range(zero.shape[0]) if bool(zero[b])]
-                raise DegeneratePositionError(prompts, [z.shape[1] - 1] * len(prompts), 0, "u_x")
+                raise DegeneratePositionError(prompts, [z.shape[1] - 1] * len(prompts), l, "u_x")
         else:
             u_x, h_x = _alone(z, block_params, config)  # (B, T, D)
         updates.append(

@@ -24,6 +24,7 @@ from minimal_icl import (
     implicit_update,
     relative_residual,
 )
+from minimal_icl.block import block_forward
 from minimal_icl.experiments.common import cos_frobenius
 from minimal_icl.positions import (
     DegeneratePositionError,
@@ -71,6 +72,24 @@ def test_every_position_is_reproduced_from_the_last_token_alone(problem):
     # the first block's row is u_x/‖u_x‖² at every position
     rows = updates[0].row
     assert numpy.array_equal(rows, numpy.broadcast_to(rows[:, -1:, :], rows.shape))
+
+
+@given(problems(config=any_model, n_context=st.integers(0, 6)))
+def test_block_by_block_every_position_is_reproduced_from_the_last_input_alone(problem):
+    """Innocenti & Achour's per-block statement: block l run on the last position's
+    with-context input z_l,T alone, patched with ΔW_l,t (u_x from z_l,T), gives block l's
+    output at t."""
+    config, params = problem.config, problem.params
+    tokens = prompt(problem)
+    full, cache = forward(params, config, tokens)
+    outputs = cache.inputs[1:] + (full,)  # block l's output at every position
+    updates = implicit_update_from_last_token(params, config, tokens, per_block=True)
+    for t in range(tokens.shape[1]):
+        patches = at_position(updates, t)
+        for l in range(config.n_blocks):
+            out, _ = block_forward(cache.inputs[l][:, -1:], params.blocks[l], config, patches[l])
+            residual = relative_residual(outputs[l][:, t, :], out[:, 0, :])
+            assert residual <= IDENTITY_RTOL, f"block {l}, position {t}: {residual:.3e}"
 
 
 def test_the_variant_patch_is_the_last_positions_patch_at_the_last_position():
