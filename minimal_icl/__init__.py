@@ -44,6 +44,13 @@ from .implicit import (
 from .loss import query_loss
 from .model import backward, forward, predict
 from .optim import adam_init, adam_step, sgd_init, sgd_step
+from .positions import (
+    DegeneratePositionError,
+    at_position,
+    implicit_update_every_position,
+    implicit_update_from_last_token,
+    position_alignment,
+)
 from .params import (
     AttentionParams,
     BlockParams,
@@ -52,6 +59,7 @@ from .params import (
     ModelParams,
     init_params,
 )
+from .thought import CompressionError, ThoughtPatch, compression_error, thought_patch
 from .tolerances import FLOAT32_RTOL, GRADCHECK_RTOL, IDENTITY_RTOL, relative_residual
 from .train import OptimizerSettings, TrainingSetup, paper_setting, train_setup
 from .von_oswald import von_oswald_attention, von_oswald_model, von_oswald_predict
@@ -65,6 +73,10 @@ __all__ = [
     # Theorem 2.2 and its neighbours
     "implicit_update", "ImplicitUpdate", "DegenerateQueryError", "remove_tokens",
     "minimum_norm_solution", "null_space_perturbation", "linear_attention_context_vector",
+    # every position as a query; one patch for all queries
+    "implicit_update_every_position", "implicit_update_from_last_token", "at_position",
+    "position_alignment", "DegeneratePositionError",
+    "thought_patch", "ThoughtPatch", "compression_error", "CompressionError",
     # Proposition 3.1
     "implicit_path", "ImplicitPath", "factorised_path", "FactorisedPath",
     # von Oswald et al. (2023)
