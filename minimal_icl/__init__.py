@@ -44,13 +44,6 @@ from .implicit import (
 from .loss import query_loss
 from .model import backward, forward, predict
 from .optim import adam_init, adam_step, sgd_init, sgd_step
-from .positions import (
-    DegeneratePositionError,
-    at_position,
-    implicit_update_every_position,
-    implicit_update_from_last_token,
-    position_alignment,
-)
 from .params import (
     AttentionParams,
     BlockParams,
@@ -58,6 +51,13 @@ from .params import (
     MLPParams,
     ModelParams,
     init_params,
+)
+from .positions import (
+    DegeneratePositionError,
+    at_position,
+    implicit_update_every_position,
+    implicit_update_from_last_token,
+    position_alignment,
 )
 from .thought import CompressionError, ThoughtPatch, compression_error, thought_patch
 from .tolerances import FLOAT32_RTOL, GRADCHECK_RTOL, IDENTITY_RTOL, relative_residual
