@@ -289,7 +289,7 @@ def least_squares_predict(batch: RegressionBatch) -> Array:
     """
     xp = namespace(batch.tokens)
     x, y = batch.context_x, batch.context_y
-    w_hat = xp.matmul(xp.linalg.pinv(x), xp.expand_dims(y, axis=-1))[..., 0]  # (B, d)
+    w_hat = (xp.linalg.pinv(x) @ xp.expand_dims(y, axis=-1))[..., 0]  # (B, d)
     return xp.sum(w_hat * batch.query_x, axis=-1)
 
 
@@ -306,9 +306,9 @@ def ridge_predict(batch: RegressionBatch, lam: float) -> Array:
     xp = namespace(batch.tokens)
     x, y = batch.context_x, batch.context_y
     d = x.shape[-1]
-    gram = xp.matmul(xp.matrix_transpose(x), x)  # (B, d, d)
+    gram = x.mT @ x  # (B, d, d)
     eye = xp.eye(d, dtype=x.dtype, device=x.device)
-    rhs = xp.matmul(xp.matrix_transpose(x), xp.expand_dims(y, axis=-1))  # (B, d, 1)
+    rhs = x.mT @ xp.expand_dims(y, axis=-1)  # (B, d, 1)
     w_hat = xp.linalg.solve(gram + lam * eye, rhs)[..., 0]  # (B, d)
     return xp.sum(w_hat * batch.query_x, axis=-1)
 

@@ -208,7 +208,7 @@ def implicit_path(
     norm = norms(A_query)  # (B,)
     check_nonzero(norm, 0, "A(x)")
     # W_0 (A_{i+1} − A_i), the column of W_{i+1} − W_i (its row is η_x A(x), shared)
-    columns = xp.matmul(u[:, 1:, :] - u[:, :-1, :], xp.matrix_transpose(W0))  # (B, N, M)
+    columns = (u[:, 1:, :] - u[:, :-1, :]) @ W0.mT  # (B, N, M)
     increment_norms = norms(columns) / xp.expand_dims(norm, axis=-1)  # (B, N)
     delta_b = h - h[:, :1, :] if config.mlp_skip else xp.zeros_like(h)
     return ImplicitPath(W0, A_query, (1.0 / norm) / norm, u, columns, increment_norms, delta_b)

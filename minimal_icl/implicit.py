@@ -169,9 +169,9 @@ def rank_one_update(
     xp = namespace(W, delta, a)
     row = inverse_direction(a, block, vector)  # (B, D)  a/‖a‖²
     if W.ndim == 2:
-        column = xp.matmul(delta, xp.matrix_transpose(W))  # (B, M)  W δ per prompt
+        column = delta @ W.mT  # (B, M)  W δ per prompt
     else:
-        column = xp.matmul(W, xp.expand_dims(delta, axis=-1))[..., 0]  # (B, M)
+        column = (W @ xp.expand_dims(delta, axis=-1))[..., 0]  # (B, M)
     return outer(column, row), column, row  # (B, M, D)
 
 
@@ -226,6 +226,7 @@ def implicit_update(
     xp = namespace(context, query)
     B, N, D = context.shape
     L = config.n_blocks
+    removed = removed_positions(removed, N)  # checked before any work is done
 
     tokens = xp.concat([context, xp.reshape(query, (B, 1, D))], axis=1)  # (B, N+1, D)
     _, full = forward(params, config, tokens, last_only=True)
@@ -263,28 +264,28 @@ def minimum_norm_solution(column: Array, u_without: Array) -> Array:
     """
     xp = namespace(column, u_without)
     a_pinv = xp.linalg.pinv(xp.expand_dims(u_without, axis=-1))  # (B, 1, D)
-    return xp.matmul(xp.expand_dims(column, axis=-1), a_pinv)  # (B, M, D)
+    return xp.expand_dims(column, axis=-1) @ a_pinv  # (B, M, D)
 
 
 def null_space_perturbation(update: ImplicitUpdate, perturbation: Array) -> Array:
-    """Another solution of X a = W δ: ΔW + M⊥, where M⊥ a = 0.
+    """Another solution of X a = W δ: ΔW + Z⊥, where Z⊥ a = 0.
 
-    M⊥ = M (I − a aᵀ/‖a‖²) is the part of ``perturbation`` M that annihilates a = u_∅,
-    so (W + ΔW + M⊥) a = W (a + δ): the patched output at the query is unchanged. The
-    rows of ΔW are multiples of aᵀ and the rows of M⊥ are orthogonal to a, hence
+    Z⊥ = Z (I − a aᵀ/‖a‖²) is the part of ``perturbation`` Z that annihilates a = u_∅,
+    so (W + ΔW + Z⊥) a = W (a + δ): the patched output at the query is unchanged. The
+    rows of ΔW are multiples of aᵀ and the rows of Z⊥ are orthogonal to a, hence
 
-        ‖ΔW + M⊥‖²_F = ‖ΔW‖²_F + ‖M⊥‖²_F > ‖ΔW‖²_F   whenever M⊥ ≠ 0:
+        ‖ΔW + Z⊥‖²_F = ‖ΔW‖²_F + ‖Z⊥‖²_F > ‖ΔW‖²_F   whenever Z⊥ ≠ 0:
 
     ΔW is the minimum-norm solution (docs/theory.md §2).
 
-    update: an ImplicitUpdate for B prompts; perturbation: (M, D) or (B, M, D).
-    Returns ΔW + M⊥ (B, M, D).
+    update: an ImplicitUpdate for B prompts; perturbation: Z, (M, D) or (B, M, D).
+    Returns ΔW + Z⊥ (B, M, D).
     """
     xp = namespace(update.delta_W, perturbation)
     a = xp.expand_dims(update.u_without, axis=-1)  # (B, D, 1)
-    M_a = xp.matmul(perturbation, a)  # (B, M, 1)
-    M_perp = perturbation - M_a * xp.expand_dims(update.row, axis=-2)  # (B, M, D)
-    return update.delta_W + M_perp
+    Z_a = perturbation @ a  # (B, M, 1)
+    Z_perp = perturbation - Z_a * xp.expand_dims(update.row, axis=-2)  # (B, M, D)
+    return update.delta_W + Z_perp
 
 
 # -- linear attention: the context vector in closed form --------------------------------
@@ -311,7 +312,7 @@ def linear_attention_context_vector(
     v, _ = linear_forward(context_tokens, attn_params.W_V)  # (B, |Y|, H·K)
     q, k, v = split_heads(q, n_heads), split_heads(k, n_heads), split_heads(v, n_heads)
     K = q.shape[-1]
-    memory = xp.matmul(xp.matrix_transpose(v), k)  # (B, H, K, K)  Σ_y v_y k_yᵀ
-    heads = xp.matmul(q, xp.matrix_transpose(memory)) * (1.0 / math.sqrt(K))  # (B, H, 1, K)
+    memory = v.mT @ k  # (B, H, K, K)  Σ_y v_y k_yᵀ
+    heads = (q @ memory.mT) * (1.0 / math.sqrt(K))  # (B, H, 1, K)
     out, _ = linear_forward(merge_heads(heads), attn_params.W_O)  # (B, 1, D)
     return out[:, 0, :]

@@ -253,7 +253,7 @@ def position_alignment(updates: Sequence[ImplicitUpdate]) -> tuple[Array, ...]:
         safe_c = xp.where(c_norm == 0, xp.ones_like(c_norm), c_norm)
         c_hat = c / safe_c[..., None]
         r_hat = r / r_norm[..., None]
-        cos = (c_hat @ xp.matrix_transpose(c_hat)) * (r_hat @ xp.matrix_transpose(r_hat))
+        cos = (c_hat @ c_hat.mT) * (r_hat @ r_hat.mT)
         zero = (c_norm == 0)[:, :, None] | (c_norm == 0)[:, None, :]  # (B, T, T)
         out.append(xp.where(zero, xp.full_like(cos, float("nan")), cos))
     return tuple(out)

@@ -175,9 +175,9 @@ def thought_patch(
         rtol = RANK_CUTOFF * max(D, K) * float(xp.finfo(context.dtype).eps)
     W = params.blocks[0].mlp.W1  # (M, D)
     out_C, u_C, u_0, _, alone = _with_context(params, config, context, calibration_queries)
-    targets = xp.matmul(u_C - u_0, xp.matrix_transpose(W))  # (B, K, M)  u_k = W δu_k
-    A_pinv = xp.linalg.pinv(xp.matrix_transpose(u_0), rtol=rtol)  # (B, K, D)  A⁺
-    delta_W = xp.matmul(xp.matrix_transpose(targets), A_pinv)  # (B, M, D)  U A⁺
+    targets = (u_C - u_0) @ W.mT  # (B, K, M)  u_k = W δu_k
+    A_pinv = xp.linalg.pinv(u_0.mT, rtol=rtol)  # (B, K, D)  A⁺
+    delta_W = targets.mT @ A_pinv  # (B, M, D)  U A⁺
     delta_b = xp.zeros_like(u_C[:, 0, :])  # (B, D)
     if config.mlp_skip:
         patch = BlockPatch(_repeat(delta_W, K), _repeat(delta_b, K))
