@@ -67,7 +67,8 @@ def test_the_checker_fails_on_a_broken_backward():
 def test_cubic_network_gradients():
     data = la.sequences(6, 4, la.covariance(3, seed=0), seed=1)
     z = la.cubic_feature(data.X)
-    params = la.CubicParams(*(numpy.random.default_rng(4).standard_normal(s) for s in ((3, 9), (3,))))
+    rng = numpy.random.default_rng(4)
+    params = la.CubicParams(rng.standard_normal((3, 9)), rng.standard_normal(3))
     y, cache = la.cubic_forward(z, params)
     G = numpy.random.default_rng(5).standard_normal(y.shape)
     grads = la.cubic_backward(G, cache)

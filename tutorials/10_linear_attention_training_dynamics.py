@@ -97,14 +97,17 @@ print("X:", data.X.shape, " query column's y-entry:", data.X[0, d, N])
 params_m = la.init_merged(d, n_heads=3, scale=0.5, seed=2)
 params_s = la.init_separate(d, n_heads=3, rank=2, scale=3.0, seed=2)
 gradient_errors = {}
-for name, params, fw, bw in [("ATTN_M", params_m, la.merged_forward, la.merged_backward),
-                             ("ATTN_S", params_s, la.separate_forward, la.separate_backward)]:
-    errors = check_layer(lambda inp: fw(*inp), lambda g, cache: bw(g, cache), (data.X, params))
+layers = [("ATTN_M", params_m, la.merged_forward, la.merged_backward),
+          ("ATTN_S", params_s, la.separate_forward, la.separate_backward)]
+for name, params, fw, bw in layers:
+    errors = check_layer(lambda inp: fw(*inp), lambda g, cache: bw(g, cache),
+                         (data.X, params))
     assert_gradients_ok(errors, GRADCHECK_RTOL)
     gradient_errors[name] = max(errors.values())
     out, _ = fw(data.X, params)
-    print(f"{name}: out {out.shape}, ŷ = out[:, d, N] = {la.prediction(out)[:3].round(4)}…,"
-          f" largest gradient error {gradient_errors[name]:.1e}")
+    print(f"{name}: out {out.shape}, ŷ = out[:, d, N] = "
+          f"{la.prediction(out)[:3].round(4)}…, largest gradient error"
+          f" {gradient_errors[name]:.1e}")
 
 # %% [markdown]
 # ## 2. ATTN_M is a two-layer network on a cubic feature
@@ -160,8 +163,8 @@ start = la.init_merged(d, n_heads=4, scale=0.3, seed=4)
 loss_attn, _ = la.per_sequence_gd(start, small, 0.5, 30, freeze_zero_blocks=True)
 loss_cubic, _ = la.per_sequence_gd(la.merged_to_cubic(start), small, 0.5, 30)
 equivalence = float(numpy.max(numpy.abs(loss_attn - loss_cubic) / loss_cubic))
-print(f"loss {loss_attn[0]:.4f} -> {loss_attn[-1]:.4f}; largest relative difference of the"
-      f" two curves: {equivalence:.1e}")
+print(f"loss {loss_attn[0]:.4f} -> {loss_attn[-1]:.4f}; largest relative difference"
+      f" of the two curves: {equivalence:.1e}")
 
 # %% [markdown]
 # ## 3. Training fast: the data enter through three statistics
@@ -217,8 +220,8 @@ A_merged = la.effective_matrix(params)
 Gamma_inv = la.converged_predictor(cov.Lambda, N)
 merged_error = numpy.linalg.norm(A_merged - Gamma_inv) / numpy.linalg.norm(Gamma_inv)
 levels = la.plateau_losses(cov.eigenvalues, N)
-print(f"‖A − Γ⁻¹‖/‖Γ⁻¹‖ = {merged_error:.3f};  final held-out loss {merged_curve[-1]:.4f},"
-      f" L(Γ⁻¹) = {levels[-1]:.4f}")
+print(f"‖A − Γ⁻¹‖/‖Γ⁻¹‖ = {merged_error:.3f};  final held-out loss"
+      f" {merged_curve[-1]:.4f}, L(Γ⁻¹) = {levels[-1]:.4f}")
 
 # %% [markdown]
 # The residual is the training set's: $P$ sequences fit 100 features, and their own
@@ -280,9 +283,10 @@ print("L(M_m), m = 0..4:", la.plateau_losses([0.4, 0.3, 0.2, 0.1], 31).round(4))
 
 # %%
 s_init, s_epochs = (0.126, 12_000) if FAST else (0.0628, 50_000)
-run_s = la.train_gd(la.init_separate(d, n_heads=5, rank=1, scale=s_init, seed=14), train,
-                    heldout, lr=0.395, epochs=s_epochs, stride=10)
-cfg = ld.LinearDynamicsConfig(n_train=P, n_heldout=P_heldout, s_init=s_init, s_epochs=s_epochs)
+start_s = la.init_separate(d, n_heads=5, rank=1, scale=s_init, seed=14)
+run_s = la.train_gd(start_s, train, heldout, lr=0.395, epochs=s_epochs, stride=10)
+cfg = ld.LinearDynamicsConfig(n_train=P, n_heldout=P_heldout, s_init=s_init,
+                              s_epochs=s_epochs)
 info = ld.analyse(run_s, cov, cfg, s_epochs)
 proj = info["projections"]
 print("plateaus found:", len(info["plateaus"]), " drops:", info["drops"],
@@ -307,8 +311,10 @@ ax1.set(xscale="log", xlabel="epoch + 1", ylabel="held-out loss",
         title="dotted: $L(M_m)$, m = 0..4")
 ax1.legend()
 for k in range(d):
-    ax2.plot(run_s.epochs + 1, proj[:, k], label=f"$e_{k + 1}$, λ = {cov.eigenvalues[k]:.1f}")
-ax2.set(xscale="log", xlabel="epoch + 1", ylabel="$e^T A e / c$", title="directions learned")
+    label = f"$e_{k + 1}$, λ = {cov.eigenvalues[k]:.1f}"
+    ax2.plot(run_s.epochs + 1, proj[:, k], label=label)
+ax2.set(xscale="log", xlabel="epoch + 1", ylabel="$e^T A e / c$",
+        title="directions learned")
 ax2.legend()
 plt.tight_layout()
 plt.show()
@@ -364,13 +370,15 @@ for scale in s_scales:
                       50_000, stride=10, stop_below=(levels[0] + levels[1]) / 2)
     s_times.append(ld.drop_time(run, (levels[0] + levels[1]) / 2))
 for scale in m_scales:
-    run = la.train_gd(la.init_merged(d, 8, scale, seed=13), train, heldout, 0.124, 5_000,
-                      stride=1, stop_below=(levels[0] + levels[-1]) / 2)
+    run = la.train_gd(la.init_merged(d, 8, scale, seed=13), train, heldout, 0.124,
+                      5_000, stride=1, stop_below=(levels[0] + levels[-1]) / 2)
     m_times.append(ld.drop_time(run, (levels[0] + levels[-1]) / 2))
 s_slope = numpy.polyfit(numpy.log(s_scales), numpy.log(s_times), 1)[0]
 m_steps = numpy.diff(m_times)
-print("ATTN_S first drop:", dict(zip(s_scales, s_times)), f" log-log slope {s_slope:.2f}")
-print("ATTN_M drop:", dict(zip(m_scales, m_times)), " epochs saved per ×100 in scale:", m_steps)
+print("ATTN_S first drop:", dict(zip(s_scales, s_times)))
+print(f"  log-log slope {s_slope:.2f}")
+print("ATTN_M drop:", dict(zip(m_scales, m_times)))
+print("  change of the drop epoch per ×100 in scale:", m_steps)
 
 # %% [markdown]
 # ATTN_S: the slope is close to −1 (time ∝ 1/scale). ATTN_M: each factor of 100 in the
@@ -431,10 +439,11 @@ print(f"Γ⁻¹ for Λ = I: {white[0, 0]:.6f} I;  η* = {optimal_gd_step(d, N):.
 # less): read the printed levels.
 
 # %% jupyter={"source_hidden": true}
-run_r2 = la.train_gd(la.init_separate(d, n_heads=5, rank=2, scale=s_init, seed=15), train,
-                     heldout, lr=0.395, epochs=s_epochs, stride=10)
+start_r2 = la.init_separate(d, n_heads=5, rank=2, scale=s_init, seed=15)
+run_r2 = la.train_gd(start_r2, train, heldout, lr=0.395, epochs=s_epochs, stride=10)
 info_r2 = ld.analyse(run_r2, cov, cfg, s_epochs)
-print("rank 2: plateau levels", [round(level, 4) for _, _, level in info_r2["plateaus"]],
+print("rank 2: plateau levels",
+      [round(level, 4) for _, _, level in info_r2["plateaus"]],
       " against L(M_0), L(M_2), L(M_4) =", levels[[0, 2, 4]].round(4))
 
 # %% [markdown] jupyter={"source_hidden": true}
@@ -446,10 +455,12 @@ print("rank 2: plateau levels", [round(level, 4) for _, _, level in info_r2["pla
 # %% jupyter={"source_hidden": true}
 cov2 = la.covariance(2, seed=5, eigenvalues=[0.9, 0.1])
 train2 = la.feature_statistics(la.sequences(2_000, N, cov2, seed=6))
-run2 = la.train_gd(la.init_separate(2, 3, 1, 0.126, seed=7), train2, train2, 0.395, 8_000)
+start2 = la.init_separate(2, 3, 1, 0.126, seed=7)
+run2 = la.train_gd(start2, train2, train2, 0.395, 8_000)
 p2 = ld.projections(run2.effective, cov2, N)
 passed = [int(run2.epochs[numpy.argmax(p2[:, k] > 0.5)]) for k in range(2)]
-print("levels", la.plateau_losses(cov2.eigenvalues, N).round(4), " p passes 1/2 at", passed)
+print("levels", la.plateau_losses(cov2.eigenvalues, N).round(4),
+      " p passes 1/2 at", passed)
 
 # %%
 assert max(gradient_errors.values()) <= GRADCHECK_RTOL
@@ -458,6 +469,7 @@ assert relative_residual(white, optimal_gd_step(d, N) * numpy.eye(d)) <= IDENTIT
 assert merged_error <= 0.1  # finite-P fit (tests/test_linattn.py: MATRIX_RTOL)
 assert info["drops"] == d and info["eigenvector_order"] == [1, 2, 3, 4]
 assert all(abs(x - y) <= 0.05 * y for x, y in zip(info["measured"], levels))
-assert all(numpy.all(numpy.abs(p - (numpy.arange(d) < m)) < 0.1) for m, p, _, _ in pcr_rows)
+assert all(numpy.all(numpy.abs(p - (numpy.arange(d) < m)) < 0.1)
+           for m, p, _, _ in pcr_rows)  # the PCR pattern of the projections
 assert all(abs(loss - levels[m]) <= 0.05 * levels[m] for m, _, loss, _ in pcr_rows)
 assert s_times[0] > s_times[-1] and m_times[0] > m_times[-1]

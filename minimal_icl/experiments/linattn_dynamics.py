@@ -20,8 +20,9 @@ Settings (THEORY §9's measured ones, in the package's 1/N convention): d = 4, N
 The package's rules (not the paper's):
 
 * plateau: a maximal run of recorded epochs, at least ``window`` epochs long (0.1 % of
-  the run, at least 2 recorded epochs), over which the held-out loss changes by less than ``flat_tol`` (0.5 % of
-  tr Λ) per ``window``; its level is the median loss over the run; consecutive plateaus
+  the run, at least 2 recorded epochs), over which the held-out loss changes by less
+  than 0.5 % of tr Λ per ``window``; its level is the median loss over the run (extended
+  by one window, the end of training at most); consecutive plateaus
   whose levels differ by less than 2 % of tr Λ are merged (the closest predicted levels
   differ by 7 %). A drop is the passage between consecutive plateaus: drops = plateaus − 1;
 * a plateau is assigned to m = the number of eigen-directions learned at its middle
@@ -40,7 +41,8 @@ from dataclasses import asdict, dataclass
 import numpy
 
 from .. import linattn as la
-from .common import QUIET, Progress, check_seed, new_figure, prepare_out_dir, save_figure, write_json
+from .common import (QUIET, Progress, check_seed, new_figure, prepare_out_dir, save_figure,
+                     write_json)
 
 NAME = "linear-dynamics"
 
@@ -112,7 +114,8 @@ def find_plateaus(epochs, loss, window: int, tol: float,
         if merged and abs(level - merged[-1][2]) < merge_tol:
             a, _, _ = merged[-1]
             stop = numpy.searchsorted(epochs, last)
-            merged[-1] = (a, last, float(numpy.median(loss[numpy.searchsorted(epochs, a):stop + 1])))
+            level = float(numpy.median(loss[numpy.searchsorted(epochs, a):stop + 1]))
+            merged[-1] = (a, last, level)
         else:
             merged.append((first, last, level))
     return merged
@@ -137,6 +140,15 @@ def analyse(traj: la.Trajectory, cov: la.Covariance, cfg: LinearDynamicsConfig, 
     order = [k + 1 for k in sorted(learned, key=lambda k: crossing[k])]
     return {"plateaus": plateaus, "drops": max(len(plateaus) - 1, 0), "measured": measured,
             "eigenvector_order": order, "learning_epochs": crossing, "projections": p}
+
+
+def thin(epochs, max_points: int = 600) -> numpy.ndarray:
+    """Indices of at most about ``max_points`` recorded epochs, evenly spaced in
+    log(epoch + 1), the first and last always kept (for the JSON and the log-x plots)."""
+    epochs = numpy.asarray(epochs)
+    grid = numpy.geomspace(1, epochs[-1] + 1, max_points) - 1
+    keep = numpy.unique(numpy.searchsorted(epochs, grid).clip(0, len(epochs) - 1))
+    return numpy.union1d(keep, [0, len(epochs) - 1])
 
 
 def drop_time(traj: la.Trajectory, level: float) -> float | None:
@@ -197,10 +209,12 @@ def compute(cfg: LinearDynamicsConfig, seed: int, progress: Progress = QUIET) ->
         r2 = la.train_gd(la.init_separate(cfg.d, cfg.s_heads, 2, cfg.s_init, seed=seed + 5),
                          train, heldout, cfg.s_lr, cfg.s_epochs, cfg.stride)
         r2_info = analyse(r2, cov, cfg, cfg.s_epochs)
-        rank2 = {"epochs": r2.epochs, "heldout_loss": r2.heldout_loss,
+        k = thin(r2.epochs)
+        rank2 = {"epochs": r2.epochs[k], "heldout_loss": r2.heldout_loss[k],
                  "plateau_loss_measured": r2_info["measured"], "drops": r2_info["drops"],
                  "plateaus": r2_info["plateaus"]}
 
+    ks, km, kc = thin(s.epochs), thin(m.epochs), thin(m_held.epochs)
     measured = s_info["measured"]
     deviation = [None if x is None else abs(x - y) / y for x, y in zip(measured, levels)]
     return {
@@ -213,6 +227,8 @@ def compute(cfg: LinearDynamicsConfig, seed: int, progress: Progress = QUIET) ->
         "plateau_loss_measured": measured,
         "plateau_relative_deviation": deviation,
         "plateaus_absent": [k for k, x in enumerate(measured) if x is None],
+        "attn_s_plateaus": s_info["plateaus"],  # (first epoch, last epoch, level)
+        "attn_m_plateaus": m_info["plateaus"],
         "attn_s_drops": s_info["drops"],
         "attn_m_drops": m_info["drops"],
         "eigenvector_order": s_info["eigenvector_order"],
@@ -227,11 +243,11 @@ def compute(cfg: LinearDynamicsConfig, seed: int, progress: Progress = QUIET) ->
                       "attn_m_epochs_per_log_inverse_scale": m_slope},
         "rank2": rank2,
         "curves": {
-            "attn_s": {"epochs": s.epochs, "heldout_loss": s.heldout_loss,
-                       "projections": s_info["projections"]},
-            "attn_m": {"epochs": m.epochs, "heldout_loss": m.heldout_loss},
-            "attn_m_held": {"epochs": m_held.epochs, "train_loss": m_held.train_loss},
-            "cubic": {"epochs": numpy.arange(cfg.m_epochs + 1), "train_loss": cubic_loss},
+            "attn_s": {"epochs": s.epochs[ks], "heldout_loss": s.heldout_loss[ks],
+                       "projections": s_info["projections"][ks]},
+            "attn_m": {"epochs": m.epochs[km], "heldout_loss": m.heldout_loss[km]},
+            "attn_m_held": {"epochs": m_held.epochs[kc], "train_loss": m_held.train_loss[kc]},
+            "cubic": {"epochs": m_held.epochs[kc], "train_loss": cubic_loss[kc]},
         },
     }
 
@@ -257,7 +273,7 @@ def plot(record: dict, path) -> None:
     ax.set_xlabel("epoch + 1")
     ax.set_ylabel("loss")
     ax.set_title("Loss and the plateaus $L(M_m)$")
-    ax.legend(loc="lower left", fontsize=7)
+    ax.legend(loc="upper right", fontsize=7)
     ax = axes[1]
     p = numpy.asarray(curves["attn_s"]["projections"])
     for k in range(p.shape[1]):
@@ -287,7 +303,8 @@ def plot(record: dict, path) -> None:
                 color="C3", label="ATTN_S, rank 2")
         ax.set_xscale("log")
         ax.set_xlabel("epoch + 1")
-        ax.set_title("Rank 2: plateaus at m = 0, 2, 4")
+        ax.set_ylabel("loss")
+        ax.set_title("ATTN_S, rank 2 (dotted: $L(M_m)$)")
         ax.legend(fontsize=7)
     save_figure(fig, path)
 
