@@ -1,7 +1,7 @@
 """One transformer block: attention, then MLP, with optional skips and pre-LayerNorm.
 
     u1  = LN1(z)              if layer_norm else z
-    A   = Attention(u1)
+    A   = Attention(u1)       (or the recurrent layer, contextual_layer="rnn": rnn.py)
     h   = z + A               if attn_skip  else A
     u   = LN2(h)              if layer_norm else h          the MLP input
     out = h + MLP(u)          if mlp_skip   else MLP(u)
@@ -21,6 +21,7 @@ from .config import TransformerConfig
 from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
 from .mlp import MLPCache, mlp_backward, mlp_forward
 from .params import BlockParams, MLPParams
+from .rnn import RNNCache, rnn_backward, rnn_forward
 
 
 class BlockPatch(NamedTuple):
@@ -32,7 +33,7 @@ class BlockPatch(NamedTuple):
 
 class BlockCache(NamedTuple):
     ln1: LayerNormCache | None
-    attn: AttentionCache
+    attn: AttentionCache | RNNCache  # the contextual layer's cache
     ln2: LayerNormCache | None
     mlp: MLPCache
     A: Array  # (B, Tq, D) attention output
@@ -52,9 +53,12 @@ def block_forward(
 ) -> tuple[Array, BlockCache]:
     """Run one block on z (B, T, D); returns (B, T, D), or (B, 1, D) if ``last_only``."""
     u1, ln1 = layernorm_forward(z, p.ln1, config.ln_eps) if config.layer_norm else (z, None)
-    A, attn = attention_forward(
-        u1, p.attn, config.n_heads, config.attention, config.causal, last_only
-    )  # (B, Tq, D)
+    if config.contextual_layer == "rnn":
+        A, attn = rnn_forward(u1, p.attn, last_only)  # (B, Tq, D)
+    else:
+        A, attn = attention_forward(
+            u1, p.attn, config.n_heads, config.attention, config.causal, last_only
+        )  # (B, Tq, D)
     z_q = z[:, -1:, :] if last_only else z
     h = z_q + A if config.attn_skip else A
     u, ln2 = layernorm_forward(h, p.ln2, config.ln_eps) if config.layer_norm else (h, None)
@@ -101,7 +105,10 @@ def block_backward(
         dh = dh + dout
     # forward was: h = z_q + A (or h = A)
     dA = dh
-    du1, dattn = (attention_backward_fast if fast else attention_backward)(dA, c.attn)
+    if isinstance(c.attn, RNNCache):
+        du1, dattn = rnn_backward(dA, c.attn)
+    else:
+        du1, dattn = (attention_backward_fast if fast else attention_backward)(dA, c.attn)
     # forward was: u1 = LN1(z) (or u1 = z)
     if c.ln1 is not None:
         dz, dln1 = layernorm_backward(du1, c.ln1)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 ATTENTIONS = ("softmax", "linear")
 ACTIVATIONS = ("relu", "gelu")
+CONTEXTUAL_LAYERS = ("attention", "rnn")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,13 @@ class TransformerConfig:
         layer_norm: pre-LayerNorm before attention and before the MLP (learnable gain
                     and bias, biased variance, eps inside the square root).
         ln_eps:     the LayerNorm eps.
+        contextual_layer:
+                    "attention" (the above) or "rnn": the recurrent layer of
+                    ``minimal_icl.rnn`` in attention's place, s_t = tanh(W_s s_{t−1} +
+                    W_in c_t + b), s_0 = 0, A_t = W_out s_t (causal by construction; the
+                    attention fields n_heads, d_head, attention and causal keep their
+                    values and are ignored). The package's own addition (docs/theory.md §8).
+        d_state:    the recurrent state's width S (used by contextual_layer="rnn" only).
     """
 
     d_token: int = 3
@@ -53,15 +61,22 @@ class TransformerConfig:
     mlp_skip: bool = False
     layer_norm: bool = False
     ln_eps: float = 1e-5
+    contextual_layer: str = "attention"
+    d_state: int = 16
 
     def __post_init__(self):
-        for name in ("d_token", "n_blocks", "n_heads", "d_head", "d_mlp"):
+        for name in ("d_token", "n_blocks", "n_heads", "d_head", "d_mlp", "d_state"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(
                 f"TransformerConfig.attention must be one of {ATTENTIONS}, got {self.attention!r}"
+            )
+        if self.contextual_layer not in CONTEXTUAL_LAYERS:
+            raise ValueError(
+                f"TransformerConfig.contextual_layer must be one of {CONTEXTUAL_LAYERS},"
+                f" got {self.contextual_layer!r}"
             )
         if self.activation not in ACTIVATIONS:
             raise ValueError(

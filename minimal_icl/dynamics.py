@@ -27,7 +27,9 @@ output after i tokens only renormalises the query row of that run (docs/theory.m
 
 with P (s) the query row of the attention weights (scaled scores) on the whole prompt,
 then the residual h_i = z_x + A_i (attn skip) and u_i = LN2(h_i) (LayerNorm), elementwise
-per prefix.
+per prefix. For the recurrent layer (``contextual_layer="rnn"``, docs/theory.md §8) one
+run over the prompt gives the states s_i after c_1..c_i, and A_i = W_out tanh(W_s s_i +
+W_in x + b) is one more step from each (``rnn.rnn_query_after_prefixes``).
 
 Shapes: B prompts, N context tokens, D token width, M MLP width.
 Reference: Dherin et al. (2025), arXiv:2507.16003, Proposition 3.1 and the appendix of v1.
@@ -47,6 +49,7 @@ from .implicit import ImplicitUpdate, check_nonzero, norms, outer, rank_one_upda
 from .layernorm import layernorm_forward
 from .linear import linear_forward
 from .params import BlockParams, ModelParams
+from .rnn import rnn_query_after_prefixes
 from .validation import (
     check_index,
     check_params,
@@ -78,6 +81,8 @@ def prefix_states(
             in the whole-prompt run is below √(smallest normal float) for some prompt and
             head: then the renormalised prefix weights would lose relative accuracy in
             subnormal numbers, and "forward" is used instead.
+    For the recurrent layer "auto" and "cumulative" take the states s_i of one run and
+    one more step with the query from each (module docstring).
 
     context (B, N, D), query (B, D). Returns (u (B, N+1, D), h (B, N+1, D)).
     """
@@ -88,6 +93,12 @@ def prefix_states(
     query_token = xp.reshape(query, (B, 1, D))
     tokens = xp.concat([context, query_token], axis=1)  # (B, N+1, D)
 
+    if method != "forward" and config.contextual_layer == "rnn":
+        _, cache = block_forward(tokens, block_params, config, last_only=True)
+        states = cache.attn.states[:, :N, :]  # (B, N, S)  s_1..s_N
+        states = xp.concat([xp.zeros_like(states[:, :1, :]), states], axis=1)  # s_0 = 0
+        A = rnn_query_after_prefixes(states, cache.attn.x[:, -1, :], block_params.attn)
+        return _query_states(block_params, config, query_token, A)
     if method != "forward":
         _, cache = block_forward(tokens, block_params, config, last_only=True)
         w = cache.attn.weights[:, :, 0, :]  # (B, H, N+1): the query row; last entry is x itself
@@ -118,6 +129,11 @@ def _prefix_states_cumulative(block_params, config, query_token, w, v):
         total = xp.cumulative_sum(w[:, :, :N], axis=2, include_initial=True) + w[:, :, N:]
         heads = heads / xp.expand_dims(total, axis=-1)  # (B, H, N+1, K) renormalised
     A, _ = linear_forward(merge_heads(heads), block_params.attn.W_O)  # (B, N+1, D)
+    return _query_states(block_params, config, query_token, A)
+
+
+def _query_states(block_params, config, query_token, A):
+    """u_i, h_i (B, N+1, D) from the layer's outputs A_i at the query (B, N+1, D)."""
     h = query_token + A if config.attn_skip else A
     if config.layer_norm:
         u, _ = layernorm_forward(h, block_params.ln2, config.ln_eps)
@@ -302,16 +318,26 @@ def factorised_path(
     """The factorised path W_i = W_{i−1}(I + η_i F_i) of the v1 appendix, one block.
 
     The suffixes S_i = A(c_{i+1}..c_N, x) are the prefixes of the reversed context (the
-    query's output does not depend on the order of the tokens it sees).
+    query's attention output does not depend on the order of the tokens it sees). The
+    recurrent layer depends on the order: each suffix is run as it stands.
     context (B, N, D), query (B, D). Raises DegenerateQueryError if some S_i, i ≥ 1, is 0.
     """
     block = _single_block(params, config, "factorised_path")
     check_prompt(config, context, query)
     xp = namespace(context, query)
-    u_rev, h_rev = prefix_states(block, config, xp.flip(context, axis=1), query, method)
-    check_states_finite(u_rev, "factorised_path")
-    S = xp.flip(u_rev, axis=1)  # (B, N+1, D)  S_i = A(c_{i+1}..c_N, x)
-    h_res = xp.flip(h_rev, axis=1)  # (B, N+1, D)
+    if config.contextual_layer == "rnn":
+        B, N, D = context.shape
+        query_token = xp.reshape(query, (B, 1, D))
+        runs = [block_forward(xp.concat([context[:, i:, :], query_token], axis=1), block,
+                              config, last_only=True)[1] for i in range(N + 1)]
+        S = xp.concat([run.u for run in runs], axis=1)  # (B, N+1, D)
+        h_res = xp.concat([run.h for run in runs], axis=1)  # (B, N+1, D)
+        check_states_finite(S, "factorised_path")
+    else:
+        u_rev, h_rev = prefix_states(block, config, xp.flip(context, axis=1), query, method)
+        check_states_finite(u_rev, "factorised_path")
+        S = xp.flip(u_rev, axis=1)  # (B, N+1, D)  S_i = A(c_{i+1}..c_N, x)
+        h_res = xp.flip(h_rev, axis=1)  # (B, N+1, D)
     norm = norms(S[:, 1:, :])  # (B, N)  ‖S_i‖, i = 1..N
     if norm.shape[-1] > 0:
         check_nonzero(xp.min(norm, axis=-1), 0, "A(c_{i+1}..c_N, x) for some i ≥ 1")

@@ -15,6 +15,7 @@ import numpy
 
 from .backend import Array
 from .config import TransformerConfig
+from .rnn import RNNParams
 
 
 class LayerNormParams(NamedTuple):
@@ -37,7 +38,7 @@ class MLPParams(NamedTuple):
 
 
 class BlockParams(NamedTuple):
-    attn: AttentionParams
+    attn: AttentionParams | RNNParams  # the contextual layer (RNNParams: contextual_layer="rnn")
     mlp: MLPParams
     ln1: LayerNormParams | None  # None unless config.layer_norm
     ln2: LayerNormParams | None  # None unless config.layer_norm
@@ -55,6 +56,9 @@ def init_params(
     device=None,
 ) -> ModelParams:
     """Random parameters for ``config``: weights ~ N(0, 1/fan_in), biases 0, LN gain 1.
+
+    The contextual layer is attention (W_Q, W_K, W_V, W_O) or, for
+    ``contextual_layer="rnn"``, the recurrent layer (W_in, W_s, W_out; b = 0).
 
     Numbers are drawn on the host with ``numpy.random.default_rng(seed)`` and moved to
     ``xp`` (default NumPy; also "numpy" or "cupy" by name) on ``device``, so one seed
@@ -74,6 +78,7 @@ def init_params(
     dtype = check_float_dtype(xp, dtype)
     rng = numpy.random.default_rng(seed)
     D, H, K, M = config.d_token, config.n_heads, config.d_head, config.d_mlp
+    S = config.d_state
 
     def dense(n_out, n_in):
         w = rng.standard_normal((n_out, n_in)) / numpy.sqrt(n_in)
@@ -87,9 +92,12 @@ def init_params(
 
     blocks = []
     for _ in range(config.n_blocks):
-        attn = AttentionParams(
-            W_Q=dense(H * K, D), W_K=dense(H * K, D), W_V=dense(H * K, D), W_O=dense(D, H * K)
-        )
+        if config.contextual_layer == "rnn":
+            attn = RNNParams(W_in=dense(S, D), W_s=dense(S, S), b=const(S, 0.0), W_out=dense(D, S))
+        else:
+            attn = AttentionParams(
+                W_Q=dense(H * K, D), W_K=dense(H * K, D), W_V=dense(H * K, D), W_O=dense(D, H * K)
+            )
         mlp = MLPParams(W1=dense(M, D), b1=const(M, 0.0), W2=dense(D, M), b2=const(D, 0.0))
         blocks.append(BlockParams(attn=attn, mlp=mlp, ln1=layer_norm(), ln2=layer_norm()))
     return ModelParams(blocks=tuple(blocks))

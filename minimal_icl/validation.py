@@ -43,6 +43,7 @@ import numpy
 from .backend import Array, device, namespace, resolve_dtype, resolve_namespace, tree_leaves
 from .config import TransformerConfig
 from .params import AttentionParams, BlockParams, LayerNormParams, MLPParams, ModelParams
+from .rnn import RNNParams
 
 # -- numbers ---------------------------------------------------------------------------
 
@@ -192,8 +193,13 @@ def check_config(config, name: str = "config") -> TransformerConfig:
 @functools.lru_cache(maxsize=64)
 def _expected_shapes(config: TransformerConfig) -> dict:
     D, H, K, M = config.d_token, config.n_heads, config.d_head, config.d_mlp
+    S = config.d_state
     HK = f"n_heads·d_head = {H}·{K}"
     return {
+        "W_in": ((S, D), "(d_state, d_token)"),
+        "W_s": ((S, S), "(d_state, d_state)"),
+        "b": ((S,), "(d_state,)"),
+        "W_out": ((D, S), "(d_token, d_state)"),
         "W_Q": ((H * K, D), f"({HK}, d_token)"),
         "W_K": ((H * K, D), f"({HK}, d_token)"),
         "W_V": ((H * K, D), f"({HK}, d_token)"),
@@ -211,7 +217,8 @@ def check_params(params, config: TransformerConfig, name: str = "params") -> Non
     """A ValueError naming the parameter unless ``params`` is what ``config`` describes.
 
     Checks: a ModelParams of config.n_blocks BlockParams; every array with the shape the
-    configuration gives it (W_Q, W_K, W_V (H·K, D), W_O (D, H·K), W1 (M, D), b1 (M,),
+    configuration gives it (W_Q, W_K, W_V (H·K, D), W_O (D, H·K), or for
+    contextual_layer="rnn" W_in (S, D), W_s (S, S), b (S,), W_out (D, S); W1 (M, D), b1 (M,),
     W2 (D, M), b2 (D,), LayerNorm gain and bias (D,) exactly when config.layer_norm);
     every array real floating point, all of one dtype and one array type (TypeError).
     Two layouts with the same product n_heads·d_head have the same shapes, so that
@@ -228,14 +235,15 @@ def check_params(params, config: TransformerConfig, name: str = "params") -> Non
             f" with {n} blocks (config.n_blocks = {L})"
         )
     expected = _expected_shapes(config)
-    first = None
+    contextual = RNNParams if config.contextual_layer == "rnn" else AttentionParams
+    first = first_name = None
     for l, block in enumerate(params.blocks):
         if not isinstance(block, BlockParams):
             raise ValueError(
                 f"{name}.blocks[{l}] must be a BlockParams, got {type(block).__name__}"
             )
         for part, record, kind in (
-            ("attn", block.attn, AttentionParams),
+            ("attn", block.attn, contextual),
             ("mlp", block.mlp, MLPParams),
             ("ln1", block.ln1, LayerNormParams),
             ("ln2", block.ln2, LayerNormParams),
@@ -252,6 +260,8 @@ def check_params(params, config: TransformerConfig, name: str = "params") -> Non
                 raise ValueError(
                     f"{name}.blocks[{l}].{part} must be a {kind.__name__},"
                     f" got {type(record).__name__}"
+                    + (f" (config.contextual_layer = {config.contextual_layer!r})"
+                       if part == "attn" else "")
                 )
             for field, value in zip(record._fields, record):
                 shape = getattr(value, "shape", None)
@@ -264,11 +274,11 @@ def check_params(params, config: TransformerConfig, name: str = "params") -> Non
                     )
                 if first is None:
                     check_float_array(f"{name}.blocks[{l}].{part}.{field}", value)
-                    first = value
+                    first, first_name = value, f"{name}.blocks[{l}].{part}.{field}"
                 elif type(value) is not type(first):
                     raise TypeError(
                         f"{name}.blocks[{l}].{part}.{field} is a {type(value).__name__} but"
-                        f" {name}.blocks[0].attn.W_Q is a {type(first).__name__}: move all"
+                        f" {first_name} is a {type(first).__name__}: move all"
                         " parameters with to_device"
                     )
                 elif value.dtype != first.dtype:
@@ -307,7 +317,7 @@ def check_tokens(
         raise ValueError(f"{name} must hold at least one prompt of one token, got shape {shape}")
     check_float_array(name, tokens)
     if params is not None:
-        _same_array_type(name, tokens, "params", params.blocks[0].attn.W_Q)
+        _same_array_type(name, tokens, "params", params.blocks[0].mlp.W1)
 
 
 def check_patches(
