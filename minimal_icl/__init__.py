@@ -14,6 +14,7 @@ Shape letters, used in every docstring and shape comment:
     T  tokens in a prompt        D  model width = token width (d_token)
     H  attention heads           K  key/query/value width per head (d_head)
     M  MLP hidden width (d_mlp)  Tq positions that query (T, or 1 with last_only)
+    S  recurrent state width (d_state), for contextual_layer="rnn"
 """
 
 from .backend import namespace, to_device, tree_leaves, tree_map
@@ -50,6 +51,7 @@ from .params import (
     LayerNormParams,
     MLPParams,
     ModelParams,
+    RNNParams,
     init_params,
 )
 from .positions import (
@@ -70,6 +72,7 @@ __all__ = [
     # the model
     "TransformerConfig", "init_params", "forward", "backward", "predict",
     "ModelParams", "BlockParams", "AttentionParams", "MLPParams", "LayerNormParams", "BlockPatch",
+    "RNNParams",
     # Theorem 2.2 and its neighbours
     "implicit_update", "ImplicitUpdate", "DegenerateQueryError", "remove_tokens",
     "minimum_norm_solution", "null_space_perturbation", "linear_attention_context_vector",

@@ -15,7 +15,7 @@ import numpy
 
 from .backend import Array
 from .config import TransformerConfig
-from .rnn import RNNParams
+from .rnn import RNNParams  # noqa: F401 - the recurrent layer's record, re-exported here
 
 
 class LayerNormParams(NamedTuple):
