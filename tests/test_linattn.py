@@ -192,3 +192,17 @@ def test_bad_arguments_are_named():
         la.merged_forward(numpy.zeros((2, 5, 4)), la.init_merged(3, 1, 0.1))
     with pytest.raises(ValueError, match="m must be"):
         la.pcr_matrix(la.covariance(3), 5, 4)
+
+
+def test_figure_writes_png_and_json_with_the_issue_keys(tmp_path):
+    """run(fast=True) writes linear-dynamics.png and .json holding the promised fields."""
+    import json
+
+    record = ld.run(tmp_path, seed=1, fast=True)
+    assert (tmp_path / "linear-dynamics.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "linear-dynamics.json").read_text())
+    for key in ("eigenvalues", "n_context", "plateau_loss_measured", "attn_m_equivalence_max_diff",
+                "attn_m_drops", "attn_s_drops", "eigenvector_order", "headline", "seconds"):
+        assert key in saved, key
+    assert len(saved["plateau_loss_measured"]) == 5 and saved["n_context"] == 31
+    assert record["headline"]["attn_m_equivalence_max_diff"] <= 1e-10

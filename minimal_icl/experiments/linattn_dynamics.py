@@ -217,7 +217,20 @@ def compute(cfg: LinearDynamicsConfig, seed: int, progress: Progress = QUIET) ->
     ks, km, kc = thin(s.epochs), thin(m.epochs), thin(m_held.epochs)
     measured = s_info["measured"]
     deviation = [None if x is None else abs(x - y) / y for x, y in zip(measured, levels)]
+    headline = {
+        "plateau_loss_measured": measured,
+        "plateau_loss_predicted": levels,
+        "max_plateau_deviation": max((x for x in deviation if x is not None), default=None),
+        "attn_s_drops": s_info["drops"],
+        "attn_m_drops": m_info["drops"],
+        "eigenvector_order": s_info["eigenvector_order"],
+        "attn_m_equivalence_max_diff": equivalence,
+        "attn_m_matrix_relative_error": m_matrix_error,
+        "attn_s_drop_time_loglog_slope": s_slope,
+        "attn_m_drop_epochs_per_log_inverse_scale": m_slope,
+    }
     return {
+        "headline": headline,
         "name": NAME,
         "config": asdict(cfg),
         "seed": seed,
