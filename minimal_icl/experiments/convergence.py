@@ -12,6 +12,13 @@ The paper shows the decay for its trained model. We add two controls it lacks
 linear attention with random weights. A new token gets softmax weight ≈ 1/(i+1), so the
 increments shrink like 1/i even with random weights; linear attention does not renormalise
 and its increments do not shrink. The fitted log-log slope of each curve is in the legend.
+
+The package's own addition (docs/theory.md §8): a trained recurrent block
+(``models.rnn_setting``), whose context enters through a tanh recurrence, not an average.
+Its increments neither decay like 1/i nor settle: they stay at their early size
+(log-log slope ≈ 0) and jump from token to token around a constant level (headline:
+the median over prompts of the standard deviation of a prompt's increments along i
+relative to their mean, ≈ 0.45 for seed 0).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from .common import (
     save_figure,
     task_rng,
 )
-from .models import paper_model
+from .models import paper_model, rnn_model
 
 NAME = "convergence"
 TITLE = "Figure 3: the increments ‖ΔW_{i+1} − ΔW_i‖ of the implicit path shrink with i"
@@ -62,8 +69,10 @@ def step_norms(params, config, context, query) -> numpy.ndarray:
     return numpy.asarray(implicit_path(params, config, context, query).increment_norms)
 
 
-def compute(model, cfg: ConvergenceConfig, seed: int, progress: Progress = QUIET) -> dict:
-    """The three curves and their slopes, as a JSON-ready record."""
+def compute(model, cfg: ConvergenceConfig, seed: int, progress: Progress = QUIET,
+            rnn=None) -> dict:
+    """The three curves and their slopes, as a JSON-ready record; with ``rnn`` (a trained
+    recurrent block, ``models.rnn_model``) a fourth curve, "trained_rnn"."""
     config, setup = model.config, model.setup
     batch = regression_prompts(cfg.n_tasks, setup.n_context, setup.d, task_rng(seed, NAME))
     context, query = batch.context, batch.query
@@ -74,6 +83,9 @@ def compute(model, cfg: ConvergenceConfig, seed: int, progress: Progress = QUIET
         "random_linear": ("untrained linear attention", init_params(linear_config, seed=seed + 1),
                           linear_config),
     }
+    if rnn is not None:
+        models["trained_rnn"] = ("trained recurrent block (package's own)", rnn.params,
+                                 rnn.config)
     N = setup.n_context
     i = numpy.arange(1, N)  # the step from i to i + 1 tokens; i = 0 is left out (log axis)
     fit = i >= cfg.fit_from
@@ -85,9 +97,15 @@ def compute(model, cfg: ConvergenceConfig, seed: int, progress: Progress = QUIET
         slope = loglog_slope(i[fit], mean[fit])
         curves[key] = {"label": label, "mean": mean, "se": se, "slope": slope,
                        "attention": cfg_model.attention,
+                       "contextual_layer": cfg_model.contextual_layer,
                        "ratio_first_last": float(mean[0] / mean[-1])}
+        if key == "trained_rnn":  # no trend: how much each prompt's increments fluctuate
+            tail = norms[:, fit]  # (B, n_fit)
+            curves[key]["spread_along_i"] = float(numpy.median(tail.std(1) / tail.mean(1)))
     headline = {f"slope_{k}": c["slope"] for k, c in curves.items()}
     headline.update({f"ratio_first_last_{k}": c["ratio_first_last"] for k, c in curves.items()})
+    if "trained_rnn" in curves:
+        headline["spread_along_i_trained_rnn"] = curves["trained_rnn"]["spread_along_i"]
     # how far apart the trained and untrained softmax curves sit (same slope, other level)
     level = numpy.asarray(curves["trained_softmax"]["mean"]) / curves["random_softmax"]["mean"]
     headline.update({"ratio_trained_to_untrained_softmax_median": float(numpy.median(level)),
@@ -99,6 +117,7 @@ def compute(model, cfg: ConvergenceConfig, seed: int, progress: Progress = QUIET
         "paper": "Figure 3 of v1 (trained model only; no slope reported)",
         "config": asdict(cfg),
         "model": model.describe(),
+        "rnn_model": None if rnn is None else rnn.describe(),
         "controls_seed": seed + 1,
         "headline": headline,
         "data": {"i": i, "curves": curves},
@@ -109,7 +128,8 @@ def plot(record: dict, path) -> None:
     fig, (ax,) = new_figure(1, width=6.4, height=4.4)
     data = record["data"]
     i = numpy.asarray(data["i"])
-    colors = {"trained_softmax": "C0", "random_softmax": "C1", "random_linear": "C2"}
+    colors = {"trained_softmax": "C0", "random_softmax": "C1", "random_linear": "C2",
+              "trained_rnn": "C3"}
     for key, curve in data["curves"].items():
         mean, se = numpy.asarray(curve["mean"]), numpy.asarray(curve["se"])
         ax.plot(i, mean, color=colors[key], label=f"{curve['label']}  (slope {curve['slope']:+.2f})")
@@ -132,5 +152,12 @@ def plot(record: dict, path) -> None:
 
 def run(out_dir, seed: int = 0, fast: bool = False, progress: Progress = QUIET) -> dict:
     """Compute Figure 3, write convergence.json and convergence.png into ``out_dir``."""
-    return run_experiment(NAME, out_dir, seed, fast, progress, paper_model, compute,
+
+    def load(out, seed, fast, progress):  # the paper's model and the recurrent block
+        return paper_model(out, seed, fast, progress), rnn_model(out, seed, fast, progress)
+
+    def compute_both(models, cfg, seed, progress):
+        return compute(models[0], cfg, seed, progress, rnn=models[1])
+
+    return run_experiment(NAME, out_dir, seed, fast, progress, load, compute_both,
                           convergence_config(fast), plot)
