@@ -53,6 +53,11 @@ def row_with_context(W, cache_with, cache_alone):
     return outer(column, A_C / numpy.sum(A_C**2, axis=-1, keepdims=True))
 
 
+def one_norm_for_the_batch(W, cache_with, cache_alone):
+    column, _, A_x = pieces(W, cache_with, cache_alone)
+    return outer(column, A_x / numpy.linalg.norm(A_x) ** 2)  # no axis: every prompt at once
+
+
 def placeholder(W, cache_with, cache_alone):
     raise NotImplementedError("your turn")
 
@@ -77,6 +82,7 @@ def test_right_answer_passes_and_the_patched_forward_reproduces_the_context(conf
         (transposed, "transposed factor"),
         (flipped_sign, "sign of ΔA is flipped"),
         (row_with_context, "the row is A\\(C, x\\)ᵀ"),
+        (one_norm_for_the_batch, "summed over every prompt"),
         (placeholder, "not written yet"),
     ],
 )

@@ -50,6 +50,11 @@ def plus(Z, a):
     return Z + Za * a_row / numpy.sum(a * a, axis=-1)[:, None, None]
 
 
+def one_norm_for_the_batch(Z, a):
+    Za, a_row = Za_and_row(Z, a)
+    return Z - Za * a_row / numpy.linalg.norm(a) ** 2  # no axis: every prompt at once
+
+
 def placeholder(Z, a):
     raise NotImplementedError("your turn")
 
@@ -73,6 +78,7 @@ def test_right_answer_passes(answer, config, capsys):
         (divided_by_norm, "instead of ‖a‖²"),
         (along_a, "part of Z along a"),
         (plus, "sign of the correction"),
+        (one_norm_for_the_batch, "summed over every prompt"),
         (placeholder, "not written yet"),
     ],
 )

@@ -11,7 +11,8 @@ from minimal_icl.exercises.tutorial_04 import check_skip_patch, skip_patch_case
 from minimal_icl.tolerances import IDENTITY_RTOL, relative_residual
 
 
-def patch_with(row="x+A", power=2, column="delta", bias="delta", transpose=False):
+def patch_with(row="x+A", power=2, column="delta", bias="delta", transpose=False,
+               batch_norm=False):
     """A skip-block patch with one switch per typical mistake (the defaults are right)."""
 
     def skip_patch(W, x, A_with, A_without):
@@ -20,6 +21,8 @@ def patch_with(row="x+A", power=2, column="delta", bias="delta", transpose=False
         a = rows[row]
         c = columns[column] @ W.T  # (B, M)
         r = a / numpy.linalg.norm(a, axis=-1, keepdims=True) ** power  # (B, D)
+        if batch_norm:  # one ‖a‖² for every prompt at once
+            r = a / numpy.linalg.norm(a) ** 2
         delta_W = c[:, :, None] * r[:, None, :]  # (B, M, D)
         if transpose:
             delta_W = numpy.swapaxes(delta_W, -1, -2)
@@ -54,6 +57,7 @@ def test_the_case_is_the_skip_block_whose_row_is_x_plus_A():
         (dict(row="A"), "the paper's skip form"),
         (dict(power=0), "division by ‖a‖² is missing"),
         (dict(power=1), "is not squared"),
+        (dict(batch_norm=True), "summed over every prompt"),
         (dict(row="with"), "WITHOUT the context"),
         (dict(column="h_C"), "CHANGE of the MLP input"),
         (dict(column="A_C"), "the column is W A\\(C, x\\)"),

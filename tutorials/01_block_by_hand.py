@@ -27,16 +27,16 @@
 #
 # $$
 # \begin{aligned}
-# u_1 &= \mathrm{LN}_1(z) &&\text{(or } u_1 = z \text{ without LayerNorm)}\\
-# A &= \mathrm{Attn}(u_1) &&\text{multi-head self-attention, no biases}\\
+# A &= \mathrm{Attn}\big(\mathrm{LN}_1(z)\big) &&\text{(or } \mathrm{Attn}(z) \text{ without LayerNorm)}\\
 # h &= z + A &&\text{(or } h = A \text{ without the attention skip)}\\
 # u &= \mathrm{LN}_2(h) &&\text{the MLP input (or } u = h\text{)}\\
 # \mathrm{out} &= h + W'\, g(W u + b) + b' &&\text{(or drop the } h + \text{ without the MLP skip)}
 # \end{aligned}
 # $$
 #
-# with softmax attention: for each head, $q = W_Q u_1$, $k = W_K u_1$, $v = W_V u_1$ per token
-# (in $\mathbb{R}^K$), scores $S = q k^\top/\sqrt{K}$, weights $P = \mathrm{softmax}(S)$ over
+# with multi-head softmax self-attention without biases: for each head and each token, with
+# $\tilde z = \mathrm{LN}_1(z)$ the token after the first LayerNorm, $q = W_Q \tilde z$,
+# $k = W_K \tilde z$, $v = W_V \tilde z$ (in $\mathbb{R}^K$), scores $S = q k^\top/\sqrt{K}$, weights $P = \mathrm{softmax}(S)$ over
 # the keys, and $A = W_O\,\mathrm{concat}_{\text{heads}}(P v)$. $W$, the first dense layer
 # after attention (`mlp.W1`), is the matrix of the theorems in the next tutorials (Dherin et
 # al. 2025, arXiv:2507.16003, section 2: a *contextual block* $T_W = M_W \circ A$).
@@ -187,7 +187,8 @@ check_softmax_backward_explicit(softmax_backward_explicit)
 #
 # where the sum runs over the **keys** $j$ (the last axis, over which each row of $P$ sums to
 # 1) and broadcasts back over that axis. Write this one line for arrays of any shape
-# `(..., T)`; `numpy.sum(..., axis=-1, keepdims=True)` keeps the broadcast right.
+# `(..., T)` and store it in `dscores` (the function returns it);
+# `numpy.sum(..., axis=-1, keepdims=True)` keeps the broadcast right.
 
 # %%
 def softmax_backward_compact(dprobs, softmax_cache):
@@ -326,8 +327,10 @@ print(f"relative residual, last_only vs full: {last_only_residual:.1e}")
 # 4. *(Extension.)* Write the LayerNorm backward. For $y = g \odot \hat x + b$,
 #    $\hat x = (x - \mu)\,r$, $r = 1/\sqrt{\sigma^2 + \epsilon}$ (biased variance), show
 #    $dx = r\,(d\hat x - \mathrm{mean}(d\hat x) - \hat x\, \mathrm{mean}(d\hat x \odot \hat x))$
-#    with $d\hat x = g \odot dy$, code it, and check it with `check_layer` and against
-#    `minimal_icl.layernorm.layernorm_backward`.
+#    with $d\hat x = g \odot dy$ (means over the last axis, of width $D$), code it as
+#    `my_layernorm_backward(dy, ln_cache) -> dx` (`layernorm_forward(x, params, eps)` returns
+#    $y$ and the cache $(\hat x, r, g)$ of shapes $(B, T, D)$, $(B, T, 1)$, $(D,)$), and check
+#    it with `check_layer` and against `minimal_icl.layernorm.layernorm_backward`.
 #
 # The solutions are folded away below (click to open them).
 
@@ -355,6 +358,8 @@ def shifted_backward(dprobs, softmax_cache):
     return P * dprobs - P / P.shape[-1]
 
 
+# %% jupyter={"source_hidden": true}
+# Solution 2 (the test): each wrong backward against the library's, for dP = 1 and random dP.
 probs, softmax_cache = softmax_forward(scores)
 print("| backward | ones: max gap to the library | random: max gap |\n|---|---|---|")
 for bad in (plain_mean_backward, shifted_backward):
@@ -365,8 +370,9 @@ for bad in (plain_mean_backward, shifted_backward):
     print(f"| {bad.__name__} | {gaps[0]:.1e} | {gaps[1]:.1e} |")
 
 # %% jupyter={"source_hidden": true}
-# Solution 3. Every row stays far below GRADCHECK_RTOL. Linear attention has no softmax
-# (P = S), so its backward skips one step; ReLU has a kink at 0, but fourth-order
+# Solution 3. The table keeps its rows (linear attention has the same four weights
+# W_Q, W_K, W_V, W_O); the numbers change, and every one stays far below GRADCHECK_RTOL.
+# Linear attention has no softmax (P = S), so its backward skips one step; ReLU has a kink at 0, but fourth-order
 # differences with ε = 1e-5 only straddle it if a pre-activation lies within 2ε of 0.
 linear_config = TransformerConfig(
     d_token=3, n_blocks=1, n_heads=2, d_head=4, d_mlp=8,
@@ -392,7 +398,7 @@ ln_params = LayerNormParams(gain=rng.standard_normal(D), bias=rng.standard_norma
 
 
 def my_layernorm_backward(dy, ln_cache):
-    x_hat, rstd, gain = ln_cache
+    x_hat, rstd, gain = ln_cache  # (B, T, D), (B, T, 1), (D,)
     dx_hat = dy * gain
     return rstd * (dx_hat - numpy.mean(dx_hat, axis=-1, keepdims=True)
                    - x_hat * numpy.mean(dx_hat * x_hat, axis=-1, keepdims=True))
@@ -402,6 +408,8 @@ def ln_forward(x):
     return layernorm_forward(x, ln_params, config.ln_eps)
 
 
+# %% jupyter={"source_hidden": true}
+# Solution 4 (the checks).
 ln_error = check_layer(ln_forward, my_layernorm_backward, tokens, seed=5)["input"]
 y, ln_cache = ln_forward(tokens)
 dy = rng.standard_normal(y.shape)

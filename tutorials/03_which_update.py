@@ -66,6 +66,11 @@ from minimal_icl.implicit import (
     remove_tokens,
 )
 
+# %% [markdown]
+# The block of tutorial 2 (one softmax head of width $K = 8$, ReLU MLP of width $M = 32$, no
+# skips, no LayerNorm), on $N = 12$ context pairs:
+
+# %%
 config = TransformerConfig(d_token=3, n_blocks=1, n_heads=1, d_head=8, d_mlp=32,
                            attention="softmax", activation="relu")
 params = init_params(config, seed=0)
@@ -93,8 +98,15 @@ for size in range(N + 1):
         sizes.append(size)
         residuals.append(relative_residual(patched[:, -1], with_context[:, -1]))
         norms = numpy.linalg.norm(updates[0].delta_W, axis=(-2, -1))  # (B,)
-        patch_norms.append(numpy.mean(norms))
+        patch_norms.append(numpy.median(norms))
 print(f"largest relative residual over {len(residuals)} subsets: {max(residuals):.1e}")
+
+# %% [markdown]
+# Left: the identity holds for every subset. Right: the size of the patch, the median over the
+# 32 prompts of $\|\Delta W(Y)\|_F = \|W\delta\|/\|a\|$ (tutorial 2). It grows with $|Y|$:
+# the more tokens leave the prompt, the more $A(C\setminus Y, x)$ moves away from $A(C, x)$. A
+# mean would not show this: the odd prompt whose $a = A(C\setminus Y, x)$ happens to be short
+# ($\|a\| \approx 0.01$ against a median of $0.6$) has a patch of norm near 80 and dominates it.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
@@ -106,8 +118,8 @@ axes[0].set_title(r"$T_W(C,x)$ vs $T_{W+\Delta W(Y)}(C\setminus Y, x)$")
 axes[0].legend()
 axes[1].plot(sizes, patch_norms, "o", ms=4, color="tab:green")
 axes[1].set_xlabel("|Y|")
-axes[1].set_ylabel(r"mean $\|\Delta W(Y)\|_F$")
-axes[1].set_title("on average, bigger removals need bigger patches")
+axes[1].set_ylabel(r"median $\|\Delta W(Y)\|_F$ over prompts")
+axes[1].set_title("bigger removals need bigger patches")
 plt.show()
 
 # %% [markdown]
@@ -246,10 +258,13 @@ print(f"Y = C minus c_1, zero queries included: relative residual {residual_part
 #    *output* is exact" also equivalent to $Z a = 0$ for this ReLU block? Predict, then build
 #    a $Z$ with $Z a \neq 0$ that keeps the output exact.
 # 3. *(Derivation, then a prediction to test.)* Suppose every token's key is the same vector
-#    (set `W_K = 0`: all scores are equal). Show that after the first $i$ context tokens the
-#    query gives each of the $i + 1$ tokens (itself included) the weight $1/(i+1)$, and that
-#    $A_{i+1} - A_i = (W_O v_{i+1} - A_i)/(i+2)$ with $v_{i+1} = W_V c_{i+1}$. What does this
-#    predict for the size of the next patch increment as $i$ grows? Test the weights.
+#    (set `W_K = 0`: all scores are equal). Let $A_i = A(c_1, \dots, c_i, x)$ be the query's
+#    attention output on the prompt $[c_1, \dots, c_i, x]$ ($A_0 = A(x)$). Show that the query
+#    gives each of these $i + 1$ tokens (itself included) the weight $1/(i+1)$, and that
+#    $A_{i+1} - A_i = (W_O v_{i+1} - A_i)/(i+2)$ with $v_{i+1} = W_V c_{i+1}$. The patch that
+#    replaces $c_1..c_i$ is tutorial 2's, $\Delta W_i = W (A_i - A_0) A_0^\top/\|A_0\|^2$:
+#    what does this predict for the size of the increment $\|\Delta W_{i+1} - \Delta W_i\|_F$
+#    as $i$ grows? Test the weights and the difference formula.
 # 4. *(Prediction.)* For a zero query, show that no matrix $X$ at all reproduces the
 #    with-context output of prompt 3 from the query alone: compare `forward` on the query
 #    alone with a few random patches against the with-context output.
@@ -292,23 +307,36 @@ print(f"unit {m}: pre-activation {pre_activation[0, m]:.2f}; ‖Z a‖ = {Za_nor
 # softmax of $i + 1$ equal numbers is $e^{s}/((i+1)e^{s}) = 1/(i+1)$. So
 # $A_i = W_O \frac{1}{i+1}\sum_{j} v_j$ over the query and $c_1..c_i$, an average, and
 # $A_{i+1} = \frac{(i+1)A_i + W_O v_{i+1}}{i+2}$ gives $A_{i+1} - A_i = (W_O v_{i+1} - A_i)/(i+2)$.
-# The increment $\|W_0(A_{i+1} - A_i)\|/\|A(x)\|$ of the path (tutorial 5) therefore decays
-# like $1/i$ — for **any** values, trained or not. With unequal keys and context tokens
-# drawn alike, the $i$ context tokens are exchangeable, so each gets on average
-# $(1 - P_x)/i$ ($P_x$ the query's own weight): still of order $1/i$, the same decay.
+# Both patches have the row $A_0^\top/\|A_0\|^2$, so
+# $\|\Delta W_{i+1} - \Delta W_i\|_F = \|W (A_{i+1} - A_i)\|/\|A_0\|
+# = \|W (W_O v_{i+1} - A_i)\|/((i+2)\|A_0\|)$: it decays like $1/i$ — for **any** values,
+# trained or not (tutorial 5 calls this the increment of the path). With unequal keys and
+# context tokens drawn alike, the $i$ context tokens are exchangeable, so each gets on average
+# $(1 - P_x)/i$ ($P_x$ the query's own weight): still of order $1/i$.
 
 # %% jupyter={"source_hidden": true}
 # Solution 3 (the test): the query's weights for every prefix c_1..c_i with W_K = 0.
 attn = params.blocks[0].attn
 flat_attn = attn._replace(W_K=numpy.zeros_like(attn.W_K))  # every key is 0
 flat_keys = params._replace(blocks=(params.blocks[0]._replace(attn=flat_attn),))
-weight_gaps = []
+weight_gaps, A_prefix = [], []
 for i in range(N + 1):
     prefix = numpy.concatenate([context[:, :i], query_alone], axis=1)  # (B, i + 1, D)
     _, prefix_cache = forward(flat_keys, config, prefix, last_only=True)
     P = prefix_cache.blocks[0].attn.weights[:, :, -1]  # (B, H, i + 1)
     weight_gaps.append(float(numpy.max(numpy.abs(P - 1.0 / (i + 1)))))
+    A_prefix.append(prefix_cache.blocks[0].u[:, -1])  # (B, D)  A_i (u = A here)
 print(f"largest |P − 1/(i+1)| over i = 0..{N}: {max(weight_gaps):.1e}")
+
+# %% jupyter={"source_hidden": true}
+# Solution 3 (the test, continued): A_{i+1} − A_i = (W_O v_{i+1} − A_i)/(i + 2).
+WO_v = context @ (flat_attn.W_O @ flat_attn.W_V).T  # (B, N, D)  W_O v_j for every c_j
+difference_gaps = [
+    relative_residual(A_prefix[i + 1] - A_prefix[i], (WO_v[:, i] - A_prefix[i]) / (i + 2))
+    for i in range(N)
+]
+print(f"A_(i+1) − A_i against (W_O v_(i+1) − A_i)/(i + 2): largest relative residual"
+      f" {max(difference_gaps):.1e}")
 
 # %% jupyter={"source_hidden": true}
 # Solution 4. The MLP input at the query alone is A(x) = 0, so (W + X) A(x) = 0 for every X
@@ -338,4 +366,5 @@ assert raised.prompts == (3, 7) and raised.block == 0
 assert residual_partial <= IDENTITY_RTOL
 assert Za_norm > 0.5 and dead_residual <= IDENTITY_RTOL  # Z a ≠ 0, output still exact
 assert max(weight_gaps) <= IDENTITY_RTOL
+assert max(difference_gaps) <= IDENTITY_RTOL
 assert numpy.ptp(numpy.array(outputs), axis=0).max() <= IDENTITY_RTOL  # same for every X

@@ -55,6 +55,7 @@ from minimal_icl import (
 )
 from minimal_icl.block import block_forward
 from minimal_icl.data import regression_prompts
+from minimal_icl.exercises.tutorial_04 import check_skip_patch
 from minimal_icl.implicit import implicit_update, rank_one_update, remove_tokens
 
 batch = regression_prompts(32, n_context=16, d=2, seed=1)
@@ -99,6 +100,7 @@ def without_bias_update(updates):
 
 # %%
 def skip_patch(W, x, A_with, A_without):
+    """ΔW = W δA (x + A(x))ᵀ/‖x + A(x)‖² (B, M, D) and Δb′ = h_C − h_∅ (B, D)."""
     ### BEGIN SOLUTION
     a = x + A_without  # (B, D)  u_∅ = h_∅: the MLP input without the context
     column = (A_with - A_without) @ W.T  # (B, M)  W δA
@@ -110,8 +112,6 @@ def skip_patch(W, x, A_with, A_without):
 
 
 # %%
-from minimal_icl.exercises.tutorial_04 import check_skip_patch
-
 check_skip_patch(skip_patch)
 
 # %% [markdown]
@@ -132,6 +132,7 @@ full_patch, _ = forward(skip_params, skip_config, query_alone, patches=(skip_upd
 weight_only, _ = forward(skip_params, skip_config, query_alone,
                          patches=without_bias_update((skip_update,)))
 
+# %%
 
 def inverse(a):
     """a/‖a‖² per prompt."""
@@ -201,6 +202,7 @@ stack_updates = implicit_update(stack_params, stack_config, context, query)
 stack_with_context, stack_cache = forward(stack_params, stack_config, batch.tokens)
 
 
+# %%
 def query_stream(out, cache):
     """The query's representation after each block: (n_blocks, B, D)."""
     return numpy.stack([z[:, -1] for z in cache.inputs[1:]] + [out[:, -1]])
@@ -214,7 +216,7 @@ for name, patches in {
     "no patch": None,
 }.items():
     out, cache = forward(stack_params, stack_config, query_alone, patches=patches)
-    streams[name] = query_stream(out, cache)
+    streams[name] = query_stream(out, cache)  # (3, B, D)
 
 # %% [markdown]
 # The table and the left panel: relative difference of the query's representation after each
@@ -229,6 +231,7 @@ for name, values in per_block.items():
     print(f"{name:20s}", "  ".join(f"{v:.1e}" for v in values))
 print("rank of ΔW per block:", ranks)
 
+# %%
 fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.5), constrained_layout=True)
 for name, values in per_block.items():
     axes[0].semilogy([1, 2, 3], numpy.maximum(values, 1e-18), "o-", label=name)
@@ -292,9 +295,11 @@ same_as_package = max(relative_residual(p.delta_W, q.delta_W)
 print(f"the loop vs implicit_update(..., removed=Y): {same_as_package:.1e}")
 
 # %% [markdown]
-# The two agree to rounding (about $10^{-14}$ relative: $\Delta W$ is built from the
+# The two agree to rounding (about $3 \times 10^{-14}$ relative: $\Delta W$ is built from the
 # difference $u_C - u_\emptyset$ of two nearby vectors, and the package runs the last block of
-# the full prompt at the query only, which rounds differently).
+# the full prompt at the query only, which rounds differently: take the full run's states
+# from `forward(..., last_only=True)` instead and the loop gives the package's $\Delta W$ bit
+# for bit).
 #
 # What goes wrong with a shortcut: take $u_\emptyset$ from the kept tokens' representations
 # of the **full** run (what the query would see if the kept tokens did not notice that $Y$ was
@@ -312,6 +317,11 @@ for l, block in enumerate(stack_params.blocks):
     delta_W, _, _ = rank_one_update(block.mlp.W1, u_C - u_0, u_0)
     shortcut.append(BlockPatch(delta_W, h_C - h_0))
 
+# %% [markdown]
+# Run the reduced prompt through the stack with each set of patches and compare the query's
+# state after every block with the full run:
+
+# %%
 reduced = remove_tokens(context, query, removed)
 partial_reference = query_stream(full_out, full_cache)
 partial = {}
@@ -341,10 +351,17 @@ print("rank of ΔW per block:", partial_ranks)
 # %% [markdown]
 # ## Summary
 #
-# * At the MLP input $u$: $\Delta W = W (u_C - u_\emptyset)\, u_\emptyset^\top/\|u_\emptyset\|^2$, $\Delta b' = h_C - h_\emptyset$ with an MLP skip.
-# * The package's skip block reads $h = x + A$: $\Delta W = W \delta A\,(x + A(x))^\top/\|x + A(x)\|^2$, $\Delta b' = \delta A$ (the paper's form has the row $A(x)^\top/\|A(x)\|^2$).
-# * Pre-LN: $u = \mathrm{LN}_2(h)$, $\delta u = \mathrm{LN}_2(h_C) - \mathrm{LN}_2(h_\emptyset)$, and the same formula.
-# * A stack, any $Y \subseteq C$: on $z_1 = [C \setminus Y, x]$, $\Delta W_l$ from block $l$ on the patched $z_l$, $z_{l+1} = T^{(l)}_{W_l + \Delta W_l,\, b'_l + \Delta b'_l}(z_l)$; the query's state matches after every block.
+# * At the MLP input $u$:
+#   $\Delta W = W (u_C - u_\emptyset)\, u_\emptyset^\top/\|u_\emptyset\|^2$, and
+#   $\Delta b' = h_C - h_\emptyset$ with an MLP skip.
+# * The package's skip block reads $h = x + A$:
+#   $\Delta W = W \delta A\,(x + A(x))^\top/\|x + A(x)\|^2$, $\Delta b' = \delta A$ (the
+#   paper's form has the row $A(x)^\top/\|A(x)\|^2$).
+# * Pre-LN: $u = \mathrm{LN}_2(h)$,
+#   $\delta u = \mathrm{LN}_2(h_C) - \mathrm{LN}_2(h_\emptyset)$, and the same formula.
+# * A stack, any $Y \subseteq C$: on $z_1 = [C \setminus Y, x]$, $\Delta W_l$ from block $l$
+#   on the patched $z_l$, $z_{l+1} = T^{(l)}_{W_l + \Delta W_l,\, b'_l + \Delta b'_l}(z_l)$
+#   (block $l$ with its patch); the query's state matches after every block.
 
 # %% [markdown]
 # ## Exercises

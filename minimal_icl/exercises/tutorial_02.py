@@ -11,7 +11,7 @@ of the query alone [x]. ``check_delta_W`` compares the answer with the package's
 ``implicit_update`` and runs the patched forward, ``forward(x, patches=...)``, which must
 reproduce the with-context output at the query. Hints name the typical mistakes: no
 division by ‖A(x)‖², a division by ‖A(x)‖, the transposed factor A(x) ⊗ W ΔA, the sign
-of ΔA, and A(C, x) in place of A(x) as the row.
+of ΔA, A(C, x) in place of A(x) as the row, and one ‖A(x)‖² for the whole batch.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ def delta_W_mistakes(W, A_with, A_alone) -> list[tuple[str, numpy.ndarray]]:
          " the query alone", _outer(-column, A_x / norm**2)),
         ("the row is A(C, x)ᵀ/‖A(C, x)‖², but the patched block runs on the query alone:"
          " ΔW must act on A(x), so the row is A(x)ᵀ/‖A(x)‖²", _outer(column, A_C / norm_C**2)),
+        ("‖A(x)‖² is summed over every prompt at once: each prompt has its own A(x), so"
+         " sum the squares over the last axis only (axis=-1, keepdims=True)",
+         _outer(column, A_x / numpy.sum(A_x * A_x))),
     ]
 
 

@@ -12,7 +12,7 @@ compares the answer with the package's ``null_space_perturbation(update, Z) − 
 Z_⊥ a = 0, and runs the patched forward with ΔW + Z_⊥, which must reproduce the
 with-context output at the query. Hints name the typical mistakes: a missing ‖a‖², a
 division by ‖a‖, the projection onto a instead of away from it, the projector applied to
-the rows instead of the columns.
+the rows instead of the columns, one ‖a‖² for the whole batch.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ def null_space_mistakes(Z, a) -> list[tuple[str, numpy.ndarray]]:
          " minus it", Za * a_row / norm**2),
         ("the sign of the correction is flipped: Z_⊥ = Z − (Z a) aᵀ/‖a‖²",
          Z + Za * a_row / norm**2),
+        ("‖a‖² is summed over every prompt at once: each prompt has its own a, so sum the"
+         " squares over the last axis only (one ‖a‖² per prompt, shape (B, 1, 1))",
+         Z - Za * a_row / numpy.sum(a * a)),
     ]
     if Z.shape[-1] == Z.shape[-2]:  # only then can the projector act from the left
         left = Z - a[:, :, None] * (a_row @ Z) / norm**2  # (I − a aᵀ/‖a‖²) Z

@@ -98,6 +98,9 @@ def check_skip_patch(skip_patch: Callable, seed: int = 0) -> None:
         ("the division by ‖a‖² is missing: ΔW = W δA aᵀ/‖a‖² with a = x + A(x)",
          _rank_one(column, h_0, power=0)),
         ("‖a‖ is not squared: the row is a/‖a‖², a = x + A(x)", _rank_one(column, h_0, 1)),
+        ("‖a‖² is summed over every prompt at once: each prompt has its own a = x + A(x), so"
+         " sum the squares over the last axis only (axis=-1, keepdims=True)",
+         column[:, :, None] * (h_0 / numpy.sum(h_0 * h_0))[:, None, :]),
         ("the row is built from the with-context input x + A(C, x); it is the MLP input"
          " WITHOUT the context, a = x + A(x)", _rank_one(column, h_C)),
         ("the column is W (x + A(C, x)); it is W times the CHANGE of the MLP input,"
