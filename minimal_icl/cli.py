@@ -74,12 +74,14 @@ def check_outputs(out: str, names) -> dict[str, bool]:
     return existed
 
 
-def model_note(record: dict, out: str, existed: dict[str, bool]) -> str | None:
+def model_note(record: dict, out: str, existed: dict[str, bool], key: str = "model") -> str | None:
     """Whether the figure of ``record`` reused the saved model or trained one, in words.
 
     ``existed``: which model files were in ``out`` before; updated as models are saved.
+    ``key``: the record's entry that describes the model ("deep_model" for a figure's
+    second model).
     """
-    model = record.get("model")
+    model = record.get(key)
     if not isinstance(model, dict) or "checkpoint" not in model:
         return None
     name = model["checkpoint"]
@@ -274,9 +276,10 @@ def run_figure(args: argparse.Namespace) -> int:
         record = run_figure(args.name, args.out, seed=args.seed, fast=args.fast, progress=progress)
     finally:
         progress.close()
-    note = model_note(record, args.out, existed)
-    if note is not None:
-        print(note)
+    for key in ("model", "deep_model"):
+        note = model_note(record, args.out, existed, key)
+        if note is not None:
+            print(note)
     for key, value in record["headline"].items():
         print(f"  {key}: {_short(value)}")
     print(f"wrote {os.path.join(args.out, args.name)}.png and .json ({record['seconds']:.1f} s)")
@@ -296,9 +299,10 @@ def run_reproduce(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     for name, record in records.items():
-        note = model_note(record, args.out, existed)
-        if note is not None:
-            print(f"{name}: {note}")
+        for key in ("model", "deep_model"):
+            note = model_note(record, args.out, existed, key)
+            if note is not None:
+                print(f"{name}: {note}")
     path = os.path.join(args.out, "summary.md")
     with open(path) as f:
         print(f.read(), end="")

@@ -191,6 +191,73 @@ def test_dynamics_gradient_step_and_output_identities_hold_at_every_step(fast_ru
     assert numpy.all(numpy.abs(cos) <= 1.0 + 1e-12)
 
 
+# -- every position, the thought patch -------------------------------------------------------
+
+
+def test_positions_every_position_is_reproduced_by_both_constructions(fast_run):
+    record = fast_run[1]["positions"]
+    h, data = record["headline"], record["data"]
+    assert record["model"]["reused_checkpoint"] and record["deep_model"]["reused_checkpoint"]
+    assert h["max_residual_own"] <= IDENTITY_RTOL and h["max_residual_last_token"] <= IDENTITY_RTOL
+    T = record["model"]["setup"]["n_context"] + 1
+    for model in data.values():
+        for variant in model["variants"].values():
+            assert len(variant["residual_per_position"]) == T
+            assert len(variant["blocks"]) == model["n_blocks"]
+
+
+def test_positions_alignments_are_cosines_and_the_variant_differs_in_block_one_only(fast_run):
+    data = fast_run[1]["positions"]["data"]
+    for model in data.values():
+        for variant in model["variants"].values():
+            heat = numpy.asarray(variant["heatmap_block1"])
+            assert numpy.allclose(numpy.diag(heat), 1.0, rtol=0, atol=1e-12)  # cos_F(ΔW_t, ΔW_t)
+            assert numpy.all(numpy.abs(heat) <= 1.0 + 1e-12)
+            for block in variant["blocks"]:
+                assert abs(block["context_mean"]) <= block["context_abs_mean"] <= 1.0 + 1e-12
+    deep = data["deep"]["variants"]
+    own, last = deep["own"]["blocks"], deep["last_token"]["blocks"]
+    assert own[0]["context_mean"] != last[0]["context_mean"]  # block 1: u_x instead of u_∅,t
+    for l in range(1, len(own)):  # from block 2 on the variant's patches are the own ones
+        assert own[l]["context_mean"] == pytest.approx(last[l]["context_mean"], rel=1e-9)
+    across = numpy.asarray(data["deep"]["across_blocks_abs_mean"])
+    assert numpy.allclose(numpy.diag(across), 1.0) and numpy.allclose(across, across.T)
+    assert 0.05 < data["deep"]["random_rank_one_abs_cos"] < 0.2  # ≈ E|cos c| E|cos r|, M=16, D=3
+
+
+def test_thought_patch_is_exact_on_at_most_rank_A_calibration_queries(fast_run):
+    record = fast_run[1]["thought"]
+    h, data = record["headline"], record["data"]
+    d = record["model"]["setup"]["d"]
+    # regression queries (x; 0) through a block without skips: a = u_∅(x) spans d directions
+    assert h["max_rank_A"] == d and h["largest_K_exact_on_calibration"] == d
+    for K, gap in zip(data["K"], data["gap_calibration"]):
+        assert (gap["mean"] <= 1e-20) == (K <= d), K
+    assert h["gap_exact_patch"] <= 1e-20  # Theorem 2.2's per-query patch: rounding only
+    exact, with_context = data["references"]["exact"]["mse"], data["references"]["with_context"]["mse"]
+    assert exact["mean"] == pytest.approx(with_context["mean"], rel=IDENTITY_RTOL)
+
+
+def test_thought_patch_error_falls_with_K_and_beats_no_context(fast_run):
+    h = fast_run[1]["thought"]["headline"]
+    data = fast_run[1]["thought"]["data"]
+    gap = h["gap_thought"]
+    assert gap[-1] < gap[0] and gap[-1] < 0.1 * h["gap_no_context"]
+    assert h["mse_thought"][-1] < h["mse_thought"][0] and h["mse_thought"][-1] < h["mse_no_context"]
+    # the package's one-call compression_error measures the same gaps
+    package = data["compression_error"]
+    assert package["n_calibration"] == data["K"]
+    assert relative_residual(numpy.asarray(package["thought"]), numpy.asarray(gap)) <= IDENTITY_RTOL
+
+
+def test_summary_has_the_positions_and_thought_rows(fast_run):
+    out, records = fast_run
+    text = (out / "summary.md").read_text()
+    assert "| positions |" in text and "| thought |" in text
+    assert f"{records['positions']['headline']['paper_cos_F_context_own']:.2f}" in text
+    assert f"{records['thought']['headline']['mse_no_context']:.3g}" in text
+
+
 # -- the shared model --------------------------------------------------------------------
 
 

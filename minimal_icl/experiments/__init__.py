@@ -11,9 +11,12 @@ numbers and the settings used):
     finetune     Figure 4: finetuning W on i examples against the implicit patch ΔW_i
     deep         Figure 5 (later versions): per-block patches of a 4-block pre-LN stack
     dynamics     Proposition 3.1 on one prompt: the path W_0 → W_N, step by step
+    positions    every position as a query: alignment of the per-position patches
+    thought      one patch for all queries: held-out error against K calibration queries
 
 ``reproduce`` runs them all and writes DIR/summary.md. The trained models are shared:
-DIR/paper_model.npz (Figures 2–4, dynamics) and DIR/deep_model.npz, trained once and
+DIR/paper_model.npz (Figures 2–4, dynamics, positions, thought) and DIR/deep_model.npz
+(deep, positions), trained once and
 reused while they match the settings. Each figure's choices live in one config record
 in its module (``IdentityConfig``, ...), with a fast variant for smoke tests.
 """
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 from . import convergence, deep, dynamics, finetune, identity
+from . import positions, thought
 from .common import QUIET, ExperimentError, Progress, check_seed, prepare_out_dir
 from .summary import write_summary
 
@@ -33,6 +37,8 @@ FIGURES = {
     "finetune": finetune.run,
     "deep": deep.run,
     "dynamics": dynamics.run,
+    "positions": positions.run,
+    "thought": thought.run,
 }
 
 

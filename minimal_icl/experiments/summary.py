@@ -82,6 +82,36 @@ def summary_rows(records: dict) -> list[tuple[str, str, str, str]]:
             ("dynamics", "max relative residual of T_{W_i}(x) = T_W(c_1..c_i, x), all steps",
              _e(h["max_output_residual"]), "stated exactly (Prop. 3.1), no figure"),
         ]
+    if "positions" in records:
+        h = records["positions"]["headline"]
+        deep = " / ".join(_f(v, 2) for v in h["deep_cos_F_context_own_per_block"])
+        rows += [
+            ("positions", "max relative residual, every position's token alone + its patches"
+             " / the last token alone + Innocenti & Achour's (paper and deep model)",
+             f"{_e(h['max_residual_own'])} / {_e(h['max_residual_last_token'])}",
+             "not in v1 (Innocenti & Achour 2025: exact)"),
+            ("positions", "mean cos_F(ΔW_s, ΔW_t) between context positions, paper model:"
+             " own-token patches / last-token variant",
+             f"{_f(h['paper_cos_F_context_own'], 2)} / {_f(h['paper_cos_F_context_last_token'], 2)}",
+             "not reported"),
+            ("positions", "the same, deep model, blocks 1–4 (own-token patches); across blocks,"
+             " mean \\|cos_F\\| (random rank 1)",
+             f"{deep}; {_f(h['deep_abs_cos_F_across_blocks_mean'], 2)}"
+             f" ({_f(h['random_rank_one_abs_cos_F'], 2)})", "not reported"),
+        ]
+    if "thought" in records:
+        h = records["thought"]["headline"]
+        K = h["K"]
+        pick = [k for k in dict.fromkeys((1, 2, 3, 10, K[-1])) if k in K]
+        mse = " / ".join(_mse(h["mse_thought"][K.index(k)]) for k in pick)
+        rows += [
+            ("thought", f"held-out MSE against y of the thought patch, K = {', '.join(map(str, pick))}",
+             mse, "later versions: levels off (no number quoted here)"),
+            ("thought", "held-out MSE: exact per-query patch / no context (query alone)",
+             f"{_mse(h['mse_exact_patch'])} / {_mse(h['mse_no_context'])}", "not reported"),
+            ("thought", f"largest K fitted exactly on its calibration queries (rank of A ≤"
+             f" {h['max_rank_A']})", str(h["largest_K_exact_on_calibration"]), "not reported"),
+        ]
     return rows
 
 
