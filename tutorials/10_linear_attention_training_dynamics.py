@@ -383,7 +383,16 @@ print("  change of the drop epoch per ×100 in scale:", m_steps)
 # %% [markdown]
 # ATTN_S: the slope is close to −1 (time ∝ 1/scale). ATTN_M: each factor of 100 in the
 # initial scale moves the drop by the same number of epochs (time linear in
-# $\log(1/\text{scale})$).
+# $\log(1/\text{scale})$). The number itself follows from the cubic-feature network (our
+# linearisation, not a statement of the paper): near zero its weights grow like
+# $(1 + 2\,\mathrm{lr}\,s)^t$ (lr the training learning rate, $t$ the epoch) with
+# $s = \|\mathbb{E}[y_q z]\|$, and
+# $\mathbb{E}[y_q\,\beta x_q^\top] = \mathbb{E}[S w w^\top x_q x_q^\top] = \Lambda^2$, so the drop moves
+# by $\ln(100)/(2\,\mathrm{lr}\,\|\Lambda^2\|_F)$ epochs per factor of 100 in the scale:
+
+# %%
+per_100 = numpy.log(100) / (2 * 0.124 * numpy.linalg.norm(cov.Lambda @ cov.Lambda))
+print(f"predicted {per_100:.1f} epochs per ×100, measured {-numpy.mean(m_steps):.1f}")
 #
 # ## 9. The end point is one step of preconditioned gradient descent
 #
@@ -403,7 +412,7 @@ print(f"Γ⁻¹ for Λ = I: {white[0, 0]:.6f} I;  η* = {optimal_gd_step(d, N):.
 #
 # - ATTN_M with $\bar v_i = \bar u_i = 0$ is a two-layer linear network on the cubic feature: $\hat y = \sum_i v_i\beta^\top U_i x_q = w_2^\top W_1 \operatorname{vec}(\beta x_q^\top)$, with the same gradient-descent trajectory.
 # - The data enter through $\overline{\varphi\varphi^\top}$, $\overline{y_q\varphi}$, $\overline{y_q^2}$ with $\varphi = \operatorname{vec}(XX^\top/N \otimes x_q)$: exact full-batch GD at a cost independent of $P$.
-# - ATTN_M makes one drop, at a time growing like $\log(1/\text{scale})$, to $\hat y = \beta^\top(\Lambda + (\Lambda + \operatorname{tr}\Lambda\, I)/N)^{-1} x_q$.
+# - ATTN_M makes one drop, at a time growing like $\ln(1/\text{scale})/(2\,\mathrm{lr}\,\|\Lambda^2\|_F)$, to $\hat y = \beta^\top(\Lambda + (\Lambda + \operatorname{tr}\Lambda\, I)/N)^{-1} x_q$.
 # - Rank-1 ATTN_S learns $e_1, e_2, \dots$ in turn, resting at $L(M_m) = \operatorname{tr}\Lambda - \sum_{d'\le m}\lambda_{d'}/(1 + (1 + \operatorname{tr}\Lambda/\lambda_{d'})/N)$, where it runs principal component regression $A_m = \sum_{d'\le m} c_{d'} e_{d'}e_{d'}^\top$.
 # - For $\Lambda = I$ the end point is tutorial 8's step: $\Gamma^{-1} = \eta^* I$, $\eta^* = 1/(1 + (d+1)/N)$.
 
@@ -473,3 +482,4 @@ assert all(numpy.all(numpy.abs(p - (numpy.arange(d) < m)) < 0.1)
            for m, p, _, _ in pcr_rows)  # the PCR pattern of the projections
 assert all(abs(loss - levels[m]) <= 0.05 * levels[m] for m, _, loss, _ in pcr_rows)
 assert s_times[0] > s_times[-1] and m_times[0] > m_times[-1]
+assert abs(-numpy.mean(m_steps) - per_100) <= 0.1 * per_100  # linearised growth rate
