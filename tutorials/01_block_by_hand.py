@@ -217,32 +217,34 @@ print("\n".join(source[max(at - 6, 0):at + 6]))
 # %% [markdown]
 # ## The gradient check of the whole block
 #
-# Pick a **random** upstream gradient $G$ and the scalar $L = \sum \mathrm{out} \odot G$.
-# Then `backward(G, cache)` claims to return $\partial L / \partial \theta$ for every parameter
-# $\theta$ and $\partial L/\partial z$ for the tokens. `check_gradients` compares each with
-# fourth-order central differences (step $\epsilon = 10^{-5}$, $e_i$ the $i$-th unit vector)
+# Pick a **random** upstream gradient $d\mathrm{out}$ (an array shaped like `out`) and the
+# scalar $L = \sum \mathrm{out} \odot d\mathrm{out}$. Then `backward(dout, cache)` claims to
+# return $\partial L / \partial p$ for every parameter array $p$ (`W_Q`, ..., `W1`, `b1`, ...)
+# and $\partial L/\partial z$ for the tokens. `check_gradients` compares each entry with
+# fourth-order central differences (step $\epsilon = 10^{-5}$, $e_k$ the $k$-th unit vector)
 #
 # $$
-# \frac{\partial L}{\partial \theta_i} \approx
-# \frac{8\,[L(\theta + \epsilon e_i) - L(\theta - \epsilon e_i)]
-#       - [L(\theta + 2\epsilon e_i) - L(\theta - 2\epsilon e_i)]}{12 \epsilon},
+# \frac{\partial L}{\partial p_k} \approx
+# \frac{8\,[L(p + \epsilon e_k) - L(p - \epsilon e_k)]
+#       - [L(p + 2\epsilon e_k) - L(p - 2\epsilon e_k)]}{12 \epsilon},
 # $$
 #
-# and reports $\|g_{\text{analytic}} - g_{\text{numeric}}\| / \max(\|g_{\text{analytic}}\|,
-# \|g_{\text{numeric}}\|)$ per parameter. A random $G$ matters: with $G$ all ones, errors that
-# cancel in a sum go unseen (exercise 2).
+# and reports, per parameter array, the relative error
+# $\|\nabla_{\text{backward}} - \nabla_{\text{numeric}}\| / \max(\|\nabla_{\text{backward}}\|,
+# \|\nabla_{\text{numeric}}\|)$. A random $d\mathrm{out}$ matters: with $d\mathrm{out}$ all
+# ones, errors that cancel in a sum go unseen (exercise 2).
 
 # %%
-G = rng.standard_normal(out.shape)
-dtokens, grads = backward(G, cache)
+dout = rng.standard_normal(out.shape)  # (B, T, D)  the upstream gradient
+dtokens, grads = backward(dout, cache)
 
 
 def loss_of_params(p):
-    return float(numpy.sum(forward(p, config, tokens)[0] * G))
+    return float(numpy.sum(forward(p, config, tokens)[0] * dout))
 
 
 def loss_of_tokens(z):
-    return float(numpy.sum(forward(params, config, z)[0] * G))
+    return float(numpy.sum(forward(params, config, z)[0] * dout))
 
 
 errors = check_gradients(loss_of_params, params, grads)
@@ -304,8 +306,8 @@ print(f"relative residual, last_only vs full: {last_only_residual:.1e}")
 #   \mathrm{LN}_2(h) + b) + b'$; its cache keeps each layer's input (and softmax's output).
 # * Softmax's Jacobian is $\partial P_i/\partial S_k = P_i(\delta_{ik} - P_k)$, so its
 #   backward is $dS = P \odot (dP - \sum_j dP_j P_j)$.
-# * A gradient is right when $\|g_{\text{analytic}} - g_{\text{numeric}}\|/\max(\|\cdot\|)
-#   \le 10^{-6}$ for $L = \sum \mathrm{out} \odot G$ with a **random** $G$.
+# * A gradient is right when $\|\nabla_{\text{backward}} - \nabla_{\text{numeric}}\|/\max(\|\cdot\|)
+#   \le 10^{-6}$ for $L = \sum \mathrm{out} \odot d\mathrm{out}$ with a **random** $d\mathrm{out}$.
 # * The checker fails on a wrong backward: $P \odot dP$ alone gives a relative error of
 #   about $0.5$ here, against $\approx 10^{-11}$ for $P \odot (dP - \sum_j dP_j P_j)$.
 # * `last_only=True`: $\mathrm{out}_{\text{last only}} = \mathrm{out}[:, -1]$ to $10^{-12}$.
@@ -324,10 +326,10 @@ print(f"relative residual, last_only vs full: {last_only_residual:.1e}")
 # 3. *(Prediction.)* Switch the block to `attention="linear"` and `activation="relu"` and
 #    rerun the gradient check of the whole block. Which rows of the table change, and does
 #    anything fail?
-# 4. *(Extension.)* Write the LayerNorm backward. For $y = g \odot \hat x + b$,
+# 4. *(Extension.)* Write the LayerNorm backward. For $y = \gamma \odot \hat x + \beta$ (gain $\gamma$, bias $\beta$),
 #    $\hat x = (x - \mu)\,r$, $r = 1/\sqrt{\sigma^2 + \epsilon}$ (biased variance), show
 #    $dx = r\,(d\hat x - \mathrm{mean}(d\hat x) - \hat x\, \mathrm{mean}(d\hat x \odot \hat x))$
-#    with $d\hat x = g \odot dy$ (means over the last axis, of width $D$), code it as
+#    with $d\hat x = \gamma \odot dy$ (means over the last axis, of width $D$), code it as
 #    `my_layernorm_backward(dy, ln_cache) -> dx` (`layernorm_forward(x, params, eps)` returns
 #    $y$ and the cache $(\hat x, r, g)$ of shapes $(B, T, D)$, $(B, T, 1)$, $(D,)$), and check
 #    it with `check_layer` and against `minimal_icl.layernorm.layernorm_backward`.
@@ -381,9 +383,9 @@ linear_config = TransformerConfig(
 )
 linear_params = init_params(linear_config, seed=0)
 linear_out, linear_cache = forward(linear_params, linear_config, tokens)
-_, linear_grads = backward(G, linear_cache)
+_, linear_grads = backward(dout, linear_cache)
 linear_errors = check_gradients(
-    lambda p: float(numpy.sum(forward(p, linear_config, tokens)[0] * G)),
+    lambda p: float(numpy.sum(forward(p, linear_config, tokens)[0] * dout)),
     linear_params, linear_grads)
 print(f"linear attention + ReLU: largest relative error"
       f" {max(linear_errors.values()):.1e}")

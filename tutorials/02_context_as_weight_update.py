@@ -53,6 +53,7 @@
 # 4. check the same identity on a block trained (briefly) on in-context regression.
 
 # %%
+import inspect
 import os
 from dataclasses import replace
 
@@ -69,7 +70,7 @@ from minimal_icl import (
 from minimal_icl.data import baseline_mse, regression_prompts
 from minimal_icl.exercises.tutorial_02 import check_delta_W
 from minimal_icl.experiments.common import cos_frobenius
-from minimal_icl.implicit import implicit_update
+from minimal_icl.implicit import implicit_update, rank_one_update
 from minimal_icl.train import paper_setting, train_setup
 
 FAST = os.environ.get("MINIMAL_ICL_FAST") == "1"  # the test suite's short run
@@ -111,10 +112,11 @@ print("A(C, x):", cache_with.blocks[0].u[:, -1].shape, "  A(x):",
 # \Delta W = \frac{(W\,\Delta A)\, A(x)^\top}{\|A(x)\|^2},\qquad \Delta A = A(C, x) - A(x).
 # $$
 #
-# For every prompt $b$ at once, with `A_C` and `A_x` of shape `(B, D)` and `W` of shape
-# `(M, D)`, compute the column $W\Delta A$ (shape `(B, M)`: `delta_A @ W.T`), the row
-# $A(x)/\|A(x)\|^2$ (shape `(B, D)`), and their outer product per prompt, shape `(B, M, D)`
-# (`column[:, :, None] * row[:, None, :]`).
+# For every prompt at once, with `A_C` and `A_x` of shape `(B, D)` (one row per prompt) and
+# `W` of shape `(M, D)`, compute `delta_A` $= \Delta A$, the column $W\Delta A$ (shape
+# `(B, M)`: `delta_A @ W.T`), the row $A(x)/\|A(x)\|^2$ (shape `(B, D)`: each prompt divides
+# by its own $\|A(x)\|^2$), and their outer product per prompt, shape `(B, M, D)`
+# (`column[:, :, None] * row[:, None, :]`), stored in `delta_W`.
 
 # %%
 def delta_W_from_caches(W, cache_with, cache_alone):
@@ -143,14 +145,14 @@ check_delta_W(delta_W_from_caches, params, config)
 #
 # `implicit_update(params, config, context, query)` computes the same $\Delta W$ (from the
 # engine's own block forward, with the same two runs), and returns one `ImplicitUpdate` per
-# block, usable directly as the `patches` argument of `forward`. Its core is three lines of
-# `minimal_icl.implicit.rank_one_update`:
-#
-# ```python
-# row = inverse_direction(u_without, block)              # (B, D)  a / ‖a‖²
-# column = xp.matmul(delta_u, xp.matrix_transpose(W))    # (B, M)  W δ per prompt
-# delta_W = xp.expand_dims(column, -1) * xp.expand_dims(row, -2)  # (B, M, D)
-# ```
+# block, usable directly as the `patches` argument of `forward`. Its core is
+# `minimal_icl.implicit.rank_one_update(W, delta, a)`, called with $\delta = \Delta A$ and
+# $a = A(x)$; here are its lines (read from the package, not copied):
+
+# %%
+source = inspect.getsource(rank_one_update).splitlines()
+start = next(i for i, line in enumerate(source) if "namespace(" in line)
+print("\n".join(source[start:]))
 
 # %%
 (update,) = implicit_update(params, config, context, query)

@@ -134,8 +134,10 @@ plt.show()
 # \qquad Z_\perp a = Z a - Z a = 0 .
 # $$
 #
-# Write it for every prompt at once: `Z` has shape `(B, M, D)` and `a` shape `(B, D)`;
-# `Z @ a[:, :, None]` is $Za$, shape `(B, M, 1)`, and `a[:, None, :]` is $a^\top$ per prompt.
+# Write it for every prompt at once and store it in `Z_perp`: `Z` has shape `(B, M, D)` and
+# `a` shape `(B, D)`; `Z @ a[:, :, None]` is $Za$, shape `(B, M, 1)`, `a[:, None, :]` is
+# $a^\top$ per prompt, and each prompt divides by its own $\|a\|^2$ (shape `(B, 1, 1)` to
+# broadcast against `(B, M, D)`).
 
 # %%
 def null_space_part(Z, a):
@@ -159,9 +161,9 @@ check_null_space(null_space_part, params, config)
 # ## Not unique: a family of updates, one of minimum norm
 #
 # `null_space_perturbation(update, Z)` returns $\Delta W + Z_\perp$ (the line you just wrote,
-# added to $\Delta W$). Every member of the family $\Delta W + t Z_\perp$ gives the same
+# added to $\Delta W$). Every member of the family $\Delta W + \lambda Z_\perp$ ($\lambda \in \mathbb{R}$) gives the same
 # output at the query, and by Pythagoras its norm is
-# $\sqrt{\|\Delta W\|_F^2 + t^2\|Z_\perp\|_F^2}$, smallest at $t = 0$.
+# $\sqrt{\|\Delta W\|_F^2 + \lambda^2\|Z_\perp\|_F^2}$, smallest at $\lambda = 0$.
 
 # %%
 (update,) = implicit_update(params, config, context, query)  # Y = C
@@ -169,8 +171,8 @@ query_alone = query[:, None, :]
 Z = rng.standard_normal((config.d_mlp, config.d_token))  # one Z for every prompt
 scales = numpy.linspace(-2, 2, 21)
 family_residuals, family_norms = [], []
-for t in scales:
-    other_solution = null_space_perturbation(update, t * Z)  # (B, M, D)  ΔW + t Z_⊥
+for lam in scales:
+    other_solution = null_space_perturbation(update, lam * Z)  # (B, M, D)  ΔW + λ Z_⊥
     patch = BlockPatch(delta_W=other_solution, delta_b=update.delta_b)
     out, _ = forward(params, config, query_alone, patches=(patch,))
     family_residuals.append(relative_residual(out[:, -1], with_context[:, -1]))
@@ -194,11 +196,11 @@ print(f"Z_⊥ a, relative to max|Z| ‖a‖: {annihilation:.1e}")
 print(f"ΔW vs the pseudo-inverse solution: relative residual {pinv_residual:.1e}")
 
 fig, ax = plt.subplots(figsize=(5, 3.4), constrained_layout=True)
-ax.plot(scales, family_norms, "o", ms=4, label=r"$\|\Delta W + t Z_\perp\|_F$ (prompt 0)")
+ax.plot(scales, family_norms, "o", ms=4, label=r"$\|\Delta W + \lambda Z_\perp\|_F$ (prompt 0)")
 ax.plot(scales, pythagoras, "-", lw=1, color="gray", label="Pythagoras")
-ax.set_xlabel("t")
+ax.set_xlabel(r"$\lambda$")
 ax.set_ylabel("Frobenius norm")
-ax.set_title("every member works; t = 0 is the smallest")
+ax.set_title(r"every member works; $\lambda = 0$ is the smallest")
 ax.legend()
 plt.show()
 
@@ -358,7 +360,7 @@ print("with context:                     ", bad_with_context[3, -1])
 assert max(residuals) <= IDENTITY_RTOL
 assert max(family_residuals) <= IDENTITY_RTOL
 assert relative_residual(numpy.array(family_norms), pythagoras) <= IDENTITY_RTOL
-assert numpy.argmin(family_norms) == numpy.argmin(numpy.abs(scales))  # t = 0: the minimum
+assert numpy.argmin(family_norms) == numpy.argmin(numpy.abs(scales))  # λ = 0: the minimum
 assert annihilation <= IDENTITY_RTOL  # Z_⊥ a = 0
 assert pinv_residual <= IDENTITY_RTOL
 assert isinstance(raised, DegenerateQueryError)

@@ -395,9 +395,9 @@ print("rank of ΔW per block:", partial_ranks)
 # **Solution 2.** (a) Rank 1, as always: $\Delta W$ is a column times a row. (b) With gain 1
 # and bias 0, $u = (h - \bar h \mathbf{1})/\sqrt{\sigma^2 + \epsilon}$ has mean 0, so
 # $\mathbf{1}^\top u_\emptyset = 0$ and $\Delta W \mathbf{1} = 0$: the patch ignores shifts of
-# the MLP input along $\mathbf{1}$ (and $\delta u \perp \mathbf{1}$ too). (c) With gain $g$
-# and bias $\beta$, $u = g \odot n + \beta$ with $\mathbf{1}^\top n = 0$: now
-# $(u_\emptyset - \beta)/g \perp \mathbf{1}$, but $u_\emptyset$ itself is not (measured below:
+# the MLP input along $\mathbf{1}$ (and $\delta u \perp \mathbf{1}$ too). (c) With gain $\gamma$
+# and bias $\beta$, $u = \gamma \odot n + \beta$ with $\mathbf{1}^\top n = 0$: now
+# $(u_\emptyset - \beta)/\gamma \perp \mathbf{1}$, but $u_\emptyset$ itself is not (measured below:
 # $|\cos(\text{row}, \mathbf{1})|$ up to about 0.1 here).
 
 # %% jupyter={"source_hidden": true}
