@@ -13,10 +13,14 @@ numbers and the settings used):
     dynamics     Proposition 3.1 on one prompt: the path W_0 → W_N, step by step
     positions    every position as a query: alignment of the per-position patches
     thought      one patch for all queries: held-out error against K calibration queries
+    order        order sensitivity (Shen et al. 2024): spread of predictions over 10 orders
+    linear-dynamics  how linear attention learns in context (Zhang, Singh, Latham & Saxe
+                 2025): one drop (merged KQ), one plateau per eigenvalue (separate K, Q)
 
 ``reproduce`` runs them all and writes DIR/summary.md. The trained models are shared:
 DIR/paper_model.npz (Figures 2–4, dynamics, positions, thought) and DIR/deep_model.npz
-(deep, positions), trained once and
+(deep, positions), DIR/rnn_model.npz (convergence, order) and
+DIR/causal_stack_model.npz (order), trained once and
 reused while they match the settings. Each figure's choices live in one config record
 in its module (``IdentityConfig``, ...), with a fast variant for smoke tests.
 """
@@ -27,7 +31,7 @@ import time
 from pathlib import Path
 
 from . import convergence, deep, dynamics, finetune, identity
-from . import positions, thought
+from . import linattn_dynamics, order, positions, thought
 from .common import QUIET, ExperimentError, Progress, check_seed, prepare_out_dir
 from .summary import write_summary
 
@@ -39,6 +43,8 @@ FIGURES = {
     "dynamics": dynamics.run,
     "positions": positions.run,
     "thought": thought.run,
+    "order": order.run,
+    "linear-dynamics": linattn_dynamics.run,
 }
 
 
