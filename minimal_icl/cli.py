@@ -97,10 +97,18 @@ def model_note(record: dict, out: str, existed: dict[str, bool], key: str = "mod
     return f"trained the model and saved it to {path}"
 
 
-def model_files() -> tuple[str, ...]:
-    from .experiments.models import DEEP_MODEL_FILE, PAPER_MODEL_FILE
+MODEL_KEYS = ("model", "deep_model", "rnn_model", "causal_stack_model")  # a record's models
 
-    return (PAPER_MODEL_FILE, DEEP_MODEL_FILE)
+
+def model_files() -> tuple[str, ...]:
+    from .experiments.models import (
+        CAUSAL_STACK_FILE,
+        DEEP_MODEL_FILE,
+        PAPER_MODEL_FILE,
+        RNN_MODEL_FILE,
+    )
+
+    return (PAPER_MODEL_FILE, DEEP_MODEL_FILE, RNN_MODEL_FILE, CAUSAL_STACK_FILE)
 
 
 # -- train -----------------------------------------------------------------------------
@@ -276,7 +284,7 @@ def run_figure(args: argparse.Namespace) -> int:
         record = run_figure(args.name, args.out, seed=args.seed, fast=args.fast, progress=progress)
     finally:
         progress.close()
-    for key in ("model", "deep_model"):
+    for key in MODEL_KEYS:
         note = model_note(record, args.out, existed, key)
         if note is not None:
             print(note)
@@ -299,7 +307,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     for name, record in records.items():
-        for key in ("model", "deep_model"):
+        for key in MODEL_KEYS:
             note = model_note(record, args.out, existed, key)
             if note is not None:
                 print(f"{name}: {note}")

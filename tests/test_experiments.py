@@ -258,6 +258,48 @@ def test_summary_has_the_positions_and_thought_rows(fast_run):
     assert f"{records['thought']['headline']['mse_no_context']:.3g}" in text
 
 
+# -- the recurrent block and the order figure (the package's own) ------------------------
+
+
+def test_convergence_recurrent_increments_do_not_decay_like_one_over_i(fast_run):
+    h = fast_run[1]["convergence"]["headline"]
+    assert h["slope_trained_rnn"] > -0.3 > h["slope_random_softmax"]  # 1/i has slope −1
+    assert h["ratio_first_last_trained_rnn"] < 2.0 and h["spread_along_i_trained_rnn"] > 0.05
+    assert fast_run[1]["convergence"]["rnn_model"]["setup"]["config"]["contextual_layer"] == "rnn"
+
+
+def test_order_endpoints_free_of_order_are_at_rounding_level(fast_run):
+    """No mask, one causal block (its predictions are the unmasked ones), the implicit
+    path's endpoint W_N and full-batch GD: spread across orders at rounding level."""
+    h = fast_run[1]["order"]["headline"]
+    scale = h["target_rms"]
+    for key in ("noncausal_block", "causal_block", "implicit_path", "full_batch_gd"):
+        assert h[f"spread_{key}"] <= 1e3 * IDENTITY_RTOL * scale, key
+    assert h["causal_block_max_difference_from_noncausal"] <= IDENTITY_RTOL * scale
+
+
+def test_order_sensitive_learners_spread_far_above_rounding(fast_run):
+    """A causal stack, the recurrent block, online SGD, and the implicit path before its
+    end: their predictions move with the order."""
+    record = fast_run[1]["order"]
+    h, data = record["headline"], record["data"]
+    for key in ("causal_stack", "rnn_block", "online_sgd"):
+        assert h[f"spread_{key}"] > 1e-6, key
+    path = numpy.asarray(data["spread_implicit_path"])
+    N = record["model"]["setup"]["n_context"]
+    assert path.shape == (N + 1,) and path[0] <= IDENTITY_RTOL  # i = 0: the query alone
+    assert numpy.all(path[1:N] > 1e-6) and path[N] <= 1e-3 * path[1:N].min()
+    assert numpy.asarray(data["orders"]).shape == (record["config"]["n_orders"], N)
+
+
+def test_summary_has_the_order_rows(fast_run):
+    out, records = fast_run
+    text = (out / "summary.md").read_text()
+    assert "| order |" in text
+    assert f"{records['order']['headline']['spread_online_sgd']:.1e}" in text
+    assert f"{records['convergence']['headline']['slope_trained_rnn']:.2f}" in text
+
+
 # -- the shared model --------------------------------------------------------------------
 
 
