@@ -151,8 +151,8 @@ check_delta_W(delta_W_from_caches, params, config)
 
 # %%
 source = inspect.getsource(rank_one_update).splitlines()
-start = next(i for i, line in enumerate(source) if "namespace(" in line)
-print("\n".join(source[start:]))
+docstring_end = [i for i, line in enumerate(source) if '"""' in line][1]
+print("\n".join(source[docstring_end + 1:]))  # the body, after the docstring
 
 # %%
 (update,) = implicit_update(params, config, context, query)
