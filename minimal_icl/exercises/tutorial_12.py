@@ -1,0 +1,136 @@
+"""Checks for tutorial 12 (other contextual layers, and the order of the demonstrations).
+
+Two "your turn" cells, on the recurrent layer of ``minimal_icl.rnn``:
+
+1. the query alone, A(x) = W_out tanh(W_in x + b) (``check_rnn_query_alone``): one step
+   of s_t = tanh(W_s s_{t−1} + W_in c_t + b) from s_0 = 0, read out by W_out; it is what
+   Theorem 2.2 divides by;
+2. one step of backpropagation through time (``check_rnn_step_backward``): given
+   ds = ∂loss/∂s_t,
+
+       dpre = ds ⊙ (1 − s_t²),   dx = dpre W_in,   ds_prev = dpre W_s,
+       dW_in = dpreᵀ x,   dW_s = dpreᵀ s_{t−1},   db = Σ_B dpre,
+
+   compared with the package's ``rnn_step_backward`` and then run inside the package's
+   ``rnn_backward`` through the gradient checker (a random upstream gradient).
+
+Each check names the typical mistakes: the tanh or the bias left out, a recurrence that
+starts from s_0 ≠ 0; tanh's derivative dropped or replaced by the sigmoid's, W_s not
+transposed the right way, the bias gradient not summed over prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+from unittest import mock
+
+import numpy
+
+from .. import rnn as rnn_module
+from ..gradcheck import assert_gradients_ok, check_layer
+from ..rnn import RNNParams, rnn_forward, rnn_step_backward, rnn_step_forward
+from . import ExerciseError, call_answer, check_array
+
+__all__ = ["check_rnn_query_alone", "check_rnn_step_backward", "rnn_params_for_check"]
+
+
+def rnn_params_for_check(D: int = 3, S: int = 5, seed: int = 0) -> RNNParams:
+    """Random recurrent weights with a non-zero bias (the checks' inputs)."""
+    rng = numpy.random.default_rng(seed)
+    return RNNParams(
+        W_in=rng.standard_normal((S, D)) / numpy.sqrt(D),
+        W_s=rng.standard_normal((S, S)) / numpy.sqrt(S),
+        b=0.5 * rng.standard_normal(S),
+        W_out=rng.standard_normal((D, S)) / numpy.sqrt(S),
+    )
+
+
+def check_rnn_query_alone(function: Callable, seed: int = 0) -> float:
+    """Check ``function(x, p) -> A(x)`` for queries x (B, D) and RNNParams p; A(x) (B, D).
+
+    The expected answer is the package's ``rnn_forward`` on the one-token prompts.
+    Returns the relative residual; raises ExerciseError with a hint.
+    """
+    label = getattr(function, "__name__", "your function")
+    p = rnn_params_for_check(seed=seed)
+    x = numpy.random.default_rng(seed + 1).standard_normal((4, 3))
+    answer = call_answer(function, x.copy(), p, name=label)
+    expected = rnn_forward(x[:, None, :], p)[0][:, 0, :]  # (B, D)
+    mistakes = [
+        ("the tanh is missing: s_1 = tanh(W_s s_0 + W_in x + b), then A = W_out s_1",
+         (x @ p.W_in.T + p.b) @ p.W_out.T),
+        ("the bias b is missing inside the tanh: s_1 = tanh(W_in x + b)",
+         numpy.tanh(x @ p.W_in.T) @ p.W_out.T),
+        ("the recurrence starts from s_0 = 0, so W_s s_0 = 0: a token alone never meets W_s",
+         numpy.tanh(p.W_s.sum(axis=1) + x @ p.W_in.T + p.b) @ p.W_out.T),
+        ("the read-out W_out is applied inside the tanh: A = W_out tanh(W_in x + b)",
+         numpy.tanh(x @ p.W_in.T @ p.W_out.T + p.b @ p.W_out.T)),
+    ]
+    return check_array("A(x)", answer, expected, mistakes=mistakes)
+
+
+def _step_inputs(seed: int):
+    """One step's cache and upstream gradient ds, (B, S) = (4, 5), D = 3."""
+    rng = numpy.random.default_rng(seed + 2)
+    p = rnn_params_for_check(seed=seed)
+    x, s_prev = rng.standard_normal((4, 3)), numpy.tanh(rng.standard_normal((4, 5)))
+    _, cache = rnn_step_forward(x, s_prev, p)
+    return rng.standard_normal((4, 5)), cache
+
+
+def check_rnn_step_backward(function: Callable, seed: int = 0) -> dict:
+    """Check ``function(ds, cache) -> (dx, ds_prev, dW_in, dW_s, db)`` for one step.
+
+    ``cache`` is an ``rnn.RNNStepCache`` (fields x, s_prev, s, W_in, W_s). Each output is
+    compared with the package's ``rnn_step_backward``; then the reader's step replaces the
+    package's inside ``rnn_backward`` and the whole layer is gradient-checked against
+    finite differences (random upstream gradient). Returns the gradient check's errors.
+    """
+    label = getattr(function, "__name__", "your function")
+    ds, cache = _step_inputs(seed)
+    answer = call_answer(function, ds.copy(), cache, name=label)
+    if not isinstance(answer, tuple) or len(answer) != 5:
+        raise ExerciseError(
+            f"{label} must return the tuple (dx, ds_prev, dW_in, dW_s, db), got"
+            f" {type(answer).__name__}" + (f" of length {len(answer)}"
+                                           if isinstance(answer, tuple) else "")
+        )
+    expected = rnn_step_backward(ds, cache)
+    c = cache
+
+    def with_dpre(dpre):  # the five gradients for a given ∂loss/∂pre
+        return (dpre @ c.W_in, dpre @ c.W_s, dpre.T @ c.x, dpre.T @ c.s_prev, dpre.sum(axis=0))
+
+    no_derivative = with_dpre(ds)
+    sigmoid_like = with_dpre(ds * c.s * (1.0 - c.s))
+    one_minus_s = with_dpre(ds * (1.0 - c.s))
+    dpre = ds * (1.0 - c.s * c.s)
+    names = ("dx", "ds_prev", "dW_in", "dW_s", "db")
+    for k, name in enumerate(names):
+        mistakes = [
+            ("tanh's derivative is missing: dpre = ds ⊙ (1 − s²) before any product",
+             no_derivative[k]),
+            ("that is the sigmoid's derivative s(1 − s); tanh′ = 1 − tanh² = 1 − s²",
+             sigmoid_like[k]),
+            ("(1 − s) is not tanh's derivative: square the state, dpre = ds ⊙ (1 − s²)",
+             one_minus_s[k]),
+        ]
+        if name == "ds_prev":
+            mistakes.append(("W_s is transposed: pre = s_prev W_sᵀ + ..., so ds_prev = dpre W_s",
+                             dpre @ c.W_s.T))
+        check_array(name, answer[k], expected[k], mistakes=mistakes, quiet=True)
+
+    D, S, B, T = 3, 5, 2, 4
+    inputs = (numpy.random.default_rng(seed + 3).standard_normal((B, T, D)),
+              rnn_params_for_check(D, S, seed + 4))
+    with mock.patch.object(rnn_module, "rnn_step_backward", function):
+        # rnn_backward looks its step up in the module when it runs: it uses yours
+        errors = check_layer(lambda a: rnn_forward(a[0], a[1]), rnn_module.rnn_backward, inputs,
+                             seed=seed + 5)
+    try:
+        assert_gradients_ok(errors)
+    except AssertionError as failure:  # a mistake the comparison above let through
+        raise ExerciseError(f"backpropagation through time with your step: {failure}") from None
+    print(f"✓ one step of BPTT is right, and rnn_backward with it passes the gradient check"
+          f" (largest relative error {max(errors.values()):.1e})")
+    return errors

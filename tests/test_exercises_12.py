@@ -1,0 +1,91 @@
+"""Tutorial 12's checks pass the right answers and name each typical mistake."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+
+from minimal_icl.exercises import ExerciseError
+from minimal_icl.exercises.tutorial_12 import check_rnn_query_alone, check_rnn_step_backward
+from minimal_icl.rnn import rnn_step_backward
+
+# -- A(x) -------------------------------------------------------------------------------
+
+
+def test_query_alone_right_answer_passes(capsys):
+    def right(x, p):
+        return numpy.tanh(x @ p.W_in.T + p.b) @ p.W_out.T
+
+    assert check_rnn_query_alone(right) <= 1e-12
+    assert "✓ A(x) is right" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda x, p: (x @ p.W_in.T + p.b) @ p.W_out.T, "the tanh is missing"),
+        (lambda x, p: numpy.tanh(x @ p.W_in.T) @ p.W_out.T, "the bias b is missing"),
+        (lambda x, p: numpy.tanh(p.W_s.sum(axis=1) + x @ p.W_in.T + p.b) @ p.W_out.T,
+         "starts from s_0 = 0"),
+        (lambda x, p: numpy.tanh(x @ p.W_in.T @ p.W_out.T + p.b @ p.W_out.T),
+         "applied inside the tanh"),
+        (lambda x, p: numpy.tanh(x @ p.W_in.T + p.b), "has shape"),
+    ],
+)
+def test_query_alone_mistakes_get_their_hint(wrong, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check_rnn_query_alone(wrong)
+
+
+def test_query_alone_placeholder_is_not_written_yet():
+    def placeholder(x, p):
+        raise NotImplementedError("your turn")
+
+    with pytest.raises(ExerciseError, match="not written yet"):
+        check_rnn_query_alone(placeholder)
+
+
+# -- one step of BPTT ----------------------------------------------------------------------
+
+
+def test_step_backward_right_answer_passes_and_is_gradient_checked(capsys):
+    errors = check_rnn_step_backward(rnn_step_backward)
+    assert set(errors) == {"0", "1.W_in", "1.W_s", "1.b", "1.W_out"}
+    assert max(errors.values()) <= 1e-6
+    assert "passes the gradient check" in capsys.readouterr().out
+
+
+def _step(derivative=lambda s: 1.0 - s * s, transpose_W_s=False, sum_b=True):
+    """A step backward with one ingredient swapped for a typical mistake."""
+
+    def step(ds, c):
+        dpre = ds * derivative(c.s)
+        W_s = c.W_s.T if transpose_W_s else c.W_s
+        db = dpre.sum(axis=0) if sum_b else dpre
+        return dpre @ c.W_in, dpre @ W_s, dpre.T @ c.x, dpre.T @ c.s_prev, db
+
+    return step
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (_step(derivative=lambda s: 1.0), "tanh's derivative is missing"),
+        (_step(derivative=lambda s: s * (1.0 - s)), "sigmoid's derivative"),
+        (_step(derivative=lambda s: 1.0 - s), r"\(1 − s\) is not tanh's derivative"),
+        (_step(transpose_W_s=True), "W_s is transposed"),
+        (_step(sum_b=False), r"db has shape \(4, 5\), expected \(5,\)"),
+        (lambda ds, c: rnn_step_backward(ds, c)[:4], "must return the tuple"),
+    ],
+)
+def test_step_backward_mistakes_get_their_hint(wrong, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check_rnn_step_backward(wrong)
+
+
+def test_step_backward_placeholder_is_not_written_yet():
+    def placeholder(ds, cache):
+        raise NotImplementedError("your turn")
+
+    with pytest.raises(ExerciseError, match="not written yet"):
+        check_rnn_step_backward(placeholder)
