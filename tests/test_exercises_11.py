@@ -1,0 +1,151 @@
+"""Tutorial 11's checks: the patch of one position and the thought patch pass when right
+and name each typical mistake."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+
+from minimal_icl.exercises import ExerciseError
+from minimal_icl.exercises.tutorial_11 import (
+    _states,
+    check_position_patch,
+    check_thought_delta,
+    position_case,
+    thought_case,
+)
+from minimal_icl.tolerances import relative_residual
+
+
+def position_patch_with(row="alone", power=2, column="delta", position="t", lone="own",
+                        bias="delta", transpose=False):
+    """A per-position patch with one switch per typical mistake (the defaults are right)."""
+
+    def position_patch(W, u_with, h_with, u_alone, h_alone, t):
+        s = t if position == "t" else -1
+        u_t, h_t = u_with[:, s], h_with[:, s]
+        u_0, h_0 = (u_alone[:, s], h_alone[:, s]) if lone == "own" else (u_alone[:, -1], h_alone[:, -1])
+        a = {"alone": u_0, "with": u_t}[row]
+        c = {"delta": u_t - u_0, "u_t": u_t}[column] @ W.T  # (B, M)
+        r = a / numpy.linalg.norm(a, axis=-1, keepdims=True) ** power
+        delta_W = c[:, :, None] * r[:, None, :]
+        if transpose:
+            delta_W = numpy.swapaxes(delta_W, -1, -2)
+        delta_b = {"delta": h_t - h_0, "zero": numpy.zeros_like(h_t), "h_t": h_t,
+                   "minus": h_0 - h_t}[bias]
+        return delta_W, delta_b
+
+    return position_patch
+
+
+def thought_delta_with(kind="pinv"):
+    """Δ* = U A⁺, or one typical mistake."""
+
+    def thought_delta(W, u_with, u_alone):
+        U = ((u_with - u_alone) @ W.T).mT  # (B, M, K)
+        A = u_alone.mT  # (B, D, K)
+        per_query = U[:, :, :, None] * (u_alone / numpy.sum(u_alone**2, -1, keepdims=True))[:, None]
+        return {
+            "pinv": lambda: U @ numpy.linalg.pinv(A),
+            "sum": lambda: per_query.sum(-2),
+            "mean": lambda: per_query.mean(-2),
+            "transpose_A": lambda: U @ A.mT,
+            "u_C": lambda: (u_with @ W.T).mT @ numpy.linalg.pinv(A),
+            "A_with": lambda: U @ numpy.linalg.pinv(u_with.mT),
+            "minus": lambda: -(U @ numpy.linalg.pinv(A)),
+            "swapped": lambda: (U @ numpy.linalg.pinv(A)).mT,
+        }[kind]()
+
+    return thought_delta
+
+
+def test_the_right_position_patch_passes(capsys):
+    check_position_patch(position_patch_with())
+    out = capsys.readouterr().out
+    assert "✓ ΔW_t (block 1) is right" in out and "✓ Δb′_t (block 2) is right" in out
+    assert "✓ forward(tokens[:, t:t+1], patches)" in out
+
+
+def test_the_position_case_is_not_degenerate():
+    """The mistakes are told apart: t is neither the last nor the first position, and the
+    variant's patch at t differs from position t's own."""
+    case = position_case()
+    T = case.tokens.shape[1]
+    assert 0 < case.t < T - 1 and case.config.causal and case.config.n_blocks == 2
+    s = case.blocks[0]
+    assert relative_residual(s.u_alone[:, case.t], s.u_alone[:, -1]) > 1e-2
+    assert relative_residual(s.h_with[:, case.t], s.h_alone[:, case.t]) > 1e-2
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        (dict(row="with"), "run ALONE"),
+        (dict(power=0), "division by ‖u_∅,t‖² is missing"),
+        (dict(power=1), "is not squared"),
+        (dict(column="u_t"), "CHANGE of the MLP input"),
+        (dict(position="last"), "LAST position's patch"),
+        (dict(lone="last"), "Innocenti & Achour's variant"),
+        (dict(transpose=True), "swapped"),
+        (dict(bias="zero"), "Δb′_t is zero"),
+        (dict(bias="h_t"), "change of the residual stream"),
+        (dict(bias="minus"), "wrong sign"),
+    ],
+)
+def test_each_typical_position_mistake_gets_its_hint(mistake, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check_position_patch(position_patch_with(**mistake))
+
+
+def test_the_right_thought_patch_passes(capsys):
+    check_thought_delta(thought_delta_with())
+    out = capsys.readouterr().out
+    assert "✓ Δ* (K = 3) is right" in out and "✓ Δ* (K = 7) is right" in out
+    assert "✓ K = 3 ≤ D" in out
+
+
+def test_the_thought_case_has_generic_queries():
+    """A of full rank for both K (so Δ* = U A⁺ is unique and the K = 3 fit is exact), and
+    the sum of the per-query patches is not the fit."""
+    case = thought_case()
+    assert case.config.d_token == 4 and case.queries.shape[1] == 7 and not case.config.mlp_skip
+    for K in (3, 7):
+        _, u_0, _ = _states(case, K)
+        s = numpy.linalg.svd(u_0, compute_uv=False)  # (B, min(K, D))
+        assert numpy.min(s[:, -1] / s[:, 0]) > 1e-2, K
+    with pytest.raises(ExerciseError, match="SUM"):
+        check_thought_delta(thought_delta_with("sum"))
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("sum", "SUM of the K per-query patches"),
+        ("mean", "MEAN of the K per-query patches"),
+        ("transpose_A", "you used Aᵀ"),
+        ("u_C", "what the patch must ADD"),
+        ("A_with", "a_k = u_∅\\(x_k\\)"),
+        ("minus", "wrong sign"),
+        ("swapped", "swapped"),
+    ],
+)
+def test_each_typical_thought_mistake_gets_its_hint(mistake, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check_thought_delta(thought_delta_with(mistake))
+
+
+def test_placeholders_and_bad_returns():
+    def placeholder(*args):
+        raise NotImplementedError("your turn")
+
+    with pytest.raises(ExerciseError, match="not written yet"):
+        check_position_patch(placeholder)
+    with pytest.raises(ExerciseError, match="not written yet"):
+        check_thought_delta(placeholder)
+    with pytest.raises(ExerciseError, match="two arrays"):
+        check_position_patch(lambda W, *rest: W)
+    right = position_patch_with()
+    with pytest.raises(ExerciseError, match="Δb′_t \\(block 1\\) has shape"):
+        check_position_patch(lambda *args: (right(*args)[0], right(*args)[1][0]))
+    with pytest.raises(ExerciseError, match="has shape"):
+        check_thought_delta(lambda W, u_with, u_alone: W)
