@@ -46,11 +46,8 @@ def gelu_backward(dy: Array, cache: ActivationCache) -> Array:
 
 
 def activation_forward(x: Array, kind: str) -> tuple[Array, ActivationCache]:
-    if kind == "relu":
-        return relu_forward(x)
-    if kind == "gelu":
-        return gelu_forward(x)
-    raise ValueError(f"unknown activation {kind!r}; use 'relu' or 'gelu'")
+    """g(x) for kind "relu" or "gelu" (TransformerConfig.activation, checked there)."""
+    return relu_forward(x) if kind == "relu" else gelu_forward(x)
 
 
 def activation_backward(dy: Array, cache: ActivationCache) -> Array:

@@ -151,10 +151,8 @@ def attention_forward(
         scores, mask_cache = mask_forward(scores, mask, -math.inf if kind == "softmax" else 0.0)
     if kind == "softmax":
         weights, softmax_cache = softmax_forward(scores)  # P = softmax(S)
-    elif kind == "linear":
+    else:  # "linear" (TransformerConfig refuses any other kind)
         weights, softmax_cache = scores, None  # P = S
-    else:
-        raise ValueError(f"unknown attention {kind!r}; use 'softmax' or 'linear'")
 
     heads = merge_heads(weights @ v)  # (B, Tq, H·K)  concat_h(P v)
     out, o_proj = linear_forward(heads, p.W_O)  # (B, Tq, D)

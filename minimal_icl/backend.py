@@ -248,6 +248,10 @@ def to_device(tree, target: str = "numpy", dtype=None):
 
     else:
         raise ValueError(f"to_device: unknown target {target!r}; use 'numpy' or 'cupy'")
+    if dtype is not None:
+        from .validation import check_float_dtype  # validation imports this module
+
+        dtype = check_float_dtype(numpy, dtype)
 
     def move_arrays(a):
         # records also hold plain Python values (head counts, flags): leave those alone

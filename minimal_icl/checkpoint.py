@@ -166,7 +166,10 @@ def load_checkpoint(
     not a zip/npz archive, truncated, a pickled object inside, a missing or unexpected
     parameter, a wrong shape, a configuration that does not match.
     """
-    path = os.fspath(path)
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a file path, got {type(path).__name__}") from None
     if config is not None:
         check_config(config)
     xp = None if xp is None else check_namespace(xp)

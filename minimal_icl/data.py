@@ -27,7 +27,6 @@ with ``xp.asarray``: one seed gives the same prompts on every backend.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -35,12 +34,14 @@ import numpy
 
 from .backend import Array, namespace, resolve_dtype
 from .validation import (
+    check_batch,
     check_float_dtype,
     check_generator,
     check_namespace,
     check_non_negative,
     check_positive_float,
     check_positive_int,
+    check_prompt_parts,
 )
 
 
@@ -193,19 +194,11 @@ def prompt_tokens(
     von Oswald's construction puts the initial prediction ⟨θ_0, x_q⟩ there
     (:func:`minimal_icl.von_oswald.von_oswald_predict`).
     """
+    check_prompt_parts(context_x, context_y, query_x, query_y)
     xp = namespace(context_x, context_y, query_x)
-    B, N, d = context_x.shape
-    if tuple(context_y.shape) != (B, N) or tuple(query_x.shape) != (B, d):
-        raise ValueError(
-            f"prompt_tokens: context_x {tuple(context_x.shape)} needs context_y (B, N) = {(B, N)}"
-            f" and query_x (B, d) = {(B, d)}, got {tuple(context_y.shape)} and {tuple(query_x.shape)}"
-        )
+    B = context_x.shape[0]
     if query_y is None:
         query_y = xp.zeros((B,), dtype=query_x.dtype, device=query_x.device)
-    elif tuple(query_y.shape) != (B,):
-        raise ValueError(
-            f"prompt_tokens: query_y must have shape (B,) = {(B,)}, got {tuple(query_y.shape)}"
-        )
     context = xp.concat([context_x, context_y[..., None]], axis=-1)  # (B, N, D)
     query = xp.concat([query_x, query_y[:, None]], axis=-1)  # (B, D)
     return xp.concat([context, query[:, None, :]], axis=1)  # (B, N+1, D)
@@ -232,6 +225,7 @@ def one_step_gd_mse(d: int, n_context: int, eta: float | None = None) -> float:
 
 def zero_predict(batch: RegressionBatch) -> Array:
     """ŷ = 0 for every prompt, (B,)."""
+    check_batch(batch)
     xp = namespace(batch.target)
     return xp.zeros_like(batch.target)
 
@@ -261,19 +255,15 @@ def one_step_gd_predict(batch: RegressionBatch, eta: float | None = None, theta0
     ``eta``: η, by default η* = 1/(1 + (d+1)/N); ``theta0``: θ_0 of shape (d,) or (1, d).
     The query's label slot is not read. One linear-attention layer computes the same
     prediction (von Oswald et al. 2023; :func:`minimal_icl.von_oswald.von_oswald_predict`).
+    Raises ValueError unless η is finite and > 0 (as ``von_oswald_predict``).
     """
+    check_batch(batch)
     xp = namespace(batch.tokens)
     x, y, x_q = batch.context_x, batch.context_y, batch.query_x  # (B, N, d), (B, N), (B, d)
     N, d = x.shape[1], x.shape[2]
     if eta is None:
         eta = optimal_gd_step(d, N)
-    elif (
-        isinstance(eta, bool)
-        or not isinstance(eta, (int, float, numpy.integer, numpy.floating))
-        or not math.isfinite(eta)
-    ):
-        raise ValueError(f"one_step_gd_predict: eta must be a finite number, got {eta!r}")
-    eta = float(eta)  # a Python float keeps the batch's dtype
+    eta = check_positive_float("eta", eta)  # a Python float keeps the batch's dtype
     theta0 = xp.asarray(theta0_row(theta0, d), dtype=x.dtype, device=x.device)  # (1, d)
     residual = xp.sum(x * theta0[:, None, :], axis=-1) - y  # (B, N)  ⟨θ_0, x_j⟩ − y_j
     gradient = xp.sum(residual[..., None] * x, axis=1) / N  # (B, d)  ∇L(θ_0)
@@ -287,6 +277,7 @@ def least_squares_predict(batch: RegressionBatch) -> Array:
     X⁺ is the pseudo-inverse, so for N < d ŵ is the minimum-norm interpolant. On
     noiseless prompts with N ≥ d (and X of full rank) ŵ = w and the error is zero.
     """
+    check_batch(batch)
     xp = namespace(batch.tokens)
     x, y = batch.context_x, batch.context_y
     w_hat = (xp.linalg.pinv(x) @ xp.expand_dims(y, axis=-1))[..., 0]  # (B, d)
@@ -303,6 +294,7 @@ def ridge_lambda(noise: float, prior_std: float = 1.0) -> float:
 def ridge_predict(batch: RegressionBatch, lam: float) -> Array:
     """ŷ = ⟨ŵ, x_q⟩ with ŵ = (XᵀX + λI)⁻¹ Xᵀy, (B,). λ = 0 needs XᵀX invertible (N ≥ d)."""
     lam = check_non_negative("ridge lambda", lam)
+    check_batch(batch)
     xp = namespace(batch.tokens)
     x, y = batch.context_x, batch.context_y
     d = x.shape[-1]

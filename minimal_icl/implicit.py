@@ -43,7 +43,15 @@ from .config import TransformerConfig
 from .linear import linear_forward
 from .model import forward
 from .params import AttentionParams, ModelParams
-from .validation import check_params, check_prompt, removed_positions
+from .validation import (
+    check_context_query,
+    check_linear_attention_inputs,
+    check_minimum_norm_inputs,
+    check_null_space_inputs,
+    check_params,
+    check_prompt,
+    removed_positions,
+)
 
 
 class DegenerateQueryError(ValueError):
@@ -93,6 +101,7 @@ def remove_tokens(context: Array, query: Array, removed=None) -> Array:
     context (B, N, D), query (B, D), removed: None (Y = C) or a sequence of positions.
     Returns tokens (B, N − |Y| + 1, D).
     """
+    check_context_query(context, query)
     xp = namespace(context, query)
     B, N, D = context.shape
     Y = set(removed_positions(removed, N))
@@ -261,7 +270,9 @@ def minimum_norm_solution(column: Array, u_without: Array) -> Array:
     function computes a⁺ with ``linalg.pinv`` (an SVD), independently of that formula.
 
     column (B, M) = W δ, u_without (B, D) = a. Returns (B, M, D).
+    Raises ValueError for a = 0 (no solution), NaN or infinity, or mismatched shapes.
     """
+    check_minimum_norm_inputs(column, u_without)
     xp = namespace(column, u_without)
     a_pinv = xp.linalg.pinv(xp.expand_dims(u_without, axis=-1))  # (B, 1, D)
     return xp.expand_dims(column, axis=-1) @ a_pinv  # (B, M, D)
@@ -279,8 +290,10 @@ def null_space_perturbation(update: ImplicitUpdate, perturbation: Array) -> Arra
     ΔW is the minimum-norm solution (docs/theory.md §2).
 
     update: an ImplicitUpdate for B prompts; perturbation: Z, (M, D) or (B, M, D).
-    Returns ΔW + Z⊥ (B, M, D).
+    Returns ΔW + Z⊥ (B, M, D). (An update with a position axis, delta_W (B, T, M, D), takes
+    Z of shape (M, D) or (B, T, M, D).)
     """
+    check_null_space_inputs(update, perturbation)
     xp = namespace(update.delta_W, perturbation)
     a = xp.expand_dims(update.u_without, axis=-1)  # (B, D, 1)
     Z_a = perturbation @ a  # (B, M, 1)
@@ -304,7 +317,10 @@ def linear_attention_context_vector(
 
     context_tokens (B, |Y|, D): the attention inputs of the removed tokens (after LN1
     if the model has LayerNorm); query_token (B, D). Returns δA (B, D).
+    Raises TypeError unless attn_params is an AttentionParams, ValueError for n_heads
+    not dividing H·K, mismatched shapes, or NaN and infinity in the tokens.
     """
+    n_heads = check_linear_attention_inputs(attn_params, n_heads, context_tokens, query_token)
     xp = namespace(context_tokens, query_token, attn_params.W_Q)
     B, _, D = context_tokens.shape
     q, _ = linear_forward(xp.reshape(query_token, (B, 1, D)), attn_params.W_Q)  # (B, 1, H·K)

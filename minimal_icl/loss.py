@@ -12,6 +12,7 @@ shape (B, 1, D)) gives the same loss and the same parameter gradients as the ful
 from __future__ import annotations
 
 from .backend import Array, namespace
+from .validation import check_query_loss
 
 
 def query_loss(out: Array, target: Array) -> tuple[Array, Array]:
@@ -19,14 +20,10 @@ def query_loss(out: Array, target: Array) -> tuple[Array, Array]:
 
     Shapes: out (B, Tq, D) (Tq = T, or 1 from ``last_only``), target (B,).
     Returns (loss, dout): loss a 0-d array in the namespace of ``out`` (``float(loss)``
-    reads it), dout shaped like ``out``.
+    reads it), dout shaped like ``out``. Shapes and dtypes are checked
+    (``validation.check_query_loss``); no value is read.
     """
-    if out.ndim != 3:
-        raise ValueError(f"query_loss: out must have shape (B, Tq, D), got {tuple(out.shape)}")
-    if tuple(target.shape) != (out.shape[0],):
-        raise ValueError(
-            f"query_loss: target must have shape (B,) = ({out.shape[0]},), got {tuple(target.shape)}"
-        )
+    check_query_loss(out, target)
     xp = namespace(out, target)
     B = out.shape[0]
     residual = out[:, -1, -1] - target  # (B,)

@@ -16,11 +16,13 @@ from .block import block_backward, block_forward
 from .config import TransformerConfig
 from .params import ModelParams
 from .validation import (  # noqa: F401 - check_params is also imported from here
+    check_bool,
     check_dout,
     check_forward_finite,
     check_params,
     check_patches,
     check_tokens,
+    quiet_checked_pass,
 )
 
 
@@ -48,9 +50,11 @@ def forward(
             keys and values need them). This is what training uses: the loss reads the
             query position only.
         check_finite: after the pass, read one boolean back from the device: the tokens
-            and the output are finite and the tokens hold no subnormal numbers (a
-            ValueError names the cause otherwise: bad tokens, a non-finite parameter, or
-            an overflow inside the pass). Training passes False and checks its loss.
+            and the output are finite, the tokens hold no subnormal numbers and no
+            LayerNorm variance overflowed (a ValueError names the cause otherwise: bad
+            tokens, a non-finite parameter, or an overflow inside the pass; on NumPy the
+            pass's RuntimeWarnings are silenced, the error says it all). Training
+            passes False and checks its loss.
 
     Shapes, dtypes, the parameters against ``config`` and the patches are checked first
     (``minimal_icl.validation``; docs/validation.md), which reads no array values.
@@ -59,16 +63,19 @@ def forward(
     check_params(params, config)
     check_tokens(tokens, config, params)
     check_patches(patches, config, tokens.shape[0])
+    last_only = check_bool("last_only", last_only)
+    check_finite = check_bool("check_finite", check_finite)
     L = config.n_blocks
     x = tokens
     caches, inputs = [], []
-    for l, block_params in enumerate(params.blocks):
-        patch = None if patches is None else patches[l]
-        inputs.append(x)
-        x, cache = block_forward(x, block_params, config, patch, last_only and l == L - 1)
-        caches.append(cache)
+    with quiet_checked_pass(check_finite):
+        for l, block_params in enumerate(params.blocks):
+            patch = None if patches is None else patches[l]
+            inputs.append(x)
+            x, cache = block_forward(x, block_params, config, patch, last_only and l == L - 1)
+            caches.append(cache)
     if check_finite:
-        check_forward_finite(tokens, x, params, patches, inputs)
+        check_forward_finite(tokens, x, params, patches, inputs, caches)
     return x, ModelCache(blocks=tuple(caches), inputs=tuple(inputs), last_only=last_only)
 
 
@@ -80,6 +87,7 @@ def backward(dout: Array, cache: ModelCache, fast: bool = True) -> tuple[Array, 
     Both give the same gradients to rounding (tests/test_attention_fast.py).
     """
     check_dout(dout, cache)
+    fast = check_bool("fast", fast)
     grads = []
     dx = dout
     # forward was: x_{l+1} = block_l(x_l), so walk the blocks backwards

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from .backend import namespace, tree_map
 from .validation import (
     check_adam_state,
+    check_flat_vector,
     check_float_tree,
     check_fraction,
     check_learning_rate,
@@ -95,13 +96,10 @@ def flatten(tree):
 def unflatten(vector, like):
     """The inverse of :func:`flatten`: a tree shaped like ``like`` whose arrays are
     consecutive pieces of ``vector`` (views where the backend allows it)."""
-    xp = namespace(vector)
     shapes = [a.shape for a in _arrays(like)]
     sizes = [math.prod(shape) for shape in shapes]
-    if vector.shape[0] != sum(sizes):
-        raise ValueError(
-            f"unflatten: vector has {vector.shape[0]} entries, the tree needs {sum(sizes)}"
-        )
+    check_flat_vector(vector, sum(sizes))
+    xp = namespace(vector)
     pieces, offset = [], 0
     for shape, size in zip(shapes, sizes):
         pieces.append(xp.reshape(vector[offset : offset + size], shape))

@@ -44,7 +44,13 @@ from .config import TransformerConfig
 from .implicit import DegenerateQueryError, ImplicitUpdate, norms, rank_one_update
 from .model import forward
 from .params import ModelParams
-from .validation import check_params, check_tokens
+from .validation import (
+    check_bool,
+    check_params,
+    check_position,
+    check_position_updates,
+    check_tokens,
+)
 
 
 class DegeneratePositionError(DegenerateQueryError):
@@ -186,6 +192,7 @@ def implicit_update_from_last_token(
     """
     check_params(params, config)
     check_tokens(tokens, config, params)
+    per_block = check_bool("per_block", per_block)
     _, full = forward(params, config, tokens)
     updates = []
     for l, block_params in enumerate(params.blocks):
@@ -212,23 +219,7 @@ def at_position(updates: Sequence[ImplicitUpdate], t: int) -> tuple[ImplicitUpda
     0 ≤ t < T. Returns a tuple of ``ImplicitUpdate`` (delta_W (B, M, D)), an entry per
     block for ``forward(..., patches=...)``.
     """
-    if not isinstance(updates, (tuple, list)) or not updates or not all(
-        isinstance(u, ImplicitUpdate) for u in updates
-    ):
-        raise TypeError(
-            "updates must be the tuple of ImplicitUpdate (one per block) that"
-            " implicit_update_every_position returns"
-        )
-    if updates[0].delta_W.ndim != 4:
-        raise ValueError(
-            f"updates carry no position axis: delta_W has shape {tuple(updates[0].delta_W.shape)},"
-            " expected (B, T, M, D) from implicit_update_every_position"
-        )
-    T = updates[0].delta_W.shape[1]
-    if isinstance(t, bool) or not isinstance(t, int):
-        raise TypeError(f"t must be an int position, got {type(t).__name__}")
-    if not 0 <= t < T:
-        raise ValueError(f"t must satisfy 0 ≤ t < T = {T}, got {t}")
+    t = check_position(t, check_position_updates(updates))
     return tuple(ImplicitUpdate(*(a[:, t, ...] for a in update)) for update in updates)
 
 
@@ -245,6 +236,7 @@ def position_alignment(updates: Sequence[ImplicitUpdate]) -> tuple[Array, ...]:
     MLP input, e.g. a causal model's first position) are NaN: a zero matrix has no
     direction.
     """
+    check_position_updates(updates)
     out = []
     for update in updates:
         xp = namespace(update.column, update.row)

@@ -50,7 +50,7 @@ from .config import TransformerConfig
 from .implicit import implicit_update
 from .model import forward
 from .params import ModelParams
-from .validation import check_params, check_tokens
+from .validation import check_n_calibration, check_rtol, check_thought_inputs
 
 # Singular values of A below RANK_CUTOFF · max(D, K) · eps · σ_max count as zero in A⁺.
 # The array-API default of linalg.pinv is max(D, K) · eps, but the inputs a_k come out of
@@ -85,28 +85,6 @@ class CompressionError(NamedTuple):
     thought: tuple  # (len(K),) the thought patch fitted on the first K queries
     exact: float  # Theorem 2.2's per-query patch (rounding only)
     no_context: float  # the query alone, unpatched: T_W(x)
-
-
-def _check_block_and_queries(params, config, context, queries, name: str) -> None:
-    check_params(params, config)
-    if config.n_blocks != 1:
-        raise ValueError(
-            f"thought_patch fits one block's MLP, but config.n_blocks = {config.n_blocks}: in a"
-            " stack a later block's input for a query alone depends on how well the earlier"
-            " fitted patches reproduce their outputs, which they do not exactly. Use a"
-            " one-block model, or implicit_update for exact per-query patches of a stack"
-        )
-    check_tokens(context, config, params, name="context")
-    check_tokens(queries, config, params, name=name)
-    if queries.shape[0] != context.shape[0]:
-        raise ValueError(
-            f"{name} hold {queries.shape[0]} prompts but context holds {context.shape[0]}:"
-            f" {name} must have shape (B, K, d_token) with the context's B"
-        )
-    if queries.dtype != context.dtype:
-        raise TypeError(
-            f"context ({context.dtype}) and {name} ({queries.dtype}) must share a dtype"
-        )
 
 
 def _with_context(params, config, context: Array, queries: Array):
@@ -165,10 +143,11 @@ def thought_patch(
 
     Returns a ``ThoughtPatch``: delta_W (B, M, D), delta_b (B, D), inputs (B, K, D),
     targets (B, K, M).
-    Raises ValueError for a stack (n_blocks > 1) or mismatched shapes.
+    Raises ValueError for a stack (n_blocks > 1), mismatched shapes, or rtol not finite ≥ 0.
     Reference: Dherin et al. (2025), later versions; docs/theory.md §7.
     """
-    _check_block_and_queries(params, config, context, calibration_queries, "calibration_queries")
+    check_thought_inputs(params, config, context, calibration_queries, "calibration_queries")
+    rtol = check_rtol(rtol)
     xp = namespace(context, calibration_queries)
     B, K, D = calibration_queries.shape
     if rtol is None:
@@ -209,16 +188,10 @@ def compression_error(
     context (B, N, D), calibration_queries (B, K_max, D), test_queries (B, Q, D);
     every K must satisfy 1 ≤ K ≤ K_max. Returns a ``CompressionError``.
     """
-    _check_block_and_queries(params, config, context, calibration_queries, "calibration_queries")
-    _check_block_and_queries(params, config, context, test_queries, "test_queries")
-    Ks = tuple(n_calibration)
-    K_max = calibration_queries.shape[1]
-    for K in Ks:
-        if isinstance(K, bool) or not isinstance(K, int) or not 1 <= K <= K_max:
-            raise ValueError(
-                f"n_calibration entries must be ints in [1, {K_max}] (the calibration queries"
-                f" given), got {K!r}"
-            )
+    check_thought_inputs(params, config, context, calibration_queries, "calibration_queries")
+    check_thought_inputs(params, config, context, test_queries, "test_queries")
+    Ks = check_n_calibration(n_calibration, calibration_queries.shape[1])
+    rtol = check_rtol(rtol)
     xp = namespace(context, test_queries)
     B, Q, D = test_queries.shape
     out_C, _, _, _, alone = _with_context(params, config, context, test_queries)  # (B, Q, D)

@@ -20,9 +20,13 @@ FLOAT32_RTOL = 1e-4
 def relative_residual(a, b) -> float:
     """max |a − b| / max(max |a|, max |b|): the residual measured against the terms.
 
-    Returns 0.0 when both are exactly zero. Works for any array-API arrays.
+    Returns 0.0 when both are exactly zero (NaN if either holds NaN: then no tolerance is
+    met). Works for any array-API arrays of one shape (or shapes that broadcast).
     """
     from .backend import namespace
+    from .validation import check_same_shape  # imported here: tolerances is a leaf module
+
+    check_same_shape("a", a, "b", b)
 
     xp = namespace(a, b)
     scale = float(xp.max(xp.maximum(xp.abs(a), xp.abs(b))))

@@ -44,6 +44,7 @@ from .model import backward, forward, predict
 from .optim import adam_init, adam_step, sgd_init, sgd_step
 from .params import ModelParams, init_params
 from .validation import (
+    check_bool,
     check_non_negative,
     check_optimizer_settings,
     check_params,
@@ -365,6 +366,8 @@ def train_setup(
     callback: Callable[[Report], None] | None = None,
 ) -> TrainResult:
     """Initialise a model with ``seed`` and train it as ``setup`` says (data seed ``seed``)."""
+    if not isinstance(setup, TrainingSetup):
+        raise TypeError(f"setup must be a TrainingSetup, got {type(setup).__name__}")
     params = init_params(setup.config, seed=seed, dtype=dtype, xp=xp, device=device)
     return train(
         setup.config,
@@ -430,6 +433,6 @@ def paper_setting(fast: bool = False) -> TrainingSetup:
         val_every=2000,
         val_size=4096,
     )
-    if fast:
+    if check_bool("fast", fast):
         setup = replace(setup, steps=300, val_every=100, val_size=512)
     return setup

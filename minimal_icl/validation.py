@@ -1,42 +1,65 @@
 """Argument checks for the public entry points, all in one module.
 
 The layer functions (linear, attention, LayerNorm, MLP, block) hold only the mathematics
-and trust their inputs. The functions a user calls check their arguments here first:
+and trust their inputs (TransformerConfig refuses an unknown attention or activation, so
+the layers never see one). The functions a user calls check their arguments here first:
 
-    forward, predict        check_params, check_tokens, check_patches, check_forward_finite
-    backward                check_dout
+    forward, predict        check_params, check_tokens, check_patches, check_bool,
+                            quiet_checked_pass, check_forward_finite
+    backward                check_dout, check_bool
+    query_loss              check_query_loss
     implicit_update         check_params, check_prompt, removed_positions
+    remove_tokens           check_context_query, removed_positions
+    minimum_norm_solution, null_space_perturbation, linear_attention_context_vector
+                            check_minimum_norm_inputs, check_null_space_inputs,
+                            check_linear_attention_inputs
+    implicit_update_every_position, implicit_update_from_last_token, at_position,
+    position_alignment      check_params, check_tokens, check_bool,
+                            check_position_updates, check_position
+    thought_patch, compression_error
+                            check_thought_inputs, check_rtol, check_n_calibration
     implicit_path, factorised_path
                             check_params, check_single_block, check_prompt,
                             check_states_finite; their methods check_index
-    sgd_*, adam_*           check_learning_rate, check_fraction, check_positive_float,
-                            check_same_tree, check_adam_state, check_sgd_state
+    von_oswald_*            check_von_oswald, check_von_oswald_tokens, check_float_dtype,
+                            check_namespace
+    sgd_*, adam_*, unflatten
+                            check_learning_rate, check_fraction, check_positive_float,
+                            check_same_tree, check_adam_state, check_sgd_state,
+                            check_flat_vector
     init_params, data       check_config, check_seed, check_generator, check_positive_int,
-                            check_non_negative, check_float_dtype, check_namespace
-    train                   the data checks, check_params, check_token_width,
+                            check_non_negative, check_float_dtype, check_namespace,
+                            check_batch, check_prompt_parts
+    train, train_setup      the data checks, check_params, check_token_width,
                             check_optimizer_settings (OptimizerSettings on creation)
     save_checkpoint, the command line
                             check_writable_file
+    relative_residual       check_same_shape
 
 Every check raises a ValueError or a TypeError (TypeError for an argument of the wrong
-kind: an integer or complex dtype, an int where a sequence is needed) whose message
-names the argument and says what is wrong. Shapes, dtypes and record types are free to
-check; the values of an array are read back from its device in three places only, one
-boolean each: :func:`check_forward_finite` (the tokens and the output of ``forward``),
-:func:`check_prompt` (the context and query of the theorems) and
-:func:`check_states_finite` (the query's states along Proposition 3.1's paths). The
-causes of a failure are looked for only after it.
+kind: an integer or complex dtype, an int where a sequence is needed, a string where a
+bool is needed) whose message names the argument and says what is wrong. Shapes, dtypes
+and record types are free to check. The values of an array are read back from its
+device one boolean at a time, and never in a training step: by
+:func:`check_forward_finite` (the tokens and the output of ``forward``),
+:func:`check_prompt` (the context and query of the theorems),
+:func:`check_states_finite` (the query's states along Proposition 3.1's paths), and the
+checks of the three small theorem helpers (minimum norm, null space, linear attention's
+closed form). The causes of a failure are looked for only after it. ``backward`` and
+the optimisers read no values: NaN in a gradient propagates, and training catches it in
+the losses it reads.
 
 docs/validation.md lists what each entry point validates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import operator
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy
 
@@ -108,6 +131,21 @@ def check_learning_rate(lr, name: str = "lr") -> float:
     return float(lr)
 
 
+def check_bool(name: str, value) -> bool:
+    """``value`` as a bool, or a TypeError naming ``name`` unless it is True or False (a
+    string such as "no" or an int such as 2 would silently count as True)."""
+    if not isinstance(value, (bool, numpy.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_index_int(name: str, value) -> int:
+    """``value`` as an int (a Python or NumPy integer), or a TypeError naming ``name``."""
+    if not _is_integer(value):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
 # -- dtypes and namespaces ---------------------------------------------------------------
 
 _REAL_FLOATING: dict = {}  # (type, dtype) -> bool, filled on first sight
@@ -147,6 +185,8 @@ def check_float_array(name: str, a) -> None:
     dtype = getattr(a, "dtype", None)
     if dtype is None or not hasattr(a, "shape"):
         raise TypeError(f"{name} must be an array, got {type(a).__name__}")
+    if _REAL_FLOATING.get((type(dtype), dtype)):  # seen before: no namespace look-up
+        return
     if not is_real_floating(dtype, namespace(a)):
         raise TypeError(
             f"{name}: dtype {dtype} is refused; only real floating point (float32, float64)"
@@ -382,8 +422,37 @@ def _subnormal_message(name: str, dtype) -> str:
     )
 
 
-def check_forward_finite(tokens: Array, out: Array, params, patches, inputs=()) -> None:
-    """One device-to-host read: tokens and output finite, tokens free of subnormal numbers.
+def quiet_checked_pass(check_finite: bool):
+    """The context ``forward`` runs its blocks in. When the result is checked afterwards
+    (``check_finite``), NumPy's overflow, invalid-value and divide-by-zero warnings are
+    silenced: :func:`check_forward_finite` raises a ValueError naming the cause (bad
+    tokens, a bad parameter, an overflow in block l) where they would have been printed
+    before it. ``numpy.errstate`` only sets a flag of the host's NumPy (which also
+    computes array_api_strict's arrays): no array is read and no device synchronises;
+    CuPy prints no such warnings. Without the check nothing changes: the warnings are
+    then the only sign of an overflow."""
+    if check_finite:
+        return numpy.errstate(over="ignore", invalid="ignore", divide="ignore")
+    return contextlib.nullcontext()
+
+
+def _layernorm_overflowed(xp, cache):
+    """A 0-d boolean: whether a LayerNorm of this block's cache had an infinite variance
+    (rstd = 1/√(σ² + eps) = 0), which maps its input to 0 and leaves the output finite
+    but wrong; None for a block without LayerNorm."""
+    flag = None
+    for ln in (getattr(cache, "ln1", None), getattr(cache, "ln2", None)):
+        if ln is not None:
+            zero = xp.any(ln.rstd == 0)
+            flag = zero if flag is None else flag | zero
+    return flag
+
+
+def check_forward_finite(
+    tokens: Array, out: Array, params, patches, inputs=(), caches=()
+) -> None:
+    """One device-to-host read: tokens and output finite, tokens free of subnormal numbers,
+    and no LayerNorm variance overflowed (``caches``: each block's cache).
 
     Only when that fails are the causes looked for, each named: NaN or infinity in the
     tokens, subnormal tokens, a non-finite parameter or patch, and otherwise an overflow
@@ -391,6 +460,10 @@ def check_forward_finite(tokens: Array, out: Array, params, patches, inputs=()) 
     """
     xp = namespace(tokens, out)
     bad = _non_finite(xp, tokens) | _non_finite(xp, out) | _subnormal(xp, tokens)
+    layernorm = [_layernorm_overflowed(xp, cache) for cache in caches]
+    for flag in layernorm:
+        if flag is not None:
+            bad = bad | flag
     if not bool(bad):
         return
     if bool(_non_finite(xp, tokens)):
@@ -407,6 +480,15 @@ def check_forward_finite(tokens: Array, out: Array, params, patches, inputs=()) 
             block = l - 1
             break
     largest = float(xp.max(xp.abs(tokens)))
+    for l, flag in enumerate(layernorm[: block + 1]):
+        if flag is not None and bool(flag):
+            raise ValueError(
+                f"the forward pass overflowed {tokens.dtype} in block {l}: the tokens are finite"
+                f" (largest |entry| {largest:.3g}) but a LayerNorm's variance overflowed to"
+                " infinity, which maps its input to 0: the output would be finite and wrong."
+                " Rescale the tokens"
+                + (" or use float64" if "64" not in str(tokens.dtype) else "")
+            )
     raise ValueError(
         f"the forward pass overflowed {tokens.dtype} in block {block}: the tokens are finite"
         f" (largest |entry| {largest:.3g}) but the block's output holds infinity or NaN."
@@ -439,20 +521,26 @@ def check_dout(dout: Array, cache, name: str = "dout") -> None:
 # -- the theorems ------------------------------------------------------------------------
 
 
-def check_prompt(config: TransformerConfig, context: Array, query: Array) -> None:
-    """Raise naming the argument unless context is a (B, N, D) array and query a (B, D)
-    array (D = config.d_token, B ≥ 1), both real floating point of one dtype, finite and
-    free of subnormal numbers (one device-to-host read)."""
-    check_config(config)
-    D = config.d_token
+def check_context_query(context: Array, query: Array, D: int | None = None) -> None:
+    """Shapes and dtypes only (no values read): context a (B, N, D) array with B ≥ 1 and
+    query a (B, D) array, both real floating point of one dtype and array type; D is
+    config.d_token when given, else the context's width."""
     c_shape = getattr(context, "shape", None)
     q_shape = getattr(query, "shape", None)
-    if c_shape is None or len(c_shape) != 3 or c_shape[-1] != D or c_shape[0] < 1:
+    width = "d_token" if D is None else f"d_token={D}"
+    if c_shape is None or len(c_shape) != 3 or c_shape[0] < 1 or c_shape[-1] < 1 or (
+        D is not None and c_shape[-1] != D
+    ):
         raise ValueError(
-            f"context must have shape (B, N, d_token={D}) with B ≥ 1, got shape {c_shape}"
+            f"context must have shape (B, N, {width}) with B ≥ 1, got shape"
+            f" {None if c_shape is None else tuple(c_shape)}"
         )
+    D = c_shape[-1]
     if q_shape is None or len(q_shape) != 2 or q_shape[-1] != D:
-        raise ValueError(f"query must have shape (B, d_token={D}), got shape {q_shape}")
+        raise ValueError(
+            f"query must have shape (B, d_token={D}), got shape"
+            f" {None if q_shape is None else tuple(q_shape)}"
+        )
     if q_shape[0] != c_shape[0]:
         raise ValueError(
             f"query holds {q_shape[0]} prompts but context holds {c_shape[0]}: one query per prompt"
@@ -462,6 +550,14 @@ def check_prompt(config: TransformerConfig, context: Array, query: Array) -> Non
     if context.dtype != query.dtype:
         raise TypeError(f"context ({context.dtype}) and query ({query.dtype}) must share a dtype")
     _same_array_type("query", query, "context", context)
+
+
+def check_prompt(config: TransformerConfig, context: Array, query: Array) -> None:
+    """Raise naming the argument unless context is a (B, N, D) array and query a (B, D)
+    array (D = config.d_token, B ≥ 1), both real floating point of one dtype, finite and
+    free of subnormal numbers (one device-to-host read)."""
+    check_config(config)
+    check_context_query(context, query, config.d_token)
     xp = namespace(context, query)
     bad = (
         _non_finite(xp, context) | _non_finite(xp, query)
@@ -491,6 +587,11 @@ def removed_positions(removed, n_context: int) -> tuple[int, ...]:
             f"removed must be None or a list of context positions, got {type(removed).__name__}"
             f" {removed!r}" + (f"; for one position write removed=[{removed!r}]"
                                if _is_integer(removed) else "")
+        )
+    if isinstance(removed, Mapping):
+        raise TypeError(
+            f"removed must be a list of context positions, got a {type(removed).__name__}:"
+            " pass list(...) of the positions"
         )
     if isinstance(removed, Iterator):
         raise TypeError(
@@ -558,6 +659,268 @@ def check_token_width(config: TransformerConfig, d: int) -> None:
         raise ValueError(
             f"prompts in dimension d = {d} need config.d_token = {d + 1}, got {config.d_token}"
         )
+
+
+def _finite_message(name: str) -> str:
+    return f"{name} contains NaN or infinity"
+
+
+def check_minimum_norm_inputs(column: Array, u_without: Array) -> None:
+    """``minimum_norm_solution``'s arguments: column = W δ (B, M) and u_without = a (B, D),
+    B, M, D ≥ 1, real floating point of one dtype and array type, finite, and a ≠ 0 for
+    every prompt (X a = W δ has no solution for a = 0 and W δ ≠ 0). One device read."""
+    c_shape = getattr(column, "shape", None)
+    a_shape = getattr(u_without, "shape", None)
+    if c_shape is None or len(c_shape) != 2 or min(c_shape) < 1:
+        raise ValueError(
+            f"column must have shape (B, M) with B, M ≥ 1 (W δ per prompt), got shape"
+            f" {None if c_shape is None else tuple(c_shape)}"
+        )
+    if a_shape is None or len(a_shape) != 2 or a_shape[1] < 1 or a_shape[0] != c_shape[0]:
+        raise ValueError(
+            f"u_without must have shape (B, D) with the column's B = {c_shape[0]}, got shape"
+            f" {None if a_shape is None else tuple(a_shape)}"
+        )
+    check_float_array("column", column)
+    check_float_array("u_without", u_without)
+    if column.dtype != u_without.dtype:
+        raise TypeError(
+            f"column ({column.dtype}) and u_without ({u_without.dtype}) must share a dtype"
+        )
+    _same_array_type("u_without", u_without, "column", column)
+    xp = namespace(column, u_without)
+    zero = xp.all(u_without == 0, axis=-1)  # (B,)
+    if not bool(_non_finite(xp, column) | _non_finite(xp, u_without) | xp.any(zero)):
+        return
+    for name, a in (("column", column), ("u_without", u_without)):
+        if bool(_non_finite(xp, a)):
+            raise ValueError(_finite_message(name))
+    prompts = [b for b in range(zero.shape[0]) if bool(zero[b])]
+    raise ValueError(
+        f"u_without is the zero vector for prompt(s) {prompts}: X a = W δ has no solution"
+        " for a = 0 (Theorem 2.2 assumes a ≠ 0)"
+    )
+
+
+_UPDATE_FIELDS = ("delta_W", "delta_b", "column", "row", "delta_u", "u_without")
+
+
+def _is_update(record) -> bool:
+    return getattr(record, "_fields", None) == _UPDATE_FIELDS
+
+
+def check_null_space_inputs(update, perturbation: Array) -> None:
+    """``null_space_perturbation``'s arguments: an ImplicitUpdate (delta_W (..., M, D),
+    row and u_without (..., D)) and Z of shape (M, D) or delta_W's shape, real floating
+    point of the update's array type, finite (one device read)."""
+    if not _is_update(update):
+        raise TypeError(
+            f"update must be an ImplicitUpdate (from implicit_update), got {type(update).__name__}"
+        )
+    delta_W = update.delta_W
+    shape = tuple(delta_W.shape)
+    M, D = shape[-2], shape[-1]
+    allowed = ((M, D), shape)
+    z_shape = getattr(perturbation, "shape", None)
+    if z_shape is None or tuple(z_shape) not in allowed:
+        raise ValueError(
+            f"perturbation must have shape (M, D) = {(M, D)} or delta_W's shape {shape}, got"
+            f" shape {None if z_shape is None else tuple(z_shape)}"
+        )
+    check_float_array("perturbation", perturbation)
+    _same_array_type("perturbation", perturbation, "the update's arrays", delta_W)
+    xp = namespace(perturbation)
+    if bool(_non_finite(xp, perturbation)):
+        raise ValueError(_finite_message("perturbation"))
+
+
+def check_linear_attention_inputs(
+    attn_params, n_heads, context_tokens: Array, query_token: Array
+) -> int:
+    """``linear_attention_context_vector``'s arguments; returns n_heads as an int.
+
+    attn_params an AttentionParams with W_Q, W_K, W_V (H·K, D) and W_O (D, H·K);
+    n_heads an int ≥ 1 dividing H·K; context_tokens (B, |Y|, D) (|Y| = 0 allowed: δA = 0)
+    and query_token (B, D), real floating point of one dtype and the parameters' array
+    type, finite (one device read).
+    """
+    if not isinstance(attn_params, AttentionParams):
+        raise TypeError(
+            f"attn_params must be an AttentionParams (params.blocks[l].attn), got"
+            f" {type(attn_params).__name__}"
+        )
+    W_Q = attn_params.W_Q
+    q_shape = getattr(W_Q, "shape", None)
+    if q_shape is None or len(q_shape) != 2:
+        raise ValueError(f"attn_params.W_Q must have shape (H·K, D), got shape {q_shape}")
+    HK, D = tuple(q_shape)
+    for field in ("W_K", "W_V", "W_O"):
+        value = getattr(attn_params, field)
+        want = (D, HK) if field == "W_O" else (HK, D)
+        shape = getattr(value, "shape", None)
+        if shape is None or tuple(shape) != want:
+            raise ValueError(
+                f"attn_params.{field} has shape {None if shape is None else tuple(shape)},"
+                f" W_Q's shape {(HK, D)} needs {want}"
+            )
+    for field, value in zip(attn_params._fields, attn_params):
+        check_float_array(f"attn_params.{field}", value)
+    if not _is_integer(n_heads) or n_heads < 1 or HK % n_heads:
+        raise ValueError(
+            f"n_heads must be a positive int dividing n_heads·d_head = {HK}, got {n_heads!r}"
+        )
+    c_shape = getattr(context_tokens, "shape", None)
+    if c_shape is None or len(c_shape) != 3 or c_shape[0] < 1 or c_shape[-1] != D:
+        raise ValueError(
+            f"context_tokens must have shape (B, |Y|, d_token={D}) with B ≥ 1, got shape"
+            f" {None if c_shape is None else tuple(c_shape)}"
+        )
+    q = getattr(query_token, "shape", None)
+    if q is None or tuple(q) != (c_shape[0], D):
+        raise ValueError(
+            f"query_token must have shape (B, d_token) = {(c_shape[0], D)}, got shape"
+            f" {None if q is None else tuple(q)}"
+        )
+    check_float_array("context_tokens", context_tokens)
+    check_float_array("query_token", query_token)
+    if context_tokens.dtype != query_token.dtype:
+        raise TypeError(
+            f"context_tokens ({context_tokens.dtype}) and query_token ({query_token.dtype})"
+            " must share a dtype"
+        )
+    _same_array_type("context_tokens", context_tokens, "attn_params", W_Q)
+    _same_array_type("query_token", query_token, "attn_params", W_Q)
+    xp = namespace(context_tokens, query_token)
+    if bool(_non_finite(xp, context_tokens) | _non_finite(xp, query_token)):
+        for name, a in (("context_tokens", context_tokens), ("query_token", query_token)):
+            if bool(_non_finite(xp, a)):
+                raise ValueError(_finite_message(name))
+    return int(n_heads)
+
+
+# -- every position as a query; the thought patch -------------------------------------------
+
+
+def check_position_updates(updates, name: str = "updates") -> int:
+    """What ``implicit_update_every_position`` returns: a non-empty tuple (or list) of
+    ImplicitUpdate whose arrays carry a position axis (delta_W (B, T, M, D), column
+    (B, T, M), row (B, T, D)), one B and T for all blocks. Returns T."""
+    if not isinstance(updates, (tuple, list)) or not updates or not all(
+        _is_update(u) for u in updates
+    ):
+        raise TypeError(
+            f"{name} must be the tuple of ImplicitUpdate (one per block) that"
+            f" implicit_update_every_position returns, got {type(updates).__name__}"
+        )
+    first = updates[0].delta_W
+    if getattr(first, "ndim", None) != 4:
+        raise ValueError(
+            f"{name} carry no position axis: delta_W has shape"
+            f" {tuple(getattr(first, 'shape', ()))}, expected (B, T, M, D) from"
+            " implicit_update_every_position"
+        )
+    B, T = first.shape[:2]
+    for l, update in enumerate(updates):
+        shape = getattr(update.delta_W, "shape", None)
+        if shape is None or len(shape) != 4 or tuple(shape[:2]) != (B, T):
+            raise ValueError(
+                f"{name}[{l}].delta_W has shape {None if shape is None else tuple(shape)},"
+                f" expected (B, T, M, D) with B = {B} prompts and T = {T} positions, as {name}[0]"
+            )
+        M, D = shape[2:]
+        for field, want in (("column", (B, T, M)), ("row", (B, T, D))):
+            shape = getattr(getattr(update, field), "shape", None)
+            if shape is None or tuple(shape) != want:
+                raise ValueError(
+                    f"{name}[{l}].{field} has shape {None if shape is None else tuple(shape)},"
+                    f" expected {want}"
+                )
+    return T
+
+
+def check_position(t, T: int, name: str = "t") -> int:
+    """``t`` as an int: a Python or NumPy integer with 0 ≤ t < T (TypeError otherwise)."""
+    if not _is_integer(t):
+        raise TypeError(f"{name} must be an int position, got {type(t).__name__}")
+    if not 0 <= t < T:
+        raise ValueError(f"{name} must satisfy 0 ≤ {name} < T = {T}, got {t}")
+    return int(t)
+
+
+def check_thought_inputs(params, config, context: Array, queries: Array, name: str) -> None:
+    """``thought_patch`` and ``compression_error``: params of a one-block model, context
+    (B, N, D) and queries (B, K, D) with one B and dtype, N, K ≥ 1 (finite values are
+    checked by the forward passes)."""
+    check_params(params, config)
+    if config.n_blocks != 1:
+        raise ValueError(
+            f"thought_patch fits one block's MLP, but config.n_blocks = {config.n_blocks}: in a"
+            " stack a later block's input for a query alone depends on how well the earlier"
+            " fitted patches reproduce their outputs, which they do not exactly. Use a"
+            " one-block model, or implicit_update for exact per-query patches of a stack"
+        )
+    check_tokens(context, config, params, name="context")
+    check_tokens(queries, config, params, name=name)
+    if queries.shape[0] != context.shape[0]:
+        raise ValueError(
+            f"{name} hold {queries.shape[0]} prompts but context holds {context.shape[0]}:"
+            f" {name} must have shape (B, K, d_token) with the context's B"
+        )
+    if queries.dtype != context.dtype:
+        raise TypeError(
+            f"context ({context.dtype}) and {name} ({queries.dtype}) must share a dtype"
+        )
+
+
+def check_rtol(rtol, name: str = "rtol") -> float | None:
+    """None (the default cutoff) or a finite float ≥ 0: the relative cutoff of a pseudo-inverse."""
+    if rtol is None:
+        return None
+    return check_non_negative(name, rtol)
+
+
+def check_n_calibration(n_calibration, K_max: int) -> tuple[int, ...]:
+    """The K values of ``compression_error``: a non-empty collection of ints in [1, K_max]."""
+    if isinstance(n_calibration, (str, bytes)) or not hasattr(n_calibration, "__iter__"):
+        raise TypeError(
+            f"n_calibration must be a list of ints (the K values), got"
+            f" {type(n_calibration).__name__} {n_calibration!r}"
+            + (f"; for one K write n_calibration=[{n_calibration!r}]"
+               if _is_integer(n_calibration) else "")
+        )
+    Ks = tuple(n_calibration)
+    if not Ks:
+        raise ValueError("n_calibration must hold at least one K, got none")
+    for K in Ks:
+        if not _is_integer(K) or not 1 <= K <= K_max:
+            raise ValueError(
+                f"n_calibration entries must be ints in [1, {K_max}] (the calibration queries"
+                f" given), got {K!r}"
+            )
+    return tuple(int(K) for K in Ks)
+
+
+# -- von Oswald et al. (2023) ------------------------------------------------------------
+
+
+def check_von_oswald(d, eta, n_context) -> tuple[int, float, int]:
+    """(d, eta, n_context) as (int, float, int): d, n_context ints ≥ 1 and the step size
+    η finite and > 0 (η = 0 is no step, η < 0 a step up the loss)."""
+    d = check_positive_int("d", d)
+    n_context = check_positive_int("n_context", n_context)
+    eta = check_positive_float("eta", eta)
+    return d, eta, n_context
+
+
+def check_von_oswald_tokens(tokens: Array) -> None:
+    """``von_oswald_predict``'s tokens: (B, N+1, d+1) with B, N, d ≥ 1, real floating point."""
+    shape = getattr(tokens, "shape", None)
+    if shape is None or len(shape) != 3 or shape[0] < 1 or shape[1] < 2 or shape[2] < 2:
+        raise ValueError(
+            "tokens must have shape (B, N+1, d+1) with B ≥ 1, N ≥ 1 and d ≥ 1, got shape"
+            f" {None if shape is None else tuple(shape)}"
+        )
+    check_float_array("tokens", tokens)
 
 
 # -- optimisers ---------------------------------------------------------------------------
@@ -638,6 +1001,7 @@ def check_adam_state(state, params, size: int) -> None:
                 f"state.{field} has shape {shape} but params hold {size} numbers: the state"
                 " belongs to other parameters (adam_init(params) makes a matching one)"
             )
+        check_float_array(f"state.{field}", getattr(state, field))
     check_seed(state.step, "state.step")
 
 
@@ -669,6 +1033,113 @@ def check_optimizer_settings(settings, names: tuple, schedules: tuple) -> None:
         raise ValueError(
             f"{prefix}final_lr_fraction must be in [0, 1], got {s.final_lr_fraction!r}"
         )
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def check_batch(batch, name: str = "batch") -> None:
+    """A RegressionBatch: tokens (B, N+1, d+1) with B, N, d ≥ 1 and target (B,), real
+    floating point (shapes and dtypes only)."""
+    tokens = getattr(batch, "tokens", None)
+    target = getattr(batch, "target", None)
+    if tokens is None or target is None or not hasattr(batch, "context_x"):
+        raise TypeError(
+            f"{name} must be a RegressionBatch (from regression_prompts), got"
+            f" {type(batch).__name__}"
+        )
+    shape = getattr(tokens, "shape", None)
+    if shape is None or len(shape) != 3 or shape[0] < 1 or shape[1] < 2 or shape[2] < 2:
+        raise ValueError(
+            f"{name}.tokens must have shape (B, N+1, d+1) with B, N, d ≥ 1, got shape"
+            f" {None if shape is None else tuple(shape)}"
+        )
+    check_float_array(f"{name}.tokens", tokens)
+    t_shape = getattr(target, "shape", None)
+    if t_shape is None or tuple(t_shape) != (shape[0],):
+        raise ValueError(
+            f"{name}.target must have shape (B,) = ({shape[0]},), got"
+            f" {None if t_shape is None else tuple(t_shape)}"
+        )
+
+
+def check_prompt_parts(context_x, context_y, query_x, query_y=None) -> None:
+    """``prompt_tokens``' parts: context_x (B, N, d), context_y (B, N), query_x (B, d),
+    query_y None or (B,), all real floating point of one array type."""
+    shape = getattr(context_x, "shape", None)
+    if shape is None or len(shape) != 3 or min(shape) < 1:
+        raise ValueError(
+            f"prompt_tokens: context_x must have shape (B, N, d) with B, N, d ≥ 1, got shape"
+            f" {None if shape is None else tuple(shape)}"
+        )
+    B, N, d = shape
+    parts = [("context_y", context_y, (B, N)), ("query_x", query_x, (B, d))]
+    if query_y is not None:
+        parts.append(("query_y", query_y, (B,)))
+    for name, a, want in parts:
+        got = getattr(a, "shape", None)
+        if got is None or tuple(got) != want:
+            raise ValueError(
+                f"prompt_tokens: context_x {tuple(shape)} needs {name} of shape {want}, got"
+                f" {None if got is None else tuple(got)}"
+            )
+    check_float_array("context_x", context_x)
+    for name, a, _ in parts:
+        check_float_array(name, a)
+        _same_array_type(name, a, "context_x", context_x)
+
+
+
+def check_same_shape(name_a: str, a, name_b: str, b) -> None:
+    """Two arrays whose shapes broadcast to a non-empty one (``relative_residual``'s a, b)."""
+    for name, x in ((name_a, a), (name_b, b)):
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+            raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+    try:
+        shape = numpy.broadcast_shapes(tuple(a.shape), tuple(b.shape))
+    except ValueError:
+        raise ValueError(
+            f"{name_a} and {name_b} must have one shape (or broadcast to one), got"
+            f" {tuple(a.shape)} and {tuple(b.shape)}"
+        ) from None
+    if math.prod(shape) == 0:
+        raise ValueError(f"{name_a} and {name_b} are empty (shape {shape}): nothing to compare")
+
+
+# -- the loss --------------------------------------------------------------------------------
+
+
+def check_query_loss(out: Array, target: Array) -> None:
+    """``query_loss``'s arguments: out (B, Tq, D) with B, Tq, D ≥ 1 and target (B,), real
+    floating point, one array type. Shapes and dtypes only: no value is read (training's
+    hot path; the training loop checks the losses it reads)."""
+    shape = getattr(out, "shape", None)
+    if shape is None or len(shape) != 3 or min(shape) < 1:
+        raise ValueError(
+            "query_loss: out must have shape (B, Tq, D) with B, Tq, D ≥ 1 (forward's output),"
+            f" got {None if shape is None else tuple(shape)}"
+        )
+    t_shape = getattr(target, "shape", None)
+    if t_shape is None or tuple(t_shape) != (shape[0],):
+        raise ValueError(
+            f"query_loss: target must have shape (B,) = ({shape[0]},), got"
+            f" {None if t_shape is None else tuple(t_shape)}"
+        )
+    check_float_array("out", out)
+    check_float_array("target", target)
+    _same_array_type("target", target, "out", out)
+
+
+def check_flat_vector(vector, size: int) -> None:
+    """``unflatten``'s vector: an array of shape (size,), the number of entries of the tree."""
+    shape = getattr(vector, "shape", None)
+    if shape is None or len(shape) != 1:
+        raise ValueError(
+            f"unflatten: vector must be a one-dimensional array, got"
+            f" {type(vector).__name__} of shape {shape}"
+        )
+    if shape[0] != size:
+        raise ValueError(f"unflatten: vector has {shape[0]} entries, the tree needs {size}")
 
 
 # -- files ---------------------------------------------------------------------------------

@@ -47,18 +47,17 @@ import math
 
 import numpy
 
-from .backend import Array, namespace, resolve_dtype
+from .backend import Array, namespace
 from .config import TransformerConfig
 from .data import prompt_tokens, theta0_row
 from .model import forward
 from .params import AttentionParams, BlockParams, MLPParams, ModelParams
-
-
-def _check_eta_n(eta, n_context) -> None:
-    if isinstance(n_context, bool) or not isinstance(n_context, int) or n_context < 1:
-        raise ValueError(f"n_context must be a positive int, got {n_context!r}")
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
-        raise ValueError(f"eta must be a finite number, got {eta!r}")
+from .validation import (
+    check_float_dtype,
+    check_namespace,
+    check_von_oswald,
+    check_von_oswald_tokens,
+)
 
 
 def von_oswald_attention(
@@ -78,13 +77,12 @@ def von_oswald_attention(
 
     d: input width (tokens have width d + 1); eta: the GD step size η; n_context: N;
     theta0: θ_0, the initial regression weights (d,) or (1, d), default 0.
+    Raises ValueError unless d and n_context are ints ≥ 1 and η is finite and > 0;
+    TypeError for a dtype that is not real floating point (``minimal_icl.validation``).
     """
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise ValueError(f"d must be a positive int, got {d!r}")
-    _check_eta_n(eta, n_context)
-    if xp is None:
-        xp = numpy
-    dtype = resolve_dtype(xp, dtype)
+    d, eta, n_context = check_von_oswald(d, eta, n_context)
+    xp = check_namespace(xp)
+    dtype = check_float_dtype(xp, dtype)
     D = K = d + 1
     theta0 = theta0_row(theta0, d)  # (1, d)
 
@@ -149,14 +147,13 @@ def von_oswald_predict(tokens: Array, eta: float, theta0=None) -> Array:
     that its own value vanishes (see the module docstring); what was there is not used.
     Returns ŷ = 2 ⟨θ_0, x_q⟩ − (y-slot) = ⟨θ_1, x_q⟩, i.e. −(y-slot) for θ_0 = 0: the
     prediction of :func:`minimal_icl.data.one_step_gd_predict` with the same η and θ_0.
+    Raises as :func:`von_oswald_attention` for η, ValueError unless tokens are (B, N+1,
+    d+1) with B, N, d ≥ 1 and finite (read after the pass, by ``forward``), TypeError
+    unless real floating point.
     """
-    shape = getattr(tokens, "shape", None)
-    if shape is None or len(shape) != 3 or shape[1] < 2 or shape[2] < 2:
-        raise ValueError(
-            f"tokens must have shape (B, N+1, d+1) with N ≥ 1 and d ≥ 1, got shape {shape}"
-        )
+    check_von_oswald_tokens(tokens)
     xp = namespace(tokens)
-    B, T, D = shape
+    B, T, D = tokens.shape
     d, N = D - 1, T - 1
     query_x = tokens[:, -1, :d]  # (B, d)
     theta0_ = xp.asarray(theta0_row(theta0, d), dtype=tokens.dtype, device=tokens.device)
