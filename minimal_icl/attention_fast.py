@@ -1,4 +1,4 @@
-"""The attention backward that training runs: ``attention_backward`` reassociated.
+"""``attention_backward`` reassociated: what ``model.backward`` runs by default.
 
 ``attention.attention_backward`` builds the key and value gradients dk = dSᵀ q and
 dv = Pᵀ dPv, (B, H, T, K) each, and passes them through the projections' backward. For
@@ -17,7 +17,9 @@ The two orders are the same sums, so they agree to rounding: tests/test_attentio
 shows ``attention_backward_fast`` equal to ``attention_backward`` within 1e-12 of the
 terms each gradient is summed from (float64), on every configuration of the model grid.
 In the training step of ``paper_setting`` (B = 64, T = 51, H = 8, K = 2) it takes a
-fifth of the textbook backward's time (0.25 ms against 1.2 ms on one core).
+fifth of the textbook backward's time (0.25 ms against 1.2 ms on one core). Training
+itself runs ``model_fast``, which restructures the forward as well (keys and values are
+never built for the query row).
 """
 
 from __future__ import annotations

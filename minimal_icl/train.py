@@ -39,9 +39,10 @@ from .data import (
     ridge_predict,
     zero_predict,
 )
-from .loss import query_loss
-from .model import backward, forward, predict
+from .model import predict
+from .model_fast import query_loss_and_grads
 from .optim import adam_init, adam_step, sgd_init, sgd_step
+from .optim_fast import adam_step_fast
 from .params import ModelParams, init_params
 from .validation import (
     check_bool,
@@ -151,14 +152,23 @@ def train_step(
 ):
     """forward (query row only) + loss + backward + optimiser step.
 
+    The loss and gradients come from ``model_fast.query_loss_and_grads`` (the same
+    numbers as ``forward(..., last_only=True)``, ``query_loss`` and ``backward`` to
+    rounding, by fewer and larger array operations; the textbook pass for configurations
+    it does not cover), and Adam from ``optim_fast.adam_step_fast`` (bit for bit
+    ``adam_step``).
+
     Returns (params, state, loss) with loss a 0-d array (``float(loss)`` reads it).
     """
     # The loss reads only the query position, so the last block computes that row only.
     # No read-back per step: the training loop checks the losses it reads (divergence).
-    out, cache = forward(params, config, batch.tokens, last_only=True, check_finite=False)
-    loss, dout = query_loss(out, batch.target)
-    _, grads = backward(dout, cache)
-    params, state = optimizer_step(optimizer, params, grads, state, lr)
+    loss, grads = query_loss_and_grads(params, config, batch.tokens, batch.target)
+    if optimizer.name == "adam":
+        params, state = adam_step_fast(
+            params, grads, state, lr, optimizer.beta1, optimizer.beta2, optimizer.eps
+        )
+    else:
+        params, state = optimizer_step(optimizer, params, grads, state, lr)
     return params, state, loss
 
 

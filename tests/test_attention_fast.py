@@ -42,13 +42,11 @@ from test_model import (
 )
 
 import minimal_icl.block
-from minimal_icl import IDENTITY_RTOL, backward, forward, init_params, relative_residual
+from minimal_icl import IDENTITY_RTOL, backward, forward, relative_residual
 from minimal_icl.attention import attention_backward, attention_forward
 from minimal_icl.attention_fast import attention_backward_fast, head_projection_backward
-from minimal_icl.data import regression_prompts
 from minimal_icl.linear import linear_forward
 from minimal_icl.params import AttentionParams
-from minimal_icl.train import optimizer_init, paper_setting, train_step
 
 WHOLE_GRID = [dict(zip(MODEL_SWITCHES, v)) for v in itertools.product(*MODEL_SWITCHES.values())]
 # (name, config overrides, NumPy cases): the grid's widths (D = 3, H·K = 2) on the whole
@@ -237,20 +235,3 @@ def test_head_projection_backward_orders_agree(backend, B, H, Tq, T, K, D, order
     dx_expected, dW_expected = direct_order(M, G, x, W)
     assert relative_residual(backend.to_numpy(dx), dx_expected) <= IDENTITY_RTOL
     assert relative_residual(backend.to_numpy(dW), dW_expected) <= IDENTITY_RTOL
-
-
-def test_training_runs_the_fast_backward(monkeypatch):
-    """train_step's backward goes through attention_backward_fast, once per block."""
-    calls = []
-
-    def spy(dout, cache):
-        calls.append(cache.last_only)
-        return attention_backward_fast(dout, cache)
-
-    monkeypatch.setattr(minimal_icl.block, "attention_backward_fast", spy)
-    setup = paper_setting(fast=True)
-    params = init_params(setup.config, seed=0)
-    batch = regression_prompts(4, setup.n_context, setup.d, seed=0)
-    state = optimizer_init(setup.optimizer, params)
-    train_step(params, state, setup.config, batch, setup.optimizer, 1e-3)
-    assert calls == [True] * setup.config.n_blocks  # the last (only) block: the query row

@@ -1,0 +1,317 @@
+"""The fast model pass (model_fast) and the fast Adam (optim_fast) equal the textbook ones.
+
+``model_fast.forward_fast`` / ``backward_fast`` compute what ``model.forward`` /
+``model.backward`` compute by other products (keys and values never built for a query
+row, block-diagonal per-head weights, softmax's Jacobian through P v, row means as
+products). Equal to rounding, measured three ways, float64, on every backend fixture:
+
+* Every output of the whole model grid of tests/test_model.py (1536 configurations, the
+  patched half going to the textbook pass) at the grid's widths and with heads wider
+  than the tokens: ``relative_residual`` ≤ IDENTITY_RTOL = 1e-12.
+* The whole gradient, the token gradient and every parameter gradient as one vector,
+  against its largest entry: ≤ 1e-12. (Per array, a gradient that cancels can differ
+  more: in the rank-collapse corner ∂loss/∂W_K is rounding noise in both passes, and in
+  3-block linear stacks with LayerNorm moving every parameter by one rounding unit moves
+  the textbook's own gradient by 1.3e-12 of its largest entry; the fast pass stays at
+  8e-13 there, 1e-13 elsewhere, measured.)
+* Each attention call on its own, against the size of the terms its gradients are
+  summed from (``test_attention_fast.term_scales``), entry by entry: ≤ 1e-12 on every
+  attention call of the grid. This is the measure that does not care about cancellation.
+
+array_api_strict, ten times slower, runs the pairwise covering selection of the grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy
+import pytest
+from test_attention_fast import term_scales
+from test_model import (
+    MODEL_CASES,
+    MODEL_SWITCHES,
+    make_config,
+    on,
+    random_params,
+    random_patches,
+    random_tokens,
+)
+
+import minimal_icl.model_fast as model_fast
+import minimal_icl.train
+from minimal_icl import (
+    IDENTITY_RTOL,
+    TransformerConfig,
+    adam_init,
+    adam_step,
+    backward,
+    forward,
+    init_params,
+    query_loss,
+    relative_residual,
+    tree_leaves,
+)
+from minimal_icl.attention import attention_backward, attention_forward
+from minimal_icl.data import regression_prompts
+from minimal_icl.model_fast import (
+    backward_fast,
+    block_diagonal,
+    covers,
+    forward_fast,
+    query_loss_and_grads,
+)
+from minimal_icl.optim_fast import adam_step_fast
+from minimal_icl.params import AttentionParams
+from minimal_icl.train import OptimizerSettings, optimizer_init, paper_setting, train_step
+
+WHOLE_GRID = [dict(zip(MODEL_SWITCHES, v)) for v in itertools.product(*MODEL_SWITCHES.values())]
+WIDTHS = [("grid-widths", {}), ("wide-heads", {"d_head": 3})]
+
+
+def grid_for(backend):
+    return MODEL_CASES if backend.name.startswith("array_api_strict") else WHOLE_GRID
+
+
+def as_vector(backend, dtokens, grads) -> numpy.ndarray:
+    """The token gradient and every parameter gradient as one NumPy vector."""
+    parts = [backend.to_numpy(dtokens).ravel()]
+    parts += [backend.to_numpy(a).ravel() for _, a in tree_leaves(grads)]
+    return numpy.concatenate(parts)
+
+
+def model_inputs(backend, case, overrides):
+    config = make_config(case, **overrides)
+    params = on(backend, random_params(config, seed=7))
+    tokens = backend.asarray(random_tokens(7, config))
+    return config, params, tokens
+
+
+@pytest.mark.parametrize(("width", "overrides"), WIDTHS, ids=[w for w, _ in WIDTHS])
+def test_fast_pass_equals_textbook_on_the_model_grid(backend, width, overrides):
+    """forward_fast's output and backward_fast's gradients equal forward/backward's on
+    every unpatched configuration of the grid, with last_only and without."""
+    n_compared = 0
+    for case in grid_for(backend):
+        if case["patched"]:
+            continue
+        config, params, tokens = model_inputs(backend, case, overrides)
+        out, cache = forward(params, config, tokens, last_only=case["last_only"])
+        out_fast, cache_fast = forward_fast(params, config, tokens, last_only=case["last_only"])
+        assert tuple(out_fast.shape) == tuple(out.shape)
+        assert relative_residual(out_fast, out) <= IDENTITY_RTOL, case
+        G = backend.asarray(numpy.random.default_rng(7).standard_normal(tuple(out.shape)))
+        expected = as_vector(backend, *backward(G, cache, fast=False))
+        got = as_vector(backend, *backward_fast(G, cache_fast))
+        assert relative_residual(got, expected) <= IDENTITY_RTOL, (case, overrides)
+        n_compared += 1
+    assert n_compared == len([c for c in grid_for(backend) if not c["patched"]])
+
+
+def test_fast_pass_without_the_token_gradient(backend):
+    """input_grad=False returns None for the tokens and the same parameter gradients."""
+    for case in MODEL_CASES:
+        if case["patched"]:
+            continue
+        config, params, tokens = model_inputs(backend, case, {})
+        out, cache = forward_fast(params, config, tokens, last_only=case["last_only"])
+        G = backend.asarray(numpy.random.default_rng(8).standard_normal(tuple(out.shape)))
+        dtokens, grads = backward_fast(G, cache)
+        none, grads_only = backward_fast(G, cache, input_grad=False)
+        assert dtokens is not None and none is None
+        for (name, a), (_, b) in zip(tree_leaves(grads), tree_leaves(grads_only)):
+            assert numpy.array_equal(backend.to_numpy(a), backend.to_numpy(b)), name
+
+
+@pytest.mark.parametrize(("width", "overrides"), WIDTHS, ids=[w for w, _ in WIDTHS])
+def test_fast_attention_equals_textbook_against_the_terms(backend, width, overrides):
+    """Every attention call of the grid (each block's input, a random upstream gradient):
+    the fast attention's output equals attention_forward's to 1e-12 and its input and
+    weight gradients equal attention_backward's to 1e-12 of the terms they are summed
+    from, entry by entry."""
+    rng = numpy.random.default_rng(9)
+    bad = []
+    for case in grid_for(backend):
+        if case["patched"]:
+            continue
+        config, params, tokens = model_inputs(backend, case, overrides)
+        _, cache = forward(params, config, tokens, last_only=case["last_only"])
+        for l, block_cache in enumerate(cache.blocks):
+            u1 = block_cache.attn.k_proj.x  # the attention's input (after LN1)
+            query_only = block_cache.attn.last_only
+            p = params.blocks[l].attn
+            A, textbook = attention_forward(
+                u1, p, config.n_heads, config.attention, config.causal, query_only
+            )
+            run, back = (
+                (model_fast._query_attention, model_fast._query_attention_backward)
+                if query_only
+                else (model_fast._full_attention, model_fast._full_attention_backward)
+            )
+            A_fast, fast = run(u1, p, config)
+            A_fast = model_fast.namespace(A_fast).reshape(A_fast, tuple(A.shape))
+            assert relative_residual(A_fast, A) <= IDENTITY_RTOL, case
+            dA = backend.asarray(rng.standard_normal(tuple(A.shape)))
+            dx, grads = attention_backward(dA, textbook)
+            dA_fast = dA[:, 0, :] if query_only else dA
+            dx_fast, grads_fast = back(dA_fast, fast, p, config, True)
+            scales = term_scales(dA, textbook, backend.to_numpy)
+            pairs = {"dx": (dx_fast, dx)} | {
+                name: (getattr(grads_fast, name), getattr(grads, name))
+                for name in AttentionParams._fields
+            }
+            for name, (a, b) in pairs.items():
+                a, b = backend.to_numpy(a), backend.to_numpy(b)
+                assert a.shape == b.shape == scales[name].shape, name
+                scale = float(numpy.max(scales[name]))
+                r = float(numpy.max(numpy.abs(a - b))) / (scale if scale > 0 else 1.0)
+                if not r <= IDENTITY_RTOL:
+                    bad.append(f"{case} {overrides} block {l} {name}: {r:.2e}")
+    assert not bad, "\n".join(bad)
+
+
+def test_block_diagonal():
+    """diag(W_1, …, W_H): q diag(W_h) stacks W_hᵀ q_h, and the off-diagonal blocks are 0."""
+    rng = numpy.random.default_rng(3)
+    H, K, D = 3, 2, 4
+    W = rng.standard_normal((H * K, D))
+    Z = block_diagonal(W, H)
+    assert Z.shape == (H * K, H * D)
+    q = rng.standard_normal((5, H * K))
+    expected = numpy.concatenate(
+        [q[:, h * K : (h + 1) * K] @ W[h * K : (h + 1) * K] for h in range(H)], axis=1
+    )
+    assert relative_residual(q @ Z, expected) <= IDENTITY_RTOL
+    for h in range(H):
+        for g in range(H):
+            block = Z[h * K : (h + 1) * K, g * D : (g + 1) * D]
+            assert numpy.array_equal(block, W[h * K : (h + 1) * K] if g == h else 0 * block)
+
+
+def test_query_loss_and_grads_equals_the_textbook_step(backend):
+    """The training step's loss and gradients: fast pass against forward(last_only) +
+    query_loss + backward, on the pairwise selection of the grid."""
+    for case in MODEL_CASES:
+        config, params, tokens = model_inputs(backend, case, {})
+        target = backend.asarray(numpy.random.default_rng(4).standard_normal(tokens.shape[0]))
+        out, cache = forward(params, config, tokens, last_only=True)
+        loss, dout = query_loss(out, target)
+        _, grads = backward(dout, cache, fast=False)
+        loss_fast, grads_fast = query_loss_and_grads(params, config, tokens, target)
+        assert relative_residual(loss_fast, loss) <= IDENTITY_RTOL
+        expected = numpy.concatenate([backend.to_numpy(a).ravel() for _, a in tree_leaves(grads)])
+        got = numpy.concatenate([backend.to_numpy(a).ravel() for _, a in tree_leaves(grads_fast)])
+        assert relative_residual(got, expected) <= IDENTITY_RTOL, case
+
+
+def test_covers_and_falls_back(monkeypatch):
+    """Patched passes and a contextual layer other than attention are not covered: the
+    training step's gradients then come from the textbook pass."""
+    config = paper_setting().config
+    assert covers(config)
+    patches = random_patches(config, seed=1)
+    assert not covers(config, patches)
+    assert covers(config, (None,) * config.n_blocks)
+    fields = TransformerConfig.__dataclass_fields__
+    if "contextual_layer" in fields:  # the recurrent layer, where the package has it
+        rnn = dataclasses.replace(config, contextual_layer="rnn")
+        assert not covers(rnn)
+        with pytest.raises(ValueError, match="not covered"):
+            forward_fast(init_params(rnn), rnn, numpy.zeros((2, 3, config.d_token)))
+
+    calls = []
+    monkeypatch.setattr(model_fast, "covers", lambda *args: calls.append(args) or False)
+    params = init_params(config, seed=0)
+    tokens = numpy.random.default_rng(0).standard_normal((4, 5, config.d_token))
+    target = numpy.zeros(4)
+    loss, grads = query_loss_and_grads(params, config, tokens, target)
+    out, cache = forward(params, config, tokens, last_only=True)
+    expected_loss, dout = query_loss(out, target)
+    _, expected = backward(dout, cache)
+    assert calls and float(loss) == float(expected_loss)
+    for (name, a), (_, b) in zip(tree_leaves(grads), tree_leaves(expected)):
+        assert numpy.array_equal(a, b), name
+
+
+def test_forward_fast_checks_its_arguments():
+    config = paper_setting().config
+    params = init_params(config)
+    with pytest.raises(ValueError, match="tokens"):
+        forward_fast(params, config, numpy.zeros((2, 3)))
+    with pytest.raises(ValueError):
+        forward_fast(params, TransformerConfig(d_token=3, n_heads=2), numpy.zeros((2, 3, 3)))
+
+
+def test_adam_step_fast_is_adam_step_bit_for_bit(backend):
+    """Three steps of both from the same state: the same parameters and moments exactly."""
+    config = make_config(MODEL_CASES[0])
+    params = on(backend, random_params(config, seed=2))
+    state = adam_init(params)
+    params_fast, state_fast = params, state
+    rng = numpy.random.default_rng(5)
+    for _ in range(3):
+        grads = on(backend, random_params(config, seed=int(rng.integers(100))))
+        params, state = adam_step(params, grads, state, 1e-2, 0.8, 0.99, 1e-6)
+        params_fast, state_fast = adam_step_fast(
+            params_fast, grads, state_fast, 1e-2, 0.8, 0.99, 1e-6
+        )
+        assert state_fast.step == state.step
+        for a, b in [(state.m, state_fast.m), (state.v, state_fast.v)]:
+            assert numpy.array_equal(backend.to_numpy(a), backend.to_numpy(b))
+        for (name, a), (_, b) in zip(tree_leaves(params), tree_leaves(params_fast)):
+            assert tuple(a.shape) == tuple(b.shape)
+            assert numpy.array_equal(backend.to_numpy(a), backend.to_numpy(b)), name
+
+
+def test_adam_step_fast_checks_its_arguments():
+    config = paper_setting().config
+    params = init_params(config)
+    state = adam_init(params)
+    with pytest.raises(ValueError, match="learning rate"):
+        adam_step_fast(params, params, state, -1.0)
+    with pytest.raises(ValueError, match="beta1"):
+        adam_step_fast(params, params, state, 1e-3, beta1=1.0)
+    with pytest.raises(ValueError, match="state"):
+        adam_step_fast(params, params, adam_init(init_params(make_config(MODEL_CASES[0]))), 1e-3)
+
+
+def test_training_runs_the_fast_pass(monkeypatch):
+    """train_step's gradients come from backward_fast (no token gradient) and its Adam
+    from adam_step_fast; the step equals the textbook step to 1e-12."""
+    calls = []
+
+    def spy(dout, cache, input_grad=True):
+        calls.append(input_grad)
+        return backward_fast(dout, cache, input_grad)
+
+    monkeypatch.setattr(model_fast, "backward_fast", spy)
+    setup = paper_setting(fast=True)
+    params = init_params(setup.config, seed=0)
+    batch = regression_prompts(4, setup.n_context, setup.d, seed=0)
+    state = optimizer_init(setup.optimizer, params)
+    new, _, loss = train_step(params, state, setup.config, batch, setup.optimizer, 1e-3)
+    assert calls == [False]
+    assert minimal_icl.train.adam_step_fast is adam_step_fast
+
+    out, cache = forward(params, setup.config, batch.tokens, last_only=True)
+    expected_loss, dout = query_loss(out, batch.target)
+    _, grads = backward(dout, cache, fast=False)
+    expected, _ = adam_step(params, grads, state, 1e-3)
+    assert relative_residual(loss, expected_loss) <= IDENTITY_RTOL
+    for (name, a), (_, b) in zip(tree_leaves(new), tree_leaves(expected)):
+        assert relative_residual(a, b) <= IDENTITY_RTOL, name
+
+
+def test_training_step_with_sgd_uses_the_fast_gradients():
+    setup = paper_setting(fast=True)
+    sgd = OptimizerSettings(name="sgd", lr=1e-2, momentum=0.5)
+    params = init_params(setup.config, seed=0)
+    batch = regression_prompts(4, setup.n_context, setup.d, seed=0)
+    state = optimizer_init(sgd, params)
+    new, _, _ = train_step(params, state, setup.config, batch, sgd, 1e-2)
+    out, cache = forward(params, setup.config, batch.tokens, last_only=True)
+    _, dout = query_loss(out, batch.target)
+    _, grads = backward(dout, cache, fast=False)
+    for (name, p), (_, g), (_, n) in zip(tree_leaves(params), tree_leaves(grads), tree_leaves(new)):
+        assert relative_residual(n, p - 1e-2 * g) <= IDENTITY_RTOL, name
