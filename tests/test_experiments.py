@@ -292,6 +292,34 @@ def test_order_sensitive_learners_spread_far_above_rounding(fast_run):
     assert numpy.asarray(data["orders"]).shape == (record["config"]["n_orders"], N)
 
 
+def test_order_explicit_learners_match_their_definitions():
+    """full_batch_gd_predictions (every prefix at once) equals GD run on each prefix by a
+    plain loop; online SGD's first step is η y_1 ⟨x_1, x_q⟩; the spread is the population
+    std over orders averaged over prompts."""
+    from minimal_icl.experiments.order import (
+        full_batch_gd_predictions,
+        online_sgd_predictions,
+        spread_across_orders,
+    )
+
+    rng = numpy.random.default_rng(0)
+    x, y = rng.standard_normal((3, 6, 2)), rng.standard_normal((3, 6))
+    x_q = rng.standard_normal((3, 2))
+    gd = full_batch_gd_predictions(x, y, x_q, lr=0.2, steps=7)
+    for i in range(1, 7):
+        theta = numpy.zeros((3, 2))
+        for _ in range(7):
+            residual = numpy.einsum("bd,bjd->bj", theta, x[:, :i]) - y[:, :i]
+            theta = theta - 0.2 * numpy.einsum("bj,bjd->bd", residual, x[:, :i]) / i
+        assert relative_residual(gd[:, i], numpy.sum(theta * x_q, axis=1)) <= IDENTITY_RTOL
+    assert numpy.all(gd[:, 0] == 0.0)
+    sgd = online_sgd_predictions(x, y, x_q, lr=0.2)
+    first = 0.2 * y[:, 0] * numpy.sum(x[:, 0] * x_q, axis=1)  # θ_1 = η y_1 x_1
+    assert relative_residual(sgd[:, 1], first) <= IDENTITY_RTOL
+    p = numpy.array([[1.0, 4.0], [3.0, 4.0]])  # R = 2 orders, B = 2 prompts
+    assert spread_across_orders(p) == 0.5  # std 1 and 0, averaged
+
+
 def test_summary_has_the_order_rows(fast_run):
     out, records = fast_run
     text = (out / "summary.md").read_text()
