@@ -113,8 +113,8 @@ def full_batch_gd_predictions(x, y, x_q, lr: float, steps: int) -> numpy.ndarray
     mask = (numpy.arange(N)[None, :] < i[:, None]) / numpy.maximum(i, 1)[:, None]  # (N+1, N)
     theta = numpy.zeros((B, N + 1, d))  # one θ per prefix
     for _ in range(steps):
-        residual = numpy.einsum("bid,bjd->bij", theta, x) - y[:, None, :]  # (B, N+1, N)
-        theta = theta - lr * numpy.einsum("bij,ij,bjd->bid", residual, mask, x)
+        residual = theta @ x.transpose(0, 2, 1) - y[:, None, :]  # (B, N+1, N)
+        theta = theta - lr * (residual * mask) @ x  # (1/i) Σ_{j≤i} residual_j x_j per prefix
     return numpy.sum(theta * x_q[:, None, :], axis=-1)
 
 
