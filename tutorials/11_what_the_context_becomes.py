@@ -144,8 +144,8 @@ print(f"Y = {Y}: query output, reduced prompt + patches vs the full prompt:"
 # $$
 #
 # so position $t$'s token alone through the patched block gives position $t$'s output.
-# All $T$ states come from two passes: one of the prompt (the with-context states at every
-# position at once) and one of its $T$ tokens as $T$ one-token prompts:
+# All $T$ patches of a block come from two passes: one of the prompt (the with-context states
+# at every position at once) and one of the block on its $T$ inputs as $T$ one-token prompts:
 
 # %%
 out, cache = forward(stack, stack_config, tokens)  # with context, every position
@@ -303,9 +303,10 @@ plt.show()
 
 # %% [markdown]
 # With their own lone tokens, the patches of the context positions are well aligned (mean
-# $\cos_F$ 0.61 in the full run of the figure, 100 tasks): the factors $\cos(c_s, c_t)$ and
-# $\cos(r_s, r_t)$ each average only about 0.02, but their signs flip together
-# ($c\,r^\top = (-c)(-r)^\top$), so their product is mostly positive. The last-token
+# $\cos_F$ 0.61 in the full run of the figure, 100 tasks). The factors $\cos(c_s, c_t)$ and
+# $\cos(r_s, r_t)$ each average below 0.01 there, but a factor alone means nothing, since
+# $c\,r^\top = (-c)(-r)^\top$: their signs flip together, and the product is positive for 89 %
+# of the pairs. The last-token
 # variant's first-block patches all share the row $u_x/\|u_x\|^2$, so $\cos_F$ is the cosine
 # of the columns $W(u_t - u_x)$ alone, and those barely align (0.03). The figure adds the
 # 4-block pre-LN model of Figure 5, where the mean alignment of the own patches is 0.47,
@@ -454,7 +455,7 @@ print(f"with the prompt {mse_with_context:.4f}, no context {mse_no_context:.4f}"
 # ## Summary
 #
 # * Part $Y$ of the context in a stack: on $[C \setminus Y, x]$, $\Delta W_l = W_l(u_C - u_\emptyset)u_\emptyset^\top/\|u_\emptyset\|^2$ with $u_\emptyset$ from the patched reduced run; exact after every block (tutorial 4).
-# * Every position: $\Delta W_t = W (u_t - u_{\emptyset,t})\,u_{\emptyset,t}^\top/\|u_{\emptyset,t}\|^2$, $\Delta b'_t = h_t - h_{\emptyset,t}$, and $T_{W+\Delta W_t}(z_t) = T_W(\text{prompt})_t$; all $T$ patches from two passes.
+# * Every position: $\Delta W_t = W (u_t - u_{\emptyset,t})\,u_{\emptyset,t}^\top/\|u_{\emptyset,t}\|^2$, $\Delta b'_t = h_t - h_{\emptyset,t}$, and $T_{W+\Delta W_t}(z_t) = T_W(\text{prompt})_t$; all $T$ patches of a block from two passes.
 # * The last-token variant: $\Delta W_t = W (u_t - u_x)\,u_x^\top/\|u_x\|^2$, $\Delta b'_t = h_t - h_x$: every position from the last token alone.
 # * Alignment of rank-1 patches: $\cos_F(c_s r_s^\top, c_t r_t^\top) = \cos(c_s, c_t)\cos(r_s, r_t)$.
 # * One patch for all queries: $\Delta^* = U A^+$, exact on the calibration queries while $A$ has full column rank ($K \le \operatorname{rank} A$; here $d = 2$), a least-squares compromise after.

@@ -120,8 +120,12 @@ def alignment_summary(cos: numpy.ndarray) -> dict:
 
 
 def measure_model(model, cfg: PositionsConfig, seed: int, label: str,
-                  progress: Progress = QUIET) -> dict:
-    """Alignment within and across blocks and the identity residuals of one trained model."""
+                  progress: Progress = QUIET, heatmap: bool = True) -> dict:
+    """Alignment within and across blocks and the identity residuals of one trained model.
+
+    ``heatmap``: also record the first block's (T, T) mean alignment (4 decimals), the
+    panels (a) and (b) of the figure.
+    """
     params, config, setup = model.params, model.config, model.setup
     batch = regression_prompts(cfg.n_tasks, setup.n_context, setup.d, task_rng(seed, f"{NAME}/{label}"))
     tokens = batch.tokens  # (B, T, D)
@@ -137,11 +141,13 @@ def measure_model(model, cfg: PositionsConfig, seed: int, label: str,
         norms = numpy.linalg.norm(numpy.asarray(updates[0].delta_W), axis=(-2, -1))  # (B, T)
         out["variants"][key] = {
             "blocks": [alignment_summary(numpy.asarray(a)) for a in alignment],
-            "heatmap_block1": numpy.nanmean(numpy.asarray(alignment[0]), axis=0),  # (T, T)
             "residual_per_position": residuals,
             "max_residual": float(residuals.max()),
             "norm_block1_mean": numpy.mean(norms, axis=0),  # (T,)
         }
+        if heatmap:
+            mean = numpy.nanmean(numpy.asarray(alignment[0]), axis=0)  # (T, T)
+            out["variants"][key]["heatmap_block1"] = numpy.round(mean, 4)
         if key == "own" and config.n_blocks > 1:
             cross = across_blocks(updates)  # (L, L, B, T)
             out["across_blocks_abs_mean"] = numpy.mean(numpy.abs(cross), axis=(2, 3))
@@ -156,7 +162,8 @@ def compute(models, cfg: PositionsConfig, seed: int, progress: Progress = QUIET)
     paper, deep = models
     measured = {
         "paper": measure_model(paper, cfg, seed, "paper model (1 block)", progress),
-        "deep": measure_model(deep, cfg, seed, "deep model (4 pre-LN blocks)", progress),
+        "deep": measure_model(deep, cfg, seed, "deep model (4 pre-LN blocks)", progress,
+                              heatmap=False),
     }
     p_own, p_last = (measured["paper"]["variants"][k]["blocks"][0] for k in ("own", "last_token"))
     d = measured["deep"]
@@ -263,7 +270,7 @@ def plot(record: dict, path) -> None:
     ax.set_ylabel(r"mean $\|\Delta W_{1,t}\|_F$ (first block)")
     ax.set_title("(f) size of the first block's patch")
     ax.legend(fontsize=7.5)
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=90)
 
 
 def load_models(out_dir, seed: int, fast: bool, progress: Progress = QUIET) -> tuple:
