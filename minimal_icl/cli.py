@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import NamedTuple
 
+from .heap import keep_freed_memory
+
 
 class Command(NamedTuple):
     help: str
@@ -353,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # freed arrays stay in the heap: no page faults step after step
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args)

@@ -39,6 +39,7 @@ from .data import (
     ridge_predict,
     zero_predict,
 )
+from .heap import keep_freed_memory
 from .model import predict
 from .model_fast import query_loss_and_grads
 from .optim import adam_init, adam_step, sgd_init, sgd_step
@@ -156,10 +157,13 @@ def train_step(
     numbers as ``forward(..., last_only=True)``, ``query_loss`` and ``backward`` to
     rounding, by fewer and larger array operations; the textbook pass for configurations
     it does not cover), and Adam from ``optim_fast.adam_step_fast`` (bit for bit
-    ``adam_step``).
+    ``adam_step``). The first call sets glibc's heap to keep freed memory
+    (``heap.keep_freed_memory``): otherwise the first thousand steps fault in their
+    arrays' pages anew.
 
     Returns (params, state, loss) with loss a 0-d array (``float(loss)`` reads it).
     """
+    keep_freed_memory()  # once per process: freed arrays stay in the heap (minimal_icl.heap)
     # The loss reads only the query position, so the last block computes that row only.
     # No read-back per step: the training loop checks the losses it reads (divergence).
     loss, grads = query_loss_and_grads(params, config, batch.tokens, batch.target)
