@@ -47,8 +47,9 @@ def forward(
             each block's W1 and b2, as returned by ``implicit_update``.
         last_only: compute the last block at the last position only and return
             (B, 1, D). Every earlier block still runs on all positions (the last block's
-            keys and values need them). This is what training uses: the loss reads the
-            query position only.
+            keys and values need them), and a recurrent layer (``contextual_layer="rnn"``)
+            still runs its whole recurrence: only its read-out is taken at the last
+            position. This is what training uses: the loss reads the query position only.
         check_finite: after the pass, read one boolean back from the device: the tokens
             and the output are finite, the tokens hold no subnormal numbers and no
             LayerNorm variance overflowed (a ValueError names the cause otherwise: bad
