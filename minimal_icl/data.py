@@ -42,6 +42,7 @@ from .validation import (
     check_positive_float,
     check_positive_int,
     check_prompt_parts,
+    check_step_size,
 )
 
 
@@ -255,7 +256,7 @@ def one_step_gd_predict(batch: RegressionBatch, eta: float | None = None, theta0
     ``eta``: η, by default η* = 1/(1 + (d+1)/N); ``theta0``: θ_0 of shape (d,) or (1, d).
     The query's label slot is not read. One linear-attention layer computes the same
     prediction (von Oswald et al. 2023; :func:`minimal_icl.von_oswald.von_oswald_predict`).
-    Raises ValueError unless η is finite and > 0 (as ``von_oswald_predict``).
+    Raises ValueError unless η is finite and ≥ 0 (as ``von_oswald_predict``).
     """
     check_batch(batch)
     xp = namespace(batch.tokens)
@@ -263,7 +264,7 @@ def one_step_gd_predict(batch: RegressionBatch, eta: float | None = None, theta0
     N, d = x.shape[1], x.shape[2]
     if eta is None:
         eta = optimal_gd_step(d, N)
-    eta = check_positive_float("eta", eta)  # a Python float keeps the batch's dtype
+    eta = check_step_size(eta)  # a Python float keeps the batch's dtype
     theta0 = xp.asarray(theta0_row(theta0, d), dtype=x.dtype, device=x.device)  # (1, d)
     residual = xp.sum(x * theta0[:, None, :], axis=-1) - y  # (B, N)  ⟨θ_0, x_j⟩ − y_j
     gradient = xp.sum(residual[..., None] * x, axis=1) / N  # (B, d)  ∇L(θ_0)

@@ -903,13 +903,22 @@ def check_n_calibration(n_calibration, K_max: int) -> tuple[int, ...]:
 # -- von Oswald et al. (2023) ------------------------------------------------------------
 
 
+def check_step_size(eta, name: str = "eta") -> float:
+    """The step size η of one gradient step as a float: finite and ≥ 0. η < 0 would step
+    up the loss; η = 0 is no step (θ_1 = θ_0), the left end of a sweep over η."""
+    if not _is_real(eta) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(
+            f"{name} must be a finite float ≥ 0 (a gradient step size), got {eta!r}"
+        )
+    return float(eta)
+
+
 def check_von_oswald(d, eta, n_context) -> tuple[int, float, int]:
     """(d, eta, n_context) as (int, float, int): d, n_context ints ≥ 1 and the step size
-    η finite and > 0 (η = 0 is no step, η < 0 a step up the loss)."""
+    η finite and ≥ 0 (:func:`check_step_size`)."""
     d = check_positive_int("d", d)
     n_context = check_positive_int("n_context", n_context)
-    eta = check_positive_float("eta", eta)
-    return d, eta, n_context
+    return d, check_step_size(eta), n_context
 
 
 def check_von_oswald_tokens(tokens: Array) -> None:

@@ -77,7 +77,7 @@ def von_oswald_attention(
 
     d: input width (tokens have width d + 1); eta: the GD step size η; n_context: N;
     theta0: θ_0, the initial regression weights (d,) or (1, d), default 0.
-    Raises ValueError unless d and n_context are ints ≥ 1 and η is finite and > 0;
+    Raises ValueError unless d and n_context are ints ≥ 1 and η is finite and ≥ 0;
     TypeError for a dtype that is not real floating point (``minimal_icl.validation``).
     """
     d, eta, n_context = check_von_oswald(d, eta, n_context)

@@ -404,12 +404,14 @@ CASES = [
      r"unflatten: vector has 3 entries, the tree needs \d+"),
     ("unflatten-matrix", lambda w: unflatten(numpy.zeros((1, 3)), w.params), ValueError,
      r"unflatten: vector must be a one-dimensional array"),
-    ("von-oswald-eta-zero", lambda w: von_oswald_attention(2, 0.0, 5), ValueError,
-     r"eta must be a finite float > 0, got 0\.0"),
+    ("von-oswald-eta-inf", lambda w: von_oswald_attention(2, float("inf"), 5), ValueError,
+     r"eta must be a finite float ≥ 0 \(a gradient step size\), got inf"),
     ("von-oswald-eta-negative", lambda w: von_oswald_predict(w.tokens, -0.1), ValueError,
-     r"eta must be a finite float > 0, got -0\.1"),
+     r"eta must be a finite float ≥ 0 \(a gradient step size\), got -0\.1"),
     ("von-oswald-eta-nan", lambda w: von_oswald_model(2, float("nan"), 5), ValueError,
-     r"eta must be a finite float > 0, got nan"),
+     r"eta must be a finite float ≥ 0 .*got nan"),
+    ("von-oswald-eta-text", lambda w: von_oswald_attention(2, "0.1", 5), ValueError,
+     r"eta must be a finite float ≥ 0 .*got '0\.1'"),
     ("von-oswald-n-context-float", lambda w: von_oswald_attention(2, 0.1, 5.0), ValueError,
      r"n_context must be a positive int, got 5\.0"),
     ("von-oswald-int-dtype", lambda w: von_oswald_attention(2, 0.1, 5, dtype="int32"),
@@ -421,7 +423,7 @@ CASES = [
     ("von-oswald-no-prompts", lambda w: von_oswald_predict(w.tokens[:0], 0.1), ValueError,
      r"tokens must have shape \(B, N\+1, d\+1\) with B ≥ 1, N ≥ 1 and d ≥ 1"),
     ("gd-predict-eta-negative", lambda w: one_step_gd_predict(w.batch, -0.5), ValueError,
-     r"eta must be a finite float > 0, got -0\.5"),
+     r"eta must be a finite float ≥ 0 \(a gradient step size\), got -0\.5"),
     # -- the minimum norm, the null space, linear attention's context vector --------------
     ("min-norm-prompts-differ", lambda w: minimum_norm_solution(
         w.patches[0].column, w.patches[0].u_without[:2]), ValueError,
@@ -686,6 +688,19 @@ def test_numpy_integers_are_ints(world):
     assert numpy.array_equal(
         linear_attention_context_vector(attn, numpy.int64(2), world.context, world.query),
         linear_attention_context_vector(attn, 2, world.context, world.query),
+    )
+
+
+def test_a_zero_step_is_no_step(world):
+    """η = 0 is valid (the left end of a sweep over η): θ_1 = θ_0, so the prediction is
+    ⟨θ_0, x_q⟩, by the explicit step and by von Oswald's layer alike."""
+    theta0 = numpy.array([0.5, -1.0])
+    expected = world.batch.query_x @ theta0
+    assert relative_residual(one_step_gd_predict(world.batch, 0.0, theta0), expected) <= (
+        IDENTITY_RTOL
+    )
+    assert relative_residual(von_oswald_predict(world.tokens, 0.0, theta0), expected) <= (
+        IDENTITY_RTOL
     )
 
 
