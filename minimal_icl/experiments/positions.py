@@ -226,7 +226,7 @@ def plot(record: dict, path) -> None:
     ax.axhline(0, color="0.6", linewidth=0.8)
     ax.set_xlabel("block l (0: the paper model's one block)")
     ax.set_ylabel(r"$\cos_F$ between context positions")
-    ax.set_ylim(-0.05, 1.45)
+    ax.set_ylim(-0.05, 1.6)
     ax.set_title("(c) within a block, deep model (and paper)")
     ax.legend(fontsize=7, loc="upper center", ncol=2)
 

@@ -112,7 +112,7 @@ def summary_rows(records: dict) -> list[tuple[str, str, str, str]]:
         mse = " / ".join(_mse(h["mse_thought"][K.index(k)]) for k in pick)
         rows += [
             ("thought", f"held-out MSE against y of the thought patch, K = {', '.join(map(str, pick))}",
-             mse, "later versions: levels off (no number quoted here)"),
+             mse, "later versions: levels off near K ≈ 10–25 (secondary source, not checked)"),
             ("thought", "held-out MSE: exact per-query patch / no context (query alone)",
              f"{_mse(h['mse_exact_patch'])} / {_mse(h['mse_no_context'])}", "not reported"),
             ("thought", f"largest K fitted exactly on its calibration queries (rank of A ≤"
