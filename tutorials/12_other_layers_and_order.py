@@ -28,10 +28,10 @@
 # many. This page takes the classic other one, a recurrent layer (the package's own
 # `contextual_layer="rnn"`; the paper states the theorem for general layers but builds none):
 #
-# $$ s_0 = 0,\qquad s_t = \tanh(W_s\, s_{t-1} + W_{in}\, c_t + b),\qquad A_t = W_{out}\, s_t , $$
+# $$ s_0 = 0,\qquad s_t = \tanh(W_s\, s_{t-1} + W_{in}\, c_t + b_s),\qquad A_t = W_{out}\, s_t , $$
 #
 # read at the query after the context, $A(C, x) = W_{out}\, s_{N+1}$, and alone
-# $A(x) = W_{out}\tanh(W_{in} x + b)$.
+# $A(x) = W_{out}\tanh(W_{in} x + b_s)$.
 #
 # **What we will see**: you write $A(x)$ and one step of backpropagation through time; the
 # theorem holds for the recurrent block to $10^{-16}$; its path's increments
@@ -92,10 +92,10 @@ print({name: value.shape for name, value in p._asdict().items()})
 # Theorem 2.2 divides by $\|A(x)\|^2$. For a one-token prompt the recurrence takes one step
 # from $s_0 = 0$:
 #
-# $$ A(x) = W_{out}\, \tanh(W_{in}\, x + b). $$
+# $$ A(x) = W_{out}\, \tanh(W_{in}\, x + b_s). $$
 #
-# `x` is (B, D), one query per row, and `p` the `RNNParams`; return A(x), (B, D). (Rows are
-# tokens, so $W x$ is `x @ W.T`.)
+# `x` is (B, D), one query per row, and `p` the `RNNParams` (`p.b` is $b_s$); return A(x),
+# (B, D). (Rows are tokens, so $W x$ is `x @ W.T`.)
 
 # %%
 def query_alone(x, p):
@@ -112,12 +112,12 @@ check_rnn_query_alone(query_alone)
 # %% [markdown]
 # ## 2. Backpropagation through time
 #
-# One step, $s = \tanh(\mathrm{pre})$ with $\mathrm{pre} = W_s s_{\text{prev}} + W_{in} x + b$,
+# One step, $s = \tanh(\mathrm{pre})$ with $\mathrm{pre} = W_s s_{\text{prev}} + W_{in} x + b_s$,
 # read backwards (CS231n's `rnn_step_backward`): with $ds = \partial\,\mathrm{loss}/\partial s$
 #
 # $$ d\mathrm{pre} = ds \odot (1 - s^2),\quad dx = d\mathrm{pre}\, W_{in},\quad
 #    ds_{\text{prev}} = d\mathrm{pre}\, W_s,\quad dW_{in} = d\mathrm{pre}^\top x,\quad
-#    dW_s = d\mathrm{pre}^\top s_{\text{prev}},\quad db = \textstyle\sum_B d\mathrm{pre}. $$
+#    dW_s = d\mathrm{pre}^\top s_{\text{prev}},\quad db_s = \textstyle\sum_B d\mathrm{pre}. $$
 #
 # The sequence's backward walks $t = T, \dots, 1$: the state's gradient gathers the read-out
 # at $t$ and the step after it, $ds_t = W_{out}^\top dA_t + ds_{\text{prev}}$ from step
@@ -329,7 +329,7 @@ plt.show()
 # %% [markdown]
 # ## Summary
 #
-# - Theorem 2.2 needs only a vector at the query: for $s_t = \tanh(W_s s_{t-1} + W_{in} c_t + b)$, $A = W_{out} s$, the patch $\Delta W = W\,\Delta A\,A(x)^\top/\|A(x)\|^2$ is exact, with $A(x) = W_{out}\tanh(W_{in}x + b)$.
+# - Theorem 2.2 needs only a vector at the query: for $s_t = \tanh(W_s s_{t-1} + W_{in} c_t + b_s)$, $A = W_{out} s$, the patch $\Delta W = W\,\Delta A\,A(x)^\top/\|A(x)\|^2$ is exact, with $A(x) = W_{out}\tanh(W_{in}x + b_s)$.
 # - Backpropagation through time: $d\mathrm{pre} = ds \odot (1 - s^2)$, $ds_{t-1} = d\mathrm{pre}\,W_s$, weight gradients summed over $t$.
 # - $\|W_{i+1} - W_i\|_F = \|W_0(A_{i+1} - A_i)\|/\|A(x)\|$ decays like $1/i$ for softmax attention and stays flat for the recurrent block: the decay comes from averaging.
 # - $\mathrm{spread} = \frac1B\sum_b \operatorname{std}_r p_{r,b}$ is $\approx 10^{-16}$ for one block (causal or not), $W_N$ and full-batch GD, and positive for a causal stack, the recurrent block and online SGD.
@@ -343,7 +343,7 @@ plt.show()
 # 2. *(prediction, then code)* Predict $\Delta W$ and the order spread of a recurrent block
 #    with $W_s = 0$. Test it.
 # 3. *(extension)* Make the recurrence average: $s_t = s_{t-1} + (W_{in} c_t - s_{t-1})/t$
-#    (a running mean of $W_{in} c_t$, no tanh), read $A = W_{out}\tanh(s + W_{in} x + b)$ at
+#    (a running mean of $W_{in} c_t$, no tanh), read $A = W_{out}\tanh(s + W_{in} x + b_s)$ at
 #    the query. Predict the slope of the increments, then measure it.
 
 # %% [markdown] jupyter={"source_hidden": true}
@@ -358,7 +358,7 @@ plt.show()
 # stacks of recurrent blocks.
 
 # %% [markdown] jupyter={"source_hidden": true}
-# **Solution 2.** With $W_s = 0$ the last state is $\tanh(W_{in} x + b)$ whatever came before:
+# **Solution 2.** With $W_s = 0$ the last state is $\tanh(W_{in} x + b_s)$ whatever came before:
 # $A(C, x) = A(x)$, so $\Delta A = 0$, $\Delta W = 0$, and the spread is exactly 0 (the
 # context is ignored, not merely reordered).
 
