@@ -74,6 +74,10 @@ def save_checkpoint(
     """
     path = check_writable_file(path, "path")
     check_params(params, config)
+    if extra is not None and not hasattr(extra, "items"):
+        raise TypeError(
+            f"save_checkpoint: extra must be a dict of named arrays, got {type(extra).__name__}"
+        )
     arrays = {
         "format": _text(FORMAT),
         "config": _text(json.dumps(config.to_dict(), sort_keys=True)),

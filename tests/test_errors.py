@@ -603,6 +603,8 @@ CASES = [
      r"a must be an array, got list"),
     ("load-path-none", lambda w: load_checkpoint(None), TypeError,
      r"path must be a file path, got NoneType"),
+    ("save-extra-list", lambda w: save_checkpoint(w.tmp / "m.npz", w.params, STACK,
+     extra=[numpy.ones(2)]), TypeError, r"extra must be a dict of named arrays, got list"),
 ]
 
 
