@@ -83,7 +83,7 @@ SEED = 0
 # Two models. A random **causal stack** of two pre-LN blocks with both skips, where every
 # term of the construction shows ($\Delta b' \ne 0$, LayerNorm, a second block), and the
 # trained **paper model** of tutorial 6 (`paper_setting()`: one softmax block, no skips, no
-# LayerNorm; 20 000 steps, about a minute on one core, 300 in fast mode). With seed 0 it is
+# LayerNorm; 20 000 steps, well under a minute on one core, 300 in fast mode). With seed 0 it is
 # the model of the `positions` and `thought` figures (`python -m minimal_icl figure NAME`).
 
 # %%
@@ -284,12 +284,16 @@ for name, build in builders.items():
 print({name: round(value, 3) for name, value in alignment.items()})
 
 # %%
-(u,) = own_updates
+def cosine(a, b):
+    """cos(a, b) per prompt: a, b (B, n) -> (B,)."""
+    return (a * b).sum(-1) / numpy.linalg.norm(a, axis=-1) / numpy.linalg.norm(b, axis=-1)
+
+
+(update,) = own_updates
 s, t = 3, 17
-factor = (u.column[:, s] * u.column[:, t]).sum(-1) / numpy.linalg.norm(u.column[:, s], axis=-1) \
-    / numpy.linalg.norm(u.column[:, t], axis=-1) * (u.row[:, s] * u.row[:, t]).sum(-1) \
-    / numpy.linalg.norm(u.row[:, s], axis=-1) / numpy.linalg.norm(u.row[:, t], axis=-1)
-factorised = relative_residual(factor, cos_frobenius(u.delta_W[:, s], u.delta_W[:, t]))
+factor = cosine(update.column[:, s], update.column[:, t]) * cosine(update.row[:, s],
+                                                                   update.row[:, t])
+factorised = relative_residual(factor, cos_frobenius(update.delta_W[:, s], update.delta_W[:, t]))
 print(f"cos_F(ΔW_s, ΔW_t) vs cos(c_s, c_t) cos(r_s, r_t): {factorised:.1e}")
 
 fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
@@ -306,9 +310,9 @@ plt.show()
 # $\cos_F$ 0.61 in the full run of the figure, 100 tasks). The factors $\cos(c_s, c_t)$ and
 # $\cos(r_s, r_t)$ each average below 0.01 there, but a factor alone means nothing, since
 # $c\,r^\top = (-c)(-r)^\top$: their signs flip together, and the product is positive for 89 %
-# of the pairs. The last-token
-# variant's first-block patches all share the row $u_x/\|u_x\|^2$, so $\cos_F$ is the cosine
-# of the columns $W(u_t - u_x)$ alone, and those barely align (0.03). The figure adds the
+# of the pairs. The last-token variant's first-block patches all share the row
+# $u_x/\|u_x\|^2$, so $\cos_F$ is the cosine of the columns $W(u_t - u_x)$ alone, and those
+# barely align (0.03). The figure adds the
 # 4-block pre-LN model of Figure 5, where the mean alignment of the own patches is 0.47,
 # 0.13, 0.62, 0.92 in blocks 1–4 (mean $|\cos_F|$ 0.65–0.95), and patches of the same
 # position in different blocks are about as aligned as random rank-1 matrices of their
