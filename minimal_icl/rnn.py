@@ -32,7 +32,7 @@ class RNNParams(NamedTuple):
 
     W_in: Array  # (S, D)  token -> state
     W_s: Array  # (S, S)   state -> state
-    b: Array  # (S,)       the state's bias
+    b: Array  # (S,)       the state's bias (b_s in docs/notation.md)
     W_out: Array  # (D, S) state -> the layer's output A
 
 

@@ -279,7 +279,8 @@ def trained_model(out_dir, file_name: str, setup: TrainingSetup, seed: int = 0,
     return TrainedModel(result.params, setup, seed, history, path, False)
 
 
-def rnn_model(out_dir, seed: int = 0, fast: bool = False, progress: Progress = QUIET) -> TrainedModel:
+def rnn_model(out_dir, seed: int = 0, fast: bool = False,
+              progress: Progress = QUIET) -> TrainedModel:
     """The recurrent block of :func:`rnn_setting`: loaded from DIR/rnn_model.npz, or trained."""
     return trained_model(out_dir, RNN_MODEL_FILE, rnn_setting(fast), seed, progress,
                          "recurrent block")

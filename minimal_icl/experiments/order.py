@@ -212,12 +212,12 @@ def plot(record: dict, path) -> None:
     ax_end.grid(True, axis="y", alpha=0.25)
 
     i = numpy.asarray(data["i"])
-    for key, label, color in (("spread_implicit_path", "implicit path T_{W_i}(x), paper model", "C1"),
-                              ("spread_full_batch_gd", "full-batch GD on the first i pairs", "C2"),
-                              ("spread_online_sgd", "online SGD after i pairs", "C4")):
+    curves = (("spread_implicit_path", "implicit path $T_{W_i}(x)$, paper model", "C1"),
+              ("spread_full_batch_gd", "full-batch GD on the first i pairs", "C2"),
+              ("spread_online_sgd", "online SGD after i pairs", "C4"))
+    for key, label, color in curves:
         values = numpy.maximum(numpy.asarray(data[key]), LOG_FLOOR)
-        ax_path.plot(i[1:], values[1:], color=color, label=label.replace("T_{W_i}(x)",
-                                                                       "$T_{W_i}(x)$"))
+        ax_path.plot(i[1:], values[1:], color=color, label=label)
     ax_path.set_yscale("log")
     ax_path.set_xlabel("demonstrations consumed i")
     ax_path.set_ylabel("spread across orders")
@@ -232,7 +232,8 @@ def run(out_dir, seed: int = 0, fast: bool = False, progress: Progress = QUIET) 
     """Compute the order figure, write order.json and order.png into ``out_dir``."""
 
     def load(out, seed, fast, progress):
-        return (paper_model(out, seed, fast, progress), causal_stack_model(out, seed, fast, progress),
+        return (paper_model(out, seed, fast, progress),
+                causal_stack_model(out, seed, fast, progress),
                 rnn_model(out, seed, fast, progress))
 
     return run_experiment(NAME, out_dir, seed, fast, progress, load, compute, order_config(fast),
