@@ -41,15 +41,17 @@ from .backend import Array, device, namespace
 from .block import BlockPatch, block_forward
 from .config import TransformerConfig
 from .linear import linear_forward
-from .model import forward
 from .params import AttentionParams, ModelParams
 from .validation import (
     check_context_query,
     check_linear_attention_inputs,
     check_minimum_norm_inputs,
     check_null_space_inputs,
+    check_forward_finite,
     check_params,
     check_prompt,
+    check_tokens,
+    quiet_checked_pass,
     removed_positions,
 )
 
@@ -184,6 +186,44 @@ def rank_one_update(
     return outer(column, row), column, row  # (B, M, D)
 
 
+class _LayerNormRstd(NamedTuple):
+    rstd: Array  # (B, T, 1): all that forward's LayerNorm overflow check reads
+
+
+class _KeptCache(NamedTuple):
+    ln1: _LayerNormRstd | None
+    ln2: _LayerNormRstd | None
+
+
+def query_states(params: ModelParams, config: TransformerConfig, tokens: Array) -> list:
+    """[(u, h)] per block: the query's MLP input and residual, (B, D) each, on ``tokens``.
+
+    The numbers of ``forward(params, config, tokens, last_only=True)``'s caches at the
+    last position, with forward's checks (one boolean read back), but block by block:
+    each block's cache is dropped once its query row is copied out (and the LayerNorm
+    scales the check reads), so the peak memory is one block's pass, not the stack's.
+    """
+    check_params(params, config)
+    check_tokens(tokens, config, params)
+    xp = namespace(tokens)
+    L = config.n_blocks
+    x, inputs, kept, states = tokens, [], [], []
+    with quiet_checked_pass(True):
+        for l, block_params in enumerate(params.blocks):
+            inputs.append(x)
+            x, cache = block_forward(x, block_params, config, last_only=l == L - 1)
+            u = xp.asarray(cache.u[:, -1, :], copy=True)  # copies: a view keeps cache.u
+            h = xp.asarray(cache.h[:, -1, :], copy=True)
+            states.append((u, h))
+            kept.append(
+                _KeptCache(*(None if ln is None else _LayerNormRstd(ln.rstd)
+                             for ln in (getattr(cache, "ln1", None), getattr(cache, "ln2", None))))
+            )  # fmt: skip
+            del cache
+    check_forward_finite(tokens, x, params, None, inputs, kept)
+    return states
+
+
 def implicit_update(
     params: ModelParams,
     config: TransformerConfig,
@@ -238,13 +278,12 @@ def implicit_update(
     removed = removed_positions(removed, N)  # checked before any work is done
 
     tokens = xp.concat([context, xp.reshape(query, (B, 1, D))], axis=1)  # (B, N+1, D)
-    _, full = forward(params, config, tokens, last_only=True)
+    with_context = query_states(params, config, tokens)  # [(u_C, h_C)] per block
     z = remove_tokens(context, query, removed)  # (B, N−|Y|+1, D): z_1 = [C\Y, x]
 
     updates = []
     for l, block_params in enumerate(params.blocks):
-        u_C = full.blocks[l].u[:, -1, :]  # (B, D)
-        h_C = full.blocks[l].h[:, -1, :]  # (B, D)
+        u_C, h_C = with_context[l]  # (B, D) each
         _, without = block_forward(z, block_params, config, last_only=True)
         u_0 = without.u[:, -1, :]  # (B, D)  u_∅
         h_0 = without.h[:, -1, :]  # (B, D)  h_∅
