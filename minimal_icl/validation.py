@@ -44,7 +44,7 @@ device one boolean at a time, and never in a training step: by
 :func:`check_forward_finite` (the tokens and the output of ``forward``),
 :func:`check_prompt` (the context and query of the theorems),
 :func:`check_states_finite` (the query's states along Proposition 3.1's paths), and the
-checks of the three small theorem helpers (minimum norm, null space, linear attention's
+checks of three small theorem functions (minimum norm, null space, linear attention's
 closed form). The causes of a failure are looked for only after it. ``backward`` and
 the optimisers read no values: NaN in a gradient propagates, and training catches it in
 the losses it reads.
