@@ -230,10 +230,13 @@ def compute(cfg: LinearDynamicsConfig, seed: int, progress: Progress = QUIET) ->
         "attn_m_drop_epochs_per_log_inverse_scale": m_slope,
     }
     return {
+        "figure": NAME,
+        "paper": ("Zhang, Singh, Latham & Saxe (2025), not Dherin et al.; the plateau and"
+                  " drop-detection rules are the package's own"),
         "headline": headline,
-        "name": NAME,
         "config": asdict(cfg),
         "seed": seed,
+        "model": {"seed": seed, "trained_here": "ATTN_M and ATTN_S, full-batch GD (see config)"},
         "eigenvalues": cov.eigenvalues,
         "n_context": N,
         "plateau_loss_predicted": levels,
@@ -255,7 +258,7 @@ def compute(cfg: LinearDynamicsConfig, seed: int, progress: Progress = QUIET) ->
                       "attn_m_scales": cfg.m_scales, "attn_m_epochs": m_times,
                       "attn_m_epochs_per_log_inverse_scale": m_slope},
         "rank2": rank2,
-        "curves": {
+        "data": {
             "attn_s": {"epochs": s.epochs[ks], "heldout_loss": s.heldout_loss[ks],
                        "projections": s_info["projections"][ks]},
             "attn_m": {"epochs": m.epochs[km], "heldout_loss": m.heldout_loss[km]},
@@ -269,7 +272,7 @@ def plot(record: dict, path) -> None:
     """Loss curves with the plateau levels, the eigenvector projections, drop times."""
     n_panels = 4 if record["rank2"] else 3
     fig, axes = new_figure(n_panels, width=4.6, height=3.6)
-    curves, levels = record["curves"], record["plateau_loss_predicted"]
+    curves, levels = record["data"], record["plateau_loss_predicted"]
     ax = axes[0]
     for m, level in enumerate(levels):
         ax.axhline(level, color="0.6", linestyle=":", linewidth=0.8)
