@@ -215,10 +215,11 @@ def plot(record: dict, path) -> None:
     blocks = numpy.arange(1, L + 1)
     for key, color in (("own", "C0"), ("last_token", "C1")):
         stats = deep["variants"][key]["blocks"]
+        short = VARIANTS[key].split(" (")[0]
         ax.plot(blocks, [s["context_mean"] for s in stats], "o-", color=color,
-                label=f"{VARIANTS[key]}: mean")
+                label=f"{short}: mean")
         ax.plot(blocks, [s["context_abs_mean"] for s in stats], "s--", color=color,
-                label=f"{VARIANTS[key]}: mean |·|", markerfacecolor="none")
+                label=f"{short}: mean |·|", markerfacecolor="none")
     for key, marker in (("own", "*"), ("last_token", "x")):
         value = paper["variants"][key]["blocks"][0]["context_mean"]
         ax.plot([0], [value], marker, color="C0" if key == "own" else "C1", markersize=10)
@@ -228,7 +229,7 @@ def plot(record: dict, path) -> None:
     ax.set_ylabel(r"$\cos_F$ between context positions")
     ax.set_ylim(-0.05, 1.6)
     ax.set_title("(c) within a block, deep model (and paper)")
-    ax.legend(fontsize=7, loc="upper center", ncol=2)
+    ax.legend(fontsize=7.5, loc="upper center", ncol=2)
 
     ax = axes[3]
     across = numpy.asarray(deep["across_blocks_abs_mean"], dtype=float)
