@@ -191,33 +191,36 @@ plt.show()
 # ## The factorised path ends elsewhere
 #
 # The appendix of v1 consumes the tokens **from the front** while the rest stays in context.
-# With $S_i = A(c_{i+1}, \dots, c_N, x)$ the query's MLP input once $c_1..c_i$ are consumed
-# ($S_0 = A(C, x)$, $S_N = A(x)$), token $c_i$ contributes
+# Write $A_{>i} = A(c_{i+1}, \dots, c_N, x)$ for the query's MLP input once $c_1..c_i$ are
+# consumed ($A_{>0} = A(C, x)$, $A_{>N} = A(x)$; a local shorthand, the field
+# `factorised.A_suffix[:, i]`). Token $c_i$ contributes
 #
 # $$
-# \Delta A(c_i) = S_{i-1} - S_i = A(c_i, \dots, c_N, x) - A(c_{i+1}, \dots, c_N, x),
+# \Delta A(c_i) = A_{>i-1} - A_{>i} = A(c_i, \dots, c_N, x) - A(c_{i+1}, \dots, c_N, x),
 # $$
 #
 # and each step is Theorem 2.2 applied to $W_{i-1}$, removing $c_i$:
 #
 # $$
-# W_i = W_{i-1}(I + \eta_i F_i),\qquad F_i = \Delta A(c_i)\, S_i^\top,\qquad \eta_i = \frac{1}{\|S_i\|^2}.
+# W_i = W_{i-1}(I + \eta_i F_i),\qquad F_i = \Delta A(c_i)\, A_{>i}^\top,\qquad \eta_i = \frac{1}{\|A_{>i}\|^2}.
 # $$
 #
-# By induction $W_i S_i = W_0 S_0$, so $T_{W_N}(x) = T_{W_0}(C, x)$, like $W_0 + \Delta W(C)$.
+# By induction $W_i A_{>i} = W_0 A_{>0}$, so $T_{W_N}(x) = T_{W_0}(C, x)$, like $W_0 + \Delta W(C)$.
 # But $W_N - W_0$ is another matrix. Expanding the product, every term of $W_N - W_0$ starts
-# with $W_0 \Delta A(c_j)$ and ends with some $S_k^\top$, so
+# with $W_0 \Delta A(c_j)$ and ends with some $A_{>k}^\top$, so
 #
 # $$
 # \operatorname{rank}(W_N - W_0) \le \min\big(N,\ M,\ \dim\operatorname{span}\{\Delta A(c_1), \dots, \Delta A(c_N)\}\big),
 # $$
 #
 # and $\dim\operatorname{span}\Delta A \le D$ (here $D = 3$). With LayerNorm before the MLP every
-# $S_i$ is $g \odot n_i + b$ with $n_i$ of zero mean over its $D$ features; in the difference
+# $A_{>i}$ is $g \odot n_i + b$ with $n_i$ of zero mean over its $D$ features; in the difference
 # $\Delta A(c_i) = g \odot (n_{i-1} - n_i)$ the bias cancels, so all the $\Delta A$ lie in one
-# $(D-1)$-dimensional subspace and the bound is $D - 1$. So $W_N - W_0$ is *not* "of full rank"
-# in general: its rank is at most $D$ or $D - 1$, far below $M = 32$. Measure it: the rank of $W_N - W_0$ and of the
-# $\Delta A$'s, without and with LayerNorm, and for short contexts $N = 1, 2, 3$.
+# $(D-1)$-dimensional subspace and the bound is $D - 1$. So $W_N - W_0$ is not of full rank:
+# its rank is at most $D$ (or $D - 1$), far below $M = 32$, though no longer 1. Measure it:
+# the rank of $W_N - W_0$ (`factorised.delta_W(N)`, (B, M, D)) and the dimension of the span
+# of the $\Delta A(c_i)$ (`factorised.delta_A`, (B, N, D)), without and with LayerNorm, and
+# for short contexts $N = 1, 2, 3$.
 
 # %%
 factorised = factorised_path(params, config, context, query)
@@ -269,19 +272,36 @@ for (name, n), (r, s) in ranks.items():
 # \approx \frac{1}{i+2}\quad\text{when the scores are comparable,}
 # $$
 #
-# ($i+1$ context tokens and the query share the weight). So $A_{i+1} - A_i = W_O[\dots]$ is of
-# order $1/i$, and so is the increment $\|W_0(A_{i+1} - A_i)\|/\|A(x)\|$ — for **any** weights,
-# trained or not. Measure $p_{i+1}$ on random weights, from the query row of one run on the whole
-# prompt (the prefix weights are its renormalisations), and the increments over 200 prompts
-# with $N = 200$.
-#
-# **Predict before you run the next cell**: un-normalised linear attention adds
-# $s_{i+1} v_{i+1}$ with a weight that does not depend on $i$. Do its increments decay?
+# ($i+1$ context tokens and the query share the weight). With one head and neither skip nor
+# LayerNorm, $A_i = W_O a_i$, so $A_{i+1} - A_i = p_{i+1} W_O (v_{i+1} - a_i)$ is of order
+# $1/i$, and so is the increment $\|W_0(A_{i+1} - A_i)\|/\|A(x)\|$ — for **any** weights,
+# trained or not. Measure $p_{i+1}$ on random weights, from the query's row $P_{x,\cdot}$ of the
+# attention weights of one run on the whole prompt: a prefix's weights are their
+# renormalisations, so $p_{i+1} = P_{x,i+1}/(\sum_{j \le i+1} P_{x,j} + P_{x,x})$.
 
 # %%
 n_long = 200
 long_batch = regression_prompts(200, n_context=n_long, d=2, seed=2)
 steps = numpy.arange(1, n_long + 1)  # the step i → i + 1 adds token c_(i+1); i = steps − 1
+random_config = TransformerConfig(d_token=3, n_blocks=1, n_heads=1, d_head=8, d_mlp=32,
+                                  attention="softmax", activation="relu")
+random_params = init_params(random_config, seed=0)
+_, cache = block_forward(long_batch.tokens, random_params.blocks[0], random_config,
+                         last_only=True)
+P_x = numpy.asarray(cache.attn.weights[:, 0, 0, :])  # (B, N+1) the query's row, head 0
+Z = numpy.cumsum(P_x[:, :n_long], axis=1) + P_x[:, n_long:]  # Z_(i+1) up to a constant
+new_weight = numpy.mean(P_x[:, :n_long] / Z, axis=0)  # p_(i+1), mean over prompts
+scaled_weight = new_weight * (steps + 1)  # (i+2)·p_(i+1)
+print(f"(i+2)·p_(i+1): median over i {numpy.median(scaled_weight):.2f}; at i = 0, 9, 99, 199:",
+      numpy.round(scaled_weight[[0, 9, 99, 199]], 2))
+
+# %% [markdown]
+# Now the increments over 200 prompts with $N = 200$, and their log-log slope for $i \ge 10$.
+#
+# **Predict before you run the next cell**: un-normalised linear attention adds
+# $s_{i+1} v_{i+1}$ with a weight that does not depend on $i$. Do its increments decay?
+
+# %%
 curves, slopes = {}, {}
 for attention in ("softmax", "linear"):
     random_config = TransformerConfig(d_token=3, n_blocks=1, n_heads=1, d_head=8, d_mlp=32,
@@ -290,15 +310,6 @@ for attention in ("softmax", "linear"):
     long_path = implicit_path(random_params, random_config, long_batch.context, long_batch.query)
     curves[attention] = mean_se(long_path.increment_norms, axis=0)  # (mean, se), each (N,)
     slopes[attention] = loglog_slope(steps[9:], curves[attention][0][9:])
-    if attention == "softmax":
-        _, cache = block_forward(long_batch.tokens, random_params.blocks[0], random_config,
-                                 last_only=True)
-        w = numpy.asarray(cache.attn.weights[:, 0, 0, :])  # (B, N+1) query row, head 0
-        Z = numpy.cumsum(w[:, :n_long], axis=1) + w[:, n_long:]  # Z_(i+1) up to a constant
-        new_weight = numpy.mean(w[:, :n_long] / Z, axis=0)  # p_(i+1), mean over prompts
-scaled_weight = new_weight * (steps + 1)  # (i+2)·p_(i+1)
-print(f"(i+2)·p_(i+1): median over i {numpy.median(scaled_weight):.2f}; at i = 0, 9, 99, 199:",
-      numpy.round(scaled_weight[[0, 9, 99, 199]], 2))
 print("log-log slope of the mean increment, i ≥ 10:", {k: round(v, 3) for k, v in slopes.items()})
 
 # %%
