@@ -27,7 +27,7 @@
 #
 # $$
 # \delta A_x(Y) = W_O \operatorname{concat}_{h=1}^{H}
-#   \Big[\tfrac{1}{\sqrt K}\Big(\sum_{y \in Y} v^h_y\, {k^h_y}^{\!\top}\Big)\, q^h_x\Big],
+#   \Big[\tfrac{1}{\sqrt K}\Big(\sum_{c \in Y} v^h_c\, {k^h_c}^{\!\top}\Big)\, q^h_x\Big],
 # $$
 #
 # one $K\times K$ memory matrix $\sum v k^\top$ per head (the "dual form" of Dai et al. 2023,
@@ -95,25 +95,26 @@ from minimal_icl.von_oswald import von_oswald_attention, von_oswald_model, von_o
 # weights `attn` (`W_Q`, `W_K`, `W_V` of shape $(HK, D)$, `W_O` of shape $(D, HK)$):
 #
 # $$
-# q = W_Q x,\quad k_y = W_K y,\quad v_y = W_V y \ \text{(split into } H \text{ heads of width } K),
+# q = W_Q x,\quad k_c = W_K c,\quad v_c = W_V c\quad (c \in Y),
 # \qquad
-# \delta A = W_O \operatorname{concat}_h\Big[\tfrac{1}{\sqrt K}\Big(\sum_{y\in Y} v^h_y {k^h_y}^{\!\top}\Big) q^h\Big].
+# \delta A = W_O \operatorname{concat}_h\Big[\tfrac{1}{\sqrt K}\Big(\sum_{c\in Y} v^h_c {k^h_c}^{\!\top}\Big) q^h\Big].
 # $$
 #
-# `removed_tokens` is $(B, |Y|, D)$, `query_token` is $(B, D)$; return $(B, D)$. A head split
-# is a reshape of the last axis, $(\dots, HK) \to (\dots, H, K)$, head $h$ owning features
-# $hK, \dots, hK + K - 1$.
+# $q$, $k_c$, $v_c$ are split into $H$ heads of width $K$ (`n_heads` is $H$, and
+# $K = HK/H$). `removed_tokens` is $(B, |Y|, D)$, `query_token` is $(B, D)$; return $(B, D)$.
+# A head split is a reshape of the last axis, $(\dots, HK) \to (\dots, H, K)$, head $h$
+# owning features $hK, \dots, hK + K - 1$.
 
 # %%
 def delta_A_linear(attn, n_heads, removed_tokens, query_token):
-    """δA_x(Y) = W_O concat_h[(Σ_y v_y k_yᵀ) q_x / √K] for linear attention, (B, D)."""
+    """δA_x(Y) = W_O concat_h[(Σ_c v_c k_cᵀ) q_x / √K] for linear attention, (B, D)."""
     B, n_removed, D = removed_tokens.shape
     ### BEGIN SOLUTION
     q = (query_token @ attn.W_Q.T).reshape(B, n_heads, -1)  # (B, H, K)
     k = (removed_tokens @ attn.W_K.T).reshape(B, n_removed, n_heads, -1)  # (B, |Y|, H, K)
     v = (removed_tokens @ attn.W_V.T).reshape(B, n_removed, n_heads, -1)  # (B, |Y|, H, K)
     K = q.shape[-1]
-    memory = numpy.einsum("byhv,byhk->bhvk", v, k)  # (B, H, K, K): Σ_y v_y k_yᵀ
+    memory = numpy.einsum("byhv,byhk->bhvk", v, k)  # (B, H, K, K): Σ_c v_c k_cᵀ
     heads = numpy.einsum("bhvk,bhk->bhv", memory, q) / math.sqrt(K)  # (B, H, K)
     delta_A = heads.reshape(B, -1) @ attn.W_O.T  # (B, D)
     ### END SOLUTION
@@ -348,7 +349,7 @@ plt.show()
 # %% [markdown]
 # ## Summary
 #
-# - Linear attention: $\delta A_x(Y) = W_O \operatorname{concat}_h[(\sum_{y\in Y} v_y k_y^\top)\, q_x/\sqrt K]$, exactly and additively; it is the MLP input's $\delta u$ only without LN2.
+# - Linear attention: $\delta A_x(Y) = W_O \operatorname{concat}_h[(\sum_{c\in Y} v_c k_c^\top)\, q_x/\sqrt K]$, exactly and additively; it is the MLP input's $\delta u$ only without LN2.
 # - von Oswald: $W_K = W_Q = \begin{pmatrix} I_d & 0\\ 0 & 0\end{pmatrix}$, $W_V = \begin{pmatrix} 0 & 0\\ \theta_0 & -1\end{pmatrix}$, $W_P = \frac{\eta}{N} I$ turn the query's $y$-slot into $y_q + (\theta_0 - \theta_1)\, x_q$, with $\theta_1 = \theta_0 - \eta\nabla L(\theta_0)$.
 # - A read-out after that layer gets $\Delta W = ((\theta_1 x_q)\, x_q^\top/\|x_q\|^2,\ 0)$: the explicit step, seen at one query.
 # - The best single step: $\mathbb{E}[S^2] = (1 + \frac{d+1}{N}) I$ gives $\eta^* = 1/(1 + (d+1)/N)$.
