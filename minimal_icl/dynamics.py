@@ -45,9 +45,17 @@ from .attention import merge_heads
 from .backend import Array, device, namespace
 from .block import BlockPatch, block_forward
 from .config import TransformerConfig
-from .implicit import ImplicitUpdate, check_nonzero, norms, outer, rank_one_update
+from .implicit import (
+    DegenerateQueryError,
+    ImplicitUpdate,
+    check_nonzero,
+    norms,
+    outer,
+    rank_one_update,
+)
 from .layernorm import layernorm_forward
 from .linear import linear_forward
+from .model import forward
 from .params import BlockParams, ModelParams
 from .rnn import rnn_query_after_prefixes
 from .validation import (
@@ -201,6 +209,18 @@ class ImplicitPath(NamedTuple):
         return (self.update(i),)
 
 
+def _check_nonzero_or_overflow(norm, params, config, context, query, vector: str) -> None:
+    """check_nonzero, but name an overflow when that is why the vector is zero: a LayerNorm
+    whose variance overflows maps its input to 0, and ``forward``'s own check says so.
+    The extra forward pass runs on the error path only."""
+    try:
+        check_nonzero(norm, 0, vector)
+    except DegenerateQueryError:
+        xp = namespace(context, query)
+        forward(params, config, xp.concat([context, xp.expand_dims(query, axis=1)], axis=1))
+        raise
+
+
 def implicit_path(
     params: ModelParams,
     config: TransformerConfig,
@@ -222,7 +242,7 @@ def implicit_path(
     W0 = block.mlp.W1
     A_query = u[:, 0, :]  # (B, D)
     norm = norms(A_query)  # (B,)
-    check_nonzero(norm, 0, "A(x)")
+    _check_nonzero_or_overflow(norm, params, config, context, query, "A(x)")
     # W_0 (A_{i+1} − A_i), the column of W_{i+1} − W_i (its row is η_x A(x), shared)
     columns = (u[:, 1:, :] - u[:, :-1, :]) @ W0.mT  # (B, N, M)
     increment_norms = norms(columns) / xp.expand_dims(norm, axis=-1)  # (B, N)
@@ -340,7 +360,8 @@ def factorised_path(
         h_res = xp.flip(h_rev, axis=1)  # (B, N+1, D)
     norm = norms(S[:, 1:, :])  # (B, N)  ‖S_i‖, i = 1..N
     if norm.shape[-1] > 0:
-        check_nonzero(xp.min(norm, axis=-1), 0, "A(c_{i+1}..c_N, x) for some i ≥ 1")
+        _check_nonzero_or_overflow(xp.min(norm, axis=-1), params, config, context, query,
+                                   "A(c_{i+1}..c_N, x) for some i ≥ 1")
     delta_A = S[:, :-1, :] - S[:, 1:, :]  # (B, N, D)
     delta_b = h_res[:, :1, :] - h_res if config.mlp_skip else xp.zeros_like(h_res)
     return FactorisedPath(block.mlp.W1, S, delta_A, (1.0 / norm) / norm, delta_b)

@@ -73,6 +73,14 @@ STACK = TransformerConfig(
     mlp_skip=True,
 )
 ONE = TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=2, d_mlp=5)
+ONE_LN = TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=2, d_mlp=5, layer_norm=True,
+                           attn_skip=True, mlp_skip=True)
+
+
+def _one_layernorm() -> ModelParams:
+    """One pre-LN block: a LayerNorm whose variance overflows maps its input to 0, so the
+    paths' vectors come out zero and the error must name the overflow, not a zero query."""
+    return init_params(ONE_LN, seed=0)
 
 
 class World(NamedTuple):
@@ -336,6 +344,12 @@ CASES = [
      w.query * 1e200), ValueError, r"implicit_path: the forward pass overflowed"),
     ("factorised-path-overflow", lambda w: factorised_path(w.one, ONE, w.context * 1e200,
      w.query * 1e200), ValueError, r"factorised_path: the forward pass overflowed"),
+    ("implicit-path-layernorm-overflow", lambda w: implicit_path(
+        _one_layernorm(), ONE_LN, w.context * 1e160, w.query * 1e160), ValueError,
+     r"forward pass overflowed float64 in block 0: .* LayerNorm's variance overflowed"),
+    ("factorised-path-layernorm-overflow", lambda w: factorised_path(
+        _one_layernorm(), ONE_LN, w.context * 1e160, w.query * 1e160), ValueError,
+     r"forward pass overflowed float64 in block 0: .* LayerNorm's variance overflowed"),
     ("forward-subnormal-tokens", lambda w: forward(w.params, STACK, w.tokens * 1e-310),
      ValueError, r"tokens: subnormal numbers"),
     ("implicit-subnormal-context", lambda w: implicit_update(w.params, STACK,
