@@ -82,6 +82,7 @@ path = implicit_path(params, config, context, query)
 # | `step_size` | $\eta_x = 1/\lVert A(x)\rVert^2$ | (B,) |
 # | `gradient(i)`, `loss(i, W)` | $G_i$, $L_i(W)$ | (B, M, D), (B,) |
 # | `weights(i)` | $W_i$ | (B, M, D) |
+# | `patch(i)` | $W_i - W_0$ as the patches `forward(..., patches=)` takes | one per block |
 # | `increment_norms[:, i]` | $\lVert W_{i+1} - W_i\rVert_F$ | (B, N) |
 #
 # ## Your turn: one step of the path
@@ -214,8 +215,9 @@ plt.show()
 # $$
 #
 # and $\dim\operatorname{span}\Delta A \le D$ (here $D = 3$). With LayerNorm before the MLP every
-# $A_{>i}$ is $g \odot n_i + b$ with $n_i$ of zero mean over its $D$ features; in the difference
-# $\Delta A(c_i) = g \odot (n_{i-1} - n_i)$ the bias cancels, so all the $\Delta A$ lie in one
+# $A_{>i}$ is $\gamma \odot n_i + \beta$ (LN2's gain $\gamma$ and bias $\beta$) with $n_i$ of zero
+# mean over its $D$ features; in the difference $\Delta A(c_i) = \gamma \odot (n_{i-1} - n_i)$
+# the bias cancels, so all the $\Delta A$ lie in one
 # $(D-1)$-dimensional subspace and the bound is $D - 1$. So $W_N - W_0$ is not of full rank:
 # its rank is at most $D$ (or $D - 1$), far below $M = 32$, though no longer 1. Measure it:
 # the rank of $W_N - W_0$ (`factorised.delta_W(N)`, (B, M, D)) and the dimension of the span

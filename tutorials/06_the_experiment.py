@@ -192,6 +192,12 @@ x2, x1 = numpy.meshgrid(axis, axis, indexing="ij")
 queries = numpy.stack([x1.ravel(), x2.ravel()], axis=1)  # (G·G, 2), row-major: x2 then x1
 usable = numpy.any(queries != 0.0, axis=1)  # x = 0: A(x) = 0, no ΔW
 tasks = regression_prompts(n_tasks, setup.n_context, setup.d, seed=101)
+
+# %% [markdown]
+# For each context, the $Q$ usable queries of the grid become $Q$ prompts
+# $[C, x_q]$ (B = Q, N + 1, D), and both predictions are computed with your function:
+
+# %%
 difference_maps, largest = {}, {}
 for dtype in (numpy.float64, numpy.float32):
     cast = to_device(params, "numpy", dtype=dtype)
@@ -326,8 +332,8 @@ plt.show()
 #    then measure the median of each factor for both models.
 # 3. *(On paper.)* One step of gradient descent from $\theta_0 = 0$ on
 #    $L(\theta) = \frac{1}{2N}\sum_j (\langle\theta, x_j\rangle - y_j)^2$ gives
-#    $\theta_1 = \eta\, S w$, $S = \frac1N\sum_j x_j x_j^\top$. Using
-#    $\mathbb{E}[S^2] = (1 + (d+1)/N)\, I$, derive the expected test error as a function of
+#    $\theta_1 = \eta\, \hat\Lambda w$, $\hat\Lambda = \frac1N\sum_j x_j x_j^\top$. Using
+#    $\mathbb{E}[\hat\Lambda^2] = (1 + (d+1)/N)\, I$, derive the expected test error as a function of
 #    $\eta$, the optimal step $\eta^* = 1/(1 + (d+1)/N)$, and its error $d(d+1)/(N+d+1)$.
 # 4. *(Extension.)* Train the same block with linear attention (a smaller learning rate, a
 #    few hundred steps) and measure the slope of its increments. Does training make them
@@ -356,14 +362,14 @@ for name in ("trained softmax", "untrained softmax"):
           f"1/‖A(x)‖ {numpy.median(inverse):6.1f}")
 
 # %% [markdown] jupyter={"source_hidden": true}
-# **Solution 3.** The prediction is $\hat y = \langle\theta_1, x_q\rangle = \eta\,x_q^\top S w$,
-# the target $x_q^\top w$. With $x_q$ independent of $S$ and $w$ and $\mathbb{E}[x_q x_q^\top] = I$,
-# $\mathbb{E}(\hat y - y)^2 = \mathbb{E}\|(\eta S - I) w\|^2 = \operatorname{trace}\mathbb{E}[(\eta S - I)^2]$
-# ($w \sim \mathcal{N}(0, I)$ independent of $S$). With $\mathbb{E}[S] = I$ and
-# $\mathbb{E}[S^2] = (1 + (d+1)/N) I$ this is $d\,[\eta^2 (1 + (d+1)/N) - 2\eta + 1]$, a parabola
+# **Solution 3.** The prediction is $\hat y = \langle\theta_1, x_q\rangle = \eta\,x_q^\top \hat\Lambda w$,
+# the target $x_q^\top w$. With $x_q$ independent of $\hat\Lambda$ and $w$ and $\mathbb{E}[x_q x_q^\top] = I$,
+# $\mathbb{E}(\hat y - y)^2 = \mathbb{E}\|(\eta \hat\Lambda - I) w\|^2 = \operatorname{trace}\mathbb{E}[(\eta \hat\Lambda - I)^2]$
+# ($w \sim \mathcal{N}(0, I)$ independent of $\hat\Lambda$). With $\mathbb{E}[\hat\Lambda] = I$ and
+# $\mathbb{E}[\hat\Lambda^2] = (1 + (d+1)/N) I$ this is $d\,[\eta^2 (1 + (d+1)/N) - 2\eta + 1]$, a parabola
 # in $\eta$ with minimum at $\eta^* = 1/(1 + (d+1)/N)$, where it equals
 # $d(1 - \eta^*) = d\,\frac{(d+1)/N}{1 + (d+1)/N} = \frac{d(d+1)}{N + d + 1}$: $6/53 = 0.113$ for
-# $d = 2$, $N = 50$. ($\mathbb{E}[S^2]$: the $N(N-1)$ pairs $j \ne k$ give $I$ each, the $N$ terms
+# $d = 2$, $N = 50$. ($\mathbb{E}[\hat\Lambda^2]$: the $N(N-1)$ pairs $j \ne k$ give $I$ each, the $N$ terms
 # $j = k$ give $\mathbb{E}[\|x\|^2 x x^\top] = (d+2) I$; divide by $N^2$.)
 
 # %% jupyter={"source_hidden": true}

@@ -298,16 +298,17 @@ print(f"ΔW of the read-out vs ((θ_1 x_q) x_qᵀ/‖x_q‖², 0): {residual_rea
 # %% [markdown]
 # ## 4. The best single step: $\eta^* = 1/(1 + (d+1)/N)$
 #
-# From $\theta_0 = 0$ on noiseless prompts, $\theta_1 = \eta\,\frac1N\sum_j y_j x_j^\top = \eta\,(S w)^\top$
-# with $S = \frac1N \sum_j x_j x_j^\top$, so the error at the query is
+# From $\theta_0 = 0$ on noiseless prompts, $\theta_1 = \eta\,\frac1N\sum_j y_j x_j^\top = \eta\,(\hat\Lambda w)^\top$
+# with $\hat\Lambda = \frac1N \sum_j x_j x_j^\top$ (the context's empirical covariance, an
+# estimate of $\Lambda = I$), so the error at the query is
 #
 # $$
-# \mathbb{E}\,(\theta_1 x_q - w^\top x_q)^2 = \mathbb{E}\,\|(\eta S - I)\,w\|^2
-# = \eta^2 \operatorname{tr}\mathbb{E}[S^2] - 2\eta\, d + d
+# \mathbb{E}\,(\theta_1 x_q - w^\top x_q)^2 = \mathbb{E}\,\|(\eta \hat\Lambda - I)\,w\|^2
+# = \eta^2 \operatorname{tr}\mathbb{E}[\hat\Lambda^2] - 2\eta\, d + d
 # = d\,\big[\eta^2 (1 + \tfrac{d+1}{N}) - 2\eta + 1\big],
 # $$
 #
-# using $\mathbb{E}[S^2] = (1 + \frac{d+1}{N})\, I$ (exercise 1). Sweep $\eta$ for $d = 5$,
+# using $\mathbb{E}[\hat\Lambda^2] = (1 + \frac{d+1}{N})\, I$ (exercise 1). Sweep $\eta$ for $d = 5$,
 # $N = 10$ (where $\eta^* = 0.625$ is far from 1). The error is quadratic in $\eta$, so its
 # empirical minimiser is $\hat\eta = \sum_b p_b y_b / \sum_b p_b^2$, $p_b$ the prediction at
 # $\eta = 1$.
@@ -352,13 +353,13 @@ plt.show()
 # - Linear attention: $\delta A_x(Y) = W_O \operatorname{concat}_h[(\sum_{c\in Y} v_c k_c^\top)\, q_x/\sqrt K]$, exactly and additively; it is the MLP input's $\delta u$ only without LN2.
 # - von Oswald: $W_K = W_Q = \begin{pmatrix} I_d & 0\\ 0 & 0\end{pmatrix}$, $W_V = \begin{pmatrix} 0 & 0\\ \theta_0 & -1\end{pmatrix}$, $W_P = \frac{\eta}{N} I$ turn the query's $y$-slot into $y_q + (\theta_0 - \theta_1)\, x_q$, with $\theta_1 = \theta_0 - \eta\nabla L(\theta_0)$.
 # - A read-out after that layer gets $\Delta W = ((\theta_1 x_q)\, x_q^\top/\|x_q\|^2,\ 0)$: the explicit step, seen at one query.
-# - The best single step: $\mathbb{E}[S^2] = (1 + \frac{d+1}{N}) I$ gives $\eta^* = 1/(1 + (d+1)/N)$.
+# - The best single step: $\mathbb{E}[\hat\Lambda^2] = (1 + \frac{d+1}{N}) I$ gives $\eta^* = 1/(1 + (d+1)/N)$.
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. *(derivation)* For $x_j \sim \mathcal{N}(0, I_d)$ and $S = \frac1N\sum_{j=1}^N x_j x_j^\top$,
-#    show $\mathbb{E}[S^2] = (1 + \frac{d+1}{N})\, I$, and from it $\eta^* = 1/(1 + (d+1)/N)$
+# 1. *(derivation)* For $x_j \sim \mathcal{N}(0, I_d)$ and $\hat\Lambda = \frac1N\sum_{j=1}^N x_j x_j^\top$,
+#    show $\mathbb{E}[\hat\Lambda^2] = (1 + \frac{d+1}{N})\, I$, and from it $\eta^* = 1/(1 + (d+1)/N)$
 #    and the error $d\,(d+1)/(N+d+1)$ at $\eta^*$.
 # 2. *(derivation)* Derive the von Oswald identity on paper: with the weights of section 2,
 #    show that the layer turns the query's $y$-slot into $y_q + (\theta_0 - \theta_1)\, x_q$.
@@ -372,23 +373,23 @@ plt.show()
 #    (sums over the context only), then as a two-block model of this package.
 
 # %% [markdown] jupyter={"source_hidden": true}
-# **Solution 1.** $\mathbb{E}[S^2] = \frac{1}{N^2}\sum_{j,l}\mathbb{E}[x_j x_j^\top x_l x_l^\top]$.
+# **Solution 1.** $\mathbb{E}[\hat\Lambda^2] = \frac{1}{N^2}\sum_{j,l}\mathbb{E}[x_j x_j^\top x_l x_l^\top]$.
 # The $N(N-1)$ terms with $j \neq l$ give $I \cdot I = I$; the $N$ terms with $j = l$ give
 # $\mathbb{E}[\|x\|^2 x x^\top] = (d + 2) I$ (Isserlis: $\mathbb{E}[x_a^2 x_b^2] = 1 + 2\delta_{ab}$,
 # so the diagonal entries are $\sum_b \mathbb{E}[x_a^2 x_b^2] = d + 2$ and the off-diagonal ones
-# vanish). So $\mathbb{E}[S^2] = \frac{N(N-1) + N(d+2)}{N^2} I = (1 + \frac{d+1}{N}) I$.
-# With $\mathbb{E}[S] = I$ and $\mathbb{E}\|(\eta S - I) w\|^2 = \operatorname{tr}\mathbb{E}[(\eta S - I)^2]$
-# ($w$ independent of $S$, $\mathbb{E}[ww^\top] = I$) the error is
+# vanish). So $\mathbb{E}[\hat\Lambda^2] = \frac{N(N-1) + N(d+2)}{N^2} I = (1 + \frac{d+1}{N}) I$.
+# With $\mathbb{E}[\hat\Lambda] = I$ and $\mathbb{E}\|(\eta \hat\Lambda - I) w\|^2 = \operatorname{tr}\mathbb{E}[(\eta \hat\Lambda - I)^2]$
+# ($w$ independent of $\hat\Lambda$, $\mathbb{E}[ww^\top] = I$) the error is
 # $d[\eta^2(1 + \frac{d+1}{N}) - 2\eta + 1]$; its derivative vanishes at
 # $\eta^* = 1/(1 + \frac{d+1}{N})$, where the error is $d(1 - \eta^*) = d\,(d+1)/(N + d + 1)$.
-# A Monte Carlo check of $\mathbb{E}[S^2]$:
+# A Monte Carlo check of $\mathbb{E}[\hat\Lambda^2]$:
 
 # %% jupyter={"source_hidden": true}
 rng = numpy.random.default_rng(0)
-xs = rng.standard_normal((20_000, 6, 3))  # 20 000 draws of S with N = 6, d = 3
-S = numpy.einsum("rjd,rje->rde", xs, xs) / 6
-mean_S2 = numpy.mean(S @ S, axis=0)
-print(numpy.round(mean_S2, 2), f"\n1 + (d+1)/N = {1 + 4 / 6:.3f}")
+xs = rng.standard_normal((20_000, 6, 3))  # 20 000 draws of Λ̂ with N = 6, d = 3
+Lambda_hat = numpy.einsum("rjd,rje->rde", xs, xs) / 6
+mean_Lambda_hat2 = numpy.mean(Lambda_hat @ Lambda_hat, axis=0)
+print(numpy.round(mean_Lambda_hat2, 2), f"\n1 + (d+1)/N = {1 + 4 / 6:.3f}")
 
 # %% [markdown] jupyter={"source_hidden": true}
 # **Solution 2.** $W_K e_j = (x_j; 0)$ and $W_Q e_q = (x_q; 0)$, so

@@ -163,6 +163,7 @@ def online_sgd_predictions(x, y, eta=0.1):
     return numpy.stack(out, axis=1)
 
 
+# %%
 def full_batch_gd_prediction(x, y, eta=0.1, steps=50):
     """⟨θ_k, x_q⟩ after k full-batch GD steps on (1/2N) Σ_j (θ x_j − y_j)²; (B,)."""
     theta = numpy.zeros((x.shape[0], x.shape[2]))

@@ -81,8 +81,8 @@ def linear_attention_mistakes(attn: AttentionParams, n_heads: int, removed_token
     return [
         ("the 1/√K of the scores is missing: the attention weights are S = q kᵀ/√K, with K"
          " the width of one head", closed_form(removed_tokens, scale=1.0)),
-        ("the memory is transposed: a removed token c contributes v_c (k_cᵀ q_x), so the matrix is"
-         " Σ v_c k_cᵀ (values on the left), not Σ k_c v_cᵀ",
+        ("the memory is transposed: a removed token c contributes v_c (k_cᵀ q_x), so the"
+         " matrix is Σ v_c k_cᵀ (values on the left), not Σ k_c v_cᵀ",
          closed_form(removed_tokens, transpose=True)),
         ("the sum runs over the removed tokens and the query: the query's own term"
          " v_x k_xᵀ q_x is in A(C\\Y, x) too, so it cancels from δA = A(C, x) − A(C\\Y, x)",
