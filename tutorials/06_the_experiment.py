@@ -248,7 +248,7 @@ plt.show()
 #
 # How good is the model itself? `compare_with_baselines` scores it on new prompts against
 # predicting 0, one step of gradient descent with the optimal step
-# $\eta^* = 1/(1 + (d+1)/N)$ (exercise 3, tutorial 8), and least squares, exact for
+# $\eta^* = 1/(1 + (d+1)/N)$ (exercise 3 derives it), and least squares, exact for
 # noiseless labels once $N \ge d$.
 
 # %%

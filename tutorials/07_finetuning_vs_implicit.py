@@ -254,7 +254,7 @@ plt.show()
 # * The **alignment** $\cos_F(\Delta W_{\mathrm{ft}}, \Delta W_i)$ is about 0.2. Read it against its
 #   ceiling: $\Delta W_i$ has the fixed row $A(x)$ and a column in $\operatorname{range}(W)$, and no
 #   matrix of that shape gets above $\|\Pi_W F a\|/(\|F\|_F\|a\|)$ against
-#   $F = \Delta W_{\mathrm{ft}}$: about 0.32 for $i \ge 5$ after full training (0.41 at $i = 1$).
+#   $F = \Delta W_{\mathrm{ft}}$: 0.32–0.33 for $i \ge 3$ after full training (0.41 at $i = 1$).
 #   Letting the column leave $\operatorname{range}(W)$ raises the bound to
 #   $\|F a\|/(\|F\|_F\|a\|) \approx 0.57$, still far from 1. So the two *matrices* are different by construction, while their *predictions* at
 #   the query correlate strongly over the tasks as $i$ grows (about 0.99 at $i = 50$ after full

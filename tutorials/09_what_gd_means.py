@@ -301,21 +301,35 @@ plt.show()
 #
 # ## 4. The implicit weights serve one query
 #
-# Take $W_N$ built for one query and use it, without context, on a *different* query of the
-# same task. Explicit gradient descent gives a weight that serves every query; the implicit
-# one does not transfer.
+# Take $W_N$ built for one query $x$ and use it, without context, on a *different* query
+# $x' = (x_q'; 0)$ of the same task: compare the errors
+#
+# $$
+# \big(T_{W_N}(x) - \langle w, x_q\rangle\big)^2,\qquad
+# \big(T_{W_N}(x') - \langle w, x_q'\rangle\big)^2,\qquad
+# \big(T_{W_0}(C, x') - \langle w, x_q'\rangle\big)^2,
+# $$
+#
+# averaged over the prompts. Explicit gradient descent gives a weight that serves every
+# query; the implicit one does not transfer.
 
 # %%
 trained_path = implicit_path(trained, config, context, query)
-other = numpy.array(query)
-other[:, :-1] = numpy.random.default_rng(1).standard_normal(other[:, :-1].shape)  # new x'
-other_target = numpy.sum(batch.w * other[:, :-1], axis=1)
-own = mse(forward(trained, config, query_alone, patches=trained_path.patch(N))[0][:, -1, -1],
-          batch.target)
-borrowed = mse(forward(trained, config, other[:, None, :],
-                       patches=trained_path.patch(N))[0][:, -1, -1], other_target)
-with_context_other = mse(forward(trained, config, numpy.concatenate(
-    [context, other[:, None, :]], axis=1), last_only=True)[0][:, -1, -1], other_target)
+W_N_patch = trained_path.patch(N)  # W_N − W_0, built for each prompt's own query x
+other = numpy.array(query)  # x' = (x_q'; 0): a new input of the same task w
+other[:, :-1] = numpy.random.default_rng(1).standard_normal(other[:, :-1].shape)
+other_target = numpy.sum(batch.w * other[:, :-1], axis=1)  # ⟨w, x_q'⟩, (B,)
+
+
+def prediction(tokens, patches=None):
+    """The last coordinate of the output at the last token, (B,)."""
+    return forward(trained, config, tokens, patches=patches, last_only=True)[0][:, -1, -1]
+
+
+own = mse(prediction(query_alone, W_N_patch), batch.target)
+borrowed = mse(prediction(other[:, None, :], W_N_patch), other_target)
+with_context_other = mse(prediction(numpy.concatenate([context, other[:, None, :]], axis=1)),
+                         other_target)
 print(f"W_N on its own query:             MSE {own:.2f}")
 print(f"W_N on another query, no context: MSE {borrowed:.2f}")
 print(f"the model with context on it:     MSE {with_context_other:.2f}")
