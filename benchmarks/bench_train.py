@@ -19,6 +19,9 @@ Contenders, each from the same initial weights and the same batch:
                                  attention output and MLP of the last block at the query
                                  row only; F.scaled_dot_product_attention, autograd,
                                  torch.optim.Adam(fused=True); float32 and float64
+  PyTorch torch.compile          the query-only step above, forward, loss, backward and
+                                 Adam through torch.compile (inductor, C++ kernels from
+                                 gcc); float32 and float64 (skip with --no-compile)
   JAX jit, query-only            the same model as pure functions, jax.grad and Adam in one
                                  jax.jit; float32 and float64 (when jax is installed)
   PyTorch eager, whole sequence  (extra row, not a fair peer) every block on all T rows,
@@ -205,8 +208,9 @@ TORCH_NAMES = {  # PyTorch module parameter -> minimal_icl parameter (same (out,
 }  # fmt: skip
 
 
-def torch_step(workload: Workload, dtype_name: str, query_only: bool):
-    """A PyTorch eager step: query-only with fused Adam, or whole-sequence with Adam."""
+def torch_step(workload: Workload, dtype_name: str, query_only: bool, compiled: bool = False):
+    """A PyTorch step: query-only with fused Adam, or whole-sequence with Adam; eager, or
+    (``compiled``) the whole step (forward, loss, backward, Adam) through torch.compile."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -280,6 +284,8 @@ def torch_step(workload: Workload, dtype_name: str, query_only: bool):
         optimizer.step()
         return loss.detach()
 
+    if compiled:
+        return torch.compile(step)  # inductor: C++ kernels built with the system's gcc
     return step
 
 
@@ -418,6 +424,8 @@ def main():
     parser.add_argument("--core", type=int, default=None,
                         help="the core to pin to (default: the last allowed)")
     parser.add_argument("--quick", action="store_true", help="3 short rounds, for a smoke test")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave out the torch.compile peers (their compilation takes minutes)")
     args = parser.parse_args()
     rounds, block = (3, 0.02) if args.quick else (args.rounds, args.block)
 
@@ -457,6 +465,10 @@ def main():
             for dt in ("float32", "float64"):
                 makers[f"PyTorch eager, query-only, fused Adam, {dt}"] = (
                     lambda dt=dt: torch_step(workload, dt, query_only=True))
+            if not args.no_compile:
+                for dt in ("float32", "float64"):
+                    makers[f"PyTorch torch.compile, query-only, {dt}"] = (
+                        lambda dt=dt: torch_step(workload, dt, query_only=True, compiled=True))
         if jax is not None:
             for dt in ("float32", "float64"):
                 makers[f"JAX jit, query-only, {dt}"] = lambda dt=dt: jax_step(workload, dt)
@@ -483,6 +495,7 @@ def main():
             gap = "" if name == REFERENCE else f"{gaps[name]:9.1e}"
             print(f"  {name:48s} {ratio:6.2f} {statistics.median(seconds) * 1e3:8.3f} {gap}")
         ms = statistics.median(ours) * 1e3
+        ms32 = statistics.median(times["minimal_icl float32"]) * 1e3
         counted = minimal_icl_step(workload, "float64")
         counted()  # the first call of a step does one-time work
         calls, python_calls = numpy_calls(counted)
@@ -490,7 +503,9 @@ def main():
         floor32 = flops / (rate["float32"] * 1e9) * 1e3
         print(f"  matrix products: {flops / 1e6:.2f} MFLOP a query-only step"
               f" ({full / 1e6:.1f} whole sequence); single-core floor {floor64:.3f} ms float64, {floor32:.3f} ms float32;"
-              f" minimal_icl float64 at {ms / floor64:.0f}× its floor")
+              f" minimal_icl float64 at {ms / floor64:.1f}× the float64 floor,"
+              f" float32 at {ms32 / floor32:.1f}× the float32 floor, {ms32 / floor64:.1f}×"
+              " the float64 floor")
         print(f"  one minimal_icl step: {calls} NumPy calls (functions, ufuncs, ndarray methods;"
               f" array operators not counted), {python_calls} Python function calls")
         print(f"  loss gap: largest relative difference from {REFERENCE} of the loss before and"
