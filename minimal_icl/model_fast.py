@@ -39,6 +39,7 @@ go to the textbook pass: see :func:`covers`. Pure array-API code, no compiled ex
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -63,6 +64,11 @@ def covers(config: TransformerConfig, patches=None) -> bool:
     contextual layer, per-prompt patches) is the textbook pass's."""
     if patches is not None and any(p is not None for p in patches):
         return False
+    return _covers_config(config)
+
+
+@functools.lru_cache(maxsize=64)
+def _covers_config(config: TransformerConfig) -> bool:  # configs are frozen: hashable
     if config.attention not in ("softmax", "linear"):
         return False
     fields = type(config).__dataclass_fields__
@@ -155,7 +161,7 @@ class QueryAttentionCache(NamedTuple):
     """The attention of a block computed at the last position only (Tq = 1)."""
 
     x: Array  # (B, T, D) the attention input u1
-    xT: Array  # (B, D + 1, T) [x, 1]ᵀ, contiguous
+    x1: Array  # (B, T, D + 1) [x, 1]
     q: Array  # (B, H·K)   W_Q x_q / √K
     r: Array  # (B, H, D)  W_K,hᵀ q_h
     E: Array  # (B, H, T)  exp(S − max S) (softmax) or the scores S (linear)
@@ -210,15 +216,15 @@ def _query_attention(x: Array, p: AttentionParams, config: TransformerConfig):
     H, K = config.n_heads, config.d_head
     K_diag = block_diagonal(p.W_K, H)  # (H·K, H·D)
     V_diag = block_diagonal(p.W_V, H)
-    ones = xp.ones((B, 1, T), dtype=x.dtype, device=device(x))
-    xT = xp.concat([x.mT, ones], axis=1)  # (B, D + 1, T) [x, 1]ᵀ, a new contiguous array
+    ones = xp.ones((B, T, 1), dtype=x.dtype, device=device(x))
+    x1 = xp.concat([x, ones], axis=-1)  # (B, T, D + 1) [x, 1]
     q = (x[:, -1, :] @ p.W_Q.mT) * (1.0 / math.sqrt(K))  # (B, H·K)
     r = xp.reshape(q @ K_diag, (B, H, D))  # (B, H, D)   r_h = W_K,hᵀ q_h
-    S = r @ xT[:, :D, :]  # (B, H, T)  S_t = r_hᵀ x_t = q_h · k_t
+    S = r @ x.mT  # (B, H, T)  S_t = r_hᵀ x_t = q_h · k_t
     if config.attention == "softmax":
         S -= xp.max(S, axis=-1, keepdims=True)
         E = xp.exp(S)
-        yl = E @ xT.mT  # (B, H, D + 1): [Σ_t E_t x_t, ℓ]
+        yl = E @ x1  # (B, H, D + 1): [Σ_t E_t x_t, ℓ]
         inv_norm = 1.0 / yl[..., D:]  # (B, H, 1)
         y = yl[..., :D] * inv_norm  # ȳ_h = Σ_t P_t x_t, P = E/ℓ
     else:
@@ -226,7 +232,7 @@ def _query_attention(x: Array, p: AttentionParams, config: TransformerConfig):
         y = S @ x
     heads = xp.reshape(y, (B, H * D)) @ V_diag.mT  # (B, H·K)  W_V,h ȳ_h
     A = heads @ p.W_O.mT  # (B, D)
-    return A, QueryAttentionCache(x, xT, q, r, E, inv_norm, y, heads, K_diag, V_diag)
+    return A, QueryAttentionCache(x, x1, q, r, E, inv_norm, y, heads, K_diag, V_diag)
 
 
 def _query_attention_backward(dA: Array, c: QueryAttentionCache, p, config, input_grad: bool):
@@ -242,10 +248,10 @@ def _query_attention_backward(dA: Array, c: QueryAttentionCache, p, config, inpu
         # dS = P ⊙ (dP − Σ_t dP_t P_t), dP_t = x_tᵀ dȳ_h, Σ_t dP_t P_t = dȳ_h · ȳ_h:
         # E ⊙ ([dȳ, −dȳ·ȳ] [x, 1]ᵀ) = ℓ dS
         row = xp.sum(dy * c.y, axis=-1, keepdims=True)  # (B, H, 1)
-        dS_l = c.E * (xp.concat([dy, -row], axis=-1) @ c.xT)  # (B, H, T)
+        dS_l = c.E * (xp.concat([dy, -row], axis=-1) @ c.x1.mT)  # (B, H, T)
         dr = (dS_l @ c.x) * c.inv_norm  # (B, H, D)  Σ_t dS_t x_t
     else:
-        dS_l = dy @ c.xT[:, :D, :]  # dS = dP
+        dS_l = dy @ c.x.mT  # dS = dP
         dr = dS_l @ c.x
     dq = xp.reshape(dr, (B, H * D)) @ c.K_diag.mT  # (B, H·K)  W_K,h dr_h
     dW_K = per_head_outer(xp.reshape(c.q, (B, H, K)), dr)  # Σ_b q_h dr_hᵀ

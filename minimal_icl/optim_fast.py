@@ -21,19 +21,11 @@ from .backend import namespace
 from .optim import AdamState
 from .validation import check_adam_state, check_fraction, check_learning_rate, check_positive_float
 
-_LAYOUTS: dict = {}  # tree structure -> (the structure's builder, [(start, stop, shape)])
-
-
-def _structure(tree):
-    """A hashable description of a parameter tree: record types and array shapes."""
-    if tree is None:
-        return None
-    if isinstance(tree, tuple):
-        return (type(tree), tuple(_structure(part) for part in tree))
-    return tuple(tree.shape)
+_LAYOUTS: dict = {}  # the leaves' shapes -> [(start, stop, shape)]
 
 
 def _leaves(tree, out: list) -> list:
+    """The arrays of a tree in ``optim.flatten`` order (None entries skipped)."""
     if isinstance(tree, tuple):
         for part in tree:
             _leaves(part, out)
@@ -42,18 +34,18 @@ def _leaves(tree, out: list) -> list:
     return out
 
 
-def _layout(params):
-    """(key, [(start, stop, shape)]) of the arrays of ``params`` in ``flatten`` order."""
-    key = _structure(params)
-    layout = _LAYOUTS.get(key)
-    if layout is None:
+def _layout(arrays: list) -> list:
+    """[(start, stop, shape)] of ``arrays`` in one vector, computed once per list of shapes."""
+    key = tuple(tuple(a.shape) for a in arrays)
+    spans = _LAYOUTS.get(key)
+    if spans is None:
         spans, start = [], 0
-        for a in _leaves(params, []):
-            size = math.prod(a.shape)
-            spans.append((start, start + size, tuple(a.shape)))
+        for shape in key:
+            size = math.prod(shape)
+            spans.append((start, start + size, shape))
             start += size
-        layout = _LAYOUTS[key] = spans
-    return layout
+        _LAYOUTS[key] = spans
+    return spans
 
 
 def _rebuild(like, pieces):
@@ -76,11 +68,10 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
     beta1 = check_fraction("beta1", beta1)
     beta2 = check_fraction("beta2", beta2)
     eps = check_positive_float("eps", eps)
-    spans = _layout(params)
-    P = spans[-1][1]
-    check_adam_state(state, params, P)
-    g_arrays = _leaves(grads, [])
     p_arrays = _leaves(params, [])
+    spans = _layout(p_arrays)
+    check_adam_state(state, params, spans[-1][1])
+    g_arrays = _leaves(grads, [])
     xp = namespace(state.m)
     g = xp.concat([xp.reshape(a, (-1,)) for a in g_arrays])  # (P,)
     theta = xp.concat([xp.reshape(a, (-1,)) for a in p_arrays])  # (P,)
