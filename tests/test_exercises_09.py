@@ -68,6 +68,7 @@ def test_rising_fraction_right_answer_passes(capsys):
     ("wrong", "hint"),
     [
         (lambda e: numpy.mean(e[:, 1:] < e[:, :-1]), "LOWER"),
+        (lambda e: numpy.mean(e[:, 1:] >= e[:, :-1]), "unchanged too"),
         (lambda e: numpy.mean(numpy.diff(e.mean(axis=0)) > 0), "the trend"),
         (lambda e: numpy.mean(e[:, 1:] > e[:, :1]), "with e\\[b, 0\\]"),
         (lambda e: numpy.mean(e[1:] > e[:-1]), "neighbouring prompts"),

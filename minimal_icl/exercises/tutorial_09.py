@@ -84,10 +84,13 @@ def check_order_spread(function: Callable, seed: int = 0) -> float:
 
 
 def _errors(seed: int) -> numpy.ndarray:
-    """(B, N+1) = (40, 13) made-up squared errors: a falling trend, noisy single steps."""
+    """(B, N+1) = (40, 13) made-up squared errors: a falling trend, noisy single steps, and
+    some steps that change nothing (a tie is not a rise)."""
     rng = numpy.random.default_rng(seed)
     B, T = 40, 13
-    return 2.0 / (1.0 + numpy.arange(T)) * numpy.exp(0.8 * rng.standard_normal((B, T)))
+    e = 2.0 / (1.0 + numpy.arange(T)) * numpy.exp(0.8 * rng.standard_normal((B, T)))
+    e[:8, 5] = e[:8, 4]  # eight steps with e[b, i+1] = e[b, i]
+    return e
 
 
 def check_fraction_of_rising_steps(function: Callable, seed: int = 0) -> float:
@@ -109,6 +112,8 @@ def check_fraction_of_rising_steps(function: Callable, seed: int = 0) -> float:
     mistakes = [
         ("you counted the steps that LOWER the error: count e[b, i+1] > e[b, i]",
          float(numpy.mean(e[:, 1:] < e[:, :-1]))),
+        ("you counted the steps that leave the error unchanged too (>=): a rise is a strict"
+         " e[b, i+1] > e[b, i]", float(numpy.mean(e[:, 1:] >= e[:, :-1]))),
         ("you compared the mean error over prompts from step to step (the trend); the"
          " question is about single steps of single prompts",
          float(numpy.mean(mean_curve[1:] > mean_curve[:-1]))),
