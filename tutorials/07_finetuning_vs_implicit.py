@@ -193,7 +193,7 @@ def compare_at(i):
     row = {name: (p - tasks.target) ** 2 for name, p in pred.items()}  # (B,) each
     row["fit"] = fit
     row["cos_F"] = cos_f(F, update.delta_W)
-    row["any column"], row["ceiling"] = ceilings(F, update.u_without)
+    row["any column"], row["ceiling"] = ceilings(F, update.u_without)  # a = A(x)
     row["correlation"] = numpy.corrcoef(pred["finetuned"], pred["implicit"])[0, 1]
     return row
 
