@@ -85,14 +85,15 @@ def block_diagonal(W: Array, n_heads: int) -> Array:
     """diag(W_1, …, W_H) for a per-head weight W (H·K, D): shape (H·K, H·D).
 
     Row block h, column block h is W_h (K, D); every other block is 0. Then
-    (q diag(W_h))[b, h·D:(h+1)·D] = W_hᵀ q_h for queries q (B, H·K).
+    (q diag(W_h))[b, h·D:(h+1)·D] = W_hᵀ q_h for queries q (B, H·K). A stack of
+    weights (S, H·K, D) gives the stack of their block-diagonal matrices (S, H·K, H·D).
     """
     xp = namespace(W)
-    HK, D = W.shape
+    *stack, HK, D = W.shape
     H, K = n_heads, HK // n_heads
-    eye = xp.eye(H, dtype=W.dtype, device=device(W))  # (H, H)
-    blocks = xp.reshape(eye, (H, 1, H, 1)) * xp.reshape(W, (H, K, 1, D))  # (H, K, H, D)
-    return xp.reshape(blocks, (HK, H * D))
+    eye = xp.reshape(xp.eye(H, dtype=W.dtype, device=device(W)), (H, 1, H, 1))
+    blocks = eye * xp.reshape(W, (*stack, H, K, 1, D))  # (..., H, K, H, D)
+    return xp.reshape(blocks, (*stack, HK, H * D))
 
 
 def per_head_outer(a: Array, b: Array) -> Array:
@@ -161,7 +162,7 @@ class QueryAttentionCache(NamedTuple):
     """The attention of a block computed at the last position only (Tq = 1)."""
 
     x: Array  # (B, T, D) the attention input u1
-    x1: Array  # (B, T, D + 1) [x, 1]
+    xT: Array  # (B, D + 1, T) [x, 1]ᵀ, C-contiguous
     q: Array  # (B, H·K)   W_Q x_q / √K
     r: Array  # (B, H, D)  W_K,hᵀ q_h
     E: Array  # (B, H, T)  exp(S − max S) (softmax) or the scores S (linear)
@@ -214,17 +215,19 @@ def _query_attention(x: Array, p: AttentionParams, config: TransformerConfig):
     xp = namespace(x)
     B, T, D = x.shape
     H, K = config.n_heads, config.d_head
-    K_diag = block_diagonal(p.W_K, H)  # (H·K, H·D)
-    V_diag = block_diagonal(p.W_V, H)
-    ones = xp.ones((B, T, 1), dtype=x.dtype, device=device(x))
-    x1 = xp.concat([x, ones], axis=-1)  # (B, T, D + 1) [x, 1]
+    KV_diag = block_diagonal(xp.stack([p.W_K, p.W_V]), H)  # (2, H·K, H·D)
+    K_diag, V_diag = KV_diag[0, ...], KV_diag[1, ...]
+    # [x, 1]ᵀ as a C-contiguous (B, D + 1, T) array: a reshape of the transposed view
+    # copies it in row order, and batched products with its rows run at GEMM speed
+    xT = xp.reshape(xp.reshape(xp.permute_dims(x, (0, 2, 1)), (B, D * T)), (B, D, T))
+    xT = xp.concat([xT, xp.ones((B, 1, T), dtype=x.dtype, device=device(x))], axis=1)
     q = (x[:, -1, :] @ p.W_Q.mT) * (1.0 / math.sqrt(K))  # (B, H·K)
     r = xp.reshape(q @ K_diag, (B, H, D))  # (B, H, D)   r_h = W_K,hᵀ q_h
-    S = r @ x.mT  # (B, H, T)  S_t = r_hᵀ x_t = q_h · k_t
+    S = r @ xT[:, :D, :]  # (B, H, T)  S_t = r_hᵀ x_t = q_h · k_t
     if config.attention == "softmax":
         S -= xp.max(S, axis=-1, keepdims=True)
         E = xp.exp(S)
-        yl = E @ x1  # (B, H, D + 1): [Σ_t E_t x_t, ℓ]
+        yl = E @ xT.mT  # (B, H, D + 1): [Σ_t E_t x_t, ℓ]
         inv_norm = 1.0 / yl[..., D:]  # (B, H, 1)
         y = yl[..., :D] * inv_norm  # ȳ_h = Σ_t P_t x_t, P = E/ℓ
     else:
@@ -232,7 +235,7 @@ def _query_attention(x: Array, p: AttentionParams, config: TransformerConfig):
         y = S @ x
     heads = xp.reshape(y, (B, H * D)) @ V_diag.mT  # (B, H·K)  W_V,h ȳ_h
     A = heads @ p.W_O.mT  # (B, D)
-    return A, QueryAttentionCache(x, x1, q, r, E, inv_norm, y, heads, K_diag, V_diag)
+    return A, QueryAttentionCache(x, xT, q, r, E, inv_norm, y, heads, K_diag, V_diag)
 
 
 def _query_attention_backward(dA: Array, c: QueryAttentionCache, p, config, input_grad: bool):
@@ -248,10 +251,10 @@ def _query_attention_backward(dA: Array, c: QueryAttentionCache, p, config, inpu
         # dS = P ⊙ (dP − Σ_t dP_t P_t), dP_t = x_tᵀ dȳ_h, Σ_t dP_t P_t = dȳ_h · ȳ_h:
         # E ⊙ ([dȳ, −dȳ·ȳ] [x, 1]ᵀ) = ℓ dS
         row = xp.sum(dy * c.y, axis=-1, keepdims=True)  # (B, H, 1)
-        dS_l = c.E * (xp.concat([dy, -row], axis=-1) @ c.x1.mT)  # (B, H, T)
+        dS_l = c.E * (xp.concat([dy, -row], axis=-1) @ c.xT)  # (B, H, T)
         dr = (dS_l @ c.x) * c.inv_norm  # (B, H, D)  Σ_t dS_t x_t
     else:
-        dS_l = dy @ c.x.mT  # dS = dP
+        dS_l = dy @ c.xT[:, :D, :]  # dS = dP
         dr = dS_l @ c.x
     dq = xp.reshape(dr, (B, H * D)) @ c.K_diag.mT  # (B, H·K)  W_K,h dr_h
     dW_K = per_head_outer(xp.reshape(c.q, (B, H, K)), dr)  # Σ_b q_h dr_hᵀ
