@@ -82,7 +82,7 @@ def block_backward(
     """Returns (dz, BlockParams of gradients).
 
     ``fast`` runs the attention backward as ``attention_backward_fast`` (the same
-    gradients by cheaper products, what training uses); ``fast=False`` runs the textbook
+    gradients by cheaper products); ``fast=False`` runs the textbook
     ``attention_backward``.
 
     With a patch, the gradient of the per-prompt W1 + ΔW is summed over prompts: it is

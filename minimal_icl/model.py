@@ -83,9 +83,10 @@ def forward(
 def backward(dout: Array, cache: ModelCache, fast: bool = True) -> tuple[Array, ModelParams]:
     """Gradients of a scalar loss given dout = ∂loss/∂out; returns (dtokens, grads).
 
-    ``fast`` (the default, what training runs) takes each attention backward by
+    ``fast`` (the default) takes each attention backward by
     ``attention_backward_fast``; ``fast=False`` by the textbook ``attention_backward``.
-    Both give the same gradients to rounding (tests/test_attention_fast.py).
+    Both give the same gradients to rounding (tests/test_attention_fast.py). Training
+    runs ``model_fast`` instead, the same numbers by fewer, larger products.
     """
     check_dout(dout, cache)
     fast = check_bool("fast", fast)
