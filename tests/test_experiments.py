@@ -166,6 +166,68 @@ def test_finetune_implicit_loss_is_the_prompt_prefix_loss_and_learns(fast_run):
     assert implicit[-1] < zero[-1]
 
 
+def test_finetune_both_protocols_learn_and_stay_under_their_ceilings(fast_run):
+    record = fast_run[1]["finetune"]
+    data, h = record["data"], record["headline"]
+    sgd = data["online_sgd"]
+    for name in ("finetuned", "online_sgd"):
+        mean = numpy.asarray(data["test_loss"][name]["mean"])
+        assert numpy.all(numpy.isfinite(mean)), name
+        half = len(mean) // 2  # falling on average: later i beat earlier i
+        assert mean[half:].mean() < mean[:half].mean(), name
+        assert mean[-1] < data["test_loss"]["zero"]["mean"][-1], name
+    for source in (data, sgd):
+        align = numpy.asarray(source["alignment"]["mean"])
+        ceiling = numpy.asarray(source["alignment_ceiling"]["mean"])
+        row_only = numpy.asarray(source["alignment_ceiling_row_only"]["mean"])
+        # per task cos_F ≤ ceiling (range(W)) ≤ ceiling (any column) ≤ 1, so also the means
+        assert numpy.all(align <= ceiling + IDENTITY_RTOL)
+        assert numpy.all(ceiling <= row_only + IDENTITY_RTOL) and numpy.all(row_only <= 1.0)
+        assert numpy.all(numpy.abs(source["prediction_correlation"]) <= 1.0)
+    for tag in ("", "_online_sgd"):
+        assert h[f"alignment{tag}_at_N"] <= h[f"alignment_ceiling{tag}_at_N"] + IDENTITY_RTOL
+        assert h[f"alignment_ceiling{tag}_at_N"] <= h[f"alignment_ceiling_row_only{tag}_at_N"]
+        assert -1.0 <= h[f"prediction_correlation{tag}_at_N"] <= 1.0
+    # the learning rate is the held-out minimiser over the stated grid
+    selection = sgd["lr_selection"]
+    assert selection["grid"] == list(record["config"]["sgd_lr_grid"])
+    assert selection["lr"] == selection["grid"][int(numpy.argmin(selection["held_out_loss"]))]
+    assert h["online_sgd_lr"] == selection["lr"]
+    assert h["online_sgd_step"] == pytest.approx(selection["lr"] / selection["unit"])
+
+
+def test_online_sgd_pass_is_one_step_per_example_in_order(tmp_path):
+    from minimal_icl.data import regression_prompts
+    from minimal_icl.experiments import finetune
+    from minimal_icl.experiments.common import task_rng
+    from minimal_icl.experiments.models import paper_model
+
+    model = paper_model(tmp_path, seed=0, fast=True)
+    params, config = model.params, model.config
+    batch = regression_prompts(3, 4, model.setup.d, task_rng(1, "sgd-test"))
+    u, h = finetune.lone_token_inputs(params, config, batch.context_x)
+    y = batch.context_y
+    step = 0.1 / float(numpy.mean(numpy.sum(u * u, axis=-1)))
+    kept = finetune.online_sgd_W(params, config, u, h, y, step, (1, 2, 4))
+    assert kept.shape == (3, 3, *params.blocks[0].mlp.W1.shape)
+    # step 1 is one full-batch GD step on example 1 alone (finetune_W's step: lr / ‖u_1‖²)
+    for b in range(3):
+        lr = step * float(numpy.sum(u[b, 0] ** 2))
+        first, _ = finetune.finetune_W(params, config, u[b:b + 1, :1], h[b:b + 1, :1],
+                                       y[b:b + 1, :1], lr, 1)
+        assert relative_residual(kept[0, b], first[0]) <= IDENTITY_RTOL
+    # the update for i has seen exactly the first i examples: a shorter pass agrees with it
+    two = finetune.online_sgd_W(params, config, u[:, :2], h[:, :2], y[:, :2], step, (2,))
+    assert relative_residual(two[0], kept[1]) <= IDENTITY_RTOL
+    # and the order matters: the same examples reversed give another update
+    back = finetune.online_sgd_W(params, config, u[:, ::-1], h[:, ::-1], y[:, ::-1], step, (4,))
+    assert relative_residual(back[0], kept[2]) > 1e-6
+    with pytest.raises(ExperimentError, match="step"):
+        finetune.online_sgd_W(params, config, u, h, y, 0.0, (1,))
+    with pytest.raises(ExperimentError, match="keep"):
+        finetune.online_sgd_W(params, config, u, h, y, step, (5,))
+
+
 # -- Figure 5 and the dynamics -------------------------------------------------------------
 
 

@@ -62,14 +62,30 @@ def summary_rows(records: dict) -> list[tuple[str, str, str, str]]:
         h = records["finetune"]["headline"]
         n = h["context_at_N"]
         rows += [
-            ("4 finetune", f"test MSE at i = {n}: finetuned W / implicit ΔW_i",
-             f"{_mse(h['test_loss_finetuned_at_N'])} / {_mse(h['test_loss_implicit_at_N'])}",
+            ("4 finetune", f"test MSE at i = {n}: finetuned W, full-batch GD (ours) / one online"
+             " SGD pass / implicit ΔW_i",
+             f"{_mse(h['test_loss_finetuned_at_N'])} / {_mse(h['test_loss_online_sgd_at_N'])}"
+             f" / {_mse(h['test_loss_implicit_at_N'])}",
              "both decrease with i (plot only)"),
             ("4 finetune", f"test MSE at i = {n}: zero / one GD step (η*) / least squares",
              f"{_mse(h['test_loss_zero_at_N'])} / {_mse(h['test_loss_one_step_gd_at_N'])}"
              f" / {_mse(h['test_loss_least_squares_at_N'])}", "no baselines"),
-            ("4 finetune", f"alignment cos_F(ΔW_ft, ΔW_i) at i = {n} (mean over i)",
-             f"{_f(h['alignment_at_N'])} ({_f(h['alignment_mean_over_i'])})", "no number given"),
+            ("4 finetune", f"cos_F(ΔW_ft, ΔW_i) at i = {n}, full-batch GD / online SGD"
+             " (mean over i)",
+             f"{_f(h['alignment_at_N'])} / {_f(h['alignment_online_sgd_at_N'])}"
+             f" ({_f(h['alignment_mean_over_i'])} / {_f(h['alignment_online_sgd_mean_over_i'])})",
+             "no number given"),
+            ("4 finetune", f"cos_F ceilings at i = {n} for ΔW_i's row A(x): column in range(W) /"
+             " any column (GD; SGD)",
+             f"{_f(h['alignment_ceiling_at_N'])} / {_f(h['alignment_ceiling_row_only_at_N'])};"
+             f" {_f(h['alignment_ceiling_online_sgd_at_N'])} /"
+             f" {_f(h['alignment_ceiling_row_only_online_sgd_at_N'])}", "none"),
+            ("4 finetune", f"correlation of the predictions at the query with ΔW_i's, i = {n}:"
+             " GD / SGD",
+             f"{_f(h['prediction_correlation_at_N'])} / {_f(h['prediction_correlation_online_sgd_at_N'])}",
+             "none"),
+            ("4 finetune", "online SGD learning rate (held-out choice, units 1/mean ‖A(x)‖²)",
+             f"{h['online_sgd_lr']:g}", "not recovered"),
         ]
     if "deep" in records:
         h = records["deep"]["headline"]
