@@ -2,15 +2,15 @@
 
 For every held-out task and every i = 1..N, two explicit learners. Both train ONLY the
 MLP's first weight W, starting from the trained model, on the first i context examples,
-each example (x_k, y_k) presented as a query token (x_k; 0) ALONE (no context) with the
-label y_k and the squared error of the prediction, (T_W(x_k) − y_k)²:
+each example (x_j, y_j) presented as a query token (x_j; 0) ALONE (no context) with the
+label y_j and the squared error of the prediction, (T_W(x_j) − y_j)²:
 
 * full-batch GD (the package's own protocol): 200 gradient steps on
-  L(W) = (1/i) Σ_{k≤i} (T_W(x_k) − y_k)², step size lr / mean_k ‖A(x_k)‖²
+  L(W) = (1/i) Σ_{j≤i} (T_W(x_j) − y_j)², step size lr / mean_j ‖A(x_j)‖²
   (see FinetuneConfig). The result is W + ΔW_ft.
 * online SGD (closer to the paper's description, "finetuning on the examples"): ONE pass
   over the examples in their prompt order, one step per example (batch size 1),
-  W ← W − η ∇_W (T_W(x_k) − y_k)², η = lr_sgd / s with s = mean ‖A(x)‖² over the lone
+  W ← W − η ∇_W (T_W(x_j) − y_j)², η = lr_sgd / s with s = mean ‖A(x)‖² over the lone
   tokens of held-out prompts (a constant of the model) and lr_sgd chosen on those
   held-out prompts from FinetuneConfig.sgd_lr_grid (the value with the smallest mean
   held-out test loss over the figure's i). The weight after the first i steps is the
@@ -87,9 +87,9 @@ class FinetuneConfig:
 
     n_tasks:  held-out tasks (a fresh w, N context pairs and a test query each).
     lr:       the learning rate in units of the curvature: each task takes steps of size
-              lr / mean_k ‖A(x_k)‖² (A(x_k) the MLP input of the lone example token). The
-              loss is a function of W through W A(x_k), so its curvature scales with
-              ‖A(x_k)‖², which is small for a lone token (≈ 0.002 for the paper model,
+              lr / mean_j ‖A(x_j)‖² (A(x_j) the MLP input of the lone example token). The
+              loss is a function of W through W A(x_j), so its curvature scales with
+              ‖A(x_j)‖², which is small for a lone token (≈ 0.002 for the paper model,
               against ≈ 0.2 with a context): a fixed learning rate would crawl for one
               model and diverge for another. The same normalisation as the implicit
               step h = 1/‖A(x)‖² of Proposition 3.1. lr = 0.2 is stable for every i; after
@@ -100,8 +100,9 @@ class FinetuneConfig:
               of finetuning grows like i; the curves are smooth beyond 10).
     sgd_lr_grid: the online SGD learning rates tried, in units of 1/s, s = mean ‖A(x)‖²
               over the held-out lone tokens: η = lr_sgd / s. ‖A(x)‖² is heavy-tailed
-              (its largest value is ≈ 20 s for the paper model), so one fixed η must stay
-              well below 1/max ‖A(x)‖²·s; from 0.3 up the pass diverges on some prompts.
+              (up to ≈ 10 s on the paper model's held-out prompts), so one fixed η must
+              stay well below 1: the held-out loss rises again at 0.3, and at 0.5 some
+              passes diverge. The paper model's choice is 0.2.
     sgd_held_out: the held-out prompts (their own random stream, never the test tasks)
               on which lr_sgd is chosen.
     """
@@ -121,7 +122,7 @@ def finetune_config(fast: bool = False) -> FinetuneConfig:
 
 
 def lone_token_inputs(params, config, x: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """The MLP input u and residual h of the block for each token (x_k; 0) alone.
+    """The MLP input u and residual h of the block for each token (x_j; 0) alone.
 
     x (B, n, d). Returns (u (B, n, D), h (B, n, D)).
     """
@@ -136,16 +137,16 @@ def finetune_W(params, config, u: numpy.ndarray, h: numpy.ndarray, y: numpy.ndar
     """Full-batch gradient descent on each task's own copy of W (the MLP's W1) alone.
 
     u, h (B, i, D): the lone examples' MLP inputs and residuals; y (B, i): their labels.
-    Loss per task: L(W) = (1/i) Σ_k (ŷ_k − y_k)², ŷ_k the last coordinate of the block's
-    output (MLP(u_k), plus h_k with an MLP skip). Each task steps by
-    W ← W − (lr / mean_k ‖u_k‖²) ∇L(W). Returns (ΔW_ft (B, M, D), the final training
+    Loss per task: L(W) = (1/i) Σ_j (ŷ_j − y_j)², ŷ_j the last coordinate of the block's
+    output (MLP(u_j), plus h_j with an MLP skip). Each task steps by
+    W ← W − (lr / mean_j ‖u_j‖²) ∇L(W). Returns (ΔW_ft (B, M, D), the final training
     loss (B,)).
     """
     mlp = params.blocks[0].mlp
     B, i, D = u.shape
-    scale = numpy.mean(numpy.sum(u * u, axis=-1), axis=1)  # (B,) mean_k ‖u_k‖²
+    scale = numpy.mean(numpy.sum(u * u, axis=-1), axis=1)  # (B,) mean_j ‖u_j‖²
     if numpy.any(scale == 0):
-        raise ExperimentError("finetuning: a task's examples all have A(x_k) = 0 (no gradient)")
+        raise ExperimentError("finetuning: a task's examples all have A(x_j) = 0 (no gradient)")
     step = (lr / scale)[:, None, None]  # (B, 1, 1)
     W = numpy.broadcast_to(mlp.W1, (B, *mlp.W1.shape))  # (B, M, D) one copy per task
     skip = h[..., -1] if config.mlp_skip else 0.0
@@ -153,7 +154,7 @@ def finetune_W(params, config, u: numpy.ndarray, h: numpy.ndarray, y: numpy.ndar
         out, cache = mlp_forward(u, MLPParams(W, mlp.b1, mlp.W2, mlp.b2), config.activation)
         residual = out[..., -1] + skip - y  # (B, i)
         dout = numpy.zeros_like(out)
-        dout[..., -1] = (2.0 / i) * residual  # ∂L/∂ŷ_k
+        dout[..., -1] = (2.0 / i) * residual  # ∂L/∂ŷ_j
         _, grads = mlp_backward(dout, cache)  # grads.W1 (B, M, D): per task
         W = W - step * grads.W1
     out, _ = mlp_forward(u, MLPParams(W, mlp.b1, mlp.W2, mlp.b2), config.activation)
@@ -167,8 +168,8 @@ def online_sgd_W(params, config, u: numpy.ndarray, h: numpy.ndarray, y: numpy.nd
 
     u, h (B, n, D): the lone examples' MLP inputs and residuals; y (B, n): their labels;
     step: η > 0; keep: the values of i (1 ≤ i ≤ n) whose update is returned. Step k
-    (k = 1..n) takes W ← W − η ∇_W (ŷ_k − y_k)², ŷ_k the last coordinate of the block's
-    output for the lone token k alone. The weight after the first i steps has seen exactly
+    (k = 1..n) takes W ← W − η ∇_W (ŷ_j − y_j)², ŷ_j the last coordinate of the block's
+    output for the lone token j alone. The weight after the first i steps has seen exactly
     the first i examples, so one pass gives every i. Returns ΔW (len(keep), B, M, D), the
     weight after i steps minus the trained W1.
     """
@@ -186,7 +187,7 @@ def online_sgd_W(params, config, u: numpy.ndarray, h: numpy.ndarray, y: numpy.nd
         out, cache = mlp_forward(u[:, k:k + 1], MLPParams(W, mlp.b1, mlp.W2, mlp.b2),
                                  config.activation)
         dout = numpy.zeros_like(out)
-        dout[..., -1] = 2.0 * (out[..., -1] + skip[:, k:k + 1] - y[:, k:k + 1])  # ∂/∂ŷ_k
+        dout[..., -1] = 2.0 * (out[..., -1] + skip[:, k:k + 1] - y[:, k:k + 1])  # ∂/∂ŷ_j
         _, grads = mlp_backward(dout, cache)
         W = W - step * grads.W1
         if k + 1 in keep:
@@ -196,7 +197,7 @@ def online_sgd_W(params, config, u: numpy.ndarray, h: numpy.ndarray, y: numpy.nd
 
 def fit_loss(params, config, delta_W: numpy.ndarray, u: numpy.ndarray, h: numpy.ndarray,
              y: numpy.ndarray) -> numpy.ndarray:
-    """Mean squared error (1/i) Σ_k (ŷ_k − y_k)² of W + ΔW on lone examples, per task.
+    """Mean squared error (1/i) Σ_j (ŷ_j − y_j)² of W + ΔW on lone examples, per task.
 
     delta_W (B, M, D); u, h (B, i, D); y (B, i). Returns (B,).
     """
@@ -221,7 +222,7 @@ def choose_sgd_lr(params, config, cfg: FinetuneConfig, N: int, d: int, seed: int
     """Choose the online SGD learning rate on held-out prompts (never the test tasks).
 
     Draws cfg.sgd_held_out prompts from their own stream, sets the unit
-    s = mean ‖A(x_k)‖² over their lone tokens, runs one pass for every lr in
+    s = mean ‖A(x_j)‖² over their lone tokens, runs one pass for every lr in
     cfg.sgd_lr_grid with η = lr / s, and keeps the lr with the smallest held-out test loss,
     averaged over tasks and over the i of cfg.contexts (a diverging lr scores +inf).
     Returns {"grid", "held_out_loss" (per lr), "lr", "unit" s, "step" η}.
