@@ -12,29 +12,33 @@ calls; the tutorials and the theorems read the textbook layers. Four changes:
       S_t = x_tᵀ (W_K,hᵀ q)            r_h = W_K,hᵀ q   (D,)  instead of k_t = W_K,h x_t
       out_h = W_V,h (Σ_t P_t x_t)       ȳ_h = Σ_t P_t x_t (D,) instead of v_t = W_V,h x_t
 
-  so no (B, T, H·K) key or value array is built: one (B, T, D) @ (B, D, H) product gives
-  the scores, one (B, H, T) @ (B, T, D) the averaged tokens ȳ. The backward is the
-  same in reverse: dȳ_h = W_V,hᵀ d out_h, dP_t = x_tᵀ dȳ_h, dr_h = Σ_t dS_t x_t,
+  so no (B, T, H·K) key or value array is built: one (B, H, D) @ (B, D, T) product gives
+  the scores (B, H, T), one (B, H, T) @ (B, T, D + 1) product with [x, 1] the averaged
+  tokens Σ_t E_t x_t and the softmax denominators ℓ = Σ_t E_t together. The backward is
+  the same in reverse: dȳ_h = W_V,hᵀ d out_h, dP_t = x_tᵀ dȳ_h, dr_h = Σ_t dS_t x_t,
   dW_V,h = Σ_b d out_h ȳ_hᵀ, dW_K,h = Σ_b q_h dr_hᵀ.
 * **Per-head weights as one block-diagonal product.** r = (W_K,hᵀ q_h)_h for all heads
   is one GEMM of the (B, H·K) queries with the (H·K, H·D) block-diagonal matrix
-  diag(W_K,1, …, W_K,H); likewise out = ȳ diag(W_V,h)ᵀ and its backward.
-* **Softmax on a (B, T, H) layout** in that block (keys along the middle axis), and
-  softmax's Jacobian through a vector the forward already has: with o = P v,
+  diag(W_K,1, …, W_K,H); likewise out = ȳ diag(W_V,h)ᵀ and their backward.
+* **Softmax's Jacobian through a vector the forward already has.** With o = P v (or ȳ),
 
-      Σ_t dP_t P_t = dPv · o      (the per-row sum of softmax_backward, (B, H, Tq)),
+      Σ_t dP_t P_t = dPv · o      (the per-row sum of softmax_backward),
 
-  and unnormalised weights E = exp(S − max S) whose row sums ℓ divide the small
-  outputs (o = (E v)/ℓ) and their gradients instead of the (B, H, Tq, T) weights.
+  so dP − Σ_t dP_t P_t is one augmented product, [dPv, −dPv · o] [v, 1]ᵀ, and with the
+  unnormalised weights E = exp(S − max S) the row sums ℓ divide the small outputs
+  (o = (E v)/ℓ) and gradients instead of the weights: dS = E ⊙ [dPv/ℓ, −(dPv · o)/ℓ] [v, 1]ᵀ.
 * **Every position at once** in the other blocks: queries, keys and values from one
-  (B·T, D) @ (D, 3·H·K) GEMM with 1/√K folded into W_Q, and dP − Σ dP P computed by one
-  augmented product [dPv/ℓ, −c/ℓ] [v, 1]ᵀ, so dS = E ⊙ that.
+  (B·T, D) @ (D, 3·H·K) GEMM with 1/√K folded into W_Q, the scores kept transposed
+  (keys along axis 2, so the maximum over the keys runs down columns), and row means
+  and column sums (LayerNorm, biases) as products with a vector of ones.
 
-The results equal the textbook pass to rounding (tests/test_model_fast.py: every
-output, input gradient and parameter gradient within IDENTITY_RTOL = 1e-12, float64, on
-the whole 1536-configuration model grid, NumPy and array_api_strict). Configurations
-this module does not cover (patched blocks, or a contextual layer other than attention)
-go to the textbook pass: see :func:`covers`. Pure array-API code, no compiled extension.
+The results equal the textbook pass to rounding (tests/test_model_fast.py, float64):
+every output within IDENTITY_RTOL = 1e-12 on the whole 1536-configuration model grid;
+the token and parameter gradients as one vector within 1e-12 of its largest entry; each
+attention call within 1e-12 of the terms its gradients are summed from; NumPy on the
+whole grid, array_api_strict on its pairwise covering selection. Configurations this
+module does not cover (patched blocks, or a contextual layer other than attention) go
+to the textbook pass: see :func:`covers`. Pure array-API code, no compiled extension.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@
 row, block-diagonal per-head weights, softmax's Jacobian through P v, row means as
 products). Equal to rounding, measured three ways, float64, on every backend fixture:
 
-* Every output of the whole model grid of tests/test_model.py (1536 configurations, the
-  patched half going to the textbook pass) at the grid's widths and with heads wider
-  than the tokens: ``relative_residual`` ≤ IDENTITY_RTOL = 1e-12.
+* Every output on the whole model grid of tests/test_model.py (its 768 unpatched
+  configurations: patched passes are the textbook pass's, see ``covers``), at the
+  grid's widths and with heads wider than the tokens: ``relative_residual`` ≤
+  IDENTITY_RTOL = 1e-12.
 * The whole gradient, the token gradient and every parameter gradient as one vector,
   against its largest entry: ≤ 1e-12. (Per array, a gradient that cancels can differ
   more: in the rank-collapse corner ∂loss/∂W_K is rounding noise in both passes, and in
