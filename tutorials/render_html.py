@@ -57,7 +57,7 @@ details.solution > summary { cursor: pointer; color: #0969da; margin-left: 6rem;
 {%- endblock extra_css -%}
 {%- block codecell -%}
 {%- if cell.metadata.get("jupyter", {}).get("source_hidden") -%}
-<details class="solution"><summary>show the solution</summary>
+<details class="solution"><summary>{{ cell.metadata.get("solution_label", "show the solution") }}</summary>
 {{ super() }}
 </details>
 {%- else -%}
@@ -66,7 +66,7 @@ details.solution > summary { cursor: pointer; color: #0969da; margin-left: 6rem;
 {%- endblock codecell -%}
 {%- block markdowncell scoped -%}
 {%- if cell.metadata.get("jupyter", {}).get("source_hidden") -%}
-<details class="solution"><summary>show the solution</summary>
+<details class="solution"><summary>{{ cell.metadata.get("solution_label", "show the solution") }}</summary>
 {{ super() }}
 </details>
 {%- else -%}
@@ -160,6 +160,22 @@ def index_item(page: Path, index: dict[str, tuple[str, str, str]], seconds: dict
             f"<span>{html.escape(text)}</span><small>{html.escape(' · '.join(notes))}</small></li>")
 
 
+def label_solutions(notebook) -> None:
+    """Name each folded cell after the exercise it solves ("show solution 2"), from the
+    "Solution k" its text starts with; a second fold for the same exercise says so."""
+    seen = set()
+    for cell in notebook.cells:
+        if not cell.metadata.get("jupyter", {}).get("source_hidden"):
+            continue
+        match = re.search(r"Solution (\d+)", cell.source)
+        if match is None:
+            continue
+        k = match[1]
+        cell.metadata["solution_label"] = (f"show solution {k}" if k not in seen
+                                           else f"show solution {k} (continued)")
+        seen.add(k)
+
+
 def merge_streams(notebook) -> None:
     """Join consecutive printed outputs of a cell (same stream) into one output block, so
     that a cell's prints render as one block, not one block per flush."""
@@ -211,6 +227,7 @@ def execute(path: Path, fast: bool, timeout: int):
         # messages and are reported with the failing cell
         client.execute(stderr=subprocess.DEVNULL)
     merge_streams(notebook)
+    label_solutions(notebook)
     return notebook
 
 
