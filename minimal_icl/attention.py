@@ -16,9 +16,11 @@ A(x) = W_O W_V x for softmax attention.
 Tq = 1) while keys and values still come from every token: the model's output is read at
 the query, and the training loss reads only the last token of the last block.
 
-``attention_backward`` is the textbook backward, the forward read in reverse. Training
-uses ``attention_fast.attention_backward_fast``: the same gradients (to rounding) by
-products that avoid building the (B, H, T, K) gradients of the keys and values.
+``attention_backward`` is the textbook backward, the forward read in reverse.
+``attention_fast.attention_backward_fast`` gives the same gradients (to rounding) by
+products that avoid building the (B, H, T, K) gradients of the keys and values;
+``model.backward`` uses it unless ``fast=False``, and training uses ``model_fast``, the
+whole query-only step written for speed. Both are tested equal to this textbook path.
 """
 
 from __future__ import annotations
