@@ -192,23 +192,8 @@ def paper_model(out_dir, seed: int = 0, fast: bool = False, progress: Progress =
 
 def deep_model(out_dir, seed: int = 0, fast: bool = False, progress: Progress = QUIET) -> TrainedModel:
     """The deep (4-block pre-LN) model for ``seed``: loaded from DIR/deep_model.npz, or trained."""
-    setup = deep_setting(fast=fast)
-    path = Path(out_dir) / DEEP_MODEL_FILE
-    needed = ("train_loss", "val_step", "val_loss")
-    loaded = _try_load(path, setup, seed, needed)
-    if loaded is not None:
-        return TrainedModel(loaded[0], setup, seed, loaded[1], path, True)
-
-    def callback(report: Report) -> None:
-        if report.val_loss is not None:
-            progress.update(f"train deep model, val loss {report.val_loss:.4f}", report.step,
-                            setup.steps)
-
-    result = train_setup(setup, seed=seed, callback=callback)
-    history = {k: numpy.asarray(v) for k, v in result.history._asdict().items()}
-    _save(path, result.params, setup, seed, history)
-    progress.message(f"trained the deep model ({setup.steps} steps) -> {path}")
-    return TrainedModel(result.params, setup, seed, history, path, False)
+    return trained_model(out_dir, DEEP_MODEL_FILE, deep_setting(fast=fast), seed, progress,
+                         label="deep model")
 
 
 # -- the recurrent block and the causal stack (the package's own additions) ----------------
