@@ -3,6 +3,9 @@
     python benchmarks/bench_linattn.py [--rounds 3] [--epochs 200] [--n-train 5000] [--core N]
     python benchmarks/bench_linattn.py --quick       (a smoke test: P 500, 20 epochs, 1 round)
 
+The default run takes about 25 minutes on one core (PyTorch's 1,200 epochs per setting),
+so it is not part of ``make bench``; the numbers are in README.md, Speed.
+
 The experiment is Zhang, Singh, Latham & Saxe 2025 (arXiv:2501.16265): full-batch gradient
 descent on a fixed set of P in-context regression sequences (d = 4, N = 31 context pairs and
 the query, so T = 32 tokens of width d + 1 = 5). Its reference code
