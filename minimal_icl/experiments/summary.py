@@ -32,7 +32,7 @@ def summary_rows(records: dict) -> list[tuple[str, str, str, str]]:
              "not reported"),
             ("2 identity", "the same in float32 (parameters and data cast)",
              f"{_e(h['max_abs_difference_float32'])} (mean {_e(h['mean_abs_difference_float32'])})",
-             "≈ 1e-7"),
+             "not verified (no float32 number found in the paper's text)"),
             ("2 identity", "max \\|val loss with prompt − val loss with patch\\| over training",
              _e(h["max_abs_val_loss_difference"]), "curves overlap (plot only)"),
             ("2 identity", "held-out MSE: trained model / zero / one GD step (η*) / least squares",
@@ -99,7 +99,7 @@ def summary_rows(records: dict) -> list[tuple[str, str, str, str]]:
     if "dynamics" in records:
         h = records["dynamics"]["headline"]
         rows += [
-            ("dynamics", "max relative residual of W_{i+1} = W_i − h∇L_i(W_i), all steps",
+            ("dynamics", "max relative residual of W_{i+1} = W_i − η_x ∇L_i(W_i), all steps",
              _e(h["max_step_residual"]), "stated exactly (Prop. 3.1), no figure"),
             ("dynamics", "max relative residual of T_{W_i}(x) = T_W(c_1..c_i, x), all steps",
              _e(h["max_output_residual"]), "stated exactly (Prop. 3.1), no figure"),
