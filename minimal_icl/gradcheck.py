@@ -1,9 +1,10 @@
 """A gradient checker: central finite differences against a handwritten backward.
 
-The check follows CS231n's ``gradient_check.py`` with two changes that make it able to
-fail: the upstream gradient is random (an all-ones upstream gradient is blind to errors
-that sum to zero, such as a wrong softmax Jacobian), and the error is measured per
-parameter as ‖analytic − numeric‖ / max(‖analytic‖, ‖numeric‖), in float64.
+The check follows CS231n's ``gradient_check.py`` and its notebooks: the upstream gradient
+is random, as there (an all-ones upstream gradient is blind to errors that sum to zero,
+such as a wrong softmax Jacobian); the differences are fourth-order central ones; and
+the error is measured per parameter as ‖analytic − numeric‖ / max(‖analytic‖, ‖numeric‖),
+in float64.
 
     error = check_gradients(loss_fn, tree, grads)     # {name: relative error}
     assert_gradients_ok(error)                         # raises if any > GRADCHECK_RTOL

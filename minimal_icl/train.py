@@ -410,7 +410,7 @@ def paper_setting(fast: bool = False) -> TrainingSetup:
     followed by an MLP, no skip connections, no LayerNorm; the prediction is the last
     coordinate of the output at the query.
 
-    Our choices (the paper publishes none; the runs behind them and the errors the
+    Our choices (not taken from the paper; the runs behind them and the errors the
     trained model reaches are in docs/paper_setting.md):
         attention: H = 8 heads of width K = 2;
         MLP: width M = 128, ReLU;

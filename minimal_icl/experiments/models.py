@@ -65,7 +65,7 @@ class TrainedModel(NamedTuple):
 def deep_setting(fast: bool = False) -> TrainingSetup:
     """Figure 5 (later versions): a stack of L = 4 standard pre-LN blocks, both skips.
 
-    Our choices (the paper publishes none): the same regression task (d = 2, N = 50,
+    Our choices (not taken from the paper): the same regression task (d = 2, N = 50,
     d_token = 3); softmax attention with one head of width 8, a GELU MLP of width 16,
     LayerNorm eps 1e-5; Adam, lr 1e-2 with 50 warm-up steps and cosine decay to 1 %,
     batch 32, 600 steps. "Trained briefly": four blocks on all 51 positions cost
