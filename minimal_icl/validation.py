@@ -139,13 +139,6 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
-def check_index_int(name: str, value) -> int:
-    """``value`` as an int (a Python or NumPy integer), or a TypeError naming ``name``."""
-    if not _is_integer(value):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    return int(value)
-
-
 # -- dtypes and namespaces ---------------------------------------------------------------
 
 _REAL_FLOATING: dict = {}  # (type, dtype) -> bool, filled on first sight
@@ -406,6 +399,21 @@ def _non_finite(xp, a):
     return ~xp.all(xp.isfinite(a))
 
 
+def _raise_first_non_finite(xp, named) -> None:
+    """A ValueError naming the first of the (name, array) pairs that holds NaN or ±inf."""
+    for name, a in named:
+        if bool(_non_finite(xp, a)):
+            raise ValueError(f"{name} contains NaN or infinity")
+
+
+def _float_pair(name_a: str, a, name_b: str, b) -> None:
+    """Both arrays real floating point, and of one dtype (no silent promotion)."""
+    check_float_array(name_a, a)
+    check_float_array(name_b, b)
+    if a.dtype != b.dtype:
+        raise TypeError(f"{name_a} ({a.dtype}) and {name_b} ({b.dtype}) must share a dtype")
+
+
 def _subnormal(xp, a):
     """A 0-d boolean: whether ``a`` holds a subnormal number (0 < |a| < smallest normal)."""
     magnitude = xp.abs(a)
@@ -545,10 +553,7 @@ def check_context_query(context: Array, query: Array, D: int | None = None) -> N
         raise ValueError(
             f"query holds {q_shape[0]} prompts but context holds {c_shape[0]}: one query per prompt"
         )
-    check_float_array("context", context)
-    check_float_array("query", query)
-    if context.dtype != query.dtype:
-        raise TypeError(f"context ({context.dtype}) and query ({query.dtype}) must share a dtype")
+    _float_pair("context", context, "query", query)
     _same_array_type("query", query, "context", context)
 
 
@@ -565,9 +570,7 @@ def check_prompt(config: TransformerConfig, context: Array, query: Array) -> Non
     )
     if not bool(bad):
         return
-    for name, a in (("context", context), ("query", query)):
-        if bool(_non_finite(xp, a)):
-            raise ValueError(f"{name} contains NaN or infinity")
+    _raise_first_non_finite(xp, (("context", context), ("query", query)))
     for name, a in (("context", context), ("query", query)):
         if bool(_subnormal(xp, a)):
             raise ValueError(_subnormal_message(name, a.dtype))
@@ -661,10 +664,6 @@ def check_token_width(config: TransformerConfig, d: int) -> None:
         )
 
 
-def _finite_message(name: str) -> str:
-    return f"{name} contains NaN or infinity"
-
-
 def check_minimum_norm_inputs(column: Array, u_without: Array) -> None:
     """``minimum_norm_solution``'s arguments: column = W δ (B, M) and u_without = a (B, D),
     B, M, D ≥ 1, real floating point of one dtype and array type, finite, and a ≠ 0 for
@@ -681,20 +680,13 @@ def check_minimum_norm_inputs(column: Array, u_without: Array) -> None:
             f"u_without must have shape (B, D) with the column's B = {c_shape[0]}, got shape"
             f" {None if a_shape is None else tuple(a_shape)}"
         )
-    check_float_array("column", column)
-    check_float_array("u_without", u_without)
-    if column.dtype != u_without.dtype:
-        raise TypeError(
-            f"column ({column.dtype}) and u_without ({u_without.dtype}) must share a dtype"
-        )
+    _float_pair("column", column, "u_without", u_without)
     _same_array_type("u_without", u_without, "column", column)
     xp = namespace(column, u_without)
     zero = xp.all(u_without == 0, axis=-1)  # (B,)
     if not bool(_non_finite(xp, column) | _non_finite(xp, u_without) | xp.any(zero)):
         return
-    for name, a in (("column", column), ("u_without", u_without)):
-        if bool(_non_finite(xp, a)):
-            raise ValueError(_finite_message(name))
+    _raise_first_non_finite(xp, (("column", column), ("u_without", u_without)))
     prompts = [b for b in range(zero.shape[0]) if bool(zero[b])]
     raise ValueError(
         f"u_without is the zero vector for prompt(s) {prompts}: X a = W δ has no solution"
@@ -731,7 +723,7 @@ def check_null_space_inputs(update, perturbation: Array) -> None:
     _same_array_type("perturbation", perturbation, "the update's arrays", delta_W)
     xp = namespace(perturbation)
     if bool(_non_finite(xp, perturbation)):
-        raise ValueError(_finite_message("perturbation"))
+        raise ValueError("perturbation contains NaN or infinity")
 
 
 def check_linear_attention_inputs(
@@ -781,20 +773,13 @@ def check_linear_attention_inputs(
             f"query_token must have shape (B, d_token) = {(c_shape[0], D)}, got shape"
             f" {None if q is None else tuple(q)}"
         )
-    check_float_array("context_tokens", context_tokens)
-    check_float_array("query_token", query_token)
-    if context_tokens.dtype != query_token.dtype:
-        raise TypeError(
-            f"context_tokens ({context_tokens.dtype}) and query_token ({query_token.dtype})"
-            " must share a dtype"
-        )
+    _float_pair("context_tokens", context_tokens, "query_token", query_token)
     _same_array_type("context_tokens", context_tokens, "attn_params", W_Q)
     _same_array_type("query_token", query_token, "attn_params", W_Q)
     xp = namespace(context_tokens, query_token)
     if bool(_non_finite(xp, context_tokens) | _non_finite(xp, query_token)):
-        for name, a in (("context_tokens", context_tokens), ("query_token", query_token)):
-            if bool(_non_finite(xp, a)):
-                raise ValueError(_finite_message(name))
+        _raise_first_non_finite(
+            xp, (("context_tokens", context_tokens), ("query_token", query_token)))
     return int(n_heads)
 
 
