@@ -366,8 +366,8 @@ def test_theorem_delta_W_is_the_minimum_norm_solution(problem):
 
 @given(problems(config=one_block(), subset=True))
 def test_theorem_null_space_perturbation_keeps_output_and_increases_norm(problem):
-    """ΔW + M with M a = 0 gives the same output, and its Frobenius norm is strictly
-    larger: ‖ΔW + M‖² = ‖ΔW‖² + ‖M‖² (rows of ΔW ∥ aᵀ, rows of M ⊥ a)."""
+    """ΔW + Z with Z a = 0 gives the same output, and its Frobenius norm is strictly
+    larger: ‖ΔW + Z‖² = ‖ΔW‖² + ‖Z‖² (rows of ΔW ∥ aᵀ, rows of Z ⊥ a)."""
     config, params, context, query, removed, seed = problem
     (update,) = implicit.implicit_update(params, config, context, query, removed=removed)
     B, M, D = update.delta_W.shape
@@ -376,11 +376,11 @@ def test_theorem_null_space_perturbation_keeps_output_and_increases_norm(problem
     )
     perturbation = numpy.random.default_rng(seed).standard_normal((B, M, D)) * size[:, None, None]
     other = null_space_perturbation(update, perturbation)
-    M_perp = other - update.delta_W
+    Z = other - update.delta_W
 
-    M_a = numpy.linalg.norm(numpy.einsum("bmd,bd->bm", M_perp, update.u_without), axis=-1)
-    scale = numpy.linalg.norm(M_perp, axis=(1, 2)) * numpy.linalg.norm(update.u_without, axis=-1)
-    assert numpy.all(M_a <= IDENTITY_RTOL * scale)  # M⊥ a = 0 to rounding
+    Z_a = numpy.linalg.norm(numpy.einsum("bmd,bd->bm", Z, update.u_without), axis=-1)
+    scale = numpy.linalg.norm(Z, axis=(1, 2)) * numpy.linalg.norm(update.u_without, axis=-1)
+    assert numpy.all(Z_a <= IDENTITY_RTOL * scale)  # Z a = 0 to rounding
     full, _ = forward(params, config, with_query(context, query))
     patches = (update._replace(delta_W=other),)
     patched, _ = forward(params, config, remove_tokens(context, query, removed), patches=patches)
@@ -388,7 +388,7 @@ def test_theorem_null_space_perturbation_keeps_output_and_increases_norm(problem
 
     norm2 = numpy.sum(other**2, axis=(1, 2))
     min_norm2 = numpy.sum(update.delta_W**2, axis=(1, 2))
-    assert relative_residual(norm2, min_norm2 + numpy.sum(M_perp**2, axis=(1, 2))) <= IDENTITY_RTOL
+    assert relative_residual(norm2, min_norm2 + numpy.sum(Z**2, axis=(1, 2))) <= IDENTITY_RTOL
     assert numpy.all(norm2 > min_norm2)
 
 
