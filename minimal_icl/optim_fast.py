@@ -18,20 +18,10 @@ from __future__ import annotations
 import math
 
 from .backend import namespace
-from .optim import AdamState
+from .optim import AdamState, _arrays  # the arrays of a tree, in optim.flatten's order
 from .validation import check_adam_state, check_fraction, check_learning_rate, check_positive_float
 
 _LAYOUTS: dict = {}  # the leaves' shapes -> [(start, stop, shape)]
-
-
-def _leaves(tree, out: list) -> list:
-    """The arrays of a tree in ``optim.flatten`` order (None entries skipped)."""
-    if isinstance(tree, tuple):
-        for part in tree:
-            _leaves(part, out)
-    elif tree is not None:
-        out.append(tree)
-    return out
 
 
 def _layout(arrays: list) -> list:
@@ -68,10 +58,10 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
     beta1 = check_fraction("beta1", beta1)
     beta2 = check_fraction("beta2", beta2)
     eps = check_positive_float("eps", eps)
-    p_arrays = _leaves(params, [])
+    p_arrays = _arrays(params)
     spans = _layout(p_arrays)
     check_adam_state(state, params, spans[-1][1])
-    g_arrays = _leaves(grads, [])
+    g_arrays = _arrays(grads)
     xp = namespace(state.m)
     g = xp.concat([xp.reshape(a, (-1,)) for a in g_arrays])  # (P,)
     theta = xp.concat([xp.reshape(a, (-1,)) for a in p_arrays])  # (P,)
