@@ -118,12 +118,33 @@ def remove_tokens(context: Array, query: Array, removed=None) -> Array:
 
 
 def norms(a: Array) -> Array:
-    """‖a‖ over the last axis, computed as s ‖a/s‖ with s = max |a| so that squaring
-    never overflows or underflows (float32 activations of deep stacks reach 1e19)."""
+    """‖a‖ over the last axis: a (..., n) -> (...,).
+
+    The plain form √(a · a), one fused dot product per vector (``vecdot``: no a ⊙ a
+    array), wherever a · a is a normal number; a · a that overflows to inf, or underflows
+    to a subnormal number or 0 (tokens of 1e-300 give 1e-600), sends the whole array to
+    the scaled form s ‖a/s‖ with s = max |a|, which squares numbers of size at most 1
+    (float32 activations of deep stacks reach 1e19). One check on the (...,) squares
+    chooses; where a · a ≥ the smallest normal number the plain form's rounding is that of
+    normal numbers (a square that underflows inside the sum is off by at most half its
+    spacing, 2⁻¹⁰⁷⁵ in float64, against a sum of at least 2⁻¹⁰²²).
+    """
+    xp = namespace(a)
+    with quiet_checked_pass(True):  # an overflow here is checked for just below
+        squares = xp.vecdot(a, a, axis=-1)  # (...,)  a · a
+    info = xp.finfo(a.dtype)
+    if bool(xp.all((squares >= info.smallest_normal) & (squares <= info.max))):
+        return xp.sqrt(squares)
+    return scaled_norms(a)
+
+
+def scaled_norms(a: Array) -> Array:
+    """‖a‖ over the last axis as s ‖a/s‖, s = max |a| (0 where a = 0): no square
+    overflows or underflows to 0 unless ‖a‖ itself does. a (..., n) -> (...,)."""
     xp = namespace(a)
     s = xp.max(xp.abs(a), axis=-1, keepdims=True)  # (..., 1)
     scaled = a / xp.where(s == 0, xp.ones_like(s), s)
-    return s[..., 0] * xp.sqrt(xp.sum(scaled * scaled, axis=-1))
+    return s[..., 0] * xp.sqrt(xp.vecdot(scaled, scaled, axis=-1))
 
 
 def check_nonzero(norm: Array, block: int, vector: str = "A(C\\Y, x)") -> None:
