@@ -103,6 +103,7 @@ MODEL_KEYS = ("model", "deep_model", "rnn_model", "causal_stack_model")  # a rec
 
 
 def model_files() -> tuple[str, ...]:
+    """The checkpoint files the figures train into the output directory, one per model."""
     from .experiments.models import (
         CAUSAL_STACK_FILE,
         DEEP_MODEL_FILE,

@@ -225,7 +225,13 @@ def merged_forward(X: numpy.ndarray, params: MergedParams):
 
 def merged_backward(dout: numpy.ndarray, cache: MergedCache):
     """The gradients of merged_forward: (dX, MergedParams of dW_V, dW_KQ), for dout
-    (B, d+1, N+1) the gradient of the loss with respect to the output."""
+    (B, d+1, N+1) the gradient of the loss with respect to the output.
+
+    With A_i = G W^KQ_i X and dA_i = W^V_iᵀ dout:
+        dW^V_i = Σ_b dout A_iᵀ,   dW^KQ_i = Σ_b Gᵀ dA_i Xᵀ,   dG = Σ_i dA_i (W^KQ_i X)ᵀ,
+        dX = dout + Σ_i W^KQ_iᵀ Gᵀ dA_i + (dG + dGᵀ) X / N.
+    Gradient-checked in tests/test_linattn.py.
+    """
     X, G, KQX, A, params = cache
     N = X.shape[2] - 1
     # forward: out = X + Σ_i W^V_i A_i
@@ -260,7 +266,13 @@ def separate_forward(X: numpy.ndarray, params: SeparateParams):
 
 
 def separate_backward(dout: numpy.ndarray, cache: SeparateCache):
-    """The gradients of separate_forward: (dX, SeparateParams of dW_V, dW_K, dW_Q)."""
+    """The gradients of separate_forward: (dX, SeparateParams of dW_V, dW_K, dW_Q).
+
+    As ``merged_backward`` with W^KQ_i = W^K_iᵀ W^Q_i: for dKQX_i = Gᵀ dA_i,
+        dW^K_i = Σ_b (W^Q_i X) dKQX_iᵀ,   dW^Q_i = Σ_b W^K_i dKQX_i Xᵀ,
+        dX = dout + Σ_i W^Q_iᵀ W^K_i dKQX_i + (dG + dGᵀ) X / N.
+    Gradient-checked in tests/test_linattn.py.
+    """
     X, G, QX, KQX, A, params = cache
     N = X.shape[2] - 1
     # forward: out = X + Σ_i W^V_i A_i

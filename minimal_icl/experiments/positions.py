@@ -64,6 +64,7 @@ class PositionsConfig:
 
 
 def positions_config(fast: bool = False) -> PositionsConfig:
+    """The settings; the fast variant uses 10 prompts and 2,000 random pairs."""
     if fast:
         return PositionsConfig(n_tasks=10, n_random_pairs=2_000)
     return PositionsConfig()

@@ -65,6 +65,7 @@ class ThoughtConfig:
 
 
 def thought_config(fast: bool = False) -> ThoughtConfig:
+    """The settings; the fast variant uses 10 tasks, 20 held-out queries, K ≤ 10."""
     if fast:
         return ThoughtConfig(n_tasks=10, n_test=20, n_calibration=(1, 2, 3, 5, 10))
     return ThoughtConfig()
