@@ -190,6 +190,18 @@ def test_block_diagonal():
             assert numpy.array_equal(block, W[h * K : (h + 1) * K] if g == h else 0 * block)
 
 
+def test_column_sums_and_per_head_outer():
+    """column_sums(a) = Σ_r a[r, :]; per_head_outer(a, b)[h·K + k, :] = Σ_b a[b, h, k] b[b, h, :],
+    against NumPy's sum and einsum (independent formulas)."""
+    rng = numpy.random.default_rng(4)
+    a = rng.standard_normal((7, 5))
+    assert relative_residual(model_fast.column_sums(a), a.sum(axis=0)) <= IDENTITY_RTOL
+    B, H, K, D = 6, 3, 2, 4
+    left, right = rng.standard_normal((B, H, K)), rng.standard_normal((B, H, D))
+    expected = numpy.einsum("bhk,bhd->hkd", left, right).reshape(H * K, D)
+    assert relative_residual(model_fast.per_head_outer(left, right), expected) <= IDENTITY_RTOL
+
+
 def test_query_loss_and_grads_equals_the_textbook_step(backend):
     """The training step's loss and gradients: fast pass against forward(last_only) +
     query_loss + backward, on the pairwise selection of the grid."""
