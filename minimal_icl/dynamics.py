@@ -278,11 +278,11 @@ class FactorisedPath(NamedTuple):
 
     and the ΔA are differences of MLP inputs that share the query's skip term:
 
-        no LayerNorm:               ΔA ∈ range(W_O),                 dim ≤ min(D, H·K)
-        LayerNorm, no attn skip:    ΔA ∈ g ⊙ P range(W_O),           dim ≤ min(D − 1, H·K)
-        LayerNorm and attn skip:    ΔA ∈ g ⊙ P span{x, range(W_O)},  dim ≤ min(D − 1, H·K + 1)
+        no LayerNorm:               ΔA ∈ range(W_O),                      dim ≤ min(D, H·K)
+        LayerNorm, no attn skip:    ΔA ∈ γ ⊙ centred(range(W_O)),         dim ≤ min(D − 1, H·K)
+        LayerNorm and attn skip:    ΔA ∈ γ ⊙ centred(span{x, range(W_O)}), dim ≤ min(D − 1, H·K + 1)
 
-    (P removes the mean over the D features). The rank generically reaches this bound
+    (γ is LN2's gain; centred(·) subtracts the mean over the D features). The rank generically reaches this bound
     (checked numerically; docs/theory.md §4), so it exceeds 1 for N ≥ 2 in generic
     models, while for N = 1, W_1 = W_0 + ΔW(C) exactly.
     """
