@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 import numpy
 
 from ..backend import to_device
+from ..implicit import outer
 from ..tolerances import IDENTITY_RTOL, relative_residual
 
 __all__ = ["ExerciseError", "call_answer", "check_array", "check_scalar"]
@@ -74,6 +75,12 @@ def _constant_factor(answer: numpy.ndarray, expected: numpy.ndarray) -> float | 
     if relative_residual(answer, c * expected) <= MISTAKE_RTOL:
         return c
     return None
+
+
+def _rank_one(column: numpy.ndarray, a: numpy.ndarray, power: int = 2) -> numpy.ndarray:
+    """column ⊗ a/‖a‖^power per prompt: (B, M), (B, D) -> (B, M, D) (the typical wrong
+    updates of the exercises: power 2 is the theorem's row, 0 and 1 the usual slips)."""
+    return outer(column, a / numpy.linalg.norm(a, axis=-1, keepdims=True) ** power)
 
 
 def check_array(

@@ -22,17 +22,13 @@ import numpy
 
 from ..block import BlockPatch
 from ..config import TransformerConfig
-from ..implicit import implicit_update
+from ..implicit import implicit_update, outer  # outer: column ⊗ row per prompt
 from ..model import forward
 from ..params import ModelParams
 from ..tolerances import IDENTITY_RTOL, relative_residual
 from . import ExerciseError, call_answer, check_array
 
 __all__ = ["check_delta_W", "delta_W_mistakes"]
-
-
-def _outer(column: numpy.ndarray, row: numpy.ndarray) -> numpy.ndarray:
-    return column[:, :, None] * row[:, None, :]  # (B, M, D)
 
 
 def delta_W_mistakes(W, A_with, A_alone) -> list[tuple[str, numpy.ndarray]]:
@@ -43,16 +39,16 @@ def delta_W_mistakes(W, A_with, A_alone) -> list[tuple[str, numpy.ndarray]]:
     norm_C = numpy.linalg.norm(A_C, axis=-1, keepdims=True)
     return [
         ("the division by ‖A(x)‖² is missing: the row is A(x)ᵀ/‖A(x)‖², so that"
-         " ΔW A(x) = W ΔA (aᵀa/‖a‖² = 1)", _outer(column, A_x)),
+         " ΔW A(x) = W ΔA (aᵀa/‖a‖² = 1)", outer(column, A_x)),
         ("you divided by ‖A(x)‖ instead of ‖A(x)‖²: ΔW A(x) must equal W ΔA, and"
-         " aᵀa/‖a‖ = ‖a‖ ≠ 1", _outer(column, A_x / norm)),
+         " aᵀa/‖a‖ = ‖a‖ ≠ 1", outer(column, A_x / norm)),
         ("the sign of ΔA is flipped: ΔA = A(C, x) − A(x), the with-context output minus"
-         " the query alone", _outer(-column, A_x / norm**2)),
+         " the query alone", outer(-column, A_x / norm**2)),
         ("the row is A(C, x)ᵀ/‖A(C, x)‖², but the patched block runs on the query alone:"
-         " ΔW must act on A(x), so the row is A(x)ᵀ/‖A(x)‖²", _outer(column, A_C / norm_C**2)),
+         " ΔW must act on A(x), so the row is A(x)ᵀ/‖A(x)‖²", outer(column, A_C / norm_C**2)),
         ("‖A(x)‖² is summed over every prompt at once: each prompt has its own A(x), so"
          " sum the squares over the last axis only (axis=-1, keepdims=True)",
-         _outer(column, A_x / numpy.sum(A_x * A_x))),
+         outer(column, A_x / numpy.sum(A_x * A_x))),
     ]
 
 

@@ -32,7 +32,7 @@ from ..implicit import ImplicitUpdate, implicit_update
 from ..model import forward
 from ..params import ModelParams, init_params
 from ..tolerances import IDENTITY_RTOL, relative_residual
-from . import ExerciseError, _as_host, call_answer, check_array
+from . import ExerciseError, _as_host, _rank_one, call_answer, check_array
 
 __all__ = ["SkipPatchCase", "skip_patch_case", "check_skip_patch"]
 
@@ -65,12 +65,6 @@ def skip_patch_case(seed: int = 0) -> SkipPatchCase:
         numpy.asarray(batch.query), numpy.asarray(with_context.blocks[0].A[:, -1]),
         numpy.asarray(alone.blocks[0].A[:, -1]), update,
     )
-
-
-def _rank_one(column: numpy.ndarray, a: numpy.ndarray, power: int = 2) -> numpy.ndarray:
-    """column ⊗ a/‖a‖^power per prompt: (B, M), (B, D) -> (B, M, D)."""
-    row = a / numpy.linalg.norm(a, axis=-1, keepdims=True) ** power
-    return column[:, :, None] * row[:, None, :]
 
 
 def check_skip_patch(skip_patch: Callable, seed: int = 0) -> None:

@@ -20,6 +20,7 @@ import numpy
 from ..config import TransformerConfig
 from ..data import regression_prompts
 from ..dynamics import ImplicitPath, implicit_path
+from ..implicit import outer  # column ⊗ row: (B, M), (B, D) -> (B, M, D)
 from ..params import init_params
 from . import ExerciseError, _as_host, call_answer, check_array
 
@@ -56,10 +57,6 @@ def path_step_case(i: int = 3, seed: int = 0) -> PathStepCase:
                         A[:, i], A[:, i + 1], numpy.asarray(path.A_query))
 
 
-def _outer(column: numpy.ndarray, row: numpy.ndarray) -> numpy.ndarray:
-    return column[:, :, None] * row[:, None, :]  # (B, M) ⊗ (B, D) -> (B, M, D)
-
-
 def check_path_step(step: Callable, i: int = 3, seed: int = 0) -> None:
     """Check ``step(W_i, W_0, A_i, A_next, A_x) -> (G_i, W_next)`` against implicit_path.
 
@@ -83,11 +80,11 @@ def check_path_step(step: Callable, i: int = 3, seed: int = 0) -> None:
     check_array("G_i", G, G_right, mistakes=[
         ("the difference has the wrong sign: G_i = W_0 (A_i − A_{i+1}) A(x)ᵀ, the earlier"
          " state first (the step subtracts η_x G_i and must ADD W_0 (A_{i+1} − A_i) …)",
-         _outer((A_next - A_i) @ W0.T, A_x)),
+         outer((A_next - A_i) @ W0.T, A_x)),
         ("the row is A_i; the row of every G_i is A(x) = A_0, the query alone (that is why"
-         " the whole path stays rank 1)", _outer((A_i - A_next) @ W0.T, A_i)),
+         " the whole path stays rank 1)", outer((A_i - A_next) @ W0.T, A_i)),
         ("the row is A_{i+1}; the row of every G_i is A(x) = A_0, the query alone",
-         _outer((A_i - A_next) @ W0.T, A_next)),
+         outer((A_i - A_next) @ W0.T, A_next)),
         ("G_i is the gradient alone: the step size η_x = 1/‖A(x)‖² belongs in the step"
          " W_{i+1} = W_i − η_x G_i, not in G_i", G_right / norm_x**2),
     ])

@@ -39,7 +39,7 @@ from ..params import ModelParams, init_params
 from ..positions import at_position, implicit_update_every_position
 from ..thought import thought_patch
 from ..tolerances import IDENTITY_RTOL, relative_residual
-from . import ExerciseError, _as_host, call_answer, check_array
+from . import ExerciseError, _as_host, _rank_one, call_answer, check_array
 
 __all__ = [
     "PositionCase", "position_case", "check_position_patch",
@@ -92,12 +92,6 @@ def position_case(seed: int = 0) -> PositionCase:
     t = 3
     expected = at_position(implicit_update_every_position(params, config, tokens), t)
     return PositionCase(config, params, tokens, t, tuple(blocks), expected)
-
-
-def _rank_one(column: numpy.ndarray, a: numpy.ndarray, power: int = 2) -> numpy.ndarray:
-    """column ⊗ a/‖a‖^power per prompt: (B, M), (B, D) -> (B, M, D)."""
-    row = a / numpy.linalg.norm(a, axis=-1, keepdims=True) ** power
-    return column[:, :, None] * row[:, None, :]
 
 
 def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
