@@ -391,6 +391,16 @@ def test_summary_has_the_order_rows(fast_run):
     assert f"{records['convergence']['headline']['slope_trained_rnn']:.2f}" in text
 
 
+def test_summary_names_one_plateau_per_task_dimension(fast_run):
+    """The plateaus of the linear-attention row are M_0..M_d, d the task's input width
+    (d + 1 levels; D = d + 1 is the token width, one more than the last index)."""
+    out, records = fast_run
+    text = (out / "summary.md").read_text()
+    record = records["linear-dynamics"]
+    assert "held-out loss at the plateaus M_0..M_d," in text
+    assert len(record["headline"]["plateau_loss_predicted"]) == record["config"]["d"] + 1
+
+
 # -- the shared model --------------------------------------------------------------------
 
 

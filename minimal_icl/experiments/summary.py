@@ -155,7 +155,7 @@ def summary_rows(records: dict) -> list[tuple[str, str, str, str]]:
         measured = ", ".join("–" if x is None else f"{x:.4f}" for x in h["plateau_loss_measured"])
         predicted = ", ".join(f"{x:.4f}" for x in h["plateau_loss_predicted"])
         rows += [
-            ("linear-dynamics", "separate K, Q (rank 1): held-out loss at the plateaus M_0..M_D,"
+            ("linear-dynamics", "separate K, Q (rank 1): held-out loss at the plateaus M_0..M_d,"
              " measured; predicted", f"{measured}; {predicted}",
              "Zhang et al. 2025: plateaus at L(M_m) (levels re-derived here)"),
             ("linear-dynamics", "merged KQ: drops / epochs per e-fold of 1/init; separate K, Q:"
