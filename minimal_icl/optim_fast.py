@@ -22,6 +22,10 @@ from .optim import AdamState, _arrays  # the arrays of a tree, in optim.flatten'
 from .validation import check_adam_state, check_fraction, check_learning_rate, check_positive_float
 
 _LAYOUTS: dict = {}  # the leaves' shapes -> [(start, stop, shape)]
+# The parameters adam_step_fast returned last, their layout and the vector they are views
+# of: given those parameters back (the training loop's next step), it reads that vector
+# instead of walking and concatenating them anew.
+_LAST: list = [None, None, None]
 
 
 def _layout(arrays: list) -> list:
@@ -52,19 +56,24 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
 
     ``grads`` must have the records and shapes of ``params`` (``model_fast.backward_fast``
     returns them so); the scalars and the state are checked as ``adam_step`` checks them.
-    Returns (params, state); the new parameters are views of one new vector.
+    Returns (params, state); the new parameters are views of one new vector, which the
+    next call reads directly when it is given those parameters (no walk, no concatenation).
     """
     lr = check_learning_rate(lr)
     beta1 = check_fraction("beta1", beta1)
     beta2 = check_fraction("beta2", beta2)
     eps = check_positive_float("eps", eps)
-    p_arrays = _arrays(params)
-    spans = _layout(p_arrays)
+    if params is _LAST[0]:
+        spans, theta = _LAST[1], _LAST[2]  # params are views of theta: its values
+    else:
+        p_arrays = _arrays(params)
+        spans = _layout(p_arrays)
+        theta = None
     check_adam_state(state, params, spans[-1][1])
-    g_arrays = _arrays(grads)
     xp = namespace(state.m)
-    g = xp.concat([xp.reshape(a, (-1,)) for a in g_arrays])  # (P,)
-    theta = xp.concat([xp.reshape(a, (-1,)) for a in p_arrays])  # (P,)
+    if theta is None:
+        theta = xp.concat([xp.reshape(a, (-1,)) for a in p_arrays])  # (P,)
+    g = xp.concat([xp.reshape(a, (-1,)) for a in _arrays(grads)])  # (P,)
     t = state.step + 1
     root = math.sqrt(1.0 - beta2**t)
     alpha = lr * root / (1.0 - beta1**t)
@@ -73,4 +82,6 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
     v = beta2 * state.v + (1.0 - beta2) * (g * g)
     theta = theta - alpha * m / (xp.sqrt(v) + eps_hat)
     pieces = iter([xp.reshape(theta[start:stop], shape) for start, stop, shape in spans])
-    return _rebuild(params, pieces), AdamState(m=m, v=v, step=t)
+    new_params = _rebuild(params, pieces)
+    _LAST[:] = [new_params, spans, theta]
+    return new_params, AdamState(m=m, v=v, step=t)

@@ -328,3 +328,63 @@ def test_training_step_with_sgd_uses_the_fast_gradients():
     _, grads = backward(dout, cache, fast=False)
     for (name, p), (_, g), (_, n) in zip(tree_leaves(params), tree_leaves(grads), tree_leaves(new)):
         assert relative_residual(n, p - 1e-2 * g) <= IDENTITY_RTOL, name
+
+
+def test_softmax_numerators_shift_per_prompt_or_per_head():
+    """The query's softmax shifts its scores by each prompt's largest score; where a
+    head's scores lie so far below another head's that its row sum ℓ would underflow,
+    by each head's own maximum. Both give P = E/ℓ equal to the textbook softmax."""
+    rng = numpy.random.default_rng(9)
+    x = rng.standard_normal((3, 7, 2))
+    xT = numpy.concatenate([x.transpose(0, 2, 1), numpy.ones((3, 1, 7))], axis=1)
+    for spread in (1.0, 1e3, 1e6):  # head 1's scores 0, 1e3 and 1e6 below head 0's
+        S = rng.standard_normal((3, 2, 7))
+        S[:, 1, :] -= spread
+        E, yl = model_fast._softmax_numerators(S, xT)
+        assert numpy.all(yl[..., -1] > 0)
+        P = numpy.exp(S - S.max(axis=-1, keepdims=True))
+        P /= P.sum(axis=-1, keepdims=True)
+        assert relative_residual(E / yl[..., -1:], P) <= IDENTITY_RTOL, spread
+        assert relative_residual(yl, E @ xT.transpose(0, 2, 1)) <= IDENTITY_RTOL
+
+
+def test_fast_pass_with_heads_far_apart():
+    """One head's query weights 1e4 times the others': its scores reach thousands while
+    the other heads' stay of order 1, so the per-prompt shift would underflow them and
+    the per-head one is used; outputs and gradients still equal the textbook pass's."""
+    config = paper_setting().config
+    params = init_params(config, seed=3)
+    block = params.blocks[0]
+    W_Q = numpy.array(block.attn.W_Q)
+    W_Q[: config.d_head, :] *= 1e4  # head 0
+    params = params._replace(blocks=(block._replace(attn=block.attn._replace(W_Q=W_Q)),))
+    tokens = numpy.random.default_rng(3).standard_normal((4, 9, config.d_token))
+    out, cache = forward(params, config, tokens, last_only=True)
+    out_fast, cache_fast = forward_fast(params, config, tokens, last_only=True)
+    assert relative_residual(out_fast, out) <= IDENTITY_RTOL
+    G = numpy.random.default_rng(4).standard_normal(tuple(out.shape))
+    expected = numpy.concatenate(
+        [numpy.ravel(a) for _, a in tree_leaves(backward(G, cache, fast=False)[1])]
+    )
+    got = numpy.concatenate(
+        [numpy.ravel(a) for _, a in tree_leaves(backward_fast(G, cache_fast)[1])]
+    )
+    assert relative_residual(got, expected) <= IDENTITY_RTOL
+
+
+def test_adam_step_fast_reads_its_own_parameters_back():
+    """Given back the parameters it returned, adam_step_fast reads the vector they are
+    views of; given other parameters (a second model in between), it reads those: both
+    sequences stay bit for bit adam_step's."""
+    config = make_config(MODEL_CASES[0])
+    models = [random_params(config, seed=s) for s in (11, 12)]
+    fast = list(models)
+    states, states_fast = [adam_init(p) for p in models], [adam_init(p) for p in models]
+    rng = numpy.random.default_rng(6)
+    for _ in range(2):
+        for i in (0, 1):
+            grads = random_params(config, seed=int(rng.integers(100)))
+            models[i], states[i] = adam_step(models[i], grads, states[i], 1e-2)
+            fast[i], states_fast[i] = adam_step_fast(fast[i], grads, states_fast[i], 1e-2)
+            for (name, a), (_, b) in zip(tree_leaves(models[i]), tree_leaves(fast[i])):
+                assert numpy.array_equal(a, b), (i, name)
