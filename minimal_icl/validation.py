@@ -71,6 +71,12 @@ from .rnn import RNNParams
 # -- numbers ---------------------------------------------------------------------------
 
 
+def _shape(a) -> tuple | None:
+    """``a``'s shape as a tuple of ints, or None for something that is not an array."""
+    shape = getattr(a, "shape", None)
+    return None if shape is None else tuple(shape)
+
+
 def _is_integer(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, numpy.integer))
 
@@ -297,12 +303,12 @@ def check_params(params, config: TransformerConfig, name: str = "params") -> Non
                        if part == "attn" else "")
                 )
             for field, value in zip(record._fields, record):
-                shape = getattr(value, "shape", None)
+                shape = _shape(value)
                 want, formula = expected[field]
-                if shape is None or tuple(shape) != want:
+                if shape != want:
                     label = f"{part}.{field}" if kind is LayerNormParams else field
                     raise ValueError(
-                        f"block {l}: {label} has shape {None if shape is None else tuple(shape)},"
+                        f"block {l}: {label} has shape {shape},"
                         f" config expects {want} = {formula} ({name}.blocks[{l}].{part}.{field})"
                     )
                 if first is None:
@@ -341,7 +347,7 @@ def check_tokens(
     """A ValueError naming ``name`` unless ``tokens`` is a (B, T, d_token) array with B,
     T ≥ 1; a TypeError unless it is real floating point (and, when ``params`` are given,
     the same array type on the same device as they are). Reads no values."""
-    shape = getattr(tokens, "shape", None)
+    shape = _shape(tokens)
     if shape is None or len(shape) != 3:
         raise ValueError(f"{name} must have shape (B, T, d_token), got shape {shape}")
     if shape[-1] != config.d_token:
@@ -384,11 +390,11 @@ def check_patches(
             )
         for field, expected in (("delta_W", (B, M, D)), ("delta_b", (B, D))):
             value = getattr(patch, field)
-            shape = getattr(value, "shape", None)
-            if shape is None or tuple(shape) != expected:
+            shape = _shape(value)
+            if shape != expected:
                 raise ValueError(
                     f"patch for block {l}: {field} has shape"
-                    f" {None if shape is None else tuple(shape)}, expected {expected}"
+                    f" {shape}, expected {expected}"
                     f" (one per prompt: tokens hold {B} prompts) ({name}[{l}].{field})"
                 )
             check_float_array(f"{name}[{l}].{field}", value)
@@ -515,12 +521,12 @@ def check_dout(dout: Array, cache, name: str = "dout") -> None:
         )
     B, T, D = inputs[0].shape
     expected = (B, 1 if cache.last_only else T, D)
-    shape = getattr(dout, "shape", None)
-    if shape is None or tuple(shape) != expected:
+    shape = _shape(dout)
+    if shape != expected:
         raise ValueError(
             f"{name} must have the shape of forward's output, {expected}"
             f"{' (last_only)' if cache.last_only else ''}, got shape"
-            f" {None if shape is None else tuple(shape)}"
+            f" {shape}"
         )
     check_float_array(name, dout)
     _same_array_type(name, dout, "the forward pass's arrays", inputs[0])
@@ -533,21 +539,21 @@ def check_context_query(context: Array, query: Array, D: int | None = None) -> N
     """Shapes and dtypes only (no values read): context a (B, N, D) array with B ≥ 1 and
     query a (B, D) array, both real floating point of one dtype and array type; D is
     config.d_token when given, else the context's width."""
-    c_shape = getattr(context, "shape", None)
-    q_shape = getattr(query, "shape", None)
+    c_shape = _shape(context)
+    q_shape = _shape(query)
     width = "d_token" if D is None else f"d_token={D}"
     if c_shape is None or len(c_shape) != 3 or c_shape[0] < 1 or c_shape[-1] < 1 or (
         D is not None and c_shape[-1] != D
     ):
         raise ValueError(
             f"context must have shape (B, N, {width}) with B ≥ 1, got shape"
-            f" {None if c_shape is None else tuple(c_shape)}"
+            f" {c_shape}"
         )
     D = c_shape[-1]
     if q_shape is None or len(q_shape) != 2 or q_shape[-1] != D:
         raise ValueError(
             f"query must have shape (B, d_token={D}), got shape"
-            f" {None if q_shape is None else tuple(q_shape)}"
+            f" {q_shape}"
         )
     if q_shape[0] != c_shape[0]:
         raise ValueError(
@@ -668,17 +674,17 @@ def check_minimum_norm_inputs(column: Array, u_without: Array) -> None:
     """``minimum_norm_solution``'s arguments: column = W δ (B, M) and u_without = a (B, D),
     B, M, D ≥ 1, real floating point of one dtype and array type, finite, and a ≠ 0 for
     every prompt (X a = W δ has no solution for a = 0 and W δ ≠ 0). One device read."""
-    c_shape = getattr(column, "shape", None)
-    a_shape = getattr(u_without, "shape", None)
+    c_shape = _shape(column)
+    a_shape = _shape(u_without)
     if c_shape is None or len(c_shape) != 2 or min(c_shape) < 1:
         raise ValueError(
             f"column must have shape (B, M) with B, M ≥ 1 (W δ per prompt), got shape"
-            f" {None if c_shape is None else tuple(c_shape)}"
+            f" {c_shape}"
         )
     if a_shape is None or len(a_shape) != 2 or a_shape[1] < 1 or a_shape[0] != c_shape[0]:
         raise ValueError(
             f"u_without must have shape (B, D) with the column's B = {c_shape[0]}, got shape"
-            f" {None if a_shape is None else tuple(a_shape)}"
+            f" {a_shape}"
         )
     _float_pair("column", column, "u_without", u_without)
     _same_array_type("u_without", u_without, "column", column)
@@ -713,11 +719,11 @@ def check_null_space_inputs(update, perturbation: Array) -> None:
     shape = tuple(delta_W.shape)
     M, D = shape[-2], shape[-1]
     allowed = ((M, D), shape)
-    z_shape = getattr(perturbation, "shape", None)
-    if z_shape is None or tuple(z_shape) not in allowed:
+    z_shape = _shape(perturbation)
+    if z_shape not in allowed:
         raise ValueError(
             f"perturbation must have shape (M, D) = {(M, D)} or delta_W's shape {shape}, got"
-            f" shape {None if z_shape is None else tuple(z_shape)}"
+            f" shape {z_shape}"
         )
     check_float_array("perturbation", perturbation)
     _same_array_type("perturbation", perturbation, "the update's arrays", delta_W)
@@ -742,17 +748,17 @@ def check_linear_attention_inputs(
             f" {type(attn_params).__name__}"
         )
     W_Q = attn_params.W_Q
-    q_shape = getattr(W_Q, "shape", None)
+    q_shape = _shape(W_Q)
     if q_shape is None or len(q_shape) != 2:
         raise ValueError(f"attn_params.W_Q must have shape (H·K, D), got shape {q_shape}")
-    HK, D = tuple(q_shape)
+    HK, D = q_shape
     for field in ("W_K", "W_V", "W_O"):
         value = getattr(attn_params, field)
         want = (D, HK) if field == "W_O" else (HK, D)
-        shape = getattr(value, "shape", None)
-        if shape is None or tuple(shape) != want:
+        shape = _shape(value)
+        if shape != want:
             raise ValueError(
-                f"attn_params.{field} has shape {None if shape is None else tuple(shape)},"
+                f"attn_params.{field} has shape {shape},"
                 f" W_Q's shape {(HK, D)} needs {want}"
             )
     for field, value in zip(attn_params._fields, attn_params):
@@ -761,17 +767,17 @@ def check_linear_attention_inputs(
         raise ValueError(
             f"n_heads must be a positive int dividing n_heads·d_head = {HK}, got {n_heads!r}"
         )
-    c_shape = getattr(context_tokens, "shape", None)
+    c_shape = _shape(context_tokens)
     if c_shape is None or len(c_shape) != 3 or c_shape[0] < 1 or c_shape[-1] != D:
         raise ValueError(
             f"context_tokens must have shape (B, |Y|, d_token={D}) with B ≥ 1, got shape"
-            f" {None if c_shape is None else tuple(c_shape)}"
+            f" {c_shape}"
         )
-    q = getattr(query_token, "shape", None)
-    if q is None or tuple(q) != (c_shape[0], D):
+    q = _shape(query_token)
+    if q != (c_shape[0], D):
         raise ValueError(
             f"query_token must have shape (B, d_token) = {(c_shape[0], D)}, got shape"
-            f" {None if q is None else tuple(q)}"
+            f" {q}"
         )
     _float_pair("context_tokens", context_tokens, "query_token", query_token)
     _same_array_type("context_tokens", context_tokens, "attn_params", W_Q)
@@ -809,15 +815,15 @@ def check_position_updates(updates, name: str = "updates") -> int:
         shape = getattr(update.delta_W, "shape", None)
         if shape is None or len(shape) != 4 or tuple(shape[:2]) != (B, T):
             raise ValueError(
-                f"{name}[{l}].delta_W has shape {None if shape is None else tuple(shape)},"
+                f"{name}[{l}].delta_W has shape {shape},"
                 f" expected (B, T, M, D) with B = {B} prompts and T = {T} positions, as {name}[0]"
             )
         M, D = shape[2:]
         for field, want in (("column", (B, T, M)), ("row", (B, T, D))):
             shape = getattr(getattr(update, field), "shape", None)
-            if shape is None or tuple(shape) != want:
+            if shape != want:
                 raise ValueError(
-                    f"{name}[{l}].{field} has shape {None if shape is None else tuple(shape)},"
+                    f"{name}[{l}].{field} has shape {shape},"
                     f" expected {want}"
                 )
     return T
@@ -908,11 +914,11 @@ def check_von_oswald(d, eta, n_context) -> tuple[int, float, int]:
 
 def check_von_oswald_tokens(tokens: Array) -> None:
     """``von_oswald_predict``'s tokens: (B, N+1, d+1) with B, N, d ≥ 1, real floating point."""
-    shape = getattr(tokens, "shape", None)
+    shape = _shape(tokens)
     if shape is None or len(shape) != 3 or shape[0] < 1 or shape[1] < 2 or shape[2] < 2:
         raise ValueError(
             "tokens must have shape (B, N+1, d+1) with B ≥ 1, N ≥ 1 and d ≥ 1, got shape"
-            f" {None if shape is None else tuple(shape)}"
+            f" {shape}"
         )
     check_float_array("tokens", tokens)
 
@@ -946,10 +952,10 @@ def check_same_tree(name: str, tree, like_name: str, like) -> None:
             for field, x, y in zip(fields, a, b):
                 walk(x, y, f"{where}.{field}")
             return
-        shape = getattr(a, "shape", None)
-        if shape is None or tuple(shape) != tuple(b.shape):
+        shape = _shape(a)
+        if shape != tuple(b.shape):
             raise ValueError(
-                f"{name}{where} has shape {None if shape is None else tuple(shape)} but"
+                f"{name}{where} has shape {shape} but"
                 f" {like_name}{where} has {tuple(b.shape)}: {name} do not match {like_name}"
             )
         check_float_array(f"{name}{where}", a)
@@ -990,7 +996,7 @@ def check_adam_state(state, params, size: int) -> None:
         )
     for field in ("m", "v"):
         shape = getattr(getattr(state, field), "shape", None)
-        if shape is None or tuple(shape) != (size,):
+        if shape != (size,):
             raise ValueError(
                 f"state.{field} has shape {shape} but params hold {size} numbers: the state"
                 " belongs to other parameters (adam_init(params) makes a matching one)"
@@ -1042,40 +1048,40 @@ def check_batch(batch, name: str = "batch") -> None:
             f"{name} must be a RegressionBatch (from regression_prompts), got"
             f" {type(batch).__name__}"
         )
-    shape = getattr(tokens, "shape", None)
+    shape = _shape(tokens)
     if shape is None or len(shape) != 3 or shape[0] < 1 or shape[1] < 2 or shape[2] < 2:
         raise ValueError(
             f"{name}.tokens must have shape (B, N+1, d+1) with B, N, d ≥ 1, got shape"
-            f" {None if shape is None else tuple(shape)}"
+            f" {shape}"
         )
     check_float_array(f"{name}.tokens", tokens)
-    t_shape = getattr(target, "shape", None)
-    if t_shape is None or tuple(t_shape) != (shape[0],):
+    t_shape = _shape(target)
+    if t_shape != (shape[0],):
         raise ValueError(
             f"{name}.target must have shape (B,) = ({shape[0]},), got"
-            f" {None if t_shape is None else tuple(t_shape)}"
+            f" {t_shape}"
         )
 
 
 def check_prompt_parts(context_x, context_y, query_x, query_y=None) -> None:
     """``prompt_tokens``' parts: context_x (B, N, d), context_y (B, N), query_x (B, d),
     query_y None or (B,), all real floating point of one array type."""
-    shape = getattr(context_x, "shape", None)
+    shape = _shape(context_x)
     if shape is None or len(shape) != 3 or min(shape) < 1:
         raise ValueError(
             f"prompt_tokens: context_x must have shape (B, N, d) with B, N, d ≥ 1, got shape"
-            f" {None if shape is None else tuple(shape)}"
+            f" {shape}"
         )
     B, N, d = shape
     parts = [("context_y", context_y, (B, N)), ("query_x", query_x, (B, d))]
     if query_y is not None:
         parts.append(("query_y", query_y, (B,)))
     for name, a, want in parts:
-        got = getattr(a, "shape", None)
-        if got is None or tuple(got) != want:
+        got = _shape(a)
+        if got != want:
             raise ValueError(
-                f"prompt_tokens: context_x {tuple(shape)} needs {name} of shape {want}, got"
-                f" {None if got is None else tuple(got)}"
+                f"prompt_tokens: context_x {shape} needs {name} of shape {want}, got"
+                f" {got}"
             )
     check_float_array("context_x", context_x)
     for name, a, _ in parts:
@@ -1107,17 +1113,17 @@ def check_query_loss(out: Array, target: Array) -> None:
     """``query_loss``'s arguments: out (B, Tq, D) with B, Tq, D ≥ 1 and target (B,), real
     floating point, one array type. Shapes and dtypes only: no value is read (training's
     hot path; the training loop checks the losses it reads)."""
-    shape = getattr(out, "shape", None)
+    shape = _shape(out)
     if shape is None or len(shape) != 3 or min(shape) < 1:
         raise ValueError(
             "query_loss: out must have shape (B, Tq, D) with B, Tq, D ≥ 1 (forward's output),"
-            f" got {None if shape is None else tuple(shape)}"
+            f" got {shape}"
         )
-    t_shape = getattr(target, "shape", None)
-    if t_shape is None or tuple(t_shape) != (shape[0],):
+    t_shape = _shape(target)
+    if t_shape != (shape[0],):
         raise ValueError(
             f"query_loss: target must have shape (B,) = ({shape[0]},), got"
-            f" {None if t_shape is None else tuple(t_shape)}"
+            f" {t_shape}"
         )
     check_float_array("out", out)
     check_float_array("target", target)
@@ -1126,7 +1132,7 @@ def check_query_loss(out: Array, target: Array) -> None:
 
 def check_flat_vector(vector, size: int) -> None:
     """``unflatten``'s vector: an array of shape (size,), the number of entries of the tree."""
-    shape = getattr(vector, "shape", None)
+    shape = _shape(vector)
     if shape is None or len(shape) != 1:
         raise ValueError(
             f"unflatten: vector must be a one-dimensional array, got"
