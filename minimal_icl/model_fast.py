@@ -51,6 +51,7 @@ from .activations import activation_backward, activation_forward
 from .attention import causal_mask
 from .backend import Array, device, namespace
 from .config import TransformerConfig
+from .loss import query_loss
 from .params import AttentionParams, LayerNormParams, MLPParams, ModelParams
 from .validation import check_params, check_tokens
 
@@ -259,16 +260,18 @@ def _softmax_numerators(S: Array, xT: Array):
     number so large that any E_t which underflows is below ε of it, and the weights are
     those of the textbook shift to rounding. Otherwise (a head whose scores lie some
     700 (float64) or 80 (float32) below another head's) the per-head maximum is used.
+    S is the caller's own new array and is shifted in place.
     """
     xp = namespace(S)
     B, H, T = S.shape
-    shift = xp.max(xp.reshape(S, (B, H * T)), axis=1)  # (B,)
-    E = xp.exp(S - xp.reshape(shift, (B, 1, 1)))
+    S -= xp.reshape(xp.max(xp.reshape(S, (B, H * T)), axis=1), (B, 1, 1))  # per prompt
+    E = xp.exp(S)
     yl = E @ xT.mT  # (B, H, D + 1)
     info = xp.finfo(S.dtype)
     if bool(xp.min(yl[..., -1]) >= T * info.smallest_normal / info.eps):
         return E, yl
-    E = xp.exp(S - xp.max(S, axis=-1, keepdims=True))
+    S -= xp.max(S, axis=-1, keepdims=True)  # per head: S − max_t S_t to rounding
+    E = xp.exp(S)
     return E, E @ xT.mT
 
 
@@ -395,8 +398,10 @@ def _block_forward(z: Array, bp, config: TransformerConfig, query_only: bool):
     """One block on z (B, T, D); returns (out (B, Tq, D), cache)."""
     xp = namespace(z)
     B, T, D = z.shape
-    u1, ln1 = _layernorm(xp.reshape(z, (B * T, D)), bp.ln1, config.ln_eps)
-    u1 = xp.reshape(u1, (B, T, D))
+    u1, ln1 = z, None
+    if bp.ln1 is not None:
+        u1, ln1 = _layernorm(xp.reshape(z, (B * T, D)), bp.ln1, config.ln_eps)
+        u1 = xp.reshape(u1, (B, T, D))
     if query_only:
         A, attn = _query_attention(u1, bp.attn, config)  # (B, D)
         z_rows = z[:, -1, :]
@@ -528,10 +533,9 @@ def query_loss_and_grads(params: ModelParams, config: TransformerConfig, tokens,
 
     tokens (B, T, D), target (B,). Returns (loss (0-d array), grads: a ModelParams).
     """
-    from .loss import query_loss
-    from .model import backward, forward
-
     if not covers(config):
+        from .model import backward, forward
+
         out, cache = forward(params, config, tokens, last_only=True, check_finite=False)
         loss, dout = query_loss(out, target)
         _, grads = backward(dout, cache)

@@ -22,10 +22,11 @@ from .optim import AdamState, _arrays  # the arrays of a tree, in optim.flatten'
 from .validation import check_adam_state, check_fraction, check_learning_rate, check_positive_float
 
 _LAYOUTS: dict = {}  # the leaves' shapes -> [(start, stop, shape)]
-# The parameters adam_step_fast returned last, their layout and the vector they are views
-# of: given those parameters back (the training loop's next step), it reads that vector
-# instead of walking and concatenating them anew.
-_LAST: list = [None, None, None]
+# The parameters adam_step_fast returned last, their layout, the vector they are views of
+# and the state it returned: given those parameters back (the training loop's next step),
+# it reads that vector instead of walking and concatenating them anew, and that state
+# (m and v of the layout's size by construction) needs no check.
+_LAST: list = [None, None, None, None]
 
 
 def _layout(arrays: list) -> list:
@@ -69,7 +70,8 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
         p_arrays = _arrays(params)
         spans = _layout(p_arrays)
         theta = None
-    check_adam_state(state, params, spans[-1][1])
+    if state is not _LAST[3] or theta is None:
+        check_adam_state(state, params, spans[-1][1])
     xp = namespace(state.m)
     if theta is None:
         theta = xp.concat([xp.reshape(a, (-1,)) for a in p_arrays])  # (P,)
@@ -83,5 +85,6 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
     theta = theta - alpha * m / (xp.sqrt(v) + eps_hat)
     pieces = iter([xp.reshape(theta[start:stop], shape) for start, stop, shape in spans])
     new_params = _rebuild(params, pieces)
-    _LAST[:] = [new_params, spans, theta]
-    return new_params, AdamState(m=m, v=v, step=t)
+    new_state = AdamState(m=m, v=v, step=t)
+    _LAST[:] = [new_params, spans, theta, new_state]
+    return new_params, new_state

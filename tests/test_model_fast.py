@@ -340,7 +340,7 @@ def test_softmax_numerators_shift_per_prompt_or_per_head():
     for spread in (1.0, 1e3, 1e6):  # head 1's scores 0, 1e3 and 1e6 below head 0's
         S = rng.standard_normal((3, 2, 7))
         S[:, 1, :] -= spread
-        E, yl = model_fast._softmax_numerators(S, xT)
+        E, yl = model_fast._softmax_numerators(S.copy(), xT)
         assert numpy.all(yl[..., -1] > 0)
         P = numpy.exp(S - S.max(axis=-1, keepdims=True))
         P /= P.sum(axis=-1, keepdims=True)
