@@ -166,3 +166,25 @@ def best_seconds(f, repeats: int = 7) -> float:
         f()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-300, 1e150])
+def test_implicit_path_norms_at_every_scale(prompts, scale):
+    """implicit_path's increment norms ‖W_0 ΔA_i‖/‖A(x)‖ and η_x = 1/‖A(x)‖² on tokens
+    scaled by 1e-300 (every square underflows; η_x itself, about 1e590, is inf, as the
+    float says) and 1e150 (the squares of the increments overflow), against math.hypot
+    of the path's own vectors."""
+    context, query, _ = prompts
+    config = stack(1)
+    params = init_params(config, seed=0)
+    with numpy.errstate(over="ignore"):  # η_x overflows at 1e-300
+        path = implicit_path(params, config, context[:8] * scale, query[:8] * scale)
+        norm = reference_norms(numpy.asarray(path.A_query))
+        step_size = (1.0 / norm) / norm
+    assert numpy.all(numpy.isinf(step_size)) == (scale == 1e-300)
+    finite = numpy.isfinite(step_size)
+    assert numpy.array_equal(numpy.isfinite(path.step_size), finite)
+    if finite.any():
+        assert relative_residual(path.step_size[finite], step_size[finite]) <= IDENTITY_RTOL
+    want = reference_norms(numpy.asarray(path.columns)) / norm[:, None]
+    assert relative_residual(path.increment_norms, want) <= IDENTITY_RTOL
