@@ -19,7 +19,7 @@ the query, and the training loss reads only the last token of the last block.
 ``attention_backward`` is the textbook backward, the forward read in reverse.
 ``attention_fast.attention_backward_fast`` gives the same gradients (to rounding) by
 products that avoid building the (B, H, T, K) gradients of the keys and values;
-``model.backward`` uses it unless ``fast=False``, and training uses ``model_fast``, the
+``model.backward(..., fast=True)`` uses it, and training uses ``model_fast``, the
 whole query-only step written for speed. Both are tested equal to this textbook path.
 """
 

@@ -77,13 +77,13 @@ def block_forward(
 
 
 def block_backward(
-    dout: Array, cache: BlockCache, fast: bool = True
+    dout: Array, cache: BlockCache, fast: bool = False
 ) -> tuple[Array, BlockParams]:
     """Returns (dz, BlockParams of gradients).
 
-    ``fast`` runs the attention backward as ``attention_backward_fast`` (the same
-    gradients by cheaper products); ``fast=False`` runs the textbook
-    ``attention_backward``.
+    By default the attention backward is the textbook ``attention_backward``, the mirror
+    of the forward; ``fast=True`` runs ``attention_backward_fast`` (the same gradients by
+    cheaper products).
 
     With a patch, the gradient of the per-prompt W1 + ΔW is summed over prompts: it is
     the gradient with respect to the shared W1 (and to a shared ΔW).

@@ -80,13 +80,14 @@ def forward(
     return x, ModelCache(blocks=tuple(caches), inputs=tuple(inputs), last_only=last_only)
 
 
-def backward(dout: Array, cache: ModelCache, fast: bool = True) -> tuple[Array, ModelParams]:
+def backward(dout: Array, cache: ModelCache, fast: bool = False) -> tuple[Array, ModelParams]:
     """Gradients of a scalar loss given dout = ∂loss/∂out; returns (dtokens, grads).
 
-    ``fast`` (the default) takes each attention backward by
-    ``attention_backward_fast``; ``fast=False`` by the textbook ``attention_backward``.
-    Both give the same gradients to rounding (tests/test_attention_fast.py). Training
-    runs ``model_fast`` instead, the same numbers by fewer, larger products.
+    By default each block's backward is the textbook one (``attention_backward``, the
+    mirror of the forward); ``fast=True`` takes each attention backward by
+    ``attention_backward_fast``. Both give the same gradients to rounding
+    (tests/test_attention_fast.py). Training runs ``model_fast`` instead, the same
+    numbers by fewer, larger products.
     """
     check_dout(dout, cache)
     fast = check_bool("fast", fast)

@@ -515,7 +515,7 @@ def query_loss_and_grads(params: ModelParams, config: TransformerConfig, tokens,
 
         out, cache = forward(params, config, tokens, last_only=True, check_finite=False)
         loss, dout = query_loss(out, target)
-        _, grads = backward(dout, cache)
+        _, grads = backward(dout, cache, fast=True)
         return loss, grads
     out, cache = forward_fast(params, config, tokens, last_only=True)
     loss, dout = query_loss(out, target)
