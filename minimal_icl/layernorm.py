@@ -1,7 +1,8 @@
 """LayerNorm over the token width, a forward/backward pair.
 
-    LN(x) = g ⊙ (x − μ) / √(σ² + eps) + b,
-    μ = mean(x), σ² = mean((x − μ)²)  (the biased variance), over the last axis.
+    LN(x) = γ ⊙ (x − μ) / √(σ² + eps) + β,
+    μ = mean(x), σ² = mean((x − μ)²)  (the biased variance), over the last axis;
+    γ, β are the LayerNorm's gain and bias (``LayerNormParams.gain``, ``.bias``).
 """
 
 from __future__ import annotations
