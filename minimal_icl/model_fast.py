@@ -45,11 +45,13 @@ from __future__ import annotations
 
 import functools
 import math
+
+import numpy
 from typing import NamedTuple
 
 from .activations import activation_backward, activation_forward
 from .attention import causal_mask
-from .backend import Array, device, namespace
+from .backend import Array, constant, device, namespace, reshape
 from .config import TransformerConfig
 from .loss import query_loss
 from .params import AttentionParams, LayerNormParams, MLPParams, ModelParams
@@ -92,19 +94,26 @@ def block_diagonal(W: Array, n_heads: int) -> Array:
     Row block h, column block h is W_h (K, D); every other block is 0. Then
     (q diag(W_h))[b, h·D:(h+1)·D] = W_hᵀ q_h for queries q (B, H·K). A stack of
     weights (S, H·K, D) gives the stack of their block-diagonal matrices (S, H·K, H·D).
+    Made as one product, vec(W) Π, with Π the 0/1 matrix that puts entry (h, k, d) of W
+    at row h·K + k, column h·D + d (one GEMM instead of a broadcast over four axes).
     """
     xp = namespace(W)
     *stack, HK, D = W.shape
     H, K = n_heads, HK // n_heads
-    blocks = _head_eye(xp, H, W.dtype, device(W)) * xp.reshape(W, (*stack, H, K, 1, D))
-    return xp.reshape(blocks, (*stack, HK, H * D))
+    placed = reshape(W, (-1, HK * D)) @ _placement(xp, H, K, D, W.dtype, device(W))
+    return reshape(placed, (*stack, HK, H * D))
 
 
 @functools.lru_cache(maxsize=16)
-def _head_eye(xp, n_heads: int, dtype, dev) -> Array:
-    """The identity I_H as an (H, 1, H, 1) array, made once per namespace, size, dtype and
-    device (read only: every use multiplies it into a new array)."""
-    return xp.reshape(xp.eye(n_heads, dtype=dtype, device=dev), (n_heads, 1, n_heads, 1))
+def _placement(xp, H: int, K: int, D: int, dtype, dev) -> Array:
+    """Π (H·K·D, H·K·H·D) of :func:`block_diagonal`, made once per namespace, sizes, dtype
+    and device (read only: every use multiplies it into a new array)."""
+    h, k, d = numpy.meshgrid(numpy.arange(H), numpy.arange(K), numpy.arange(D), indexing="ij")
+    rows = numpy.ravel((h * K + k) * D + d)  # the entry's index in vec(W)
+    cols = numpy.ravel((h * K + k) * (H * D) + h * D + d)  # its index in vec(diag(W_h))
+    placement = numpy.zeros((H * K * D, H * K * H * D))
+    placement[rows, cols] = 1.0
+    return xp.asarray(placement, dtype=dtype, device=dev)
 
 
 def per_head_outer(a: Array, b: Array) -> Array:
@@ -112,7 +121,7 @@ def per_head_outer(a: Array, b: Array) -> Array:
     xp = namespace(a, b)
     B, H, K = a.shape
     prod = xp.permute_dims(a, (1, 2, 0)) @ xp.permute_dims(b, (1, 0, 2))  # (H, K, D)
-    return xp.reshape(prod, (H * K, b.shape[-1]))
+    return reshape(prod, (H * K, b.shape[-1]))
 
 
 class RowNormCache(NamedTuple):
@@ -150,11 +159,12 @@ def _layernorm_backward(dy: Array, c: RowNormCache):
 
 
 def _activation(x: Array, kind: str):
-    """relu as max(x, 0) against a 0-d zero (no zeros array); gelu as ``activations``."""
+    """relu as max(x, 0) against a 0-d zero made once (no zeros array); gelu as
+    ``activations``."""
     if kind != "relu":
         return activation_forward(x, kind)
     xp = namespace(x)
-    zero = xp.zeros((), dtype=x.dtype, device=device(x))
+    zero = constant(xp, (), 0.0, x.dtype, device(x))
     return xp.maximum(x, zero), (x, zero)
 
 
@@ -229,27 +239,84 @@ def _query_attention(x: Array, p: AttentionParams, config: TransformerConfig):
     xp = namespace(x)
     B, T, D = x.shape
     H, K = config.n_heads, config.d_head
-    KV_diag = block_diagonal(xp.stack([p.W_K, p.W_V]), H)  # (2, H·K, H·D)
+    dev = device(x)
+    W_KV = reshape(xp.concat([p.W_K, p.W_V], axis=None), (2, H * K, D))
+    KV_diag = block_diagonal(W_KV, H)  # (2, H·K, H·D)
     K_diag, V_diag = KV_diag[0, ...], KV_diag[1, ...]
-    # [x, 1]ᵀ as a C-contiguous (B, D + 1, T) array: a reshape of the transposed view
-    # copies it in row order, and batched products with its rows run at GEMM speed
-    xT = xp.reshape(xp.reshape(xp.permute_dims(x, (0, 2, 1)), (B, D * T)), (B, D, T))
-    xT = xp.concat([xT, xp.ones((B, 1, T), dtype=x.dtype, device=device(x))], axis=1)
+    # [x, 1]ᵀ as a C-contiguous (B, D + 1, T) array: batched products with its rows run
+    # at GEMM speed, and its row of ones gives sums over t (ℓ, the shift) as products
+    xT = xp.empty((B, D + 1, T), dtype=x.dtype, device=dev)
+    xT[:, :D, :] = xp.permute_dims(x, (0, 2, 1))
+    xT[:, D, :] = 1.0
     q = (x[:, -1, :] @ p.W_Q.mT) * (1.0 / math.sqrt(K))  # (B, H·K)
-    r = xp.reshape(q @ K_diag, (B, H, D))  # (B, H, D)   r_h = W_K,hᵀ q_h
-    S = r @ xT[:, :D, :]  # (B, H, T)  S_t = r_hᵀ x_t = q_h · k_t
-    if config.attention == "softmax":
-        S -= xp.max(S, axis=-1, keepdims=True)
-        E = xp.exp(S)
-        yl = E @ xT.mT  # (B, H, D + 1): [Σ_t E_t x_t, ℓ]
-        inv_norm = 1.0 / yl[..., D:]  # (B, H, 1)
-        y = yl[..., :D] * inv_norm  # ȳ_h = Σ_t P_t x_t, P = E/ℓ
-    else:
+    r_rows = reshape(q @ K_diag, (B * H, D))  # (B·H, D)   r_h = W_K,hᵀ q_h
+    r = reshape(r_rows, (B, H, D))
+    if config.attention == "linear":
+        S = r @ xT[:, :D, :]  # (B, H, T)  S_t = r_hᵀ x_t = q_h · k_t
         E, inv_norm = S, None  # the query sees every key: no causal mask at the last position
         y = S @ x
-    heads = xp.reshape(y, (B, H * D)) @ V_diag.mT  # (B, H·K)  W_V,h ȳ_h
+    else:
+        E, inv_norm, y = _softmax_average(r_rows, x, xT)
+    heads = reshape(y, (B, H * D)) @ V_diag.mT  # (B, H·K)  W_V,h ȳ_h
     A = heads @ p.W_O.mT  # (B, D)
     return A, QueryAttentionCache(x, xT, q, r, E, inv_norm, y, heads, K_diag, V_diag)
+
+
+def _softmax_average(r_rows: Array, x: Array, xT: Array):
+    """ȳ_h = Σ_t P_t x_t with P = softmax_t(S), S_t = r_hᵀ x_t, by a shift bounded above.
+
+    Softmax is the same for every shift c of the scores, P = exp(S − c)/Σ_t exp(S − c).
+    The textbook takes c = max_t S_t: a maximum over the T keys and a broadcast
+    subtraction on the (B, H, T) scores, which in the paper's step cost more than the
+    exponential. Here, by Hölder's inequality, with m the largest |entry| of the batch's x,
+
+        c_h = ‖r_h‖₁ m ≥ Σ_d |r_h,d| |x_t,d| ≥ r_hᵀ x_t = S_t    for every t,
+
+    from a product on the (B·H, D) rows of r and one maximum over x, and −c_h enters the
+    scores' product as a last coordinate of r against the row of ones of [x, 1]ᵀ.
+    Every exp(S_t − c) ≤ 1 (up to rounding), so nothing overflows. Nor does precision
+    suffer while ℓ = Σ_t exp(S_t − c) ≥ T·smallest_normal: each exp(S_t − c) is then
+    exact to half a unit of the smallest subnormal, smallest_normal·eps/2, or better, so
+    the weights P = E/ℓ are exact to eps/2 of their sum, 1, as with c = max_t S_t. Where
+    some ℓ leaves [T·smallest_normal, 2T] (a bound looser than the exponent range
+    allows: about 708 in float64, 87 in float32; or a non-finite score), the batch is
+    redone with the exact maximum, :func:`_softmax_average_exact` (tests compare them).
+    That check reads two numbers back: free for NumPy, a synchronisation per step on a
+    GPU, so arrays of other libraries take the exact maximum directly (a training step
+    reads nothing back there, tests/test_errors.py).
+
+    r_rows (B·H, D), x (B, T, D), xT = [x, 1]ᵀ (B, D + 1, T). Returns (E (B, H, T) =
+    exp(S − c), 1/ℓ (B, H, 1), ȳ (B, H, D)).
+    """
+    xp = namespace(x)
+    B, T, D = x.shape
+    H = r_rows.shape[0] // B
+    r = reshape(r_rows, (B, H, D))
+    if type(x) is not numpy.ndarray:
+        return _softmax_average_exact(r, xT)
+    minus_ones = constant(xp, (D, 1), -1.0, x.dtype, device(x))
+    minus_shift = reshape(xp.abs(r_rows) @ minus_ones, (B, H, 1)) * xp.max(xp.abs(x))  # −c_h
+    E = xp.exp(xp.concat([r, minus_shift], axis=-1) @ xT)  # (B, H, T)  exp(S − c)
+    yl = E @ xT.mT  # (B, H, D + 1): [Σ_t E_t x_t, ℓ]
+    norm = yl[..., D:]  # (B, H, 1)  ℓ
+    low, high = T * xp.finfo(x.dtype).smallest_normal, 2.0 * T
+    # NaN fails both comparisons: a non-finite score also takes the exact path
+    if not (low <= float(xp.min(norm)) and float(xp.max(norm)) <= high):
+        return _softmax_average_exact(r, xT)
+    inv_norm = 1.0 / norm
+    return E, inv_norm, yl[..., :D] * inv_norm  # ȳ_h = Σ_t P_t x_t, P = E/ℓ
+
+
+def _softmax_average_exact(r: Array, xT: Array):
+    """:func:`_softmax_average` with the textbook shift c = max_t S_t; r (B, H, D)."""
+    xp = namespace(r)
+    D = r.shape[-1]
+    S = r @ xT[:, :D, :]  # (B, H, T)  S_t = r_hᵀ x_t
+    S -= xp.max(S, axis=-1, keepdims=True)
+    E = xp.exp(S)
+    yl = E @ xT.mT  # (B, H, D + 1): [Σ_t E_t x_t, ℓ]
+    inv_norm = 1.0 / yl[..., D:]
+    return E, inv_norm, yl[..., :D] * inv_norm
 
 
 def _query_attention_backward(dA: Array, c: QueryAttentionCache, p, config, input_grad: bool):
@@ -259,22 +326,24 @@ def _query_attention_backward(dA: Array, c: QueryAttentionCache, p, config, inpu
     H, K = config.n_heads, config.d_head
     dheads = dA @ p.W_O  # (B, H·K)
     dW_O = dA.mT @ c.heads  # (D, H·K)
-    dy = xp.reshape(dheads @ c.V_diag, (B, H, D))  # (B, H, D)  dȳ_h = W_V,hᵀ d out_h
-    dW_V = per_head_outer(xp.reshape(dheads, (B, H, K)), c.y)  # Σ_b d out_h ȳ_hᵀ
+    dy_rows = reshape(dheads @ c.V_diag, (B * H, D))  # (B·H, D)  dȳ_h = W_V,hᵀ d out_h
+    dy = reshape(dy_rows, (B, H, D))
+    dW_V = per_head_outer(reshape(dheads, (B, H, K)), c.y)  # Σ_b d out_h ȳ_hᵀ
     if c.inv_norm is not None:
         # dS = P ⊙ (dP − Σ_t dP_t P_t), dP_t = x_tᵀ dȳ_h, Σ_t dP_t P_t = dȳ_h · ȳ_h:
         # E ⊙ ([dȳ, −dȳ·ȳ] [x, 1]ᵀ) = ℓ dS
-        ones = xp.ones((D, 1), dtype=dA.dtype, device=device(dA))
-        row = (dy * c.y) @ ones  # (B, H, 1): a product, not a reduction over D
-        dS_l = c.E * (xp.concat([dy, -row], axis=-1) @ c.xT)  # (B, H, T)
+        minus_ones = constant(xp, (D, 1), -1.0, dA.dtype, device(dA))
+        # −dȳ_h·ȳ_h (B, H, 1): a product of the (B·H, D) rows, not a reduction over D
+        row = reshape((dy_rows * reshape(c.y, (B * H, D))) @ minus_ones, (B, H, 1))
+        dS_l = c.E * (xp.concat([dy, row], axis=-1) @ c.xT)  # (B, H, T)
         # Σ_t dS_t x_t from [x, 1] (its last column, Σ_t dS_t = 0, is dropped): a
         # product with D + 1 columns runs faster than one with D
         dr = (dS_l @ c.xT.mT)[..., :D] * c.inv_norm  # (B, H, D)
     else:
         dS_l = dy @ c.xT[:, :D, :]  # dS = dP
         dr = dS_l @ c.x
-    dq = xp.reshape(dr, (B, H * D)) @ c.K_diag.mT  # (B, H·K)  W_K,h dr_h
-    dW_K = per_head_outer(xp.reshape(c.q, (B, H, K)), dr)  # Σ_b q_h dr_hᵀ
+    dq = reshape(dr, (B, H * D)) @ c.K_diag.mT  # (B, H·K)  W_K,h dr_h
+    dW_K = per_head_outer(reshape(c.q, (B, H, K)), dr)  # Σ_b q_h dr_hᵀ
     scale = 1.0 / math.sqrt(K)
     dW_Q = (dq.mT @ c.x[:, -1, :]) * scale  # (H·K, D)
     grads = AttentionParams(W_Q=dW_Q, W_K=dW_K, W_V=dW_V, W_O=dW_O)
@@ -300,7 +369,7 @@ def _full_attention(x: Array, p: AttentionParams, config: TransformerConfig):
     B, T, D = x.shape
     H, K = config.n_heads, config.d_head
     W_qkv = xp.concat([p.W_Q * (1.0 / math.sqrt(K)), p.W_K, p.W_V], axis=0)  # (3HK, D)
-    qkv = xp.reshape(xp.reshape(x, (B * T, D)) @ W_qkv.mT, (B, T, 3, H, K))
+    qkv = reshape(reshape(x, (B * T, D)) @ W_qkv.mT, (B, T, 3, H, K))
     qkv = xp.permute_dims(qkv, (2, 0, 3, 1, 4))  # (3, B, H, T, K)
     q, k, v = qkv[0, ...], qkv[1, ...], qkv[2, ...]
     St = k @ q.mT  # (B, H, T, T)  Sᵀ: keys along axis 2, queries along axis 3; 1/√K in q
@@ -325,8 +394,8 @@ def _full_attention(x: Array, p: AttentionParams, config: TransformerConfig):
     else:
         E, inv_norm, v1 = St, None, None
         o = E.mT @ v
-    heads = xp.reshape(xp.permute_dims(o, (0, 2, 1, 3)), (B, T, H * K))
-    A = xp.reshape(xp.reshape(heads, (B * T, H * K)) @ p.W_O.mT, (B, T, D))
+    heads = reshape(xp.permute_dims(o, (0, 2, 1, 3)), (B, T, H * K))
+    A = reshape(reshape(heads, (B * T, H * K)) @ p.W_O.mT, (B, T, D))
     return A, FullAttentionCache(x, W_qkv, q, k, v, v1, E, inv_norm, o, heads, mask)
 
 
@@ -336,10 +405,10 @@ def _full_attention_backward(dA: Array, c: FullAttentionCache, p, config, input_
     B, T, D = c.x.shape
     H, K = config.n_heads, config.d_head
     HK = H * K
-    dA_rows = xp.reshape(dA, (B * T, D))
-    dW_O = dA_rows.mT @ xp.reshape(c.heads, (B * T, HK))  # (D, H·K)
+    dA_rows = reshape(dA, (B * T, D))
+    dW_O = dA_rows.mT @ reshape(c.heads, (B * T, HK))  # (D, H·K)
     dheads = dA_rows @ p.W_O  # (B·T, H·K)
-    dPv = xp.permute_dims(xp.reshape(dheads, (B, T, H, K)), (0, 2, 1, 3))  # (B, H, T, K)
+    dPv = xp.permute_dims(reshape(dheads, (B, T, H, K)), (0, 2, 1, 3))  # (B, H, T, K)
     if c.inv_norm is not None:
         # dS = P ⊙ (dP − Σ_keys dP P) with Σ_keys dP P = dPv · o, P = E/ℓ, dP = dPv vᵀ:
         # dSᵀ = Eᵀ ⊙ ([v, 1] [dPv/ℓ, −(dPv · o)/ℓ]ᵀ)
@@ -357,15 +426,15 @@ def _full_attention_backward(dA: Array, c: FullAttentionCache, p, config, input_
     dk = dSt @ c.q
     # (B, T, 3, H, K) in one copy, the layout of the fused projection's output
     dqkv = xp.stack([xp.permute_dims(a, (0, 2, 1, 3)) for a in (dq, dk, dv)], axis=2)
-    dqkv = xp.reshape(dqkv, (B * T, 3 * HK))
-    dW = dqkv.mT @ xp.reshape(c.x, (B * T, D))  # (3HK, D)
+    dqkv = reshape(dqkv, (B * T, 3 * HK))
+    dW = dqkv.mT @ reshape(c.x, (B * T, D))  # (3HK, D)
     grads = AttentionParams(
         W_Q=dW[:HK, :] * (1.0 / math.sqrt(K)), W_K=dW[HK : 2 * HK, :], W_V=dW[2 * HK :, :],
         W_O=dW_O,
     )  # fmt: skip
     if not input_grad:
         return None, grads
-    return xp.reshape(dqkv @ c.W_qkv, (B, T, D)), grads
+    return reshape(dqkv @ c.W_qkv, (B, T, D)), grads
 
 
 # -- blocks ------------------------------------------------------------------------------
@@ -377,16 +446,16 @@ def _block_forward(z: Array, bp, config: TransformerConfig, query_only: bool):
     B, T, D = z.shape
     u1, ln1 = z, None
     if bp.ln1 is not None:
-        u1, ln1 = _layernorm(xp.reshape(z, (B * T, D)), bp.ln1, config.ln_eps)
-        u1 = xp.reshape(u1, (B, T, D))
+        u1, ln1 = _layernorm(reshape(z, (B * T, D)), bp.ln1, config.ln_eps)
+        u1 = reshape(u1, (B, T, D))
     if query_only:
         A, attn = _query_attention(u1, bp.attn, config)  # (B, D)
         z_rows = z[:, -1, :]
         Tq = 1
     else:
         A, attn = _full_attention(u1, bp.attn, config)
-        A = xp.reshape(A, (B * T, D))
-        z_rows = xp.reshape(z, (B * T, D))
+        A = reshape(A, (B * T, D))
+        z_rows = reshape(z, (B * T, D))
         Tq = T
     h = z_rows + A if config.attn_skip else A  # (B·Tq, D)
     u, ln2 = _layernorm(h, bp.ln2, config.ln_eps)
@@ -396,7 +465,7 @@ def _block_forward(z: Array, bp, config: TransformerConfig, query_only: bool):
     if config.mlp_skip:
         out = h + out
     cache = FastBlockCache(bp, z, ln1, attn, ln2, u, act, hidden, query_only)
-    return xp.reshape(out, (B, Tq, D)), cache
+    return reshape(out, (B, Tq, D)), cache
 
 
 def _block_backward(dout: Array, c: FastBlockCache, config: TransformerConfig, input_grad):
@@ -404,7 +473,7 @@ def _block_backward(dout: Array, c: FastBlockCache, config: TransformerConfig, i
     xp = namespace(dout)
     B, T, D = c.z.shape
     bp = c.params
-    d_rows = xp.reshape(dout, (-1, D))  # (B·Tq, D)
+    d_rows = reshape(dout, (-1, D))  # (B·Tq, D)
     dhidden = d_rows @ bp.mlp.W2
     dW2 = d_rows.mT @ c.hidden
     db2 = column_sums(d_rows)
@@ -425,12 +494,12 @@ def _block_backward(dout: Array, c: FastBlockCache, config: TransformerConfig, i
         du1, dattn = _query_attention_backward(dh, c.attn, bp.attn, config, need_dx)
     else:
         du1, dattn = _full_attention_backward(
-            xp.reshape(dh, (B, T, D)), c.attn, bp.attn, config, need_dx
+            reshape(dh, (B, T, D)), c.attn, bp.attn, config, need_dx
         )
     dln1 = None
     if c.ln1 is not None:
-        du1, dln1 = _layernorm_backward(xp.reshape(du1, (B * T, D)), c.ln1)
-        du1 = xp.reshape(du1, (B, T, D))
+        du1, dln1 = _layernorm_backward(reshape(du1, (B * T, D)), c.ln1)
+        du1 = reshape(du1, (B, T, D))
     if not input_grad:
         return None, _grads(bp, dattn, dmlp, dln1, dln2)
     if config.attn_skip:
@@ -438,14 +507,13 @@ def _block_backward(dout: Array, c: FastBlockCache, config: TransformerConfig, i
             last = xp.expand_dims(du1[:, -1, :] + dh, axis=1)
             du1 = xp.concat([du1[:, :-1, :], last], axis=1)
         else:
-            du1 = du1 + xp.reshape(dh, (B, T, D))
+            du1 = du1 + reshape(dh, (B, T, D))
     return du1, _grads(bp, dattn, dmlp, dln1, dln2)
 
 
 def column_sums(a: Array) -> Array:
     """Σ_r a[r, :] for rows a (R, n), as the product 1ᵀ a (a GEMV, not a reduction)."""
-    xp = namespace(a)
-    ones = xp.ones((1, a.shape[0]), dtype=a.dtype, device=device(a))
+    ones = constant(namespace(a), (1, a.shape[0]), 1.0, a.dtype, device(a))
     return (ones @ a)[0, :]
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from .backend import namespace
+from .backend import namespace, reshape
 from .optim import AdamState, _arrays  # the arrays of a tree, in optim.flatten's order
 from .validation import check_adam_state, check_fraction, check_learning_rate, check_positive_float
 
@@ -74,8 +74,8 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
         check_adam_state(state, params, spans[-1][1])
     xp = namespace(state.m)
     if theta is None:
-        theta = xp.concat([xp.reshape(a, (-1,)) for a in p_arrays])  # (P,)
-    g = xp.concat([xp.reshape(a, (-1,)) for a in _arrays(grads)])  # (P,)
+        theta = xp.concat(p_arrays, axis=None)  # (P,) the arrays flattened, in order
+    g = xp.concat(_arrays(grads), axis=None)  # (P,)
     t = state.step + 1
     root = math.sqrt(1.0 - beta2**t)
     alpha = lr * root / (1.0 - beta1**t)
@@ -83,7 +83,7 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
     m = beta1 * state.m + (1.0 - beta1) * g
     v = beta2 * state.v + (1.0 - beta2) * (g * g)
     theta = theta - alpha * m / (xp.sqrt(v) + eps_hat)
-    pieces = iter([xp.reshape(theta[start:stop], shape) for start, stop, shape in spans])
+    pieces = iter([reshape(theta[start:stop], shape) for start, stop, shape in spans])
     new_params = _rebuild(params, pieces)
     new_state = AdamState(m=m, v=v, step=t)
     _LAST[:] = [new_params, spans, theta, new_state]

@@ -43,6 +43,7 @@ from test_model import (
 import minimal_icl.model_fast as model_fast
 import minimal_icl.train
 from minimal_icl import (
+    FLOAT32_RTOL,
     IDENTITY_RTOL,
     TransformerConfig,
     adam_init,
@@ -370,3 +371,94 @@ def test_adam_step_fast_reads_its_own_parameters_back():
             fast[i], states_fast[i] = adam_step_fast(fast[i], grads, states_fast[i], 1e-2)
             for (name, a), (_, b) in zip(tree_leaves(models[i]), tree_leaves(fast[i])):
                 assert numpy.array_equal(a, b), (i, name)
+
+
+# -- the query row's softmax: a shift bounded above, the exact maximum where it is too loose
+
+
+def _query_row(tokens, seed: int, scale: float):
+    """r (B·H, D) of a paper-shaped head layout at ``scale`` and [x, 1]ᵀ for ``tokens``."""
+    B, T, D = tokens.shape
+    H = 8
+    r_rows = scale * numpy.random.default_rng(seed).standard_normal((B * H, D))
+    r_rows = numpy.asarray(r_rows, dtype=tokens.dtype)
+    xT = numpy.concatenate([tokens.transpose(0, 2, 1), numpy.ones((B, 1, T), tokens.dtype)], 1)
+    return r_rows, numpy.ascontiguousarray(xT)
+
+
+def _spy_on_the_exact_path(monkeypatch) -> list:
+    calls = []
+    exact = model_fast._softmax_average_exact
+
+    def spy(*args):
+        calls.append(1)
+        return exact(*args)
+
+    monkeypatch.setattr(model_fast, "_softmax_average_exact", spy)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "dtype, scale",
+    [("float64", 1e-3), ("float64", 1.0), ("float64", 10.0), ("float32", 1e-3), ("float32", 3.0)],
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_shifted_softmax_equals_the_exact_maximum(monkeypatch, dtype, scale, seed):
+    """Softmax with the Hölder shift c_h = ‖r_h‖₁ max|x| ≥ max_t S_t gives the weights
+    P = E/ℓ and the averages ȳ of the shift c = max_t S_t, with scores of order 1e-6 to
+    100 (float64) or 30 (float32: a shift 87 above the largest score underflows), and
+    takes the exact path for none of these batches."""
+    rtol = IDENTITY_RTOL if dtype == "float64" else FLOAT32_RTOL
+    calls = _spy_on_the_exact_path(monkeypatch)
+    tokens = numpy.random.default_rng(10 + seed).standard_normal((6, 11, 3)).astype(dtype)
+    r_rows, xT = _query_row(tokens, seed, scale)
+    E, inv_norm, y = model_fast._softmax_average(r_rows, tokens, xT)
+    assert calls == []
+    E0, inv_norm0, y0 = model_fast._softmax_average_exact(r_rows.reshape(6, 8, 3), xT)
+    assert len(calls) == 1
+    assert relative_residual(E * inv_norm, E0 * inv_norm0) <= rtol
+    assert relative_residual(y, y0) <= rtol
+    assert numpy.all(E <= 1.0 + 1e-12)  # exp(S − c) with c ≥ S: nothing overflows
+
+
+@pytest.mark.parametrize("dtype, big", [("float64", 1e4), ("float32", 300.0)])
+def test_a_loose_shift_takes_the_exact_maximum(monkeypatch, dtype, big):
+    """One token with an entry of ``big`` makes c_h = ‖r_h‖₁ max|x| exceed the other
+    prompts' scores by more than the exponent range (about 708 in float64, 87 in
+    float32): their ℓ underflows, the batch is redone with the exact maximum, and the
+    forward pass and its gradients still equal the textbook pass's."""
+    calls = _spy_on_the_exact_path(monkeypatch)
+    config = paper_setting().config
+    params = init_params(config, seed=1, dtype=dtype)
+    tokens = numpy.random.default_rng(5).standard_normal((4, 9, config.d_token)).astype(dtype)
+    tokens[0, 3, 1] = big  # a context token of prompt 0
+    r_rows, xT = _query_row(tokens, 0, 1.0)
+    _, inv_norm, _ = model_fast._softmax_average(r_rows, tokens, xT)
+    assert calls == [1] and numpy.all(numpy.isfinite(inv_norm))
+    out, cache = forward(params, config, tokens, last_only=True)
+    out_fast, cache_fast = forward_fast(params, config, tokens, last_only=True)
+    assert calls == [1, 1]
+    rtol = IDENTITY_RTOL if dtype == "float64" else FLOAT32_RTOL
+    assert relative_residual(out_fast, out) <= rtol
+    G = numpy.random.default_rng(4).standard_normal(tuple(out.shape)).astype(dtype)
+    expected = numpy.concatenate(
+        [numpy.ravel(a) for _, a in tree_leaves(backward(G, cache, fast=False)[1])]
+    )
+    got = numpy.concatenate(
+        [numpy.ravel(a) for _, a in tree_leaves(backward_fast(G, cache_fast)[1])]
+    )
+    assert relative_residual(got, expected) <= rtol
+
+
+def test_a_non_finite_score_takes_the_exact_maximum(monkeypatch):
+    """A NaN token fails both comparisons of the check: the exact path runs, and its NaN
+    reaches the same outputs as the textbook pass's."""
+    calls = _spy_on_the_exact_path(monkeypatch)
+    config = paper_setting().config
+    params = init_params(config, seed=1)
+    tokens = numpy.random.default_rng(5).standard_normal((4, 9, config.d_token))
+    tokens[2, 4, 0] = numpy.nan
+    out = forward(params, config, tokens, last_only=True, check_finite=False)[0]
+    out_fast = forward_fast(params, config, tokens, last_only=True)[0]
+    assert calls == [1]
+    assert numpy.array_equal(numpy.isnan(out_fast), numpy.isnan(out))
