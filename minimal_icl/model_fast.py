@@ -3,7 +3,7 @@
 ``model.forward`` / ``model.backward`` read like the maths, one layer at a time
 (attention.py, mlp.py, layernorm.py). This module computes the same outputs and gradients
 by other products, chosen for few and large array operations. It is what ``train_step``
-calls; the tutorials and the theorems read the textbook layers. Four changes:
+calls; the tutorials and the theorems read the textbook layers. Five changes:
 
 * **The query row's attention without keys or values.** In a block computed at the last
   position only (``last_only``, Tq = 1: the last block in training), per head h with
@@ -17,6 +17,11 @@ calls; the tutorials and the theorems read the textbook layers. Four changes:
   tokens Σ_t E_t x_t and the softmax denominators ℓ = Σ_t E_t together. The backward is
   the same in reverse: dȳ_h = W_V,hᵀ d out_h, dP_t = x_tᵀ dȳ_h, dr_h = Σ_t dS_t x_t,
   dW_V,h = Σ_b d out_h ȳ_hᵀ, dW_K,h = Σ_b q_h dr_hᵀ.
+* **The query row's softmax shifted by a bound.** Any shift c ≥ max_t S_t gives the same
+  weights; c_h = ‖r_h‖₁ max|x| (Hölder) costs a product on (B·H, D) rows where the
+  maximum over the keys and its broadcast subtraction cost as much as the exponential
+  (:func:`_softmax_average`, with the exact maximum where the bound is too loose for
+  the exponent range, and for arrays other than NumPy's).
 * **Per-head weights as one block-diagonal product.** r = (W_K,hᵀ q_h)_h for all heads
   is one GEMM of the (B, H·K) queries with the (H·K, H·D) block-diagonal matrix
   diag(W_K,1, …, W_K,H); likewise out = ȳ diag(W_V,h)ᵀ and their backward.
@@ -25,7 +30,7 @@ calls; the tutorials and the theorems read the textbook layers. Four changes:
       Σ_t dP_t P_t = dPv · o      (the per-row sum of softmax_backward),
 
   so dP − Σ_t dP_t P_t is one augmented product, [dPv, −dPv · o] [v, 1]ᵀ, and with the
-  unnormalised weights E = exp(S − max S) the row sums ℓ divide the small outputs
+  unnormalised weights E = exp(S − c) the row sums ℓ divide the small outputs
   (o = (E v)/ℓ) and gradients instead of the weights: dS = E ⊙ [dPv/ℓ, −(dPv · o)/ℓ] [v, 1]ᵀ.
 * **Every position at once** in the other blocks: queries, keys and values from one
   (B·T, D) @ (D, 3·H·K) GEMM with 1/√K folded into W_Q, the scores kept transposed
@@ -38,7 +43,9 @@ the token and parameter gradients as one vector within 1e-12 of its largest entr
 attention call within 1e-12 of the terms its gradients are summed from; NumPy on the
 whole grid, array_api_strict on its pairwise covering selection. Configurations this
 module does not cover (patched blocks, or a contextual layer other than attention) go
-to the textbook pass: see :func:`covers`. Pure array-API code, no compiled extension.
+to the textbook pass: see :func:`covers`. Pure array-API code, no compiled extension;
+``backend.reshape`` and ``backend.constant`` (vectors of ones made once) save NumPy's
+per-call overhead, which at the paper's sizes costs more than the arithmetic.
 """
 
 from __future__ import annotations
@@ -294,8 +301,9 @@ def _softmax_average(r_rows: Array, x: Array, xT: Array):
     r = reshape(r_rows, (B, H, D))
     if type(x) is not numpy.ndarray:
         return _softmax_average_exact(r, xT)
+    m = max(float(xp.max(x)), -float(xp.min(x)))  # max |x| (two reductions, no |x| array)
     minus_ones = constant(xp, (D, 1), -1.0, x.dtype, device(x))
-    minus_shift = reshape(xp.abs(r_rows) @ minus_ones, (B, H, 1)) * xp.max(xp.abs(x))  # −c_h
+    minus_shift = reshape(xp.abs(r_rows) @ minus_ones, (B, H, 1)) * m  # (B, H, 1)  −c_h
     E = xp.exp(xp.concat([r, minus_shift], axis=-1) @ xT)  # (B, H, T)  exp(S − c)
     yl = E @ xT.mT  # (B, H, D + 1): [Σ_t E_t x_t, ℓ]
     norm = yl[..., D:]  # (B, H, 1)  ℓ
