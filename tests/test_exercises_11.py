@@ -21,18 +21,18 @@ def position_patch_with(row="alone", power=2, column="delta", position="t", lone
                         bias="delta", transpose=False):
     """A per-position patch with one switch per typical mistake (the defaults are right)."""
 
-    def position_patch(W, u_with, h_with, u_alone, h_alone, t):
+    def position_patch(W, u_C, h_C, u_0, h_0, t):
         s = t if position == "t" else -1
-        u_t, h_t = u_with[:, s], h_with[:, s]
-        u_0, h_0 = (u_alone[:, s], h_alone[:, s]) if lone == "own" else (u_alone[:, -1], h_alone[:, -1])
-        a = {"alone": u_0, "with": u_t}[row]
-        c = {"delta": u_t - u_0, "u_t": u_t}[column] @ W.T  # (B, M)
+        u_t, h_t = u_C[:, s], h_C[:, s]
+        u_n, h_n = (u_0[:, s], h_0[:, s]) if lone == "own" else (u_0[:, -1], h_0[:, -1])
+        a = {"alone": u_n, "with": u_t}[row]
+        c = {"delta": u_t - u_n, "u_t": u_t}[column] @ W.T  # (B, M)
         r = a / numpy.linalg.norm(a, axis=-1, keepdims=True) ** power
         delta_W = c[:, :, None] * r[:, None, :]
         if transpose:
             delta_W = numpy.swapaxes(delta_W, -1, -2)
-        delta_b = {"delta": h_t - h_0, "zero": numpy.zeros_like(h_t), "h_t": h_t,
-                   "minus": h_0 - h_t}[bias]
+        delta_b = {"delta": h_t - h_n, "zero": numpy.zeros_like(h_t), "h_t": h_t,
+                   "minus": h_n - h_t}[bias]
         return delta_W, delta_b
 
     return position_patch
@@ -41,17 +41,17 @@ def position_patch_with(row="alone", power=2, column="delta", position="t", lone
 def thought_delta_with(kind="pinv"):
     """Δ* = U A⁺, or one typical mistake."""
 
-    def thought_delta(W, u_with, u_alone):
-        U = ((u_with - u_alone) @ W.T).mT  # (B, M, K)
-        A = u_alone.mT  # (B, D, K)
-        per_query = U[:, :, :, None] * (u_alone / numpy.sum(u_alone**2, -1, keepdims=True))[:, None]
+    def thought_delta(W, u_C, u_0):
+        U = ((u_C - u_0) @ W.T).mT  # (B, M, K)
+        A = u_0.mT  # (B, D, K)
+        per_query = U[:, :, :, None] * (u_0 / numpy.sum(u_0**2, -1, keepdims=True))[:, None]
         return {
             "pinv": lambda: U @ numpy.linalg.pinv(A),
             "sum": lambda: per_query.sum(-2),
             "mean": lambda: per_query.mean(-2),
             "transpose_A": lambda: U @ A.mT,
-            "u_C": lambda: (u_with @ W.T).mT @ numpy.linalg.pinv(A),
-            "A_with": lambda: U @ numpy.linalg.pinv(u_with.mT),
+            "u_C": lambda: (u_C @ W.T).mT @ numpy.linalg.pinv(A),
+            "A_with": lambda: U @ numpy.linalg.pinv(u_C.mT),
             "minus": lambda: -(U @ numpy.linalg.pinv(A)),
             "swapped": lambda: (U @ numpy.linalg.pinv(A)).mT,
         }[kind]()
@@ -73,8 +73,8 @@ def test_the_position_case_is_not_degenerate():
     T = case.tokens.shape[1]
     assert 0 < case.t < T - 1 and case.config.causal and case.config.n_blocks == 2
     s = case.blocks[0]
-    assert relative_residual(s.u_alone[:, case.t], s.u_alone[:, -1]) > 1e-2
-    assert relative_residual(s.h_with[:, case.t], s.h_alone[:, case.t]) > 1e-2
+    assert relative_residual(s.u_0[:, case.t], s.u_0[:, -1]) > 1e-2
+    assert relative_residual(s.h_C[:, case.t], s.h_0[:, case.t]) > 1e-2
 
 
 @pytest.mark.parametrize(
@@ -148,4 +148,4 @@ def test_placeholders_and_bad_returns():
     with pytest.raises(ExerciseError, match="Δb′_t \\(block 1\\) has shape"):
         check_position_patch(lambda *args: (right(*args)[0], right(*args)[1][0]))
     with pytest.raises(ExerciseError, match="has shape"):
-        check_thought_delta(lambda W, u_with, u_alone: W)
+        check_thought_delta(lambda W, u_C, u_0: W)

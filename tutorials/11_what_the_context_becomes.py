@@ -163,22 +163,22 @@ for l, block in enumerate(stack.blocks):
 #
 # ### Your turn: the patch of position $t$
 #
-# From the states of every position, `u_with` $= u_t$, `h_with` $= h_t$, `u_alone`
-# $= u_{\emptyset,t}$, `h_alone` $= h_{\emptyset,t}$ (each (B, T, D)) and `W` (M, D), return
+# From the states of every position, `u_C` $= u_t$, `h_C` $= h_t$, `u_0`
+# $= u_{\emptyset,t}$, `h_0` $= h_{\emptyset,t}$ (each (B, T, D)) and `W` (M, D), return
 # position `t`'s $\Delta W_t$ (B, M, D) and $\Delta b'_t$ (B, D) from the equation above.
 # The check calls your function for both blocks of a causal stack, compares with
 # `implicit_update_every_position`, and runs `tokens[:, t:t+1]` through the stack patched
 # with your answers.
 
 # %%
-def position_patch(W, u_with, h_with, u_alone, h_alone, t):
+def position_patch(W, u_C, h_C, u_0, h_0, t):
     """ΔW_t = W (u_t − u_∅,t) u_∅,tᵀ/‖u_∅,t‖² (B, M, D) and Δb′_t = h_t − h_∅,t (B, D)."""
     ### BEGIN SOLUTION
-    u_t, u_0 = u_with[:, t], u_alone[:, t]  # (B, D)
-    column = (u_t - u_0) @ W.T  # (B, M): W δu_t
-    row = u_0 / numpy.sum(u_0**2, axis=-1, keepdims=True)  # (B, D): u_∅,t/‖u_∅,t‖²
+    u_t, a = u_C[:, t], u_0[:, t]  # (B, D): u_t and a = u_∅,t
+    column = (u_t - a) @ W.T  # (B, M): W δu_t
+    row = a / numpy.sum(a**2, axis=-1, keepdims=True)  # (B, D): u_∅,t/‖u_∅,t‖²
     delta_W = column[:, :, None] * row[:, None, :]  # (B, M, D)
-    delta_b = h_with[:, t] - h_alone[:, t]  # (B, D)
+    delta_b = h_C[:, t] - h_0[:, t]  # (B, D)
     ### END SOLUTION
     return delta_W, delta_b
 
@@ -343,18 +343,18 @@ plt.show()
 #
 # ### Your turn: $\Delta^* = U A^+$
 #
-# From `u_with` $= u_C(x_k)$ and `u_alone` $= u_\emptyset(x_k)$, both (B, K, D), and `W` (M, D),
+# From `u_C` $= u_C(x_k)$ and `u_0` $= u_\emptyset(x_k)$, both (B, K, D), and `W` (M, D),
 # return $\Delta^*$ (B, M, D). `numpy.linalg.pinv` inverts a stack of matrices; mind which
 # axis of $A$ is $D$ and which is $K$. The check compares with `thought_patch` for $K = 3$ and
 # $K = 7$ on a block with $D = 4$, and runs the $K = 3$ calibration queries alone through the
 # patched block.
 
 # %%
-def thought_delta(W, u_with, u_alone):
+def thought_delta(W, u_C, u_0):
     """Δ* = U A⁺ (B, M, D): U = [W (u_C(x_k) − u_∅(x_k))]_k, A = [u_∅(x_k)]_k."""
     ### BEGIN SOLUTION
-    U = ((u_with - u_alone) @ W.T).mT  # (B, M, K): column k is u_k = W δu_k
-    A = u_alone.mT  # (B, D, K): column k is a_k
+    U = ((u_C - u_0) @ W.T).mT  # (B, M, K): column k is u_k = W δu_k
+    A = u_0.mT  # (B, D, K): column k is a_k
     return U @ numpy.linalg.pinv(A)  # (B, M, D)
     ### END SOLUTION
 

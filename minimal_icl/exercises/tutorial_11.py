@@ -6,7 +6,7 @@
 
        ΔW_t = W (u_t − u_∅,t) u_∅,tᵀ / ‖u_∅,t‖²,   Δb′_t = h_t − h_∅,t   (MLP skip).
 
-   The reader writes ``position_patch(W, u_with, h_with, u_alone, h_alone, t)`` from the
+   The reader writes ``position_patch(W, u_C, h_C, u_0, h_0, t)`` from the
    states of every position, (B, T, D). The check calls it for each block of a causal
    2-block pre-LN stack with both skips, compares with
    :func:`minimal_icl.positions.implicit_update_every_position` at t, and runs position
@@ -16,7 +16,7 @@
 2. One patch for all queries (docs/theory.md §7). With K calibration queries,
    a_k = u_∅(x_k) and u_k = W (u_C(x_k) − u_∅(x_k)), the minimum-norm least-squares fit
    of Δ a_k ≈ u_k is Δ* = U A⁺, U = [u_1 .. u_K] (M, K), A = [a_1 .. a_K] (D, K). The
-   reader writes ``thought_delta(W, u_with, u_alone)`` from u_C(x_k), u_∅(x_k) (B, K, D).
+   reader writes ``thought_delta(W, u_C, u_0)`` from u_C(x_k), u_∅(x_k) (B, K, D).
    The check compares with :func:`minimal_icl.thought.thought_patch` for K = 3 ≤ D and
    K = 7 > D on a one-block model without MLP skip, and for K = 3 (A of full column
    rank) runs each calibration query alone through the patched block: it must give
@@ -54,10 +54,10 @@ class BlockStates(NamedTuple):
     """One block's states at every position, (B, T, D) each."""
 
     W: numpy.ndarray  # (M, D)        the block's MLP first weight
-    u_with: numpy.ndarray  # u_t:     MLP input at t, whole prompt
-    h_with: numpy.ndarray  # h_t:     residual after attention at t, whole prompt
-    u_alone: numpy.ndarray  # u_∅,t:  MLP input, position t's input run alone
-    h_alone: numpy.ndarray  # h_∅,t
+    u_C: numpy.ndarray  # u_t:     MLP input at t, whole prompt
+    h_C: numpy.ndarray  # h_t:     residual after attention at t, whole prompt
+    u_0: numpy.ndarray  # u_∅,t:  MLP input, position t's input run alone
+    h_0: numpy.ndarray  # h_∅,t
 
 
 class PositionCase(NamedTuple):
@@ -95,9 +95,9 @@ def position_case(seed: int = 0) -> PositionCase:
 
 
 def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
-    """Check ``position_patch(W, u_with, h_with, u_alone, h_alone, t) -> (delta_W, delta_b)``.
+    """Check ``position_patch(W, u_C, h_C, u_0, h_0, t) -> (delta_W, delta_b)``.
 
-    Shapes: W (M, D); u_with, h_with, u_alone, h_alone (B, T, D); t an int; returns
+    Shapes: W (M, D); u_C, h_C, u_0, h_0 (B, T, D); t an int; returns
     delta_W (B, M, D) and delta_b (B, D), position t's patch of one block. Called once
     per block of the case's stack; then the patched stack on tokens[:, t:t+1] must give
     position t's output of the whole prompt. Raises ExerciseError naming the mistake.
@@ -106,15 +106,15 @@ def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
     t = case.t
     patches = []
     for l, s in enumerate(case.blocks):
-        answer = call_answer(position_patch, s.W.copy(), s.u_with.copy(), s.h_with.copy(),
-                             s.u_alone.copy(), s.h_alone.copy(), t, name="position_patch")
+        answer = call_answer(position_patch, s.W.copy(), s.u_C.copy(), s.h_C.copy(),
+                             s.u_0.copy(), s.h_0.copy(), t, name="position_patch")
         if not isinstance(answer, (tuple, list)) or len(answer) != 2:
             raise ExerciseError("position_patch must return two arrays: (delta_W, delta_b)")
         delta_W, delta_b = answer
-        u_t, u_0, h_t, h_0 = s.u_with[:, t], s.u_alone[:, t], s.h_with[:, t], s.h_alone[:, t]
-        u_x, h_x = s.u_alone[:, -1], s.h_alone[:, -1]  # the last token alone
+        u_t, u_0, h_t, h_0 = s.u_C[:, t], s.u_0[:, t], s.h_C[:, t], s.h_0[:, t]
+        u_x, h_x = s.u_0[:, -1], s.h_0[:, -1]  # the last token alone
         column = (u_t - u_0) @ s.W.T  # (B, M)  W δu_t
-        last = (s.u_with[:, -1] - u_x) @ s.W.T
+        last = (s.u_C[:, -1] - u_x) @ s.W.T
         name = f"ΔW_t (block {l + 1})"
         check_array(name, delta_W, case.expected[l].delta_W, mistakes=[
             ("the row is built from the with-context input u_t; it is position t's input"
@@ -134,7 +134,7 @@ def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
              " gain h_t − h_∅,t", numpy.zeros_like(h_t)),
             ("Δb′_t is h_t; it is the change of the residual stream, h_t − h_∅,t", h_t),
             ("that is the LAST position's Δb′ (index −1); take position t",
-             s.h_with[:, -1] - h_x),
+             s.h_C[:, -1] - h_x),
             ("that is Innocenti & Achour's variant, h_t − h_x; here the lone token is"
              " position t's own: h_t − h_∅,t", h_t - h_x),
         ])
@@ -188,9 +188,9 @@ def _states(case: ThoughtCase, K: int) -> tuple[numpy.ndarray, numpy.ndarray, nu
 
 
 def check_thought_delta(thought_delta: Callable, seed: int = 0) -> None:
-    """Check ``thought_delta(W, u_with, u_alone) -> delta_W``: Δ* = U A⁺.
+    """Check ``thought_delta(W, u_C, u_0) -> delta_W``: Δ* = U A⁺.
 
-    Shapes: W (M, D); u_with = u_C(x_k), u_alone = u_∅(x_k) (B, K, D); delta_W (B, M, D).
+    Shapes: W (M, D); u_C = u_C(x_k), u_0 = u_∅(x_k) (B, K, D); delta_W (B, M, D).
     Compared with ``thought_patch`` for K = 3 and K = 7 (D = 4); for K = 3 each
     calibration query alone through the patched block must give T_W(C, x_k).
     Raises ExerciseError naming the mistake.
