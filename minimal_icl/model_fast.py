@@ -101,26 +101,19 @@ def block_diagonal(W: Array, n_heads: int) -> Array:
     Row block h, column block h is W_h (K, D); every other block is 0. Then
     (q diag(W_h))[b, h·D:(h+1)·D] = W_hᵀ q_h for queries q (B, H·K). A stack of
     weights (S, H·K, D) gives the stack of their block-diagonal matrices (S, H·K, H·D).
-    Made as one product, vec(W) Π, with Π the 0/1 matrix that puts entry (h, k, d) of W
-    at row h·K + k, column h·D + d (one GEMM instead of a broadcast over four axes).
     """
     xp = namespace(W)
     *stack, HK, D = W.shape
     H, K = n_heads, HK // n_heads
-    placed = reshape(W, (-1, HK * D)) @ _placement(xp, H, K, D, W.dtype, device(W))
-    return reshape(placed, (*stack, HK, H * D))
+    blocks = _head_eye(xp, H, W.dtype, device(W)) * reshape(W, (*stack, H, K, 1, D))
+    return reshape(blocks, (*stack, HK, H * D))
 
 
 @functools.lru_cache(maxsize=16)
-def _placement(xp, H: int, K: int, D: int, dtype, dev) -> Array:
-    """Π (H·K·D, H·K·H·D) of :func:`block_diagonal`, made once per namespace, sizes, dtype
-    and device (read only: every use multiplies it into a new array)."""
-    h, k, d = numpy.meshgrid(numpy.arange(H), numpy.arange(K), numpy.arange(D), indexing="ij")
-    rows = numpy.ravel((h * K + k) * D + d)  # the entry's index in vec(W)
-    cols = numpy.ravel((h * K + k) * (H * D) + h * D + d)  # its index in vec(diag(W_h))
-    placement = numpy.zeros((H * K * D, H * K * H * D))
-    placement[rows, cols] = 1.0
-    return xp.asarray(placement, dtype=dtype, device=dev)
+def _head_eye(xp, n_heads: int, dtype, dev) -> Array:
+    """The identity I_H as an (H, 1, H, 1) array, made once per namespace, size, dtype and
+    device (read only: every use multiplies it into a new array)."""
+    return xp.reshape(xp.eye(n_heads, dtype=dtype, device=dev), (n_heads, 1, n_heads, 1))
 
 
 def per_head_outer(a: Array, b: Array) -> Array:
