@@ -52,9 +52,9 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy
-from typing import NamedTuple
 
 from .activations import activation_backward, activation_forward
 from .attention import causal_mask
@@ -147,7 +147,6 @@ def _layernorm(x: Array, p: LayerNormParams | None, eps: float):
 
 def _layernorm_backward(dy: Array, c: RowNormCache):
     """``layernorm.layernorm_backward`` on rows: dx = rstd (dx̂ − mean dx̂ − x̂ mean(dx̂ x̂))."""
-    xp = namespace(dy)
     D = dy.shape[-1]
     dgain = column_sums(dy * c.x_hat)
     dbias = column_sums(dy)
@@ -443,7 +442,6 @@ def _full_attention_backward(dA: Array, c: FullAttentionCache, p, config, input_
 
 def _block_forward(z: Array, bp, config: TransformerConfig, query_only: bool):
     """One block on z (B, T, D); returns (out (B, Tq, D), cache)."""
-    xp = namespace(z)
     B, T, D = z.shape
     u1, ln1 = z, None
     if bp.ln1 is not None:

@@ -23,7 +23,15 @@ from minimal_icl import (
     tree_leaves,
     tree_map,
 )
-from minimal_icl.backend import device, erf, erf_array_api, namespace, resolve_dtype
+from minimal_icl.backend import (
+    constant,
+    device,
+    erf,
+    erf_array_api,
+    namespace,
+    reshape,
+    resolve_dtype,
+)
 
 DEVICE1 = array_api_strict.Device("device1")
 
@@ -128,6 +136,36 @@ def test_resolve_dtype():
 def test_device():
     assert device(numpy.zeros(2)) == "cpu"
     assert device(array_api_strict.asarray([1.0], device=DEVICE1)) == DEVICE1
+
+
+def test_reshape_is_the_namespaces_reshape():
+    """backend.reshape gives xp.reshape's array (values, shape, and a view where xp gives
+    one) for NumPy through the method and for array_api_strict through its namespace."""
+    a = numpy.arange(24.0).reshape(2, 3, 4)
+    b = reshape(a, (6, 4))
+    assert b.shape == (6, 4) and numpy.array_equal(b, numpy.reshape(a, (6, 4)))
+    assert numpy.shares_memory(a, b)
+    c = reshape(numpy.swapaxes(a, 1, 2), (2, 12))  # not a view: a copy in row order
+    assert numpy.array_equal(c, numpy.reshape(numpy.swapaxes(a, 1, 2), (2, 12)))
+    s = array_api_strict.asarray(a, device=DEVICE1)
+    t = reshape(s, (4, 6))
+    assert type(t) is type(s) and t.shape == (4, 6) and device(t) == DEVICE1
+    on_cpu = array_api_strict.asarray(t, device=array_api_strict.Device("CPU_DEVICE"))
+    assert numpy.array_equal(numpy.asarray(on_cpu), a.reshape(4, 6))
+
+
+def test_constant_is_made_once_and_read_only():
+    """backend.constant fills an array of the shape, value, dtype and device asked for,
+    returns the same array on the next call, and NumPy's copy refuses writes."""
+    ones = constant(numpy, (3, 1), -1.0, numpy.float32, "cpu")
+    assert ones.shape == (3, 1) and ones.dtype == numpy.float32 and numpy.all(ones == -1.0)
+    assert constant(numpy, (3, 1), -1.0, numpy.float32, "cpu") is ones
+    assert constant(numpy, (3, 1), -1.0, numpy.float64, "cpu") is not ones
+    with pytest.raises(ValueError, match="read-only"):
+        ones[0, 0] = 2.0
+    x = array_api_strict
+    zero = constant(x, (), 0.0, x.float64, DEVICE1)
+    assert zero.shape == () and device(zero) == DEVICE1 and float(zero) == 0.0
 
 
 def test_relative_residual(backend):
