@@ -274,12 +274,13 @@ def _softmax_average(r_rows: Array, x: Array, xT: Array):
     from a product on the (B·H, D) rows of r and one maximum over x, and −c_h enters the
     scores' product as a last coordinate of r against the row of ones of [x, 1]ᵀ.
     Every exp(S_t − c) ≤ 1 (up to rounding), so nothing overflows. Nor does precision
-    suffer while ℓ = Σ_t exp(S_t − c) ≥ T·smallest_normal: each exp(S_t − c) is then
-    exact to half a unit of the smallest subnormal, smallest_normal·eps/2, or better, so
-    the weights P = E/ℓ are exact to eps/2 of their sum, 1, as with c = max_t S_t. Where
-    some ℓ leaves [T·smallest_normal, 2T] (a bound looser than the exponent range
-    allows: about 708 in float64, 87 in float32; or a non-finite score), the batch is
-    redone with the exact maximum, :func:`_softmax_average_exact` (tests compare them).
+    suffer while ℓ = Σ_t exp(S_t − c) ≥ T·smallest_normal: an exp(S_t − c) rounded to
+    the subnormal grid is off by at most smallest_normal·eps/2, so over the T weights
+    P = E/ℓ the subnormals add at most eps/2 to the rounding (the weights sum to 1), the
+    size of the rounding that c = max_t S_t leaves as well. Where some ℓ leaves
+    [T·smallest_normal, 2T] (a bound looser than the exponent range allows: about 708 in
+    float64, 87 in float32; or a non-finite score), the batch is redone with the exact
+    maximum, :func:`_softmax_average_exact` (tests compare them).
     That check reads two numbers back: free for NumPy, a synchronisation per step on a
     GPU, so arrays of other libraries take the exact maximum directly (a training step
     reads nothing back there, tests/test_errors.py).
