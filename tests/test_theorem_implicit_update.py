@@ -39,6 +39,7 @@ from minimal_icl import (
     DegenerateQueryError,
     TransformerConfig,
     forward,
+    init_params,
     linear_attention_context_vector,
     minimum_norm_solution,
     null_space_perturbation,
@@ -344,6 +345,36 @@ def test_theorem_delta_W_is_rank_one(problem):
         assert numpy.all(sigma[:, 1:] <= RANK_RTOL * sigma[:, :1])
         mapped = numpy.einsum("bmd,bd->bm", update.delta_W, update.u_without)
         assert relative_residual(mapped, W_delta) <= IDENTITY_RTOL
+
+
+@given(problems(config=one_block()))
+def test_theorem_delta_W_depends_on_the_query(problem):
+    """The same context gives another ΔW for another query (the problem's query and a
+    second draw), wherever ΔW is not zero (a dead MLP column can make W δu = 0)."""
+    config, params, context, query, _, _ = problem
+    other = numpy.random.default_rng(7).standard_normal(query.shape)
+    (mine,) = implicit.implicit_update(params, config, context, query)
+    (theirs,) = implicit.implicit_update(params, config, context, other)
+    assume(numpy.all(numpy.abs(mine.delta_W).max(axis=(1, 2)) > 0))
+    assert relative_residual(mine.delta_W, theirs.delta_W) > 1e-8
+
+
+def test_theorem_a_patch_belongs_to_its_query():
+    """On the paper's block (random weights, 5 prompts), the patch of x reproduces
+    T_W(C, x), the patch of x' reproduces T_W(C, x'), and the patch of x applied at x'
+    misses T_W(C, x') by far more than rounding."""
+    config = TransformerConfig(d_token=3, n_heads=8, d_head=2, d_mlp=128)
+    params = init_params(config, seed=0)
+    rng = numpy.random.default_rng(0)
+    context = rng.standard_normal((5, 10, 3))
+    query, other = rng.standard_normal((2, 5, 3))
+    (mine,) = implicit.implicit_update(params, config, context, query)
+    (theirs,) = implicit.implicit_update(params, config, context, other)
+    target, _ = forward(params, config, with_query(context, other))
+    own, _ = forward(params, config, other[:, None, :], patches=(theirs,))
+    borrowed, _ = forward(params, config, other[:, None, :], patches=(mine,))
+    assert relative_residual(own[:, -1], target[:, -1]) <= IDENTITY_RTOL
+    assert relative_residual(borrowed[:, -1], target[:, -1]) > 1e-3
 
 
 @given(problems(config=one_block(), subset=True))

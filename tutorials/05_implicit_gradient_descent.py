@@ -218,8 +218,10 @@ plt.show()
 # $A_{>i}$ is $\gamma \odot n_i + \beta$ (LN2's gain $\gamma$ and bias $\beta$) with $n_i$ of zero
 # mean over its $D$ features; in the difference $\Delta A(c_i) = \gamma \odot (n_{i-1} - n_i)$
 # the bias cancels, so all the $\Delta A$ lie in one
-# $(D-1)$-dimensional subspace and the bound is $D - 1$. So $W_N - W_0$ is not of full rank:
-# its rank is at most $D$ (or $D - 1$), far below $M = 32$, though no longer 1. Measure it:
+# $(D-1)$-dimensional subspace and the bound is $D - 1$. So $W_N - W_0$, an $M \times D$
+# matrix, has rank at most $D$ without LayerNorm (generically exactly $D$: full column rank)
+# and at most $D - 1$ with it (rank-deficient): far below $M = 32$ either way, though no
+# longer 1. Measure it:
 # the rank of $W_N - W_0$ (`factorised.delta_W(N)`, (B, M, D)) and the dimension of the span
 # of the $\Delta A(c_i)$ (`factorised.delta_A`, (B, N, D)), without and with LayerNorm, and
 # for short contexts $N = 1, 2, 3$.

@@ -45,8 +45,8 @@
 # * ATTN_M is exactly a two-layer linear network on the cubic feature
 #   $z = \operatorname{vec}(\beta x_q^\top)$, $\beta = \frac1N\sum_n y_n x_n$; its loss makes
 #   **one abrupt drop**, to the predictor $\hat y = \beta^\top \Gamma^{-1} x_q$.
-# * ATTN_S with rank 1 passes **$d$ plateaus** $M_0, \dots, M_d$, learning the eigenvectors of
-#   $\Lambda$ one at a time in decreasing order of eigenvalue; at plateau $m$ it runs principal
+# * ATTN_S with rank 1 passes **$d + 1$ plateaus** $M_0, \dots, M_d$ ($d$ drops), learning
+#   the eigenvectors of $\Lambda$ one at a time in decreasing order of eigenvalue; at plateau $m$ it runs principal
 #   component regression on $m$ components, at the loss
 #   $L(M_m) = \operatorname{tr}\Lambda - \sum_{d'\le m} \lambda_{d'}/(1 + (1 + \operatorname{tr}\Lambda/\lambda_{d'})/N)$.
 
@@ -458,8 +458,9 @@ print("rank 2: plateau levels",
 # %% [markdown] jupyter={"source_hidden": true}
 # **Solution 3.** $L(M_0) = 1$, $L(M_1) = 1 - 0.9/(1 + (1 + 1/0.9)/31) \approx 0.1574$,
 # $L(M_2) \approx 0.1574 - 0.1/(1 + 11/31) \approx 0.0836$. The second direction is the slower
-# one: the gradient that grows it is proportional to its small eigenvalue, and in the run
-# below it passes 1/2 tens of times later than the first.
+# one: at small weights the gradient that grows it is proportional to the square of its
+# eigenvalue ($\mathbb{E}[y_q\,\beta x_q^\top] = \Lambda^2$, so $0.1^2$ against $0.9^2$), and
+# in the run below it passes 1/2 tens of times later than the first.
 
 # %% jupyter={"source_hidden": true}
 cov2 = la.covariance(2, seed=5, eigenvalues=[0.9, 0.1])

@@ -311,12 +311,14 @@ plt.show()
 # $\cos(r_s, r_t)$ each average below 0.01 there, but a factor alone means nothing, since
 # $c\,r^\top = (-c)(-r)^\top$: their signs flip together, and the product is positive for 89 %
 # of the pairs. The last-token variant's first-block patches all share the row
-# $u_x/\|u_x\|^2$, so $\cos_F$ is the cosine of the columns $W(u_t - u_x)$ alone, and those
-# barely align (0.03). The figure adds the
+# $u_x/\|u_x\|^2$, so $\cos_F$ is the cosine of the columns $W(u_t - u_x)$ alone: its mean is
+# 0.03, but only because the signs cancel; the mean $|\cos_F|$ is 0.82, so those columns lie
+# nearly on one line, pointing either way. The figure adds the
 # briefly trained 4-block pre-LN model of Figure 5, where the mean alignment of the own
-# patches is 0.58, 0.43, 0.48, 0.16 in blocks 1–4 (mean $|\cos_F|$ 0.63–0.89; these numbers
-# move with the training run), and patches of the same position in different blocks are
-# about as aligned as random rank-1 matrices of their shape (mean $|\cos_F|$ 0.11 against
+# patches is 0.33, 0.56, 0.68, 0.11 in blocks 1–4 (mean $|\cos_F|$ 0.52–0.79; these numbers
+# move with the training run: rounding-level changes to the training step have moved block
+# 4's from 0.53 to 0.11), and patches of the same position in different blocks are
+# nearly as unaligned as random rank-1 matrices of their shape (mean $|\cos_F|$ 0.12 against
 # 0.10). (The paper model was trained on the query's output only: its
 # other positions' outputs carry no task, but the identity holds there all the same.)
 #

@@ -26,7 +26,9 @@
 #
 # never looks inside $A$; neither does Proposition 3.1. So attention is one example among
 # many. This page takes the classic other one, a recurrent layer (the package's own
-# `contextual_layer="rnn"`; the paper states the theorem for general layers but builds none):
+# `contextual_layer="rnn"`; the paper's v1 states the theorem for general layers but builds
+# none, and a later version reportedly shows large, oscillating increments for an RNN, a
+# secondary source we have not checked):
 #
 # $$ s_0 = 0,\qquad s_t = \tanh(W_s\, s_{t-1} + W_{in}\, c_t + b_s),\qquad A_t = W_{out}\, s_t , $$
 #
