@@ -1,4 +1,4 @@
-"""``attention_backward`` reassociated: what ``model.backward`` runs by default.
+"""``attention_backward`` reassociated: what ``model.backward(..., fast=True)`` runs.
 
 ``attention.attention_backward`` builds the key and value gradients dk = dSᵀ q and
 dv = Pᵀ dPv, (B, H, T, K) each, and passes them through the projections' backward. For

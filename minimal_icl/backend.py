@@ -1,8 +1,8 @@
 """The array backend: which namespace an array belongs to, and moving trees between them.
 
-Every numeric function in minimal_icl asks its inputs for their namespace with
-:func:`namespace` and then uses only functions of the Python array API standard
-(``xp.matmul``, ``xp.sum``, ``xp.permute_dims``, ...). The same code therefore runs on
+Every numeric function in minimal_icl (but ``linattn``, NumPy only) asks its inputs for
+their namespace with :func:`namespace` and then uses only functions of the Python array
+API standard (``xp.matmul``, ``xp.sum``, ``xp.permute_dims``, ...). The same code therefore runs on
 NumPy, on CuPy (a GPU) and on ``array_api_strict`` (the reference implementation the
 tests use to prove that nothing outside the standard is called).
 

@@ -256,23 +256,24 @@ def implicit_path(
 class FactorisedPath(NamedTuple):
     """W_i = W_{i−1}(I + η_i F_i): consuming tokens from the FRONT, the rest in context.
 
-    With S_i = A(c_{i+1}..c_N, x) the query's MLP input when c_1..c_i are consumed
-    (S_0 = A(C, x), S_N = A(x)):
+    With A_{>i} = A(c_{i+1}..c_N, x) the query's MLP input when c_1..c_i are consumed
+    (A_{>0} = A(C, x), A_{>N} = A(x)):
 
-        ΔA(c_i) = S_{i−1} − S_i,   F_i = ΔA(c_i) S_iᵀ,   η_i = 1/‖S_i‖²,
-        W_i = W_{i−1} (I + η_i F_i) = W_{i−1} + η_i (W_{i−1} ΔA(c_i)) S_iᵀ.
+        ΔA(c_i) = A_{>i−1} − A_{>i},   F_i = ΔA(c_i) A_{>i}ᵀ,   η_i = 1/‖A_{>i}‖²,
+        W_i = W_{i−1} (I + η_i F_i) = W_{i−1} + η_i (W_{i−1} ΔA(c_i)) A_{>i}ᵀ.
 
     (The paper writes h_i for η_i and A_i for F_i; see docs/notation.md.)
 
     Each step is Theorem 2.2 applied to W_{i−1}, removing c_i from the prompt
-    [c_i..c_N, x]. By induction W_i S_i = W_{i−1}(S_i + ΔA(c_i)) = W_{i−1} S_{i−1} = W_0 S_0,
+    [c_i..c_N, x]. By induction
+    W_i A_{>i} = W_{i−1}(A_{>i} + ΔA(c_i)) = W_{i−1} A_{>i−1} = W_0 A_{>0},
     so T_{W_i}(c_{i+1}..c_N, x) = T_{W_0}(C, x) for every i, and T_{W_N}(x) = T_{W_0}(C, x).
-    (With an MLP skip the output bias follows b_i = b_0 + h_C − h(S_i).)
+    (With an MLP skip the output bias follows b_i = b_0 + h_C − h(A_{>i}).)
 
     W_N − W_0 also solves X A(x) = W_0 ΔA but is not the rank-1 ΔW(C) in general, another
     face of non-uniqueness. Being another solution, ‖W_N − W_0‖_F ≥ ‖ΔW(C)‖_F (ΔW(C) has
     minimum norm). Its rank: expanding the product, every term of W_N − W_0 starts with
-    W_0 ΔA(c_j) and ends with S_kᵀ, so
+    W_0 ΔA(c_j) and ends with A_{>k}ᵀ, so
 
         rank(W_N − W_0) ≤ min(N, M, dim span{ΔA(c_1), …, ΔA(c_N)}),
 
@@ -288,17 +289,17 @@ class FactorisedPath(NamedTuple):
     """
 
     W0: Array  # (M, D)             the block's W1
-    A_suffix: Array  # (B, N+1, D)  S_i = A(c_{i+1}..c_N, x) at the MLP input, i = 0..N
-    delta_A: Array  # (B, N, D)     ΔA(c_i) = S_{i−1} − S_i at index i − 1
-    step_sizes: Array  # (B, N)     η_i = 1/‖S_i‖² at index i − 1
-    delta_b_suffix: Array  # (B, N+1, D)  b_i − b_0 = h(S_0) − h(S_i) (zeros without MLP skip)
+    A_suffix: Array  # (B, N+1, D)  A_{>i} = A(c_{i+1}..c_N, x) at the MLP input, i = 0..N
+    delta_A: Array  # (B, N, D)     ΔA(c_i) = A_{>i−1} − A_{>i} at index i − 1
+    step_sizes: Array  # (B, N)     η_i = 1/‖A_{>i}‖² at index i − 1
+    delta_b_suffix: Array  # (B, N+1, D)  b_i − b_0 = h(A_{>0}) − h(A_{>i}) (0 without MLP skip)
 
     @property
     def n_context(self) -> int:
         return self.A_suffix.shape[1] - 1
 
     def factor(self, i: int) -> Array:
-        """F_i = ΔA(c_i) S_iᵀ, i = 1..N; (B, D, D)."""
+        """F_i = ΔA(c_i) A_{>i}ᵀ, i = 1..N; (B, D, D)."""
         i = check_index(i, 1, self.n_context, "factor")
         return outer(self.delta_A[:, i - 1, :], self.A_suffix[:, i, :])
 
@@ -337,10 +338,10 @@ def factorised_path(
 ) -> FactorisedPath:
     """The factorised path W_i = W_{i−1}(I + η_i F_i) of the v1 appendix, one block.
 
-    The suffixes S_i = A(c_{i+1}..c_N, x) are the prefixes of the reversed context (the
+    The suffixes A_{>i} = A(c_{i+1}..c_N, x) are the prefixes of the reversed context (the
     query's attention output does not depend on the order of the tokens it sees). The
     recurrent layer depends on the order: each suffix is run as it stands.
-    context (B, N, D), query (B, D). Raises DegenerateQueryError if some S_i, i ≥ 1, is 0.
+    context (B, N, D), query (B, D). Raises DegenerateQueryError if some A_{>i}, i ≥ 1, is 0.
     """
     block = _single_block(params, config, "factorised_path")
     check_prompt(config, context, query)
@@ -350,18 +351,18 @@ def factorised_path(
         query_token = xp.reshape(query, (B, 1, D))
         runs = [block_forward(xp.concat([context[:, i:, :], query_token], axis=1), block,
                               config, last_only=True)[1] for i in range(N + 1)]
-        S = xp.concat([run.u for run in runs], axis=1)  # (B, N+1, D)
+        A_suffix = xp.concat([run.u for run in runs], axis=1)  # (B, N+1, D)
         h_res = xp.concat([run.h for run in runs], axis=1)  # (B, N+1, D)
-        check_states_finite(S, "factorised_path")
+        check_states_finite(A_suffix, "factorised_path")
     else:
         u_rev, h_rev = prefix_states(block, config, xp.flip(context, axis=1), query, method)
         check_states_finite(u_rev, "factorised_path")
-        S = xp.flip(u_rev, axis=1)  # (B, N+1, D)  S_i = A(c_{i+1}..c_N, x)
+        A_suffix = xp.flip(u_rev, axis=1)  # (B, N+1, D)  A_{>i} = A(c_{i+1}..c_N, x)
         h_res = xp.flip(h_rev, axis=1)  # (B, N+1, D)
-    norm = norms(S[:, 1:, :])  # (B, N)  ‖S_i‖, i = 1..N
+    norm = norms(A_suffix[:, 1:, :])  # (B, N)  ‖A_{>i}‖, i = 1..N
     if norm.shape[-1] > 0:
         _check_nonzero_or_overflow(xp.min(norm, axis=-1), params, config, context, query,
                                    "A(c_{i+1}..c_N, x) for some i ≥ 1")
-    delta_A = S[:, :-1, :] - S[:, 1:, :]  # (B, N, D)
+    delta_A = A_suffix[:, :-1, :] - A_suffix[:, 1:, :]  # (B, N, D)
     delta_b = h_res[:, :1, :] - h_res if config.mlp_skip else xp.zeros_like(h_res)
-    return FactorisedPath(block.mlp.W1, S, delta_A, (1.0 / norm) / norm, delta_b)
+    return FactorisedPath(block.mlp.W1, A_suffix, delta_A, (1.0 / norm) / norm, delta_b)

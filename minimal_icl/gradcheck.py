@@ -1,10 +1,12 @@
 """A gradient checker: central finite differences against a handwritten backward.
 
-The check follows CS231n's ``gradient_check.py`` and its notebooks: the upstream gradient
-is random, as there (an all-ones upstream gradient is blind to errors that sum to zero,
-such as a wrong softmax Jacobian); the differences are fourth-order central ones; and
-the error is measured per parameter as ‖analytic − numeric‖ / max(‖analytic‖, ‖numeric‖),
-in float64.
+The check follows CS231n's ``gradient_check.py`` and its notebooks in taking a random
+upstream gradient (an all-ones upstream gradient is blind to errors that sum to zero,
+such as a wrong softmax Jacobian) and in working in float64. Two choices are the
+package's own: fourth-order central differences (CS231n's are second-order,
+(f(x + h) − f(x − h))/2h), and one error per parameter array,
+‖analytic − numeric‖ / max(‖analytic‖, ‖numeric‖), where CS231n reports element-wise
+relative errors.
 
     error = check_gradients(loss_fn, tree, grads)     # {name: relative error}
     assert_gradients_ok(error)                         # raises if any > GRADCHECK_RTOL

@@ -15,7 +15,7 @@ Proof: with a = A(C\\Y, x) and δ = δA_x(Y), (W + ΔW) a = W a + W δ (aᵀa)/�
 In this package's block the patch sits at the MLP input u (docs/theory.md §3):
 
     u = LN2(h) with layer_norm,  h = z + A with attn_skip (else h = A),  u = h otherwise;
-    ΔW = W1 (u_C − u_∅) u_∅ᵀ / ‖u_∅‖²,   Δb = h_C − h_∅ added to b2 when mlp_skip,
+    ΔW = W1 (u_C − u_∅) u_∅ᵀ / ‖u_∅‖²,   Δb′ = h_C − h_∅ added to b2 when mlp_skip,
 
 where the subscripts C and ∅ mean the query's state with the whole prompt and with the
 removed tokens left out. u_C, h_C, u_∅, h_∅ come from the engine's own ``block_forward``.
@@ -87,7 +87,7 @@ class ImplicitUpdate(NamedTuple):
     """
 
     delta_W: Array  # (B, M, D)  ΔW = column ⊗ row, added to W1
-    delta_b: Array  # (B, D)     Δb = h_C − h_∅, added to b2 (zeros without an MLP skip)
+    delta_b: Array  # (B, D)     Δb′ = h_C − h_∅, added to b2 (zeros without an MLP skip)
     column: Array  # (B, M)      W1 δu, the left factor
     row: Array  # (B, D)         u_∅ / ‖u_∅‖², the right factor
     delta_u: Array  # (B, D)     δu = u_C − u_∅: the context vector δA_x(Y) at the MLP input
@@ -189,7 +189,7 @@ def rank_one_update(
 
     The one place in the package where this formula is computed: ``implicit_update``
     (δ = δu = u_C − u_∅, a = u_∅), the path of Proposition 3.1 (δ = A_i − A(x),
-    a = A(x)) and each step of the factorised path (W = W_{i−1}, δ = ΔA(c_i), a = S_i)
+    a = A(x)) and each step of the factorised path (W = W_{i−1}, δ = ΔA(c_i), a = A_{>i})
     call it. It solves X a = W δ with minimum Frobenius norm: ΔW a = W δ (aᵀa)/‖a‖².
 
     W (M, D), or (B, M, D) for one weight per prompt; delta, a (B, D).
@@ -262,20 +262,20 @@ def implicit_update(
 
         u_C, h_C = the block's MLP input and residual at the query on [C, x]
         u_∅, h_∅ = the same on [C\\Y, x]
-        ΔW = W1 (u_C − u_∅) u_∅ᵀ / ‖u_∅‖²,   Δb = h_C − h_∅ if mlp_skip else 0.
+        ΔW = W1 (u_C − u_∅) u_∅ᵀ / ‖u_∅‖²,   Δb′ = h_C − h_∅ if mlp_skip else 0.
 
     A stack is patched sequentially, on the reduced prompt [C\\Y, x] (docs/theory.md §3):
     z_1 = [C\\Y, x] and, for l = 1..L,
 
         u_C, h_C = block l's query state in the run of the model on [C, x]
         u_∅, h_∅ = block l's query state on z_l (no patch of block l)
-        ΔW_l, Δb_l as above;   z_{l+1} = block l, patched with ΔW_l, Δb_l, applied to z_l.
+        ΔW_l, Δb′_l as above;   z_{l+1} = block l, patched with ΔW_l, Δb′_l, applied to z_l.
 
     The patch acts at every position of the reduced prompt, so the kept tokens' inputs
     to block l + 1 differ from their representations in the full run; u_∅ is computed
     after that change, and by induction the query's input to every block (hence its
     output) equals the full run's: (W + ΔW) u_∅ = W u_C, and with an MLP skip
-    h_∅ + M(u_C) + Δb = h_C + M(u_C). For Y = C the reduced prompt is the query alone,
+    h_∅ + M(u_C) + Δb′ = h_C + M(u_C). For Y = C the reduced prompt is the query alone,
     whose patched state is its with-context state, and the construction is the classic
     one: u_∅ from block l run on the query's with-context input alone. The patches of a
     partial Y depend on the kept tokens too; each ΔW_l is rank 1.

@@ -2,7 +2,7 @@
 
 Zhang, Singh, Latham & Saxe, "Training dynamics of in-context learning in linear
 attention", ICML 2025, arXiv:2501.16265 (reference code github.com/yedizhang/linattn-icl);
-docs/theory.md and THEORY §9 state the results. Symbols follow docs/notation.md: d is the
+docs/theory.md §9 states the results. Symbols follow docs/notation.md: d is the
 input dimension (the paper's D), the token width is d + 1, N context pairs, H heads.
 
 Tokens are the COLUMNS of

@@ -38,10 +38,11 @@ calls; the tutorials and the theorems read the textbook layers. Five changes:
   and column sums (LayerNorm, biases) as products with a vector of ones.
 
 The results equal the textbook pass to rounding (tests/test_model_fast.py, float64):
-every output within IDENTITY_RTOL = 1e-12 on the whole 1536-configuration model grid;
-the token and parameter gradients as one vector within 1e-12 of its largest entry; each
-attention call within 1e-12 of the terms its gradients are summed from; NumPy on the
-whole grid, array_api_strict on its pairwise covering selection. Configurations this
+every output within IDENTITY_RTOL = 1e-12 on the 768 unpatched configurations of the
+model grid (the patched half runs the textbook pass); the token and parameter gradients
+as one vector within 1e-12 of its largest entry; each attention call within 1e-12 of the
+terms its gradients are summed from; NumPy on the whole grid, array_api_strict on its
+pairwise covering selection. Configurations this
 module does not cover (patched blocks, or a contextual layer other than attention) go
 to the textbook pass: see :func:`covers`. Pure array-API code, no compiled extension;
 ``backend.reshape`` and ``backend.constant`` (vectors of ones made once) save NumPy's

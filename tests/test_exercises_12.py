@@ -74,7 +74,7 @@ def _step(derivative=lambda s: 1.0 - s * s, transpose_W_s=False, sum_b=True):
         (_step(derivative=lambda s: s * (1.0 - s)), "sigmoid's derivative"),
         (_step(derivative=lambda s: 1.0 - s), r"\(1 − s\) is not tanh's derivative"),
         (_step(transpose_W_s=True), "W_s is transposed"),
-        (_step(sum_b=False), r"db has shape \(4, 5\), expected \(5,\)"),
+        (_step(sum_b=False), r"db has shape \(4, 5\), expected \(5,\): the bias is shared"),
         (lambda ds, c: rnn_step_backward(ds, c)[:4], "must return the tuple"),
     ],
 )

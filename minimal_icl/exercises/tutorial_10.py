@@ -18,7 +18,7 @@ Two "your turn" cells:
 Each check names the typical mistakes: a missing 1/N, x_q βᵀ instead of β x_qᵀ, the query
 counted in β's average, the eigenvalues taken smallest first, the finite-N factor left
 out, the tr Λ/λ term left out, a missing m = 0 entry.
-Reference: Zhang, Singh, Latham & Saxe (ICML 2025, arXiv:2501.16265); THEORY §9.
+Reference: Zhang, Singh, Latham & Saxe (ICML 2025, arXiv:2501.16265); docs/theory.md §9.
 """
 
 from __future__ import annotations

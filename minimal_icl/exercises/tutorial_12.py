@@ -118,6 +118,11 @@ def check_rnn_step_backward(function: Callable, seed: int = 0) -> dict:
         if name == "ds_prev":
             mistakes.append(("W_s is transposed: pre = s_prev W_sᵀ + ..., so ds_prev = dpre W_s",
                              dpre @ c.W_s.T))
+        if name == "db" and numpy.shape(answer[k]) == dpre.shape:
+            raise ExerciseError(
+                f"db has shape {dpre.shape}, expected {expected[k].shape}: the bias is shared by"
+                " every prompt, so its gradient is summed over them, db = Σ_B dpre"
+            )
         check_array(name, answer[k], expected[k], mistakes=mistakes, quiet=True)
 
     D, S, B, T = 3, 5, 2, 4

@@ -7,7 +7,7 @@ Figures (each writes DIR/NAME.png and DIR/NAME.json: the numbers plotted, the he
 numbers and the settings used):
 
     identity     Figure 2: prompt and patched query agree, during training and on a grid
-    convergence  Figure 3: the implicit steps shrink like 1/i, with untrained controls
+    convergence  Figure 3: the increments ‖W_{i+1} − W_i‖ shrink like 1/i, with untrained controls
     finetune     Figure 4: finetuning W on i examples against the implicit patch ΔW_i
     deep         Figure 5 (later versions): per-block patches of a 4-block pre-LN stack
     dynamics     Proposition 3.1 on one prompt: the path W_0 → W_N, step by step
@@ -18,7 +18,7 @@ numbers and the settings used):
                  2025): one drop (merged KQ), one plateau per eigenvalue (separate K, Q)
 
 ``reproduce`` runs them all and writes DIR/summary.md. The trained models are shared:
-DIR/paper_model.npz (Figures 2–4, dynamics, positions, thought) and DIR/deep_model.npz
+DIR/paper_model.npz (Figures 2–4, dynamics, positions, thought, order), DIR/deep_model.npz
 (deep, positions), DIR/rnn_model.npz (convergence, order) and
 DIR/causal_stack_model.npz (order), trained once and
 reused while they match the settings. Each figure's choices live in one config record

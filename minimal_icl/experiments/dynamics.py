@@ -3,8 +3,10 @@
 Feeding the context c_1, ..., c_N to the trained block one token at a time moves its
 MLP weight along W_0 = W → W_1 → ... → W_N, with W_i = W + ΔW(c_1..c_i) and
 
-    W_{i+1} = W_i − h ∇L_i(W_i),   h = 1/‖A(x)‖²,   L_i(W) = trace(Δ_iᵀ W),
-    Δ_i = W (A_i − A_{i+1}) A(x)ᵀ,                   T_{W_i}(x) = T_W(c_1..c_i, x).
+    W_{i+1} = W_i − η_x ∇L_i(W_i),   η_x = 1/‖A(x)‖²,   L_i(W) = trace(G_iᵀ W),
+    G_i = W (A_i − A_{i+1}) A(x)ᵀ,                     T_{W_i}(x) = T_W(c_1..c_i, x)
+
+(the paper writes h for η_x and Δ_i for G_i; docs/notation.md).
 
 The figure shows one held-out prompt: (a) the prediction T_{W_i}(x) as tokens are
 consumed, against the target; (b) the sizes of the rank-1 increments W_{i+1} − W_i;

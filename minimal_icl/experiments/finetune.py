@@ -28,15 +28,16 @@ first i examples, minimum-norm for i < d; for noiseless labels ridge with λ = �
 is least squares); (b) the alignment cos_F(ΔW_ft, ΔW_i) = ⟨ΔW_ft, ΔW_i⟩_F /
 (‖ΔW_ft‖_F ‖ΔW_i‖_F), under its ceiling: ΔW_i = (W δu) aᵀ/‖a‖² has the row a = A(x)
 and a column in range(W), and no matrix of that shape has a larger cos_F with ΔW_ft
-than ‖Π_W ΔW_ft a‖/(‖ΔW_ft‖_F ‖a‖) (``alignment_ceiling``); (c) the norms of both
-updates; (d) the correlation over the tasks of the two predictions at the query.
+than ‖Π_W ΔW_ft a‖/(‖ΔW_ft‖_F ‖a‖) (``alignment_ceiling``).
 
-Both protocols (lone tokens, only W trained, the step sizes, the grid) and panels (b)–(f)
+Panels: (a) test loss; (b), (c) cos_F of each protocol's update with ΔW_i under the two
+ceilings (column in range(W); any column); (d) the norms of the updates; (e) the
+correlation over the tasks of the two predictions at the query; (f) the held-out choice
+of lr_sgd. Test loss and cos_F are what the paper's Figure 4 compares; both protocols
+(lone tokens, only W trained, the step sizes, the grid), the ceilings and panels (d)–(f)
 are this package's own: the paper's text on its finetuning (data, steps, learning rate)
-could not be recovered; "one online SGD pass over the demonstrations" is our reading of
-its description, not its stated protocol. Panels: (a) test loss; (b), (c) cos_F of each
-protocol's update with ΔW_i under the two ceilings (column in range(W); any column);
-(d) the norms; (e) the correlations of the predictions; (f) the held-out choice of lr_sgd.
+could not be recovered, and "one online SGD pass over the demonstrations" is our reading
+of its description, not its stated protocol.
 
 Finetuning runs all tasks at once: a per-task weight W + ΔW_ft (B, M, D) in the MLP
 (``mlp_forward``/``mlp_backward`` accept one weight per prompt), applied at the i
@@ -92,7 +93,7 @@ class FinetuneConfig:
               ‖A(x_j)‖², which is small for a lone token (≈ 0.002 for the paper model,
               against ≈ 0.2 with a context): a fixed learning rate would crawl for one
               model and diverge for another. The same normalisation as the implicit
-              step h = 1/‖A(x)‖² of Proposition 3.1. lr = 0.2 is stable for every i; after
+              step η_x = 1/‖A(x)‖² of Proposition 3.1. lr = 0.2 is stable for every i; after
               200 steps the loss on the i examples is ≤ 0.015 (labels have variance
               d = 2): the fit is essentially complete.
     steps:    gradient steps for every i (from the trained W each time).

@@ -12,7 +12,7 @@ gradient descent on a fixed training set, and writes ``linear-dynamics.png`` and
 * the time of the first drop against the initialisation scale, for each parametrization;
 * (full run) rank-2 ATTN_S.
 
-Settings (THEORY §9's measured ones, in the package's 1/N convention): d = 4, N = 31,
+Settings (those of docs/theory.md §9, in the package's 1/N convention): d = 4, N = 31,
 λ ∝ (4, 3, 2, 1)/10 with a random rotation, P = 20,000 training sequences (fast: 5,000),
 100,000 held-out sequences (fast: 20,000); ATTN_S lr 0.395, init 0.0628, 50,001 epochs
 (fast: init 0.126, 12,001 epochs); ATTN_M lr 0.124, init 5.6e-6, 3,001 epochs.
@@ -49,7 +49,7 @@ NAME = "linear-dynamics"
 
 @dataclass(frozen=True)
 class LinearDynamicsConfig:
-    """The settings of the figure (THEORY §9's measured settings; ours where noted)."""
+    """The settings of the figure (those of docs/theory.md §9; ours where noted)."""
 
     d: int = 4
     n_context: int = 31
