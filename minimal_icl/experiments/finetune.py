@@ -91,7 +91,7 @@ class FinetuneConfig:
               lr / mean_j ‖A(x_j)‖² (A(x_j) the MLP input of the lone example token). The
               loss is a function of W through W A(x_j), so its curvature scales with
               ‖A(x_j)‖², which is small for a lone token (≈ 0.002 for the paper model,
-              against ≈ 0.2 with a context): a fixed learning rate would crawl for one
+              against 0.1–0.4 with a context): a fixed learning rate would crawl for one
               model and diverge for another. The same normalisation as the implicit
               step η_x = 1/‖A(x)‖² of Proposition 3.1. lr = 0.2 is stable for every i; after
               200 steps the loss on the i examples is ≤ 0.015 (labels have variance
