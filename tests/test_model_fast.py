@@ -386,16 +386,21 @@ def _query_row(tokens, seed: int, scale: float):
     return r_rows, numpy.ascontiguousarray(xT)
 
 
-def _spy_on_the_exact_path(monkeypatch) -> list:
+def _count_calls(monkeypatch, name: str) -> list:
+    """Wrap ``model_fast.<name>`` so that each call appends to the returned list."""
     calls = []
-    exact = model_fast._softmax_average_exact
+    original = getattr(model_fast, name)
 
-    def spy(*args):
+    def counted(*args):
         calls.append(1)
-        return exact(*args)
+        return original(*args)
 
-    monkeypatch.setattr(model_fast, "_softmax_average_exact", spy)
+    monkeypatch.setattr(model_fast, name, counted)
     return calls
+
+
+def _spy_on_the_exact_path(monkeypatch) -> list:
+    return _count_calls(monkeypatch, "_softmax_average_exact")
 
 
 @pytest.mark.parametrize(
@@ -473,13 +478,6 @@ def test_training_takes_the_shifted_path(monkeypatch, dtype):
     from minimal_icl.train import train_setup
 
     calls = _spy_on_the_exact_path(monkeypatch)
-    shifted = []
-    average = model_fast._softmax_average
-
-    def count(*args):
-        shifted.append(1)
-        return average(*args)
-
-    monkeypatch.setattr(model_fast, "_softmax_average", count)
+    shifted = _count_calls(monkeypatch, "_softmax_average")
     train_setup(paper_setting(fast=True), seed=0, dtype=getattr(numpy, dtype))
     assert len(shifted) == 300 and calls == []
