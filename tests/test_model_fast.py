@@ -481,3 +481,25 @@ def test_training_takes_the_shifted_path(monkeypatch, dtype):
     shifted = _count_calls(monkeypatch, "_softmax_average")
     train_setup(paper_setting(fast=True), seed=0, dtype=getattr(numpy, dtype))
     assert len(shifted) == 300 and calls == []
+
+
+@pytest.mark.parametrize("dtype, gap", [("float64", 690.0), ("float32", 80.0)])
+def test_a_shift_near_the_exponent_range_keeps_its_precision(monkeypatch, dtype, gap):
+    """A shift c about ``gap`` above the largest score (just inside the exponent range:
+    708 in float64, 87 in float32) still takes the shifted path, and its weights and
+    averages stay within the tier of the dtype of the exact maximum's: the rounding of
+    S − c at the size of c costs about eps·c, below 1.6e-13 in float64 and 1e-5 in
+    float32 (``_softmax_average``)."""
+    calls = _spy_on_the_exact_path(monkeypatch)
+    B, T, D, H = 4, 11, 3, 2
+    tokens = numpy.random.default_rng(2).standard_normal((B, T, D)).astype(dtype)
+    tokens[0, 0, 1] = gap  # sets max|x|; the scores read coordinate 0 only
+    r_rows = numpy.zeros((B * H, D), dtype=dtype)
+    r_rows[:, 0] = 1.0  # c_h = ‖r_h‖₁ max|x| = gap, S_t = x_t,0 of order 1
+    _, xT = _query_row(tokens, 0, 1.0)
+    E, inv_norm, y = model_fast._softmax_average(r_rows, tokens, xT)
+    assert calls == []
+    E0, inv_norm0, y0 = model_fast._softmax_average_exact(r_rows.reshape(B, H, D), xT)
+    rtol = IDENTITY_RTOL if dtype == "float64" else FLOAT32_RTOL
+    assert relative_residual(E * inv_norm, E0 * inv_norm0) <= rtol
+    assert relative_residual(y, y0) <= rtol
