@@ -36,7 +36,7 @@
 #
 # with multi-head softmax self-attention without biases: for each head and each token, with
 # $\tilde z = \mathrm{LN}_1(z)$ the token after the first LayerNorm, $q = W_Q \tilde z$,
-# $k = W_K \tilde z$, $v = W_V \tilde z$ (in $\mathbb{R}^K$), scores $S = q k^\top/\sqrt{K}$, weights $P = \mathrm{softmax}(S)$ over
+# $k = W_K \tilde z$, $v = W_V \tilde z$ (in $\mathbb{R}^K$), scores $S = q^\top k/\sqrt{K}$ for each query–key pair, weights $P = \mathrm{softmax}(S)$ over
 # the keys, and $A = W_O\,\mathrm{concat}_{\text{heads}}(P v)$. $W$, the first dense layer
 # after attention (`mlp.W1`), is the matrix of the theorems in the next tutorials (Dherin et
 # al. 2025, arXiv:2507.16003, section 2: a *contextual block* $T_W = M_W \circ A$).
@@ -231,8 +231,9 @@ print("\n".join(source[max(at - 6, 0):at + 6]))
 #
 # and reports, per parameter array, the relative error
 # $\|\nabla_{\text{backward}} - \nabla_{\text{numeric}}\| / \max(\|\nabla_{\text{backward}}\|,
-# \|\nabla_{\text{numeric}}\|)$. A random $d\mathrm{out}$ matters: with $d\mathrm{out}$ all
-# ones, errors that cancel in a sum go unseen (exercise 2).
+# \|\nabla_{\text{numeric}}\|)$. A random $d\mathrm{out}$ matters: an all-ones upstream gradient
+# can hide an error, as exercise 2 shows at the softmax, where $dP = \mathbf{1}$ makes the
+# plain mean $\frac{1}{T}\sum_j dP_j$ and the right, $P$-weighted one $\sum_j dP_j P_j$ agree.
 
 # %%
 dout = rng.standard_normal(out.shape)  # (B, T, D)  the upstream gradient
@@ -327,11 +328,11 @@ print(f"relative residual, last_only vs full: {last_only_residual:.1e}")
 #    rerun the gradient check of the whole block. Which rows of the table change, and does
 #    anything fail?
 # 4. *(Extension.)* Write the LayerNorm backward. For $y = \gamma \odot \hat x + \beta$ (gain $\gamma$, bias $\beta$),
-#    $\hat x = (x - \mu)\,r$, $r = 1/\sqrt{\sigma^2 + \epsilon}$ (biased variance), show
+#    $\hat x = (x - \mu)\,r$, $r = 1/\sqrt{\sigma^2 + \mathrm{eps}}$ (biased variance), show
 #    $dx = r\,(d\hat x - \mathrm{mean}(d\hat x) - \hat x\, \mathrm{mean}(d\hat x \odot \hat x))$
 #    with $d\hat x = \gamma \odot dy$ (means over the last axis, of width $D$), code it as
 #    `my_layernorm_backward(dy, ln_cache) -> dx` (`layernorm_forward(x, params, eps)` returns
-#    $y$ and the cache $(\hat x, r, g)$ of shapes $(B, T, D)$, $(B, T, 1)$, $(D,)$), and check
+#    $y$ and the cache $(\hat x, r, \gamma)$ of shapes $(B, T, D)$, $(B, T, 1)$, $(D,)$), and check
 #    it with `check_layer` and against `minimal_icl.layernorm.layernorm_backward`.
 #
 # The solutions are folded away below (click to open them).
@@ -374,8 +375,9 @@ for bad in (plain_mean_backward, shifted_backward):
 # %% jupyter={"source_hidden": true}
 # Solution 3. The table keeps its rows (linear attention has the same four weights
 # W_Q, W_K, W_V, W_O); the numbers change, and every one stays far below GRADCHECK_RTOL.
-# Linear attention has no softmax (P = S), so its backward skips one step; ReLU has a kink at 0, but fourth-order
-# differences with ε = 1e-5 only straddle it if a pre-activation lies within 2ε of 0.
+# Linear attention has no softmax (P = S), so its backward skips one step; ReLU has a kink at
+# 0, but fourth-order differences with ε = 1e-5 only straddle it if a pre-activation lies
+# within about 2ε·|∂pre/∂p| of 0 (the step is taken in the parameter p, not in pre).
 linear_config = TransformerConfig(
     d_token=3, n_blocks=1, n_heads=2, d_head=4, d_mlp=8,
     attention="linear", activation="relu",

@@ -240,7 +240,8 @@ plt.show()
 # %% [markdown]
 # ## The update depends on the query
 #
-# The row factor is the query's own attention output $A(x)$: the same context gives a
+# Both factors depend on the query: the row is the query's own attention output $A(x)$, and
+# the column $W\,\Delta A = W(A(C, x) - A(x))$ changes with $x$ too. The same context gives a
 # different $\Delta W$ for a different query. Take the patch computed for one query and apply
 # it to another query of the same task: the result is no longer the with-context output.
 
@@ -342,7 +343,8 @@ plt.show()
 # * Proof: $(W + \Delta W)A(x) = W A(x) + W\Delta A = W A(C, x)$.
 # * It is not small: $\|\Delta W\|_F = \|W\Delta A\|/\|A(x)\|$, comparable to $\|W\|_F$ or
 #   several times larger.
-# * It depends on the query through its row $A(x)^\top/\|A(x)\|^2$: a borrowed patch fails.
+# * It depends on the query through its row $A(x)^\top/\|A(x)\|^2$ and its column
+#   $W(A(C, x) - A(x))$: a borrowed patch fails.
 
 # %% [markdown]
 # ## Exercises

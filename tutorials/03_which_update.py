@@ -207,9 +207,10 @@ plt.show()
 # %% [markdown]
 # ## The degenerate case
 #
-# Without skip connections, softmax attention on the query alone is $A(x) = W_O W_V x$ (the
-# query attends only to itself). A zero query token therefore gives $A(x) = 0$, and the
-# corollary has no update to offer. Make the query of prompts 3 and 7 zero:
+# Without LayerNorm, softmax attention on the query alone is $A(x) = W_O W_V x$ (the query
+# attends only to itself), and the MLP reads $A(x)$, or $x + A(x)$ with the attention skip.
+# A zero query token therefore gives a zero MLP input either way, and the corollary has no
+# update to offer (with LayerNorm the MLP would read LN's bias instead, not zero). Make the query of prompts 3 and 7 zero:
 
 # %%
 bad_query = numpy.array(query)
@@ -253,8 +254,8 @@ print(f"Y = C minus c_1, zero queries included: relative residual {residual_part
 #
 # 1. *(Derivation.)* Show that among all $X \in \mathbb{R}^{M \times D}$ with $X a = W\delta$,
 #    the one of minimum Frobenius norm is $X = W\delta\, a^\top/\|a\|^2 = W\delta\, a^+$.
-#    (Hint: treat each row $x_m^\top$ of $X$ separately: it must satisfy
-#    $x_m^\top a = (W\delta)_m$.)
+#    (Hint: treat each row $\xi_m^\top$ of $X$ separately: it must satisfy
+#    $\xi_m^\top a = (W\delta)_m$.)
 # 2. *(Derivation, then a test.)* Show that $\Delta W + Z$ gives the MLP the same
 #    pre-activation $(W + \Delta W + Z)a = W A(C, x)$ if and only if $Z a = 0$. Is "the
 #    *output* is exact" also equivalent to $Z a = 0$ for this ReLU block? Predict, then build
@@ -275,11 +276,11 @@ print(f"Y = C minus c_1, zero queries included: relative residual {residual_part
 
 # %% [markdown] jupyter={"source_hidden": true}
 # **Solution 1.** The constraint $X a = W\delta$ is one equation per row:
-# $x_m^\top a = (W\delta)_m$, and $\|X\|_F^2 = \sum_m \|x_m\|^2$, so each row is minimised
-# on its own. Split $x_m = \alpha_m a/\|a\| + x_m^\perp$ with $x_m^\perp \perp a$: the
-# constraint fixes $\alpha_m \|a\| = (W\delta)_m$ and says nothing about $x_m^\perp$, and
-# $\|x_m\|^2 = \alpha_m^2 + \|x_m^\perp\|^2$ is smallest for $x_m^\perp = 0$. Hence
-# $x_m = (W\delta)_m\, a/\|a\|^2$, i.e. $X = W\delta\,a^\top/\|a\|^2$. For a non-zero column
+# $\xi_m^\top a = (W\delta)_m$, and $\|X\|_F^2 = \sum_m \|\xi_m\|^2$, so each row is minimised
+# on its own. Split $\xi_m = \alpha_m a/\|a\| + \xi_m^\perp$ with $\xi_m^\perp \perp a$: the
+# constraint fixes $\alpha_m \|a\| = (W\delta)_m$ and says nothing about $\xi_m^\perp$, and
+# $\|\xi_m\|^2 = \alpha_m^2 + \|\xi_m^\perp\|^2$ is smallest for $\xi_m^\perp = 0$. Hence
+# $\xi_m = (W\delta)_m\, a/\|a\|^2$, i.e. $X = W\delta\,a^\top/\|a\|^2$. For a non-zero column
 # vector $a$ the pseudo-inverse is $a^+ = a^\top/\|a\|^2$ (check $a^+ a = 1$), so this is the
 # pseudo-inverse solution $W\delta\,a^+$, which `minimum_norm_solution` confirms above.
 
@@ -305,8 +306,8 @@ print(f"unit {m}: pre-activation {pre_activation[0, m]:.2f}; ‖Z a‖ = {Za_nor
       f" output residual {dead_residual:.1e}")
 
 # %% [markdown] jupyter={"source_hidden": true}
-# **Solution 3.** Equal keys give equal scores $s_j = \langle q, k\rangle/\sqrt{K}$, and the
-# softmax of $i + 1$ equal numbers is $e^{s}/((i+1)e^{s}) = 1/(i+1)$. So
+# **Solution 3.** Equal keys give equal scores $S_j = \langle q, k\rangle/\sqrt{K}$, and the
+# softmax of $i + 1$ equal numbers is $e^{S}/((i+1)e^{S}) = 1/(i+1)$. So
 # $A_i = W_O \frac{1}{i+1}\sum_{j} v_j$ over the query and $c_1..c_i$, an average, and
 # $A_{i+1} = \frac{(i+1)A_i + W_O v_{i+1}}{i+2}$ gives $A_{i+1} - A_i = (W_O v_{i+1} - A_i)/(i+2)$.
 # Both patches have the row $A_0^\top/\|A_0\|^2$, so

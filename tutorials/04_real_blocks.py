@@ -384,8 +384,8 @@ print("rank of ΔW per block:", partial_ranks)
 # $h_\emptyset + W' g((W + \Delta W) h_\emptyset + b) + b' + \Delta b'$. The rank-1 update
 # gives $(W + \Delta W) h_\emptyset = W h_\emptyset + W (h_C - h_\emptyset) = W h_C$, so the
 # MLP term equals the with-context one, $W' g(W h_C + b) + b'$. What is left is
-# $h_\emptyset + \Delta b'$, which must equal $h_C$: $\Delta b' = h_C - h_\emptyset$, and no
-# other choice works unless $h_C = h_\emptyset$. Here $h_C - h_\emptyset = A(C, x) - A(C
+# $h_\emptyset + \Delta b'$, which must equal $h_C$: with this $\Delta W$, $\Delta b' = h_C -
+# h_\emptyset$ is the only choice (zero exactly when $h_C = h_\emptyset$). Here $h_C - h_\emptyset = A(C, x) - A(C
 # \setminus Y, x) = \delta A$ because $x$ cancels. With the attention skip but no MLP skip the
 # output is the MLP's alone, so $\Delta b' = 0$ (the package returns zeros). In the paper's
 # form the output carries $x + A(C, x)$ past the MLP, so again $\Delta b' = \delta A$; only
@@ -414,7 +414,7 @@ cos_moved = numpy.abs(moved_update.row @ ones) / numpy.linalg.norm(moved_update.
 normalised = (moved_update.u_without - moved.bias) / moved.gain
 print(f"rank of ΔW: {numpy.linalg.matrix_rank(ln_update.delta_W).max()}")
 print(f"|cos(row, 1)| at init: max {cos_init.max():.1e};  moved gain/bias: "
-      f"max {cos_moved.max():.2f};  (u_∅ − β)/g · 1: {numpy.abs(normalised.sum(1)).max():.1e}")
+      f"max {cos_moved.max():.2f};  (u_∅ − β)/γ · 1: {numpy.abs(normalised.sum(1)).max():.1e}")
 
 # %% [markdown] jupyter={"source_hidden": true}
 # **Solution 3.** `implicit_update(..., removed=Y)` builds the sequential patches; the check

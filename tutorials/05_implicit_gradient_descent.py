@@ -219,9 +219,9 @@ plt.show()
 # mean over its $D$ features; in the difference $\Delta A(c_i) = \gamma \odot (n_{i-1} - n_i)$
 # the bias cancels, so all the $\Delta A$ lie in one
 # $(D-1)$-dimensional subspace and the bound is $D - 1$. So $W_N - W_0$, an $M \times D$
-# matrix, has rank at most $D$ without LayerNorm (generically exactly $D$: full column rank)
-# and at most $D - 1$ with it (rank-deficient): far below $M = 32$ either way, though no
-# longer 1. Measure it:
+# matrix, has rank at most $D$ without LayerNorm (generically $\min(N, D)$: full column rank
+# once $N \ge D$) and at most $D - 1$ with it (rank-deficient): far below $M = 32$ either way,
+# though no longer 1. Measure it:
 # the rank of $W_N - W_0$ (`factorised.delta_W(N)`, (B, M, D)) and the dimension of the span
 # of the $\Delta A(c_i)$ (`factorised.delta_A`, (B, N, D)), without and with LayerNorm, and
 # for short contexts $N = 1, 2, 3$.
@@ -266,20 +266,23 @@ for (name, n), (r, s) in ranks.items():
 #
 # ## Why the increments shrink: the softmax weight of a new token
 #
-# Take one head with softmax attention, scores $s_j$ of the query against token $j$, values
+# Take one head with softmax attention, scores $S_j$ of the query against token $j$, values
 # $v_j$. After $i$ tokens the query's head output is a weighted mean
-# $a_i = (\sum_{j \le i} e^{s_j} v_j + e^{s_x} v_x)/Z_i$ with $Z_i = \sum_{j\le i} e^{s_j} + e^{s_x}$.
-# Adding $c_{i+1}$:
+# $o_i = (\sum_{j \le i} e^{S_j} v_j + e^{S_x} v_x)/\ell_i$ with
+# $\ell_i = \sum_{j\le i} e^{S_j} + e^{S_x}$. Adding $c_{i+1}$:
 #
 # $$
-# a_{i+1} - a_i = p_{i+1}\,(v_{i+1} - a_i),\qquad p_{i+1} = \frac{e^{s_{i+1}}}{Z_{i+1}}
+# o_{i+1} - o_i = p_{i+1}\,(v_{i+1} - o_i),\qquad p_{i+1} = \frac{e^{S_{i+1}}}{\ell_{i+1}}
 # \approx \frac{1}{i+2}\quad\text{when the scores are comparable,}
 # $$
 #
 # ($i+1$ context tokens and the query share the weight). With one head and neither skip nor
-# LayerNorm, $A_i = W_O a_i$, so $A_{i+1} - A_i = p_{i+1} W_O (v_{i+1} - a_i)$ is of order
-# $1/i$, and so is the increment $\|W_0(A_{i+1} - A_i)\|/\|A(x)\|$ — for **any** weights,
-# trained or not. Measure $p_{i+1}$ on random weights, from the query's row $P_{x,\cdot}$ of the
+# LayerNorm, $A_i = W_O o_i$, so $A_{i+1} - A_i = p_{i+1} W_O (v_{i+1} - o_i)$. For **any**
+# weights, trained or not, with context tokens drawn alike, the weight of the newest token is
+# on average $\mathbb{E}[p_{i+1}] = \mathbb{E}[1 - P_x]/(i+1)$ ($P_x$ the query's own weight):
+# the increment $\|W_0(A_{i+1} - A_i)\|/\|A(x)\|$ is of order $1/i$ **on average**. One prompt
+# need not follow it: with sharp attention (large scores) most new tokens get almost no
+# weight and a few get almost all of it. Measure $p_{i+1}$ on random weights, from the query's row $P_{x,\cdot}$ of the
 # attention weights of one run on the whole prompt: a prefix's weights are their
 # renormalisations, so $p_{i+1} = P_{x,i+1}/(\sum_{j \le i+1} P_{x,j} + P_{x,x})$.
 
@@ -342,8 +345,9 @@ plt.show()
 #   $\eta_x = 1/\|A(x)\|^2$, and $T_{W_i}(x) = T_{W_0}(c_1..c_i, x)$.
 # * The "loss" is linear, $L_i(W) = \operatorname{trace}(G_i^\top W)$, so $\nabla L_i = G_i$ everywhere
 #   and nothing is minimised; the path $W_i - W_0 = \Delta W_i$ stays rank 1.
-# * Increments: $\|W_{i+1} - W_i\|_F = \|W_0(A_{i+1} - A_i)\|/\|A(x)\|$, of order $p_{i+1} \approx 1/(i+2)$
-#   for softmax attention with any weights; no decay for linear attention.
+# * Increments: $\|W_{i+1} - W_i\|_F = \|W_0(A_{i+1} - A_i)\|/\|A(x)\|$, of order $p_{i+1}$; for
+#   softmax attention with any weights $\mathbb{E}[p_{i+1}] = \mathbb{E}[1 - P_x]/(i+1)$, so of order
+#   $1/i$ on average over contexts drawn alike (not prompt by prompt); no decay for linear attention.
 # * The factorised path $W_i = W_{i-1}(I + \eta_i F_i)$ reaches the same output with another
 #   matrix: $\operatorname{rank}(W_N - W_0) \le \min(N, M, \dim\operatorname{span}\Delta A)$, $\le D - 1$ with LayerNorm.
 
