@@ -25,7 +25,8 @@
 #   recovered): from the trained model, change only the MLP's first weight $W$, by 200 steps
 #   of full-batch gradient descent on the first $i$ examples, each presented as a query token
 #   $(x_k; 0)$ **alone**, with
-#   $L(W) = \frac{1}{i}\sum_{k \le i} \big(T_W(x_k) - y_k\big)^2$ and step size
+#   $L(W) = \frac{1}{i}\sum_{k \le i} \big(T_W(x_k)_D - y_k\big)^2$ (the last coordinate of
+#   the output is the prediction) and step size
 #   $0.2/\operatorname{mean}_k \|A(x_k)\|^2$; the result is $W + \Delta W_{\mathrm{ft}}$;
 # * **implicit**: the patch $\Delta W_i$ for the test query $x$, whose prediction is exactly that
 #   of the prompt, $T_{W + \Delta W_i}(x) = T_W(c_1, \dots, c_i, x)$.
@@ -280,7 +281,7 @@ print(f"i = {i}: T_(W+ΔW_i)(x) against T_W(c_1..c_i, x): relative residual {res
 #
 # Full-batch descent to convergence is our choice, not the paper's. A reading closer to its
 # description ("finetuning on the examples") is one **online SGD pass**: each task's copy of
-# $W$ takes one step per example, in prompt order, $W \leftarrow W - \eta\,\nabla_W (T_W(x_j) - y_j)^2$
+# $W$ takes one step per example, in prompt order, $W \leftarrow W - \eta\,\nabla_W (T_W(x_j)_D - y_j)^2$
 # for $j = 1..i$, so the weight after $i$ steps has seen exactly the first $i$ examples and one
 # pass gives every $i$ (`finetune.online_sgd_W`). The step $\eta = \mathrm{lr}/s$ is the same for
 # every task, $s = \operatorname{mean}\|A(x)\|^2$ over the lone tokens of 100 **held-out** prompts,
@@ -344,7 +345,7 @@ for k, i in enumerate(contexts):
 # 3. *(Prediction.)* Finetune longer (800 steps instead of 200) at $i = 50$. The test error
 #    falls; does the alignment with $\Delta W_i$ rise?
 # 4. *(Extension.)* Change the protocol to online SGD: one pass over the $i = 50$ examples in
-#    order, one step per example, $W \leftarrow W - (\mathrm{lr}/\|A(x_k)\|^2)\nabla_W (T_W(x_k) - y_k)^2$.
+#    order, one step per example, $W \leftarrow W - (\mathrm{lr}/\|A(x_k)\|^2)\nabla_W (T_W(x_k)_D - y_k)^2$.
 #    Compare the test error with the implicit patch's for lr = 0.05, 0.2 and 0.5.
 
 # %% [markdown] jupyter={"source_hidden": true}

@@ -156,8 +156,8 @@ print(f"Y = c_1..c_6: δu of implicit_update vs closed form      {residual_parti
 
 # %% [markdown]
 # **Where the closed form stops.** With pre-LayerNorm the attention reads
-# $\mathrm{LN1}(z)$, so the closed form holds with $\mathrm{LN1}(y)$, $\mathrm{LN1}(x)$ in place
-# of $y$, $x$ (LN1 acts token by token), and it gives the change of the residual stream,
+# $\mathrm{LN1}(z)$, so the closed form holds with $\mathrm{LN1}(c)$ for each removed token $c$
+# and $\mathrm{LN1}(x)$ in place of $c$, $x$ (LN1 acts token by token), and it gives the change of the residual stream,
 # $h_C - h_\emptyset = \delta A$. The MLP input is $u = \mathrm{LN2}(h)$, and
 # $\delta u = \mathrm{LN2}(h_\emptyset + \delta A) - \mathrm{LN2}(h_\emptyset) \neq \delta A$:
 

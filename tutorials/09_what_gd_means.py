@@ -38,7 +38,7 @@
 #    pairs and does not. Shen, Mishra & Khashabi (2024, ICML) measure order sensitivity as the
 #    spread of predictions across orders; we measure it the same way.
 # 2. **The losses.** Each $L_i$ is *linear* in $W$: its gradient $G_i$ is the same at every
-#    $W$, it is unbounded below, and it has no minimiser. No target $y$ appears in $L_i$.
+#    $W$, and unless $G_i = 0$ it is unbounded below and has no minimiser. No target $y$ appears in $L_i$.
 # 3. **Does the path learn?** The implicit path exists for any weights. Whether walking it
 #    lowers the task error is a property of *training*, and even then only on average: single
 #    steps raise the query error about half of the time.
@@ -234,8 +234,9 @@ plt.show()
 # %% [markdown]
 # ## 3. Does walking the path lower the task error?
 #
-# The squared error of $T_{W_i}(x)$ against the target $\langle w, x\rangle$, for every prompt
-# $b$ and step $i$: $e_{b,i} = (T_{W_i}(x_b) - \langle w_b, x_b\rangle)^2$. A block that "gets
+# The squared error of the prediction $T_{W_i}(x)_D$ (the output's last coordinate) against
+# the target $\langle w, x_q\rangle$, for every prompt $b$ and step $i$:
+# $e_{b,i} = (T_{W_i}(x_b)_D - \langle w_b, x_{q,b}\rangle)^2$. A block that "gets
 # better with every demonstration" would have $e_{b,i+1} \le e_{b,i}$ for every step.
 #
 # ### Your turn: the fraction of single steps that raise the error
@@ -354,7 +355,7 @@ print(f"the model with context on it:     MSE {with_context_other:.2f}")
 # ## Summary
 #
 # - Order: $W_N$ depends on the context only through $A(C, x)$, so $\mathrm{spread}_N \approx 10^{-16}$, while $\mathrm{spread}_i = \frac1B\sum_b \operatorname{std}_r T_{W_i}(x_b) > 0$ for $i < N$; online SGD's endpoint spreads, full-batch GD's does not.
-# - $L_i(W) = \operatorname{trace}(G_i^\top W)$ is linear: $L_i(W - sG_i) = L_i(W) - s\|G_i\|_F^2$ for every $s$, no minimiser.
+# - $L_i(W) = \operatorname{trace}(G_i^\top W)$ is linear: $L_i(W - sG_i) = L_i(W) - s\|G_i\|_F^2$ for every $s$, no minimiser unless $G_i = 0$.
 # - After training $\frac1B\sum_b e_{b,N} \ll \frac1B\sum_b e_{b,0}$, yet $e_{b,i+1} > e_{b,i}$ for about half of the single steps.
 # - $W_N - W_0 = W_0\,\Delta A\, A(x)^\top/\|A(x)\|^2$ serves its own query $x$ only.
 

@@ -42,8 +42,9 @@
 # with $W^K_i, W^Q_i \in \mathbb{R}^{R\times(d+1)}$ (rank $R$). **The paper's results**, which
 # we check here:
 #
-# * ATTN_M is exactly a two-layer linear network on the cubic feature
-#   $z = \operatorname{vec}(\beta x_q^\top)$, $\beta = \frac1N\sum_n y_n x_n$; its loss makes
+# * ATTN_M, with the entries $\bar v_i$, $\bar u_i$ that start at zero kept at zero (the
+#   population gradient keeps them there), is exactly a two-layer linear network on the cubic
+#   feature $z = \operatorname{vec}(\beta x_q^\top)$, $\beta = \frac1N\sum_n y_n x_n$; its loss makes
 #   **one abrupt drop**, to the predictor $\hat y = \beta^\top \Gamma^{-1} x_q$.
 # * ATTN_S with rank 1 passes **$d + 1$ plateaus** $M_0, \dots, M_d$ ($d$ drops), learning
 #   the eigenvectors of $\Lambda$ one at a time in decreasing order of eigenvalue; at plateau $m$ it runs principal
@@ -114,7 +115,7 @@ for name, params, fw, bw in layers:
 #
 # Write the bottom row of $W^V_i$ as $(\bar v_i^\top, v_i)$ and the first $d$ columns of
 # $W^{KQ}_i$ as $\begin{pmatrix}U_i\\ \bar u_i^\top\end{pmatrix}$. The bottom row of
-# $W^V_i X X^\top/N$ at column $t$ is $\frac1N\sum_s(\bar v_i^\top x_s + v_i y_s)\,X_{st}$, and
+# $W^V_i X X^\top/N$ at column $t$ is $\frac1N\sum_s(\bar v_i^\top x_s + v_i y_s)\,X_{ts}$, and
 # $W^{KQ}_i$ applied to the query column $(x_q; 0)$ gives $(U_i x_q; \bar u_i^\top x_q)$. With
 # $\bar v_i = 0$, $\bar u_i = 0$ (and $y_q = 0$, so the query's own term vanishes):
 #
@@ -242,7 +243,8 @@ print(f"‖A − Γ⁻¹‖/‖Γ⁻¹‖ = {merged_error:.3f};  final held-out 
 #
 # The loss of any $\hat y = \beta^\top A x_q$ follows from $\beta = S w$,
 # $S = \frac1N\sum_n x_n x_n^\top$ and Isserlis' theorem,
-# $\mathbb{E}[SBS] = (1 + \frac1N)\Lambda B\Lambda + \frac1N\operatorname{tr}(B\Lambda)\Lambda$
+# $\mathbb{E}[SBS] = (1 + \frac1N)\Lambda B\Lambda + \frac1N\operatorname{tr}(B\Lambda)\Lambda$ for a
+# symmetric $B$ (here $B = A\Lambda A^\top$; a non-symmetric one adds a $\Lambda B^\top\Lambda$ term)
 # (`predictor_loss`); at $A_m$ each learned direction removes
 # $\lambda_{d'}/(1 + (1 + \operatorname{tr}\Lambda/\lambda_{d'})/N)$ from $\operatorname{tr}\Lambda$.
 #

@@ -41,7 +41,8 @@
 # **What we will see** (exact identities to `IDENTITY_RTOL` $= 10^{-12}$): every position's
 # token alone, patched, gives its output in the prompt; on the trained paper model the
 # per-position patches of the context tokens point the same way ($\cos_F \approx 0.6$) while
-# the last-token variant's do not ($\approx 0.03$); the thought patch is exact on at most
+# the last-token variant's lie nearly on one line with random signs (mean $\cos_F \approx 0.03$,
+# mean $|\cos_F| \approx 0.8$); the thought patch is exact on at most
 # $d = 2$ calibration queries here (not $D = 3$), and its held-out error levels off at the
 # model's own error from $K = 3$ on. The alignment statistics, the calibration queries and
 # the values of $K$ are **the package's choices**; the numbers are the package's
@@ -256,11 +257,11 @@ print(f"block 2: the variant's patches are the own ones: {block2_same:.1e}")
 # ### How the per-position patches align (the `positions` figure)
 #
 # Do the $T$ patches of one prompt point the same way? For rank-1 matrices
-# $\Delta W_t = c_t r_t^\top$ (column $c_t = W \delta u_t$, row $r_t = u_{\emptyset,t}/
+# $\Delta W_t = \kappa_t \rho_t^\top$ (column $\kappa_t = W \delta u_t$, row $\rho_t = u_{\emptyset,t}/
 # \|u_{\emptyset,t}\|^2$) the alignment factorises (exercise 1):
 #
 # $$
-# \cos_F(\Delta W_s, \Delta W_t) = \cos(c_s, c_t)\,\cos(r_s, r_t).
+# \cos_F(\Delta W_s, \Delta W_t) = \cos(\kappa_s, \kappa_t)\,\cos(\rho_s, \rho_t).
 # $$
 #
 # `position_alignment` computes it for every pair; the figure averages it over pairs of
@@ -294,7 +295,7 @@ s, t = 3, 17
 factor = cosine(update.column[:, s], update.column[:, t]) * cosine(update.row[:, s],
                                                                    update.row[:, t])
 factorised = relative_residual(factor, cos_frobenius(update.delta_W[:, s], update.delta_W[:, t]))
-print(f"cos_F(ΔW_s, ΔW_t) vs cos(c_s, c_t) cos(r_s, r_t): {factorised:.1e}")
+print(f"cos_F(ΔW_s, ΔW_t) vs cos(κ_s, κ_t) cos(ρ_s, ρ_t): {factorised:.1e}")
 
 fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
 for ax, (name, heat) in zip(axes, heatmaps.items()):
@@ -307,9 +308,9 @@ plt.show()
 
 # %% [markdown]
 # With their own lone tokens, the patches of the context positions are well aligned (mean
-# $\cos_F$ 0.61 in the full run of the figure, 100 tasks). The factors $\cos(c_s, c_t)$ and
-# $\cos(r_s, r_t)$ each average below 0.01 there, but a factor alone means nothing, since
-# $c\,r^\top = (-c)(-r)^\top$: their signs flip together, and the product is positive for 89 %
+# $\cos_F$ 0.61 in the full run of the figure, 100 tasks). The factors $\cos(\kappa_s, \kappa_t)$ and
+# $\cos(\rho_s, \rho_t)$ each average below 0.01 there, but a factor alone means nothing, since
+# $\kappa\,\rho^\top = (-\kappa)(-\rho)^\top$: their signs flip together, and the product is positive for 89 %
 # of the pairs. The last-token variant's first-block patches all share the row
 # $u_x/\|u_x\|^2$, so $\cos_F$ is the cosine of the columns $W(u_t - u_x)$ alone: its mean is
 # 0.03, but only because the signs cancel; the mean $|\cos_F|$ is 0.82, so those columns lie
@@ -340,7 +341,8 @@ plt.show()
 # $$
 #
 # For $K = 1$, $A^+ = a_1^\top/\|a_1\|^2$ and $\Delta^*$ is Theorem 2.2's $\Delta W$. When $A$
-# has full column rank ($K \le D$ and generic queries), $A^+ A = I$ and every calibration
+# has full column rank ($K \le \dim\operatorname{span}\{u_\emptyset(x)\}$, at most $D$ and here
+# $d = 2$, with generic queries), $A^+ A = I$ and every calibration
 # query is reproduced exactly (no MLP skip); beyond, it is a least-squares compromise.
 #
 # ### Your turn: $\Delta^* = U A^+$
@@ -464,14 +466,14 @@ print(f"with the prompt {mse_with_context:.4f}, no context {mse_no_context:.4f}"
 # * Part $Y$ of the context in a stack: on $[C \setminus Y, x]$, $\Delta W_l = W_l(u_C - u_\emptyset)u_\emptyset^\top/\|u_\emptyset\|^2$ with $u_\emptyset$ from the patched reduced run; exact after every block (tutorial 4).
 # * Every position: $\Delta W_t = W (u_t - u_{\emptyset,t})\,u_{\emptyset,t}^\top/\|u_{\emptyset,t}\|^2$, $\Delta b'_t = h_t - h_{\emptyset,t}$, and $T_{W+\Delta W_t}(z_t) = T_W(\text{prompt})_t$; all $T$ patches of a block from two passes.
 # * The last-token variant: $\Delta W_t = W (u_t - u_x)\,u_x^\top/\|u_x\|^2$, $\Delta b'_t = h_t - h_x$: every position from the last token alone.
-# * Alignment of rank-1 patches: $\cos_F(c_s r_s^\top, c_t r_t^\top) = \cos(c_s, c_t)\cos(r_s, r_t)$.
+# * Alignment of rank-1 patches: $\cos_F(\kappa_s \rho_s^\top, \kappa_t \rho_t^\top) = \cos(\kappa_s, \kappa_t)\cos(\rho_s, \rho_t)$.
 # * One patch for all queries: $\Delta^* = U A^+$, exact on the calibration queries while $A$ has full column rank ($K \le \operatorname{rank} A$; here $d = 2$), a least-squares compromise after.
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. *(derivation)* Show that for $U = c_s r_s^\top$ and $V = c_t r_t^\top$,
-#    $\cos_F(U, V) = \cos(c_s, c_t)\cos(r_s, r_t)$. Then show that for $K = 1$ the thought
+# 1. *(derivation)* Show that for $U = \kappa_s \rho_s^\top$ and $V = \kappa_t \rho_t^\top$,
+#    $\cos_F(U, V) = \cos(\kappa_s, \kappa_t)\cos(\rho_s, \rho_t)$. Then show that for $K = 1$ the thought
 #    patch $U A^+$ is Theorem 2.2's $\Delta W$ for the query $x_1$.
 # 2. *(prediction, then test)* In the causal stack of section 2, predict (a) the
 #    last-token variant's patch at $t = T - 1$ compared with the own-token patch there, and
@@ -483,8 +485,8 @@ print(f"with the prompt {mse_with_context:.4f}, no context {mse_no_context:.4f}"
 #    $x \sim N(0, I)$, for $K = 3$ and $K = 25$. Does the compression transfer?
 
 # %% [markdown] jupyter={"source_hidden": true}
-# **Solution 1.** $\langle c_s r_s^\top, c_t r_t^\top\rangle_F = \operatorname{trace}(r_s c_s^\top
-# c_t r_t^\top) = (c_s \cdot c_t)(r_s \cdot r_t)$ and $\|c\,r^\top\|_F^2 = \|c\|^2\|r\|^2$, so the
+# **Solution 1.** $\langle \kappa_s \rho_s^\top, \kappa_t \rho_t^\top\rangle_F = \operatorname{trace}(\rho_s \kappa_s^\top
+# \kappa_t \rho_t^\top) = (\kappa_s \cdot \kappa_t)(\rho_s \cdot \rho_t)$ and $\|\kappa\,\rho^\top\|_F^2 = \|\kappa\|^2\|\rho\|^2$, so the
 # cosine is the product of the two cosines. For $K = 1$, $A = a_1$ is one column, $A^+ =
 # a_1^\top/\|a_1\|^2$ (it satisfies the four Penrose conditions), and $U A^+ = W \delta u_1\,
 # a_1^\top/\|a_1\|^2$ with $a_1 = u_\emptyset(x_1)$: Theorem 2.2's $\Delta W$ for $x_1$.
@@ -548,7 +550,7 @@ assert max(own_residual) <= IDENTITY_RTOL and max(versus_package) <= IDENTITY_RT
 assert prefix_residual <= IDENTITY_RTOL and first_is_zero
 assert max(variant_residual) <= IDENTITY_RTOL and same_rows and block2_same <= IDENTITY_RTOL
 assert factorised <= IDENTITY_RTOL
-assert alignment["own token"] > alignment["last token"]  # own patches align, the variant's less
+assert alignment["own token"] > alignment["last token"]  # own patches align; the variant's signs cancel
 assert numpy.max(sigma[:, 2] / sigma[:, 0]) < 1e-12  # regression queries: rank A = d = 2
 assert numpy.all(naive_norm[above] > 1e6 * package_norm[above])  # rounding inverted
 if not above.all():  # where the default cutoff drops σ_3 the two agree

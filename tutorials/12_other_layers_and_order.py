@@ -79,7 +79,7 @@ FAST = os.environ.get("MINIMAL_ICL_FAST") == "1"  # the test suite's short run
 #
 # `TransformerConfig(contextual_layer="rnn", d_state=S)` puts the recurrence in attention's
 # place; the MLP, the skips and the LayerNorms are the attention block's. Its parameters
-# are an `RNNParams` record: $W_{in}$ (S, D), $W_s$ (S, S), $b$ (S,), $W_{out}$ (D, S).
+# are an `RNNParams` record: $W_{in}$ (S, D), $W_s$ (S, S), $b_s$ (S,) (the field `b`), $W_{out}$ (D, S).
 
 # %%
 config = TransformerConfig(d_token=3, d_mlp=16, d_state=6, contextual_layer="rnn")
@@ -115,7 +115,10 @@ check_rnn_query_alone(query_alone)
 # ## 2. Backpropagation through time
 #
 # One step, $s = \tanh(\mathrm{pre})$ with $\mathrm{pre} = W_s s_{\text{prev}} + W_{in} x + b_s$,
-# read backwards (CS231n's `rnn_step_backward`): with $ds = \partial\,\mathrm{loss}/\partial s$
+# read backwards (CS231n's `rnn_step_backward`): with $ds = \partial\,\mathrm{loss}/\partial s$,
+# written for a batch of states as rows, as the code holds them (pre $= s_{\text{prev}} W_s^\top
+# + x W_{in}^\top + b_s$; with column vectors the products below read $dx = W_{in}^\top
+# d\mathrm{pre}$, and so on)
 #
 # $$ d\mathrm{pre} = ds \odot (1 - s^2),\quad dx = d\mathrm{pre}\, W_{in},\quad
 #    ds_{\text{prev}} = d\mathrm{pre}\, W_s,\quad dW_{in} = d\mathrm{pre}^\top x,\quad
