@@ -98,14 +98,23 @@ def test_theorem_path_weights_are_the_prefix_rank1_updates(problem):
 
 @given(problems(config=one_block()), st.data())
 def test_theorem_consuming_a_token_is_a_gradient_step(problem, data):
-    """W_{i+1} = W_i − h ∇L_i(W_i), h = 1/‖A(x)‖², with ∇L_i = Δ_i (a gradient check of
-    L_i(W) = trace(Δ_iᵀ W) by finite differences, random weights per prompt)."""
+    """W_{i+1} = W_i − η_x ∇L_i(W_i), η_x = 1/‖A(x)‖², with ∇L_i = G_i = W_0 (A_i − A_{i+1})
+    A(x)ᵀ built here from separate runs of each prefix [c_1..c_i, x] (A_i the query's MLP
+    input after i tokens), not from the path's own gradient; and L_i(W) = trace(G_iᵀ W)
+    has that gradient (finite differences, random weights per prompt)."""
     config, params, context, query, _, seed = problem
     path = implicit_path(params, config, context, query)
     N = context.shape[1]
-    h = path.step_size[:, None, None]
+    W0 = params.blocks[0].mlp.W1
+    A = [block_forward(with_query(context[:, :i], query), params.blocks[0], config)[1].u[:, -1]
+         for i in range(N + 1)]  # A_i (B, D), A_0 = A(x)
+    eta = 1.0 / numpy.sum(A[0] ** 2, axis=-1)  # (B,)
     for i in range(N):
-        stepped = path.weights(i) - h * path.gradient(i)
+        G = ((A[i] - A[i + 1]) @ W0.T)[:, :, None] * A[0][:, None, :]  # (B, M, D)
+        # against the size of the terms subtracted: A_i and A_{i+1} can nearly cancel
+        scale = (norm(A[i] @ W0.T) + norm(A[i + 1] @ W0.T)) * norm(A[0])  # (B,)
+        assert residual_against(path.gradient(i), G, scale) <= IDENTITY_RTOL, i
+        stepped = path.weights(i) - eta[:, None, None] * G
         assert relative_residual(path.weights(i + 1), stepped) <= IDENTITY_RTOL, i
 
     i = data.draw(st.integers(0, N - 1), label="i")

@@ -19,10 +19,14 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from strategies import (
+    GENERIC_BATCH,
+    GENERIC_GAP,
     RANK_RTOL,
     Problem,
     cast,
     configs,
+    gaps,
+    generic_one_block,
     one_block,
     problems,
     random_params,
@@ -347,16 +351,19 @@ def test_theorem_delta_W_is_rank_one(problem):
         assert relative_residual(mapped, W_delta) <= IDENTITY_RTOL
 
 
-@given(problems(config=one_block()))
+@given(problems(config=generic_one_block(), batch=st.just(GENERIC_BATCH)))
 def test_theorem_delta_W_depends_on_the_query(problem):
     """The same context gives another ΔW for another query (the problem's query and a
-    second draw), wherever ΔW is not zero (a dead MLP column can make W δu = 0)."""
+    second draw), prompt by prompt: the relative change ‖ΔW(x) − ΔW(x′)‖_F/‖ΔW(x)‖_F has
+    a median over the 16 prompts above GENERIC_GAP (a single prompt can land near a
+    coincidence; strategies.GENERIC_GAP)."""
     config, params, context, query, _, _ = problem
     other = numpy.random.default_rng(7).standard_normal(query.shape)
     (mine,) = implicit.implicit_update(params, config, context, query)
     (theirs,) = implicit.implicit_update(params, config, context, other)
-    assume(numpy.all(numpy.abs(mine.delta_W).max(axis=(1, 2)) > 0))
-    assert relative_residual(mine.delta_W, theirs.delta_W) > 1e-8
+    size = numpy.linalg.norm(mine.delta_W, axis=(1, 2))
+    gap = gaps(numpy.linalg.norm(mine.delta_W - theirs.delta_W, axis=(1, 2)), size)
+    assert numpy.median(gap) >= GENERIC_GAP, gap
 
 
 def test_theorem_a_patch_belongs_to_its_query():

@@ -94,7 +94,7 @@ def test_delta_W_is_the_minimum_norm_least_squares_fit(problem, K):
         A, U = patch.inputs[b], patch.targets[b]  # (K, D), (K, M)
         reference = numpy.linalg.lstsq(A, U, rcond=None)[0].T  # (M, D)
         scale = abs(U).max() / numpy.linalg.svd(A, compute_uv=False)[-1] + abs(reference).max()
-        assert abs(patch.delta_W[b] - reference).max() <= 1e3 * IDENTITY_RTOL * scale
+        assert abs(patch.delta_W[b] - reference).max() <= IDENTITY_RTOL * scale
         basis = numpy.linalg.svd(A, full_matrices=False)[2]  # (r, D): the row space of A
         outside = patch.delta_W[b] - patch.delta_W[b] @ basis.T @ basis
         assert abs(outside).max() <= IDENTITY_RTOL * scale
@@ -110,13 +110,16 @@ def test_delta_b_minimises_the_calibration_output_error(problem, K):
     errors = numpy.stack([patched_alone(problem, patch, queries[:, k])
                           - with_context(problem, queries[:, k]) for k in range(K)], axis=1)
     size = max(abs(with_context(problem, queries[:, k])).max() for k in range(K))
-    assert abs(errors.sum(axis=1)).max() <= K * IDENTITY_RTOL * size
+    # the K errors summed can be larger than the outputs where Δ* fits badly (K > D)
+    assert abs(errors.sum(axis=1)).max() <= K * IDENTITY_RTOL * (size + abs(errors).max())
     shift = numpy.random.default_rng(problem.seed).standard_normal(patch.delta_b.shape)
     moved = patch._replace(delta_b=patch.delta_b + shift)
     moved_errors = numpy.stack([patched_alone(problem, moved, queries[:, k])
                                 - with_context(problem, queries[:, k]) for k in range(K)], axis=1)
     gain = (moved_errors ** 2).sum(axis=(1, 2)) - (errors ** 2).sum(axis=(1, 2))
-    assert numpy.allclose(gain, K * (shift ** 2).sum(-1), rtol=1e-9, atol=1e-9 * size ** 2)
+    # a difference of two sums of squared errors: measured against their size, not the gain's
+    scale = (moved_errors**2).sum(axis=(1, 2)) + (errors**2).sum(axis=(1, 2))
+    assert numpy.all(abs(gain - K * (shift**2).sum(-1)) <= IDENTITY_RTOL * scale)
 
 
 @given(problems(config=one_block(mlp_skip=True)), st.data())
@@ -140,20 +143,25 @@ def test_delta_b_is_the_mean_residual_shift_where_delta_W_is_exact(problem, data
 
 @given(problems(config=one_block(), batch=st.integers(1, 2)), st.integers(1, 5))
 def test_compression_error_against_its_references(problem, K):
-    """The exact per-query patch has zero held-out error (rounding), the no-context error
-    is mean ‖T_W(x) − T_W(C, x)‖², and every entry is the mean squared output distance."""
+    """The exact per-query patch has zero held-out error (a squared error, so rounding
+    leaves IDENTITY_RTOL² of the outputs' squared size), the no-context error is
+    mean ‖T_W(x) − T_W(C, x)‖², and every entry is the mean squared output distance."""
     calibration, test = draw_queries(problem, K), draw_queries(problem, 3, seed_offset=4)
     result = compression_error(problem.params, problem.config, problem.context, calibration,
                                test, n_calibration=tuple(range(1, K + 1)))
     targets = numpy.stack([with_context(problem, test[:, q]) for q in range(3)], axis=1)
     size = float((targets ** 2).sum(-1).mean())
     assert result.n_calibration == tuple(range(1, K + 1)) and len(result.thought) == K
-    assert result.exact <= IDENTITY_RTOL * size
+    assert result.exact <= IDENTITY_RTOL**2 * size
     alone = numpy.stack([forward(problem.params, problem.config, test[:, q:q + 1])[0][:, 0]
                          for q in range(3)], axis=1)
-    assert numpy.isclose(result.no_context, ((alone - targets) ** 2).sum(-1).mean(), rtol=1e-12)
+    no_context = ((alone - targets) ** 2).sum(-1).mean()
+    # a squared difference of outputs: its rounding scales with the outputs' squared size
+    assert abs(result.no_context - no_context) <= IDENTITY_RTOL * size
     patch = thought_patch(problem.params, problem.config, problem.context, calibration)
     direct = numpy.stack([patched_alone(problem, patch, test[:, q]) for q in range(3)], axis=1)
+    # the same patched outputs rounded along two routes, then squared: 1e-9 relative (the
+    # thorough profile finds 1e-12 of the outputs' squared size too tight for some draws)
     assert numpy.isclose(result.thought[-1], ((direct - targets) ** 2).sum(-1).mean(),
                          rtol=1e-9, atol=IDENTITY_RTOL * size)
 
@@ -190,4 +198,4 @@ def test_thought_patch_on_each_backend(backend):
     got = thought_patch(tree_map(backend.asarray, host), config, backend.asarray(context),
                         backend.asarray(queries))
     for mine, theirs in zip(got, expected):
-        assert relative_residual(backend.to_numpy(mine), theirs) <= 1e3 * IDENTITY_RTOL
+        assert relative_residual(backend.to_numpy(mine), theirs) <= IDENTITY_RTOL
