@@ -456,8 +456,9 @@ def test_a_loose_shift_takes_the_exact_maximum(monkeypatch, dtype, big):
 
 
 def test_a_non_finite_score_takes_the_exact_maximum(monkeypatch):
-    """A NaN token fails both comparisons of the check: the exact path runs, and its NaN
-    reaches the same outputs as the textbook pass's."""
+    """A NaN token fails both comparisons of the check: the exact path runs, its NaN
+    reaches the same outputs as the textbook pass's, and the other prompts' outputs equal
+    the textbook's."""
     calls = _spy_on_the_exact_path(monkeypatch)
     config = paper_setting().config
     params = init_params(config, seed=1)
@@ -467,6 +468,9 @@ def test_a_non_finite_score_takes_the_exact_maximum(monkeypatch):
     out_fast = forward_fast(params, config, tokens, last_only=True)[0]
     assert calls == [1]
     assert numpy.array_equal(numpy.isnan(out_fast), numpy.isnan(out))
+    finite = ~numpy.isnan(out).any(axis=(1, 2))  # the prompts without the NaN token
+    assert finite.sum() == 3
+    assert relative_residual(out_fast[finite], out[finite]) <= IDENTITY_RTOL
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

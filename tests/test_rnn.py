@@ -314,7 +314,8 @@ def test_rnn_factorised_path_reproduces_every_suffix():
 def test_rnn_path_increments_do_not_decay_like_one_over_i():
     """Random recurrent block, N = 200: the increments ‖W_{i+1} − W_i‖ at the end of the
     context are not 1/i-small; they keep the size they had early on (softmax attention's
-    shrink about 100-fold over the same range, tests/test_theorem_dynamics.py)."""
+    decay like 1/i:
+    tests/test_experiments.py::test_convergence_softmax_decays_like_one_over_i_even_untrained)."""
     config = TransformerConfig(d_token=3, d_mlp=8, d_state=8, contextual_layer="rnn")
     params = init_params(config, seed=24)
     context, query = random_prompts(config, 24, 16, 200)

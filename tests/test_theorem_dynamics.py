@@ -358,12 +358,15 @@ def test_theorem_path_depends_on_token_order(problem):
     delta, delta_s = path.update(1).delta_W, path_s.update(1).delta_W
     gap = gaps(frobenius(delta - delta_s), frobenius(delta))
     assert numpy.median(gap) >= GENERIC_GAP, gap
+    N = context.shape[1]  # the end point does not move (one block, no positions)
+    end, end_s = path.update(N), path_s.update(N)
+    assert residual_against(end.delta_W, end_s.delta_W, update_scale(path.W0, end)) <= IDENTITY_RTOL
 
 
 @given(problems(config=stacks(causal=st.just(False))))
 def test_theorem_stack_patches_are_order_invariant_without_causal_mask(problem):
     """A non-causal stack is permutation-equivariant, so every block's patch at the query
-    is unchanged when the context is permuted."""
+    (its MLP input u_C and its ΔW) is unchanged when the context is permuted."""
     config, params, context, query, _, seed = problem
     updates = implicit_update(params, config, context, query)
     updates_p = implicit_update(params, config, permuted(context, seed), query)

@@ -305,8 +305,9 @@ SWITCHES = list(itertools.product([False, True], repeat=4))
 def test_theorem_holds_for_every_switch_combination(
     attention, activation, causal, attn_skip, mlp_skip, layer_norm
 ):
-    """All 64 combinations, each with Y = C and a partial Y (several positions) in one
-    block, a 2-block and a 3-block stack (ill-conditioned stacks included, at fixed seeds)."""
+    """All 64 combinations: Y = C and a partial Y (several positions) in one block and in a
+    2-block stack, and a partial Y in a 3-block stack (ill-conditioned stacks included, at
+    fixed seeds)."""
     cases = ((1, None), (1, (0, 2, 3)), (2, None), (2, (0, 2, 3)), (3, (1, 4)))
     for n_blocks, removed in cases:
         config = TransformerConfig(
@@ -683,12 +684,17 @@ def test_stack_removed_all_explicitly_is_removed_none_and_nothing_removed_is_zer
     check_every_block_matches_the_full_run(Problem(config, params, context, query, (1,), 0))
     full = implicit.implicit_update(params, config, context, query)
     explicit = implicit.implicit_update(params, config, context, query, removed=[3, 2, 1, 0])
-    assert all(numpy.array_equal(a.delta_W, b.delta_W) for a, b in zip(full, explicit))
-    for update in implicit.implicit_update(params, config, context, query, removed=[]):
-        # nothing removed: δu = 0 up to the rounding of two runs of the same block
+    for a, b in zip(full, explicit):
+        assert all(numpy.array_equal(x, y) for x, y in zip(a, b))  # every field of each block
+    for l, update in enumerate(implicit.implicit_update(params, config, context, query, removed=[])):
+        # nothing removed: δu = 0 up to the rounding of two runs of the same block, and so
+        # ΔW = (W δu) u_∅ᵀ/‖u_∅‖² to ‖W‖ times that rounding; no MLP skip here: Δb′ = 0
         assert numpy.max(numpy.abs(update.delta_u)) <= IDENTITY_RTOL * numpy.max(
             numpy.abs(update.u_without)
         )
+        W = params.blocks[l].mlp.W1
+        assert numpy.max(numpy.abs(update.delta_W)) <= IDENTITY_RTOL * numpy.linalg.norm(W)
+        assert not config.mlp_skip and numpy.all(update.delta_b == 0)
 
 
 # -- backends -------------------------------------------------------------------------
