@@ -27,6 +27,11 @@ PLATEAU_RTOL = 0.05
 # P = 5,000; measured 0.02–0.05 over seeds 0–5.
 MATRIX_RTOL = 0.1
 
+# Thirty gradient-descent steps on two parametrizations of the same model (ATTN_M and the
+# cubic-feature network) compound their different roundings: the losses agree to 1.0e-12
+# at worst over the drawn cases, the weights to 8e-14. The losses get a hundredfold margin.
+TRAJECTORY_RTOL = 1e-10
+
 
 def _perturbed(params, seed, size=0.3):
     rng = numpy.random.default_rng(seed)
@@ -94,16 +99,17 @@ def test_attn_m_is_a_two_layer_network_on_the_cubic_feature(d, n_heads, n_contex
 
 
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2**16), n_heads=st.integers(1, 3), lr=st.sampled_from([0.05, 0.5]))
+@given(seed=st.integers(0, 2**16), n_heads=st.integers(1, 3), lr=st.sampled_from([0.05, 0.2]))
 def test_gd_on_attn_m_and_on_the_cubic_network_has_the_same_losses(seed, n_heads, lr):
     """From corresponding weights, gradient descent on ATTN_M (zero blocks held at zero)
-    and on the cubic-feature network gives the same loss at every step, to rounding."""
+    and on the cubic-feature network gives the same loss at every step, to rounding
+    (learning rates up to 0.2: at 0.5 some draws diverge)."""
     data = la.sequences(16, 6, la.covariance(3, seed=seed), seed=seed + 1)
     params = la.init_merged(3, n_heads, 0.5, seed=seed + 2)
     loss_m, final_m = la.per_sequence_gd(params, data, lr, 30, freeze_zero_blocks=True)
     loss_c, final_c = la.per_sequence_gd(la.merged_to_cubic(params), data, lr, 30)
-    assert numpy.max(numpy.abs(loss_m - loss_c) / loss_c) <= 1e-10
-    assert relative_residual(la.merged_to_cubic(final_m).W1, final_c.W1) <= 1e-10
+    assert numpy.max(numpy.abs(loss_m - loss_c) / loss_c) <= TRAJECTORY_RTOL
+    assert relative_residual(la.merged_to_cubic(final_m).W1, final_c.W1) <= IDENTITY_RTOL
     assert loss_m[-1] < loss_m[0]  # the run moved
 
 
@@ -118,10 +124,10 @@ def test_statistics_gd_equals_per_sequence_gd(kind):
     stats = la.feature_statistics(data, chunk=16)  # several chunks
     fast = la.train_gd(params, stats, stats, 0.1, 25, stride=1)
     slow, final = la.per_sequence_gd(params, data, 0.1, 25)
-    assert relative_residual(fast.train_loss, slow) <= 1e-12
+    assert relative_residual(fast.train_loss, slow) <= IDENTITY_RTOL
     assert numpy.array_equal(fast.train_loss, fast.heldout_loss)
     for a, b in zip(fast.params, final):
-        assert relative_residual(a, b) <= 1e-10
+        assert relative_residual(a, b) <= IDENTITY_RTOL
 
 
 def test_plateau_levels_closed_form():
@@ -176,7 +182,7 @@ def test_short_run_passes_the_plateaus_and_reaches_the_predictor():
         assert abs(measured - predicted) <= PLATEAU_RTOL * predicted
     assert record["attn_m_matrix_relative_error"] <= MATRIX_RTOL
     assert abs(record["attn_m_final_loss"] - levels[-1]) <= PLATEAU_RTOL * levels[-1]
-    assert record["attn_m_equivalence_max_diff"] <= 1e-10
+    assert record["attn_m_equivalence_max_diff"] <= TRAJECTORY_RTOL
     times = record["drop_time"]["attn_s_epochs"]
     assert times[1] < times[0]  # a larger initialisation drops earlier
 
@@ -205,4 +211,4 @@ def test_figure_writes_png_and_json_with_its_fields(tmp_path):
                 "attn_m_drops", "attn_s_drops", "eigenvector_order", "headline", "seconds"):
         assert key in saved, key
     assert len(saved["plateau_loss_measured"]) == 5 and saved["n_context"] == 31
-    assert record["headline"]["attn_m_equivalence_max_diff"] <= 1e-10
+    assert record["headline"]["attn_m_equivalence_max_diff"] <= TRAJECTORY_RTOL
