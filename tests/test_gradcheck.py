@@ -331,14 +331,17 @@ def test_all_ones_upstream_gradient_is_blind_to_a_wrong_softmax_jacobian():
     H=st.integers(1, 3),
     Tq=st.integers(1, 4),
     T=st.integers(2, 6),
-    scale=st.sampled_from([0.1, 1.0, 3.0]),
+    scale=st.sampled_from([0.1, 0.5, 1.0]),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_property_checker_rejects_both_softmax_bugs_on_every_shape(B, H, Tq, T, scale, seed):
     """On scores (B, H, Tq, T) of any small shape with two keys or more, the checker
-    accepts softmax_backward and rejects both wrong Jacobians. (With one key softmax is
-    the constant 1, whose true gradient 0 the first bug also gives.)"""
+    accepts softmax_backward and rejects both wrong Jacobians: their errors exceed
+    GRADCHECK_RTOL. (With one key softmax is the constant 1, whose true gradient 0 the
+    first bug also gives.) Scores of order 0.1 to 1: at scale 3 two keys can saturate the
+    softmax, whose gradient P(1 − P) then falls to about e^{-12}, below what float64
+    finite differences resolve to GRADCHECK_RTOL (measured: 5e-6)."""
     scores = scale * numpy.random.default_rng(seed).standard_normal((B, H, Tq, T))
     assert_gradients_ok(check_layer(softmax_forward, softmax_backward, scores, seed=seed))
     for bug in (no_leading_factor, no_sum_term):
-        assert check_layer(softmax_forward, bug, scores, seed=seed)["input"] > 1e-3
+        assert check_layer(softmax_forward, bug, scores, seed=seed)["input"] > GRADCHECK_RTOL
