@@ -249,20 +249,19 @@ def _query_attention(x: Array, p: AttentionParams, config: TransformerConfig):
     xT[:, :D, :] = xp.permute_dims(x, (0, 2, 1))
     xT[:, D, :] = 1.0
     q = (x[:, -1, :] @ p.W_Q.mT) * (1.0 / math.sqrt(K))  # (B, H·K)
-    r_rows = reshape(q @ K_diag, (B * H, D))  # (B·H, D)   r_h = W_K,hᵀ q_h
-    r = reshape(r_rows, (B, H, D))
+    r = reshape(q @ K_diag, (B, H, D))  # (B, H, D)   r_h = W_K,hᵀ q_h
     if config.attention == "linear":
         S = r @ xT[:, :D, :]  # (B, H, T)  S_t = r_hᵀ x_t = q_h · k_t
         E, inv_norm = S, None  # the query sees every key: no causal mask at the last position
         y = S @ x
     else:
-        E, inv_norm, y = _softmax_average(r_rows, x, xT)
+        E, inv_norm, y = _softmax_average(r, x, xT)
     heads = reshape(y, (B, H * D)) @ V_diag.mT  # (B, H·K)  W_V,h ȳ_h
     A = heads @ p.W_O.mT  # (B, D)
     return A, QueryAttentionCache(x, xT, q, r, E, inv_norm, y, heads, K_diag, V_diag)
 
 
-def _softmax_average(r_rows: Array, x: Array, xT: Array):
+def _softmax_average(r: Array, x: Array, xT: Array):
     """ȳ_h = Σ_t P_t x_t with P = softmax_t(S), S_t = r_hᵀ x_t, by a shift bounded above.
 
     Softmax is the same for every shift c of the scores, P = exp(S − c)/Σ_t exp(S − c).
@@ -290,17 +289,17 @@ def _softmax_average(r_rows: Array, x: Array, xT: Array):
     GPU, so arrays of other libraries take the exact maximum directly (a training step
     reads nothing back there, tests/test_errors.py).
 
-    r_rows (B·H, D), x (B, T, D), xT = [x, 1]ᵀ (B, D + 1, T). Returns (E (B, H, T) =
+    r (B, H, D), x (B, T, D), xT = [x, 1]ᵀ (B, D + 1, T). Returns (E (B, H, T) =
     exp(S − c), 1/ℓ (B, H, 1), ȳ (B, H, D)).
     """
     xp = namespace(x)
     B, T, D = x.shape
-    H = r_rows.shape[0] // B
-    r = reshape(r_rows, (B, H, D))
+    H = r.shape[1]
     if type(x) is not numpy.ndarray:
         return _softmax_average_exact(r, xT)
     m = max(float(xp.max(x)), -float(xp.min(x)))  # max |x| (two reductions, no |x| array)
     minus_ones = constant(xp, (D, 1), -1.0, x.dtype, device(x))
+    r_rows = reshape(r, (B * H, D))  # a product of rows, not a batch of tiny products
     minus_shift = reshape(xp.abs(r_rows) @ minus_ones, (B, H, 1)) * m  # (B, H, 1)  −c_h
     E = xp.exp(xp.concat([r, minus_shift], axis=-1) @ xT)  # (B, H, T)  exp(S − c)
     yl = E @ xT.mT  # (B, H, D + 1): [Σ_t E_t x_t, ℓ]

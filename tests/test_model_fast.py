@@ -377,13 +377,13 @@ def test_adam_step_fast_reads_its_own_parameters_back():
 
 
 def _query_row(tokens, seed: int, scale: float):
-    """r (B·H, D) of a paper-shaped head layout at ``scale`` and [x, 1]ᵀ for ``tokens``."""
+    """r (B, H, D) of a paper-shaped head layout at ``scale`` and [x, 1]ᵀ for ``tokens``."""
     B, T, D = tokens.shape
     H = 8
-    r_rows = scale * numpy.random.default_rng(seed).standard_normal((B * H, D))
-    r_rows = numpy.asarray(r_rows, dtype=tokens.dtype)
+    r = scale * numpy.random.default_rng(seed).standard_normal((B, H, D))
+    r = numpy.asarray(r, dtype=tokens.dtype)
     xT = numpy.concatenate([tokens.transpose(0, 2, 1), numpy.ones((B, 1, T), tokens.dtype)], 1)
-    return r_rows, numpy.ascontiguousarray(xT)
+    return r, numpy.ascontiguousarray(xT)
 
 
 def _count_calls(monkeypatch, name: str) -> list:
@@ -416,10 +416,10 @@ def test_shifted_softmax_equals_the_exact_maximum(monkeypatch, dtype, scale, see
     rtol = IDENTITY_RTOL if dtype == "float64" else FLOAT32_RTOL
     calls = _spy_on_the_exact_path(monkeypatch)
     tokens = numpy.random.default_rng(10 + seed).standard_normal((6, 11, 3)).astype(dtype)
-    r_rows, xT = _query_row(tokens, seed, scale)
-    E, inv_norm, y = model_fast._softmax_average(r_rows, tokens, xT)
+    r, xT = _query_row(tokens, seed, scale)
+    E, inv_norm, y = model_fast._softmax_average(r, tokens, xT)
     assert calls == []
-    E0, inv_norm0, y0 = model_fast._softmax_average_exact(r_rows.reshape(6, 8, 3), xT)
+    E0, inv_norm0, y0 = model_fast._softmax_average_exact(r, xT)
     assert len(calls) == 1
     assert relative_residual(E * inv_norm, E0 * inv_norm0) <= rtol
     assert relative_residual(y, y0) <= rtol
@@ -437,8 +437,8 @@ def test_a_loose_shift_takes_the_exact_maximum(monkeypatch, dtype, big):
     params = init_params(config, seed=1, dtype=dtype)
     tokens = numpy.random.default_rng(5).standard_normal((4, 9, config.d_token)).astype(dtype)
     tokens[0, 3, 1] = big  # a context token of prompt 0
-    r_rows, xT = _query_row(tokens, 0, 1.0)
-    _, inv_norm, _ = model_fast._softmax_average(r_rows, tokens, xT)
+    r, xT = _query_row(tokens, 0, 1.0)
+    _, inv_norm, _ = model_fast._softmax_average(r, tokens, xT)
     assert calls == [1] and numpy.all(numpy.isfinite(inv_norm))
     out, cache = forward(params, config, tokens, last_only=True)
     out_fast, cache_fast = forward_fast(params, config, tokens, last_only=True)
@@ -498,12 +498,12 @@ def test_a_shift_near_the_exponent_range_keeps_its_precision(monkeypatch, dtype,
     B, T, D, H = 4, 11, 3, 2
     tokens = numpy.random.default_rng(2).standard_normal((B, T, D)).astype(dtype)
     tokens[0, 0, 1] = gap  # sets max|x|; the scores read coordinate 0 only
-    r_rows = numpy.zeros((B * H, D), dtype=dtype)
-    r_rows[:, 0] = 1.0  # c_h = ‖r_h‖₁ max|x| = gap, S_t = x_t,0 of order 1
+    r = numpy.zeros((B, H, D), dtype=dtype)
+    r[..., 0] = 1.0  # c_h = ‖r_h‖₁ max|x| = gap, S_t = x_t,0 of order 1
     _, xT = _query_row(tokens, 0, 1.0)
-    E, inv_norm, y = model_fast._softmax_average(r_rows, tokens, xT)
+    E, inv_norm, y = model_fast._softmax_average(r, tokens, xT)
     assert calls == []
-    E0, inv_norm0, y0 = model_fast._softmax_average_exact(r_rows.reshape(B, H, D), xT)
+    E0, inv_norm0, y0 = model_fast._softmax_average_exact(r, xT)
     rtol = IDENTITY_RTOL if dtype == "float64" else FLOAT32_RTOL
     assert relative_residual(E * inv_norm, E0 * inv_norm0) <= rtol
     assert relative_residual(y, y0) <= rtol
