@@ -2,6 +2,7 @@
 
     python benchmarks/bench_gpu.py                 # the large workload below
     python benchmarks/bench_gpu.py --small         # a quick look (CPU-friendly sizes)
+    python benchmarks/bench_gpu.py --backend cupy  # the GPU rows alone (the CPU ones take minutes)
 
 Workload (default): B = 1024 prompts, N = 255 context pairs (T = 256 tokens),
 d_token = 64, 4 pre-LN blocks with both skips, H = 4 heads of width 16, MLP width 256,
@@ -31,9 +32,12 @@ from minimal_icl.implicit import implicit_update
 from minimal_icl.train import OptimizerSettings, optimizer_init, train_step
 
 
-def backends():
-    """(name, xp, synchronize) for NumPy and, where a GPU exists, CuPy."""
-    out = [("numpy (CPU)", numpy, lambda: None)]
+def backends(which: str = "all"):
+    """(name, xp, synchronize) for NumPy and, where a GPU exists, CuPy; ``which`` is
+    "all", "numpy" or "cupy"."""
+    out = [("numpy (CPU)", numpy, lambda: None)] if which in ("all", "numpy") else []
+    if which == "numpy":
+        return out
     try:
         import cupy
 
@@ -61,7 +65,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="B=128, N=63, 2 blocks")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
+    parser.add_argument("--backend", choices=("all", "numpy", "cupy"), default="all",
+                        help="which rows to time (default: NumPy, and CuPy where a GPU exists)")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
     if args.small:
         B, N, D, L, H, K, M = 128, 63, 32, 2, 4, 8, 128
@@ -78,7 +86,7 @@ def main(argv=None) -> None:
           f"{'(prompts/s)':>14}")
 
     rows = {}
-    for name, xp, synchronize in backends():
+    for name, xp, synchronize in backends(args.backend):
         for dtype in ("float32", "float64"):
             params = minimal_icl.init_params(config, seed=0, dtype=dtype, xp=xp)
             batch = regression_prompts(B, N, D - 1, seed=0, dtype=dtype, xp=xp)
@@ -96,9 +104,13 @@ def main(argv=None) -> None:
             print(f"{name:<14}{dtype:<9}{1 / t_step:>15.3f}{1 / t_update:>22.3f}{B / t_update:>14.0f}")
 
     gpu = [key for key in rows if key[0].startswith("cupy")]
+    if args.backend == "numpy":
+        return
     if not gpu:
         print("CuPy with a GPU not found: the GPU columns are skipped "
               "(pip install 'minimal_icl[gpu]' on a machine with an NVIDIA GPU).")
+        return
+    if args.backend == "cupy":
         return
     for dtype in ("float32", "float64"):
         cpu, dev = rows[("numpy (CPU)", dtype)], rows[("cupy (GPU)", dtype)]

@@ -126,12 +126,37 @@ def reshape(x: Array, shape: tuple) -> Array:
     return namespace(x).reshape(x, shape)
 
 
-@functools.lru_cache(maxsize=64)
+def cached_per_device(maxsize: int):
+    """Memoise ``make(xp, ..., dev)``, whose last argument is a device, for the constant
+    arrays of the speed modules. Devices that cannot be hashed (CuPy's ``Device``) are
+    not cached: their arrays are made afresh each call, one kernel launch beside the
+    work they serve."""
+
+    def decorate(make: Callable) -> Callable:
+        cached = functools.lru_cache(maxsize=maxsize)(make)
+
+        @functools.wraps(make)
+        def wrapper(*args):
+            try:
+                hash(args[-1])
+            except TypeError:
+                return make(*args)
+            return cached(*args)
+
+        wrapper.cache_clear = cached.cache_clear
+        return wrapper
+
+    return decorate
+
+
+@cached_per_device(maxsize=64)
 def constant(xp, shape: tuple, value: float, dtype, dev) -> Array:
     """A read-only array of ``shape`` filled with ``value``, made once per namespace, shape,
-    value, dtype and device: the vectors of ones that turn sums into products in the speed
-    modules. Every use reads it (products, broadcasting), none writes it; NumPy's copy is
-    marked read-only so that a write would raise."""
+    value, dtype and device (where the device can be hashed: :func:`cached_per_device`):
+    the vectors of ones that turn sums into products in the speed modules. Every use
+    reads it (products, broadcasting), none writes it; NumPy's copy is marked read-only
+    so that a write would raise.
+    """
     a = xp.full(shape, value, dtype=dtype, device=dev)
     if type(a) is numpy.ndarray:
         a.flags.writeable = False

@@ -59,7 +59,7 @@ import numpy
 
 from .activations import activation_backward, activation_forward
 from .attention import causal_mask
-from .backend import Array, constant, device, namespace, reshape
+from .backend import Array, cached_per_device, constant, device, namespace, reshape
 from .config import TransformerConfig
 from .loss import query_loss
 from .params import AttentionParams, LayerNormParams, MLPParams, ModelParams
@@ -110,10 +110,11 @@ def block_diagonal(W: Array, n_heads: int) -> Array:
     return reshape(blocks, (*stack, HK, H * D))
 
 
-@functools.lru_cache(maxsize=16)
+@cached_per_device(maxsize=16)
 def _head_eye(xp, n_heads: int, dtype, dev) -> Array:
     """The identity I_H as an (H, 1, H, 1) array, made once per namespace, size, dtype and
-    device (read only: every use multiplies it into a new array)."""
+    device (:func:`~minimal_icl.backend.cached_per_device`; read only: every use
+    multiplies it into a new array)."""
     return xp.reshape(xp.eye(n_heads, dtype=dtype, device=dev), (n_heads, 1, n_heads, 1))
 
 

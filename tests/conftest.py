@@ -12,7 +12,7 @@ import os
 
 import numpy
 import pytest
-from backends import gpu_available
+from backends import Backend, gpu_available
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -31,30 +31,6 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-
-class Backend:
-    """An array namespace and a device to create arrays on, with a way back to NumPy."""
-
-    def __init__(self, name, xp, device=None):
-        self.name, self.xp, self.device = name, xp, device
-
-    def asarray(self, a, dtype=None):
-        from minimal_icl.backend import resolve_dtype
-
-        return self.xp.asarray(numpy.asarray(a), dtype=resolve_dtype(self.xp, dtype), device=self.device)
-
-    def to_numpy(self, a):
-        if self.name == "cupy":
-            return a.get()
-        if self.name.startswith("array_api_strict"):
-            import array_api_strict
-
-            return numpy.asarray(self.xp.asarray(a, device=array_api_strict.Device("CPU_DEVICE")))
-        return numpy.asarray(a)
-
-    def __repr__(self):
-        return f"Backend({self.name})"
 
 
 def _backends():

@@ -168,6 +168,35 @@ def test_constant_is_made_once_and_read_only():
     assert zero.shape == () and device(zero) == DEVICE1 and float(zero) == 0.0
 
 
+def test_constant_on_every_backend(backend):
+    """The constants of the speed modules are made on the device asked for, on every
+    backend (CuPy's devices cannot be hashed, so they are not cached there)."""
+    dev = device(backend.asarray(0.0))
+    minus_ones = constant(backend.xp, (2, 1), -1.0, backend.asarray(0.0).dtype, dev)
+    assert device(minus_ones) == dev and minus_ones.shape == (2, 1)
+    assert numpy.array_equal(backend.to_numpy(minus_ones), -numpy.ones((2, 1)))
+
+
+class _UnhashableDevice:
+    __hash__ = None  # like cupy.cuda.Device
+
+
+def test_constant_on_an_unhashable_device_is_made_afresh():
+    made = []
+
+    class Namespace:
+        @staticmethod
+        def full(shape, value, dtype=None, device=None):
+            made.append(device)
+            return numpy.full(shape, value, dtype=dtype)
+
+    dev = _UnhashableDevice()
+    first = constant(Namespace, (2,), 1.0, numpy.float64, dev)
+    second = constant(Namespace, (2,), 1.0, numpy.float64, dev)
+    assert first is not second and made == [dev, dev]
+    assert numpy.array_equal(first, numpy.ones(2)) and numpy.array_equal(second, first)
+
+
 def test_relative_residual(backend):
     a = backend.asarray([1.0, -4.0])
     assert relative_residual(a, a) == 0.0

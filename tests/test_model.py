@@ -12,7 +12,7 @@ rank-collapse corner, where finite differences cannot resolve the gradients (see
 ``collapses``), and linear attention gets smaller tokens (see ``random_tokens``). array_api_strict is about ten times
 slower than NumPy, so it gradient-checks two complementary rows, which cover every value
 of every switch but gelu and three blocks; the portability tests then show that it
-computes the same forward and backward as NumPy to 1e-13 on every row of the grid.
+computes the same forward and backward as NumPy to IDENTITY_RTOL on every row of the grid.
 """
 
 from __future__ import annotations
@@ -549,7 +549,8 @@ def test_property_causal_output_ignores_later_tokens(case, seed, t):
 
 @pytest.mark.parametrize(("backend", "case"), non_numpy_cases(MODEL_CASES), indirect=["backend"])
 def test_forward_backward_match_numpy_and_stay_on_device(backend, case):
-    """Same numbers as NumPy to 1e-13, and every output and gradient on the input's
+    """Same numbers as NumPy to IDENTITY_RTOL (another BLAS sums in another order: CuPy
+    measured 2e-13 on one gradient), and every output and gradient on the input's
     device (array_api_strict: Device("device1"))."""
     config = make_config(case)
     params = random_params(config, seed=5)
@@ -573,10 +574,10 @@ def test_forward_backward_match_numpy_and_stay_on_device(backend, case):
         assert target == array_api_strict.Device("device1")
     for name, leaf in [("out", out_b), ("dtokens", dtokens_b), *tree_leaves(grads_b)]:
         assert device(leaf) == target, name
-    assert relative_residual(backend.to_numpy(out_b), out) <= 1e-13
-    assert relative_residual(backend.to_numpy(dtokens_b), dtokens) <= 1e-13
+    assert relative_residual(backend.to_numpy(out_b), out) <= IDENTITY_RTOL
+    assert relative_residual(backend.to_numpy(dtokens_b), dtokens) <= IDENTITY_RTOL
     for (name, a), (_, b) in zip(tree_leaves(grads_b), tree_leaves(grads)):
-        assert relative_residual(backend.to_numpy(a), b) <= 1e-13, name
+        assert relative_residual(backend.to_numpy(a), b) <= IDENTITY_RTOL, name
 
 
 @pytest.mark.parametrize("case", [MODEL_CASES[1], MODEL_CASES[3]], ids=case_id)
