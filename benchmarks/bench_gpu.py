@@ -103,9 +103,9 @@ def main(argv=None) -> None:
             rows[(name, dtype)] = (1 / t_step, 1 / t_update)
             print(f"{name:<14}{dtype:<9}{1 / t_step:>15.3f}{1 / t_update:>22.3f}{B / t_update:>14.0f}")
 
-    gpu = [key for key in rows if key[0].startswith("cupy")]
     if args.backend == "numpy":
         return
+    gpu = [key for key in rows if key[0].startswith("cupy")]
     if not gpu:
         print("CuPy with a GPU not found: the GPU columns are skipped "
               "(pip install 'minimal_icl[gpu]' on a machine with an NVIDIA GPU).")
