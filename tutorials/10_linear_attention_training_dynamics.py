@@ -115,7 +115,7 @@ for name, params, fw, bw in layers:
 #
 # Write the bottom row of $W^V_i$ as $(\bar v_i^\top, v_i)$ and the first $d$ columns of
 # $W^{KQ}_i$ as $\begin{pmatrix}U_i\\ \bar u_i^\top\end{pmatrix}$. The bottom row of
-# $W^V_i X X^\top/N$ at column $t$ is $\frac1N\sum_s(\bar v_i^\top x_s + v_i y_s)\,X_{ts}$, and
+# $W^V_i X X^\top/N$ at column $a$ is $\frac1N\sum_n(\bar v_i^\top x_n + v_i y_n)\,X_{an}$, and
 # $W^{KQ}_i$ applied to the query column $(x_q; 0)$ gives $(U_i x_q; \bar u_i^\top x_q)$. With
 # $\bar v_i = 0$, $\bar u_i = 0$ (and $y_q = 0$, so the query's own term vanishes):
 #
@@ -214,7 +214,9 @@ print(f"P = {P}: 3,001 epochs of ATTN_M in {time.perf_counter() - t0:.1f} s, sta
 # $$
 #
 # and the effective matrix of the trained layer, $A = \sum_i v_i U_i$ (`effective_matrix`),
-# should land there.
+# should land there. Its loss $L(\Gamma^{-1})$ is printed below from `plateau_losses` (§5):
+# $\Gamma^{-1}$ is the last of the saddles $A_m$ of §5, $A_d$, whose coefficients
+# $c_{d'}$ are the eigenvalues of $\Gamma^{-1}$, so $L(\Gamma^{-1}) = L(M_d)$.
 
 # %%
 A_merged = la.effective_matrix(params)
@@ -244,8 +246,17 @@ print(f"‖A − Γ⁻¹‖/‖Γ⁻¹‖ = {merged_error:.3f};  final held-out 
 # The loss of any $\hat y = \beta^\top A x_q$ follows from $\beta = S w$,
 # $S = \frac1N\sum_n x_n x_n^\top$ and Isserlis' theorem,
 # $\mathbb{E}[SBS] = (1 + \frac1N)\Lambda B\Lambda + \frac1N\operatorname{tr}(B\Lambda)\Lambda$ for a
-# symmetric $B$ (here $B = A\Lambda A^\top$; a non-symmetric one adds a $\Lambda B^\top\Lambda$ term)
-# (`predictor_loss`); at $A_m$ each learned direction removes
+# symmetric $B$ (for a general $B$,
+# $\mathbb{E}[SBS] = \Lambda B\Lambda + \frac1N\Lambda B^\top\Lambda + \frac1N\operatorname{tr}(B\Lambda)\Lambda$).
+# With $w \sim \mathcal N(0, I)$ and $B = A\Lambda A^\top$ this gives (`predictor_loss`)
+#
+# $$
+# L(A) = \operatorname{tr}\Lambda - 2\operatorname{tr}(\Lambda A\Lambda)
+#   + \Big(1 + \frac1N\Big)\operatorname{tr}(\Lambda A\Lambda A^\top\Lambda)
+#   + \frac1N\operatorname{tr}\Lambda\,\operatorname{tr}(A\Lambda A^\top\Lambda);
+# $$
+#
+# at $A_m$ each learned direction removes
 # $\lambda_{d'}/(1 + (1 + \operatorname{tr}\Lambda/\lambda_{d'})/N)$ from $\operatorname{tr}\Lambda$.
 #
 # ### Your turn: the plateau levels
@@ -299,7 +310,8 @@ print("predicted:", levels.round(4))
 # %% [markdown]
 # The plateau rule is the package's own (`linattn_dynamics.find_plateaus`): a plateau is a
 # run of epochs over which the held-out loss changes by less than 0.5 % of
-# $\operatorname{tr}\Lambda$ per window of 0.1 % of the run, its level the median loss;
+# $\operatorname{tr}\Lambda$ per window of 0.1 % of the run (at least two recorded
+# epochs: 0.17 % in the fast setting), its level the median loss;
 # plateaus closer than 2 % of $\operatorname{tr}\Lambda$ are one; each plateau is labelled by
 # the number $m$ of directions with $p_{d'} > 1/2$ at its middle.
 
@@ -345,7 +357,7 @@ for first, last, level in info["plateaus"][1:]:
 
 # %% [markdown]
 # The projections are the PCR pattern and the loss of $A$ is $L(M_m)$ to a percent or so.
-# $A$ is not $A_m$ entry by entry: in the package's runs the rest, 0.03–0.3 of
+# $A$ is not $A_m$ entry by entry: in the package's runs the rest, 0.01–0.3 of
 # $\|A_m\|_F$, sits mostly in entries $e_i^\top A e_j$ that couple a learned direction to one
 # not yet learned. They cost little loss (the loss weighs $(e_i^\top A e_j)^2$ by
 # $(1 + \frac1N)\lambda_i^2\lambda_j + \frac1N\lambda_i\lambda_j\operatorname{tr}\Lambda$, small
@@ -387,7 +399,8 @@ print("  change of the drop epoch per ×100 in scale:", m_steps)
 # initial scale moves the drop by the same number of epochs (time linear in
 # $\log(1/\text{scale})$). The number itself follows from the cubic-feature network (our
 # linearisation, not a statement of the paper): near zero its weights grow like
-# $(1 + 2\,\mathrm{lr}\,s)^t$ (lr the training learning rate, $t$ the epoch) with
+# $e^{2\,\mathrm{lr}\,s\,t}$, to first order in $\mathrm{lr}\,s$ (lr the training learning
+# rate, $t$ the epoch), with
 # $s = \|\mathbb{E}[y_q z]\|$, and
 # $\mathbb{E}[y_q\,\beta x_q^\top] = \mathbb{E}[S w w^\top x_q x_q^\top] = \Lambda^2$, so the drop moves
 # by $\ln(100)/(2\,\mathrm{lr}\,\|\Lambda^2\|_F)$ epochs per factor of 100 in the scale:
@@ -395,7 +408,8 @@ print("  change of the drop epoch per ×100 in scale:", m_steps)
 # %%
 per_100 = numpy.log(100) / (2 * 0.124 * numpy.linalg.norm(cov.Lambda @ cov.Lambda))
 print(f"predicted {per_100:.1f} epochs per ×100, measured {-numpy.mean(m_steps):.1f}")
-#
+
+# %% [markdown]
 # ## 9. The end point is one step of preconditioned gradient descent
 #
 # Both parametrizations end at $\hat y = \beta^\top \Gamma^{-1} x_q$: one step of
@@ -445,9 +459,11 @@ print(f"Γ⁻¹ for Λ = I: {white[0, 0]:.6f} I;  η* = {optimal_gd_step(d, N):.
 # **Solution 2.** The paper: a rank-$R$ head learns $R$ directions together, so the visible
 # plateaus are at $m = 0, R, 2R, \dots$; for $R = 2$, $L(M_0)$, $L(M_2)$ and $L(M_4)$. In the
 # package's runs $e_1$ and $e_2$ are indeed learned within a few percent of each other's time
-# (no plateau at $L(M_1)$), while $e_3$ and $e_4$ are learned together in some seeds and in
-# others a short plateau at $L(M_3)$ remains (a fifth of the $M_2$ plateau's length or
-# less): read the printed levels.
+# (no plateau at $L(M_1)$). A plateau at $L(M_3)$ usually remains, though: $e_3$ and $e_4$
+# were not learned together in any of the nine seeds we tried (15–23), and that plateau
+# lasted up to about half as long as the $M_2$ one (0.43 for the seed below); in one seed
+# $e_1$, $e_2$ and $e_3$ were learned together instead, leaving no plateau at $L(M_2)$.
+# Read the printed levels.
 
 # %% jupyter={"source_hidden": true}
 start_r2 = la.init_separate(d, n_heads=5, rank=2, scale=s_init, seed=15)
