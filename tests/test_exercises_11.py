@@ -18,15 +18,16 @@ from minimal_icl.tolerances import relative_residual
 
 
 def position_patch_with(row="alone", power=2, column="delta", position="t", lone="own",
-                        bias="delta", transpose=False):
+                        bias="delta", transpose=False, column_product="W.T"):
     """A per-position patch with one switch per typical mistake (the defaults are right)."""
 
     def position_patch(W, u_C, h_C, u_0, h_0, t):
-        s = t if position == "t" else -1
+        s = {"t": t, "last": -1, "before": t - 1}[position]
         u_t, h_t = u_C[:, s], h_C[:, s]
         u_n, h_n = (u_0[:, s], h_0[:, s]) if lone == "own" else (u_0[:, -1], h_0[:, -1])
         a = {"alone": u_n, "with": u_t}[row]
-        c = {"delta": u_t - u_n, "u_t": u_t}[column] @ W.T  # (B, M)
+        du = {"delta": u_t - u_n, "u_t": u_t}[column]
+        c = du @ W if column_product == "W" else du @ W.T  # (B, M); du @ W: shapes mismatch
         r = a / numpy.linalg.norm(a, axis=-1, keepdims=True) ** power
         delta_W = c[:, :, None] * r[:, None, :]
         if transpose:
@@ -54,6 +55,8 @@ def thought_delta_with(kind="pinv"):
             "A_with": lambda: U @ numpy.linalg.pinv(u_C.mT),
             "minus": lambda: -(U @ numpy.linalg.pinv(A)),
             "swapped": lambda: (U @ numpy.linalg.pinv(A)).mT,
+            "normal_equations": lambda: U @ numpy.linalg.inv(A.mT @ A) @ A.mT,
+            "pinv_of_u_0": lambda: U @ numpy.linalg.pinv(u_0),  # (B, D, K): K ≠ D, mismatch
         }[kind]()
 
     return thought_delta
@@ -90,6 +93,8 @@ def test_the_position_case_is_not_degenerate():
         (dict(bias="zero"), "Δb′_t is zero"),
         (dict(bias="h_t"), "change of the residual stream"),
         (dict(bias="minus"), "wrong sign"),
+        (dict(position="before"), "position t − 1's patch: t is a 0-based index"),
+        (dict(column_product="W"), "ValueError .*the column W δu_t of every prompt is `du @ W.T`"),
     ],
 )
 def test_each_typical_position_mistake_gets_its_hint(mistake, hint):
@@ -127,6 +132,9 @@ def test_the_thought_case_has_generic_queries():
         ("A_with", "a_k = u_∅\\(x_k\\)"),
         ("minus", "wrong sign"),
         ("swapped", "swapped"),
+        ("normal_equations", "right for K = 3 ≤ D: for K = 7 > D = 4 the K × K matrix AᵀA is"
+                             " singular"),
+        ("pinv_of_u_0", "ValueError .*last two axes swapped, \\(B, D, K\\)"),
     ],
 )
 def test_each_typical_thought_mistake_gets_its_hint(mistake, hint):
@@ -149,3 +157,17 @@ def test_placeholders_and_bad_returns():
         check_position_patch(lambda *args: (right(*args)[0], right(*args)[1][0]))
     with pytest.raises(ExerciseError, match="has shape"):
         check_thought_delta(lambda W, u_C, u_0: W)
+
+
+def test_a_value_error_without_a_hint_is_left_alone():
+    """call_answer turns a ValueError into an ExerciseError only where the check gives a
+    hint for it; otherwise the reader sees NumPy's error itself."""
+    from minimal_icl.exercises import call_answer
+
+    def broken():
+        raise ValueError("shapes (2,3) and (2,3) not aligned")
+
+    with pytest.raises(ValueError, match="not aligned"):
+        call_answer(broken)
+    with pytest.raises(ExerciseError, match="not aligned.*: transpose it"):
+        call_answer(broken, on_value_error="transpose it")

@@ -115,8 +115,7 @@ print(f"paper model: {setup.steps} training steps")
 # $$
 #
 # `implicit_update(..., removed=Y)` returns these patches for any $Y \subseteq C$, to be used on
-# `remove_tokens(context, query, Y)`. (An earlier version of this package said no exact patch
-# exists here; that was wrong.)
+# `remove_tokens(context, query, Y)`.
 
 # %%
 Y = [1, 4, 5]
@@ -145,6 +144,9 @@ print(f"Y = {Y}: query output, reduced prompt + patches vs the full prompt:"
 # $$
 #
 # so position $t$'s token alone through the patched block gives position $t$'s output.
+# Positions are counted from 0, as in the code: position $t$ holds token $t + 1$ of the
+# prompt, the query sits at position $N = T - 1$, and with a causal mask position $t$'s
+# context is $c_1..c_t$.
 # All $T$ patches of a block come from two passes: one of the prompt (the with-context states
 # at every position at once) and one of the block on its $T$ inputs as $T$ one-token prompts:
 
@@ -233,8 +235,10 @@ print(f"position {t} vs implicit_update on the prefix: {prefix_residual:.1e};"
 # $$
 #
 # In the first block this replaces $u_{\emptyset,t}$ by $u_x$. From the second block on, the
-# patched first block has already handed on position $t$'s with-context input, so the
-# package's `implicit_update_from_last_token` chains the per-position patches there (the
+# patched first block has already handed on position $t$'s with-context input, so from
+# block 2 on the variant's patches are exactly the own-token patches $\Delta W_t$ of §2 (the
+# last printed line below: a residual of 0); that is how the package's
+# `implicit_update_from_last_token` chains the blocks (the
 # package's convention for a patched `forward`; Innocenti & Achour's own code checks one
 # block at a time, `per_block=True`). Side by side:
 
@@ -315,7 +319,8 @@ plt.show()
 # $u_x/\|u_x\|^2$, so $\cos_F$ is the cosine of the columns $W(u_t - u_x)$ alone: its mean is
 # 0.03, but only because the signs cancel; the mean $|\cos_F|$ is 0.82, so those columns lie
 # nearly on one line, pointing either way. The figure adds the
-# briefly trained 4-block pre-LN model of Figure 5, where the mean alignment of the own
+# briefly trained 4-block pre-LN model of Figure 5 (the `deep` figure, the paper's later
+# versions; tutorial 4), where the mean alignment of the own
 # patches is 0.33, 0.56, 0.68, 0.11 in blocks 1–4 (mean $|\cos_F|$ 0.52–0.79; these numbers
 # move with the training run: rounding-level changes to the training step have moved block
 # 4's from 0.53 to 0.11), and patches of the same position in different blocks are
@@ -375,7 +380,7 @@ check_thought_delta(thought_delta)
 # $a_k$ span at most $d = 2$ of the $D = 3$ directions, so the fit is exact on at most **2**
 # calibration queries, not 3. Numerically the third singular value of $A$ is rounding, and
 # where it lies above `numpy.linalg.pinv`'s default cutoff, $10^{-15}\,\sigma_{\max}$ (for
-# about 90 of 100 tasks with the fully trained model, for none with the fast run's), the default
+# 94 of 100 tasks with the fully trained model, for none with the fast run's), the default
 # pseudo-inverse inverts it:
 
 # %%
@@ -391,7 +396,8 @@ _, lone = forward(params, config, x_cal.reshape(n_tasks * K, 1, D))
 u_C = with_ctx.blocks[0].u[:, -1].reshape(n_tasks, K, D)
 u_0 = lone.blocks[0].u[:, 0].reshape(n_tasks, K, D)
 sigma = numpy.linalg.svd(u_0, compute_uv=False)  # (B, 3)
-naive = thought_delta(params.blocks[0].mlp.W1, u_C, u_0)  # numpy's default cutoff
+W1 = params.blocks[0].mlp.W1
+naive = ((u_C - u_0) @ W1.T).mT @ numpy.linalg.pinv(u_0.mT)  # U A⁺, numpy's default cutoff
 package = thought_patch(params, config, context, x_cal)
 above = sigma[:, 2] / sigma[:, 0] > 1e-15  # tasks where the default pinv keeps σ_3
 naive_norm = numpy.linalg.norm(naive, axis=(1, 2))
@@ -404,7 +410,8 @@ print(f"max ‖Δ*‖_F: default pinv {naive_norm.max():.1e}, thought_patch {pac
 # `thought_patch` treats singular values below `RANK_CUTOFF` $\cdot \max(D, K) \cdot \epsilon
 # \cdot \sigma_{\max}$ as zero (the package's choice, `rtol` to change it), which drops the
 # rounding direction. The inverted rounding only acts along a direction no query reaches, but
-# it is a huge term in $\Delta^*$ that the next rounding error turns into a wrong output.
+# it is a huge term in $\Delta^*$ that the next rounding error turns into a wrong output
+# (on held-out queries of the fully trained model it moved outputs by as much as 0.5).
 #
 # ## 5. The error against $K$ (the `thought` figure)
 #
@@ -464,7 +471,7 @@ print(f"with the prompt {mse_with_context:.4f}, no context {mse_no_context:.4f}"
 # ## Summary
 #
 # * Part $Y$ of the context in a stack: on $[C \setminus Y, x]$, $\Delta W_l = W_l(u_C - u_\emptyset)u_\emptyset^\top/\|u_\emptyset\|^2$ with $u_\emptyset$ from the patched reduced run; exact after every block (tutorial 4).
-# * Every position: $\Delta W_t = W (u_t - u_{\emptyset,t})\,u_{\emptyset,t}^\top/\|u_{\emptyset,t}\|^2$, $\Delta b'_t = h_t - h_{\emptyset,t}$, and $T_{W+\Delta W_t}(z_t) = T_W(\text{prompt})_t$; all $T$ patches of a block from two passes.
+# * Every position: $\Delta W_t = W (u_t - u_{\emptyset,t})\,u_{\emptyset,t}^\top/\|u_{\emptyset,t}\|^2$, $\Delta b'_t = h_t - h_{\emptyset,t}$, and position $t$'s token alone through the patched block gives $T_W(\text{prompt})_t$; all $T$ patches of a block from two passes.
 # * The last-token variant: $\Delta W_t = W (u_t - u_x)\,u_x^\top/\|u_x\|^2$, $\Delta b'_t = h_t - h_x$: every position from the last token alone.
 # * Alignment of rank-1 patches: $\cos_F(\kappa_s \rho_s^\top, \kappa_t \rho_t^\top) = \cos(\kappa_s, \kappa_t)\cos(\rho_s, \rho_t)$.
 # * One patch for all queries: $\Delta^* = U A^+$, exact on the calibration queries while $A$ has full column rank ($K \le \operatorname{rank} A$; here $d = 2$), a least-squares compromise after.

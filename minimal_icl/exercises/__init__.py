@@ -37,8 +37,14 @@ class ExerciseError(AssertionError):
     """A "your turn" answer is not right yet; the message says what looks wrong."""
 
 
-def call_answer(function: Callable, *args, name: str | None = None, **kwargs):
-    """Call the reader's function; a placeholder still in it becomes an ExerciseError."""
+def call_answer(function: Callable, *args, name: str | None = None,
+                on_value_error: str | None = None, **kwargs):
+    """Call the reader's function; a placeholder still in it becomes an ExerciseError.
+
+    on_value_error: a hint for a ValueError raised inside the reader's function (NumPy's
+    message for mismatched shapes, say): it becomes an ExerciseError that quotes NumPy's
+    message and adds the hint (the original stays chained for its traceback).
+    """
     label = name or getattr(function, "__name__", "your function")
     if not callable(function):
         raise ExerciseError(f"{label}: expected the function you wrote, got {type(function).__name__}")
@@ -49,6 +55,10 @@ def call_answer(function: Callable, *args, name: str | None = None, **kwargs):
             f"{label} is not written yet ({error}): replace the placeholder between the"
             f" BEGIN/END SOLUTION markers with your lines, run that cell, then this one."
         ) from None
+    except ValueError as error:
+        if on_value_error is None:
+            raise
+        raise ExerciseError(f"{label} raised ValueError ({error}): {on_value_error}") from error
 
 
 def _as_host(value, name: str) -> numpy.ndarray:

@@ -107,7 +107,9 @@ def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
     patches = []
     for l, s in enumerate(case.blocks):
         answer = call_answer(position_patch, s.W.copy(), s.u_C.copy(), s.h_C.copy(),
-                             s.u_0.copy(), s.h_0.copy(), t, name="position_patch")
+                             s.u_0.copy(), s.h_0.copy(), t, name="position_patch",
+                             on_value_error="W is (M, D) and u (B, D): the column W δu_t"
+                             " of every prompt is `du @ W.T` (B, M)")
         if not isinstance(answer, (tuple, list)) or len(answer) != 2:
             raise ExerciseError("position_patch must return two arrays: (delta_W, delta_b)")
         delta_W, delta_b = answer
@@ -115,6 +117,7 @@ def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
         u_x, h_x = s.u_0[:, -1], s.h_0[:, -1]  # the last token alone
         column = (u_t - u_0) @ s.W.T  # (B, M)  W δu_t
         last = (s.u_C[:, -1] - u_x) @ s.W.T
+        before = (s.u_C[:, t - 1] - s.u_0[:, t - 1]) @ s.W.T  # position t − 1's column
         name = f"ΔW_t (block {l + 1})"
         check_array(name, delta_W, case.expected[l].delta_W, mistakes=[
             ("the row is built from the with-context input u_t; it is position t's input"
@@ -128,6 +131,8 @@ def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
              _rank_one(last, u_x)),
             ("that is Innocenti & Achour's variant (the last token alone, u_x): here the"
              " lone token is position t's own, u_∅,t", _rank_one((u_t - u_x) @ s.W.T, u_x)),
+            ("that is position t − 1's patch: t is a 0-based index into the T axis"
+             " (position t is u_C[:, t])", _rank_one(before, s.u_0[:, t - 1])),
         ])
         check_array(f"Δb′_t (block {l + 1})", delta_b, case.expected[l].delta_b, mistakes=[
             ("Δb′_t is zero: the MLP skip carries h past the MLP, so the output must also"
@@ -137,6 +142,8 @@ def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
              s.h_C[:, -1] - h_x),
             ("that is Innocenti & Achour's variant, h_t − h_x; here the lone token is"
              " position t's own: h_t − h_∅,t", h_t - h_x),
+            ("that is position t − 1's Δb′: t is a 0-based index into the T axis",
+             s.h_C[:, t - 1] - s.h_0[:, t - 1]),
         ])
         patches.append(BlockPatch(_as_host(delta_W, name), _as_host(delta_b, "Δb′_t")))
 
@@ -200,13 +207,16 @@ def check_thought_delta(thought_delta: Callable, seed: int = 0) -> None:
     for K in (3, 7):
         u_C, u_0, out_C = _states(case, K)
         answer = call_answer(thought_delta, W.copy(), u_C.copy(), u_0.copy(),
-                             name="thought_delta")
+                             name="thought_delta",
+                             on_value_error="u_C and u_0 are (B, K, D): A = [a_1 .. a_K] is"
+                             " u_0 with its last two axes swapped, (B, D, K), and"
+                             " numpy.linalg.pinv(A) is (B, K, D)")
         expected = thought_patch(case.params, case.config, case.context,
                                  case.queries[:, :K]).delta_W
         U = ((u_C - u_0) @ W.T).mT  # (B, M, K)
         A = u_0.mT  # (B, D, K)
         per_query = U[:, :, :, None] * (u_0 / numpy.sum(u_0**2, -1, keepdims=True))[:, None]
-        check_array(f"Δ* (K = {K})", answer, expected, mistakes=[
+        mistakes = [
             ("that is the SUM of the K per-query patches W δu_k a_kᵀ/‖a_k‖²; they do not add"
              " up to a fit: Δ* = U A⁺ with the pseudo-inverse of A = [a_1 .. a_K]",
              per_query.sum(-2)),
@@ -218,7 +228,17 @@ def check_thought_delta(thought_delta: Callable, seed: int = 0) -> None:
              (u_C @ W.T).mT @ numpy.linalg.pinv(A)),
             ("A is built from the with-context inputs u_C(x_k); the patch acts on the query"
              " alone: a_k = u_∅(x_k)", U @ numpy.linalg.pinv(u_C.mT)),
-        ])
+        ]
+        try:
+            check_array(f"Δ* (K = {K})", answer, expected, mistakes=mistakes)
+        except ExerciseError as error:
+            if K <= case.config.d_token:
+                raise
+            # right where A has full column rank, wrong beyond: (AᵀA)⁻¹Aᵀ, or an inverse
+            raise ExerciseError(
+                f"{error}. Your answer was right for K = 3 ≤ D: for K = {K} > D = "
+                f"{case.config.d_token} the K × K matrix AᵀA is singular (rank ≤ D), so"
+                " (AᵀA)⁻¹Aᵀ is not A⁺ there: use numpy.linalg.pinv(A)") from None
         if K <= case.config.d_token:
             B, _, D = u_0.shape
             delta_W = numpy.repeat(_as_host(answer, "Δ*"), K, axis=0)  # one per query
