@@ -55,6 +55,20 @@ def one_norm_for_the_batch(Z, a):
     return Z - Za * a_row / numpy.linalg.norm(a) ** 2  # no axis: every prompt at once
 
 
+def unchanged(Z, a):
+    return Z.copy()
+
+
+def prompt_0_for_all(Z, a):
+    a0 = a[0]
+    return Z - (Z @ a0)[:, :, None] * a0 / numpy.sum(a0 * a0)
+
+
+def norm_as_a_vector(Z, a):
+    Za, a_row = Za_and_row(Z, a)
+    return Z - Za * a_row / numpy.sum(a * a, axis=-1)  # (B,) against (B, M, D): ValueError
+
+
 def placeholder(Z, a):
     raise NotImplementedError("your turn")
 
@@ -80,6 +94,9 @@ def test_right_answer_passes(answer, config, capsys):
         (plus, "sign of the correction"),
         (one_norm_for_the_batch, "summed over every prompt"),
         (placeholder, "not written yet"),
+        (unchanged, "nothing was removed"),
+        (prompt_0_for_all, "prompt 0's a"),
+        (norm_as_a_vector, "ValueError .*`numpy.sum\\(a \\* a, axis=-1\\)\\[:, None, None\\]`"),
     ],
 )
 def test_typical_mistakes_get_their_hint(answer, hint):

@@ -89,6 +89,7 @@ with_context, _ = forward(params, config, batch.tokens, last_only=True)
 # %%
 rng = numpy.random.default_rng(0)
 sizes, residuals, patch_norms = [], [], []
+a_norms, largest = [], (0.0, 0.0, 0)  # ‖a‖ of every prompt; (‖ΔW‖, its ‖a‖, |Y|) largest
 for size in range(N + 1):
     for _ in range(3):
         Y = sorted(rng.choice(N, size=size, replace=False).tolist())
@@ -99,14 +100,22 @@ for size in range(N + 1):
         residuals.append(relative_residual(patched[:, -1], with_context[:, -1]))
         norms = numpy.linalg.norm(updates[0].delta_W, axis=(-2, -1))  # (B,)
         patch_norms.append(numpy.median(norms))
+        a = numpy.linalg.norm(updates[0].u_without, axis=-1)  # (B,) ‖a‖, a = A(C∖Y, x)
+        a_norms.extend(a)
+        if norms.max() > largest[0]:
+            largest = (norms.max(), a[numpy.argmax(norms)], size)
 print(f"largest relative residual over {len(residuals)} subsets: {max(residuals):.1e}")
+print(f"largest patch: ‖ΔW‖_F = {largest[0]:.1f} at |Y| = {largest[2]}, where ‖a‖ ="
+      f" {largest[1]:.3f} (median ‖a‖ over all prompts and subsets {numpy.median(a_norms):.2f})")
 
 # %% [markdown]
 # Left: the identity holds for every subset. Right: the size of the patch, the median over the
-# 32 prompts of $\|\Delta W(Y)\|_F = \|W\delta\|/\|a\|$ (tutorial 2). It grows with $|Y|$:
+# 32 prompts of $\|\Delta W(Y)\|_F = \|W\delta\|/\|a\|$ (tutorial 2). It grows with $|Y|$ on
+# average (not at every step: each point is one random subset):
 # the more tokens leave the prompt, the more $A(C\setminus Y, x)$ moves away from $A(C, x)$. A
 # mean would not show this: the odd prompt whose $a = A(C\setminus Y, x)$ happens to be short
-# ($\|a\| \approx 0.01$ against a median of $0.6$) has a patch of norm near 80 and dominates it.
+# has a huge patch and dominates it (the largest, printed above: $\|a\| = 0.04$ against a
+# median of 0.76, and a patch of norm 82).
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
@@ -209,8 +218,11 @@ plt.show()
 #
 # Without LayerNorm, softmax attention on the query alone is $A(x) = W_O W_V x$ (the query
 # attends only to itself), and the MLP reads $A(x)$, or $x + A(x)$ with the attention skip.
-# A zero query token therefore gives a zero MLP input either way, and the corollary has no
-# update to offer (with LayerNorm the MLP would read LN's bias instead, not zero). Make the query of prompts 3 and 7 zero:
+# A zero query token therefore gives a zero MLP input either way, and Theorem 2.2 with
+# $Y = C$ has no update to offer. (With LayerNorm the MLP reads
+# $u_\emptyset = \mathrm{LN}_2(h_\emptyset)$, $h_\emptyset$ built from LN1's bias $\beta_1$: that
+# is LN2's bias $\beta_2$ when $\beta_1 = 0$, and zero at the package's initialisation, where
+# every LayerNorm bias is 0.) Make the query of prompts 3 and 7 zero:
 
 # %%
 bad_query = numpy.array(query)
@@ -289,7 +301,10 @@ print(f"Y = C minus c_1, zero queries included: relative residual {residual_part
 # $Za = 0$. For the output the "if" holds but not the "only if": the ReLU forgets how
 # negative a pre-activation is. Take a hidden unit $m$ that is off at the query
 # ($[W A(C,x) + b]_m < 0$) and $Z = -e_m a^\top/\|a\|^2$: then $Za = -e_m \neq 0$ pushes
-# unit $m$ further below zero, and the output does not move.
+# unit $m$ further below zero, and the output does not move. A second route uses $W'$ (the
+# MLP's second weight, $D \times M$, so with a large null space): a small $Za$ that keeps
+# every unit on its side of zero and lies in the null space of $W'$ restricted to the
+# active units changes the hidden vector, but not the output.
 
 # %% jupyter={"source_hidden": true}
 # Solution 2 (the test), for prompt 0 of the batch.

@@ -50,6 +50,9 @@ def null_space_mistakes(Z, a) -> list[tuple[str, numpy.ndarray]]:
         ("‖a‖² is summed over every prompt at once: each prompt has its own a, so sum the"
          " squares over the last axis only (one ‖a‖² per prompt, shape (B, 1, 1))",
          Z - Za * a_row / numpy.sum(a * a)),
+        ("Z_⊥ equals Z: nothing was removed; subtract the part along a, (Z a) aᵀ/‖a‖²", Z),
+        ("every prompt used prompt 0's a: each prompt b has its own a_b (a is (B, D))",
+         Z - (Z @ a[0])[:, :, None] * a[0] / numpy.sum(a[0] * a[0])),
     ]
     if Z.shape[-1] == Z.shape[-2]:  # only then can the projector act from the left
         left = Z - a[:, :, None] * (a_row @ Z) / norm**2  # (I − a aᵀ/‖a‖²) Z
@@ -94,7 +97,11 @@ def check_null_space(
     a = update.u_without  # (B, D)
 
     label = getattr(null_space_part, "__name__", "your function")
-    answer = call_answer(null_space_part, Z.copy(), a.copy(), name=label)
+    answer = call_answer(null_space_part, Z.copy(), a.copy(), name=label,
+                         on_value_error="Z is (B, M, D) and a (B, D): Z a is"
+                         " `Z @ a[:, :, None]` (B, M, 1), ‖a‖² of each prompt"
+                         " `numpy.sum(a * a, axis=-1)[:, None, None]` (B, 1, 1), and the"
+                         " projector acts on Z from the right")
     expected = null_space_perturbation(update, Z) - update.delta_W
     residual = check_array("Z_⊥", answer, expected, mistakes=null_space_mistakes(Z, a),
                            quiet=True)
