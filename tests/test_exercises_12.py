@@ -30,6 +30,8 @@ def test_query_alone_right_answer_passes(capsys):
         (lambda x, p: numpy.tanh(x @ p.W_in.T @ p.W_out.T + p.b @ p.W_out.T),
          "applied inside the tanh"),
         (lambda x, p: numpy.tanh(x @ p.W_in.T + p.b), "has shape"),
+        (lambda x, p: numpy.tanh(x @ p.W_in + p.b) @ p.W_out.T,
+         "ValueError .*a weight acts from the right, transposed"),
     ],
 )
 def test_query_alone_mistakes_get_their_hint(wrong, hint):
@@ -41,7 +43,7 @@ def test_query_alone_placeholder_is_not_written_yet():
     def placeholder(x, p):
         raise NotImplementedError("your turn")
 
-    with pytest.raises(ExerciseError, match="not written yet"):
+    with pytest.raises(ExerciseError, match="not written yet.*`raise NotImplementedError` line"):
         check_rnn_query_alone(placeholder)
 
 

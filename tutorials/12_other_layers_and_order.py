@@ -125,13 +125,14 @@ check_rnn_query_alone(query_alone)
 #    dW_s = d\mathrm{pre}^\top s_{\text{prev}},\quad db_s = \textstyle\sum_B d\mathrm{pre}. $$
 #
 # The sequence's backward walks $t = T, \dots, 1$: the state's gradient gathers the read-out
-# at $t$ and the step after it, $ds_t = W_{out}^\top dA_t + ds_{\text{prev}}$ from step
-# $t + 1$, and each step's weight gradients add up (the weights are shared in time).
+# at $t$ and the step after it, $ds_t = dA_t\, W_{out} + ds_{\text{prev}}$ (rows, with
+# $dA_t = \partial\,\mathrm{loss}/\partial A_t$ and $ds_{\text{prev}}$ from step $t + 1$),
+# and each step's weight gradients add up (the weights are shared in time).
 #
 # ### Your turn: one step
 #
-# `cache` holds `x` (B, D), `s_prev` (B, S), `s` (B, S), `W_in`, `W_s`; return
-# `(dx, ds_prev, dW_in, dW_s, db)`.
+# `cache` is an `RNNStepCache` (a NamedTuple: `cache.x` (B, D), `cache.s_prev` (B, S),
+# `cache.s` (B, S), `cache.W_in`, `cache.W_s`); return `(dx, ds_prev, dW_in, dW_s, db)`.
 
 # %%
 def step_backward(ds, cache):
@@ -170,7 +171,8 @@ print("largest relative error over", len(errors), f"parameters: {max(errors.valu
 # Nothing in `implicit_update` knows what the contextual layer is: it runs the block with
 # and without the context and forms $\Delta W = W(u_C - u_\emptyset)\,u_\emptyset^\top /
 # \|u_\emptyset\|^2$ at the MLP input (with skips and LayerNorm as in tutorial 4). We check
-# $T_W(C, x) = T_{W+\Delta W}(x)$ for every switch, and the path of Proposition 3.1,
+# $T_W(C, x) = T_{W+\Delta W,\; b'+\Delta b'}(x)$ for every switch ($\Delta b' = h_C -
+# h_\emptyset$ with an MLP skip, zero without one), and the path of Proposition 3.1,
 # $T_{W_i}(x) = T_W(c_1, \dots, c_i, x)$ for every $i$.
 
 # %%
@@ -245,8 +247,8 @@ plt.show()
 # %% [markdown]
 # The recurrent increments stay at their early size: the path keeps moving as much at the
 # 50th token as at the 5th. One prompt's increments jump up and down from token to token
-# around that level (the convergence figure reports their spread along $i$, about 45 % of
-# their mean for the trained block). So a decaying increment is a property of averaging
+# around that level (their spread along $i$, std over mean for $i \ge 5$, is printed below
+# for this block; the convergence figure reports about 45 % for its own). So a decaying increment is a property of averaging
 # layers, not of in-context learning: the same theorem, the same Proposition 3.1, a
 # different layer, no $1/i$.
 
@@ -254,6 +256,10 @@ plt.show()
 one_prompt = numpy.asarray(implicit_path(*models["trained recurrent block"], held_out.context[:1],
                                          held_out.query[:1]).increment_norms)[0]
 print("one prompt, i = 10..19:", numpy.round(one_prompt[10:20], 2))
+tail = numpy.asarray(implicit_path(*models["trained recurrent block"], held_out.context,
+                                   held_out.query).increment_norms)[:, 5:]  # (B, i ≥ 5)
+tail_spread = numpy.median(tail.std(axis=1) / tail.mean(axis=1))
+print(f"spread along i, median over prompts of std/mean: {tail_spread:.2f}")
 
 # %% [markdown]
 # ## 5. The order of the demonstrations
@@ -328,8 +334,9 @@ plt.show()
 # others far above it; along the way every learner's spread is positive, because the first
 # $i$ demonstrations differ from order to order. The trained one-block model, causal or not,
 # is *less* order-sensitive than online SGD: the opposite of what Shen et al. measure for
-# pretrained language models, whose positional encodings and many causal layers make
-# their in-context learning order-sensitive (our causal stack and recurrent block are).
+# pretrained language models. Their positional encodings and many causal layers are
+# plausible causes (our causal stack and recurrent block are order-sensitive too); this
+# page does not test language models.
 
 # %% [markdown]
 # ## Summary
@@ -349,13 +356,15 @@ plt.show()
 #    with $W_s = 0$. Test it.
 # 3. *(extension)* Make the recurrence average: $s_t = s_{t-1} + (W_{in} c_t - s_{t-1})/t$
 #    (a running mean of $W_{in} c_t$, no tanh), read $A = W_{out}\tanh(s + W_{in} x + b_s)$ at
-#    the query. Predict the slope of the increments, then measure it.
+#    the query (use `p` of §1 for $W_{in}, W_{out}, b_s$ and $W$ = `params.blocks[0].mlp.W1`).
+#    Predict the slope of the increments, then measure it.
 
 # %% [markdown] jupyter={"source_hidden": true}
 # **Solution 1.** $A(C\setminus Y, x)$ is the recurrence run on the kept tokens in their
 # order, then $x$: $W_{out}\, s'$ with $s'$ the last state of that run. The theorem only uses
 # that the MLP sees $u_\emptyset = A(C\setminus Y, x)$ with the patch and
-# $u_C = A(C, x)$ without it: $(W + \Delta W)u_\emptyset = W u_\emptyset + W(u_C -
+# $u_C = A(C, x)$ without it (in the paper's block; with skips and LayerNorm
+# $u = \mathrm{LN}_2(x + A)$ and the patch also needs $\Delta b'$, tutorial 4): $(W + \Delta W)u_\emptyset = W u_\emptyset + W(u_C -
 # u_\emptyset) = W u_C$. In one block the MLP's output never flows back into the recurrence
 # (the state is computed before the MLP), so the patch changes nothing upstream. In a stack
 # it does change the next block's inputs at every position, and `implicit_update` handles
@@ -364,8 +373,9 @@ plt.show()
 
 # %% [markdown] jupyter={"source_hidden": true}
 # **Solution 2.** With $W_s = 0$ the last state is $\tanh(W_{in} x + b_s)$ whatever came before:
-# $A(C, x) = A(x)$, so $\Delta A = 0$, $\Delta W = 0$, and the spread is exactly 0 (the
-# context is ignored, not merely reordered).
+# $A(C, x) = A(x)$, so $\Delta A = 0$, $\Delta W = 0$, and the predictions are identical
+# for every order: the spread is 0 up to the rounding of the standard deviation itself
+# (the context is ignored, not merely reordered).
 
 # %% jupyter={"source_hidden": true}
 memoryless = params._replace(blocks=(params.blocks[0]._replace(

@@ -52,8 +52,8 @@ def call_answer(function: Callable, *args, name: str | None = None,
         return function(*args, **kwargs)
     except NotImplementedError as error:
         raise ExerciseError(
-            f"{label} is not written yet ({error}): replace the placeholder between the"
-            f" BEGIN/END SOLUTION markers with your lines, run that cell, then this one."
+            f"{label} is not written yet ({error}): replace the `raise NotImplementedError`"
+            f" line in its cell with your lines, run that cell, then this one."
         ) from None
     except ValueError as error:
         if on_value_error is None:

@@ -54,7 +54,10 @@ def check_rnn_query_alone(function: Callable, seed: int = 0) -> float:
     label = getattr(function, "__name__", "your function")
     p = rnn_params_for_check(seed=seed)
     x = numpy.random.default_rng(seed + 1).standard_normal((4, 3))
-    answer = call_answer(function, x.copy(), p, name=label)
+    answer = call_answer(function, x.copy(), p, name=label,
+                         on_value_error="the tokens are rows, x (B, D): a weight acts from"
+                         " the right, transposed, as in `x @ p.W_in.T` (B, S) and"
+                         " `s @ p.W_out.T` (B, D)")
     expected = rnn_forward(x[:, None, :], p)[0][:, 0, :]  # (B, D)
     mistakes = [
         ("the tanh is missing: s_1 = tanh(W_s s_0 + W_in x + b), then A = W_out s_1",
