@@ -74,6 +74,11 @@ def test_rising_fraction_right_answer_passes(capsys):
         (lambda e: numpy.mean(e[1:] > e[:-1]), "neighbouring prompts"),
         (lambda e: numpy.sum(e[:, 1:] > e[:, :-1]) / e.shape[0], "not by B·N"),
         (lambda e: e[:, 1:] > e[:, :-1], "return one number"),
+        (lambda e: 100 * numpy.mean(e[:, 1:] > e[:, :-1]), "a percentage"),
+        (lambda e: numpy.sum(e[:, 1:] > e[:, :-1]), "a count"),
+        (lambda e: numpy.sum(e[:, 1:] > e[:, :-1]) / e.size, "N steps per prompt"),
+        (lambda e: numpy.mean(e[:, 2:] > e[:, :-2]), "e\\[b, i\\+2\\]"),
+        (lambda e: numpy.mean(e[:, 2:] > e[:, 1:-1]), "skipped the first step"),
     ],
 )
 def test_rising_fraction_mistakes_get_their_hint(wrong, hint):

@@ -183,12 +183,14 @@ print(f"endpoint spread across orders: implicit path {spread_implicit[N]:.1e}, "
 
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
-ax.plot(range(N + 1), spread_implicit, label="implicit path (trained block)")
-ax.plot(range(N + 1), spread_sgd, label=r"online SGD, $\eta = 0.1$")
+steps = range(1, N + 1)  # i = 0 sees no demonstration: every order predicts the same
+ax.plot(steps, spread_implicit[1:], label="implicit path (trained block)")
+ax.plot(steps, spread_sgd[1:], label=r"online SGD, $\eta = 0.1$")
 ax.axhline(spread_full_batch, color="k", ls=":", lw=1, label="full-batch GD (any step)")
 ax.set_xlabel("demonstrations consumed i")
 ax.set_ylabel("spread across 10 orders")
-ax.set_title("order sensitivity: the path and online SGD, not their ends")
+ax.set_title("the implicit path's end is order-free; online SGD's is not")
+ax.set_yscale("log")
 ax.legend(fontsize=8)
 plt.show()
 
@@ -295,9 +297,11 @@ plt.show()
 # about half of the single steps raise the query error (printed above for the short
 # training run; 46–48 % on sets of 4 096 held-out prompts for the fully trained
 # `paper_setting()` block, seed 0), and even the mean error rises from $i = 0$ to $i = 1$
-# (there 1.98 → 2.12 over 16 384 prompts, a rise of 0.13 ± 0.03 s.e.): one
-# demonstration is not enough to estimate $w$, and a confident wrong guess costs more than
-# predicting nothing. The random block raises the error as often, without the trend.
+# (there from about 2.0 to 2.1–2.15 over 16 384 held-out prompts, a rise of 0.13–0.16
+# ± 0.03 s.e. depending on the draw). That is a shortcoming of what the block learned, not
+# of one demonstration: fitting $c_1$ alone with the smallest weight,
+# $\theta = y_1 x_1^\top/\|x_1\|^2$, halves the mean error (from $d$ to $d - 1$, since it
+# recovers $w$ along $x_1$). The random block raises the error as often, without the trend.
 # Exercise 4 shows that online SGD, an explicit learner, also raises the error on many steps.
 #
 # ## 4. The implicit weights serve one query
@@ -306,9 +310,9 @@ plt.show()
 # $x' = (x_q'; 0)$ of the same task: compare the errors
 #
 # $$
-# \big(T_{W_N}(x) - \langle w, x_q\rangle\big)^2,\qquad
-# \big(T_{W_N}(x') - \langle w, x_q'\rangle\big)^2,\qquad
-# \big(T_{W_0}(C, x') - \langle w, x_q'\rangle\big)^2,
+# \big(T_{W_N}(x)_D - \langle w, x_q\rangle\big)^2,\qquad
+# \big(T_{W_N}(x')_D - \langle w, x_q'\rangle\big)^2,\qquad
+# \big(T_{W_0}(C, x')_D - \langle w, x_q'\rangle\big)^2,
 # $$
 #
 # averaged over the prompts. Explicit gradient descent gives a weight that serves every
@@ -334,6 +338,10 @@ with_context_other = mse(prediction(numpy.concatenate([context, other[:, None, :
 print(f"W_N on its own query:             MSE {own:.2f}")
 print(f"W_N on another query, no context: MSE {borrowed:.2f}")
 print(f"the model with context on it:     MSE {with_context_other:.2f}")
+
+# %% [markdown]
+# On another query, $W_N$ without the context does worse than predicting zero (whose mean
+# error is about $d = 2$): it serves the query it was built for, and that one only.
 
 # %% [markdown]
 # ## Where the analogy stops
@@ -366,8 +374,9 @@ print(f"the model with context on it:     MSE {with_context_other:.2f}")
 #    it have one, and what does the path do then? Why does the step of size $\eta_x$ still land
 #    exactly on $W_{i+1}$?
 # 2. *(prediction, then code)* Predict what a causal mask does to the order invariance of the
-#    endpoint, for one block and for a stack of two blocks. Test it on random models: compare
-#    the query's output for the original and a shuffled context.
+#    query's output (for one block, of the endpoint $W_N$), for one block and for a stack of
+#    two blocks. Test it on random models: compare the query's output for the original and a
+#    shuffled context.
 # 3. *(derivation)* Show that full-batch GD's iterates do not depend on the order of the pairs.
 #    For online SGD from $\theta_0 = 0$ on two pairs, compute the difference between the orders
 #    $(1, 2)$ and $(2, 1)$. When does it vanish, and how does it scale with $\eta$?
@@ -414,8 +423,9 @@ for n_blocks in (1, 2):
 # (up to the rounding of the sum, $10^{-16}$). Online SGD from 0: after $(1, 2)$,
 # $\theta = \eta y_1 x_1^\top + \eta y_2 x_2^\top - \eta^2 y_1 (x_1^\top x_2)\, x_2^\top$; after
 # $(2, 1)$ the last term is $-\eta^2 y_2 (x_1^\top x_2)\, x_1^\top$. The difference is
-# $\eta^2 (x_1^\top x_2)(y_2 x_1 - y_1 x_2)^\top$: zero when $x_1 \perp x_2$ or when the pairs
-# agree ($y_2 x_1 = y_1 x_2$), and of order $\eta^2$, so small steps make SGD nearly
+# $\eta^2 (x_1^\top x_2)(y_2 x_1 - y_1 x_2)^\top$: zero when $x_1 \perp x_2$ or when
+# $y_2 x_1 = y_1 x_2$ ($x_2 \parallel x_1$ with consistent labels, always so for noiseless
+# pairs with parallel inputs), and of order $\eta^2$, so small steps make SGD nearly
 # order-free (it approaches the gradient flow, which sees the sum).
 
 # %% jupyter={"source_hidden": true}
@@ -431,7 +441,7 @@ print(f"online SGD (η = 0.1): {100 * rising_fraction(sgd_errors):.1f} % of sing
 # $w$ as seen from the query. Online SGD raises the query error on about a quarter of its
 # steps (printed above) while its mean error falls at every step, the first included: its
 # small step $\eta = 0.1$ moves cautiously, whereas the trained block's first step
-# commits to a guess.
+# raises the mean error, although one demonstration is enough to lower it (section 3).
 
 # %% [markdown]
 # ## Checks

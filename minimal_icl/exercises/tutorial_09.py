@@ -123,6 +123,16 @@ def check_fraction_of_rising_steps(function: Callable, seed: int = 0) -> float:
          float(numpy.mean(e[1:] > e[:-1]))),
         ("you counted rising steps but divided by the number of prompts B, not by B·N",
          float(numpy.sum(e[:, 1:] > e[:, :-1]) / e.shape[0])),
+        ("that is a percentage: return a fraction in [0, 1]",
+         100.0 * float(numpy.mean(e[:, 1:] > e[:, :-1]))),
+        ("that is a count: return the fraction, the count divided by the B·N steps",
+         float(numpy.sum(e[:, 1:] > e[:, :-1]))),
+        ("there are N steps per prompt (e has N + 1 columns, i = 0..N): divide by B·N,"
+         " not B·(N + 1)", float(numpy.sum(e[:, 1:] > e[:, :-1]) / e.size)),
+        ("you compared e[b, i+2] with e[b, i]: a step goes from i to i + 1",
+         float(numpy.mean(e[:, 2:] > e[:, :-2]))),
+        ("you skipped the first step (i = 0 → 1): every step counts",
+         float(numpy.mean(e[:, 2:] > e[:, 1:-1]))),
     ]
     expected = rising_fraction(e)
     check_scalar("the fraction of rising steps", answer, expected, mistakes=mistakes, quiet=True)
