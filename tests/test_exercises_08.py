@@ -18,20 +18,25 @@ from minimal_icl.exercises.tutorial_08 import (
 
 
 def delta_A(attn, n_heads, removed, query, *, scale=True, transpose=False, with_query=False,
-            one_head=False, skip_W_O=False):
+            one_head=False, skip_W_O=False, split_K_H=False):
     """The closed form, right by default; each keyword makes one typical mistake."""
     if with_query:
         removed = numpy.concatenate([removed, query[:, None, :]], axis=1)
     B, n, _ = removed.shape
     H = 1 if one_head else n_heads
-    q = (query @ attn.W_Q.T).reshape(B, H, -1)
-    k = (removed @ attn.W_K.T).reshape(B, n, H, -1)
-    v = (removed @ attn.W_V.T).reshape(B, n, H, -1)
+    if split_K_H:  # features as (K, H): head h gets features h, h + H, ...
+        q = numpy.swapaxes((query @ attn.W_Q.T).reshape(B, -1, H), -1, -2)
+        k = numpy.swapaxes((removed @ attn.W_K.T).reshape(B, n, -1, H), -1, -2)
+        v = numpy.swapaxes((removed @ attn.W_V.T).reshape(B, n, -1, H), -1, -2)
+    else:
+        q = (query @ attn.W_Q.T).reshape(B, H, -1)
+        k = (removed @ attn.W_K.T).reshape(B, n, H, -1)
+        v = (removed @ attn.W_V.T).reshape(B, n, H, -1)
     K = attn.W_Q.shape[0] // n_heads
     memory = numpy.einsum("byhv,byhk->bhvk", k, v) if transpose else numpy.einsum(
         "byhv,byhk->bhvk", v, k)
     heads = numpy.einsum("bhvk,bhk->bhv", memory, q) / (math.sqrt(K) if scale else 1.0)
-    heads = heads.reshape(B, -1)
+    heads = numpy.swapaxes(heads, -1, -2).reshape(B, -1) if split_K_H else heads.reshape(B, -1)
     return heads if skip_W_O else heads @ attn.W_O.T
 
 
@@ -48,6 +53,7 @@ def test_delta_A_right_answer_passes(capsys):
         ({"with_query": True}, "query's own term"),
         ({"one_head": True}, "one big head"),
         ({"skip_W_O": True}, "apply W_O"),
+        ({"split_K_H": True}, "heads are split the wrong way"),
     ],
 )
 def test_delta_A_mistakes_get_their_hint(mistake, hint):
@@ -72,11 +78,11 @@ def test_delta_A_whole_context_and_placeholder():
 
 
 def weights(d, eta, N, theta0, *, corner=-1.0, transposed=False, no_theta=False, swap=False,
-            P=None, full_key=False):
+            P=None, full_key=False, minus_theta=False):
     """von Oswald's (W_K, W_Q, W_V, W_P), right by default; keywords make the mistakes."""
     W_K = numpy.eye(d + 1) if full_key else numpy.diag([1.0] * d + [0.0])
     W_V = numpy.zeros((d + 1, d + 1))
-    row = numpy.zeros(d) if no_theta else theta0
+    row = numpy.zeros(d) if no_theta else (-theta0 if minus_theta else theta0)
     if transposed:
         W_V[:d, d] = row
     else:
@@ -105,6 +111,7 @@ def test_von_oswald_right_answer_passes(capsys):
         ({"no_theta": True}, "θ_0 is missing"),
         ({"swap": True}, "roles are swapped"),
         ({"full_key": True}, "must not see the y-slot"),
+        ({"minus_theta": True}, "θ_0 has the wrong sign"),
     ],
 )
 def test_von_oswald_mistakes_get_their_hint(mistake, hint):
@@ -116,7 +123,7 @@ def test_von_oswald_mistakes_get_their_hint(mistake, hint):
 
 
 def test_von_oswald_wrong_return_and_placeholder():
-    with pytest.raises(ExerciseError, match="four matrices"):
+    with pytest.raises(ExerciseError, match="four matrices .*got tuple of 3 items"):
         check_von_oswald_weights(lambda d, eta, N, theta0: weights(d, eta, N, theta0)[:3])
 
     def placeholder(d, eta, N, theta0):

@@ -45,7 +45,8 @@
 # $\theta_1 = \theta_0 - \eta \nabla L(\theta_0)$ is one gradient step on
 # $L(\theta) = \frac{1}{2N}\sum_j (\theta x_j - y_j)^2$.
 #
-# **The best single step** (Zhang, Frei & Bartlett 2024, JMLR, with $\Lambda = I$): for
+# **The best single step** (derived below; for $\Lambda = I$ it is where the trained linear
+# attention of Zhang, Frei & Bartlett 2024, JMLR, converges): for
 # $x, w \sim \mathcal{N}(0, I_d)$ the expected error of one step from $\theta_0 = 0$ is
 # $d\,[\eta^2 (1 + \tfrac{d+1}{N}) - 2\eta + 1]$, minimised at
 # $\eta^* = 1/(1 + (d+1)/N)$.
@@ -177,6 +178,14 @@ residual_ln_h = relative_residual(delta_h, ln_delta_A)
 gap_ln_u = relative_residual(ln_update.delta_u, ln_delta_A)
 print(f"with LayerNorm: h_C − h_∅ vs closed form on LN1 tokens {residual_ln_h:.1e}")
 print(f"                δu = u_C − u_∅ vs closed form          {gap_ln_u:.2f} (not equal)")
+size_ratio = numpy.linalg.norm(ln_update.delta_u) / numpy.linalg.norm(ln_delta_A)
+print(f"                ‖δu‖/‖δA‖ = {size_ratio:.2f}")
+
+# %% [markdown]
+# The closed form gives the change of $h$ exactly. LN2 then bends it and, above all, bounds
+# it: each normalised row has norm at most $\sqrt D$, so $\|u - \beta_2\| \le
+# \max|\gamma_2|\sqrt D$ however far $h$ moves, and $\delta u$ is much shorter than $\delta A$
+# here.
 
 # %% [markdown]
 # ## 2. One linear attention layer = one step of gradient descent
@@ -202,6 +211,9 @@ print(f"                δu = u_C − u_∅ vs closed form          {gap_ln_u:.2
 # W_V = \begin{pmatrix} 0 & 0\\ \theta_0 & -1\end{pmatrix},\qquad
 # W_P = \frac{\eta}{N} I_{d+1}.
 # $$
+#
+# The check compares your matrices with exactly these (other pairs $W_K, W_Q$ with the same
+# product $W_K^\top W_Q$ give the same layer: exercise 2).
 
 # %%
 def von_oswald_weights(d, eta, N, theta0):
@@ -308,6 +320,8 @@ print(f"ΔW of the read-out vs ((θ_1 x_q) x_qᵀ/‖x_q‖², 0): {residual_rea
 # = d\,\big[\eta^2 (1 + \tfrac{d+1}{N}) - 2\eta + 1\big],
 # $$
 #
+# (with $w$ independent of $\hat\Lambda$, $\mathbb{E}[ww^\top] = I$ and
+# $\mathbb{E}[x_q x_q^\top] = I$),
 # using $\mathbb{E}[\hat\Lambda^2] = (1 + \frac{d+1}{N})\, I$ (exercise 1). Sweep $\eta$ for $d = 5$,
 # $N = 10$ (where $\eta^* = 0.625$ is far from 1). The error is quadratic in $\eta$, so its
 # empirical minimiser is $\hat\eta = \sum_b p_b y_b / \sum_b p_b^2$, $p_b$ the prediction at
@@ -325,6 +339,7 @@ eta_star = optimal_gd_step(d_sweep, N_sweep)
 curve_gap = relative_residual(numpy.array(measured), numpy.array(theory))
 print(f"η* = {eta_star:.4f}, measured minimiser η̂ = {eta_hat:.4f}; "
       f"measured vs expected error curve: relative gap {curve_gap:.1e}")
+print(f"the paper's setting, d = 2, N = 50: η* = {optimal_gd_step(2, 50):.3f}")
 
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
@@ -339,7 +354,7 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# A trained linear-attention layer does not have to discover $\eta = 1$: the best single step
+# A trained linear-attention layer should not be expected to learn $\eta = 1$: the best single step
 # shrinks the naive one by the factor $1/(1 + (d+1)/N)$. Zhang, Frei & Bartlett prove that a
 # single linear-attention layer trained by gradient flow converges to
 # $\hat y = x_q^\top \Gamma^{-1} \frac1N \sum_j y_j x_j$ with
@@ -403,7 +418,10 @@ print(numpy.round(mean_Lambda_hat2, 2), f"\n1 + (d+1)/N = {1 + 4 / 6:.3f}")
 # The layer sees $W_K$ and $W_Q$ only through the bilinear form
 # $e_j^\top W_K^\top W_Q\, e_q$, so only the product $W_K^\top W_Q = \begin{pmatrix} I_d & 0\\ 0 & 0\end{pmatrix}$
 # matters: $W_K = \begin{pmatrix} R & 0\\ 0 & 0\end{pmatrix}$, $W_Q = \begin{pmatrix} R^{-\top} & 0\\ 0 & 0\end{pmatrix}$
-# for any invertible $R$ give the same layer.
+# for any invertible $R$ give the same layer. Entry by entry, with the weights above: $W_K$'s
+# last row meets $W_Q$'s last row, which is zero, so it is free (as is $W_Q$'s last row while
+# $W_K$'s is zero, though not both at once); and since $y_q = 0$, $W_Q$'s last column
+# multiplies 0 and is free too.
 
 # %% [markdown] jupyter={"source_hidden": true}
 # **Solution 3.** The noise leaves $\mathbb{E}[p\,y] = d$ unchanged but adds $\sigma^2 d/N$ to

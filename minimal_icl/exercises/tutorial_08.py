@@ -74,6 +74,16 @@ def linear_attention_mistakes(attn: AttentionParams, n_heads: int, removed_token
         heads = (memory @ numpy.swapaxes(q, -1, -2))[..., 0] * scale  # (B, H, K)
         return heads.reshape(heads.shape[0], -1) @ attn.W_O.T  # (B, D)
 
+    def wrong_heads(tokens, W):  # features split as (K, H): head h gets h, h + H, ...
+        B, T, _ = tokens.shape
+        return numpy.transpose((tokens @ W.T).reshape(B, T, K, n_heads), (0, 3, 1, 2))
+
+    q_wrong = wrong_heads(query_token[:, None, :], attn.W_Q)
+    k_wrong, v_wrong = wrong_heads(removed_tokens, attn.W_K), wrong_heads(removed_tokens, attn.W_V)
+    heads_wrong = ((numpy.swapaxes(v_wrong, -1, -2) @ k_wrong) @ numpy.swapaxes(q_wrong, -1, -2))
+    heads_wrong = numpy.transpose(heads_wrong[..., 0], (0, 2, 1)) / math.sqrt(K)  # (B, K, H)
+    wrong_split = heads_wrong.reshape(heads_wrong.shape[0], -1) @ attn.W_O.T  # (B, D)
+
     with_query = numpy.concatenate([removed_tokens, query_token[:, None, :]], axis=1)
     big_q = query_token @ attn.W_Q.T  # (B, H·K): one head of width H·K
     big_memory = numpy.swapaxes(removed_tokens @ attn.W_V.T, -1, -2) @ (removed_tokens @ attn.W_K.T)
@@ -91,6 +101,8 @@ def linear_attention_mistakes(attn: AttentionParams, n_heads: int, removed_token
          closed_form(context)),
         ("one big head of width H·K: each head has its own K×K memory Σ v kᵀ and its own"
          " query; split q, k, v into H heads of width K, then concatenate", one_head),
+        ("the heads are split the wrong way: head h owns the features h·K … h·K + K − 1,"
+         " so reshape (…, H·K) to (…, H, K), not (…, K, H)", wrong_split),
     ]
 
 
@@ -173,6 +185,8 @@ def von_oswald_mistakes(d: int, eta: float, N: int, theta0) -> dict[str, list]:
             ("θ_0 is missing from the last row: with θ_0 = 0 this is right, but the value"
              " must carry the residual θ_0 x_j − y_j of the starting weights",
              _blocks(d, numpy.zeros(d))[1]),
+            ("θ_0 has the wrong sign: the value's y-entry is the residual θ_0 x_j − y_j, so"
+             " the last row is (θ_0, −1)", _blocks(d, -theta0)[1]),
             (swapped, W_QK),
             ("W_V has the wrong sign: the value is θ_0 x_j − y_j, not y_j − θ_0 x_j (with"
              " W_P = +(η/N) I the layer subtracts η ∇L)", -W_V),
@@ -217,8 +231,11 @@ def check_von_oswald_weights(function: Callable, seed: int = 0) -> float:
     theta0 = rng.standard_normal(d)  # (d,)
     answer = call_answer(function, d, eta, N, theta0.copy(), name=label)
     if not isinstance(answer, (tuple, list)) or len(answer) != 4:
+        got = type(answer).__name__
+        if isinstance(answer, (tuple, list)):
+            got += f" of {len(answer)} item{'s' if len(answer) != 1 else ''}"
         raise ExerciseError(f"{label} must return the four matrices (W_K, W_Q, W_V, W_P),"
-                            f" got {type(answer).__name__}")
+                            f" got {got}")
     attn, _ = von_oswald_attention(d, eta, N, theta0)
     K = attn.W_Q.shape[0]
     expected = {"W_K": attn.W_K, "W_Q": attn.W_Q, "W_V": attn.W_V,
