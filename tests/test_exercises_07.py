@@ -40,6 +40,13 @@ def fro(U):
                                  / (numpy.linalg.norm(U, axis=-1) * numpy.linalg.norm(V, axis=-1)), -1),
          "row-by-row"),
         (lambda U, V: numpy.sum(U * V) / (numpy.linalg.norm(U) * numpy.linalg.norm(V)), "shape"),
+        (lambda U, V: numpy.sum(U * V, axis=(-2, -1)) / fro(U), "divided by ‖U‖_F only"),
+        (lambda U, V: numpy.sum(numpy.swapaxes(U, -1, -2) @ V, axis=(-2, -1)) / (fro(U) * fro(V)),
+         "its trace"),
+        (lambda U, V: numpy.sum(U * V, axis=(-2, -1)) / (numpy.linalg.norm(U) * numpy.linalg.norm(V)),
+         "whole batch"),
+        (lambda U, V: numpy.trace(numpy.swapaxes(U, -1, -2) @ V) / (fro(U) * fro(V)),
+         "ValueError .*axis1=-2, axis2=-1"),
     ],
 )
 def test_each_typical_mistake_gets_its_hint(cos_f, hint):

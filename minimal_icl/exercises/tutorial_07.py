@@ -45,7 +45,10 @@ def check_cos_frobenius(cos_f: Callable, seed: int = 0) -> None:
     Raises ExerciseError with a hint naming the mistake.
     """
     U, V = alignment_case(seed)
-    answer = call_answer(cos_f, U.copy(), V.copy(), name="cos_f")
+    answer = call_answer(cos_f, U.copy(), V.copy(), name="cos_f",
+                         on_value_error="U and V are stacks (B, M, D): numpy.trace uses axes 0"
+                         " and 1 unless told (axis1=-2, axis2=-1), and"
+                         " numpy.sum(U * V, axis=(-2, -1)) gives ⟨U, V⟩_F per prompt")
     if isinstance(answer, numpy.generic):  # one NumPy scalar for the whole batch
         answer = numpy.asarray(answer)
     inner = numpy.sum(U * V, axis=(-2, -1))
@@ -64,4 +67,9 @@ def check_cos_frobenius(cos_f: Callable, seed: int = 0) -> None:
         ("cos_F keeps its sign: V = −U gives −1 (no absolute value)", numpy.abs(expected)),
         ("that is the mean of the row-by-row cosines; cos_F treats each matrix as one vector"
          " of M·D entries", _row_cosines(U, V)),
+        ("you divided by ‖U‖_F only: cos_F divides by ‖U‖_F ‖V‖_F", inner / fro_U),
+        ("you summed every entry of Uᵀ V: ⟨U, V⟩_F is its trace, the sum of its diagonal",
+         numpy.sum(numpy.swapaxes(U, -1, -2) @ V, axis=(-2, -1)) / (fro_U * fro_V)),
+        ("the norms are taken over the whole batch: one norm per prompt, axis=(-2, -1)",
+         inner / (numpy.linalg.norm(U) * numpy.linalg.norm(V))),
     ])
