@@ -16,7 +16,11 @@ def patch_with(row="x+A", power=2, column="delta", bias="delta", transpose=False
     """A skip-block patch with one switch per typical mistake (the defaults are right)."""
 
     def skip_patch(W, x, A_with, A_without):
-        rows = {"x+A": x + A_without, "A": A_without, "with": x + A_with}
+        if row == "swapped":  # column W (x + A(x)), row δA/‖δA‖²
+            d = A_with - A_without
+            return ((x + A_without) @ W.T)[:, :, None] * (d / numpy.sum(d * d, -1, keepdims=True))[
+                :, None, :], d
+        rows = {"x+A": x + A_without, "A": A_without, "with": x + A_with, "x": x}
         columns = {"delta": A_with - A_without, "h_C": x + A_with, "A_C": A_with}
         a = rows[row]
         c = columns[column] @ W.T  # (B, M)
@@ -66,6 +70,8 @@ def test_the_case_is_the_skip_block_whose_row_is_x_plus_A():
         (dict(bias="h_C"), "change of the residual stream"),
         (dict(bias="A_C"), "Δb′ is A\\(C, x\\)"),
         (dict(bias="minus"), "wrong sign"),
+        (dict(row="x"), "built from x alone"),
+        (dict(row="swapped"), "the column and the row are swapped"),
     ],
 )
 def test_each_typical_mistake_gets_its_hint(mistake, hint):
@@ -84,3 +90,5 @@ def test_placeholder_and_bad_returns():
     right = patch_with()
     with pytest.raises(ExerciseError, match="Δb′ has shape"):
         check_skip_patch(lambda *args: (right(*args)[0], right(*args)[1][0]))
+    with pytest.raises(ExerciseError, match="returned \\(delta_b, delta_W\\)"):
+        check_skip_patch(lambda *args: right(*args)[::-1])

@@ -153,19 +153,21 @@ for name, value in skip_table.items():
 # %% [markdown]
 # ## Pre-LayerNorm
 #
-# In the GPT-style pre-LN block $h = z + \mathrm{Attn}(\mathrm{LN}_1(z))$ and
+# In the GPT-style pre-LN block $h = z + A(\mathrm{LN}_1(z))$ and
 # $\mathrm{out} = h + W' g(W\,\mathrm{LN}_2(h) + b) + b'$, the matrix $W$ sees
 # $u = \mathrm{LN}_2(h)$. LayerNorm is not linear, so the context vector that $W$ sees is
-# $u_C - u_\emptyset$ with $u_C = \mathrm{LN}_2(h_C)$, $u_\emptyset = \mathrm{LN}_2(h_\emptyset)$;
-# the patch is the one of the top of the page:
+# $\delta u = u_C - u_\emptyset = \mathrm{LN}_2(h_C) - \mathrm{LN}_2(h_\emptyset)$, which is not
+# $\mathrm{LN}_2(\delta A)$; the patch is the one of the top of the page:
 #
 # $$
 # \Delta W = \frac{W (u_C - u_\emptyset)\, u_\emptyset^\top}{\|u_\emptyset\|^2},\qquad
 # \Delta b' = h_C - h_\emptyset .
 # $$
 #
-# With the initial gain 1 and bias 0, $u_\emptyset$ has mean 0 and variance close to 1, so
-# $\|u_\emptyset\| \approx \sqrt{D}$: a pre-LN block is rarely degenerate.
+# With the initial gain 1 and bias 0, $u_\emptyset$ has mean 0 and variance
+# $\sigma^2/(\sigma^2 + \epsilon)$ ($\sigma^2$ the variance of $h_\emptyset$'s entries), so
+# $\|u_\emptyset\| = \sqrt{D}\,\sigma/\sqrt{\sigma^2 + \epsilon} \approx \sqrt{D}$: zero only when
+# all entries of $h_\emptyset$ are equal, so a pre-LN block is rarely degenerate.
 
 # %%
 ln_config = TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=8, d_mlp=32,
@@ -186,8 +188,8 @@ print(f"‖u_∅‖ in [{norm_u0.min():.4f}, {norm_u0.max():.4f}]  (√D = {nump
 # ## A stack of three pre-LN blocks
 #
 # `implicit_update` returns one patch per block. For $Y = C$ block $l$'s $u_C, h_C$ come from
-# the with-context run and its $u_\emptyset, h_\emptyset$ from block $l$ run on the query's
-# with-context input alone; by induction the query's residual stream of the patched,
+# the with-context run and its $u_\emptyset, h_\emptyset$ from block $l$ run on one token, the
+# query's block-$l$ input in the with-context run; by induction the query's residual stream of the patched,
 # context-free model equals the with-context one after every block. Run the query alone
 # through the patched stack and compare **after every block**, the comparison of the paper's
 # Figure 5 (later versions; `make reproduce` draws it for a trained 4-block model with
@@ -420,6 +422,9 @@ print(f"|cos(row, 1)| at init: max {cos_init.max():.1e};  moved gain/bias: "
 # **Solution 3.** `implicit_update(..., removed=Y)` builds the sequential patches; the check
 # is the same per-block comparison as above. The partial patches are smaller than those for
 # $Y = C$: removing four tokens of sixteen moves the query's state less than removing all.
+# Even for the last tokens under a causal mask, which the kept tokens never see, the
+# shortcut fails after block 1: block 1's patch acts at every position, so it changes the
+# kept tokens' inputs to block 2.
 
 # %% jupyter={"source_hidden": true}
 # Solution 3.

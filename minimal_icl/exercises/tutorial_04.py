@@ -82,6 +82,10 @@ def check_skip_patch(skip_patch: Callable, seed: int = 0) -> None:
     if not isinstance(answer, (tuple, list)) or len(answer) != 2:
         raise ExerciseError("skip_patch must return two arrays: (delta_W, delta_b)")
     delta_W, delta_b = answer
+    M, D = case.W.shape
+    if numpy.ndim(delta_W) == 2 and numpy.ndim(delta_b) == 3:
+        raise ExerciseError("skip_patch returned (delta_b, delta_W): return (delta_W, delta_b),"
+                            f" ΔW (B, {M}, {D}) first")
 
     W, x, A_C, A_0 = case.W, case.x, case.A_with, case.A_without
     h_C, h_0 = x + A_C, x + A_0  # the MLP inputs with and without the context
@@ -101,6 +105,11 @@ def check_skip_patch(skip_patch: Callable, seed: int = 0) -> None:
          " W (h_C − h_∅) = W δA (x cancels)", _rank_one(h_C @ W.T, h_0)),
         ("the column is W A(C, x); subtract A(x): the column is W δA = W (A(C, x) − A(x))",
          _rank_one(A_C @ W.T, h_0)),
+        ("the row is built from x alone: it is the whole MLP input without the context,"
+         " a = x + A(x), not the skip's x", _rank_one(column, x)),
+        ("the column and the row are swapped: the column is W times the change δA, the row"
+         " the MLP input without context, (x + A(x))/‖x + A(x)‖²",
+         _rank_one(h_0 @ W.T, A_C - A_0)),
     ])
     check_array("Δb′", delta_b, numpy.asarray(case.update.delta_b), mistakes=[
         ("Δb′ is zero: the MLP skip carries h past the MLP, so the output must also gain"
