@@ -78,6 +78,17 @@ def placeholder(dprobs, cache):
     raise NotImplementedError("your turn")
 
 
+def in_place(dprobs, cache):
+    dprobs -= numpy.sum(dprobs * cache.probs, axis=-1, keepdims=True)
+    dprobs *= cache.probs
+    return dprobs
+
+
+def no_keepdims(dprobs, cache):
+    P = cache.probs
+    return P * (dprobs - numpy.sum(dprobs * P, axis=-1))  # (…, T) against (…,): ValueError
+
+
 @pytest.mark.parametrize("check", CHECKS)
 @pytest.mark.parametrize(
     ("answer", "hint"),
@@ -90,6 +101,8 @@ def placeholder(dprobs, cache):
         (plus_sign, "plus sign"),
         (negated, "wrong sign"),
         (placeholder, "not written yet"),
+        (in_place, "changed dprobs in place"),
+        (no_keepdims, "ValueError .*keepdims=True"),
     ],
 )
 def test_typical_mistakes_get_their_hint(check, answer, hint):

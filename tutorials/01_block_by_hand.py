@@ -35,8 +35,9 @@
 # $$
 #
 # with multi-head softmax self-attention without biases: for each head and each token, with
-# $\tilde z = \mathrm{LN}_1(z)$ the token after the first LayerNorm, $q = W_Q \tilde z$,
-# $k = W_K \tilde z$, $v = W_V \tilde z$ (in $\mathbb{R}^K$), scores $S = q^\top k/\sqrt{K}$ for each query–key pair, weights $P = \mathrm{softmax}(S)$ over
+# $\tilde z = \mathrm{LN}_1(z)$ the token after the first LayerNorm, $q = W_Q^{(h)} \tilde z$,
+# $k = W_K^{(h)} \tilde z$, $v = W_V^{(h)} \tilde z$ (in $\mathbb{R}^K$; $W_Q^{(h)}$ is head $h$'s
+# block of $K$ rows of $W_Q$, which is $(HK, D)$), scores $S = q^\top k/\sqrt{K}$ for each query–key pair, weights $P = \mathrm{softmax}(S)$ over
 # the keys, and $A = W_O\,\mathrm{concat}_{\text{heads}}(P v)$. $W$, the first dense layer
 # after attention (`mlp.W1`), is the matrix of the theorems in the next tutorials (Dherin et
 # al. 2025, arXiv:2507.16003, section 2: a *contextual block* $T_W = M_W \circ A$).
@@ -80,7 +81,8 @@ print("minimal_icl", minimal_icl.__version__)
 # %% [markdown]
 # ## A small block
 #
-# A GPT-style block: two heads of width $K = 4$, pre-LayerNorm, both skip connections,
+# A GPT-style block without a causal mask (`causal=False`, the default: every token attends
+# to every token): two heads of width $K = 4$, pre-LayerNorm, both skip connections,
 # exact GELU, MLP width $M = 8$. Tokens are used as given (no embedding, no positional
 # encoding), as in the paper. Every random number comes from an explicit seed.
 
@@ -127,12 +129,13 @@ print("rows of P sum to 1:", numpy.allclose(row_sums, 1.0))
 # $A$, the residual stream after attention $h$, and the MLP input $u$. The implicit weight
 # update of tutorial 2 is built from `u` at the query position with and without context.
 #
-# The attention weights of each head, for the first prompt:
+# The attention weights of each head, for the first prompt (at initialisation they stay
+# close to uniform, $1/T$; the colour scale follows the data):
 
 # %%
 fig, axes = plt.subplots(1, config.n_heads, figsize=(7, 3), constrained_layout=True)
 for head, ax in enumerate(axes):
-    image = ax.imshow(block_cache.attn.weights[0, head], vmin=0, vmax=1, cmap="viridis")
+    image = ax.imshow(block_cache.attn.weights[0, head], cmap="viridis")
     ax.set_title(f"head {head}")
     ax.set_xlabel("key token")
     ax.set_ylabel("query token")
@@ -232,8 +235,10 @@ print("\n".join(source[max(at - 6, 0):at + 6]))
 # and reports, per parameter array, the relative error
 # $\|\nabla_{\text{backward}} - \nabla_{\text{numeric}}\| / \max(\|\nabla_{\text{backward}}\|,
 # \|\nabla_{\text{numeric}}\|)$. A random $d\mathrm{out}$ matters: an all-ones upstream gradient
-# can hide an error, as exercise 2 shows at the softmax, where $dP = \mathbf{1}$ makes the
-# plain mean $\frac{1}{T}\sum_j dP_j$ and the right, $P$-weighted one $\sum_j dP_j P_j$ agree.
+# can hide an error, as exercise 2 shows at the softmax checked alone, where
+# $dP = \mathbf{1}$ makes the plain mean $\frac{1}{T}\sum_j dP_j$ and the right, $P$-weighted
+# one $\sum_j dP_j P_j$ agree. (Inside the whole block $dP$ is not all ones even for
+# $d\mathrm{out} = \mathbf{1}$, so there this bug would show either way.)
 
 # %%
 dout = rng.standard_normal(out.shape)  # (B, T, D)  the upstream gradient
@@ -333,7 +338,10 @@ print(f"relative residual, last_only vs full: {last_only_residual:.1e}")
 #    with $d\hat x = \gamma \odot dy$ (means over the last axis, of width $D$), code it as
 #    `my_layernorm_backward(dy, ln_cache) -> dx` (`layernorm_forward(x, params, eps)` returns
 #    $y$ and the cache $(\hat x, r, \gamma)$ of shapes $(B, T, D)$, $(B, T, 1)$, $(D,)$), and check
-#    it with `check_layer` and against `minimal_icl.layernorm.layernorm_backward`.
+#    it with `check_layer` and against `minimal_icl.layernorm.layernorm_backward`. Make the
+#    parameters with `minimal_icl.params.LayerNormParams(gain=..., bias=...)` and give
+#    `check_layer` a function of the input alone:
+#    `lambda x: layernorm_forward(x, ln_params, config.ln_eps)`.
 #
 # The solutions are folded away below (click to open them).
 
@@ -394,7 +402,8 @@ print(f"linear attention + ReLU: largest relative error"
 
 # %% jupyter={"source_hidden": true}
 # Solution 4. The three paths from x to x̂ (direct, through μ, through σ²) add up to the
-# projection below. check_layer needs a function of one input: close over the parameters.
+# Jacobian ∂x̂_i/∂x_k = r (δ_ik − 1/D − x̂_i x̂_k/D), which is symmetric, so
+# dx = Jᵀ dx̂ = r (dx̂ − mean(dx̂) − x̂ mean(dx̂ ⊙ x̂)): the projection below. check_layer needs a function of one input: close over the parameters.
 from minimal_icl.layernorm import layernorm_backward, layernorm_forward
 from minimal_icl.params import LayerNormParams
 

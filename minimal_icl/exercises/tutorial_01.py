@@ -70,9 +70,19 @@ def _check(backward: Callable, label: str, seed: int) -> tuple[float, float]:
     probs, cache = softmax_forward(scores)
     dprobs = rng.standard_normal(SHAPE)  # a random upstream gradient
 
-    answer = call_answer(backward, dprobs, cache, name=label)
+    expected = softmax_backward(dprobs, cache)
+    given = dprobs.copy()
+    answer = call_answer(backward, given, cache, name=label,
+                         on_value_error="each row's answer has shape (T,), and a sum over j"
+                         " must keep its axis to broadcast against P:"
+                         " `numpy.sum(..., axis=-1, keepdims=True)`")
+    if not numpy.array_equal(given, dprobs):
+        raise ExerciseError(
+            f"{label} changed dprobs in place: a backward must leave its inputs as they are"
+            f" (the caller may still need them); write `dprobs - ...` into a new array"
+            f" instead of `dprobs -= ...`")
     residual = check_array(
-        "dS", answer, softmax_backward(dprobs, cache),
+        "dS", answer, expected,
         mistakes=softmax_backward_mistakes(dprobs, probs), quiet=True,
     )
 
