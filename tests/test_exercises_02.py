@@ -62,6 +62,39 @@ def placeholder(W, cache_with, cache_alone):
     raise NotImplementedError("your turn")
 
 
+def patched_weight(W, cache_with, cache_alone):
+    return W + right(W, cache_with, cache_alone)
+
+
+def column_with_context(W, cache_with, cache_alone):
+    _, A_C, A_x = pieces(W, cache_with, cache_alone)
+    return outer(A_C @ W.T, A_x / numpy.sum(A_x**2, axis=-1, keepdims=True))
+
+
+def W_not_transposed(W, cache_with, cache_alone):
+    _, A_C, A_x = pieces(W, cache_with, cache_alone)
+    return outer((A_C - A_x) @ W, A_x / numpy.sum(A_x**2, axis=-1, keepdims=True))
+
+
+def no_keepdims(W, cache_with, cache_alone):
+    column, _, A_x = pieces(W, cache_with, cache_alone)
+    return outer(column, A_x / numpy.sum(A_x**2, axis=-1))
+
+
+def in_float32(W, cache_with, cache_alone):
+    return right(W, cache_with, cache_alone).astype(numpy.float32)
+
+
+def numpy_outer(W, cache_with, cache_alone):
+    column, _, A_x = pieces(W, cache_with, cache_alone)
+    return numpy.outer(column, A_x / numpy.sum(A_x**2, axis=-1, keepdims=True))
+
+
+def no_batch_axis(W, cache_with, cache_alone):
+    column, _, A_x = pieces(W, cache_with, cache_alone)
+    return column.T @ (A_x / numpy.sum(A_x**2, axis=-1, keepdims=True))
+
+
 @pytest.mark.parametrize(
     "config",
     [CONFIG,
@@ -84,6 +117,13 @@ def test_right_answer_passes_and_the_patched_forward_reproduces_the_context(conf
         (row_with_context, "the row is A\\(C, x\\)ᵀ"),
         (one_norm_for_the_batch, "summed over every prompt"),
         (placeholder, "not written yet"),
+        (patched_weight, "the patched weight W \\+ ΔW"),
+        (column_with_context, "the column is W A\\(C, x\\)"),
+        (W_not_transposed, "ValueError .*`delta_A @ W.T`"),
+        (no_keepdims, "ValueError .*keepdims=True"),
+        (in_float32, "computed in float32"),
+        (numpy_outer, "numpy.outer flattens"),
+        (no_batch_axis, "batch\\) axis is missing"),
     ],
 )
 def test_typical_mistakes_get_their_hint(answer, hint):

@@ -111,6 +111,7 @@ def check_array(
 
     Raises ExerciseError with a hint when the answer is wrong.
     """
+    given_dtype = getattr(answer, "dtype", None)
     answer = _as_host(answer, name)
     expected = _as_host(expected, f"expected {name}")
     if answer.shape != expected.shape:
@@ -119,6 +120,13 @@ def check_array(
             hint += ": the last two axes look swapped (a transposed factor?)"
         elif answer.size == expected.size:
             hint += ": the right number of entries in the wrong layout (a reshape or transpose?)"
+        elif expected.ndim >= 2 and answer.shape == expected.shape[1:]:
+            hint += ": the leading (batch) axis is missing: one result per prompt"
+        elif (answer.ndim == 2 and expected.ndim == 3
+              and answer.shape == (expected.shape[0] * expected.shape[1],
+                                   expected.shape[0] * expected.shape[2])):
+            hint += (": numpy.outer flattens its inputs; one outer product per prompt is"
+                     " `column[:, :, None] * row[:, None, :]`")
         raise ExerciseError(hint)
     if not numpy.all(numpy.isfinite(answer)):
         raise ExerciseError(f"{name} contains NaN or infinity: check for a division by zero")
@@ -127,6 +135,13 @@ def check_array(
         if not quiet:
             print(f"✓ {name} is right (relative residual {residual:.1e} ≤ {rtol:.0e})")
         return residual
+    low_precision = given_dtype is not None and getattr(given_dtype, "kind", "") == "f" and (
+        numpy.finfo(given_dtype).eps > numpy.finfo(numpy.float64).eps)
+    if low_precision and residual <= 1e3 * float(numpy.finfo(given_dtype).eps):
+        raise ExerciseError(
+            f"{name} is right only to {residual:.1e}: it was computed in {given_dtype};"
+            f" compute in float64 (the inputs are float64: an explicit float32 array or"
+            f" dtype somewhere?)")
     for hint, wrong in mistakes:
         wrong = _as_host(wrong, hint)
         if wrong.shape == answer.shape and relative_residual(answer, wrong) <= MISTAKE_RTOL:

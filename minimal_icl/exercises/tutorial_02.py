@@ -49,6 +49,10 @@ def delta_W_mistakes(W, A_with, A_alone) -> list[tuple[str, numpy.ndarray]]:
         ("‖A(x)‖² is summed over every prompt at once: each prompt has its own A(x), so"
          " sum the squares over the last axis only (axis=-1, keepdims=True)",
          outer(column, A_x / numpy.sum(A_x * A_x))),
+        ("that is the patched weight W + ΔW: return the update ΔW alone",
+         W + outer(column, A_x / norm**2)),
+        ("the column is W A(C, x); it is W times the change ΔA = A(C, x) − A(x)",
+         outer(A_C @ W.T, A_x / norm**2)),
     ]
 
 
@@ -88,7 +92,10 @@ def check_delta_W(
     (update,) = implicit_update(params, config, context, query)
 
     label = getattr(delta_W_from_caches, "__name__", "your function")
-    answer = call_answer(delta_W_from_caches, W, cache_with, cache_alone, name=label)
+    answer = call_answer(delta_W_from_caches, W, cache_with, cache_alone, name=label,
+                         on_value_error="W is (M, D) and A (B, D): the column W ΔA of every"
+                         " prompt is `delta_A @ W.T` (B, M), and each ‖A(x)‖² keeps its axis,"
+                         " `numpy.sum(A_x**2, axis=-1, keepdims=True)` (B, 1)")
     A_with = cache_with.blocks[0].u[:, -1]  # the MLP input at the query (A(C, x) here)
     A_alone = cache_alone.blocks[0].u[:, -1]
     residual = check_array("ΔW", answer, update.delta_W,
