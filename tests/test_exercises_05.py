@@ -12,19 +12,28 @@ from minimal_icl.tolerances import IDENTITY_RTOL, relative_residual
 
 
 def step_with(gradient_sign=1.0, row="x", eta_power=2, eta_in_gradient=False,
-              uphill=False, from_W0=False):
+              uphill=False, from_W0=False, column_from="W_0", batch_eta=False, swap=False,
+              W_0_untransposed=False):
     """A path step with one switch per typical mistake (the defaults are right)."""
 
     def step(W_i, W_0, A_i, A_next, A_x):
         rows = {"x": A_x, "i": A_i, "next": A_next}
-        column = gradient_sign * (A_i - A_next) @ W_0.T  # (B, M)
+        if W_0_untransposed:
+            (A_i - A_next) @ W_0  # (B, D) against (M, D): ValueError
+        if column_from == "W_i":
+            column = gradient_sign * numpy.einsum("bmd,bd->bm", W_i, A_i - A_next)
+        else:
+            column = gradient_sign * (A_i - A_next) @ W_0.T  # (B, M)
         G = column[:, :, None] * rows[row][:, None, :]  # (B, M, D)
         eta = 1.0 / numpy.linalg.norm(A_x, axis=-1) ** eta_power  # (B,)
+        if batch_eta:
+            eta = numpy.full(len(A_x), 1.0 / numpy.sum(A_x * A_x))
         if eta_in_gradient:
             G = eta[:, None, None] * G
         start = W_0 if from_W0 else W_i
         sign = 1.0 if uphill else -1.0
-        return G, start + sign * eta[:, None, None] * G
+        W_next = start + sign * eta[:, None, None] * G
+        return (W_next, G) if swap else (G, W_next)
 
     return step
 
@@ -55,6 +64,10 @@ def test_the_case_is_a_real_step_of_the_path():
         (dict(eta_power=1), "is not squared"),
         (dict(uphill=True), "uphill"),
         (dict(from_W0=True), "starts from W_0"),
+        (dict(column_from="W_i"), "uses the current weight W_i"),
+        (dict(batch_eta=True), "one number per prompt"),
+        (dict(swap=True), "return \\(G_i, W_next\\), in that order"),
+        (dict(W_0_untransposed=True), "ValueError .*`\\(A_i - A_next\\) @ W_0.T`"),
     ],
 )
 def test_each_typical_mistake_gets_its_hint(mistake, hint):

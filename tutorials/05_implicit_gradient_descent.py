@@ -193,8 +193,7 @@ plt.show()
 #
 # The appendix of v1 consumes the tokens **from the front** while the rest stays in context.
 # Write $A_{>i} = A(c_{i+1}, \dots, c_N, x)$ for the query's MLP input once $c_1..c_i$ are
-# consumed ($A_{>0} = A(C, x)$, $A_{>N} = A(x)$; a local shorthand, the field
-# `factorised.A_suffix[:, i]`). Token $c_i$ contributes
+# consumed ($A_{>0} = A(C, x)$, $A_{>N} = A(x)$; the field `factorised.A_suffix[:, i]`). Token $c_i$ contributes
 #
 # $$
 # \Delta A(c_i) = A_{>i-1} - A_{>i} = A(c_i, \dots, c_N, x) - A(c_{i+1}, \dots, c_N, x),
@@ -278,8 +277,10 @@ for (name, n), (r, s) in ranks.items():
 #
 # ($i+1$ context tokens and the query share the weight). With one head and neither skip nor
 # LayerNorm, $A_i = W_O o_i$, so $A_{i+1} - A_i = p_{i+1} W_O (v_{i+1} - o_i)$. For **any**
-# weights, trained or not, with context tokens drawn alike, the weight of the newest token is
-# on average $\mathbb{E}[p_{i+1}] = \mathbb{E}[1 - P_x]/(i+1)$ ($P_x$ the query's own weight):
+# weights, trained or not, with context tokens exchangeable (independent and identically
+# distributed given $w$ and $x$), the weight of the newest token is on average
+# $\mathbb{E}[p_{i+1}] = \mathbb{E}[1 - P_{x,x}]/(i+1)$ ($P_{x,x}$ the query's own weight once
+# $i + 1$ context tokens are in):
 # the increment $\|W_0(A_{i+1} - A_i)\|/\|A(x)\|$ is of order $1/i$ **on average**. One prompt
 # need not follow it: with sharp attention (large scores) most new tokens get almost no
 # weight and a few get almost all of it. Measure $p_{i+1}$ on random weights, from the query's row $P_{x,\cdot}$ of the
@@ -295,15 +296,18 @@ random_config = TransformerConfig(d_token=3, n_blocks=1, n_heads=1, d_head=8, d_
 random_params = init_params(random_config, seed=0)
 _, cache = block_forward(long_batch.tokens, random_params.blocks[0], random_config,
                          last_only=True)
-P_x = numpy.asarray(cache.attn.weights[:, 0, 0, :])  # (B, N+1) the query's row, head 0
-Z = numpy.cumsum(P_x[:, :n_long], axis=1) + P_x[:, n_long:]  # Z_(i+1) up to a constant
-new_weight = numpy.mean(P_x[:, :n_long] / Z, axis=0)  # p_(i+1), mean over prompts
-scaled_weight = new_weight * (steps + 1)  # (i+2)·p_(i+1)
+# weights (B, H, 1, T) with last_only: head 0, the query's row over the N + 1 tokens
+P_x = numpy.asarray(cache.attn.weights[:, 0, 0, :])  # (B, N+1)
+ell = numpy.cumsum(P_x[:, :n_long], axis=1) + P_x[:, n_long:]  # ℓ_(i+1), up to a constant
+scaled = P_x[:, :n_long] / ell * (steps + 1)  # (B, N): (i+2)·p_(i+1), prompt by prompt
+scaled_weight, scaled_se = mean_se(scaled, axis=0)  # mean over prompts and its s.e.
 print(f"(i+2)·p_(i+1): median over i {numpy.median(scaled_weight):.2f}; at i = 0, 9, 99, 199:",
-      numpy.round(scaled_weight[[0, 9, 99, 199]], 2))
+      numpy.round(scaled_weight[[0, 9, 99, 199]], 2), "± s.e.",
+      numpy.round(scaled_se[[0, 9, 99, 199]], 2))
 
 # %% [markdown]
-# Now the increments over 200 prompts with $N = 200$, and their log-log slope for $i \ge 10$.
+# Now the increments over 200 prompts with $N = 200$, and their log-log slope for
+# $i + 1 \ge 10$.
 #
 # **Predict before you run the next cell**: un-normalised linear attention adds
 # $s_{i+1} v_{i+1}$ with a weight that does not depend on $i$. Do its increments decay?
@@ -317,7 +321,8 @@ for attention in ("softmax", "linear"):
     long_path = implicit_path(random_params, random_config, long_batch.context, long_batch.query)
     curves[attention] = mean_se(long_path.increment_norms, axis=0)  # (mean, se), each (N,)
     slopes[attention] = loglog_slope(steps[9:], curves[attention][0][9:])
-print("log-log slope of the mean increment, i ≥ 10:", {k: round(v, 3) for k, v in slopes.items()})
+print("log-log slope of the mean increment, i + 1 ≥ 10:",
+      {k: round(v, 3) for k, v in slopes.items()})
 
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
@@ -334,7 +339,8 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# The new token's weight is $\approx 1/(i+2)$ at every length, the softmax increments fall with
+# The new token's weight is $\approx 1/(i+2)$ at every length (within the printed standard
+# errors, which grow to about 0.1 at long contexts), the softmax increments fall with
 # slope $\approx -1$, and linear attention's do not fall at all. So the *rate* of convergence of
 # the implicit path is a property of softmax normalisation, present before any training; what
 # training changes has to be read against this random-weight baseline (tutorial 6 does).
@@ -359,7 +365,9 @@ plt.show()
 #    of $L_i$.
 # 2. *(On paper, then in code.)* Show that with uniform attention (all scores equal) the
 #    increment is exactly $\|W_0 W_O (v_{i+1} - \bar v_i)\|/((i+2)\|A(x)\|)$, $\bar v_i$ the mean
-#    of $v_1..v_i, v_x$. Test it: set the query weight $W_Q$ to zero (then every score is 0)
+#    of $v_1..v_i, v_x$. Test it: set the query weight $W_Q$ to zero (then every score is 0;
+#    the parameters are NamedTuples, so build them with `_replace`:
+#    `params._replace(blocks=(block._replace(attn=block.attn._replace(W_Q=0 * block.attn.W_Q)),))`)
 #    and check that $(i+2)\,\|W_{i+1} - W_i\|_F$ does not decay.
 # 3. *(Prediction.)* Linear attention's increments do not decay. Predict what an attention skip
 #    and a LayerNorm before the MLP do to them ($u = \mathrm{LN2}(x + A)$), then measure the
@@ -388,6 +396,17 @@ uniform_mean = numpy.mean(uniform.increment_norms, axis=0)  # (N,)
 scaled = numpy.mean(uniform.increment_norms * (steps + 1), axis=0)  # (i+2)·increment
 print(f"uniform attention: slope {loglog_slope(steps[9:], uniform_mean[9:]):.3f};"
       f" (i+2)·increment at i = 0, 49, 199: {scaled[[0, 49, 199]].round(2)}")
+# the formula itself, token by token: ‖W_0 W_O (v_(i+1) − v̄_i)‖/((i+2)‖A(x)‖)
+v = long_batch.context @ block.attn.W_V.T  # (B, N, K)  v_1..v_N
+v_x = long_batch.query @ block.attn.W_V.T  # (B, K)
+sums = numpy.cumsum(v, axis=1) - v + v_x[:, None, :]  # v_1 + … + v_i + v_x at step i
+v_bar = sums / steps[None, :, None]  # (B, N): the mean of i + 1 values
+columns = (v - v_bar) @ block.attn.W_O.T @ block.mlp.W1.T  # (B, N, M)
+A_x = long_batch.query @ block.attn.W_V.T @ block.attn.W_O.T  # (B, D): A(x) = W_O v_x
+formula = (numpy.linalg.norm(columns, axis=-1) / (steps + 1)
+           / numpy.linalg.norm(A_x, axis=-1, keepdims=True))
+print(f"formula against increment_norms: relative residual"
+      f" {relative_residual(formula, uniform.increment_norms):.1e}")
 
 # %% jupyter={"source_hidden": true}
 # Solution 3. Softmax: unchanged (the new token still gets a weight ~1/(i+2), and LN2 is smooth).
@@ -426,6 +445,6 @@ assert residual_factorised <= IDENTITY_RTOL
 assert norm_ratio.min() >= 1.0 - IDENTITY_RTOL  # ΔW(C) has the minimum norm
 assert [max(ranks["no LayerNorm", n][0]) for n in (1, 2, 3, N)] == [1, 2, 3, 3]  # min(N, D)
 assert [max(ranks["LN + attn skip", n][0]) for n in (1, 2, 3, N)] == [1, 2, 2, 2]  # min(N, D − 1)
-assert 0.8 <= numpy.median(new_weight * (steps + 1)) <= 1.25  # p_(i+1) ≈ 1/(i+2)
+assert 0.8 <= numpy.median(scaled_weight) <= 1.25  # p_(i+1) ≈ 1/(i+2)
 assert -1.2 <= slopes["softmax"] <= -0.8  # ~1/i for random softmax weights
 assert abs(slopes["linear"]) <= 0.1  # no decay for linear attention

@@ -22,7 +22,8 @@ from ..data import regression_prompts
 from ..dynamics import ImplicitPath, implicit_path
 from ..implicit import outer  # column ⊗ row: (B, M), (B, D) -> (B, M, D)
 from ..params import init_params
-from . import ExerciseError, _as_host, call_answer, check_array
+from ..tolerances import relative_residual
+from . import MISTAKE_RTOL, ExerciseError, _as_host, call_answer, check_array
 
 __all__ = ["PathStepCase", "path_step_case", "check_path_step"]
 
@@ -68,7 +69,10 @@ def check_path_step(step: Callable, i: int = 3, seed: int = 0) -> None:
     """
     case = path_step_case(i, seed)
     answer = call_answer(step, case.W_i.copy(), case.W_0.copy(), case.A_i.copy(),
-                         case.A_next.copy(), case.A_x.copy(), name="path_step")
+                         case.A_next.copy(), case.A_x.copy(), name="path_step",
+                         on_value_error="W_0 is (M, D) and A_i (B, D): the column is"
+                         " `(A_i - A_next) @ W_0.T` (B, M); η_x is one number per prompt, (B,),"
+                         " so it scales a (B, M, D) stack as `eta[:, None, None]`")
     if not isinstance(answer, (tuple, list)) or len(answer) != 2:
         raise ExerciseError("path_step must return two arrays: (G_i, W_next)")
     # a NumPy scalar becomes a 0-d array, so that it gets a shape hint
@@ -77,6 +81,10 @@ def check_path_step(step: Callable, i: int = 3, seed: int = 0) -> None:
     W0, A_i, A_next, A_x = case.W_0, case.A_i, case.A_next, case.A_x
     norm_x = numpy.linalg.norm(A_x, axis=-1)[:, None, None]  # (B, 1, 1) ‖A(x)‖
     G_right = numpy.asarray(case.path.gradient(i))
+    G_host = _as_host(G, "G_i")
+    if G_host.shape == G_right.shape and relative_residual(
+            G_host, numpy.asarray(case.path.weights(i + 1))) <= MISTAKE_RTOL:
+        raise ExerciseError("your first array is W_{i+1}: return (G_i, W_next), in that order")
     check_array("G_i", G, G_right, mistakes=[
         ("the difference has the wrong sign: G_i = W_0 (A_i − A_{i+1}) A(x)ᵀ, the earlier"
          " state first (the step subtracts η_x G_i and must ADD W_0 (A_{i+1} − A_i) …)",
@@ -87,6 +95,9 @@ def check_path_step(step: Callable, i: int = 3, seed: int = 0) -> None:
          outer((A_i - A_next) @ W0.T, A_next)),
         ("G_i is the gradient alone: the step size η_x = 1/‖A(x)‖² belongs in the step"
          " W_{i+1} = W_i − η_x G_i, not in G_i", G_right / norm_x**2),
+        ("the column uses the current weight W_i; it uses the block's weight W_0:"
+         " G_i = W_0 (A_i − A_{i+1}) A(x)ᵀ",
+         outer(numpy.einsum("bmd,bd->bm", case.W_i, A_i - A_next), A_x)),
     ])
 
     W_right = numpy.asarray(case.path.weights(i + 1))
@@ -102,4 +113,6 @@ def check_path_step(step: Callable, i: int = 3, seed: int = 0) -> None:
          -increment),
         ("the step starts from W_0; it starts from the current weight W_i",
          W0 + increment - case.W_i),
+        ("η_x is one number per prompt: sum the squares of A(x) over D only (axis=-1), not"
+         " over the whole batch", -G_right / numpy.sum(A_x * A_x)),
     ])
