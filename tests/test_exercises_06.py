@@ -31,6 +31,13 @@ def patched_variant(kind):
             patched = predict(params, config, alone)
         elif kind == "whole prompt":
             patched = predict(params, config, tokens, patches=updates)
+        elif kind == "query in context":
+            patched = predict(params, config, alone,
+                              patches=implicit_update(params, config, tokens, tokens[:, -1]))
+        elif kind == "copy":
+            patched = predict(params, config, tokens).copy()
+        elif kind == "query as (B, D)":
+            patched = predict(params, config, tokens[:, -1], patches=updates)
         else:  # first coordinate
             patched = forward(params, config, alone, patches=updates)[0][:, -1, 0]
         return predict(params, config, tokens), patched
@@ -54,6 +61,9 @@ def test_the_right_answer_passes(capsys):
         (patched_variant("no patch"), "WITHOUT the patch"),
         (patched_variant("whole prompt"), "context then acts twice"),
         (patched_variant("first coordinate"), "first coordinate"),
+        (patched_variant("query in context"), "holds the query too"),
+        (patched_variant("copy"), "bit for bit"),
+        (patched_variant("query as (B, D)"), "ValueError .*tokens\\[:, -1:, :\\] \\(B, 1, D\\)"),
     ],
 )
 def test_each_typical_mistake_gets_its_hint(two_ways, hint):

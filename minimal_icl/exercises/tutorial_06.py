@@ -47,7 +47,10 @@ def check_predictions_two_ways(two_ways: Callable, seed: int = 0) -> None:
     context, query). Raises ExerciseError with a hint naming the mistake.
     """
     params, config, tokens = paper_shaped_model(seed)
-    answer = call_answer(two_ways, params, config, tokens.copy(), name="predictions_two_ways")
+    answer = call_answer(two_ways, params, config, tokens.copy(), name="predictions_two_ways",
+                         on_value_error="a prompt is (B, T, D), so the query alone is"
+                         " tokens[:, -1:, :] (B, 1, D) for predict, while implicit_update takes"
+                         " the query as a token per prompt, tokens[:, -1] (B, D)")
     if not isinstance(answer, (tuple, list)) or len(answer) != 2:
         raise ExerciseError("predictions_two_ways must return two arrays: (with_prompt, patched)")
     # a NumPy scalar (one number for the whole batch) becomes a 0-d array: a shape hint
@@ -76,6 +79,13 @@ def check_predictions_two_ways(two_ways: Callable, seed: int = 0) -> None:
          predict(params, config, tokens, patches=updates)),
         ("you read the first coordinate; the prediction is the LAST coordinate",
          patched_full[:, -1, 0]),
+        ("the context you patched with holds the query too: the context is tokens[:, :-1],"
+         " the query tokens[:, -1]",
+         predict(params, config, alone, patches=implicit_update(params, config, tokens, query))),
     ])
+    if numpy.array_equal(_as_host(patched, "patched"), _as_host(with_prompt, "with_prompt")):
+        # the two ways round differently here (2.8e-16 apart): equal bits are a copy
+        raise ExerciseError("patched is bit for bit with_prompt: compute it the second way,"
+                            " the query alone through the patched model")
     gap = relative_residual(_as_host(patched, "patched"), _as_host(with_prompt, "with_prompt"))
     print(f"✓ your T_W(C, x) and T_(W+ΔW)(x) agree with each other: relative residual {gap:.1e}")

@@ -9,9 +9,10 @@ that path (the size of its change, not its step size η_x),
 against the context length i on log-log axes, mean ± standard error over held-out tasks.
 The paper shows the decay for its trained model. We add two controls it lacks
 (docs/theory.md §4): the same architecture with untrained random weights, and un-normalised
-linear attention with random weights. A new token gets softmax weight ≈ 1/(i+1), so the
-increments shrink like 1/i even with random weights; linear attention does not renormalise
-and its increments do not shrink. The fitted log-log slope of each curve is in the legend.
+linear attention with random weights. A new token gets softmax weight ≈ 1/(i+2) (i + 1
+context tokens and the query share it), so the increments shrink like 1/i even with random
+weights; linear attention does not renormalise and its increments do not shrink. The
+fitted log-log slope of each curve is in the legend.
 
 The package's own addition (docs/theory.md §8): a trained recurrent block
 (``models.rnn_setting``), whose context enters through a tanh recurrence, not an average.
