@@ -8,7 +8,7 @@ classic contrast, an Elman recurrence with a tanh state, read out at every posit
 
 so the output at the query (the last token) is W_out s_T after reading C then x, and a
 token alone gives A(x) = W_out tanh(W_in x + b). There is no averaging over tokens: a
-new token enters through one more application of tanh, not through a weight ≈ 1/(i+1).
+new token enters through one more application of tanh, not through a weight ≈ 1/(i+2).
 
 Shapes: B prompts, T tokens, D token width, S state width (``config.d_state``).
 

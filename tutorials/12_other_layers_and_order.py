@@ -206,7 +206,7 @@ print(f"T_(W_i)(x) = T_W(c_1..c_i, x), largest residual over i = 0..20: {path_re
 #
 # $$ \|W_{i+1} - W_i\|_F = \frac{\|W_0\,(A_{i+1} - A_i)\|}{\|A(x)\|}. $$
 #
-# In softmax attention a new token gets weight $\approx 1/(i+1)$, so $A_{i+1} - A_i$ and the
+# In softmax attention the new token $c_{i+1}$ gets weight $\approx 1/(i+2)$, so $A_{i+1} - A_i$ and the
 # increment shrink like $1/i$, trained or not (tutorial 5). The recurrence has no such
 # average: token $i + 1$ enters through one more tanh step from $s_i$, and nothing makes that
 # step smaller as $i$ grows. We train a recurrent block on the paper's task
