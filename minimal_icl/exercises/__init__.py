@@ -31,6 +31,9 @@ __all__ = ["ExerciseError", "call_answer", "check_array", "check_scalar"]
 # this relative residual (looser than IDENTITY_RTOL: a mistake need not be exact to be
 # recognised, and any other answer is still rejected).
 MISTAKE_RTOL = 1e-6
+# An answer computed in a lower precision (float32) that lies within this many of that
+# precision's rounding units of the expected one is told so, not called wrong.
+LOW_PRECISION_UNITS = 1e3
 
 
 class ExerciseError(AssertionError):
@@ -137,7 +140,7 @@ def check_array(
         return residual
     low_precision = given_dtype is not None and getattr(given_dtype, "kind", "") == "f" and (
         numpy.finfo(given_dtype).eps > numpy.finfo(numpy.float64).eps)
-    if low_precision and residual <= 1e3 * float(numpy.finfo(given_dtype).eps):
+    if low_precision and residual <= LOW_PRECISION_UNITS * float(numpy.finfo(given_dtype).eps):
         raise ExerciseError(
             f"{name} is right only to {residual:.1e}: it was computed in {given_dtype};"
             f" compute in float64 (the inputs are float64: an explicit float32 array or"
