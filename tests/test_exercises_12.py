@@ -85,6 +85,19 @@ def test_step_backward_mistakes_get_their_hint(wrong, hint):
         check_rnn_step_backward(wrong)
 
 
+def test_step_backward_returned_as_a_list_passes():
+    check_rnn_step_backward(lambda ds, c: list(rnn_step_backward(ds, c)))
+
+
+def test_step_backward_shape_error_gets_a_hint():
+    def untransposed(ds, c):
+        dpre = ds * (1.0 - c.s * c.s)
+        return dpre @ c.W_in, dpre @ c.W_s, dpre @ c.x, dpre.T @ c.s_prev, dpre.sum(axis=0)
+
+    with pytest.raises(ExerciseError, match="ValueError .*dW_in = dpre.T @ x"):
+        check_rnn_step_backward(untransposed)
+
+
 def test_step_backward_placeholder_is_not_written_yet():
     def placeholder(ds, cache):
         raise NotImplementedError("your turn")

@@ -91,13 +91,17 @@ def check_rnn_step_backward(function: Callable, seed: int = 0) -> dict:
     """
     label = getattr(function, "__name__", "your function")
     ds, cache = _step_inputs(seed)
-    answer = call_answer(function, ds.copy(), cache, name=label)
-    if not isinstance(answer, tuple) or len(answer) != 5:
+    answer = call_answer(function, ds.copy(), cache, name=label,
+                         on_value_error="the rows are prompts: ds and dpre are (B, S), so"
+                         " dx = dpre @ W_in (B, D), ds_prev = dpre @ W_s (B, S) and"
+                         " dW_in = dpre.T @ x (S, D)")
+    if not isinstance(answer, (tuple, list)) or len(answer) != 5:
         raise ExerciseError(
             f"{label} must return the tuple (dx, ds_prev, dW_in, dW_s, db), got"
             f" {type(answer).__name__}" + (f" of length {len(answer)}"
-                                           if isinstance(answer, tuple) else "")
+                                           if isinstance(answer, (tuple, list)) else "")
         )
+    answer = tuple(answer)
     expected = rnn_step_backward(ds, cache)
     c = cache
 
