@@ -17,8 +17,9 @@ Tq = 1) while keys and values still come from every token: the model's output is
 the query, and the training loss reads only the last token of the last block.
 
 ``attention_backward`` is the textbook backward, the forward read in reverse.
-``attention_fast.attention_backward_fast`` gives the same gradients (to rounding) by
-products that avoid building the (B, H, T, K) gradients of the keys and values;
+``attention_fast.attention_backward_fast`` gives the same gradients (to rounding),
+choosing per projection the cheaper order of its products (with few queries, the order
+that never builds the (B, H, T, K) gradients of the keys and values);
 ``model.backward(..., fast=True)`` uses it, and training uses ``model_fast``, the
 whole query-only step written for speed. Both are tested equal to this textbook path.
 """
@@ -176,7 +177,7 @@ def attention_backward(dout: Array, cache: AttentionCache) -> tuple[Array, Atten
 
     and each projection's dx and dW come from ``linear_backward`` on the merged heads.
     The (B, H, T, K) arrays dk and dv are built explicitly; ``attention_fast`` computes
-    the same gradients without them. Returns (dx (B, T, D), AttentionParams of gradients).
+    the same gradients without them where that is cheaper. Returns (dx (B, T, D), AttentionParams of gradients).
     """
     c = cache
     K = c.q.shape[-1]

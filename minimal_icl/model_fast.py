@@ -40,7 +40,9 @@ calls; the tutorials and the theorems read the textbook layers. Five changes:
 The results equal the textbook pass to rounding (tests/test_model_fast.py, float64):
 every output within IDENTITY_RTOL = 1e-12 on the 768 unpatched configurations of the
 model grid (the patched half runs the textbook pass); the token and parameter gradients
-as one vector within 1e-12 of its largest entry; each attention call within 1e-12 of the
+as one vector within 1e-12 of its largest entry (both, where the textbook pass is itself
+that sensitive to rounding, within a few times how far it moves when its inputs move by
+one rounding unit: needed on CuPy for a few causal linear stacks); each attention call within 1e-12 of the
 terms its gradients are summed from; NumPy on the whole grid, array_api_strict on its
 pairwise covering selection. Configurations this
 module does not cover (patched blocks, or a contextual layer other than attention) go
@@ -190,7 +192,8 @@ class QueryAttentionCache(NamedTuple):
     xT: Array  # (B, D + 1, T) [x, 1]ᵀ, C-contiguous
     q: Array  # (B, H·K)   W_Q x_q / √K
     r: Array  # (B, H, D)  W_K,hᵀ q_h
-    E: Array  # (B, H, T)  exp(S − max S) (softmax) or the scores S (linear)
+    E: Array  # (B, H, T)  exp(S − c) (softmax: c the bound of _softmax_average, or max S
+    #                 on the exact path) or the scores S (linear)
     inv_norm: Array | None  # (B, H, 1) 1/ℓ, ℓ = Σ_t E (softmax); None (linear)
     y: Array  # (B, H, D)  Σ_t P_t x_t
     heads: Array  # (B, H·K)

@@ -1,11 +1,14 @@
 """Training on in-context linear regression: the loop, its settings, and the paper's setting.
 
-One step, on a fresh batch of prompts (never repeated):
+One step, on a fresh batch of prompts (never repeated), in textbook form:
 
     out, cache = forward(params, config, tokens, last_only=True)   # the query row only
     loss, dout = query_loss(out, target)
     _, grads   = backward(dout, cache)
     params, state = adam_step(params, grads, state, lr)             # or sgd_step
+
+``train_step`` computes the same numbers with the speed modules:
+``model_fast.query_loss_and_grads`` and ``optim_fast.adam_step_fast``.
 
 Every ``val_every`` steps the loss on a fixed held-out batch is recorded. The result is
 the final parameters and a :class:`History` of NumPy arrays (host memory, ready for a
@@ -418,7 +421,7 @@ def paper_setting(fast: bool = False) -> TrainingSetup:
         batch 64, 20 000 steps, fresh prompts every step (1.28 M prompts);
         held-out loss every 2 000 steps on 4 096 prompts.
 
-    ``fast=True``: 300 steps, for smoke tests (about a second).
+    ``fast=True``: 300 steps, for smoke tests (well under a second).
     """
     config = TransformerConfig(
         d_token=3,
