@@ -29,7 +29,7 @@ with P (s) the query row of the attention weights (scaled scores) on the whole p
 then the residual h_i = z_x + A_i (attn skip) and u_i = LN2(h_i) (LayerNorm), elementwise
 per prefix. For the recurrent layer (``contextual_layer="rnn"``, docs/theory.md §8) one
 run over the prompt gives the states s_i after c_1..c_i, and A_i = W_out tanh(W_s s_i +
-W_in x + b) is one more step from each (``rnn.rnn_query_after_prefixes``).
+W_in x + b_s) is one more step from each (``rnn.rnn_query_after_prefixes``).
 
 Shapes: B prompts, N context tokens, D token width, M MLP width.
 Reference: Dherin et al. (2025), arXiv:2507.16003, Proposition 3.1 and the appendix of v1.
@@ -306,8 +306,8 @@ class FactorisedPath(NamedTuple):
     def delta_W(self, i: int) -> Array:
         """W_i − W_0, (B, M, D), accumulated as i rank-1 updates (never forming the D × D
         factors, and without subtracting W_0, which would cancel digits when the update
-        is small):  W_j − W_0 = (W_{j−1} − W_0) + η_j (W_{j−1} ΔA(c_j)) S_jᵀ, each step
-        Theorem 2.2's update of W_{j−1} (``rank_one_update`` with δ = ΔA(c_j), a = S_j)."""
+        is small):  W_j − W_0 = (W_{j−1} − W_0) + η_j (W_{j−1} ΔA(c_j)) A_{>j}ᵀ, each step
+        Theorem 2.2's update of W_{j−1} (``rank_one_update`` with δ = ΔA(c_j), a = A_{>j})."""
         i = check_index(i, 0, self.n_context, "step")
         xp = namespace(self.A_suffix)
         B = self.A_suffix.shape[0]
