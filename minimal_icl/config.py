@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 ATTENTIONS = ("softmax", "linear")
@@ -67,8 +68,9 @@ class TransformerConfig:
     def __post_init__(self):
         for name in ("d_token", "n_blocks", "n_heads", "d_head", "d_mlp", "d_state"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+            object.__setattr__(self, name, int(value))  # a NumPy integer becomes an int
         if self.attention not in ATTENTIONS:
             raise ValueError(
                 f"TransformerConfig.attention must be one of {ATTENTIONS}, got {self.attention!r}"

@@ -143,15 +143,25 @@ def thought_patch(
 
     Returns a ``ThoughtPatch``: delta_W (B, M, D), delta_b (B, D), inputs (B, K, D),
     targets (B, K, M).
-    Raises ValueError for a stack (n_blocks > 1), mismatched shapes, or rtol not finite ≥ 0.
+    Raises ValueError for a stack (n_blocks > 1), mismatched shapes, or rtol not finite ≥ 0
+    or ≥ 1 (given, or the default's at very many float32 queries: every singular value
+    would count as zero).
     Reference: Dherin et al. (2025), later versions; docs/theory.md §7.
     """
     check_thought_inputs(params, config, context, calibration_queries, "calibration_queries")
     rtol = check_rtol(rtol)
     xp = namespace(context, calibration_queries)
     B, K, D = calibration_queries.shape
+    given = rtol is not None
     if rtol is None:
         rtol = RANK_CUTOFF * max(D, K) * float(xp.finfo(context.dtype).eps)
+    if rtol >= 1.0:  # every singular value would count as zero: the patch would be 0
+        raise ValueError(
+            f"rtol = {rtol:.3g} ≥ 1 treats every singular value of A as zero, so the patch"
+            f" would be 0: " + ("pass rtol < 1" if given else
+                                f"the default cutoff RANK_CUTOFF·max(D, K)·eps reaches 1 for"
+                                f" K = {K} calibration queries in {context.dtype}; use"
+                                f" float64, fewer queries or an explicit rtol < 1"))
     W = params.blocks[0].mlp.W1  # (M, D)
     out_C, u_C, u_0, _, alone = _with_context(params, config, context, calibration_queries)
     targets = (u_C - u_0) @ W.mT  # (B, K, M)  u_k = W δu_k

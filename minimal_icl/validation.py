@@ -151,16 +151,19 @@ _REAL_FLOATING: dict = {}  # (type, dtype) -> bool, filled on first sight
 
 
 def is_real_floating(dtype, xp=None) -> bool:
-    """Whether ``dtype`` is a real floating-point dtype (float16/32/64), in any namespace."""
+    """Whether ``dtype`` is float32 or float64, in any namespace: the precisions the
+    package computes in (float16 keeps about three significant digits, too few for its
+    checks; extended precision is not an array-API dtype)."""
     key = (type(dtype), dtype)  # the type first: dtypes of two libraries never compared
     known = _REAL_FLOATING.get(key)
     if known is None:
         kind = getattr(dtype, "kind", None)  # NumPy and CuPy dtypes
         if kind is not None:
-            known = kind == "f"
+            known = kind == "f" and getattr(dtype, "itemsize", 0) in (4, 8)
         else:
             try:
-                known = bool(xp.isdtype(dtype, "real floating"))
+                known = bool(xp.isdtype(dtype, "real floating")) and dtype in (
+                    xp.float32, xp.float64)
             except Exception:  # noqa: BLE001 - not a dtype this namespace knows
                 return False
         _REAL_FLOATING[key] = known
@@ -176,6 +179,10 @@ def _dtype_problem(dtype) -> str:
         return "complex numbers are not a model input"
     if "bool" in name:
         return "booleans are not numbers"
+    if "float16" in name:
+        return "float16 keeps about three significant digits, too few for any check here"
+    if "float" in name or "longdouble" in name:
+        return "extended precision is not an array-API type; use float64"
     return "it is not a real floating-point type"
 
 

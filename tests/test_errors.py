@@ -525,6 +525,20 @@ CASES = [
      w.query[:, None], rtol=-1.0), ValueError, r"rtol must be a finite float ≥ 0, got -1\.0"),
     ("thought-rtol-nan", lambda w: thought_patch(w.one, ONE, w.context, w.query[:, None],
      rtol=float("nan")), ValueError, r"rtol must be a finite float ≥ 0, got nan"),
+    ("thought-rtol-one", lambda w: thought_patch(w.one, ONE, w.context, w.query[:, None],
+     rtol=1.0), ValueError, r"rtol = 1 ≥ 1 treats every singular value of A as zero.*pass rtol < 1"),
+    ("thought-float32-too-many-queries", lambda w: thought_patch(
+        to_device(w.one, "numpy", dtype="float32"), ONE, w.context.astype("float32"),
+        numpy.repeat(w.query[:, None], 8400, axis=1).astype("float32")), ValueError,
+     r"the default cutoff RANK_CUTOFF·max\(D, K\)·eps reaches 1 for K = 8400 calibration"
+     r" queries in float32"),
+    ("thought-float16", lambda w: thought_patch(w.one, ONE, w.context.astype("float16"),
+     w.query[:, None].astype("float16")), TypeError,
+     r"dtype float16 is refused.*float16 keeps about three significant digits"),
+    ("forward-float16", lambda w: forward(w.one, ONE, w.tokens.astype("float16")),
+     TypeError, r"tokens: dtype float16 is refused"),
+    ("init-float16", lambda w: init_params(ONE, dtype="float16"), TypeError,
+     r"dtype must be a real floating-point type \(float32 or float64\), got 'float16'"),
     ("thought-queries-2d", lambda w: thought_patch(w.one, ONE, w.context, w.query),
      ValueError, r"calibration_queries must have shape \(B, T, d_token\)"),
     ("thought-no-queries", lambda w: thought_patch(w.one, ONE, w.context,
@@ -871,3 +885,19 @@ def test_forward_reads_one_boolean_and_a_training_step_none(world, monkeypatch):
     settings = OptimizerSettings()
     train_step(params, adam_init(params), STACK, batch, settings, 1e-3)
     assert reads == []
+
+
+@pytest.mark.skipif(numpy.dtype(numpy.longdouble).itemsize <= 8,
+                    reason="long double is float64 on this platform")
+def test_extended_precision_is_refused(world):
+    with pytest.raises(TypeError, match=r"tokens: dtype float\d+ is refused.*extended precision"):
+        forward(world.one, ONE, world.tokens.astype(numpy.longdouble))
+
+
+def test_numpy_integers_are_ints():
+    """A NumPy integer counts as an int (docs/validation.md): the config stores a plain int,
+    equal to and hashing like the one built from Python ints."""
+    config = TransformerConfig(d_token=numpy.int64(3), n_heads=numpy.int32(2))
+    assert type(config.d_token) is int and type(config.n_heads) is int
+    assert config == TransformerConfig(d_token=3, n_heads=2)
+    assert hash(config) == hash(TransformerConfig(d_token=3, n_heads=2))
