@@ -525,6 +525,12 @@ CASES = [
      w.query[:, None], rtol=-1.0), ValueError, r"rtol must be a finite float ≥ 0, got -1\.0"),
     ("thought-rtol-nan", lambda w: thought_patch(w.one, ONE, w.context, w.query[:, None],
      rtol=float("nan")), ValueError, r"rtol must be a finite float ≥ 0, got nan"),
+    ("path-step-size-overflows", lambda w: implicit_path(w.one, ONE, w.context * 1e-160,
+     w.query * 1e-160), ValueError,
+     r"the step size 1/‖A\(x\)‖² overflows float64: ‖A\(x\)‖ = .*Rescale the tokens"),
+    ("factorised-step-size-overflows", lambda w: factorised_path(w.one, ONE,
+     w.context * 1e-160, w.query * 1e-160), ValueError,
+     r"the step size 1/‖A\(c_\{i\+1\}..c_N, x\)‖² overflows float64"),
     ("thought-rtol-one", lambda w: thought_patch(w.one, ONE, w.context, w.query[:, None],
      rtol=1.0), ValueError, r"rtol = 1 ≥ 1 treats every singular value of A as zero.*pass rtol < 1"),
     ("thought-float32-too-many-queries", lambda w: thought_patch(
