@@ -48,6 +48,7 @@ from .validation import (
     check_minimum_norm_inputs,
     check_null_space_inputs,
     check_forward_finite,
+    check_result_finite,
     check_params,
     check_prompt,
     check_tokens,
@@ -335,7 +336,8 @@ def minimum_norm_solution(column: Array, u_without: Array) -> Array:
     check_minimum_norm_inputs(column, u_without)
     xp = namespace(column, u_without)
     a_pinv = xp.linalg.pinv(xp.expand_dims(u_without, axis=-1))  # (B, 1, D)
-    return xp.expand_dims(column, axis=-1) @ a_pinv  # (B, M, D)
+    X = xp.expand_dims(column, axis=-1) @ a_pinv  # (B, M, D)
+    return check_result_finite(X, "minimum_norm_solution")
 
 
 def null_space_perturbation(update: ImplicitUpdate, perturbation: Array) -> Array:
@@ -358,7 +360,7 @@ def null_space_perturbation(update: ImplicitUpdate, perturbation: Array) -> Arra
     a = xp.expand_dims(update.u_without, axis=-1)  # (B, D, 1)
     Z_a = perturbation @ a  # (B, M, 1)
     Z_perp = perturbation - Z_a * xp.expand_dims(update.row, axis=-2)  # (B, M, D)
-    return update.delta_W + Z_perp
+    return check_result_finite(update.delta_W + Z_perp, "null_space_perturbation")
 
 
 # -- linear attention: the context vector in closed form --------------------------------
@@ -391,4 +393,4 @@ def linear_attention_context_vector(
     memory = v.mT @ k  # (B, H, K, K)  Σ_y v_y k_yᵀ
     heads = (q @ memory.mT) * (1.0 / math.sqrt(K))  # (B, H, 1, K)
     out, _ = linear_forward(merge_heads(heads), attn_params.W_O)  # (B, 1, D)
-    return out[:, 0, :]
+    return check_result_finite(out[:, 0, :], "linear_attention_context_vector")

@@ -657,6 +657,19 @@ def check_index(i, low: int, high: int, what: str) -> int:
     return j
 
 
+def check_result_finite(result: Array, what: str) -> Array:
+    """``result``, or a ValueError saying that ``what`` overflowed (one device-to-host
+    read): finite inputs whose result is not finite, as products of huge numbers or a
+    division by a tiny one give."""
+    xp = namespace(result)
+    if bool(_non_finite(xp, result)):
+        raise ValueError(
+            f"{what}: the result overflowed {result.dtype} (infinity or NaN) although the"
+            " inputs are finite. Rescale the inputs"
+        )
+    return result
+
+
 def check_states_finite(states: Array, what: str) -> None:
     """A ValueError saying the forward pass overflowed if ``states`` hold NaN or infinity
     (one device-to-host read): the prefix states of Proposition 3.1's paths."""
