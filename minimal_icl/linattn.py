@@ -116,6 +116,20 @@ def _check_int(name: str, value, low: int = 1) -> int:
     return int(value)
 
 
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, numpy.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _check_losses_finite(loss: float, epoch: int, lr: float) -> None:
+    """A ValueError naming the epoch where gradient descent diverged (the loss is not
+    finite): too large a learning rate, in every case met so far."""
+    if not numpy.isfinite(loss):
+        raise ValueError(f"gradient descent diverged at epoch {epoch}: the training loss is"
+                         f" {loss}; lower the learning rate (lr = {lr:g})")
+
+
 def _check_scale(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, numpy.floating)) or not (
             numpy.isfinite(value) and value > 0):
@@ -312,6 +326,9 @@ def cubic_feature(X: numpy.ndarray) -> numpy.ndarray:
 
     Cubic in the data (β is quadratic, x_q linear); Zhang et al. 2025, section on ATTN_M.
     """
+    if not isinstance(X, numpy.ndarray) or X.ndim != 3 or X.shape[2] < 2:
+        raise ValueError(f"X must be an array (B, d+1, N+1) with N ≥ 1 context columns, got"
+                         f" {getattr(X, 'shape', type(X).__name__)}")
     N = X.shape[2] - 1
     beta = X[:, :-1, :-1] @ X[:, -1, :-1, None] / N  # (B, d, 1)
     z = beta @ X[:, None, :-1, -1]  # (B, d, d): β x_qᵀ
@@ -375,8 +392,8 @@ def covariance(d: int, seed: int = 0, eigenvalues=None) -> Covariance:
         lam /= lam.sum()
     else:
         lam = numpy.sort(numpy.asarray(eigenvalues, dtype=numpy.float64))[::-1]
-        if lam.shape != (d,) or not numpy.all(lam > 0):
-            raise ValueError(f"eigenvalues must be {d} positive numbers, got {eigenvalues!r}")
+        if lam.shape != (d,) or not numpy.all((lam > 0) & numpy.isfinite(lam)):
+            raise ValueError(f"eigenvalues must be {d} finite positive numbers, got {eigenvalues!r}")
     Q, Rm = numpy.linalg.qr(rng.standard_normal((d, d)))
     Q = Q * numpy.sign(numpy.diag(Rm))  # a Haar-distributed rotation
     return Covariance(Q @ numpy.diag(lam) @ Q.T, lam, Q)
@@ -417,6 +434,9 @@ def plateau_losses(eigenvalues, n_context: int) -> numpy.ndarray:
     docs/theory.md from E[S A S] = (1 + 1/N) Λ A Λ + (1/N) tr(AΛ) Λ.
     """
     lam = numpy.sort(numpy.asarray(eigenvalues, dtype=numpy.float64))[::-1]
+    if lam.ndim != 1 or lam.size == 0 or not numpy.all((lam > 0) & numpy.isfinite(lam)):
+        raise ValueError(f"eigenvalues must be a non-empty list of finite positive numbers,"
+                         f" got {eigenvalues!r}")
     N = _check_int("n_context", n_context)
     gain = lam / (1.0 + (1.0 + lam.sum() / lam) / N)
     return lam.sum() - numpy.concatenate([[0.0], numpy.cumsum(gain)])
@@ -555,10 +575,11 @@ def train_gd(params, train: FeatureStatistics, heldout: FeatureStatistics, lr: f
     """
     lr = _check_scale("lr", lr)
     epochs, stride = _check_int("epochs", epochs, 0), _check_int("stride", stride)
-    mask = zero_block_mask(params) if freeze_zero_blocks else None
+    mask = zero_block_mask(params) if _check_bool("freeze_zero_blocks", freeze_zero_blocks) else None
     rows = []
     for epoch in range(epochs + 1):
         loss, grads = statistics_gradients(params, train)
+        _check_losses_finite(loss, epoch, lr)
         if epoch % stride == 0 or epoch == epochs:
             held = loss_from_statistics(params, heldout)
             rows.append((epoch, loss, held, effective_matrix(params)))
@@ -581,7 +602,9 @@ def per_sequence_gd(params, data: Sequences, lr: float, epochs: int,
     Works for ATTN_M, ATTN_S and CubicParams (on ``cubic_feature(data.X)``). Returns
     (training losses before each step (epochs + 1,), final params).
     """
-    mask = zero_block_mask(params) if freeze_zero_blocks else None
+    lr = _check_scale("lr", lr)
+    epochs = _check_int("epochs", epochs, 0)
+    mask = zero_block_mask(params) if _check_bool("freeze_zero_blocks", freeze_zero_blocks) else None
     z = cubic_feature(data.X) if isinstance(params, CubicParams) else None
     losses = []
     for epoch in range(epochs + 1):
@@ -592,6 +615,7 @@ def per_sequence_gd(params, data: Sequences, lr: float, epochs: int,
             out, cache = forward(data.X, params)
             y_hat = prediction(out)
         loss, dy = squared_error(y_hat, data.y_query)
+        _check_losses_finite(loss, epoch, lr)
         losses.append(loss)
         if epoch == epochs:
             break

@@ -212,3 +212,29 @@ def test_figure_writes_png_and_json_with_its_fields(tmp_path):
         assert key in saved, key
     assert len(saved["plateau_loss_measured"]) == 5 and saved["n_context"] == 31
     assert record["headline"]["attn_m_equivalence_max_diff"] <= TRAJECTORY_RTOL
+
+
+def test_bad_arguments_are_refused_by_name():
+    """Inputs that used to run on silently (a string switch, a diverging or NaN run, a
+    negative or infinite eigenvalue, an empty context) are refused with their name."""
+    cov = la.covariance(3, seed=1)
+    data = la.sequences(8, 5, cov, seed=2)
+    stats = la.feature_statistics(data)
+    merged = la.init_merged(3, 2, 0.5, seed=3)
+    with pytest.raises(TypeError, match="freeze_zero_blocks must be True or False, got str 'no'"):
+        la.train_gd(merged, stats, stats, 0.1, 3, freeze_zero_blocks="no")
+    with numpy.errstate(over="ignore", invalid="ignore"):  # the run overflows on its way
+        with pytest.raises(ValueError, match="gradient descent diverged at epoch .*lower the"):
+            la.train_gd(merged, stats, stats, 1e6, 50)
+        with pytest.raises(ValueError, match="gradient descent diverged at epoch"):
+            la.per_sequence_gd(merged, data, 1e6, 50)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0, got nan"):
+        la.per_sequence_gd(merged, data, float("nan"), 1)
+    with pytest.raises(ValueError, match="epochs must be an integer ≥ 0, got -1"):
+        la.per_sequence_gd(merged, data, 0.1, -1)
+    with pytest.raises(ValueError, match="eigenvalues must be a non-empty list of finite positive"):
+        la.plateau_losses([1.0, -1.0], 5)
+    with pytest.raises(ValueError, match="eigenvalues must be 2 finite positive numbers"):
+        la.covariance(2, eigenvalues=[1.0, numpy.inf])
+    with pytest.raises(ValueError, match=r"X must be an array \(B, d\+1, N\+1\) with N ≥ 1"):
+        la.cubic_feature(data.X[:, :, :1])
