@@ -221,19 +221,6 @@ def _check_nonzero_or_overflow(norm, params, config, context, query, vector: str
         raise
 
 
-def _step_sizes(norm, vector: str):
-    """η = 1/‖v‖² (one read-back): a ValueError where it overflows (‖v‖ below about 1e-154
-    in float64, 1e-19 in float32), which no tolerance could repair."""
-    xp = namespace(norm)
-    limit = float(xp.finfo(norm.dtype).max) ** -0.5  # 1/limit² is the largest float
-    if bool(xp.any(norm < limit)):
-        raise ValueError(
-            f"the step size 1/‖{vector}‖² overflows {norm.dtype}: ‖{vector}‖ ="
-            f" {float(xp.min(norm)):.2e} for some prompt. Rescale the tokens (the path needs"
-            f" ‖{vector}‖ ≥ {limit:.0e})")
-    return (1.0 / norm) / norm
-
-
 def implicit_path(
     params: ModelParams,
     config: TransformerConfig,
@@ -260,8 +247,7 @@ def implicit_path(
     columns = (u[:, 1:, :] - u[:, :-1, :]) @ W0.mT  # (B, N, M)
     increment_norms = norms(columns) / xp.expand_dims(norm, axis=-1)  # (B, N)
     delta_b = h - h[:, :1, :] if config.mlp_skip else xp.zeros_like(h)
-    step_size = _step_sizes(norm, "A(x)")
-    return ImplicitPath(W0, A_query, step_size, u, columns, increment_norms, delta_b)
+    return ImplicitPath(W0, A_query, (1.0 / norm) / norm, u, columns, increment_norms, delta_b)
 
 
 # -- the factorised form (appendix of v1) ----------------------------------------------
@@ -379,5 +365,4 @@ def factorised_path(
                                    "A(c_{i+1}..c_N, x) for some i ≥ 1")
     delta_A = A_suffix[:, :-1, :] - A_suffix[:, 1:, :]  # (B, N, D)
     delta_b = h_res[:, :1, :] - h_res if config.mlp_skip else xp.zeros_like(h_res)
-    step_sizes = _step_sizes(norm, "A(c_{i+1}..c_N, x)")
-    return FactorisedPath(block.mlp.W1, A_suffix, delta_A, step_sizes, delta_b)
+    return FactorisedPath(block.mlp.W1, A_suffix, delta_A, (1.0 / norm) / norm, delta_b)
