@@ -49,6 +49,8 @@ from typing import NamedTuple
 
 import numpy
 
+from .validation import check_bool
+
 __all__ = [
     "Covariance",
     "CubicParams",
@@ -114,12 +116,6 @@ def _check_int(name: str, value, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < low:
         raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
     return int(value)
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, (bool, numpy.bool_)):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
-    return bool(value)
 
 
 def _check_losses_finite(loss: float, epoch: int, lr: float) -> None:
@@ -575,7 +571,7 @@ def train_gd(params, train: FeatureStatistics, heldout: FeatureStatistics, lr: f
     """
     lr = _check_scale("lr", lr)
     epochs, stride = _check_int("epochs", epochs, 0), _check_int("stride", stride)
-    mask = zero_block_mask(params) if _check_bool("freeze_zero_blocks", freeze_zero_blocks) else None
+    mask = zero_block_mask(params) if check_bool("freeze_zero_blocks", freeze_zero_blocks) else None
     rows = []
     for epoch in range(epochs + 1):
         loss, grads = statistics_gradients(params, train)
@@ -604,7 +600,7 @@ def per_sequence_gd(params, data: Sequences, lr: float, epochs: int,
     """
     lr = _check_scale("lr", lr)
     epochs = _check_int("epochs", epochs, 0)
-    mask = zero_block_mask(params) if _check_bool("freeze_zero_blocks", freeze_zero_blocks) else None
+    mask = zero_block_mask(params) if check_bool("freeze_zero_blocks", freeze_zero_blocks) else None
     z = cubic_feature(data.X) if isinstance(params, CubicParams) else None
     losses = []
     for epoch in range(epochs + 1):
