@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, replace
 from typing import NamedTuple
 
 import numpy
@@ -54,6 +54,7 @@ from .validation import (
     check_optimizer_settings,
     check_params,
     check_positive_int,
+    check_record_dict,
     check_seed,
     check_token_width,
 )
@@ -137,9 +138,19 @@ class TrainingSetup:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainingSetup:
-        values = dict(values)
-        values["config"] = TransformerConfig.from_dict(values["config"])
-        values["optimizer"] = OptimizerSettings(**values["optimizer"])
+        """The inverse of :meth:`to_dict`. A ValueError names the missing and the unknown
+        keys (of the setup, its "config" or its "optimizer"), a TypeError a part that is
+        not a dict."""
+        fields = tuple(cls.__dataclass_fields__)
+        required = tuple(f for f in fields if cls.__dataclass_fields__[f].default is MISSING)
+        values = check_record_dict("TrainingSetup", values, fields, required)
+        config = check_record_dict(
+            "TrainingSetup.config", values["config"], tuple(TransformerConfig.__dataclass_fields__))
+        optimizer = check_record_dict(
+            "TrainingSetup.optimizer", values["optimizer"],
+            tuple(OptimizerSettings.__dataclass_fields__))
+        values["config"] = TransformerConfig.from_dict(config)
+        values["optimizer"] = OptimizerSettings(**optimizer)
         return cls(**values)
 
 
@@ -179,8 +190,20 @@ def train_step(
     return params, state, loss
 
 
+def _check_setup(setup) -> TrainingSetup:
+    """``setup``, or a TypeError unless it is a TrainingSetup (a dict: TrainingSetup.from_dict)."""
+    if not isinstance(setup, TrainingSetup):
+        raise TypeError(
+            f"setup must be a TrainingSetup, got {type(setup).__name__}"
+            + ("; build one from a dict with TrainingSetup.from_dict" if isinstance(setup, dict)
+               else "")
+        )
+    return setup
+
+
 def predict_in_chunks(params, config: TransformerConfig, tokens, chunk: int = 1024):
     """``predict`` over (B, T, D) tokens, ``chunk`` prompts at a time (bounded memory); (B,)."""
+    chunk = check_positive_int("chunk", chunk)
     xp = namespace(tokens)
     B = tokens.shape[0]
     return xp.concat(
@@ -213,6 +236,8 @@ def compare_with_baselines(
     λ = σ² if σ > 0). ``excess`` compares each row with the model prompt by prompt, so
     its standard error is much smaller than the two MSEs' own.
     """
+    setup = _check_setup(setup)
+    check_params(params, setup.config)
     seed = check_seed(seed)
     n_prompts = check_positive_int("n_prompts", n_prompts)
     first = tree_leaves(params)[0][1]
@@ -383,8 +408,7 @@ def train_setup(
     callback: Callable[[Report], None] | None = None,
 ) -> TrainResult:
     """Initialise a model with ``seed`` and train it as ``setup`` says (data seed ``seed``)."""
-    if not isinstance(setup, TrainingSetup):
-        raise TypeError(f"setup must be a TrainingSetup, got {type(setup).__name__}")
+    setup = _check_setup(setup)
     params = init_params(setup.config, seed=seed, dtype=dtype, xp=xp, device=device)
     return train(
         setup.config,

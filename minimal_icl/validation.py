@@ -145,6 +145,23 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
+def check_record_dict(name: str, values, fields, required=()) -> dict:
+    """``values`` as a new dict, or an error naming ``name``: a TypeError unless it is a
+    mapping (a dict read back from JSON, say), a ValueError naming every key of
+    ``required`` that is missing and every key that is not one of ``fields``."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{name} must be a dict of fields, got {type(values).__name__}")
+    missing = [key for key in required if key not in values]
+    unknown = sorted(str(key) for key in values if key not in fields)
+    if missing or unknown:
+        problems = ([f"missing {missing}"] if missing else []) + (
+            [f"unknown {unknown}"] if unknown else [])
+        raise ValueError(
+            f"{name}: {' and '.join(problems)} keys; its fields are {list(fields)}"
+        )
+    return dict(values)
+
+
 # -- dtypes and namespaces ---------------------------------------------------------------
 
 _REAL_FLOATING: dict = {}  # (type, dtype) -> bool, filled on first sight

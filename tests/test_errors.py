@@ -66,7 +66,13 @@ from minimal_icl import backend as backend_module
 from minimal_icl.backend import BackendUnavailableError, require_cupy, resolve_namespace
 from minimal_icl.data import RegressionBatch, regression_prompts, regression_stream, ridge_predict
 from minimal_icl.optim import unflatten
-from minimal_icl.train import compare_with_baselines, paper_setting, train, train_setup
+from minimal_icl.train import (
+    TrainingSetup,
+    compare_with_baselines,
+    paper_setting,
+    train,
+    train_setup,
+)
 
 STACK = TransformerConfig(
     d_token=3, n_blocks=2, n_heads=2, d_head=2, d_mlp=5, layer_norm=True, attn_skip=True,
@@ -138,6 +144,11 @@ def _lm(w, **kwargs):
 
 def _patch(w, **fields):
     return (w.patches[0]._replace(**fields), None)
+
+
+def _setup() -> TrainingSetup:
+    """A small training setup for the one-block model ONE (d = 2, so d_token = 3)."""
+    return TrainingSetup(ONE, OptimizerSettings(), steps=1, batch_size=4, n_context=5, d=2)
 
 
 def _grads(w):
@@ -639,6 +650,27 @@ CASES = [
      r"path must be a file path, got NoneType"),
     ("save-extra-list", lambda w: save_checkpoint(w.tmp / "m.npz", w.params, STACK,
      extra=[numpy.ones(2)]), TypeError, r"extra must be a dict of named arrays, got list"),
+    # -- training setups ------------------------------------------------------------------------
+    ("compare-setup-none", lambda w: compare_with_baselines(w.one, None), TypeError,
+     r"setup must be a TrainingSetup, got NoneType"),
+    ("compare-setup-dict", lambda w: compare_with_baselines(w.one, _setup().to_dict()),
+     TypeError, r"setup must be a TrainingSetup, got dict; build one from a dict with"
+     r" TrainingSetup\.from_dict"),
+    ("compare-params-of-other-model", lambda w: compare_with_baselines(w.params, _setup()),
+     ValueError, r"params must be a ModelParams with 1 blocks, got ModelParams with 2"),
+    ("setup-from-dict-missing-keys", lambda w: TrainingSetup.from_dict({"steps": 1}),
+     ValueError, r"TrainingSetup: missing \['config', 'optimizer', 'batch_size', 'n_context',"
+     r" 'd'\] keys"),
+    ("setup-from-dict-unknown-key", lambda w: TrainingSetup.from_dict(
+        {**_setup().to_dict(), "seed": 0}), ValueError, r"TrainingSetup: unknown \['seed'\] keys"),
+    ("setup-from-dict-optimizer-key", lambda w: TrainingSetup.from_dict({**_setup().to_dict(),
+     "optimizer": {"learning_rate": 0.1}}), ValueError,
+     r"TrainingSetup\.optimizer: unknown \['learning_rate'\] keys"),
+    ("setup-from-dict-config-text", lambda w: TrainingSetup.from_dict(
+        {**_setup().to_dict(), "config": "ONE"}), TypeError,
+     r"TrainingSetup\.config must be a dict of fields, got str"),
+    ("setup-from-dict-list", lambda w: TrainingSetup.from_dict([("steps", 1)]), TypeError,
+     r"TrainingSetup must be a dict of fields, got list"),
 ]
 
 
