@@ -35,6 +35,7 @@ import numpy
 from .backend import Array, namespace, resolve_dtype
 from .validation import (
     check_batch,
+    check_batch_finite,
     check_float_dtype,
     check_generator,
     check_namespace,
@@ -42,6 +43,7 @@ from .validation import (
     check_positive_float,
     check_positive_int,
     check_prompt_parts,
+    check_result_finite,
     check_step_size,
 )
 
@@ -279,6 +281,7 @@ def least_squares_predict(batch: RegressionBatch) -> Array:
     noiseless prompts with N ≥ d (and X of full rank) ŵ = w and the error is zero.
     """
     check_batch(batch)
+    check_batch_finite(batch)
     xp = namespace(batch.tokens)
     x, y = batch.context_x, batch.context_y
     w_hat = (xp.linalg.pinv(x) @ xp.expand_dims(y, axis=-1))[..., 0]  # (B, d)
@@ -286,24 +289,54 @@ def least_squares_predict(batch: RegressionBatch) -> Array:
 
 
 def ridge_lambda(noise: float, prior_std: float = 1.0) -> float:
-    """λ = σ²/τ², the ridge penalty whose solution is the posterior mean for w ~ N(0, τ²I)."""
+    """λ = σ²/τ² = (σ/τ)², the ridge penalty whose solution is the posterior mean for
+    w ~ N(0, τ²I) (σ = ``noise``, τ = ``prior_std``).
+
+    Computed as (σ/τ)², which depends on the ratio only (in σ²/τ² the square τ² loses
+    digits below τ ≈ 1.5e-154 and is 0 below τ ≈ 1.5e-162). A ratio σ/τ above about
+    1.3e154 makes λ overflow float64: a ValueError (as λ → ∞ ridge predicts 0, as
+    ``zero_predict`` does). A ratio below about 1.5e-162 gives λ = 0, the nearest float.
+    """
     noise = check_non_negative("noise", noise)
-    check_positive_float("prior_std", prior_std)
-    return noise * noise / (prior_std * prior_std)
+    prior_std = check_positive_float("prior_std", prior_std)
+    ratio = noise / prior_std
+    lam = ratio * ratio
+    check_result_finite(
+        numpy.asarray(lam), f"ridge_lambda(noise={noise!r}, prior_std={prior_std!r}): λ = (σ/τ)²")
+    return lam
 
 
 def ridge_predict(batch: RegressionBatch, lam: float) -> Array:
-    """ŷ = ⟨ŵ, x_q⟩ with ŵ = (XᵀX + λI)⁻¹ Xᵀy, (B,). λ = 0 needs XᵀX invertible (N ≥ d)."""
+    """ŷ = ⟨ŵ, x_q⟩ with ŵ = (XᵀX + λI)⁻¹ Xᵀy, (B,). λ = 0 needs XᵀX invertible (N ≥ d).
+
+    ValueError: λ = 0 with N < d context pairs (XᵀX has rank ≤ N < d), a singular
+    XᵀX + λI (inputs that do not span ℝ^d, λ zero or below XᵀX's rounding), tokens that
+    are not finite, and a result that overflowed (entries above about 1e154 overflow XᵀX).
+    """
     lam = check_non_negative("ridge lambda", lam)
     check_batch(batch)
+    N, d = batch.tokens.shape[1] - 1, batch.tokens.shape[2] - 1
+    if lam == 0.0 and N < d:
+        raise ValueError(
+            f"ridge_predict: lam = 0 needs N ≥ d context pairs, got N = {N} < d = {d} (XᵀX has"
+            " rank ≤ N and is singular): use lam > 0, or least_squares_predict for the"
+            " minimum-norm fit (the limit λ → 0)"
+        )
+    check_batch_finite(batch)
     xp = namespace(batch.tokens)
     x, y = batch.context_x, batch.context_y
-    d = x.shape[-1]
     gram = x.mT @ x  # (B, d, d)
     eye = xp.eye(d, dtype=x.dtype, device=x.device)
     rhs = x.mT @ xp.expand_dims(y, axis=-1)  # (B, d, 1)
-    w_hat = xp.linalg.solve(gram + lam * eye, rhs)[..., 0]  # (B, d)
-    return xp.sum(w_hat * batch.query_x, axis=-1)
+    try:
+        w_hat = xp.linalg.solve(gram + lam * eye, rhs)[..., 0]  # (B, d)
+    except numpy.linalg.LinAlgError:
+        raise ValueError(
+            f"ridge_predict: XᵀX + λI is singular for some prompt (lam = {lam!r}): its context"
+            " inputs do not span ℝ^d and λ is zero or below XᵀX's rounding. Use a larger lam,"
+            " or least_squares_predict for the minimum-norm fit (the limit λ → 0)"
+        ) from None
+    return check_result_finite(xp.sum(w_hat * batch.query_x, axis=-1), "ridge_predict")
 
 
 def mse(prediction: Array, target: Array) -> float:

@@ -1100,6 +1100,15 @@ def check_batch(batch, name: str = "batch") -> None:
         )
 
 
+def check_batch_finite(batch, name: str = "batch") -> None:
+    """A ValueError unless ``batch.tokens`` are finite (one device-to-host read): the
+    linear-algebra baselines would otherwise fail inside LAPACK (an SVD that does not
+    converge on NaN) or return NaN. Call after :func:`check_batch`."""
+    xp = namespace(batch.tokens)
+    if bool(_non_finite(xp, batch.tokens)):
+        raise ValueError(f"{name}.tokens contain NaN or infinity")
+
+
 def check_prompt_parts(context_x, context_y, query_x, query_y=None) -> None:
     """``prompt_tokens``' parts: context_x (B, N, d), context_y (B, N), query_x (B, d),
     query_y None or (B,), all real floating point of one array type."""

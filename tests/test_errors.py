@@ -64,7 +64,13 @@ from minimal_icl import (
 )
 from minimal_icl import backend as backend_module
 from minimal_icl.backend import BackendUnavailableError, require_cupy, resolve_namespace
-from minimal_icl.data import RegressionBatch, regression_prompts, regression_stream, ridge_predict
+from minimal_icl.data import (
+    RegressionBatch,
+    regression_prompts,
+    regression_stream,
+    ridge_lambda,
+    ridge_predict,
+)
 from minimal_icl.optim import unflatten
 from minimal_icl.train import (
     TrainingSetup,
@@ -671,6 +677,25 @@ CASES = [
      r"TrainingSetup\.config must be a dict of fields, got str"),
     ("setup-from-dict-list", lambda w: TrainingSetup.from_dict([("steps", 1)]), TypeError,
      r"TrainingSetup must be a dict of fields, got list"),
+    # -- the baselines' linear algebra ------------------------------------------------------
+    ("ridge-lambda-overflows", lambda w: ridge_lambda(0.1, 1e-200), ValueError,
+     r"ridge_lambda\(noise=0\.1, prior_std=1e-200\): λ = \(σ/τ\)²: the result overflowed"
+     r" float64"),
+    ("ridge-lambda-prior-zero", lambda w: ridge_lambda(0.1, 0.0), ValueError,
+     r"prior_std must be a finite float > 0, got 0\.0"),
+    ("ridge-zero-lambda-too-few-pairs", lambda w: ridge_predict(regression_prompts(4, 1, 3),
+     0.0), ValueError, r"ridge_predict: lam = 0 needs N ≥ d context pairs, got N = 1 < d = 3"),
+    ("ridge-zero-lambda-zero-context", lambda w: ridge_predict(w.batch._replace(
+        tokens=w.batch.tokens * 0.0), 0.0), ValueError,
+     r"ridge_predict: XᵀX \+ λI is singular for some prompt \(lam = 0\.0\)"),
+    ("ridge-nan-tokens", lambda w: ridge_predict(w.batch._replace(
+        tokens=w.batch.tokens * numpy.nan), 0.1), ValueError,
+     r"batch\.tokens contain NaN or infinity"),
+    ("ridge-overflows", lambda w: ridge_predict(w.batch._replace(
+        tokens=w.batch.tokens * 1e200), 0.1), ValueError,
+     r"ridge_predict: the result overflowed float64"),
+    ("least-squares-nan-tokens", lambda w: least_squares_predict(w.batch._replace(
+        tokens=w.batch.tokens * numpy.nan)), ValueError, r"batch\.tokens contain NaN or infinity"),
 ]
 
 
@@ -939,3 +964,11 @@ def test_numpy_integers_are_ints():
     assert type(config.d_token) is int and type(config.n_heads) is int
     assert config == TransformerConfig(d_token=3, n_heads=2)
     assert hash(config) == hash(TransformerConfig(d_token=3, n_heads=2))
+
+
+def test_ridge_lambda_is_the_squared_ratio_wherever_it_is_a_float():
+    """λ = (σ/τ)² depends on the ratio only: τ = 1e-200 with σ = 1e-200 gives 1 (σ²/τ²
+    divided 0 by 0), and λ = σ²/τ² where both squares are normal."""
+    assert ridge_lambda(1e-200, 1e-200) == 1.0
+    assert ridge_lambda(0.3, 2.0) == pytest.approx(0.09 / 4.0, rel=IDENTITY_RTOL)
+    assert ridge_lambda(1e-163, 1.0) == 0.0  # 1e-326: below the smallest float
