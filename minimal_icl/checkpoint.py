@@ -31,8 +31,22 @@ import numpy
 
 from .backend import to_device, tree_leaves, tree_map
 from .config import TransformerConfig
-from .params import ModelParams, init_params
-from .validation import check_config, check_namespace, check_params, check_writable_file
+from .params import (
+    AttentionParams,
+    BlockParams,
+    LayerNormParams,
+    MLPParams,
+    ModelParams,
+    RNNParams,
+)
+from .validation import (
+    _expected_shapes,
+    check_config,
+    check_namespace,
+    check_params,
+    check_writable_file,
+    is_real_floating,
+)
 
 FORMAT = "minimal_icl.checkpoint/1"
 
@@ -90,10 +104,21 @@ def save_checkpoint(
     for name, value in tree_leaves(to_device(params, "numpy")):
         arrays[f"params/{name}"] = value
     for name, value in (extra or {}).items():
-        value = numpy.asarray(value)
+        try:
+            value = numpy.asarray(value)
+        except ValueError:  # nested lists of unequal lengths
+            raise ValueError(
+                f"save_checkpoint: extra array {name!r} is ragged (nested sequences of unequal"
+                " lengths); only rectangular numeric arrays"
+            ) from None
         if value.dtype == object:
             raise ValueError(
                 f"save_checkpoint: extra array {name!r} holds Python objects; only numeric arrays"
+            )
+        if value.dtype.kind not in "biufc":
+            raise ValueError(
+                f"save_checkpoint: extra array {name!r} has dtype {value.dtype}; only numeric"
+                " arrays (text belongs in metadata)"
             )
         arrays[f"extra/{name}"] = value
 
@@ -155,6 +180,48 @@ def _read_text(path, archive, key: str) -> str:
             path, f"entry {key!r} must be a text scalar, got {value.dtype} {value.shape}"
         )
     return str(value[()])
+
+
+def _block_records(config: TransformerConfig) -> tuple:
+    """(part, record type) of one block's parameters, in the order of its fields."""
+    contextual = RNNParams if config.contextual_layer == "rnn" else AttentionParams
+    norm = LayerNormParams if config.layer_norm else None
+    return (("attn", contextual), ("mlp", MLPParams), ("ln1", norm), ("ln2", norm))
+
+
+def _expected_parameters(path, config: TransformerConfig, n_stored: int) -> dict:
+    """{dotted name: shape} of the parameters ``config`` describes, in ``tree_leaves``
+    order, computed from the sizes alone (nothing allocated). A CheckpointError if the
+    configuration has more blocks than the file has arrays (so the names listed are at
+    most a few times the file's ``n_stored``)."""
+    per_block = [(part, record) for part, record in _block_records(config) if record]
+    n_per_block = sum(len(record._fields) for _, record in per_block)
+    if config.n_blocks > n_stored:
+        raise CheckpointError(
+            path,
+            f"parameters missing: the configuration's {config.n_blocks} blocks need"
+            f" {config.n_blocks * n_per_block} parameter arrays, the file holds {n_stored}",
+        )
+    shapes = _expected_shapes(config)
+    return {
+        f"blocks.{l}.{part}.{field}": shapes[field][0]
+        for l in range(config.n_blocks)
+        for part, record in per_block
+        for field in record._fields
+    }
+
+
+def _assemble(config: TransformerConfig, array) -> ModelParams:
+    """The ModelParams of ``config`` whose parameter of dotted name n is ``array(n)``."""
+    blocks = []
+    for l in range(config.n_blocks):
+        parts = {
+            part: None if record is None else record(
+                *(array(f"blocks.{l}.{part}.{field}") for field in record._fields))
+            for part, record in _block_records(config)
+        }
+        blocks.append(BlockParams(**parts))
+    return ModelParams(blocks=tuple(blocks))
 
 
 def load_checkpoint(
@@ -224,9 +291,11 @@ def load_checkpoint(
         except ValueError as error:
             raise CheckpointError(path, f"the metadata is not valid JSON ({error})") from None
 
-    template = init_params(stored, seed=0)
-    expected = dict(tree_leaves(template))
+    # The stored arrays are checked against the names and shapes the configuration gives
+    # them before anything is built from it: a configuration with absurd sizes (d_mlp =
+    # 10**12, n_blocks = 10**12) is refused by its first mismatch, never allocated.
     stored_names = {key[len("params/") :] for key in contents if key.startswith("params/")}
+    expected = _expected_parameters(path, stored, len(stored_names))
     missing = sorted(set(expected) - stored_names)
     unexpected = sorted(stored_names - set(expected))
     if missing:
@@ -235,20 +304,26 @@ def load_checkpoint(
         raise CheckpointError(
             path, f"unexpected parameters for this configuration: {', '.join(unexpected)}"
         )
-    for name, reference in expected.items():
+    for name, shape in expected.items():
         value = contents[f"params/{name}"]
-        if value.shape != reference.shape:
+        if value.shape != shape:
             raise CheckpointError(
                 path,
-                f"parameter {name} has shape {value.shape}, the configuration needs {reference.shape}",
+                f"parameter {name} has shape {value.shape}, the configuration needs {shape}",
             )
-        if value.dtype.kind != "f":
+        if not is_real_floating(value.dtype):
             raise CheckpointError(
                 path, f"parameter {name} has dtype {value.dtype}, expected a float dtype"
+                " (float32 or float64)"
+            )
+        first = contents[f"params/{next(iter(expected))}"]
+        if value.dtype != first.dtype:
+            raise CheckpointError(
+                path, f"parameter {name} has dtype {value.dtype} but {next(iter(expected))} has"
+                f" {first.dtype}: the parameters must share one dtype"
             )
 
-    names = iter(name for name, _ in tree_leaves(template))
-    params = tree_map(lambda _: contents[f"params/{next(names)}"], template)
+    params = _assemble(stored, lambda name: contents[f"params/{name}"])
     if xp is not None:
         params = tree_map(lambda a: xp.asarray(a, device=device), params)
     extra = {

@@ -61,6 +61,7 @@ from .rnn import rnn_query_after_prefixes
 from .validation import (
     check_index,
     check_params,
+    check_path_weights,
     check_prompt,
     check_single_block,
     check_states_finite,
@@ -201,6 +202,7 @@ class ImplicitPath(NamedTuple):
 
     def loss(self, i: int, W: Array) -> Array:
         """L_i(W) = trace(G_iᵀ W) for W (M, D) or (B, M, D); returns (B,)."""
+        check_path_weights(W, self.W0, self.A_query.shape[0])
         xp = namespace(W, self.A_query)
         return xp.sum(xp.sum(self.gradient(i) * W, axis=-1), axis=-1)
 

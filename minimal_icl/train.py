@@ -49,7 +49,9 @@ from .optim import adam_init, adam_step, sgd_init, sgd_step
 from .optim_fast import adam_step_fast
 from .params import ModelParams, init_params
 from .validation import (
+    check_batch,
     check_bool,
+    check_config,
     check_non_negative,
     check_optimizer_settings,
     check_params,
@@ -57,6 +59,7 @@ from .validation import (
     check_record_dict,
     check_seed,
     check_token_width,
+    check_tokens,
 )
 
 OPTIMIZERS = ("adam", "sgd")
@@ -204,6 +207,7 @@ def _check_setup(setup) -> TrainingSetup:
 def predict_in_chunks(params, config: TransformerConfig, tokens, chunk: int = 1024):
     """``predict`` over (B, T, D) tokens, ``chunk`` prompts at a time (bounded memory); (B,)."""
     chunk = check_positive_int("chunk", chunk)
+    check_tokens(tokens, check_config(config))  # the rest is checked by predict, per chunk
     xp = namespace(tokens)
     B = tokens.shape[0]
     return xp.concat(
@@ -213,6 +217,7 @@ def predict_in_chunks(params, config: TransformerConfig, tokens, chunk: int = 10
 
 def evaluate(params, config: TransformerConfig, batch: RegressionBatch) -> float:
     """The model's mean squared error on ``batch``."""
+    check_batch(batch)
     return mse(predict_in_chunks(params, config, batch.tokens), batch.target)
 
 

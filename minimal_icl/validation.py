@@ -698,6 +698,21 @@ def check_states_finite(states: Array, what: str) -> None:
         )
 
 
+def check_path_weights(W, W0, n_prompts: int, name: str = "W") -> None:
+    """``ImplicitPath.loss``'s weights: W of shape (M, D) like W_0, or (B, M, D) one per
+    prompt, real floating point of W_0's array type (shapes and dtypes only)."""
+    M, D = tuple(W0.shape)
+    shape = _shape(W)
+    if shape not in ((M, D), (n_prompts, M, D)):
+        raise ValueError(
+            f"{name} must have shape (M, D) = {(M, D)} or (B, M, D) = {(n_prompts, M, D)},"
+            f" got {type(W).__name__ if shape is None else 'shape'}"
+            f" {'' if shape is None else shape}".rstrip()
+        )
+    check_float_array(name, W)
+    _same_array_type(name, W, "the path's weights", W0)
+
+
 def check_token_width(config: TransformerConfig, d: int) -> None:
     """A ValueError unless regression prompts in dimension d fit: config.d_token = d + 1."""
     d = check_positive_int("d", d)
@@ -1080,13 +1095,20 @@ def check_batch(batch, name: str = "batch") -> None:
     floating point (shapes and dtypes only)."""
     tokens = getattr(batch, "tokens", None)
     target = getattr(batch, "target", None)
-    if tokens is None or target is None or not hasattr(batch, "context_x"):
+    # context_x looked up on the class: the property would index tokens that may be a list
+    if tokens is None or target is None or not hasattr(type(batch), "context_x"):
         raise TypeError(
             f"{name} must be a RegressionBatch (from regression_prompts), got"
             f" {type(batch).__name__}"
         )
     shape = _shape(tokens)
-    if shape is None or len(shape) != 3 or shape[0] < 1 or shape[1] < 2 or shape[2] < 2:
+    if shape is None:
+        raise ValueError(
+            f"{name}.tokens must be an array of shape (B, N+1, d+1), got"
+            f" {type(tokens).__name__} (no shape): make the batch with regression_prompts,"
+            " or its fields with numpy.asarray"
+        )
+    if len(shape) != 3 or shape[0] < 1 or shape[1] < 2 or shape[2] < 2:
         raise ValueError(
             f"{name}.tokens must have shape (B, N+1, d+1) with B, N, d ≥ 1, got shape"
             f" {shape}"
@@ -1096,8 +1118,10 @@ def check_batch(batch, name: str = "batch") -> None:
     if t_shape != (shape[0],):
         raise ValueError(
             f"{name}.target must have shape (B,) = ({shape[0]},), got"
-            f" {t_shape}"
+            f" {t_shape}" + (f" ({type(target).__name__})" if t_shape is None else "")
         )
+    check_float_array(f"{name}.target", target)
+    _same_array_type(f"{name}.target", target, f"{name}.tokens", tokens)
 
 
 def check_batch_finite(batch, name: str = "batch") -> None:
@@ -1193,14 +1217,21 @@ def check_flat_vector(vector, size: int) -> None:
 
 def check_writable_file(path, name: str = "path") -> str:
     """``path`` as a string, or a ValueError naming ``name`` unless a file can be written
-    there: not a directory, in an existing directory we may write to, and, if the file
-    exists, one we may replace. Nothing is created."""
+    there: not empty, no NUL character, not a directory (nor a name ending in "/"), in an
+    existing directory we may write to, and, if the file exists, one we may replace.
+    Nothing is created."""
     try:
         path = os.fspath(path)
     except TypeError:
         raise TypeError(f"{name} must be a file path, got {type(path).__name__}") from None
+    if not path:
+        raise ValueError(f"{name} is empty: give a file path")
+    if "\0" in os.fsdecode(path):
+        raise ValueError(f"{name} {path!r} contains a NUL character, which no file name holds")
     if os.path.isdir(path):
         raise ValueError(f"{name} {path!r} is a directory, not a file")
+    if os.fsdecode(path).endswith(("/", os.sep)):
+        raise ValueError(f"{name} {path!r} ends with a separator: it names a directory, not a file")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"{name} {path!r}: the directory {directory!r} does not exist")

@@ -11,6 +11,7 @@ CuPy where it cannot run, files. docs/validation.md lists what each entry point 
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import types
@@ -56,6 +57,7 @@ from minimal_icl import (
     sgd_step,
     thought_patch,
     to_device,
+    tree_leaves,
     tree_map,
     von_oswald_attention,
     von_oswald_model,
@@ -64,6 +66,7 @@ from minimal_icl import (
 )
 from minimal_icl import backend as backend_module
 from minimal_icl.backend import BackendUnavailableError, require_cupy, resolve_namespace
+from minimal_icl.checkpoint import FORMAT
 from minimal_icl.data import (
     RegressionBatch,
     regression_prompts,
@@ -75,7 +78,9 @@ from minimal_icl.optim import unflatten
 from minimal_icl.train import (
     TrainingSetup,
     compare_with_baselines,
+    evaluate,
     paper_setting,
+    predict_in_chunks,
     train,
     train_setup,
 )
@@ -155,6 +160,16 @@ def _patch(w, **fields):
 def _setup() -> TrainingSetup:
     """A small training setup for the one-block model ONE (d = 2, so d_token = 3)."""
     return TrainingSetup(ONE, OptimizerSettings(), steps=1, batch_size=4, n_context=5, d=2)
+
+
+def _stored(w, **fields):
+    """A checkpoint of the one-block model whose stored configuration says ``fields``."""
+    path = w.tmp / f"stored-{'-'.join(fields)}.npz"
+    arrays = {"format": numpy.asarray(FORMAT),
+              "config": numpy.asarray(json.dumps({**ONE.to_dict(), **fields}))}
+    arrays.update({f"params/{name}": a for name, a in tree_leaves(w.one)})
+    numpy.savez(path, **arrays)
+    return path
 
 
 def _grads(w):
@@ -696,6 +711,48 @@ CASES = [
      r"ridge_predict: the result overflowed float64"),
     ("least-squares-nan-tokens", lambda w: least_squares_predict(w.batch._replace(
         tokens=w.batch.tokens * numpy.nan)), ValueError, r"batch\.tokens contain NaN or infinity"),
+    # -- checkpoints and their paths --------------------------------------------------------
+    ("load-absurd-d-mlp", lambda w: load_checkpoint(_stored(w, d_mlp=10**12)), ValueError,
+     r"parameter blocks\.0\.mlp\.W1 has shape \(5, 3\), the configuration needs"
+     r" \(1000000000000, 3\)"),
+    ("load-absurd-n-blocks", lambda w: load_checkpoint(_stored(w, n_blocks=10**12)), ValueError,
+     r"parameters missing: the configuration's 1000000000000 blocks need 8000000000000"
+     r" parameter arrays, the file holds 8"),
+    ("save-extra-ragged", lambda w: save_checkpoint(w.tmp / "m.npz", w.one, ONE,
+     extra={"losses": [[1.0, 2.0], [3.0]]}), ValueError,
+     r"extra array 'losses' is ragged"),
+    ("save-extra-text", lambda w: save_checkpoint(w.tmp / "m.npz", w.one, ONE,
+     extra={"note": "trained"}), ValueError,
+     r"extra array 'note' has dtype <U7; only numeric arrays \(text belongs in metadata\)"),
+    ("save-path-empty", lambda w: save_checkpoint("", w.one, ONE), ValueError,
+     r"path is empty"),
+    ("save-path-trailing-separator", lambda w: save_checkpoint(str(w.tmp / "absent") + "/",
+     w.one, ONE), ValueError, r"path .*absent/' ends with a separator: it names a directory"),
+    ("save-path-missing-directory", lambda w: save_checkpoint(w.tmp / "absent" / "m.npz",
+     w.one, ONE), ValueError, r"path .*: the directory .*absent' does not exist"),
+    ("save-path-nul", lambda w: save_checkpoint("m\0.npz", w.one, ONE), ValueError,
+     r"path 'm\\x00\.npz' contains a NUL character"),
+    # -- Proposition 3.1's loss, batches of lists ---------------------------------------------
+    ("path-loss-W-shape", lambda w: implicit_path(w.one, ONE, w.context, w.query).loss(
+        0, numpy.ones((3, 3))), ValueError,
+     r"W must have shape \(M, D\) = \(5, 3\) or \(B, M, D\) = \(4, 5, 3\), got shape \(3, 3\)"),
+    ("path-loss-W-list", lambda w: implicit_path(w.one, ONE, w.context, w.query).loss(
+        0, numpy.ones((5, 3)).tolist()), ValueError, r"W must have shape .*got list"),
+    ("path-loss-W-int", lambda w: implicit_path(w.one, ONE, w.context, w.query).loss(
+        0, numpy.ones((5, 3), dtype=int)), TypeError, r"W: dtype int64 is refused"),
+    ("batch-of-lists", lambda w: zero_predict(RegressionBatch(
+        w.batch.tokens.tolist(), w.batch.target.tolist(), w.batch.w.tolist())), ValueError,
+     r"batch\.tokens must be an array of shape \(B, N\+1, d\+1\), got list \(no shape\)"),
+    ("batch-target-list", lambda w: least_squares_predict(w.batch._replace(
+        target=w.batch.target.tolist())), ValueError,
+     r"batch\.target must have shape \(B,\) = \(4,\), got None \(list\)"),
+    ("batch-target-int", lambda w: zero_predict(w.batch._replace(
+        target=w.batch.target.astype(int))), TypeError, r"batch\.target: dtype int64"),
+    ("evaluate-batch-of-lists", lambda w: evaluate(w.one, ONE, RegressionBatch(
+        w.batch.tokens.tolist(), w.batch.target, w.batch.w)), ValueError,
+     r"batch\.tokens must be an array"),
+    ("predict-in-chunks-zero", lambda w: predict_in_chunks(w.one, ONE, w.tokens, chunk=0),
+     ValueError, r"chunk must be a positive int, got 0"),
 ]
 
 
@@ -957,7 +1014,7 @@ def test_extended_precision_is_refused(world):
         forward(world.one, ONE, world.tokens.astype(numpy.longdouble))
 
 
-def test_numpy_integers_are_ints():
+def test_numpy_integers_are_ints_in_the_config():
     """A NumPy integer counts as an int (docs/validation.md): the config stores a plain int,
     equal to and hashing like the one built from Python ints."""
     config = TransformerConfig(d_token=numpy.int64(3), n_heads=numpy.int32(2))
