@@ -847,7 +847,8 @@ def check_linear_attention_inputs(
 def check_position_updates(updates, name: str = "updates") -> int:
     """What ``implicit_update_every_position`` returns: a non-empty tuple (or list) of
     ImplicitUpdate whose arrays carry a position axis (delta_W (B, T, M, D), column
-    (B, T, M), row (B, T, D)), one B and T for all blocks. Returns T."""
+    (B, T, M), delta_b, row, delta_u and u_without (B, T, D)), one B and T for all
+    blocks. Returns T."""
     if not isinstance(updates, (tuple, list)) or not updates or not all(
         _is_update(u) for u in updates
     ):
@@ -871,8 +872,15 @@ def check_position_updates(updates, name: str = "updates") -> int:
                 f" expected (B, T, M, D) with B = {B} prompts and T = {T} positions, as {name}[0]"
             )
         M, D = shape[2:]
-        for field, want in (("column", (B, T, M)), ("row", (B, T, D))):
-            shape = getattr(getattr(update, field), "shape", None)
+        for field, want in (("delta_b", (B, T, D)), ("column", (B, T, M)), ("row", (B, T, D)),
+                            ("delta_u", (B, T, D)), ("u_without", (B, T, D))):
+            value = getattr(update, field)
+            shape = _shape(value)
+            if shape is None:
+                raise ValueError(
+                    f"{name}[{l}].{field} is {type(value).__name__}, expected an array of shape"
+                    f" {want} as implicit_update_every_position returns"
+                )
             if shape != want:
                 raise ValueError(
                     f"{name}[{l}].{field} has shape {shape},"

@@ -753,6 +753,13 @@ CASES = [
      r"batch\.tokens must be an array"),
     ("predict-in-chunks-zero", lambda w: predict_in_chunks(w.one, ONE, w.tokens, chunk=0),
      ValueError, r"chunk must be a positive int, got 0"),
+    # -- a record with a position axis, one field missing --------------------------------------
+    ("at-position-delta-b-none", lambda w: at_position(
+        (_every(w)[0]._replace(delta_b=None),), 1), ValueError,
+     r"updates\[0\]\.delta_b is NoneType, expected an array of shape \(4, 6, 3\)"),
+    ("at-position-u-without-shape", lambda w: at_position(
+        (_every(w)[0]._replace(u_without=w.query),), 1), ValueError,
+     r"updates\[0\]\.u_without has shape \(4, 3\), expected \(4, 6, 3\)"),
 ]
 
 
