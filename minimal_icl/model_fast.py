@@ -3,28 +3,27 @@
 ``model.forward`` / ``model.backward`` read like the maths, one layer at a time
 (attention.py, mlp.py, layernorm.py). This module computes the same outputs and gradients
 by other products, chosen for few and large array operations. It is what ``train_step``
-calls; the tutorials and the theorems read the textbook layers. Five changes:
+calls; the tutorials and the theorems read the textbook layers. Four changes:
 
-* **The query row's attention without keys or values.** In a block computed at the last
-  position only (``last_only``, Tq = 1: the last block in training), per head h with
-  q = W_Q,h x_q / √K, the scores and the attention output are
+* **The query row's attention through the heads' circuits, without keys or values.** In a
+  block computed at the last position only (``last_only``, Tq = 1: the last block in
+  training), head h reads the tokens through two (D, D) matrices (Elhage et al. 2021),
 
-      S_t = x_tᵀ (W_K,hᵀ q)            r_h = W_K,hᵀ q   (D,)  instead of k_t = W_K,h x_t
-      out_h = W_V,h (Σ_t P_t x_t)       ȳ_h = Σ_t P_t x_t (D,) instead of v_t = W_V,h x_t
+      QK_h = W_Q,hᵀ W_K,h / √K:   S_t = x_qᵀ QK_h x_t = r_hᵀ x_t,   r_h = QK_hᵀ x_q (D,)
+      OV_h = W_V,hᵀ W_O,hᵀ:       A = W_O (W_V,h ȳ_h)_h = Σ_h OV_hᵀ ȳ_h,   ȳ_h = Σ_t P_t x_t
 
-  so no (B, T, H·K) key or value array is built: one (B, H, D) @ (B, D, T) product gives
-  the scores (B, H, T), one (B, H, T) @ (B, T, D + 1) product with [x, 1] the averaged
-  tokens Σ_t E_t x_t and the softmax denominators ℓ = Σ_t E_t together. The backward is
-  the same in reverse: dȳ_h = W_V,hᵀ d out_h, dP_t = x_tᵀ dȳ_h, dr_h = Σ_t dS_t x_t,
-  dW_V,h = Σ_b d out_h ȳ_hᵀ, dW_K,h = Σ_b q_h dr_hᵀ.
-* **The query row's softmax shifted by a bound.** Any shift c ≥ max_t S_t gives the same
-  weights; c_h = ‖r_h‖₁ max|x| (Hölder) costs a product on (B·H, D) rows where the
-  maximum over the keys and its broadcast subtraction cost as much as the exponential
-  (:func:`_softmax_average`, with the exact maximum where the bound is too loose for
-  the exponent range, and for arrays other than NumPy's).
-* **Per-head weights as one block-diagonal product.** r = (W_K,hᵀ q_h)_h for all heads
-  is one GEMM of the (B, H·K) queries with the (H·K, H·D) block-diagonal matrix
-  diag(W_K,1, …, W_K,H); likewise out = ȳ diag(W_V,h)ᵀ and their backward.
+  (:func:`circuits`), so no (B, T, H·K) key or value array is built: r for every head is
+  one (B, D) @ (D, H·D) product, the scores (B, H, T) one (B, H, D) @ (B, D, T) product,
+  the averaged tokens Σ_t E_t x_t and the softmax denominators ℓ = Σ_t E_t together one
+  (B, H, T) @ (B, T, D + 1) product with [x, 1], and A one (B, H·D) @ (H·D, D) product.
+  The backward is the same in reverse: dȳ_h = OV_h dA, dP_t = x_tᵀ dȳ_h,
+  dr_h = Σ_t dS_t x_t, dOV_h = Σ_b ȳ_h dAᵀ, dQK_h = Σ_b x_q dr_hᵀ, and the weights'
+  gradients from the circuits' by four (H, K, D) products (:func:`circuits_backward`).
+* **The query row's softmax without a shift.** Any shift c gives the same weights; the
+  textbook's c = max_t S_t (a maximum over the keys and a broadcast subtraction, which
+  cost as much as the exponential) is replaced by c = 0 and a check of the range of
+  ℓ after the fact (:func:`_softmax_average`, with the exact maximum where ℓ leaves
+  [T·smallest_normal, √largest], and for arrays other than NumPy's).
 * **Softmax's Jacobian through a vector the forward already has.** With o = P v (or ȳ),
 
       Σ_t dP_t P_t = dPv · o      (the per-row sum of softmax_backward),
@@ -61,7 +60,7 @@ import numpy
 
 from .activations import activation_backward, activation_forward
 from .attention import causal_mask
-from .backend import Array, cached_per_device, constant, device, namespace, reshape
+from .backend import Array, constant, device, namespace, reshape
 from .config import TransformerConfig
 from .loss import query_loss
 from .params import AttentionParams, LayerNormParams, MLPParams, ModelParams
@@ -98,34 +97,49 @@ def _covers_config(config: TransformerConfig) -> bool:  # configs are frozen: ha
 # -- helpers -----------------------------------------------------------------------------
 
 
-def block_diagonal(W: Array, n_heads: int) -> Array:
-    """diag(W_1, …, W_H) for a per-head weight W (H·K, D): shape (H·K, H·D).
+def circuits(p: AttentionParams, n_heads: int):
+    """The heads' query-key and output-value circuits of a per-head attention p.
 
-    Row block h, column block h is W_h (K, D); every other block is 0. Then
-    (q diag(W_h))[b, h·D:(h+1)·D] = W_hᵀ q_h for queries q (B, H·K). A stack of
-    weights (S, H·K, D) gives the stack of their block-diagonal matrices (S, H·K, H·D).
+    With W_Q,h, W_K,h, W_V,h (K, D) the rows h·K..(h+1)·K of W_Q, W_K, W_V and W_O,h
+    (D, K) the columns h·K..(h+1)·K of W_O, a head's score and output read x only through
+
+        QK_h = W_Q,hᵀ W_K,h / √K  (D, D):   S_t = x_qᵀ QK_h x_t,
+        OV_h = W_V,hᵀ W_O,hᵀ      (D, D):   out = Σ_h OV_hᵀ ȳ_h,
+
+    so at the query row r_h = QK_hᵀ x_q and A = Σ_h OV_hᵀ ȳ_h are one product each.
+    Returns (QK (H, D, D), OV (H, D, D), and the per-head weights WQ, WK, WV, WOt
+    (H, K, D), WOt_h = W_O,hᵀ, which their backward needs).
     """
-    xp = namespace(W)
-    *stack, HK, D = W.shape
-    H, K = n_heads, HK // n_heads
-    blocks = _head_eye(xp, H, W.dtype, device(W)) * reshape(W, (*stack, H, K, 1, D))
-    return reshape(blocks, (*stack, HK, H * D))
+    xp = namespace(p.W_Q)
+    D = p.W_Q.shape[-1]
+    H = n_heads
+    K = p.W_Q.shape[0] // H
+    WQ, WK, WV = (reshape(W, (H, K, D)) for W in (p.W_Q, p.W_K, p.W_V))
+    WOt = xp.permute_dims(reshape(p.W_O, (D, H, K)), (1, 2, 0))  # (H, K, D)
+    QK = (WQ.mT @ WK) * (1.0 / math.sqrt(K))
+    OV = WV.mT @ WOt
+    return QK, OV, (WQ, WK, WV, WOt)
 
 
-@cached_per_device(maxsize=16)
-def _head_eye(xp, n_heads: int, dtype, dev) -> Array:
-    """The identity I_H as an (H, 1, H, 1) array, made once per namespace, size, dtype and
-    device (:func:`~minimal_icl.backend.cached_per_device`; read only: every use
-    multiplies it into a new array)."""
-    return xp.reshape(xp.eye(n_heads, dtype=dtype, device=dev), (n_heads, 1, n_heads, 1))
+def circuits_backward(dQK: Array, dOV: Array, weights) -> AttentionParams:
+    """The gradients of W_Q, W_K, W_V, W_O from those of the circuits (H, D, D).
 
-
-def per_head_outer(a: Array, b: Array) -> Array:
-    """Σ_b a_hᵀ b_h per head: a (B, H, K), b (B, H, D) -> (H·K, D)."""
-    xp = namespace(a, b)
-    B, H, K = a.shape
-    prod = xp.permute_dims(a, (1, 2, 0)) @ xp.permute_dims(b, (1, 0, 2))  # (H, K, D)
-    return reshape(prod, (H * K, b.shape[-1]))
+    QK_h = W_Q,hᵀ W_K,h/√K:  dW_Q,h = W_K,h dQK_hᵀ/√K,  dW_K,h = W_Q,h dQK_h/√K;
+    OV_h = W_V,hᵀ W_O,hᵀ:     dW_V,h = W_O,hᵀ dOV_hᵀ,   d(W_O,hᵀ) = W_V,h dOV_h.
+    """
+    xp = namespace(dQK)
+    WQ, WK, WV, WOt = weights
+    H, K, D = WQ.shape
+    scale = 1.0 / math.sqrt(K)
+    dWQ = (WK @ dQK.mT) * scale
+    dWK = (WQ @ dQK) * scale
+    dWV = WOt @ dOV.mT
+    dWOt = WV @ dOV
+    return AttentionParams(
+        W_Q=reshape(dWQ, (H * K, D)), W_K=reshape(dWK, (H * K, D)),
+        W_V=reshape(dWV, (H * K, D)),
+        W_O=reshape(xp.permute_dims(dWOt, (2, 0, 1)), (D, H * K)),
+    )  # fmt: skip
 
 
 class RowNormCache(NamedTuple):
@@ -190,15 +204,13 @@ class QueryAttentionCache(NamedTuple):
 
     x: Array  # (B, T, D) the attention input u1
     xT: Array  # (B, D + 1, T) [x, 1]ᵀ, C-contiguous
-    q: Array  # (B, H·K)   W_Q x_q / √K
-    r: Array  # (B, H, D)  W_K,hᵀ q_h
-    E: Array  # (B, H, T)  exp(S − c) (softmax: c the bound of _softmax_average, or max S
-    #                 on the exact path) or the scores S (linear)
+    R: Array  # (D, H·D)  [QK_1 … QK_H]: r = x_q R
+    OV: Array  # (H·D, D)  [OV_1; …; OV_H]: A = ȳ OV
+    weights: tuple  # the per-head weights (H, K, D) of :func:`circuits`
+    r: Array  # (B, H, D)  r_h = QK_hᵀ x_q = W_K,hᵀ q_h
+    E: Array  # (B, H, T)  exp(S) (softmax; exp(S − max S) on the exact path) or S (linear)
     inv_norm: Array | None  # (B, H, 1) 1/ℓ, ℓ = Σ_t E (softmax); None (linear)
-    y: Array  # (B, H, D)  Σ_t P_t x_t
-    heads: Array  # (B, H·K)
-    K_diag: Array  # (H·K, H·D) diag(W_K,h)
-    V_diag: Array  # (H·K, H·D) diag(W_V,h)
+    y: Array  # (B, H, D)  ȳ_h = Σ_t P_t x_t
 
 
 class FullAttentionCache(NamedTuple):
@@ -242,78 +254,78 @@ def _query_attention(x: Array, p: AttentionParams, config: TransformerConfig):
     """Attention at the last position of x (B, T, D); returns (A (B, D), cache)."""
     xp = namespace(x)
     B, T, D = x.shape
-    H, K = config.n_heads, config.d_head
-    dev = device(x)
-    W_KV = reshape(xp.concat([p.W_K, p.W_V], axis=None), (2, H * K, D))
-    KV_diag = block_diagonal(W_KV, H)  # (2, H·K, H·D)
-    K_diag, V_diag = KV_diag[0, ...], KV_diag[1, ...]
+    H = config.n_heads
+    QK, OV, weights = circuits(p, H)
+    R = reshape(xp.permute_dims(QK, (1, 0, 2)), (D, H * D))  # (D, H·D)
+    OV = reshape(OV, (H * D, D))
     # [x, 1]ᵀ as a C-contiguous (B, D + 1, T) array: batched products with its rows run
-    # at GEMM speed, and its row of ones gives sums over t (ℓ, the shift) as products
-    xT = xp.empty((B, D + 1, T), dtype=x.dtype, device=dev)
+    # at GEMM speed, and its row of ones gives the sums ℓ = Σ_t E_t as products
+    xT = xp.empty((B, D + 1, T), dtype=x.dtype, device=device(x))
     xT[:, :D, :] = xp.permute_dims(x, (0, 2, 1))
     xT[:, D, :] = 1.0
-    q = (x[:, -1, :] @ p.W_Q.mT) * (1.0 / math.sqrt(K))  # (B, H·K)
-    r = reshape(q @ K_diag, (B, H, D))  # (B, H, D)   r_h = W_K,hᵀ q_h
+    r = reshape(x[:, -1, :] @ R, (B, H, D))  # r_h = QK_hᵀ x_q
     if config.attention == "linear":
-        S = r @ xT[:, :D, :]  # (B, H, T)  S_t = r_hᵀ x_t = q_h · k_t
-        E, inv_norm = S, None  # the query sees every key: no causal mask at the last position
-        y = S @ x
+        E = r @ xT[:, :D, :]  # (B, H, T)  S_t = r_hᵀ x_t = q_h · k_t
+        inv_norm = None  # the query sees every key: no causal mask at the last position
+        y = E @ x
     else:
-        E, inv_norm, y = _softmax_average(r, x, xT)
-    heads = reshape(y, (B, H * D)) @ V_diag.mT  # (B, H·K)  W_V,h ȳ_h
-    A = heads @ p.W_O.mT  # (B, D)
-    return A, QueryAttentionCache(x, xT, q, r, E, inv_norm, y, heads, K_diag, V_diag)
+        E, inv_norm, y = _softmax_average(r, xT)
+    A = reshape(y, (B, H * D)) @ OV  # (B, D)  Σ_h OV_hᵀ ȳ_h = W_O (W_V,h ȳ_h)_h
+    return A, QueryAttentionCache(x, xT, R, OV, weights, r, E, inv_norm, y)
 
 
-def _softmax_average(r: Array, x: Array, xT: Array):
-    """ȳ_h = Σ_t P_t x_t with P = softmax_t(S), S_t = r_hᵀ x_t, by a shift bounded above.
+def _softmax_average(r: Array, xT: Array):
+    """ȳ_h = Σ_t P_t x_t with P = softmax_t(S), S_t = r_hᵀ x_t, without a shift.
 
-    Softmax is the same for every shift c of the scores, P = exp(S − c)/Σ_t exp(S − c).
-    The textbook takes c = max_t S_t: a maximum over the T keys and a broadcast
-    subtraction on the (B, H, T) scores, which in the paper's step cost more than the
-    exponential. Here, by Hölder's inequality, with m the largest |entry| of the batch's x,
+    Softmax is the same for every shift c of the scores, P = exp(S − c)/Σ_t exp(S − c);
+    the textbook takes c = max_t S_t so that no exponential overflows, at the price of a
+    maximum over the T keys and a subtraction on the (B, H, T) scores, which at the
+    paper's sizes cost more than the exponential. Here c = 0, and the range is checked
+    after the fact instead: the batch is redone with the exact maximum
+    (:func:`_softmax_average_exact`) unless every ℓ = Σ_t exp(S_t) lies in
+    [T·smallest_normal, √largest]. Inside that range nothing is lost:
 
-        c_h = ‖r_h‖₁ m ≥ Σ_d |r_h,d| |x_t,d| ≥ r_hᵀ x_t = S_t    for every t,
+    * precision: each exp(S_t) carries the relative error eps·|S_t| of its score's own
+      rounding, which the textbook's weights carry too (its S_t − max S adds a rounding
+      of its own); an exp(S_t) below smallest_normal is rounded on the subnormal grid, by
+      at most smallest_normal·eps/2, which adds at most eps/2 to weights that sum to 1
+      while ℓ ≥ T·smallest_normal;
+    * range: exp(S_t) ≤ ℓ ≤ √largest (1.3e154 in float64, 1.8e19 in float32: every
+      score below 354 and 44), so the averages Σ_t E_t x_t stay finite for tokens below
+      √largest, and the backward scales by 1/ℓ before it multiplies by E.
 
-    from a product on the (B·H, D) rows of r and one maximum over x, and −c_h enters the
-    scores' product as a last coordinate of r against the row of ones of [x, 1]ᵀ.
-    Every exp(S_t − c) ≤ 1 (up to rounding), so nothing overflows. Precision costs two
-    things. S_t − c is rounded at the size of c, so each weight P = E/ℓ carries a
-    relative error of about eps·c where the exact maximum leaves eps·max_t |S_t|. And an
-    exp(S_t − c) below smallest_normal is rounded on the subnormal grid, by at most
-    smallest_normal·eps/2: while ℓ = Σ_t exp(S_t − c) ≥ T·smallest_normal, that adds at
-    most eps/2 to the weights, whose sum is 1. Where some ℓ leaves [T·smallest_normal, 2T]
-    (a non-finite score, or a bound looser than the exponent range allows), the batch is
-    redone with the exact maximum, :func:`_softmax_average_exact` (tests compare them).
-    So c − max_t S_t ≤ −ln(smallest_normal), 708 in float64 and 87 in float32, and the
-    first cost stays below about 1.6e-13 in float64 and 1e-5 in float32 (measured at gaps
-    of 700 and 85: 4e-14 and 5e-6; on the trained paper model's batches the gap stays
-    below 20, so in float32 about 1e-6).
-    That check reads two numbers back: free for NumPy, a synchronisation per step on a
-    GPU, so arrays of other libraries take the exact maximum directly (a training step
-    reads nothing back there, tests/test_errors.py).
+    Scores of the trained paper model stay within ±26. The check reads two numbers
+    back: free for NumPy, a synchronisation per step on a GPU, so arrays of other
+    libraries take the exact maximum directly (a training step reads nothing back
+    there, tests/test_errors.py).
 
-    r (B, H, D), x (B, T, D), xT = [x, 1]ᵀ (B, D + 1, T). Returns (E (B, H, T) =
-    exp(S − c), 1/ℓ (B, H, 1), ȳ (B, H, D)).
+    r (B, H, D), xT = [x, 1]ᵀ (B, D + 1, T). Returns (E (B, H, T) = exp(S), 1/ℓ (B, H, 1),
+    ȳ (B, H, D)).
     """
-    xp = namespace(x)
-    B, T, D = x.shape
-    H = r.shape[1]
-    if type(x) is not numpy.ndarray:
+    xp = namespace(r)
+    _, D1, T = xT.shape
+    D = D1 - 1
+    if type(r) is not numpy.ndarray:
         return _softmax_average_exact(r, xT)
-    m = max(float(xp.max(x)), -float(xp.min(x)))  # max |x| (two reductions, no |x| array)
-    minus_ones = constant(xp, (D, 1), -1.0, x.dtype, device(x))
-    r_rows = reshape(r, (B * H, D))  # a product of rows, not a batch of tiny products
-    minus_shift = reshape(xp.abs(r_rows) @ minus_ones, (B, H, 1)) * m  # (B, H, 1)  −c_h
-    E = xp.exp(xp.concat([r, minus_shift], axis=-1) @ xT)  # (B, H, T)  exp(S − c)
-    yl = E @ xT.mT  # (B, H, D + 1): [Σ_t E_t x_t, ℓ]
+    # an overflow here is caught by the check below and redone: no RuntimeWarning for it
+    with numpy.errstate(over="ignore", invalid="ignore"):
+        E = xp.exp(r @ xT[:, :D, :])  # (B, H, T)  exp(S)
+        yl = E @ xT.mT  # (B, H, D + 1): [Σ_t E_t x_t, ℓ]
     norm = yl[..., D:]  # (B, H, 1)  ℓ
-    low, high = T * xp.finfo(x.dtype).smallest_normal, 2.0 * T
+    low, high = _norm_range(xp, r.dtype, T)
     # NaN fails both comparisons: a non-finite score also takes the exact path
     if not (low <= float(xp.min(norm)) and float(xp.max(norm)) <= high):
         return _softmax_average_exact(r, xT)
     inv_norm = 1.0 / norm
     return E, inv_norm, yl[..., :D] * inv_norm  # ȳ_h = Σ_t P_t x_t, P = E/ℓ
+
+
+@functools.lru_cache(maxsize=32)
+def _norm_range(xp, dtype, T: int) -> tuple[float, float]:
+    """[T·smallest_normal, √largest] of the dtype: the ℓ that :func:`_softmax_average`
+    keeps."""
+    info = xp.finfo(dtype)
+    return T * float(info.smallest_normal), math.sqrt(float(info.max))
 
 
 def _softmax_average_exact(r: Array, xT: Array):
@@ -331,39 +343,39 @@ def _softmax_average_exact(r: Array, xT: Array):
 def _query_attention_backward(dA: Array, c: QueryAttentionCache, p, config, input_grad: bool):
     """Returns (dx (B, T, D) or None, AttentionParams of gradients)."""
     xp = namespace(dA)
-    B, T, D = c.x.shape
-    H, K = config.n_heads, config.d_head
-    dheads = dA @ p.W_O  # (B, H·K)
-    dW_O = dA.mT @ c.heads  # (D, H·K)
-    dy_rows = reshape(dheads @ c.V_diag, (B * H, D))  # (B·H, D)  dȳ_h = W_V,hᵀ d out_h
+    B, _, D = c.x.shape
+    H = config.n_heads
+    y_rows = reshape(c.y, (B, H * D))
+    dy_rows = dA @ c.OV.mT  # (B, H·D)  dȳ_h = OV_h dA
+    dOV = y_rows.mT @ dA  # (H·D, D)  Σ_b ȳ_h dAᵀ
     dy = reshape(dy_rows, (B, H, D))
-    dW_V = per_head_outer(reshape(dheads, (B, H, K)), c.y)  # Σ_b d out_h ȳ_hᵀ
     if c.inv_norm is not None:
-        # dS = P ⊙ (dP − Σ_t dP_t P_t), dP_t = x_tᵀ dȳ_h, Σ_t dP_t P_t = dȳ_h · ȳ_h:
-        # E ⊙ ([dȳ, −dȳ·ȳ] [x, 1]ᵀ) = ℓ dS
+        # dS = P ⊙ (dP − Σ_t dP_t P_t), dP_t = x_tᵀ dȳ_h, Σ_t dP_t P_t = dȳ_h · ȳ_h, P = E/ℓ:
+        # dS = E ⊙ ([dȳ, −dȳ·ȳ]/ℓ [x, 1]ᵀ), scaled by 1/ℓ before E (nothing ℓ-sized)
         minus_ones = constant(xp, (D, 1), -1.0, dA.dtype, device(dA))
         # −dȳ_h·ȳ_h (B, H, 1): a product of the (B·H, D) rows, not a reduction over D
-        row = reshape((dy_rows * reshape(c.y, (B * H, D))) @ minus_ones, (B, H, 1))
-        dS_l = c.E * (xp.concat([dy, row], axis=-1) @ c.xT)  # (B, H, T)
+        row = reshape(reshape(dy_rows * y_rows, (B * H, D)) @ minus_ones, (B, H, 1))
+        dyl = xp.concat([dy, row], axis=-1) * c.inv_norm  # (B, H, D + 1)
+        dS = c.E * (dyl @ c.xT)  # (B, H, T)
         # Σ_t dS_t x_t from [x, 1] (its last column, Σ_t dS_t = 0, is dropped): a
         # product with D + 1 columns runs faster than one with D
-        dr = (dS_l @ c.xT.mT)[..., :D] * c.inv_norm  # (B, H, D)
+        dr = (dS @ c.xT.mT)[..., :D]  # (B, H, D)
     else:
-        dS_l = dy @ c.xT[:, :D, :]  # dS = dP
-        dr = dS_l @ c.x
-    dq = reshape(dr, (B, H * D)) @ c.K_diag.mT  # (B, H·K)  W_K,h dr_h
-    dW_K = per_head_outer(reshape(c.q, (B, H, K)), dr)  # Σ_b q_h dr_hᵀ
-    scale = 1.0 / math.sqrt(K)
-    dW_Q = (dq.mT @ c.x[:, -1, :]) * scale  # (H·K, D)
-    grads = AttentionParams(W_Q=dW_Q, W_K=dW_K, W_V=dW_V, W_O=dW_O)
+        dS = dy @ c.xT[:, :D, :]  # dS = dP
+        dr = dS @ c.x
+    dr_rows = reshape(dr, (B, H * D))
+    x_q = c.x[:, -1, :]
+    dR = x_q.mT @ dr_rows  # (D, H·D)
+    dQK = xp.permute_dims(reshape(dR, (D, H, D)), (1, 0, 2))  # (H, D, D)
+    grads = circuits_backward(dQK, reshape(dOV, (H, D, D)), c.weights)
     if not input_grad:
         return None, grads
     # through ȳ (Σ_h P_t dȳ_h) and through the scores (Σ_h dS_t r_h)
     if c.inv_norm is not None:
-        dx = c.E.mT @ (dy * c.inv_norm) + dS_l.mT @ (c.r * c.inv_norm)  # (B, T, D)
+        dx = c.E.mT @ dyl[..., :D] + dS.mT @ c.r  # (B, T, D)
     else:
-        dx = c.E.mT @ dy + dS_l.mT @ c.r
-    dx_q = (dq @ p.W_Q) * scale  # (B, D)
+        dx = c.E.mT @ dy + dS.mT @ c.r
+    dx_q = dr_rows @ c.R.mT  # (B, D)  r = x_q R
     dx = xp.concat([dx[:, :-1, :], xp.expand_dims(dx[:, -1, :] + dx_q, axis=1)], axis=1)
     return dx, grads
 

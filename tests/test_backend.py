@@ -197,27 +197,6 @@ def test_constant_on_an_unhashable_device_is_made_afresh():
     assert numpy.array_equal(first, numpy.ones(2)) and numpy.array_equal(second, first)
 
 
-def test_head_eye_on_an_unhashable_device_is_made_afresh():
-    """model_fast's other device-keyed cache takes CuPy's unhashable devices too."""
-    from minimal_icl.model_fast import _head_eye
-
-    made = []
-
-    class Namespace:
-        @staticmethod
-        def eye(n, dtype=None, device=None):
-            made.append(device)
-            return numpy.eye(n, dtype=dtype)
-
-        reshape = staticmethod(numpy.reshape)
-
-    dev = _UnhashableDevice()
-    first = _head_eye(Namespace, 3, numpy.float64, dev)
-    second = _head_eye(Namespace, 3, numpy.float64, dev)
-    assert first is not second and made == [dev, dev] and first.shape == (3, 1, 3, 1)
-    assert numpy.array_equal(first[:, 0, :, 0], numpy.eye(3))
-
-
 def test_relative_residual(backend):
     a = backend.asarray([1.0, -4.0])
     assert relative_residual(a, a) == 0.0
