@@ -27,7 +27,7 @@ def query_loss(out: Array, target: Array) -> tuple[Array, Array]:
     xp = namespace(out, target)
     B = out.shape[0]
     residual = out[:, -1, -1] - target  # (B,)
-    loss = xp.sum(residual * residual) / B
+    loss = (residual @ residual) / B  # Σ_b residual_b², as a dot product
     dout = xp.zeros_like(out)  # (B, Tq, D)
     dout[:, -1, -1] = residual * (2.0 / B)
     return loss, dout
