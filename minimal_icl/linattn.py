@@ -45,11 +45,12 @@ vectors empirically, which the package does not do.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy
 
-from .validation import check_bool
+from .validation import check_bool, check_float_array
 
 __all__ = [
     "Covariance",
@@ -118,6 +119,99 @@ def _check_int(name: str, value, low: int = 1) -> int:
     return int(value)
 
 
+def _check_record(name: str, value, kinds: tuple, made_by: str) -> None:
+    """A TypeError naming ``name`` unless ``value`` is one of the record types ``kinds``."""
+    if not isinstance(value, kinds):
+        raise TypeError(
+            f"{name} must be a {' or '.join(k.__name__ for k in kinds)} ({made_by}), got"
+            f" {type(value).__name__}"
+        )
+
+
+def _check_params(params, kinds: tuple = (MergedParams, SeparateParams),
+                  name: str = "params") -> int:
+    """The weights of one of ``kinds`` with the shapes of their parametrization, real
+    floating point; returns d. MergedParams: W_V, W_KQ (H, D, D); SeparateParams: W_V
+    (H, D, D), W_K and W_Q (H, R, D); CubicParams: W1 (H, d²), w2 (H,); D = d + 1 ≥ 2."""
+    makers = {MergedParams: "init_merged", SeparateParams: "init_separate",
+              CubicParams: "merged_to_cubic"}
+    _check_record(name, params, kinds, " or ".join(makers[k] for k in kinds))
+    for field, value in zip(params._fields, params):
+        check_float_array(f"{name}.{field}", value)
+    if isinstance(params, CubicParams):
+        H, F = params.W1.shape if params.W1.ndim == 2 else (None, None)
+        d = math.isqrt(F) if F else 0
+        if H is None or H < 1 or d < 1 or d * d != F or params.w2.shape != (H,):
+            raise ValueError(
+                f"{name}: CubicParams needs W1 (H, d²) and w2 (H,), got shapes"
+                f" {params.W1.shape} and {params.w2.shape}"
+            )
+        return d
+    shape = params.W_V.shape
+    if len(shape) != 3 or shape[0] < 1 or shape[1] != shape[2] or shape[1] < 2:
+        raise ValueError(f"{name}.W_V must have shape (H, d+1, d+1) with H, d ≥ 1, got {shape}")
+    H, D = shape[0], shape[1]
+    if isinstance(params, MergedParams):
+        wanted = {"W_KQ": (H, D, D)}
+    else:
+        R = params.W_K.shape[1] if params.W_K.ndim == 3 else 0
+        if R < 1:
+            raise ValueError(f"{name}.W_K must have shape (H, R, d+1) = ({H}, R, {D}) with"
+                             f" R ≥ 1, got {params.W_K.shape}")
+        wanted = {"W_K": (H, R, D), "W_Q": (H, R, D)}
+    for field, want in wanted.items():
+        got = getattr(params, field).shape
+        if got != want:
+            raise ValueError(f"{name}.{field} has shape {got}, W_V's shape {shape} needs {want}")
+    return D - 1
+
+
+def _check_statistics(name: str, stats, d: int) -> None:
+    """FeatureStatistics of sequences in dimension d: second (F, F), cross (F,), F = (d+1)² d."""
+    _check_record(name, stats, (FeatureStatistics,), "feature_statistics")
+    F = (d + 1) * (d + 1) * d
+    for field, want in (("second", (F, F)), ("cross", (F,))):
+        got = getattr(getattr(stats, field), "shape", None)
+        if got != want:
+            raise ValueError(
+                f"{name}.{field} has shape {got}, weights of d = {d} need {want} (F = (d+1)² d)"
+            )
+
+
+def _check_sequences(name: str, data) -> None:
+    """Sequences: X (P, d+1, N+1) with P, d, N ≥ 1 and y_query (P,), real floating point."""
+    _check_record(name, data, (Sequences,), "sequences")
+    shape = getattr(data.X, "shape", None)
+    if shape is None or len(shape) != 3 or shape[0] < 1 or shape[1] < 2 or shape[2] < 2:
+        raise ValueError(f"{name}.X must have shape (P, d+1, N+1) with P, d, N ≥ 1, got {shape}")
+    if getattr(data.y_query, "shape", None) != (shape[0],):
+        raise ValueError(
+            f"{name}.y_query must have shape (P,) = ({shape[0]},), got"
+            f" {getattr(data.y_query, 'shape', type(data.y_query).__name__)}"
+        )
+    check_float_array(f"{name}.X", data.X)
+    check_float_array(f"{name}.y_query", data.y_query)
+
+
+def _check_dout(dout, cache, kind, made_by: str) -> None:
+    """A backward's arguments: the cache of ``made_by`` and dout of its output's shape."""
+    _check_record("cache", cache, (kind,), f"what {made_by} returns")
+    if getattr(dout, "shape", None) != cache.X.shape:
+        raise ValueError(f"dout must have the output's shape {cache.X.shape}, got"
+                         f" {getattr(dout, 'shape', type(dout).__name__)}")
+    check_float_array("dout", dout)
+
+
+def _check_square(name: str, a) -> int:
+    """d, or a ValueError naming ``name`` unless ``a`` is a (d, d) real floating array."""
+    shape = getattr(a, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != shape[1] or shape[0] < 1:
+        raise ValueError(f"{name} must be a square (d, d) array, got"
+                         f" {type(a).__name__ if shape is None else shape}")
+    check_float_array(name, a)
+    return shape[0]
+
+
 def _check_losses_finite(loss: float, epoch: int, lr: float) -> None:
     """A ValueError naming the epoch where gradient descent diverged (the loss is not
     finite): too large a learning rate, in every case met so far."""
@@ -176,6 +270,7 @@ def zero_block_mask(params):
     (the equivalence with the cubic-feature network needs it exactly; the paper's
     population gradient keeps them at zero, a finite training set does not).
     """
+    _check_params(params)
     D = params.W_V.shape[-1]
     d = D - 1
     mask = type(params)(*(numpy.ones_like(w) for w in params))
@@ -211,6 +306,7 @@ def _check_tokens(X, params) -> None:
     if not isinstance(X, numpy.ndarray) or X.ndim != 3:
         raise ValueError(f"X must be a (B, d+1, N+1) array of tokens as columns, got "
                          f"{getattr(X, 'shape', type(X).__name__)}")
+    check_float_array("X", X)
     D = params.W_V.shape[-1]
     if X.shape[1] != D or X.shape[2] < 2:
         raise ValueError(f"X has shape {X.shape}: expected (B, {D}, N+1) with N ≥ 1 for "
@@ -224,6 +320,7 @@ def merged_forward(X: numpy.ndarray, params: MergedParams):
     (out (B, d+1, N+1), cache); the prediction is out[:, d, N] (``prediction``).
     Reference: Zhang et al. 2025, eq. for ATTN_M (with the paper's 1/N).
     """
+    _check_params(params, (MergedParams,))
     _check_tokens(X, params)
     N = X.shape[2] - 1
     G = X @ numpy.swapaxes(X, 1, 2) / N  # (B, D, D)
@@ -242,6 +339,7 @@ def merged_backward(dout: numpy.ndarray, cache: MergedCache):
         dX = dout + Σ_i W^KQ_iᵀ Gᵀ dA_i + (dG + dGᵀ) X / N.
     Gradient-checked in tests/test_linattn.py.
     """
+    _check_dout(dout, cache, MergedCache, "merged_forward")
     X, G, KQX, A, params = cache
     N = X.shape[2] - 1
     # forward: out = X + Σ_i W^V_i A_i
@@ -265,6 +363,7 @@ def separate_forward(X: numpy.ndarray, params: SeparateParams):
     X: (B, d+1, N+1) tokens as columns. Returns (out (B, d+1, N+1), cache).
     Reference: Zhang et al. 2025, eq. for ATTN_S (with the paper's 1/N).
     """
+    _check_params(params, (SeparateParams,))
     _check_tokens(X, params)
     N = X.shape[2] - 1
     G = X @ numpy.swapaxes(X, 1, 2) / N  # (B, D, D)
@@ -283,6 +382,7 @@ def separate_backward(dout: numpy.ndarray, cache: SeparateCache):
         dX = dout + Σ_i W^Q_iᵀ W^K_i dKQX_i + (dG + dGᵀ) X / N.
     Gradient-checked in tests/test_linattn.py.
     """
+    _check_dout(dout, cache, SeparateCache, "separate_forward")
     X, G, QX, KQX, A, params = cache
     N = X.shape[2] - 1
     # forward: out = X + Σ_i W^V_i A_i
@@ -305,11 +405,24 @@ def separate_backward(dout: numpy.ndarray, cache: SeparateCache):
 
 def prediction(out: numpy.ndarray) -> numpy.ndarray:
     """ŷ: the bottom-right entry of each output, out[:, d, N]. (B,)."""
+    shape = getattr(out, "shape", None)
+    if shape is None or len(shape) != 3 or shape[1] < 2 or shape[2] < 2:
+        raise ValueError(
+            "out must be a layer's output (B, d+1, N+1) with d, N ≥ 1 (merged_forward,"
+            f" separate_forward), got {type(out).__name__ if shape is None else shape}"
+        )
     return out[:, -1, -1]
 
 
 def squared_error(y_hat: numpy.ndarray, y_query: numpy.ndarray):
     """L = mean_b (ŷ_b − y_q,b)² (no ½) and dL/dŷ = 2 (ŷ − y_q)/B."""
+    shape = getattr(y_hat, "shape", None)
+    if shape is None or len(shape) != 1 or shape[0] < 1:
+        raise ValueError(f"y_hat must have shape (B,) with B ≥ 1, got"
+                         f" {type(y_hat).__name__ if shape is None else shape}")
+    if getattr(y_query, "shape", None) != shape:
+        raise ValueError(f"y_query must have y_hat's shape {shape}, got"
+                         f" {getattr(y_query, 'shape', type(y_query).__name__)}")
     r = y_hat - y_query
     return float(numpy.mean(r * r)), 2.0 * r / r.shape[0]
 
@@ -333,12 +446,24 @@ def cubic_feature(X: numpy.ndarray) -> numpy.ndarray:
 
 def cubic_forward(z: numpy.ndarray, params: CubicParams):
     """ŷ = w₂ᵀ W₁ z per sequence. z: (B, d²). Returns (ŷ (B,), cache)."""
+    d = _check_params(params, (CubicParams,))
+    shape = getattr(z, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] < 1 or shape[1] != d * d:
+        raise ValueError(f"z must have shape (B, d²) = (B, {d * d}) (cubic_feature), got"
+                         f" {type(z).__name__ if shape is None else shape}")
+    check_float_array("z", z)
     h = z @ params.W1.T  # (B, H)
     return h @ params.w2, (z, h, params)
 
 
 def cubic_backward(dy: numpy.ndarray, cache) -> CubicParams:
     """Gradients of cubic_forward for dy = dL/dŷ (B,)."""
+    if not (isinstance(cache, tuple) and len(cache) == 3 and isinstance(cache[2], CubicParams)):
+        raise TypeError(f"cache must be the cache that cubic_forward returned, got"
+                        f" {type(cache).__name__}")
+    if getattr(dy, "shape", None) != (cache[0].shape[0],):
+        raise ValueError(f"dy must have shape (B,) = ({cache[0].shape[0]},), got"
+                         f" {getattr(dy, 'shape', type(dy).__name__)}")
     z, h, params = cache
     # forward: ŷ = h w₂
     dw2 = h.T @ dy  # (H,)
@@ -351,7 +476,7 @@ def cubic_backward(dy: numpy.ndarray, cache) -> CubicParams:
 def merged_to_cubic(params: MergedParams) -> CubicParams:
     """The corresponding cubic-network weights: rows of W₁ = vec(U_i)ᵀ, w₂ = (v_1..v_H),
     U_i = W^KQ_i[:d, :d], v_i = W^V_i[d, d]. Exact when v̄_i = ū_i = 0."""
-    d = params.W_V.shape[-1] - 1
+    d = _check_params(params, (MergedParams,))
     H = params.W_V.shape[0]
     return CubicParams(params.W_KQ[:, :d, :d].reshape(H, d * d).copy(),
                        params.W_V[:, d, d].copy())
@@ -399,6 +524,7 @@ def sequences(n_sequences: int, n_context: int, cov: Covariance, seed: int = 0) 
     """x ~ N(0, Λ) for the N context inputs and the query, w ~ N(0, I_d) per sequence,
     y = wᵀ x, the query's y-entry set to 0. Float64."""
     P, N = _check_int("n_sequences", n_sequences), _check_int("n_context", n_context)
+    _check_record("cov", cov, (Covariance,), "covariance")
     rng = numpy.random.default_rng(_check_int("seed", seed, 0))
     d = cov.eigenvalues.shape[0]
     root = cov.eigenvectors * numpy.sqrt(cov.eigenvalues)  # Λ^{1/2} up to a rotation
@@ -417,7 +543,7 @@ def sequences(n_sequences: int, n_context: int, cov: Covariance, seed: int = 0) 
 def converged_predictor(Lambda: numpy.ndarray, n_context: int) -> numpy.ndarray:
     """Γ⁻¹ = (Λ + (Λ + tr Λ I)/N)⁻¹: the matrix of the global minimum ŷ = βᵀ Γ⁻¹ x_q
     (Zhang, Frei & Bartlett 2024; both parametrizations converge to it)."""
-    d = Lambda.shape[0]
+    d = _check_square("Lambda", Lambda)
     N = _check_int("n_context", n_context)
     return numpy.linalg.inv(Lambda + (Lambda + numpy.trace(Lambda) * numpy.eye(d)) / N)
 
@@ -441,6 +567,7 @@ def plateau_losses(eigenvalues, n_context: int) -> numpy.ndarray:
 def pcr_matrix(cov: Covariance, n_context: int, m: int) -> numpy.ndarray:
     """Σ_{d' ≤ m} c_d' e_d' e_d'ᵀ, c = λ⁻¹ (1 + (1 + tr Λ/λ)/N)⁻¹: the effective matrix of
     principal component regression on the top m eigenvectors (ATTN_S at plateau m)."""
+    _check_record("cov", cov, (Covariance,), "covariance")
     lam, E = cov.eigenvalues, cov.eigenvectors
     m = _check_int("m", m, 0)
     if m > lam.shape[0]:
@@ -456,6 +583,11 @@ def predictor_loss(A: numpy.ndarray, Lambda: numpy.ndarray, n_context: int) -> f
 
     (β = S w, S = (1/N) Σ x_n x_nᵀ, and E[S B S] for B = A Λ Aᵀ, Isserlis)."""
     N = _check_int("n_context", n_context)
+    d = _check_square("Lambda", Lambda)
+    if getattr(A, "shape", None) != (d, d):
+        raise ValueError(f"A must have Lambda's shape {(d, d)}, got"
+                         f" {getattr(A, 'shape', type(A).__name__)}")
+    check_float_array("A", A)
     LAL = Lambda @ A @ Lambda
     return float(numpy.trace(Lambda) - 2.0 * numpy.trace(LAL)
                  + (1.0 + 1.0 / N) * numpy.trace(LAL @ A.T @ Lambda)
@@ -480,6 +612,8 @@ def feature_statistics(data: Sequences, chunk: int = 10_000) -> FeatureStatistic
     The loss of any ATTN_M or ATTN_S weights on these sequences is then
     L = y2 − 2 ⟨t, cross⟩ + tᵀ second t with t = vec(T) (``loss_from_statistics``).
     """
+    _check_sequences("data", data)
+    chunk = _check_int("chunk", chunk)
     X, y = data.X, data.y_query
     P, D, T = X.shape
     d, N = D - 1, T - 1
@@ -507,6 +641,11 @@ def _heads(params):
 
 def effective_tensor(params) -> numpy.ndarray:
     """T[a, b, c] = Σ_i v_i[a] M_i[b, c] with ŷ = ⟨T, G ⊗ x_q⟩. (d+1, d+1, d)."""
+    _check_params(params)
+    return _effective_tensor(params)
+
+
+def _effective_tensor(params) -> numpy.ndarray:
     v, M = _heads(params)
     return numpy.einsum("ha,hbc->abc", v, M)
 
@@ -514,19 +653,34 @@ def effective_tensor(params) -> numpy.ndarray:
 def effective_matrix(params) -> numpy.ndarray:
     """A = T[d, :d, :] = Σ_i v_i M_i[:d, :]: the matrix of the β-term, ŷ = βᵀ A x_q + the
     terms of the zero-initialised entries (exactly ŷ = βᵀ A x_q when they are zero). (d, d)."""
+    _check_params(params)
+    return _effective_matrix(params)
+
+
+def _effective_matrix(params) -> numpy.ndarray:
     d = params.W_V.shape[-1] - 1
-    return effective_tensor(params)[d, :d, :]
+    return _effective_tensor(params)[d, :d, :]
 
 
 def loss_from_statistics(params, stats: FeatureStatistics) -> float:
     """L = y2 − 2 ⟨t, cross⟩ + tᵀ second t: the exact mean squared error on the set."""
-    t = effective_tensor(params).ravel()
+    _check_statistics("stats", stats, _check_params(params))
+    return _loss_from_statistics(params, stats)
+
+
+def _loss_from_statistics(params, stats: FeatureStatistics) -> float:
+    t = _effective_tensor(params).ravel()
     return float(stats.y2 - 2.0 * t @ stats.cross + t @ (stats.second @ t))
 
 
 def statistics_gradients(params, stats: FeatureStatistics):
     """(L, grads): the loss and its exact gradient from the statistics; the same record
     type as params. dL/dt = 2 (second t − cross), then back through T = Σ_i v_i ⊗ M_i."""
+    _check_statistics("stats", stats, _check_params(params))
+    return _statistics_gradients(params, stats)
+
+
+def _statistics_gradients(params, stats: FeatureStatistics):
     v, M = _heads(params)
     D = params.W_V.shape[-1]
     d = D - 1
@@ -569,16 +723,24 @@ def train_gd(params, train: FeatureStatistics, heldout: FeatureStatistics, lr: f
     the zero-initialised entries at zero; ``stop_below`` ends the run once the held-out
     loss is below it (a drop-time measurement). Exact: equal to ``per_sequence_gd``.
     """
+    d = _check_params(params)
+    _check_statistics("train", train, d)
+    _check_statistics("heldout", heldout, d)
     lr = _check_scale("lr", lr)
     epochs, stride = _check_int("epochs", epochs, 0), _check_int("stride", stride)
+    if stop_below is not None and (
+            isinstance(stop_below, bool) or not isinstance(stop_below, (int, float, numpy.number))
+            or numpy.isnan(stop_below)):
+        raise ValueError(f"stop_below must be None or a number (a held-out loss), got"
+                         f" {stop_below!r}")
     mask = zero_block_mask(params) if check_bool("freeze_zero_blocks", freeze_zero_blocks) else None
     rows = []
     for epoch in range(epochs + 1):
-        loss, grads = statistics_gradients(params, train)
+        loss, grads = _statistics_gradients(params, train)
         _check_losses_finite(loss, epoch, lr)
         if epoch % stride == 0 or epoch == epochs:
-            held = loss_from_statistics(params, heldout)
-            rows.append((epoch, loss, held, effective_matrix(params)))
+            held = _loss_from_statistics(params, heldout)
+            rows.append((epoch, loss, held, _effective_matrix(params)))
             if stop_below is not None and held < stop_below:
                 break
         if epoch == epochs:
@@ -598,6 +760,11 @@ def per_sequence_gd(params, data: Sequences, lr: float, epochs: int,
     Works for ATTN_M, ATTN_S and CubicParams (on ``cubic_feature(data.X)``). Returns
     (training losses before each step (epochs + 1,), final params).
     """
+    d = _check_params(params, (MergedParams, SeparateParams, CubicParams))
+    _check_sequences("data", data)
+    if isinstance(params, CubicParams) and data.X.shape[1] != d + 1:
+        raise ValueError(f"data.X has tokens of width {data.X.shape[1]}, the CubicParams of"
+                         f" d = {d} need d + 1 = {d + 1}")
     lr = _check_scale("lr", lr)
     epochs = _check_int("epochs", epochs, 0)
     mask = zero_block_mask(params) if check_bool("freeze_zero_blocks", freeze_zero_blocks) else None

@@ -238,3 +238,82 @@ def test_bad_arguments_are_refused_by_name():
         la.covariance(2, eigenvalues=[1.0, numpy.inf])
     with pytest.raises(ValueError, match=r"X must be an array \(B, d\+1, N\+1\) with N ≥ 1"):
         la.cubic_feature(data.X[:, :, :1])
+
+
+def _linattn_world():
+    cov = la.covariance(2, seed=1)
+    data = la.sequences(6, 4, cov, seed=2)
+    merged, separate = la.init_merged(2, 2, 0.5, seed=3), la.init_separate(2, 2, 1, 0.5, seed=4)
+    return cov, data, la.feature_statistics(data), merged, separate, la.merged_to_cubic(merged)
+
+
+# (id, call on (cov, data, stats, merged, separate, cubic), exception, message pattern)
+WRONG_RECORDS = [
+    ("forward-params-none", lambda c, x, s, m, p, q: la.merged_forward(x.X, None), TypeError,
+     r"params must be a MergedParams \(init_merged\), got NoneType"),
+    ("forward-other-parametrization", lambda c, x, s, m, p, q: la.separate_forward(x.X, m),
+     TypeError, r"params must be a SeparateParams \(init_separate\), got MergedParams"),
+    ("to-cubic-separate", lambda c, x, s, m, p, q: la.merged_to_cubic(p), TypeError,
+     r"params must be a MergedParams \(init_merged\), got SeparateParams"),
+    ("mask-tuple", lambda c, x, s, m, p, q: la.zero_block_mask(tuple(m)), TypeError,
+     r"params must be a MergedParams or SeparateParams .*got tuple"),
+    ("effective-W_KQ-shape", lambda c, x, s, m, p, q: la.effective_matrix(
+        m._replace(W_KQ=m.W_KQ[:1])), ValueError,
+     r"params\.W_KQ has shape \(1, 3, 3\), W_V's shape \(2, 3, 3\) needs \(2, 3, 3\)"),
+    ("effective-W_Q-width", lambda c, x, s, m, p, q: la.effective_tensor(
+        p._replace(W_Q=p.W_Q[..., :2])), ValueError, r"params\.W_Q has shape \(2, 1, 2\)"),
+    ("int-weights", lambda c, x, s, m, p, q: la.effective_tensor(
+        m._replace(W_V=m.W_V.astype(int))), TypeError, r"params\.W_V: dtype int64 is refused"),
+    ("stats-none", lambda c, x, s, m, p, q: la.loss_from_statistics(m, None), TypeError,
+     r"stats must be a FeatureStatistics \(feature_statistics\), got NoneType"),
+    ("stats-of-other-d", lambda c, x, s, m, p, q: la.statistics_gradients(
+        la.init_merged(3, 1, 0.1), s), ValueError,
+     r"stats\.second has shape \(18, 18\), weights of d = 3 need \(48, 48\)"),
+    ("train-gd-heldout-none", lambda c, x, s, m, p, q: la.train_gd(m, s, None, 0.1, 1),
+     TypeError, r"heldout must be a FeatureStatistics"),
+    ("train-gd-stop-below-text", lambda c, x, s, m, p, q: la.train_gd(m, s, s, 0.1, 1,
+     stop_below="0.1"), ValueError, r"stop_below must be None or a number"),
+    ("per-sequence-data-none", lambda c, x, s, m, p, q: la.per_sequence_gd(m, None, 0.1, 1),
+     TypeError, r"data must be a Sequences \(sequences\), got NoneType"),
+    ("per-sequence-cubic-other-d", lambda c, x, s, m, p, q: la.per_sequence_gd(
+        la.merged_to_cubic(la.init_merged(3, 1, 0.1)), x, 0.1, 1), ValueError,
+     r"data\.X has tokens of width 3, the CubicParams of d = 3 need d \+ 1 = 4"),
+    ("cubic-forward-z-width", lambda c, x, s, m, p, q: la.cubic_forward(
+        numpy.ones((3, 5)), q), ValueError, r"z must have shape \(B, d²\) = \(B, 4\)"),
+    ("cubic-backward-no-cache", lambda c, x, s, m, p, q: la.cubic_backward(numpy.ones(6), None),
+     TypeError, r"cache must be the cache that cubic_forward returned"),
+    ("backward-dout-shape", lambda c, x, s, m, p, q: la.merged_backward(
+        numpy.ones((2, 3, 3)), la.merged_forward(x.X, m)[1]), ValueError,
+     r"dout must have the output's shape \(6, 3, 5\), got \(2, 3, 3\)"),
+    ("backward-cache-of-other-layer", lambda c, x, s, m, p, q: la.separate_backward(
+        numpy.ones((6, 3, 5)), la.merged_forward(x.X, m)[1]), TypeError,
+     r"cache must be a SeparateCache \(what separate_forward returns\), got MergedCache"),
+    ("prediction-vector", lambda c, x, s, m, p, q: la.prediction(numpy.ones(3)), ValueError,
+     r"out must be a layer's output \(B, d\+1, N\+1\) .*got \(3,\)"),
+    ("squared-error-shapes", lambda c, x, s, m, p, q: la.squared_error(
+        numpy.ones(3), numpy.ones(4)), ValueError, r"y_query must have y_hat's shape \(3,\)"),
+    ("int-tokens", lambda c, x, s, m, p, q: la.merged_forward(x.X.astype(int), m), TypeError,
+     r"X: dtype int64 is refused"),
+    ("sequences-cov-none", lambda c, x, s, m, p, q: la.sequences(3, 4, None), TypeError,
+     r"cov must be a Covariance \(covariance\), got NoneType"),
+    ("pcr-cov-matrix", lambda c, x, s, m, p, q: la.pcr_matrix(c.Lambda, 4, 1), TypeError,
+     r"cov must be a Covariance"),
+    ("predictor-A-shape", lambda c, x, s, m, p, q: la.predictor_loss(
+        numpy.ones((3, 3)), c.Lambda, 4), ValueError, r"A must have Lambda's shape \(2, 2\)"),
+    ("converged-Lambda-list", lambda c, x, s, m, p, q: la.converged_predictor([[1.0]], 4),
+     ValueError, r"Lambda must be a square \(d, d\) array, got list"),
+    ("statistics-chunk-zero", lambda c, x, s, m, p, q: la.feature_statistics(x, chunk=0),
+     ValueError, r"chunk must be an integer ≥ 1, got 0"),
+    ("statistics-chunk-negative", lambda c, x, s, m, p, q: la.feature_statistics(x, chunk=-1),
+     ValueError, r"chunk must be an integer ≥ 1, got -1"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [c[1:] for c in WRONG_RECORDS],
+                         ids=[c[0] for c in WRONG_RECORDS])
+def test_wrong_records_and_shapes_are_named(call, error, message):
+    """A record of the wrong type or shape gets a TypeError or ValueError naming the
+    argument (an AttributeError, an IndexError or NumPy's own message before; chunk = -1
+    returned zero statistics)."""
+    with pytest.raises(error, match=message):
+        call(*_linattn_world())
