@@ -47,9 +47,12 @@ def sgd_step(params, grads, state: SGDState, lr: float, momentum: float = 0.0):
 
         v ← μ v + g,    θ ← θ − lr v          (μ = 0: θ ← θ − lr g)
 
-    Returns (params, state). Raises ValueError for lr not finite ≥ 0, μ outside [0, 1),
-    or grads (or a velocity) without the records and shapes of params; TypeError for
-    arrays that are not real floating point (``minimal_icl.validation``).
+    ``state``: the SGDState of ``sgd_init(params, momentum)`` or of the previous step
+    (None also stands for the empty state of μ = 0). Returns (params, state). Raises
+    ValueError for lr not finite ≥ 0, μ outside [0, 1), grads (or a velocity) without the
+    records and shapes of params, a state whose velocity does not fit μ (none for μ > 0,
+    one for μ = 0); TypeError for a state that is not an SGDState and for arrays that are
+    not real floating point (``minimal_icl.validation``).
     """
     lr = check_learning_rate(lr)
     momentum = check_fraction("momentum", momentum)

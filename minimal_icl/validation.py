@@ -1066,9 +1066,23 @@ def check_adam_state(state, params, size: int) -> None:
 
 
 def check_sgd_state(state, params, momentum: float) -> None:
-    """SGD's state: a velocity shaped like ``params`` when momentum > 0."""
-    velocity = getattr(state, "velocity", state)
+    """SGD's state: the SGDState of ``sgd_init(params, momentum)`` (or of ``sgd_step``),
+    whose velocity is shaped like ``params`` when momentum > 0 and None when momentum = 0
+    (a velocity would silently be dropped); None stands for that empty state. A TypeError
+    for anything else (a bare tree of arrays, a string)."""
+    if state is not None and getattr(state, "_fields", None) != ("velocity",):
+        raise TypeError(
+            "state must be the SGDState of sgd_init(params, momentum) (None without"
+            f" momentum), got {type(state).__name__}"
+        )
+    velocity = None if state is None else state.velocity
     if momentum == 0.0:
+        if velocity is not None:
+            raise ValueError(
+                "sgd_step: state holds a velocity (from sgd_init with momentum > 0) but"
+                " momentum = 0 would drop it: pass the momentum the state was made with, or"
+                " sgd_init(params) for plain SGD"
+            )
         return
     if velocity is None:
         raise ValueError("sgd_step: momentum > 0 needs a state from sgd_init(params, momentum)")

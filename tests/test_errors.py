@@ -760,6 +760,17 @@ CASES = [
     ("at-position-u-without-shape", lambda w: at_position(
         (_every(w)[0]._replace(u_without=w.query),), 1), ValueError,
      r"updates\[0\]\.u_without has shape \(4, 3\), expected \(4, 6, 3\)"),
+    # -- SGD's state --------------------------------------------------------------------------
+    ("sgd-state-text", lambda w: sgd_step(w.params, w.params, "junk", 0.1), TypeError,
+     r"state must be the SGDState of sgd_init\(params, momentum\) \(None without momentum\),"
+     r" got str"),
+    ("sgd-state-bare-velocity", lambda w: sgd_step(w.params, w.params, w.params, 0.1,
+     momentum=0.5), TypeError, r"state must be the SGDState .*got ModelParams"),
+    ("sgd-velocity-without-momentum", lambda w: sgd_step(w.params, w.params,
+     sgd_init(w.params, 0.5), 0.1), ValueError,
+     r"state holds a velocity \(from sgd_init with momentum > 0\) but momentum = 0 would drop"),
+    ("sgd-none-state-with-momentum", lambda w: sgd_step(w.params, w.params, None, 0.1,
+     momentum=0.5), ValueError, r"momentum > 0 needs a state from sgd_init"),
 ]
 
 
@@ -1036,3 +1047,15 @@ def test_ridge_lambda_is_the_squared_ratio_wherever_it_is_a_float():
     assert ridge_lambda(1e-200, 1e-200) == 1.0
     assert ridge_lambda(0.3, 2.0) == pytest.approx(0.09 / 4.0, rel=IDENTITY_RTOL)
     assert ridge_lambda(1e-163, 1.0) == 0.0  # 1e-326: below the smallest float
+
+
+def test_sgd_without_momentum_takes_its_own_state_or_none(world):
+    """μ = 0: the state of sgd_init(params), the one sgd_step returns, and None give one step."""
+    state = sgd_init(world.params)
+    stepped, returned = sgd_step(world.params, world.params, state, 0.1)
+    assert returned == state
+    again, _ = sgd_step(world.params, world.params, None, 0.1)
+    assert all(numpy.array_equal(a, b)
+               for (_, a), (_, b) in zip(tree_leaves(stepped), tree_leaves(again)))
+    W1 = world.params.blocks[0].mlp.W1
+    assert numpy.array_equal(stepped.blocks[0].mlp.W1, W1 - 0.1 * W1)  # θ − lr g with g = θ
