@@ -240,7 +240,7 @@ def implicit_path(
     check_prompt(config, context, query)
     xp = namespace(context, query)
     u, h = prefix_states(block, config, context, query, method)  # (B, N+1, D) each
-    check_states_finite(u, "implicit_path")
+    check_states_finite(u, "implicit_path", params, context, query)
     W0 = block.mlp.W1
     A_query = u[:, 0, :]  # (B, D)
     norm = norms(A_query)  # (B,)
@@ -355,10 +355,10 @@ def factorised_path(
                               config, last_only=True)[1] for i in range(N + 1)]
         A_suffix = xp.concat([run.u for run in runs], axis=1)  # (B, N+1, D)
         h_res = xp.concat([run.h for run in runs], axis=1)  # (B, N+1, D)
-        check_states_finite(A_suffix, "factorised_path")
+        check_states_finite(A_suffix, "factorised_path", params, context, query)
     else:
         u_rev, h_rev = prefix_states(block, config, xp.flip(context, axis=1), query, method)
-        check_states_finite(u_rev, "factorised_path")
+        check_states_finite(u_rev, "factorised_path", params, context, query)
         A_suffix = xp.flip(u_rev, axis=1)  # (B, N+1, D)  A_{>i} = A(c_{i+1}..c_N, x)
         h_res = xp.flip(h_rev, axis=1)  # (B, N+1, D)
     norm = norms(A_suffix[:, 1:, :])  # (B, N)  ‖A_{>i}‖, i = 1..N

@@ -517,21 +517,46 @@ def check_forward_finite(
         if bool(_non_finite(xp, inputs[l])):
             block = l - 1
             break
-    largest = float(xp.max(xp.abs(tokens)))
+    sizes, culprit = _overflow_sizes(xp, (("tokens", tokens),), params, patches)
     for l, flag in enumerate(layernorm[: block + 1]):
         if flag is not None and bool(flag):
             raise ValueError(
-                f"the forward pass overflowed {tokens.dtype} in block {l}: the tokens are finite"
-                f" (largest |entry| {largest:.3g}) but a LayerNorm's variance overflowed to"
-                " infinity, which maps its input to 0: the output would be finite and wrong."
-                " Rescale the tokens"
-                + (" or use float64" if "64" not in str(tokens.dtype) else "")
+                f"the forward pass overflowed {tokens.dtype} in block {l}: {sizes}, but a"
+                " LayerNorm's variance overflowed to infinity, which maps its input to 0: the"
+                " output would be finite and wrong." + _rescale_advice(culprit, tokens.dtype)
             )
     raise ValueError(
-        f"the forward pass overflowed {tokens.dtype} in block {block}: the tokens are finite"
-        f" (largest |entry| {largest:.3g}) but the block's output holds infinity or NaN."
-        " Rescale the tokens" + (" or use float64" if "64" not in str(tokens.dtype) else "")
+        f"the forward pass overflowed {tokens.dtype} in block {block}: {sizes}, but the"
+        " block's output holds infinity or NaN." + _rescale_advice(culprit, tokens.dtype)
     )
+
+
+
+
+def _overflow_sizes(xp, tokens, params, patches=None) -> tuple[str, str]:
+    """(words, culprit) after a pass over finite inputs overflowed: the largest |entry| of
+    the tokens (``(name, array)`` pairs), of the parameters and of the patches, in words
+    ("the tokens are finite (largest |entry| 2.71), and so are the parameters (largest
+    |entry| 1.2e+200)"), and the one whose entries are largest, the one to rescale:
+    parameters of 1e200 overflow a pass on tokens of normal size. Error path only (one
+    number read per array)."""
+
+    def largest(arrays) -> float:
+        return max((float(xp.max(xp.abs(a))) for a in arrays
+                    if hasattr(a, "shape") and math.prod(a.shape) > 0), default=0.0)
+
+    sizes = [(f"the {' and '.join(name for name, _ in tokens)}", largest(a for _, a in tokens)),
+             ("the parameters", largest(a for _, a in tree_leaves(params)))]
+    if patches is not None and tree_leaves(patches):
+        sizes.append(("the patches", largest(a for _, a in tree_leaves(patches))))
+    words = f"{sizes[0][0]} are finite (largest |entry| {sizes[0][1]:.3g})" + "".join(
+        f", and so are {name} (largest |entry| {value:.3g})" for name, value in sizes[1:])
+    return words, max(sizes, key=lambda pair: pair[1])[0]
+
+
+def _rescale_advice(culprit: str, dtype) -> str:
+    """" Rescale <culprit>", and in float32 " or use float64"."""
+    return f" Rescale {culprit}" + (" or use float64" if "64" not in str(dtype) else "")
 
 
 def check_dout(dout: Array, cache, name: str = "dout") -> None:
@@ -687,14 +712,21 @@ def check_result_finite(result: Array, what: str) -> Array:
     return result
 
 
-def check_states_finite(states: Array, what: str) -> None:
+def check_states_finite(states: Array, what: str, params=None, context=None,
+                        query=None) -> None:
     """A ValueError saying the forward pass overflowed if ``states`` hold NaN or infinity
-    (one device-to-host read): the prefix states of Proposition 3.1's paths."""
+    (one device-to-host read): the prefix states of Proposition 3.1's paths. On failure
+    only, the sizes of the (finite) context, query and ``params`` are read to say which
+    to rescale."""
     xp = namespace(states)
     if bool(_non_finite(xp, states)):
+        tokens = tuple((name, a) for name, a in (("context", context), ("query", query))
+                       if a is not None)
+        sizes, culprit = (_overflow_sizes(xp, tokens, params) if tokens
+                          else ("the context and query are finite", "the tokens"))
         raise ValueError(
             f"{what}: the forward pass overflowed {states.dtype}: the query's states hold"
-            " infinity or NaN although the context and query are finite. Rescale the tokens"
+            f" infinity or NaN although {sizes}." + _rescale_advice(culprit, states.dtype)
         )
 
 

@@ -771,6 +771,23 @@ CASES = [
      r"state holds a velocity \(from sgd_init with momentum > 0\) but momentum = 0 would drop"),
     ("sgd-none-state-with-momentum", lambda w: sgd_step(w.params, w.params, None, 0.1,
      momentum=0.5), ValueError, r"momentum > 0 needs a state from sgd_init"),
+    # -- an overflow caused by the parameters, not the tokens -----------------------------------
+    ("forward-huge-params", lambda w: forward(_set(w.one, lambda a: a * 1e200), ONE, w.tokens),
+     ValueError, r"overflowed float64 in block 0: the tokens are finite \(largest \|entry\|"
+     r" 2\.\d+\), and so are the parameters \(largest \|entry\| 1\.\d+e\+200\), but .*"
+     r" Rescale the parameters$"),
+    ("implicit-huge-params", lambda w: implicit_update(_set(w.one, lambda a: a * 1e200), ONE,
+     w.context, w.query), ValueError, r"Rescale the parameters$"),
+    ("path-huge-params", lambda w: implicit_path(_set(w.one, lambda a: a * 1e200), ONE,
+     w.context, w.query), ValueError,
+     r"implicit_path: the forward pass overflowed float64: .* although the context and query"
+     r" are finite \(largest \|entry\| 2\.\d+\), and so are the parameters .* Rescale the"
+     r" parameters$"),
+    ("forward-huge-tokens-named", lambda w: forward(w.one, ONE, w.tokens * 1e200), ValueError,
+     r"the parameters \(largest \|entry\| \d\.\d+\), .* Rescale the tokens$"),
+    ("forward-huge-patches", lambda w: predict(w.one, ONE, w.query[:, None] * 10.0, patches=(
+        w.patches[0]._replace(delta_W=numpy.full((4, 5, 3), 1e308)),)), ValueError,
+     r"and so are the patches \(largest \|entry\| 1e\+308\), .* Rescale the patches$"),
 ]
 
 
