@@ -20,7 +20,8 @@ the layers never see one). The functions a user calls check their arguments here
                             check_thought_inputs, check_rtol, check_n_calibration
     implicit_path, factorised_path
                             check_params, check_single_block, check_prompt,
-                            check_states_finite; their methods check_index
+                            check_states_finite; their methods check_index,
+                            check_path_weights
     von_oswald_*            check_von_oswald, check_von_oswald_tokens, check_float_dtype,
                             check_namespace
     sgd_*, adam_*, unflatten
@@ -29,9 +30,11 @@ the layers never see one). The functions a user calls check their arguments here
                             check_flat_vector
     init_params, data       check_config, check_seed, check_generator, check_positive_int,
                             check_non_negative, check_float_dtype, check_namespace,
-                            check_batch, check_prompt_parts
+                            check_batch, check_batch_finite, check_prompt_parts,
+                            check_result_finite
     train, train_setup      the data checks, check_params, check_token_width,
-                            check_optimizer_settings (OptimizerSettings on creation)
+                            check_optimizer_settings (OptimizerSettings on creation),
+                            check_record_dict (TrainingSetup.from_dict)
     save_checkpoint, the command line
                             check_writable_file
     relative_residual       check_same_shape
@@ -45,7 +48,8 @@ device one boolean at a time, and never in a training step: by
 :func:`check_prompt` (the context and query of the theorems),
 :func:`check_states_finite` (the query's states along Proposition 3.1's paths), and the
 checks of three small theorem functions (minimum norm, null space, linear attention's
-closed form). The causes of a failure are looked for only after it. ``backward`` and
+closed form), and :func:`check_batch_finite` (the least-squares and ridge baselines).
+The causes of a failure are looked for only after it. ``backward`` and
 the optimisers read no values: NaN in a gradient propagates, and training catches it in
 the losses it reads.
 
