@@ -13,7 +13,7 @@ from minimal_icl.tolerances import IDENTITY_RTOL, relative_residual
 
 def step_with(gradient_sign=1.0, row="x", eta_power=2, eta_in_gradient=False,
               uphill=False, from_W0=False, column_from="W_0", batch_eta=False, swap=False,
-              W_0_untransposed=False):
+              W_0_untransposed=False, eta_from="x", unit_row=False):
     """A path step with one switch per typical mistake (the defaults are right)."""
 
     def step(W_i, W_0, A_i, A_next, A_x):
@@ -25,7 +25,9 @@ def step_with(gradient_sign=1.0, row="x", eta_power=2, eta_in_gradient=False,
         else:
             column = gradient_sign * (A_i - A_next) @ W_0.T  # (B, M)
         G = column[:, :, None] * rows[row][:, None, :]  # (B, M, D)
-        eta = 1.0 / numpy.linalg.norm(A_x, axis=-1) ** eta_power  # (B,)
+        if unit_row:
+            G = G / numpy.linalg.norm(A_x, axis=-1)[:, None, None]
+        eta = 1.0 / numpy.linalg.norm(rows[eta_from], axis=-1) ** eta_power  # (B,)
         if batch_eta:
             eta = numpy.full(len(A_x), 1.0 / numpy.sum(A_x * A_x))
         if eta_in_gradient:
@@ -68,6 +70,9 @@ def test_the_case_is_a_real_step_of_the_path():
         (dict(batch_eta=True), "one number per prompt"),
         (dict(swap=True), "return \\(G_i, W_next\\), in that order"),
         (dict(W_0_untransposed=True), "ValueError .*`\\(A_i - A_next\\) @ W_0.T`"),
+        (dict(unit_row=True), "the row is A\\(x\\)/‖A\\(x\\)‖"),
+        (dict(eta_from="i"), "the step size is 1/‖A_i‖²"),
+        (dict(eta_from="next"), "the step size is 1/‖A_\\{i\\+1\\}‖²"),
     ],
 )
 def test_each_typical_mistake_gets_its_hint(mistake, hint):

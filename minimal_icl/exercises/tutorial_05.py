@@ -98,6 +98,8 @@ def check_path_step(step: Callable, i: int = 3, seed: int = 0) -> None:
         ("the column uses the current weight W_i; it uses the block's weight W_0:"
          " G_i = W_0 (A_i − A_{i+1}) A(x)ᵀ",
          outer(numpy.einsum("bmd,bd->bm", case.W_i, A_i - A_next), A_x)),
+        ("the row is A(x)/‖A(x)‖; the row of G_i is A(x) itself, and the division by"
+         " ‖A(x)‖² is the step size η_x, in the step", G_right / norm_x),
     ])
 
     W_right = numpy.asarray(case.path.weights(i + 1))
@@ -115,4 +117,8 @@ def check_path_step(step: Callable, i: int = 3, seed: int = 0) -> None:
          W0 + increment - case.W_i),
         ("η_x is one number per prompt: sum the squares of A(x) over D only (axis=-1), not"
          " over the whole batch", -G_right / numpy.sum(A_x * A_x)),
+        ("the step size is 1/‖A_i‖²; η_x = 1/‖A(x)‖² uses the query alone, the same at"
+         " every step", -G_right / numpy.sum(A_i * A_i, axis=-1)[:, None, None]),
+        ("the step size is 1/‖A_{i+1}‖²; η_x = 1/‖A(x)‖² uses the query alone, the same at"
+         " every step", -G_right / numpy.sum(A_next * A_next, axis=-1)[:, None, None]),
     ])
