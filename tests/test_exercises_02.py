@@ -81,6 +81,27 @@ def no_keepdims(W, cache_with, cache_alone):
     return outer(column, A_x / numpy.sum(A_x**2, axis=-1))
 
 
+def column_query_alone(W, cache_with, cache_alone):
+    _, _, A_x = pieces(W, cache_with, cache_alone)
+    return outer(A_x @ W.T, A_x / numpy.sum(A_x**2, axis=-1, keepdims=True))
+
+
+def summed_over_prompts(W, cache_with, cache_alone):
+    column, _, A_x = pieces(W, cache_with, cache_alone)
+    return outer(column, A_x / numpy.sum(A_x**2, axis=0, keepdims=True))  # axis 0, not -1
+
+
+def row_from_delta_A(W, cache_with, cache_alone):
+    column, A_C, A_x = pieces(W, cache_with, cache_alone)
+    delta_A = A_C - A_x
+    return outer(column, delta_A / numpy.sum(delta_A**2, axis=-1, keepdims=True))
+
+
+def norm_with_context(W, cache_with, cache_alone):
+    column, A_C, A_x = pieces(W, cache_with, cache_alone)
+    return outer(column, A_x / numpy.sum(A_C**2, axis=-1, keepdims=True))
+
+
 def in_float32(W, cache_with, cache_alone):
     return right(W, cache_with, cache_alone).astype(numpy.float32)
 
@@ -119,6 +140,10 @@ def test_right_answer_passes_and_the_patched_forward_reproduces_the_context(conf
         (placeholder, "not written yet"),
         (patched_weight, "the patched weight W \\+ ΔW"),
         (column_with_context, "the column is W A\\(C, x\\)"),
+        (column_query_alone, "the column is W A\\(x\\)"),
+        (summed_over_prompts, "summed over the prompts \\(axis=0\\)"),
+        (row_from_delta_A, "the row is ΔA/‖ΔA‖²"),
+        (norm_with_context, "divides A\\(x\\) by ‖A\\(C, x\\)‖²"),
         (W_not_transposed, "ValueError .*`delta_A @ W.T`"),
         (no_keepdims, "ValueError .*keepdims=True"),
         (in_float32, "computed in float32"),

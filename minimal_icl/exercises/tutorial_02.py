@@ -11,7 +11,8 @@ of the query alone [x]. ``check_delta_W`` compares the answer with the package's
 ``implicit_update`` and runs the patched forward, ``forward(x, patches=...)``, which must
 reproduce the with-context output at the query. Hints name the typical mistakes: no
 division by ‖A(x)‖², a division by ‖A(x)‖, the transposed factor A(x) ⊗ W ΔA, the sign
-of ΔA, A(C, x) in place of A(x) as the row, and one ‖A(x)‖² for the whole batch.
+of ΔA, A(C, x), ΔA or A(x)/‖A(C, x)‖² as the row, W A(C, x) or W A(x) as the column,
+one ‖A(x)‖² for the whole batch or one per coordinate (axis=0), and W + ΔW.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ __all__ = ["check_delta_W", "delta_W_mistakes"]
 def delta_W_mistakes(W, A_with, A_alone) -> list[tuple[str, numpy.ndarray]]:
     """The typical wrong updates for W (M, D), A(C, x) and A(x) (B, D), with their hints."""
     W, A_C, A_x = (numpy.asarray(v, dtype=numpy.float64) for v in (W, A_with, A_alone))
-    column = (A_C - A_x) @ W.T  # (B, M)  W ΔA
+    delta_A = A_C - A_x  # (B, D)  ΔA
+    column = delta_A @ W.T  # (B, M)  W ΔA
     norm = numpy.linalg.norm(A_x, axis=-1, keepdims=True)  # (B, 1)  ‖A(x)‖
     norm_C = numpy.linalg.norm(A_C, axis=-1, keepdims=True)
+    delta_norm = numpy.linalg.norm(delta_A, axis=-1, keepdims=True)
     return [
         ("the division by ‖A(x)‖² is missing: the row is A(x)ᵀ/‖A(x)‖², so that"
          " ΔW A(x) = W ΔA (aᵀa/‖a‖² = 1)", outer(column, A_x)),
@@ -53,6 +56,15 @@ def delta_W_mistakes(W, A_with, A_alone) -> list[tuple[str, numpy.ndarray]]:
          W + outer(column, A_x / norm**2)),
         ("the column is W A(C, x); it is W times the change ΔA = A(C, x) − A(x)",
          outer(A_C @ W.T, A_x / norm**2)),
+        ("the column is W A(x); it is W times the change the context makes,"
+         " ΔA = A(C, x) − A(x)", outer(A_x @ W.T, A_x / norm**2)),
+        ("‖A(x)‖² is summed over the prompts (axis=0), one sum per coordinate: each"
+         " prompt's ‖A(x)‖² sums its own D squares, axis=-1 (keepdims=True)",
+         outer(column, A_x / numpy.sum(A_x * A_x, axis=0, keepdims=True))),
+        ("the row is ΔA/‖ΔA‖²; the row is the input the patched W receives, the query"
+         " alone's A(x): A(x)ᵀ/‖A(x)‖²", outer(column, delta_A / delta_norm**2)),
+        ("the row divides A(x) by ‖A(C, x)‖²; both come from the query alone:"
+         " A(x)ᵀ/‖A(x)‖²", outer(column, A_x / norm_C**2)),
     ]
 
 
