@@ -6,10 +6,10 @@ The block the package runs with ``attn_skip=True, mlp_skip=True`` and no LayerNo
 
 so its MLP reads h, not A(C, x) (the paper's skip form, appendix of v1, feeds A(C, x) to
 the MLP). With the query alone, h_∅ = x + A(x), and Theorem 2.2 applied at the MLP
-input gives
+input gives, with ΔA = A(C, x) − A(x),
 
-    ΔW  = W (h_C − h_∅) h_∅ᵀ / ‖h_∅‖² = W δA (x + A(x))ᵀ / ‖x + A(x)‖²,
-    Δb′ = h_C − h_∅ = A(C, x) − A(x) = δA.
+    ΔW  = W (h_C − h_∅) h_∅ᵀ / ‖h_∅‖² = W ΔA (x + A(x))ᵀ / ‖x + A(x)‖²,
+    Δb′ = h_C − h_∅ = A(C, x) − A(x) = ΔA.
 
 The reader writes both; the check compares them with
 :func:`minimal_icl.implicit.implicit_update` on a fresh random block and then runs the
@@ -78,7 +78,11 @@ def check_skip_patch(skip_patch: Callable, seed: int = 0) -> None:
     """
     case = skip_patch_case(seed)
     answer = call_answer(skip_patch, case.W.copy(), case.x.copy(), case.A_with.copy(),
-                         case.A_without.copy(), name="skip_patch")
+                         case.A_without.copy(), name="skip_patch",
+                         on_value_error="W is (M, D) and x, A (B, D): the column W ΔA of"
+                         " every prompt is `(A_with - A_without) @ W.T` (B, M), and each"
+                         " ‖x + A(x)‖² keeps its axis, `numpy.sum(a**2, axis=-1,"
+                         " keepdims=True)` (B, 1)")
     if not isinstance(answer, (tuple, list)) or len(answer) != 2:
         raise ExerciseError("skip_patch must return two arrays: (delta_W, delta_b)")
     delta_W, delta_b = answer
@@ -89,11 +93,11 @@ def check_skip_patch(skip_patch: Callable, seed: int = 0) -> None:
 
     W, x, A_C, A_0 = case.W, case.x, case.A_with, case.A_without
     h_C, h_0 = x + A_C, x + A_0  # the MLP inputs with and without the context
-    column = (A_C - A_0) @ W.T  # (B, M)  W δA
+    column = (A_C - A_0) @ W.T  # (B, M)  W ΔA
     check_array("ΔW", delta_W, numpy.asarray(case.update.delta_W), mistakes=[
         ("the row is A(x)/‖A(x)‖², the paper's skip form; in this block the MLP reads"
          " h = x + A, so the row is (x + A(x))/‖x + A(x)‖²", _rank_one(column, A_0)),
-        ("the division by ‖a‖² is missing: ΔW = W δA aᵀ/‖a‖² with a = x + A(x)",
+        ("the division by ‖a‖² is missing: ΔW = W ΔA aᵀ/‖a‖² with a = x + A(x)",
          _rank_one(column, h_0, power=0)),
         ("‖a‖ is not squared: the row is a/‖a‖², a = x + A(x)", _rank_one(column, h_0, 1)),
         ("‖a‖² is summed over every prompt at once: each prompt has its own a = x + A(x), so"
@@ -102,21 +106,32 @@ def check_skip_patch(skip_patch: Callable, seed: int = 0) -> None:
         ("the row is built from the with-context input x + A(C, x); it is the MLP input"
          " WITHOUT the context, a = x + A(x)", _rank_one(column, h_C)),
         ("the column is W (x + A(C, x)); it is W times the CHANGE of the MLP input,"
-         " W (h_C − h_∅) = W δA (x cancels)", _rank_one(h_C @ W.T, h_0)),
-        ("the column is W A(C, x); subtract A(x): the column is W δA = W (A(C, x) − A(x))",
+         " W (h_C − h_∅) = W ΔA (x cancels)", _rank_one(h_C @ W.T, h_0)),
+        ("the column is W A(C, x); subtract A(x): the column is W ΔA = W (A(C, x) − A(x))",
          _rank_one(A_C @ W.T, h_0)),
+        ("the column is W (x + A(x)), the MLP input without the context; it is W times"
+         " the change the context makes, W ΔA = W (A(C, x) − A(x))", _rank_one(h_0 @ W.T, h_0)),
+        ("‖a‖² is summed over the prompts (axis=0), one sum per coordinate: each prompt's"
+         " ‖x + A(x)‖² sums its own D squares, axis=-1 (keepdims=True)",
+         column[:, :, None] * (h_0 / numpy.sum(h_0 * h_0, axis=0, keepdims=True))[:, None, :]),
+        ("that is the patched weight W + ΔW: return the update ΔW alone",
+         W + _rank_one(column, h_0)),
         ("the row is built from x alone: it is the whole MLP input without the context,"
          " a = x + A(x), not the skip's x", _rank_one(column, x)),
-        ("the column and the row are swapped: the column is W times the change δA, the row"
+        ("the column and the row are swapped: the column is W times the change ΔA, the row"
          " the MLP input without context, (x + A(x))/‖x + A(x)‖²",
          _rank_one(h_0 @ W.T, A_C - A_0)),
     ])
     check_array("Δb′", delta_b, numpy.asarray(case.update.delta_b), mistakes=[
         ("Δb′ is zero: the MLP skip carries h past the MLP, so the output must also gain"
-         " h_C − h_∅ = δA", numpy.zeros_like(A_C)),
+         " h_C − h_∅ = ΔA", numpy.zeros_like(A_C)),
         ("Δb′ is h_C = x + A(C, x); it is the change of the residual stream, h_C − h_∅",
          h_C),
-        ("Δb′ is A(C, x); subtract A(x): Δb′ = A(C, x) − A(x) = δA", A_C),
+        ("Δb′ is h_∅ = x + A(x), the residual stream without the context; it is the"
+         " change h_C − h_∅ = ΔA", h_0),
+        ("Δb′ is A(C, x); subtract A(x): Δb′ = A(C, x) − A(x) = ΔA", A_C),
+        ("Δb′ is the query token x; x is the same with and without the context, so it"
+         " cancels: Δb′ = h_C − h_∅ = ΔA", x),
     ])
 
     patch = BlockPatch(_as_host(delta_W, "ΔW"), _as_host(delta_b, "Δb′"))
