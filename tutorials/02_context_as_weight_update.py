@@ -332,7 +332,8 @@ initial_norm_W, initial_norm_dW, initial_norm_A_x = update_sizes(
     init_params(setup.config, seed=0))
 trained_norm_W, trained_norm_dW, trained_norm_A_x = update_sizes(trained.params)
 print("| weights | ‖W‖_F | median ‖ΔW‖_F | median ‖A(x)‖ |\n|---|---|---|---|")
-print(f"| initial | {initial_norm_W:.2f} | {initial_norm_dW:.2f} | {initial_norm_A_x:.3f} |")
+print(f"| initial | {initial_norm_W:.2f} | {initial_norm_dW:.2f} |"
+      f" {initial_norm_A_x:.3f} |")
 print(f"| after {setup.steps} steps | {trained_norm_W:.2f} | {trained_norm_dW:.2f} |"
       f" {trained_norm_A_x:.3f} |")
 
