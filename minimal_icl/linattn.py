@@ -50,7 +50,13 @@ from typing import NamedTuple
 
 import numpy
 
-from .validation import check_bool, check_float_array
+from .validation import (
+    check_bool,
+    check_float_array,
+    check_non_negative_int,
+    check_positive_int,
+    check_seed,
+)
 
 __all__ = [
     "Covariance",
@@ -111,12 +117,6 @@ class CubicParams(NamedTuple):
 
     W1: numpy.ndarray  # (H, d²)
     w2: numpy.ndarray  # (H,)
-
-
-def _check_int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
-    return int(value)
 
 
 def _check_record(name: str, value, kinds: tuple, made_by: str) -> None:
@@ -235,9 +235,9 @@ def init_merged(d: int, n_heads: int, scale: float, seed: int = 0) -> MergedPara
     zero-initialised entries. The standard deviation ``scale`` per entry is the reference
     code's convention for this model. Returns (H, d+1, d+1) arrays, float64.
     """
-    d, H = _check_int("d", d), _check_int("n_heads", n_heads)
+    d, H = check_positive_int("d", d), check_positive_int("n_heads", n_heads)
     scale = _check_scale("scale", scale)
-    rng = numpy.random.default_rng(_check_int("seed", seed, 0))
+    rng = numpy.random.default_rng(check_seed(seed))
     D = d + 1
     W_V = scale * rng.standard_normal((H, D, D))
     W_KQ = scale * rng.standard_normal((H, D, D))
@@ -251,9 +251,10 @@ def init_separate(d: int, n_heads: int, rank: int, scale: float, seed: int = 0) 
     number of entries over all heads (H R (d+1) for W_K and W_Q, H (d+1)² for W_V: the
     reference code's convention), then the key's y-entry W_K[i, :, d] = 0 and v̄_i = 0.
     """
-    d, H, R = _check_int("d", d), _check_int("n_heads", n_heads), _check_int("rank", rank)
+    d, H = check_positive_int("d", d), check_positive_int("n_heads", n_heads)
+    R = check_positive_int("rank", rank)
     scale = _check_scale("scale", scale)
-    rng = numpy.random.default_rng(_check_int("seed", seed, 0))
+    rng = numpy.random.default_rng(check_seed(seed))
     D = d + 1
     W_V = scale / numpy.sqrt(H * D * D) * rng.standard_normal((H, D, D))
     W_K = scale / numpy.sqrt(H * R * D) * rng.standard_normal((H, R, D))
@@ -506,8 +507,8 @@ def covariance(d: int, seed: int = 0, eigenvalues=None) -> Covariance:
     Default λ ∝ (d, d−1, .., 1) normalised so that tr Λ = 1 (the paper's and the code's
     default). Given ``eigenvalues``, they are used as they are (sorted decreasing).
     """
-    d = _check_int("d", d)
-    rng = numpy.random.default_rng(_check_int("seed", seed, 0))
+    d = check_positive_int("d", d)
+    rng = numpy.random.default_rng(check_seed(seed))
     if eigenvalues is None:
         lam = numpy.arange(d, 0, -1, dtype=numpy.float64)
         lam /= lam.sum()
@@ -523,9 +524,10 @@ def covariance(d: int, seed: int = 0, eigenvalues=None) -> Covariance:
 def sequences(n_sequences: int, n_context: int, cov: Covariance, seed: int = 0) -> Sequences:
     """x ~ N(0, Λ) for the N context inputs and the query, w ~ N(0, I_d) per sequence,
     y = wᵀ x, the query's y-entry set to 0. Float64."""
-    P, N = _check_int("n_sequences", n_sequences), _check_int("n_context", n_context)
+    P = check_positive_int("n_sequences", n_sequences)
+    N = check_positive_int("n_context", n_context)
     _check_record("cov", cov, (Covariance,), "covariance")
-    rng = numpy.random.default_rng(_check_int("seed", seed, 0))
+    rng = numpy.random.default_rng(check_seed(seed))
     d = cov.eigenvalues.shape[0]
     root = cov.eigenvectors * numpy.sqrt(cov.eigenvalues)  # Λ^{1/2} up to a rotation
     x = root @ rng.standard_normal((P, d, N + 1))  # (P, d, N+1)
@@ -544,7 +546,7 @@ def converged_predictor(Lambda: numpy.ndarray, n_context: int) -> numpy.ndarray:
     """Γ⁻¹ = (Λ + (Λ + tr Λ I)/N)⁻¹: the matrix of the global minimum ŷ = βᵀ Γ⁻¹ x_q
     (Zhang, Frei & Bartlett 2024; both parametrizations converge to it)."""
     d = _check_square("Lambda", Lambda)
-    N = _check_int("n_context", n_context)
+    N = check_positive_int("n_context", n_context)
     return numpy.linalg.inv(Lambda + (Lambda + numpy.trace(Lambda) * numpy.eye(d)) / N)
 
 
@@ -559,7 +561,7 @@ def plateau_losses(eigenvalues, n_context: int) -> numpy.ndarray:
     if lam.ndim != 1 or lam.size == 0 or not numpy.all((lam > 0) & numpy.isfinite(lam)):
         raise ValueError(f"eigenvalues must be a non-empty list of finite positive numbers,"
                          f" got {eigenvalues!r}")
-    N = _check_int("n_context", n_context)
+    N = check_positive_int("n_context", n_context)
     gain = lam / (1.0 + (1.0 + lam.sum() / lam) / N)
     return lam.sum() - numpy.concatenate([[0.0], numpy.cumsum(gain)])
 
@@ -569,10 +571,10 @@ def pcr_matrix(cov: Covariance, n_context: int, m: int) -> numpy.ndarray:
     principal component regression on the top m eigenvectors (ATTN_S at plateau m)."""
     _check_record("cov", cov, (Covariance,), "covariance")
     lam, E = cov.eigenvalues, cov.eigenvectors
-    m = _check_int("m", m, 0)
+    m = check_non_negative_int("m", m)
     if m > lam.shape[0]:
         raise ValueError(f"m must be ≤ d = {lam.shape[0]}, got {m}")
-    c = 1.0 / (lam * (1.0 + (1.0 + lam.sum() / lam) / _check_int("n_context", n_context)))
+    c = 1.0 / (lam * (1.0 + (1.0 + lam.sum() / lam) / check_positive_int("n_context", n_context)))
     return (E[:, :m] * c[:m]) @ E[:, :m].T
 
 
@@ -582,7 +584,7 @@ def predictor_loss(A: numpy.ndarray, Lambda: numpy.ndarray, n_context: int) -> f
         E (y_q − ŷ)² = tr Λ − 2 tr(Λ A Λ) + (1 + 1/N) tr(Λ A Λ Aᵀ Λ) + (1/N) tr(A Λ Aᵀ Λ) tr Λ
 
     (β = S w, S = (1/N) Σ x_n x_nᵀ, and E[S B S] for B = A Λ Aᵀ, Isserlis)."""
-    N = _check_int("n_context", n_context)
+    N = check_positive_int("n_context", n_context)
     d = _check_square("Lambda", Lambda)
     if getattr(A, "shape", None) != (d, d):
         raise ValueError(f"A must have Lambda's shape {(d, d)}, got"
@@ -613,7 +615,7 @@ def feature_statistics(data: Sequences, chunk: int = 10_000) -> FeatureStatistic
     L = y2 − 2 ⟨t, cross⟩ + tᵀ second t with t = vec(T) (``loss_from_statistics``).
     """
     _check_sequences("data", data)
-    chunk = _check_int("chunk", chunk)
+    chunk = check_positive_int("chunk", chunk)
     X, y = data.X, data.y_query
     P, D, T = X.shape
     d, N = D - 1, T - 1
@@ -727,7 +729,8 @@ def train_gd(params, train: FeatureStatistics, heldout: FeatureStatistics, lr: f
     _check_statistics("train", train, d)
     _check_statistics("heldout", heldout, d)
     lr = _check_scale("lr", lr)
-    epochs, stride = _check_int("epochs", epochs, 0), _check_int("stride", stride)
+    epochs = check_non_negative_int("epochs", epochs)
+    stride = check_positive_int("stride", stride)
     if stop_below is not None and (
             isinstance(stop_below, bool) or not isinstance(stop_below, (int, float, numpy.number))
             or numpy.isnan(stop_below)):
@@ -766,7 +769,7 @@ def per_sequence_gd(params, data: Sequences, lr: float, epochs: int,
         raise ValueError(f"data.X has tokens of width {data.X.shape[1]}, the CubicParams of"
                          f" d = {d} need d + 1 = {d + 1}")
     lr = _check_scale("lr", lr)
-    epochs = _check_int("epochs", epochs, 0)
+    epochs = check_non_negative_int("epochs", epochs)
     mask = zero_block_mask(params) if check_bool("freeze_zero_blocks", freeze_zero_blocks) else None
     z = cubic_feature(data.X) if isinstance(params, CubicParams) else None
     losses = []

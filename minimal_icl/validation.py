@@ -97,11 +97,16 @@ def check_positive_int(name: str, value) -> int:
     return int(value)
 
 
+def check_non_negative_int(name: str, value) -> int:
+    """``value`` as an int, or a ValueError naming ``name`` unless it is an int ≥ 0."""
+    if not _is_integer(value) or value < 0:
+        raise ValueError(f"{name} must be an int ≥ 0, got {value!r}")
+    return int(value)
+
+
 def check_seed(seed, name: str = "seed") -> int:
     """``seed`` as an int, or a ValueError naming ``name`` unless it is an int ≥ 0."""
-    if not _is_integer(seed) or seed < 0:
-        raise ValueError(f"{name} must be an int ≥ 0, got {seed!r}")
-    return int(seed)
+    return check_non_negative_int(name, seed)
 
 
 def check_generator(seed, name: str = "seed") -> numpy.random.Generator:

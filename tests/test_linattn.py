@@ -230,7 +230,7 @@ def test_bad_arguments_are_refused_by_name():
             la.per_sequence_gd(merged, data, 1e6, 50)
     with pytest.raises(ValueError, match="lr must be a finite number > 0, got nan"):
         la.per_sequence_gd(merged, data, float("nan"), 1)
-    with pytest.raises(ValueError, match="epochs must be an integer ≥ 0, got -1"):
+    with pytest.raises(ValueError, match="epochs must be an int ≥ 0, got -1"):
         la.per_sequence_gd(merged, data, 0.1, -1)
     with pytest.raises(ValueError, match="eigenvalues must be a non-empty list of finite positive"):
         la.plateau_losses([1.0, -1.0], 5)
@@ -303,9 +303,9 @@ WRONG_RECORDS = [
     ("converged-Lambda-list", lambda c, x, s, m, p, q: la.converged_predictor([[1.0]], 4),
      ValueError, r"Lambda must be a square \(d, d\) array, got list"),
     ("statistics-chunk-zero", lambda c, x, s, m, p, q: la.feature_statistics(x, chunk=0),
-     ValueError, r"chunk must be an integer ≥ 1, got 0"),
+     ValueError, r"chunk must be a positive int, got 0"),
     ("statistics-chunk-negative", lambda c, x, s, m, p, q: la.feature_statistics(x, chunk=-1),
-     ValueError, r"chunk must be an integer ≥ 1, got -1"),
+     ValueError, r"chunk must be a positive int, got -1"),
 ]
 
 
