@@ -285,11 +285,11 @@ def _softmax_average(r: Array, xT: Array):
     (:func:`_softmax_average_exact`) unless every ℓ = Σ_t exp(S_t) lies in
     [T·smallest_normal, √largest]. Inside that range nothing is lost:
 
-    * precision: each exp(S_t) carries the relative error eps·|S_t| of its score's own
-      rounding, which the textbook's weights carry too (its S_t − max S adds a rounding
-      of its own); an exp(S_t) below smallest_normal is rounded on the subnormal grid, by
-      at most smallest_normal·eps/2, which adds at most eps/2 to weights that sum to 1
-      while ℓ ≥ T·smallest_normal;
+    * precision: exp turns the absolute rounding error of a score into the same relative
+      error of its weight, and the textbook's weights carry the same error of S_t (and
+      that of rounding S_t − max S besides); an exp(S_t) below smallest_normal is rounded
+      on the subnormal grid, by at most smallest_normal·eps/2, which adds at most eps/2
+      to weights that sum to 1 while ℓ ≥ T·smallest_normal;
     * range: exp(S_t) ≤ ℓ ≤ √largest (1.3e154 in float64, 1.8e19 in float32: every
       score below 354 and 44), so the averages Σ_t E_t x_t stay finite for tokens below
       √largest, and the backward scales by 1/ℓ before it multiplies by E.
