@@ -22,7 +22,12 @@ def position_patch_with(row="alone", power=2, column="delta", position="t", lone
     """A per-position patch with one switch per typical mistake (the defaults are right)."""
 
     def position_patch(W, u_C, h_C, u_0, h_0, t):
-        s = {"t": t, "last": -1, "before": t - 1}[position]
+        if position == "every":  # no position picked: every position's patch at once
+            du = u_C - u_0
+            rows = u_0 / numpy.sum(u_0**2, -1, keepdims=True)  # (B, T, D)
+            delta_W = (du @ W.T)[..., None] * rows[..., None, :]  # (B, T, M, D)
+            return delta_W, h_C - h_0
+        s = {"t": t, "last": -1, "before": t - 1, "after": t + 1}[position]
         u_t, h_t = u_C[:, s], h_C[:, s]
         u_n, h_n = (u_0[:, s], h_0[:, s]) if lone == "own" else (u_0[:, -1], h_0[:, -1])
         a = {"alone": u_n, "with": u_t}[row]
@@ -33,10 +38,14 @@ def position_patch_with(row="alone", power=2, column="delta", position="t", lone
         if transpose:
             delta_W = numpy.swapaxes(delta_W, -1, -2)
         delta_b = {"delta": h_t - h_n, "zero": numpy.zeros_like(h_t), "h_t": h_t,
-                   "minus": h_n - h_t}[bias]
+                   "minus": h_n - h_t, "u": u_t - u_n}[bias]
         return delta_W, delta_b
 
     return position_patch
+
+
+def _raise(error):
+    raise error
 
 
 def thought_delta_with(kind="pinv"):
@@ -57,6 +66,11 @@ def thought_delta_with(kind="pinv"):
             "swapped": lambda: (U @ numpy.linalg.pinv(A)).mT,
             "normal_equations": lambda: U @ numpy.linalg.inv(A.mT @ A) @ A.mT,
             "pinv_of_u_0": lambda: U @ numpy.linalg.pinv(u_0),  # (B, D, K): K ≠ D, mismatch
+            # A⁺ = Aᵀ(AAᵀ)⁻¹ needs K ≥ D: AAᵀ is singular for K = 3 < D = 4, where
+            # numpy.linalg.inv raises LinAlgError when its LU meets an exact zero pivot
+            # (it does for one of the case's prompts here; the raise keeps the test
+            # independent of the platform's rounding)
+            "right_inverse": lambda: _raise(numpy.linalg.LinAlgError("Singular matrix")),
         }[kind]()
 
     return thought_delta
@@ -94,6 +108,10 @@ def test_the_position_case_is_not_degenerate():
         (dict(bias="h_t"), "change of the residual stream"),
         (dict(bias="minus"), "wrong sign"),
         (dict(position="before"), "position t − 1's patch: t is a 0-based index"),
+        (dict(position="after"), "position t \\+ 1's patch: position t is u_C\\[:, t\\]"),
+        (dict(position="every"),
+         "ΔW_t \\(block 1\\) has shape \\(4, 6, 8, 4\\): one patch per position"),
+        (dict(bias="u"), "Δb′_t is u_t − u_∅,t, the change of the MLP input"),
         (dict(column_product="W"), "ValueError .*the column W δu_t of every prompt is `du @ W.T`"),
     ],
 )
@@ -134,7 +152,9 @@ def test_the_thought_case_has_generic_queries():
         ("swapped", "swapped"),
         ("normal_equations", "right for K = 3 ≤ D: for K = 7 > D = 4 the K × K matrix AᵀA is"
                              " singular"),
-        ("pinv_of_u_0", "ValueError .*last two axes swapped, \\(B, D, K\\)"),
+        ("pinv_of_u_0", "ValueError .*last two\\s+axes swapped, \\(B, D, K\\)"),
+        ("right_inverse",
+         "LinAlgError .*for K = 3, D = 4: A Aᵀ \\(D × D\\) is singular when K < D"),
     ],
 )
 def test_each_typical_thought_mistake_gets_its_hint(mistake, hint):

@@ -108,16 +108,26 @@ def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
     for l, s in enumerate(case.blocks):
         answer = call_answer(position_patch, s.W.copy(), s.u_C.copy(), s.h_C.copy(),
                              s.u_0.copy(), s.h_0.copy(), t, name="position_patch",
-                             on_value_error="W is (M, D) and u (B, D): the column W δu_t"
-                             " of every prompt is `du @ W.T` (B, M)")
+                             on_value_error="the states are (B, T, D): take position"
+                             " t first, u_C[:, t] is (B, D); W is (M, D), so the column"
+                             " W δu_t of every prompt is `du @ W.T` (B, M)")
         if not isinstance(answer, (tuple, list)) or len(answer) != 2:
             raise ExerciseError("position_patch must return two arrays: (delta_W, delta_b)")
         delta_W, delta_b = answer
+        T = s.u_C.shape[1]
+        for label, value, ndim in (("ΔW_t", delta_W, 3), ("Δb′_t", delta_b, 2)):
+            shape = _as_host(value, label).shape
+            if len(shape) == ndim + 1 and shape[1] == T:
+                raise ExerciseError(
+                    f"{label} (block {l + 1}) has shape {shape}: one patch per position;"
+                    f" return position t's only: index the (B, T, D) states at t first,"
+                    f" u_C[:, t] is (B, D)")
         u_t, u_0, h_t, h_0 = s.u_C[:, t], s.u_0[:, t], s.h_C[:, t], s.h_0[:, t]
         u_x, h_x = s.u_0[:, -1], s.h_0[:, -1]  # the last token alone
         column = (u_t - u_0) @ s.W.T  # (B, M)  W δu_t
         last = (s.u_C[:, -1] - u_x) @ s.W.T
         before = (s.u_C[:, t - 1] - s.u_0[:, t - 1]) @ s.W.T  # position t − 1's column
+        after = (s.u_C[:, t + 1] - s.u_0[:, t + 1]) @ s.W.T  # position t + 1's column
         name = f"ΔW_t (block {l + 1})"
         check_array(name, delta_W, case.expected[l].delta_W, mistakes=[
             ("the row is built from the with-context input u_t; it is position t's input"
@@ -133,6 +143,8 @@ def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
              " lone token is position t's own, u_∅,t", _rank_one((u_t - u_x) @ s.W.T, u_x)),
             ("that is position t − 1's patch: t is a 0-based index into the T axis"
              " (position t is u_C[:, t])", _rank_one(before, s.u_0[:, t - 1])),
+            ("that is position t + 1's patch: position t is u_C[:, t] (counted from 0, it"
+             " holds token t + 1 of the prompt)", _rank_one(after, s.u_0[:, t + 1])),
         ])
         check_array(f"Δb′_t (block {l + 1})", delta_b, case.expected[l].delta_b, mistakes=[
             ("Δb′_t is zero: the MLP skip carries h past the MLP, so the output must also"
@@ -144,6 +156,10 @@ def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
              " position t's own: h_t − h_∅,t", h_t - h_x),
             ("that is position t − 1's Δb′: t is a 0-based index into the T axis",
              s.h_C[:, t - 1] - s.h_0[:, t - 1]),
+            ("that is position t + 1's Δb′: position t is h_C[:, t] (counted from 0)",
+             s.h_C[:, t + 1] - s.h_0[:, t + 1]),
+            ("Δb′_t is u_t − u_∅,t, the change of the MLP input; the output bias takes the"
+             " change of the residual stream, h_t − h_∅,t", u_t - u_0),
         ])
         patches.append(BlockPatch(_as_host(delta_W, name), _as_host(delta_b, "Δb′_t")))
 
@@ -206,11 +222,21 @@ def check_thought_delta(thought_delta: Callable, seed: int = 0) -> None:
     W = numpy.asarray(case.params.blocks[0].mlp.W1)
     for K in (3, 7):
         u_C, u_0, out_C = _states(case, K)
-        answer = call_answer(thought_delta, W.copy(), u_C.copy(), u_0.copy(),
-                             name="thought_delta",
-                             on_value_error="u_C and u_0 are (B, K, D): A = [a_1 .. a_K] is"
-                             " u_0 with its last two axes swapped, (B, D, K), and"
-                             " numpy.linalg.pinv(A) is (B, K, D)")
+        try:
+            answer = call_answer(thought_delta, W.copy(), u_C.copy(), u_0.copy(),
+                                 name="thought_delta",
+                                 on_value_error="u_C and u_0 are (B, K, D): U ="
+                                 " [u_1 .. u_K] is (B, M, K), and A = [a_1 .. a_K] is u_0"
+                                 " with its last two axes swapped, (B, D, K), so"
+                                 " numpy.linalg.pinv(A) is (B, K, D)")
+        except ExerciseError as error:
+            if not isinstance(error.__cause__, numpy.linalg.LinAlgError):
+                raise
+            raise ExerciseError(
+                f"thought_delta raised LinAlgError ({error.__cause__}) for K = {K}, D ="
+                f" {case.config.d_token}: A Aᵀ (D × D) is singular when K < D, and AᵀA"
+                " (K × K) when K > D, so neither Aᵀ(AAᵀ)⁻¹ nor (AᵀA)⁻¹Aᵀ is A⁺ for every K:"
+                " use numpy.linalg.pinv(A)") from error.__cause__
         expected = thought_patch(case.params, case.config, case.context,
                                  case.queries[:, :K]).delta_W
         U = ((u_C - u_0) @ W.T).mT  # (B, M, K)
