@@ -74,6 +74,41 @@ def negated(dprobs, cache):
     return -compact(dprobs, cache)
 
 
+def unweighted_sum(dprobs, cache):
+    P = cache.probs
+    return P * (dprobs - numpy.sum(dprobs, axis=-1, keepdims=True))
+
+
+def mean_of_weighted(dprobs, cache):
+    P = cache.probs
+    return P * (dprobs - numpy.mean(dprobs * P, axis=-1, keepdims=True))
+
+
+def every_axis(dprobs, cache):
+    P = cache.probs
+    return P * (dprobs - numpy.sum(dprobs * P))
+
+
+def batch_axis(dprobs, cache):
+    P = cache.probs
+    return P * (dprobs - numpy.sum(dprobs * P, axis=0, keepdims=True))
+
+
+def head_axis(dprobs, cache):
+    P = cache.probs
+    return P * (dprobs - numpy.sum(dprobs * P, axis=1, keepdims=True))
+
+
+def second_term_without_P(dprobs, cache):
+    P = cache.probs
+    return P * dprobs - numpy.sum(dprobs * P, axis=-1, keepdims=True)
+
+
+def jacobian_diagonal_only(dprobs, cache):
+    P = cache.probs
+    return P * (1.0 - P) * dprobs  # J_kk dP_k alone
+
+
 def placeholder(dprobs, cache):
     raise NotImplementedError("your turn")
 
@@ -102,12 +137,53 @@ def no_keepdims(dprobs, cache):
         (negated, "wrong sign"),
         (placeholder, "not written yet"),
         (in_place, "changed dprobs in place"),
-        (no_keepdims, "ValueError .*keepdims=True"),
+        (unweighted_sum, "without its weights"),
+        (mean_of_weighted, "divided Σ_j dP_j P_j by T"),
+        (every_axis, "over every axis at once"),
+        (batch_axis, "wrong axis"),
+        (head_axis, "wrong axis"),
+        (second_term_without_P, "second term lacks its factor P"),
+        (jacobian_diagonal_only, "only the diagonal of the Jacobian"),
     ],
 )
 def test_typical_mistakes_get_their_hint(check, answer, hint):
     with pytest.raises(ExerciseError, match=hint):
         check(answer)
+
+
+def row_by_row(row_backward):
+    """An explicit-stage answer: ``row_backward(p, dp)`` for each row, as the cell loops."""
+
+    def softmax_backward_explicit(dprobs, cache):
+        P = cache.probs
+        dscores = numpy.empty_like(dprobs)
+        for index in numpy.ndindex(P.shape[:-1]):
+            dscores[index] = row_backward(P[index], dprobs[index])
+        return dscores
+
+    return softmax_backward_explicit
+
+
+@pytest.mark.parametrize(
+    ("row_backward", "hint"),
+    [
+        (lambda p, dp: (numpy.diag(p) - p @ p).T @ dp, "`p @ p` is the number"),
+        (lambda p, dp: (numpy.diag(p) - numpy.outer(p, p)).T @ p, "multiplied p, not the"),
+        (lambda p, dp: (p - numpy.outer(p, p)).T @ dp, "the matrix numpy.diag\\(p\\)"),
+        (lambda p, dp: (numpy.eye(len(p)) - numpy.outer(p, p)).T @ dp, "not the identity"),
+        (lambda p, dp: (numpy.diag(p) - numpy.outer(p, dp)).T @ dp, "numpy.outer\\(p, dp\\)"),
+        (lambda p, dp: (numpy.diag(p) - numpy.outer(p, p)).T * dp,
+         "ValueError .*matrix–vector product `J.T @ dp`"),
+    ],
+)
+def test_explicit_stage_slips_get_their_hint(row_backward, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check_softmax_backward_explicit(row_by_row(row_backward))
+
+
+def test_a_shape_error_in_the_compact_stage_names_keepdims():
+    with pytest.raises(ExerciseError, match="ValueError .*keepdims=True"):
+        check_softmax_backward(no_keepdims)
 
 
 def test_a_backward_that_is_wrong_only_under_the_gradient_checker_is_caught():

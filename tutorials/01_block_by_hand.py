@@ -35,9 +35,11 @@
 # $$
 #
 # with multi-head softmax self-attention without biases: for each head and each token, with
-# $\tilde z = \mathrm{LN}_1(z)$ the token after the first LayerNorm, $q = W_Q^{(h)} \tilde z$,
-# $k = W_K^{(h)} \tilde z$, $v = W_V^{(h)} \tilde z$ (in $\mathbb{R}^K$; $W_Q^{(h)}$ is head $h$'s
-# block of $K$ rows of $W_Q$, which is $(HK, D)$), scores $S = q^\top k/\sqrt{K}$ for each query–key pair, weights $P = \mathrm{softmax}(S)$ over
+# $\tilde z = \mathrm{LN}_1(z)$ the token after the first LayerNorm,
+# $q = W_Q^{\text{head}} \tilde z$, $k = W_K^{\text{head}} \tilde z$,
+# $v = W_V^{\text{head}} \tilde z$ (in $\mathbb{R}^K$; $W_Q^{\text{head}}$ is that head's block
+# of $K$ rows of $W_Q$, which is $(HK, D)$; the letter $h$ is kept for the residual stream),
+# scores $S = q^\top k/\sqrt{K}$ for each query–key pair, weights $P = \mathrm{softmax}(S)$ over
 # the keys, and $A = W_O\,\mathrm{concat}_{\text{heads}}(P v)$. $W$, the first dense layer
 # after attention (`mlp.W1`), is the matrix of the theorems in the next tutorials (Dherin et
 # al. 2025, arXiv:2507.16003, section 2: a *contextual block* $T_W = M_W \circ A$).
@@ -129,10 +131,13 @@ print("rows of P sum to 1:", numpy.allclose(row_sums, 1.0))
 # $A$, the residual stream after attention $h$, and the MLP input $u$. The implicit weight
 # update of tutorial 2 is built from `u` at the query position with and without context.
 #
-# The attention weights of each head, for the first prompt (at initialisation they stay
-# close to uniform, $1/T$; the colour scale follows the data):
+# The attention weights of each head, for the first prompt. Even at initialisation they are
+# not uniform: with $T = 5$ tokens the uniform weight is $1/T = 0.2$, and the weights here
+# run from about 0.07 to 0.49 (printed below; the colour scale follows the data).
 
 # %%
+print(f"attention weights from {numpy.min(block_cache.attn.weights):.2f} to"
+      f" {numpy.max(block_cache.attn.weights):.2f}; uniform would be 1/T = {1 / T:.2f}")
 fig, axes = plt.subplots(1, config.n_heads, figsize=(7, 3), constrained_layout=True)
 for head, ax in enumerate(axes):
     image = ax.imshow(block_cache.attn.weights[0, head], cmap="viridis")
@@ -403,7 +408,8 @@ print(f"linear attention + ReLU: largest relative error"
 # %% jupyter={"source_hidden": true}
 # Solution 4. The three paths from x to x̂ (direct, through μ, through σ²) add up to the
 # Jacobian ∂x̂_i/∂x_k = r (δ_ik − 1/D − x̂_i x̂_k/D), which is symmetric, so
-# dx = Jᵀ dx̂ = r (dx̂ − mean(dx̂) − x̂ mean(dx̂ ⊙ x̂)): the projection below. check_layer needs a function of one input: close over the parameters.
+# dx = Jᵀ dx̂ = r (dx̂ − mean(dx̂) − x̂ mean(dx̂ ⊙ x̂)): the projection below.
+# check_layer needs a function of one input: close over the parameters.
 from minimal_icl.layernorm import layernorm_backward, layernorm_forward
 from minimal_icl.params import LayerNormParams
 
@@ -442,6 +448,8 @@ assert right <= GRADCHECK_RTOL
 assert wrong > 1e3 * GRADCHECK_RTOL, "the checker must catch a wrong softmax Jacobian"
 assert last_only_residual <= IDENTITY_RTOL
 assert numpy.allclose(row_sums, 1.0, rtol=0, atol=IDENTITY_RTOL)
+assert numpy.min(block_cache.attn.weights) < 0.1  # not uniform (1/T = 0.2) at initialisation
+assert numpy.max(block_cache.attn.weights) > 0.4
 assert out.shape == (B, T, D) and dtokens.shape == tokens.shape
 assert max(linear_errors.values()) <= GRADCHECK_RTOL, linear_errors
 assert ln_error <= GRADCHECK_RTOL and ln_gap <= IDENTITY_RTOL

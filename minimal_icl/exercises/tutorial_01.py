@@ -12,8 +12,9 @@ Each check runs the reader's backward two ways: through the package's gradient c
 (``minimal_icl.gradcheck.check_layer``: central finite differences of Σ P ⊙ G for a
 random upstream gradient G) and against the library's ``softmax_backward`` on a fresh
 random dP, with hints for the typical mistakes: the missing −Σ_j dP_j P_j term, the plain
-mean of dP instead of its P-weighted mean, a sum over the wrong (query) axis, a missing
-factor P.
+mean or the unweighted sum of dP instead of its P-weighted sum, a sum over the wrong axis or
+over every axis, a missing factor P, the diagonal of the Jacobian alone, and the slips of
+the explicit stage (p @ p for p pᵀ, the identity for diag(p), J applied to p instead of dp).
 """
 
 from __future__ import annotations
@@ -45,26 +46,71 @@ def softmax_backward_mistakes(
     """
     P, dP = probs, dprobs
     weighted = numpy.sum(dP * P, axis=-1, keepdims=True)  # Σ_j dP_j P_j, (..., 1)
-    return [
+    total = numpy.sum(dP, axis=-1, keepdims=True)  # Σ_j dP_j, (..., 1)
+    squares = numpy.sum(P * P, axis=-1, keepdims=True)  # Σ_j P_j², (..., 1)
+    mistakes = [
         ("the −Σ_j dP_j P_j term is missing: P ⊙ dP is only the diagonal part diag(P) of"
          " the Jacobian diag(P) − P Pᵀ; the −P Pᵀ part gives −P ⊙ Σ_j dP_j P_j",
          P * dP),
         ("you subtracted the plain mean of dP, (1/T) Σ_j dP_j; the Jacobian's −P Pᵀ part"
          " weights each dP_j by P_j: subtract Σ_j dP_j P_j",
          P * (dP - numpy.mean(dP, axis=-1, keepdims=True))),
-        ("the sum runs over the wrong axis (a transposed reduction): j indexes the keys, the"
-         " last axis of P, over which each row of P sums to 1",
-         P * (dP - numpy.sum(dP * P, axis=-2, keepdims=True))),
+        ("you subtracted Σ_j dP_j without its weights: the Jacobian's −P Pᵀ part weights"
+         " each dP_j by P_j: subtract Σ_j dP_j P_j",
+         P * (dP - total)),
+        ("you divided Σ_j dP_j P_j by T (numpy.mean of dP ⊙ P): the weights P_j already"
+         " do the averaging; take the plain sum, `numpy.sum(dP * P, axis=-1, keepdims=True)`",
+         P * (dP - weighted / P.shape[-1])),
+        ("the sum ran over every axis at once: one sum per row, over the keys only"
+         " (axis=-1, keepdims=True)",
+         P * (dP - numpy.sum(dP * P))),
+    ]
+    for axis in range(P.ndim - 1):  # every axis but the keys'
+        mistakes.append(
+            ("the sum runs over the wrong axis (a transposed reduction): j indexes the keys,"
+             " the last axis of P, over which each row of P sums to 1",
+             P * (dP - numpy.sum(dP * P, axis=axis, keepdims=True))))
+    mistakes += [
         ("the outer factor P is missing: dS_k = P_k (dP_k − Σ_j dP_j P_j)",
          dP - weighted),
+        ("the second term lacks its factor P: dS = P ⊙ dP − P ⊙ Σ_j dP_j P_j (P multiplies"
+         " the whole bracket)",
+         P * dP - weighted),
         ("the −P Pᵀ part enters with a plus sign: the Jacobian is diag(P) − P Pᵀ",
          P * (dP + weighted)),
         ("you returned −P Pᵀ dP alone: add the diagonal part diag(P) dP = P ⊙ dP",
          -P * weighted),
+        ("this uses only the diagonal of the Jacobian, J_kk = P_k (1 − P_k); the −P Pᵀ part"
+         " also couples k to every other key j: dS_k = P_k (dP_k − Σ_j dP_j P_j)",
+         P * (1.0 - P) * dP),
+        ("`p @ p` is the number Σ_j p_j², not the matrix p pᵀ: build it with"
+         " numpy.outer(p, p)",
+         P * dP - squares * total),
+        ("the Jacobian multiplied p, not the upstream gradient: ds = Jᵀ dp",
+         P * (P - squares)),
+        ("`p - numpy.outer(p, p)` subtracts from p broadcast along the rows; the diagonal"
+         " part is the matrix numpy.diag(p), with p on its diagonal",
+         P * (total - weighted)),
+        ("the diagonal part is diag(p), not the identity: ∂p_i/∂s_i = p_i (1 − p_i)",
+         dP - P * weighted),
+        ("numpy.outer(p, dp) brings the upstream gradient into the Jacobian: J = diag(p) − p"
+         " pᵀ is made of p alone, and dp enters only through ds = Jᵀ dp",
+         P * dP - dP * weighted),
     ]
+    return mistakes
 
 
-def _check(backward: Callable, label: str, seed: int) -> tuple[float, float]:
+# What a ValueError inside each stage usually means (NumPy's broadcasting message is quoted).
+EXPLICIT_SHAPE_HINT = (
+    "each row's answer dscores[index] has shape (T,): Jᵀ dp is the matrix–vector product"
+    " `J.T @ dp` (J.T * dp, or a diag(dp), gives a (T, T) array)")
+COMPACT_SHAPE_HINT = (
+    "the answer has the shape of P, (..., T), and a sum over j must keep its axis to"
+    " broadcast against P: `numpy.sum(..., axis=-1, keepdims=True)`")
+
+
+def _check(backward: Callable, label: str, seed: int,
+           shape_hint: str) -> tuple[float, float]:
     rng = numpy.random.default_rng(seed)
     scores = 2.0 * rng.standard_normal(SHAPE)  # spread-out scores: P far from uniform
     probs, cache = softmax_forward(scores)
@@ -72,10 +118,7 @@ def _check(backward: Callable, label: str, seed: int) -> tuple[float, float]:
 
     expected = softmax_backward(dprobs, cache)
     given = dprobs.copy()
-    answer = call_answer(backward, given, cache, name=label,
-                         on_value_error="each row's answer has shape (T,), and a sum over j"
-                         " must keep its axis to broadcast against P:"
-                         " `numpy.sum(..., axis=-1, keepdims=True)`")
+    answer = call_answer(backward, given, cache, name=label, on_value_error=shape_hint)
     if not numpy.array_equal(given, dprobs):
         raise ExerciseError(
             f"{label} changed dprobs in place: a backward must leave its inputs as they are"
@@ -109,7 +152,8 @@ def check_softmax_backward_explicit(backward: Callable, seed: int = 0) -> tuple[
     compares it with ``softmax_backward`` on (B, H, Tq, T) = (2, 3, 4, 5) arrays.
     Returns (gradient-check error, relative residual). Raises ExerciseError with a hint.
     """
-    return _check(backward, getattr(backward, "__name__", "your backward"), seed)
+    return _check(backward, getattr(backward, "__name__", "your backward"), seed,
+                  EXPLICIT_SHAPE_HINT)
 
 
 def check_softmax_backward(backward: Callable, seed: int = 1) -> tuple[float, float]:
@@ -117,4 +161,5 @@ def check_softmax_backward(backward: Callable, seed: int = 1) -> tuple[float, fl
 
     The same two checks as :func:`check_softmax_backward_explicit`, on other draws.
     """
-    return _check(backward, getattr(backward, "__name__", "your backward"), seed)
+    return _check(backward, getattr(backward, "__name__", "your backward"), seed,
+                  COMPACT_SHAPE_HINT)
