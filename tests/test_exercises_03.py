@@ -69,6 +69,30 @@ def norm_as_a_vector(Z, a):
     return Z - Za * a_row / numpy.sum(a * a, axis=-1)  # (B,) against (B, M, D): ValueError
 
 
+def without_the_row(Z, a):
+    Za, _ = Za_and_row(Z, a)
+    return Z - Za / numpy.sum(a * a, axis=-1)[:, None, None]  # (B, M, 1) broadcast over D
+
+
+def correction_only(Z, a):
+    Za, a_row = Za_and_row(Z, a)
+    return -Za * a_row / numpy.sum(a * a, axis=-1)[:, None, None]
+
+
+def entrywise(Z, a):
+    return Z * (1.0 - a[:, None, :] ** 2 / numpy.sum(a * a, axis=-1)[:, None, None])
+
+
+def prompt_0_norm(Z, a):
+    Za, a_row = Za_and_row(Z, a)
+    return Z - Za * a_row / numpy.dot(a[0], a[0])
+
+
+def flattened_outer(Z, a):
+    D = a.shape[-1]
+    return Z @ (numpy.eye(D) - numpy.outer(a, a) / numpy.sum(a * a))  # (B·D, B·D): ValueError
+
+
 def placeholder(Z, a):
     raise NotImplementedError("your turn")
 
@@ -97,6 +121,11 @@ def test_right_answer_passes(answer, config, capsys):
         (unchanged, "nothing was removed"),
         (prompt_0_for_all, "prompt 0's a"),
         (norm_as_a_vector, "ValueError .*`numpy.sum\\(a \\* a, axis=-1\\)\\[:, None, None\\]`"),
+        (without_the_row, "lacks its row aᵀ"),
+        (correction_only, "only the correction"),
+        (entrywise, "entry by entry"),
+        (prompt_0_norm, "prompt 0's ‖a‖²"),
+        (flattened_outer, "ValueError .*numpy.outer flattens the batch"),
     ],
 )
 def test_typical_mistakes_get_their_hint(answer, hint):

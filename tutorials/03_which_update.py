@@ -89,7 +89,8 @@ with_context, _ = forward(params, config, batch.tokens, last_only=True)
 # %%
 rng = numpy.random.default_rng(0)
 sizes, residuals, patch_norms = [], [], []
-a_norms, largest = [], (0.0, 0.0, 0)  # ‖a‖ of every prompt; (‖ΔW‖, its ‖a‖, |Y|) largest
+a_norms = []  # ‖a‖ of every prompt and subset
+largest = (0.0, 0.0, 0, 0.0, 0.0)  # the largest ‖ΔW‖: its ‖a‖, |Y|, its subset's mean, median
 for size in range(N + 1):
     for _ in range(3):
         Y = sorted(rng.choice(N, size=size, replace=False).tolist())
@@ -103,19 +104,23 @@ for size in range(N + 1):
         a = numpy.linalg.norm(updates[0].u_without, axis=-1)  # (B,) ‖a‖, a = A(C∖Y, x)
         a_norms.extend(a)
         if norms.max() > largest[0]:
-            largest = (norms.max(), a[numpy.argmax(norms)], size)
+            largest = (norms.max(), a[numpy.argmax(norms)], size, norms.mean(),
+                       numpy.median(norms))
 print(f"largest relative residual over {len(residuals)} subsets: {max(residuals):.1e}")
 print(f"largest patch: ‖ΔW‖_F = {largest[0]:.1f} at |Y| = {largest[2]}, where ‖a‖ ="
       f" {largest[1]:.3f} (median ‖a‖ over all prompts and subsets {numpy.median(a_norms):.2f})")
+print(f"that subset's ‖ΔW‖_F over the {len(query)} prompts: mean {largest[3]:.2f},"
+      f" median {largest[4]:.2f}")
 
 # %% [markdown]
 # Left: the identity holds for every subset. Right: the size of the patch, the median over the
 # 32 prompts of $\|\Delta W(Y)\|_F = \|W\delta\|/\|a\|$ (tutorial 2). It grows with $|Y|$ on
 # average (not at every step: each point is one random subset):
 # the more tokens leave the prompt, the more $A(C\setminus Y, x)$ moves away from $A(C, x)$. A
-# mean would not show this: the odd prompt whose $a = A(C\setminus Y, x)$ happens to be short
+# mean would blur this: the odd prompt whose $a = A(C\setminus Y, x)$ happens to be short
 # has a huge patch and dominates it (the largest, printed above: $\|a\| = 0.04$ against a
-# median of 0.76, and a patch of norm 82).
+# median of 0.76, and a patch of norm 82, which alone adds $82/32 \approx 2.6$ to the mean over
+# the 32 prompts: that subset's mean is 5.4, its median 0.78).
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
@@ -170,8 +175,8 @@ check_null_space(null_space_part, params, config)
 # ## Not unique: a family of updates, one of minimum norm
 #
 # `null_space_perturbation(update, Z)` returns $\Delta W + Z_\perp$ (the line you just wrote,
-# added to $\Delta W$). Every member of the family $\Delta W + \lambda Z_\perp$ ($\lambda \in \mathbb{R}$) gives the same
-# output at the query, and by Pythagoras its norm is
+# added to $\Delta W$). Every member of the family $\Delta W + \lambda Z_\perp$
+# ($\lambda \in \mathbb{R}$) gives the same output at the query, and by Pythagoras its norm is
 # $\sqrt{\|\Delta W\|_F^2 + \lambda^2\|Z_\perp\|_F^2}$, smallest at $\lambda = 0$.
 
 # %%
@@ -219,10 +224,11 @@ plt.show()
 # Without LayerNorm, softmax attention on the query alone is $A(x) = W_O W_V x$ (the query
 # attends only to itself), and the MLP reads $A(x)$, or $x + A(x)$ with the attention skip.
 # A zero query token therefore gives a zero MLP input either way, and Theorem 2.2 with
-# $Y = C$ has no update to offer. (With LayerNorm the MLP reads
-# $u_\emptyset = \mathrm{LN}_2(h_\emptyset)$, $h_\emptyset$ built from LN1's bias $\beta_1$: that
-# is LN2's bias $\beta_2$ when $\beta_1 = 0$, and zero at the package's initialisation, where
-# every LayerNorm bias is 0.) Make the query of prompts 3 and 7 zero:
+# $Y = C$ has no update to offer. (With LayerNorm a zero token leaves LN1 as its bias,
+# $\mathrm{LN}_1(0) = \beta_1$, so $h_\emptyset = W_O W_V \beta_1$ (plus $x = 0$ with the skip)
+# and the MLP reads $u_\emptyset = \mathrm{LN}_2(h_\emptyset)$; when $\beta_1 = 0$ that is
+# $\mathrm{LN}_2(0) = \beta_2$, and at the package's initialisation, where every LayerNorm
+# bias is 0, it is zero too.) Make the query of prompts 3 and 7 zero:
 
 # %%
 bad_query = numpy.array(query)
@@ -236,6 +242,10 @@ except DegenerateQueryError as error:
     print("prompts:", error.prompts, " block:", error.block)
 
 # %% [markdown]
+# Of the remedies the message lists, the attention skip does not help a zero query: it adds
+# $x$ itself, zero here (it helps a non-zero $x$ whose $A(x)$ is zero). A LayerNorm bias
+# ($\beta_2 \neq 0$ is enough) or more tokens in the prompt do.
+#
 # The hypothesis is about $A(C\setminus Y, x)$, not about $x$: keep one context token in the
 # prompt and the same zero queries have a non-zero $A(C\setminus Y, x)$ again, so a partial
 # update exists and is exact.
@@ -374,6 +384,7 @@ print("with context:                     ", bad_with_context[3, -1])
 
 # %%
 assert max(residuals) <= IDENTITY_RTOL
+assert largest[2] == 3 and round(largest[0]) == 82 and round(largest[3], 1) == 5.4
 assert max(family_residuals) <= IDENTITY_RTOL
 assert relative_residual(numpy.array(family_norms), pythagoras) <= IDENTITY_RTOL
 assert numpy.argmin(family_norms) == numpy.argmin(numpy.abs(scales))  # λ = 0: the minimum

@@ -11,8 +11,10 @@ as ``null_space_part(Z, a) -> Z_⊥`` with Z (B, M, D) and a (B, D). ``check_nul
 compares the answer with the package's ``null_space_perturbation(update, Z) − ΔW``, checks
 Z_⊥ a = 0, and runs the patched forward with ΔW + Z_⊥, which must reproduce the
 with-context output at the query. Hints name the typical mistakes: a missing ‖a‖², a
-division by ‖a‖, the projection onto a instead of away from it, the projector applied to
-the rows instead of the columns, one ‖a‖² for the whole batch.
+division by ‖a‖, the projection onto a instead of away from it, the correction alone or
+without its row aᵀ, an entrywise product for the matrix product, the projector applied to
+the rows instead of the columns, one ‖a‖² for the whole batch or prompt 0's for all, and
+(as shape errors) a numpy.outer that flattens the batch.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ def null_space_mistakes(Z, a) -> list[tuple[str, numpy.ndarray]]:
          " squares over the last axis only (one ‖a‖² per prompt, shape (B, 1, 1))",
          Z - Za * a_row / numpy.sum(a * a)),
         ("Z_⊥ equals Z: nothing was removed; subtract the part along a, (Z a) aᵀ/‖a‖²", Z),
+        ("the correction lacks its row aᵀ: (Z a)/‖a‖² is a column (B, M, 1), subtracted from"
+         " every entry of its row; (Z a) aᵀ/‖a‖² is an (M, D) matrix per prompt:"
+         " `Za * a[:, None, :]`", Z - Za / norm**2),
+        ("this is only the correction, −(Z a) aᵀ/‖a‖²: Z_⊥ is Z plus it", -Za * a_row / norm**2),
+        ("Z ⊙ (1 − a²/‖a‖²) multiplies entry by entry, which keeps only the diagonal of the"
+         " projector: Z (I − a aᵀ/‖a‖²) is a matrix product (@), or Z − (Z a) aᵀ/‖a‖²",
+         Z * (1.0 - a_row**2 / norm**2)),
+        ("every prompt was divided by prompt 0's ‖a‖²: each prompt b has its own ‖a_b‖²,"
+         " `numpy.sum(a * a, axis=-1)[:, None, None]` (B, 1, 1)",
+         Z - Za * a_row / numpy.sum(a[0] * a[0])),
         ("every prompt used prompt 0's a: each prompt b has its own a_b (a is (B, D))",
          Z - (Z @ a[0])[:, :, None] * a[0] / numpy.sum(a[0] * a[0])),
     ]
@@ -101,7 +113,9 @@ def check_null_space(
                          on_value_error="Z is (B, M, D) and a (B, D): Z a is"
                          " `Z @ a[:, :, None]` (B, M, 1), ‖a‖² of each prompt"
                          " `numpy.sum(a * a, axis=-1)[:, None, None]` (B, 1, 1), and the"
-                         " projector acts on Z from the right")
+                         " projector acts on Z from the right, as a matrix product (@);"
+                         " numpy.outer flattens the batch: a aᵀ of each prompt is"
+                         " `a[:, :, None] * a[:, None, :]` (B, D, D)")
     expected = null_space_perturbation(update, Z) - update.delta_W
     residual = check_array("Z_⊥", answer, expected, mistakes=null_space_mistakes(Z, a),
                            quiet=True)
