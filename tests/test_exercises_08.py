@@ -18,8 +18,9 @@ from minimal_icl.exercises.tutorial_08 import (
 
 
 def delta_A(attn, n_heads, removed, query, *, scale=True, transpose=False, with_query=False,
-            one_head=False, skip_W_O=False, split_K_H=False):
-    """The closed form, right by default; each keyword makes one typical mistake."""
+            one_head=False, skip_W_O=False, split_K_H=False, width=None, mean=False):
+    """The closed form, right by default; each keyword makes one typical mistake
+    (width: a callable (K, H·K, D) -> the divisor of the scores in place of √K)."""
     if with_query:
         removed = numpy.concatenate([removed, query[:, None, :]], axis=1)
     B, n, _ = removed.shape
@@ -35,7 +36,12 @@ def delta_A(attn, n_heads, removed, query, *, scale=True, transpose=False, with_
     K = attn.W_Q.shape[0] // n_heads
     memory = numpy.einsum("byhv,byhk->bhvk", k, v) if transpose else numpy.einsum(
         "byhv,byhk->bhvk", v, k)
-    heads = numpy.einsum("bhvk,bhk->bhv", memory, q) / (math.sqrt(K) if scale else 1.0)
+    divisor = math.sqrt(K) if scale else 1.0
+    if width is not None:
+        divisor = width(K, attn.W_Q.shape[0], removed.shape[-1])
+    heads = numpy.einsum("bhvk,bhk->bhv", memory, q) / divisor
+    if mean:
+        heads = heads / n
     heads = numpy.swapaxes(heads, -1, -2).reshape(B, -1) if split_K_H else heads.reshape(B, -1)
     return heads if skip_W_O else heads @ attn.W_O.T
 
@@ -54,6 +60,10 @@ def test_delta_A_right_answer_passes(capsys):
         ({"one_head": True}, "one big head"),
         ({"skip_W_O": True}, "apply W_O"),
         ({"split_K_H": True}, "heads are split the wrong way"),
+        ({"width": lambda K, HK, D: math.sqrt(HK)}, r"divided by √\(H·K\), the width of all"),
+        ({"width": lambda K, HK, D: math.sqrt(D)}, "divided by √D, the token width"),
+        ({"width": lambda K, HK, D: K}, "divided by K, not by its square root"),
+        ({"mean": True}, r"a mean over the removed tokens: .* no 1/\|Y\|"),
     ],
 )
 def test_delta_A_mistakes_get_their_hint(mistake, hint):
@@ -62,6 +72,14 @@ def test_delta_A_mistakes_get_their_hint(mistake, hint):
 
     with pytest.raises(ExerciseError, match=hint):
         check_linear_attention_delta_A(wrong)
+
+
+def test_delta_A_untransposed_weights_get_a_hint_not_a_numpy_error():
+    def untransposed(attn, n_heads, removed, query):
+        return query @ attn.W_Q  # W_Q x for rows is query @ W_Q.T: (B, D) @ (H·K, D) fails
+
+    with pytest.raises(ExerciseError, match=r"ValueError .*`query_token @ attn.W_Q.T`"):
+        check_linear_attention_delta_A(untransposed)
 
 
 def test_delta_A_whole_context_and_placeholder():
@@ -78,10 +96,12 @@ def test_delta_A_whole_context_and_placeholder():
 
 
 def weights(d, eta, N, theta0, *, corner=-1.0, transposed=False, no_theta=False, swap=False,
-            P=None, full_key=False, minus_theta=False):
+            P=None, full_key=False, minus_theta=False, copy_x=False, both=False):
     """von Oswald's (W_K, W_Q, W_V, W_P), right by default; keywords make the mistakes."""
     W_K = numpy.eye(d + 1) if full_key else numpy.diag([1.0] * d + [0.0])
-    W_V = numpy.zeros((d + 1, d + 1))
+    W_V = numpy.diag([1.0] * d + [0.0]) if copy_x else numpy.zeros((d + 1, d + 1))
+    if both:
+        W_V[:d, d] = theta0
     row = numpy.zeros(d) if no_theta else (-theta0 if minus_theta else theta0)
     if transposed:
         W_V[:d, d] = row
@@ -112,6 +132,11 @@ def test_von_oswald_right_answer_passes(capsys):
         ({"swap": True}, "roles are swapped"),
         ({"full_key": True}, "must not see the y-slot"),
         ({"minus_theta": True}, "θ_0 has the wrong sign"),
+        ({"copy_x": True}, "top-left block of W_V must be zero, not I_d"),
+        ({"both": True}, "both the last row and the last column"),
+        ({"P": lambda eta, N, d: eta / (N + 1) * numpy.eye(d + 1)}, r"1/\(N\+1\) counts the query"),
+        ({"P": lambda eta, N, d: eta / N * numpy.diag([0.0] * d + [1.0])},
+         "in the y-entry alone gives the same layer"),
     ],
 )
 def test_von_oswald_mistakes_get_their_hint(mistake, hint):

@@ -103,6 +103,8 @@ from minimal_icl.von_oswald import von_oswald_attention, von_oswald_model, von_o
 #
 # $q$, $k_c$, $v_c$ are split into $H$ heads of width $K$ (`n_heads` is $H$, and
 # $K = HK/H$). `removed_tokens` is $(B, |Y|, D)$, `query_token` is $(B, D)$; return $(B, D)$.
+# Rows are tokens and each weight is (out, in), so $W_Q x$ is `query_token @ attn.W_Q.T`.
+# Linear attention does not normalise: the sum over $Y$ has no $1/|Y|$.
 # A head split is a reshape of the last axis, $(\dots, HK) \to (\dots, H, K)$, head $h$
 # owning features $hK, \dots, hK + K - 1$.
 
@@ -180,12 +182,23 @@ print(f"with LayerNorm: h_C − h_∅ vs closed form on LN1 tokens {residual_ln_
 print(f"                δu = u_C − u_∅ vs closed form          {gap_ln_u:.2f} (not equal)")
 size_ratio = numpy.linalg.norm(ln_update.delta_u) / numpy.linalg.norm(ln_delta_A)
 print(f"                ‖δu‖/‖δA‖ = {size_ratio:.2f}")
+median_dA = numpy.median(numpy.linalg.norm(ln_delta_A, axis=1))
+median_du = numpy.median(numpy.linalg.norm(ln_update.delta_u, axis=1))
+ln2_bound = 2 * numpy.max(numpy.abs(ln_block.ln2.gain)) * math.sqrt(ln_config.d_token)
+max_du = numpy.max(numpy.linalg.norm(ln_update.delta_u, axis=1))
+print(f"                median ‖δA‖ {median_dA:.1f}, median ‖δu‖ {median_du:.2f},"
+      f" largest ‖δu‖ {max_du:.4f} ≤ 2 max|γ₂|√D = {ln2_bound:.4f}")
 
 # %% [markdown]
 # The closed form gives the change of $h$ exactly. LN2 then bends it and, above all, bounds
 # it: each normalised row has norm at most $\sqrt D$, so $\|u - \beta_2\| \le
-# \max|\gamma_2|\sqrt D$ however far $h$ moves, and $\delta u$ is much shorter than $\delta A$
-# here.
+# \max|\gamma_2|\sqrt D$ however far $h$ moves, and $\delta u = u_C - u_\emptyset$, a
+# difference of two such vectors, has $\|\delta u\| \le 2\max|\gamma_2|\sqrt D$ ($= 2\sqrt 3
+# \approx 3.46$ for the initial gain $\gamma_2 = 1$). Here $\delta A$ is longer than that bound
+# (median norm about 9.5), and $\delta u$ is about ten times shorter than $\delta A$. One
+# prompt almost reaches the bound: with $D = 3$ every normalised row lies in the plane of
+# entries that sum to 0, at a distance just under $\sqrt 3$ from the origin (a circle, up to
+# the eps of LN2), and $u_C$, $u_\emptyset$ can sit nearly opposite on it.
 
 # %% [markdown]
 # ## 2. One linear attention layer = one step of gradient descent
@@ -471,6 +484,7 @@ print(f"two blocks of the package       vs −θ_2 x_q: {gap_two_blocks:.2f}")
 assert residual_closed_form <= IDENTITY_RTOL and residual_partial <= IDENTITY_RTOL
 assert residual_additive <= IDENTITY_RTOL
 assert residual_ln_h <= IDENTITY_RTOL and gap_ln_u > 1e-2  # LN2 breaks δu = δA
+assert max_du <= ln2_bound < median_dA and size_ratio < 0.2  # ... and bounds δu
 assert residual_layer <= IDENTITY_RTOL
 assert max(vo_residuals.values()) <= IDENTITY_RTOL
 assert residual_readout <= IDENTITY_RTOL

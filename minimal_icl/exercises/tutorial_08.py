@@ -18,9 +18,12 @@ Two "your turn" cells:
    package, against an explicit gradient step θ_1 = θ_0 − η ∇L(θ_0),
    L(θ) = (1/2N) Σ_j (θ x_j − y_j)².
 
-Each check gives a specific hint for the typical mistakes: a missing 1/N or 1/√K, the
-wrong sign of the −1, swapped key and value roles, θ_0 in the transposed block, W_O left
-out, one big head instead of H separate ones, the query's own term in the sum.
+Each check gives a specific hint for the typical mistakes: a missing 1/N or 1/√K (or √K
+taken of the wrong width, or 1/K), a mean over Y instead of a sum, the weights not
+transposed (a shape error inside the reader's function), the wrong sign of the −1, swapped
+key and value roles, θ_0 in the transposed block, I_d copied into the value, 1/(N+1),
+W_P on the y-entry only, W_O left out, one big head instead of H separate ones, the
+query's own term in the sum.
 Reference: von Oswald et al. (ICML 2023), Proposition 1; docs/theory.md §6.
 """
 
@@ -88,9 +91,19 @@ def linear_attention_mistakes(attn: AttentionParams, n_heads: int, removed_token
     big_q = query_token @ attn.W_Q.T  # (B, H·K): one head of width H·K
     big_memory = numpy.swapaxes(removed_tokens @ attn.W_V.T, -1, -2) @ (removed_tokens @ attn.W_K.T)
     one_head = ((big_memory @ big_q[..., None])[..., 0] / math.sqrt(K)) @ attn.W_O.T
+    H_K, D = attn.W_Q.shape[0], removed_tokens.shape[-1]
     return [
         ("the 1/√K of the scores is missing: the attention weights are S = q kᵀ/√K, with K"
          " the width of one head", closed_form(removed_tokens, scale=1.0)),
+        ("the scores are divided by √(H·K), the width of all heads together: K is the width"
+         " of one head, K = H·K/H", closed_form(removed_tokens, scale=1.0 / math.sqrt(H_K))),
+        ("the scores are divided by √D, the token width: K is the width of one head,"
+         " K = H·K/H", closed_form(removed_tokens, scale=1.0 / math.sqrt(D))),
+        ("the scores are divided by K, not by its square root: S = q kᵀ/√K",
+         closed_form(removed_tokens, scale=1.0 / K)),
+        ("that is a mean over the removed tokens: un-normalised linear attention sums"
+         " v_c (k_cᵀ q_x) over c ∈ Y with no 1/|Y| (a softmax would normalise; this layer"
+         " does not)", closed_form(removed_tokens) / removed_tokens.shape[1]),
         ("the memory is transposed: a removed token c contributes v_c (k_cᵀ q_x), so the"
          " matrix is Σ v_c k_cᵀ (values on the left), not Σ k_c v_cᵀ",
          closed_form(removed_tokens, transpose=True)),
@@ -124,7 +137,10 @@ def check_linear_attention_delta_A(function: Callable, seed: int = 0) -> float:
     query = rng.standard_normal((5, CONFIG.d_token))  # (B, D)
     removed_tokens = context[:, list(REMOVED), :]  # (B, |Y|, D)
 
-    answer = call_answer(function, attn, CONFIG.n_heads, removed_tokens, query, name=label)
+    answer = call_answer(function, attn, CONFIG.n_heads, removed_tokens, query, name=label,
+                         on_value_error="the tokens are rows and the weights are (out, in):"
+                         " q = W_Q x is `query_token @ attn.W_Q.T` (B, H·K), k and v likewise"
+                         " from `removed_tokens`, and δA = `heads @ attn.W_O.T` (B, D)")
     shape = getattr(answer, "shape", None)
     H_K = CONFIG.n_heads * CONFIG.d_head
     if shape is not None and tuple(shape[-1:]) == (H_K,) and H_K != CONFIG.d_token:
@@ -172,8 +188,9 @@ def von_oswald_mistakes(d: int, eta: float, N: int, theta0) -> dict[str, list]:
     return {
         "W_K": [
             (swapped, W_V),
-            ("the key must not see the y-slot: only x_j enters k_jᵀ q = x_jᵀ x_q, so the last"
-             " row and column of W_K and W_Q are zero", numpy.eye(d + 1)),
+            ("the key and the query must not see the y-slot: only x_j and x_q enter"
+             " k_jᵀ q = x_jᵀ x_q, so the last row and column of W_K and W_Q are zero",
+             numpy.eye(d + 1)),
         ],
         "W_V": [
             ("the −1 has the wrong sign: the value's y-entry must be θ_0 x_j − y_j, the"
@@ -190,6 +207,12 @@ def von_oswald_mistakes(d: int, eta: float, N: int, theta0) -> dict[str, list]:
             (swapped, W_QK),
             ("W_V has the wrong sign: the value is θ_0 x_j − y_j, not y_j − θ_0 x_j (with"
              " W_P = +(η/N) I the layer subtracts η ∇L)", -W_V),
+            ("the top-left block of W_V must be zero, not I_d: the value is"
+             " W_V e_j = (0; θ_0 x_j − y_j), so the layer leaves x_q alone and writes into the"
+             " y-slot only", W_V + W_QK),
+            ("θ_0 sits in both the last row and the last column: the value's y-entry is"
+             " θ_0 x_j − y_j, so θ_0 goes in the last ROW only and the x-part of the value"
+             " stays 0", W_V + _blocks(d, theta0, corner=0.0, transposed=True)[1]),
         ],
         "W_P": [
             ("the 1/N is missing: L(θ) = (1/2N) Σ_j (θ x_j − y_j)² is a mean over the N"
@@ -201,6 +224,11 @@ def von_oswald_mistakes(d: int, eta: float, N: int, theta0) -> dict[str, list]:
             ("W_P has the wrong sign: with W_V carrying θ_0 x_j − y_j, the layer adds"
              " +(η/N) Σ (θ_0 x_j − y_j) x_jᵀ x_q = (θ_0 − θ_1) x_q",
              -eta / N * numpy.eye(d + 1)),
+            ("1/(N+1) counts the query as a pair: the mean of L runs over the N context"
+             " pairs only, so W_P = (η/N) I", eta / (N + 1) * numpy.eye(d + 1)),
+            ("(η/N) in the y-entry alone gives the same layer here (the value's x-part is"
+             " zero, so W_P's other diagonal entries multiply 0), but von Oswald's P is"
+             " (η/N) I: write the identity", eta / N * numpy.diag([0.0] * d + [1.0])),
         ],
     }
 
