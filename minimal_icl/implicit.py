@@ -75,9 +75,11 @@ class DegenerateQueryError(ValueError):
             f"implicit update undefined for prompt(s) {list(self.prompts)} at block {self.block}:"
             f" the MLP input at the query without the removed tokens, u_∅ = {vector}, is the zero"
             f" vector, and ΔW = W δ u_∅ᵀ / ‖u_∅‖² divides"
-            f" by ‖u_∅‖² (Theorem 2.2 assumes it is non-zero). Use a query whose attention output"
-            f" is non-zero (a non-zero query token, an attention skip, or a LayerNorm bias), or"
-            f" leave more tokens in the context."
+            f" by ‖u_∅‖² (Theorem 2.2 assumes it is non-zero). Use a query whose MLP input is"
+            f" non-zero: one whose attention output is non-zero (for the query alone"
+            f" A(x) = W_O W_V x: a token outside the null space of W_O W_V), or, with an"
+            f" attention skip (h = x + A(x)), any non-zero query token; a LayerNorm with a"
+            f" non-zero bias also helps. Or leave more tokens in the context."
         )
 
 

@@ -332,12 +332,13 @@ plt.show()
 # nearly on one line, pointing either way. The figure adds the
 # briefly trained 4-block pre-LN model of Figure 5 (the `deep` figure, the paper's later
 # versions; tutorial 4). There the per-block mean alignment of the own patches is no stable
-# property of the model: the run recorded in `docs/figures/positions.json` gives 0.33, 0.56,
-# 0.68, 0.11 in blocks 1–4, a fresh run of the current code 0.63, 0.08, 0.77, 0.92, although
-# that fresh run reproduces the paper model's 0.611 to 13 digits (each run alone is
-# deterministic). Both runs agree that patches of the same position in different blocks are
-# nearly as unaligned as random rank-1 matrices of their shape (mean $|\cos_F|$ 0.12 and 0.13
-# against 0.10). (The paper model was trained on the query's output only: its other
+# property of the model: the run recorded in `docs/figures/positions.json` gives 0.63, 0.08,
+# 0.77, 0.92 in blocks 1–4, and the same code before a change of the training step at the
+# level of rounding gave 0.33, 0.56, 0.68, 0.11, while the paper model's 0.611 stayed the same
+# to 13 digits (each run alone is deterministic; the brief training of the deep model
+# amplifies a rounding difference tenfold every few steps). Both runs agree that patches of
+# the same position in different blocks are nearly as unaligned as random rank-1 matrices of
+# their shape (mean $|\cos_F|$ 0.13 and 0.12 against 0.10). (The paper model was trained on the query's output only: its other
 # positions' outputs carry no task, but the identity holds there all the same.)
 #
 # ## 4. One patch for all queries: the thought patch
