@@ -29,6 +29,10 @@ def test_query_alone_right_answer_passes(capsys):
          "starts from s_0 = 0"),
         (lambda x, p: numpy.tanh(x @ p.W_in.T @ p.W_out.T + p.b @ p.W_out.T),
          "applied inside the tanh"),
+        (lambda x, p: numpy.tanh(numpy.tanh(x @ p.W_in.T + p.b) @ p.W_out.T),
+         "the read-out has a tanh of its own"),
+        (lambda x, p: numpy.tanh(numpy.tanh(x @ p.W_in.T + p.b) @ p.W_s.T + x @ p.W_in.T + p.b)
+         @ p.W_out.T, "the state after two steps"),
         (lambda x, p: numpy.tanh(x @ p.W_in.T + p.b), "has shape"),
         (lambda x, p: numpy.tanh(x @ p.W_in + p.b) @ p.W_out.T,
          "ValueError .*a weight acts from the right, transposed"),
@@ -57,14 +61,20 @@ def test_step_backward_right_answer_passes_and_is_gradient_checked(capsys):
     assert "passes the gradient check" in capsys.readouterr().out
 
 
-def _step(derivative=lambda s: 1.0 - s * s, transpose_W_s=False, sum_b=True):
+def _step(derivative=lambda s: 1.0 - s * s, transpose_W_s=False, sum_b=True, at_s_prev=False,
+          dW_s_from_s=False, db=None, swap_weights=False):
     """A step backward with one ingredient swapped for a typical mistake."""
 
     def step(ds, c):
-        dpre = ds * derivative(c.s)
+        dpre = ds * derivative(c.s_prev if at_s_prev else c.s)
         W_s = c.W_s.T if transpose_W_s else c.W_s
-        db = dpre.sum(axis=0) if sum_b else dpre
-        return dpre @ c.W_in, dpre @ W_s, dpre.T @ c.x, dpre.T @ c.s_prev, db
+        db_ = dpre.sum(axis=0) if sum_b else dpre
+        if db is not None:
+            db_ = db(dpre)
+        dW_s = dpre.T @ (c.s if dW_s_from_s else c.s_prev)
+        if swap_weights:
+            return dpre @ c.W_in, dpre @ W_s, dW_s, dpre.T @ c.x, db_
+        return dpre @ c.W_in, dpre @ W_s, dpre.T @ c.x, dW_s, db_
 
     return step
 
@@ -78,6 +88,12 @@ def _step(derivative=lambda s: 1.0 - s * s, transpose_W_s=False, sum_b=True):
         (_step(transpose_W_s=True), "W_s is transposed"),
         (_step(sum_b=False), r"db has shape \(4, 5\), expected \(5,\): the bias is shared"),
         (lambda ds, c: rnn_step_backward(ds, c)[:4], "must return the tuple"),
+        (_step(at_s_prev=True), "tanh′ is taken at s_prev"),
+        (_step(derivative=lambda s: 1.0 - numpy.tanh(s) ** 2), "tanh is applied twice"),
+        (_step(dW_s_from_s=True), r"dW_s = dpreᵀ s_prev, not dpreᵀ s"),
+        (_step(db=lambda dpre: dpre.mean(axis=0)), r"averaged over the prompts.*no 1/B"),
+        (_step(db=lambda dpre: dpre.sum(axis=1)), r"db has shape \(4,\), one entry per prompt"),
+        (_step(swap_weights=True), r"dW_in has shape \(5, 5\), the shape of dW_s: return"),
     ],
 )
 def test_step_backward_mistakes_get_their_hint(wrong, hint):

@@ -15,8 +15,10 @@ Two "your turn" cells, on the recurrent layer of ``minimal_icl.rnn``:
    ``rnn_backward`` through the gradient checker (a random upstream gradient).
 
 Each check names the typical mistakes: the tanh or the bias left out, a recurrence that
-starts from s_0 ≠ 0; tanh's derivative dropped or replaced by the sigmoid's, W_s not
-transposed the right way, the bias gradient not summed over prompts.
+starts from s_0 ≠ 0, a tanh on the read-out, the query read after two steps; tanh's
+derivative dropped, replaced by the sigmoid's, taken at s_prev or at tanh(s), W_s not
+transposed the right way, dW_s from s instead of s_prev, the bias gradient averaged or
+not summed over prompts (or summed over the wrong axis), the five gradients out of order.
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ def check_rnn_query_alone(function: Callable, seed: int = 0) -> float:
          numpy.tanh(p.W_s.sum(axis=1) + x @ p.W_in.T + p.b) @ p.W_out.T),
         ("the read-out W_out is applied inside the tanh: A = W_out tanh(W_in x + b)",
          numpy.tanh(x @ p.W_in.T @ p.W_out.T + p.b @ p.W_out.T)),
+        ("the read-out has a tanh of its own: A = W_out s_1 is linear in the state, the only"
+         " tanh is the one inside s_1 = tanh(W_in x + b)",
+         numpy.tanh(numpy.tanh(x @ p.W_in.T + p.b) @ p.W_out.T)),
+        ("that is the state after two steps (x read twice): the query is the only token, so"
+         " the recurrence takes ONE step from s_0 = 0, s_1 = tanh(W_in x + b), and A = W_out s_1",
+         numpy.tanh(numpy.tanh(x @ p.W_in.T + p.b) @ p.W_s.T + x @ p.W_in.T + p.b)
+         @ p.W_out.T),
     ]
     return check_array("A(x)", answer, expected, mistakes=mistakes)
 
@@ -111,8 +120,17 @@ def check_rnn_step_backward(function: Callable, seed: int = 0) -> dict:
     no_derivative = with_dpre(ds)
     sigmoid_like = with_dpre(ds * c.s * (1.0 - c.s))
     one_minus_s = with_dpre(ds * (1.0 - c.s))
+    at_s_prev = with_dpre(ds * (1.0 - c.s_prev * c.s_prev))
+    tanh_twice = with_dpre(ds * (1.0 - numpy.tanh(c.s) ** 2))
     dpre = ds * (1.0 - c.s * c.s)
     names = ("dx", "ds_prev", "dW_in", "dW_s", "db")
+    shapes = [numpy.shape(e) for e in expected]
+    for k, name in enumerate(names):  # a gradient in another's place: the tuple's order
+        given = numpy.shape(answer[k])
+        if given != shapes[k] and given in shapes and not (name == "db" and given == dpre.shape):
+            raise ExerciseError(
+                f"{name} has shape {given}, the shape of {names[shapes.index(given)]}: return"
+                f" the five gradients in the order (dx, ds_prev, dW_in, dW_s, db)")
     for k, name in enumerate(names):
         mistakes = [
             ("tanh's derivative is missing: dpre = ds ⊙ (1 − s²) before any product",
@@ -121,14 +139,31 @@ def check_rnn_step_backward(function: Callable, seed: int = 0) -> dict:
              sigmoid_like[k]),
             ("(1 − s) is not tanh's derivative: square the state, dpre = ds ⊙ (1 − s²)",
              one_minus_s[k]),
+            ("tanh′ is taken at s_prev: the derivative belongs to this step's tanh, whose"
+             " output is s, so dpre = ds ⊙ (1 − s²) with s = cache.s", at_s_prev[k]),
+            ("tanh is applied twice: s is already tanh(pre), so tanh′(pre) = 1 − s², not"
+             " 1 − tanh(s)²", tanh_twice[k]),
         ]
         if name == "ds_prev":
             mistakes.append(("W_s is transposed: pre = s_prev W_sᵀ + ..., so ds_prev = dpre W_s",
                              dpre @ c.W_s.T))
+        if name == "dW_s":
+            mistakes.append(("dW_s multiplies the state W_s acts on, the previous one:"
+                             " dW_s = dpreᵀ s_prev, not dpreᵀ s", dpre.T @ c.s))
+        if name == "db":
+            mistakes.append(("db is averaged over the prompts: ds already carries each"
+                             " prompt's share of the loss, so db = Σ_B dpre (no 1/B)",
+                             dpre.mean(axis=0)))
         if name == "db" and numpy.shape(answer[k]) == dpre.shape:
             raise ExerciseError(
                 f"db has shape {dpre.shape}, expected {expected[k].shape}: the bias is shared by"
                 " every prompt, so its gradient is summed over them, db = Σ_B dpre"
+            )
+        if name == "db" and numpy.shape(answer[k]) == dpre.shape[:1]:
+            raise ExerciseError(
+                f"db has shape {dpre.shape[:1]}, one entry per prompt, expected"
+                f" {expected[k].shape}: sum dpre (B, S) over the prompts, axis 0, not over"
+                " the state's S entries"
             )
         check_array(name, answer[k], expected[k], mistakes=mistakes, quiet=True)
 
