@@ -26,13 +26,14 @@
 # it sees and the context vector of a set $Y$ of context tokens is exactly
 #
 # $$
-# \delta A_x(Y) = W_O \operatorname{concat}_{h=1}^{H}
-#   \Big[\tfrac{1}{\sqrt K}\Big(\sum_{c \in Y} v^h_c\, {k^h_c}^{\!\top}\Big)\, q^h_x\Big],
+# \delta A_x(Y) = W_O \operatorname{concat}_{\text{heads}}
+#   \Big[\tfrac{1}{\sqrt K}\Big(\sum_{c \in Y} v_c\, k_c^{\top}\Big)\, q_x\Big],
 # $$
 #
-# one $K\times K$ memory matrix $\sum v k^\top$ per head (the "dual form" of Dai et al. 2023,
-# here exact). At the MLP input $\delta u = \delta A$ **only without LN2** (with an attention
-# skip the query's own $z_x$ cancels from $u_C - u_\emptyset$); with LN2,
+# with $q_x$, $k_c$, $v_c$ the query, keys and values of one head (width $K$): one $K\times K$
+# memory matrix $\sum v k^\top$ per head (the "dual form" of Dai et al. 2023, here exact).
+# At the MLP input $\delta u = \delta A$ **only without LN2** (with an attention skip the
+# query's own $z_x$ cancels from $u_C - u_\emptyset$); with LN2,
 # $\delta u = \mathrm{LN2}(h_\emptyset + \delta A) - \mathrm{LN2}(h_\emptyset)$, not additive.
 # Then $\Delta W(Y) = (W\,\delta u)\, a^\top/\|a\|^2$ with $a = u_\emptyset$.
 #
@@ -98,19 +99,19 @@ from minimal_icl.von_oswald import von_oswald_attention, von_oswald_model, von_o
 # $$
 # q = W_Q x,\quad k_c = W_K c,\quad v_c = W_V c\quad (c \in Y),
 # \qquad
-# \delta A = W_O \operatorname{concat}_h\Big[\tfrac{1}{\sqrt K}\Big(\sum_{c\in Y} v^h_c {k^h_c}^{\!\top}\Big) q^h\Big].
+# \delta A = W_O \operatorname{concat}_{\text{heads}}\Big[\tfrac{1}{\sqrt K}\Big(\sum_{c\in Y} v_c k_c^{\top}\Big) q\Big].
 # $$
 #
 # $q$, $k_c$, $v_c$ are split into $H$ heads of width $K$ (`n_heads` is $H$, and
 # $K = HK/H$). `removed_tokens` is $(B, |Y|, D)$, `query_token` is $(B, D)$; return $(B, D)$.
 # Rows are tokens and each weight is (out, in), so $W_Q x$ is `query_token @ attn.W_Q.T`.
 # Linear attention does not normalise: the sum over $Y$ has no $1/|Y|$.
-# A head split is a reshape of the last axis, $(\dots, HK) \to (\dots, H, K)$, head $h$
-# owning features $hK, \dots, hK + K - 1$.
+# A head split is a reshape of the last axis, $(\dots, HK) \to (\dots, H, K)$: the first head
+# owns features $0, \dots, K - 1$, the second $K, \dots, 2K - 1$, and so on.
 
 # %%
 def delta_A_linear(attn, n_heads, removed_tokens, query_token):
-    """δA_x(Y) = W_O concat_h[(Σ_c v_c k_cᵀ) q_x / √K] for linear attention, (B, D)."""
+    """δA_x(Y) = W_O concat_heads[(Σ_c v_c k_cᵀ) q_x / √K] for linear attention, (B, D)."""
     B, n_removed, D = removed_tokens.shape
     ### BEGIN SOLUTION
     q = (query_token @ attn.W_Q.T).reshape(B, n_heads, -1)  # (B, H, K)
@@ -378,7 +379,7 @@ plt.show()
 # %% [markdown]
 # ## Summary
 #
-# - Linear attention: $\delta A_x(Y) = W_O \operatorname{concat}_h[(\sum_{c\in Y} v_c k_c^\top)\, q_x/\sqrt K]$, exactly and additively; it is the MLP input's $\delta u$ only without LN2.
+# - Linear attention: $\delta A_x(Y) = W_O \operatorname{concat}_{\text{heads}}[(\sum_{c\in Y} v_c k_c^\top)\, q_x/\sqrt K]$, exactly and additively; it is the MLP input's $\delta u$ only without LN2.
 # - von Oswald: $W_K = W_Q = \begin{pmatrix} I_d & 0\\ 0 & 0\end{pmatrix}$, $W_V = \begin{pmatrix} 0 & 0\\ \theta_0 & -1\end{pmatrix}$, $W_P = \frac{\eta}{N} I$ turn the query's $y$-slot into $y_q + (\theta_0 - \theta_1)\, x_q$, with $\theta_1 = \theta_0 - \eta\nabla L(\theta_0)$.
 # - A read-out after that layer gets $\Delta W = ((\theta_1 x_q)\, x_q^\top/\|x_q\|^2,\ 0)$: the explicit step, seen at one query.
 # - The best single step: $\mathbb{E}[\hat\Lambda^2] = (1 + \frac{d+1}{N}) I$ gives $\eta^* = 1/(1 + (d+1)/N)$.

@@ -114,8 +114,9 @@ def linear_attention_mistakes(attn: AttentionParams, n_heads: int, removed_token
          closed_form(context)),
         ("one big head of width H·K: each head has its own K×K memory Σ v kᵀ and its own"
          " query; split q, k, v into H heads of width K, then concatenate", one_head),
-        ("the heads are split the wrong way: head h owns the features h·K … h·K + K − 1,"
-         " so reshape (…, H·K) to (…, H, K), not (…, K, H)", wrong_split),
+        ("the heads are split the wrong way: the first head owns the features 0 … K − 1,"
+         " the second K … 2K − 1, and so on, so reshape (…, H·K) to (…, H, K), not"
+         " (…, K, H)", wrong_split),
     ]
 
 
