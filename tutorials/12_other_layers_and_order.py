@@ -186,7 +186,8 @@ for switches in itertools.product((False, True), repeat=3):
     c = replace(config, attn_skip=attn_skip, mlp_skip=mlp_skip, layer_norm=layer_norm)
     q = init_params(c, seed=4)
     with_context = forward(q, c, batch.tokens)[0][:, -1]
-    patched = forward(q, c, query[:, None], patches=implicit_update(q, c, context, query))[0]
+    patches = implicit_update(q, c, context, query)
+    patched = forward(q, c, query[:, None], patches=patches)[0]
     identity_residuals[switches] = relative_residual(with_context, patched[:, -1])
 print("| attention skip | MLP skip | LayerNorm | relative residual |\n|---|---|---|---|")
 for (attn_skip, mlp_skip, layer_norm), r in identity_residuals.items():
@@ -318,8 +319,8 @@ print("| learner | spread across 10 orders, after all 50 demonstrations |\n|---|
 for name, value in spreads.items():
     print(f"| {name} | {value:.1e} |")
 for k in (25, 49):
-    print(f"after i = {k}: implicit path {path_spread[k]:.1e}, online SGD {sgd_spread[k]:.1e},"
-          f" full-batch GD {gd_spread[k]:.1e}")
+    print(f"after i = {k}: implicit path {path_spread[k]:.1e},"
+          f" online SGD {sgd_spread[k]:.1e}, full-batch GD {gd_spread[k]:.1e}")
 
 # %%
 fig, ax = plt.subplots(figsize=(5.6, 3.6), constrained_layout=True)
