@@ -46,6 +46,19 @@ def test_a_listed_mistake_gets_its_own_hint_and_a_square_transpose_is_named():
         check_array("P", square.T, square)
 
 
+def test_a_listed_mistake_of_another_shape_gets_its_own_hint():
+    """A typical mistake may have another shape than the answer (a scalar for a matrix,
+    a (d, d) block for a (D, D) matrix): its hint comes before the generic shape message,
+    and an answer of that shape that matches no mistake still gets the shape message."""
+    e = expected()
+    wrong = e[..., :2]
+    mistakes = [("the top-left block alone", wrong)]
+    with pytest.raises(ExerciseError, match="the top-left block alone"):
+        check_array("ΔW", wrong.copy(), e, mistakes=mistakes)
+    with pytest.raises(ExerciseError, match="has shape"):
+        check_array("ΔW", wrong + 1.0, e, mistakes=mistakes)
+
+
 def test_placeholder_is_reported_as_not_written_yet():
     def placeholder(x):
         raise NotImplementedError("your turn: ...")

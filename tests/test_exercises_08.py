@@ -137,6 +137,7 @@ def test_von_oswald_right_answer_passes(capsys):
         ({"P": lambda eta, N, d: eta / (N + 1) * numpy.eye(d + 1)}, r"1/\(N\+1\) counts the query"),
         ({"P": lambda eta, N, d: eta / N * numpy.diag([0.0] * d + [1.0])},
          "in the y-entry alone gives the same layer"),
+        ({"P": lambda eta, N, d: eta / N * numpy.eye(d)}, r"W_P acts on whole tokens"),
     ],
 )
 def test_von_oswald_mistakes_get_their_hint(mistake, hint):
@@ -156,3 +157,14 @@ def test_von_oswald_wrong_return_and_placeholder():
 
     with pytest.raises(ExerciseError, match="not written yet"):
         check_von_oswald_weights(placeholder)
+
+
+def test_von_oswald_a_d_by_d_key_is_named():
+    """W_K = W_Q = I_d (d, d), the identity on x alone: named by its own hint, not by the
+    generic shape message."""
+    def wrong(d, eta, N, theta0):
+        W_K, W_Q, W_V, W_P = weights(d, eta, N, theta0)
+        return numpy.eye(d), numpy.eye(d), W_V, W_P
+
+    with pytest.raises(ExerciseError, match="act on whole tokens"):
+        check_von_oswald_weights(wrong)

@@ -118,6 +118,7 @@ def check_array(
     answer = _as_host(answer, name)
     expected = _as_host(expected, f"expected {name}")
     if answer.shape != expected.shape:
+        _raise_named_mistake(name, answer, mistakes)  # a typical mistake of another shape
         hint = f"{name} has shape {answer.shape}, expected {expected.shape}"
         if answer.ndim >= 2 and answer.shape[:-2] + answer.shape[-2:][::-1] == expected.shape:
             hint += ": the last two axes look swapped (a transposed factor?)"
@@ -145,10 +146,7 @@ def check_array(
             f"{name} is right only to {residual:.1e}: it was computed in {given_dtype};"
             f" compute in float64 (the inputs are float64: an explicit float32 array or"
             f" dtype somewhere?)")
-    for hint, wrong in mistakes:
-        wrong = _as_host(wrong, hint)
-        if wrong.shape == answer.shape and relative_residual(answer, wrong) <= MISTAKE_RTOL:
-            raise ExerciseError(f"{name} is not right: {hint}")
+    _raise_named_mistake(name, answer, mistakes)
     if answer.ndim >= 2 and answer.shape[-1] == answer.shape[-2]:
         if relative_residual(answer, numpy.swapaxes(expected, -1, -2)) <= MISTAKE_RTOL:
             raise ExerciseError(f"{name} is the transpose of the right answer: swap the factors")
@@ -164,6 +162,15 @@ def check_array(
         f"{name} is not right: relative residual {residual:.2e} against the expected answer"
         f" (tolerance {rtol:.0e}); shapes agree, so look at the formula itself"
     )
+
+
+def _raise_named_mistake(name: str, answer, mistakes) -> None:
+    """ExerciseError with the hint of the first mistake whose array the answer matches
+    (same shape, within MISTAKE_RTOL); nothing when it matches none."""
+    for hint, wrong in mistakes:
+        wrong = _as_host(wrong, hint)
+        if wrong.shape == answer.shape and relative_residual(answer, wrong) <= MISTAKE_RTOL:
+            raise ExerciseError(f"{name} is not right: {hint}")
 
 
 def check_scalar(name: str, answer, expected, *, rtol: float = IDENTITY_RTOL,

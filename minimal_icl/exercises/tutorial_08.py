@@ -192,6 +192,9 @@ def von_oswald_mistakes(d: int, eta: float, N: int, theta0) -> dict[str, list]:
             ("the key and the query must not see the y-slot: only x_j and x_q enter"
              " k_jᵀ q = x_jᵀ x_q, so the last row and column of W_K and W_Q are zero",
              numpy.eye(d + 1)),
+            ("the key and the query act on whole tokens (x; y) of width d + 1: W_K = W_Q ="
+             " [[I_d, 0], [0, 0]], a (d+1, d+1) matrix whose last row and column are zero",
+             numpy.eye(d)),
         ],
         "W_V": [
             ("the −1 has the wrong sign: the value's y-entry must be θ_0 x_j − y_j, the"
@@ -227,6 +230,8 @@ def von_oswald_mistakes(d: int, eta: float, N: int, theta0) -> dict[str, list]:
              -eta / N * numpy.eye(d + 1)),
             ("1/(N+1) counts the query as a pair: the mean of L runs over the N context"
              " pairs only, so W_P = (η/N) I", eta / (N + 1) * numpy.eye(d + 1)),
+            ("W_P acts on whole tokens (x; y) of width d + 1, not on x alone: W_P ="
+             " (η/N) I_{d+1}, a (d+1, d+1) matrix", eta / N * numpy.eye(d)),
             ("(η/N) in the y-entry alone gives the same layer here (the value's x-part is"
              " zero, so W_P's other diagonal entries multiply 0), but von Oswald's P is"
              " (η/N) I: write the identity", eta / N * numpy.diag([0.0] * d + [1.0])),
