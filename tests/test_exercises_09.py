@@ -38,6 +38,10 @@ def test_order_spread_right_answer_passes(capsys):
         (lambda p: numpy.std(p, axis=0, ddof=1).mean(axis=0), "ddof = 1"),
         (lambda p: numpy.std(p.mean(axis=1), axis=0), "prompt-averaged"),
         (lambda p: numpy.sqrt(numpy.var(p, axis=0).mean(axis=0)), "square root and the mean"),
+        (lambda p: numpy.std(p, axis=(0, 1)), "orders and prompts together"),
+        (lambda p: numpy.std(p, axis=0).mean(axis=1), "one value per prompt"),
+        (lambda p: numpy.std(p, axis=2).mean(axis=0), "one value per prompt"),
+        (lambda p: numpy.std(p, axis=0).mean(), "returned one number"),
     ],
 )
 def test_order_spread_mistakes_get_their_hint(wrong, hint):
@@ -79,6 +83,8 @@ def test_rising_fraction_right_answer_passes(capsys):
         (lambda e: numpy.sum(e[:, 1:] > e[:, :-1]) / e.size, "N steps per prompt"),
         (lambda e: numpy.mean(e[:, 2:] > e[:, :-2]), "e\\[b, i\\+2\\]"),
         (lambda e: numpy.mean(e[:, 2:] > e[:, 1:-1]), "skipped the first step"),
+        (lambda e: numpy.mean(numpy.diff(e, axis=1)), "mean change of the error"),
+        (lambda e: numpy.sum(e[:, 1:] > e[:, :-1]) / (e.shape[1] - 1), "divided the count by N"),
     ],
 )
 def test_rising_fraction_mistakes_get_their_hint(wrong, hint):

@@ -16,7 +16,9 @@ Two "your turn" cells, the two measurements the tutorial's conclusions rest on:
 
 Each check compares the reader's function with the formula on fresh arrays and names the
 typical mistakes: the wrong axis, the variance for the standard deviation, the spread of
-the average, the falling steps, the trend of the mean error, a comparison with W_0.
+the average, one std over orders and prompts pooled, a mean over the steps, the falling
+steps, the trend of the mean error, a comparison with W_0, the mean change of the error, a
+count divided by N.
 """
 
 from __future__ import annotations
@@ -62,6 +64,16 @@ def check_order_spread(function: Callable, seed: int = 0) -> float:
     label = getattr(function, "__name__", "your function")
     p = _predictions(seed)
     answer = call_answer(function, p.copy(), name=label)
+    R, B, T = p.shape
+    if numpy.shape(answer) == (B,):
+        raise ExerciseError(
+            f"{label} returned one value per prompt, shape ({B},): average over the prompts,"
+            f" not over the steps; the std across orders (axis 0) is (B, N+1), its mean over"
+            f" axis 0 is the (N+1,) spreads")
+    if numpy.shape(answer) == ():
+        raise ExerciseError(
+            f"{label} returned one number: keep one spread per step i, an array of N + 1"
+            f" values; average over the prompts only (axis 0 of the (B, N+1) stds)")
     std_orders = numpy.std(p, axis=0)  # (B, N+1)
     mistakes = [
         ("you took the spread across prompts (axis 1): the orders are axis 0 of"
@@ -76,6 +88,9 @@ def check_order_spread(function: Callable, seed: int = 0) -> float:
          " average", numpy.std(numpy.mean(p, axis=1), axis=0)),
         ("the square root and the mean are swapped: average each prompt's standard deviation,"
          " not the variance", numpy.sqrt(numpy.mean(numpy.var(p, axis=0), axis=0))),
+        ("that is one standard deviation over orders and prompts together, which counts how"
+         " the prompts differ from each other; take each prompt's std across orders (axis 0),"
+         " then average over prompts", numpy.std(numpy.reshape(p, (R * B, T)), axis=0)),
     ]
     residual = check_array("the spread across orders", answer, numpy.mean(std_orders, axis=0),
                            mistakes=mistakes, quiet=True)
@@ -133,6 +148,10 @@ def check_fraction_of_rising_steps(function: Callable, seed: int = 0) -> float:
          float(numpy.mean(e[:, 2:] > e[:, :-2]))),
         ("you skipped the first step (i = 0 → 1): every step counts",
          float(numpy.mean(e[:, 2:] > e[:, 1:-1]))),
+        ("that is the mean change of the error per step: count the steps that raise it,"
+         " [e[b, i+1] > e[b, i]] is 1 or 0, and average those", float(numpy.mean(numpy.diff(e)))),
+        ("you divided the count by N, the steps of one prompt: divide by B·N, the steps of"
+         " all prompts", float(numpy.sum(e[:, 1:] > e[:, :-1]) / (e.shape[1] - 1))),
     ]
     expected = rising_fraction(e)
     check_scalar("the fraction of rising steps", answer, expected, mistakes=mistakes, quiet=True)
