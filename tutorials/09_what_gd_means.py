@@ -33,12 +33,14 @@
 #
 # 1. **Order.** The path $W_1, W_2, \dots$ depends on the order of the demonstrations; the
 #    endpoint $W_N$ does not: it depends on the context only through $A(C, x)$, which one
-#    attention layer without positions computes permutation-invariantly. Explicit gradient descent depends on order
-#    only in its *online* form (SGD, one pair at a time); full-batch GD sees a sum over the
-#    pairs and does not. Shen, Mishra & Khashabi (2024, ICML) measure order sensitivity as the
-#    spread of predictions across orders; we measure it the same way.
+#    attention layer without positions computes permutation-invariantly. Explicit gradient
+#    descent depends on order only in its *online* form (SGD, one pair at a time);
+#    full-batch GD sees a sum over the pairs and does not. Shen, Mishra & Khashabi (2024,
+#    ICML) measure order sensitivity as the spread of predictions across orders; we measure
+#    it the same way.
 # 2. **The losses.** Each $L_i$ is *linear* in $W$: its gradient $G_i$ is the same at every
-#    $W$, and unless $G_i = 0$ it is unbounded below and has no minimiser. No target $y$ appears in $L_i$.
+#    $W$, and unless $G_i = 0$ it is unbounded below and has no minimiser. No target $y$
+#    appears in $L_i$.
 # 3. **Does the path learn?** The implicit path exists for any weights. Whether walking it
 #    lowers the task error is a property of *training*, and even then only on average: single
 #    steps raise the query error about half of the time.
@@ -383,8 +385,8 @@ print(f"predicting zero on it:            MSE {zero_other:.2f}")
 #    exactly on $W_{i+1}$?
 # 2. *(prediction, then code)* Predict what a causal mask does to the order invariance of the
 #    query's output (for one block, the invariance of the endpoint $W_N$), for one block and
-#    for a stack of two blocks. Test it on random models: compare the query's output for the original and a
-#    shuffled context.
+#    for a stack of two blocks. Test it on random models: compare the query's output for
+#    the original and a shuffled context.
 # 3. *(derivation)* Show that full-batch GD's iterates do not depend on the order of the pairs.
 #    For online SGD from $\theta_0 = 0$ on two pairs, compute the difference between the orders
 #    $(1, 2)$ and $(2, 1)$. When does it vanish, and how does it scale with $\eta$?
