@@ -38,6 +38,14 @@ def patched_variant(kind):
             patched = predict(params, config, tokens).copy()
         elif kind == "query as (B, D)":
             patched = predict(params, config, tokens[:, -1], patches=updates)
+        elif kind == "one entry":
+            patched = predict(params, config, alone, patches=updates[0])
+        elif kind == "delta_W":
+            patched = predict(params, config, alone, patches=updates[0].delta_W)
+        elif kind == "context short by one":
+            patched = predict(params, config, alone,
+                              patches=implicit_update(params, config, tokens[:, :-2],
+                                                      tokens[:, -1]))
         else:  # first coordinate
             patched = forward(params, config, alone, patches=updates)[0][:, -1, 0]
         return predict(params, config, tokens), patched
@@ -64,6 +72,9 @@ def test_the_right_answer_passes(capsys):
         (patched_variant("query in context"), "holds the query too"),
         (patched_variant("copy"), "bit for bit"),
         (patched_variant("query as (B, D)"), "ValueError .*tokens\\[:, -1:, :\\] \\(B, 1, D\\)"),
+        (patched_variant("one entry"), "ValueError .*whole tuple implicit_update returns"),
+        (patched_variant("delta_W"), "TypeError .*tuple that implicit_update returns as it is"),
+        (patched_variant("context short by one"), "misses its last pair"),
     ],
 )
 def test_each_typical_mistake_gets_its_hint(two_ways, hint):

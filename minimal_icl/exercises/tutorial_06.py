@@ -47,10 +47,18 @@ def check_predictions_two_ways(two_ways: Callable, seed: int = 0) -> None:
     context, query). Raises ExerciseError with a hint naming the mistake.
     """
     params, config, tokens = paper_shaped_model(seed)
-    answer = call_answer(two_ways, params, config, tokens.copy(), name="predictions_two_ways",
-                         on_value_error="a prompt is (B, T, D), so the query alone is"
-                         " tokens[:, -1:, :] (B, 1, D) for predict, while implicit_update takes"
-                         " the query as a token per prompt, tokens[:, -1] (B, D)")
+    try:
+        answer = call_answer(two_ways, params, config, tokens.copy(), name="predictions_two_ways",
+                             on_value_error="a prompt is (B, T, D), so the query alone is"
+                             " tokens[:, -1:, :] (B, 1, D) for predict, while implicit_update"
+                             " takes the query as a token per prompt, tokens[:, -1] (B, D);"
+                             " and predict's patches= takes the whole tuple implicit_update"
+                             " returns, one entry per block")
+    except TypeError as error:  # patches= given one entry's delta_W, say
+        raise ExerciseError(
+            f"predictions_two_ways raised TypeError ({error}): predict's patches= takes the"
+            " tuple that implicit_update returns as it is, one ImplicitUpdate per block (not"
+            " an entry's delta_W: the patch needs its row and column too)") from error
     if not isinstance(answer, (tuple, list)) or len(answer) != 2:
         raise ExerciseError("predictions_two_ways must return two arrays: (with_prompt, patched)")
     # a NumPy scalar (one number for the whole batch) becomes a 0-d array: a shape hint
@@ -82,6 +90,10 @@ def check_predictions_two_ways(two_ways: Callable, seed: int = 0) -> None:
         ("the context you patched with holds the query too: the context is tokens[:, :-1],"
          " the query tokens[:, -1]",
          predict(params, config, alone, patches=implicit_update(params, config, tokens, query))),
+        ("the context you patched with misses its last pair: tokens[:, :-1] is all N pairs"
+         " (everything but the query), tokens[:, :-2] drops c_N",
+         predict(params, config, alone,
+                 patches=implicit_update(params, config, tokens[:, :-2], query))),
     ])
     if numpy.array_equal(_as_host(patched, "patched"), _as_host(with_prompt, "with_prompt")):
         # the two ways round differently here (2.8e-16 apart): equal bits are a copy
