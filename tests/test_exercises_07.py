@@ -47,6 +47,17 @@ def fro(U):
          "whole batch"),
         (lambda U, V: numpy.trace(numpy.swapaxes(U, -1, -2) @ V) / (fro(U) * fro(V)),
          "ValueError .*axis1=-2, axis2=-1"),
+        (lambda U, V: numpy.sum(U * V, axis=-1) / (fro(U) * fro(V)),
+         "ValueError .*axis=\\(-2, -1\\)\\) gives ⟨U, V⟩_F per prompt"),
+        (lambda U, V: numpy.sum(U * V, axis=(-2, -1))
+         / (numpy.linalg.norm(U, "fro") * numpy.linalg.norm(V, "fro")),
+         "ValueError .*needs that axis for a stack"),
+        (lambda U, V: numpy.vdot(U, V) / (fro(U) * fro(V)), "summed over the whole batch"),
+        (lambda U, V: numpy.sum(U @ numpy.swapaxes(V, -1, -2), axis=(-2, -1)) / (fro(U) * fro(V)),
+         "every entry of U Vᵀ"),
+        (lambda U, V: numpy.mean(U * V, axis=(-2, -1)) / (fro(U) * fro(V)), "mean of U ⊙ V"),
+        (lambda U, V: numpy.sum(U * V, axis=(-2, -1)) / numpy.sqrt(fro(U) ** 2 + fro(V) ** 2),
+         "not √"),
     ],
 )
 def test_each_typical_mistake_gets_its_hint(cos_f, hint):

@@ -47,8 +47,10 @@ def check_cos_frobenius(cos_f: Callable, seed: int = 0) -> None:
     U, V = alignment_case(seed)
     answer = call_answer(cos_f, U.copy(), V.copy(), name="cos_f",
                          on_value_error="U and V are stacks (B, M, D): numpy.trace uses axes 0"
-                         " and 1 unless told (axis1=-2, axis2=-1), and"
-                         " numpy.sum(U * V, axis=(-2, -1)) gives ⟨U, V⟩_F per prompt")
+                         " and 1 unless told (axis1=-2, axis2=-1),"
+                         " numpy.sum(U * V, axis=(-2, -1)) gives ⟨U, V⟩_F per prompt and"
+                         " numpy.linalg.norm(U, axis=(-2, -1)) gives ‖U‖_F per prompt"
+                         " (numpy.linalg.norm(U, 'fro') needs that axis for a stack)")
     if isinstance(answer, numpy.generic):  # one NumPy scalar for the whole batch
         answer = numpy.asarray(answer)
     inner = numpy.sum(U * V, axis=(-2, -1))
@@ -72,4 +74,13 @@ def check_cos_frobenius(cos_f: Callable, seed: int = 0) -> None:
          numpy.sum(numpy.swapaxes(U, -1, -2) @ V, axis=(-2, -1)) / (fro_U * fro_V)),
         ("the norms are taken over the whole batch: one norm per prompt, axis=(-2, -1)",
          inner / (numpy.linalg.norm(U) * numpy.linalg.norm(V))),
+        ("the inner product is summed over the whole batch (numpy.vdot, or numpy.sum without"
+         " axis): one ⟨U, V⟩_F per prompt, numpy.sum(U * V, axis=(-2, -1))",
+         numpy.sum(U * V) / (fro_U * fro_V)),
+        ("you summed every entry of U Vᵀ: ⟨U, V⟩_F is its trace, the sum of its diagonal",
+         numpy.sum(U @ numpy.swapaxes(V, -1, -2), axis=(-2, -1)) / (fro_U * fro_V)),
+        ("you took the mean of U ⊙ V over its M·D entries: ⟨U, V⟩_F is their sum",
+         numpy.mean(U * V, axis=(-2, -1)) / (fro_U * fro_V)),
+        ("the denominator is the product ‖U‖_F ‖V‖_F, not √(‖U‖_F² + ‖V‖_F²)",
+         inner / numpy.sqrt(fro_U**2 + fro_V**2)),
     ])
