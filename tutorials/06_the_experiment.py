@@ -166,10 +166,13 @@ print(f"the two validation curves: relative residual {curve_residual:.1e} over "
       f"{len(curves['step'])} measurements")
 
 # %% [markdown]
-# The "update" is not a small correction. $\|\Delta W\|_F = \|W \Delta A\|/\|A(x)\|$, and
-# training makes the lone query's attention output $A(x)$ small; after the full run the patch
-# is about six times the weight it patches ($\|\Delta W\|_F \approx 66$ against
-# $\|W\|_F \approx 10.5$, with $\|A(x)\| \approx 0.036$; medians over the held-out prompts):
+# The "update" is not a small correction. $\|\Delta W\|_F = \|W \Delta A\|/\|A(x)\|$ (the
+# Frobenius norm of a rank-1 matrix is its column's norm times its row's, here
+# $\|W \Delta A\|$ and $\|A(x)/\|A(x)\|^2\| = 1/\|A(x)\|$), and training makes the lone
+# query's attention output $A(x)$ small; after the full run the patch is about six times the
+# weight it patches ($\|\Delta W\|_F \approx 66$ against $\|W\|_F \approx 10.5$, with
+# $\|A(x)\| \approx 0.036$; $\|\Delta W\|_F$ and $\|A(x)\|$ are medians over the held-out
+# prompts):
 
 # %%
 (held_out_update,) = implicit_update(params, config, held_out.context, held_out.query)
