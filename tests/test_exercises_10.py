@@ -81,3 +81,70 @@ def test_plateau_losses_right_answer_passes(capsys):
 def test_plateau_mistakes_are_named(mistake, hint):
     with pytest.raises(ExerciseError, match=hint):
         check_plateau_losses(lambda lam, n: levels(lam, n, **mistake))
+
+
+def _beta(X, columns):
+    """(1/N) Σ_n y_n x_n over the given context columns, N the number of context pairs."""
+    d, N = X.shape[1] - 1, X.shape[2] - 1
+    return (X[:, :d, columns] * X[:, None, d, columns]).sum(-1) / N
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda X: _beta(X, slice(0, -2))[:, :, None] * X[:, None, :-1, -1],
+         "leaves out the last context pair"),
+        (lambda X: _beta(X, slice(1, -1))[:, :, None] * X[:, None, :-1, -1],
+         "leaves out the first context pair"),
+        (lambda X: _beta(X, slice(0, -1))[:, :, None] * X[:, None, :-1, 0], "column 0"),
+        (lambda X: _beta(X, slice(0, -1)) * X[:, :-1, -1], "entrywise β ⊙ x_q"),
+        (lambda X: (X[:, :, :-1] * X[:, None, -1, :-1]).sum(-1)[:, :, None] / (X.shape[2] - 1)
+         * X[:, None, :, -1], "not the y-row"),
+    ],
+)
+def test_cubic_feature_more_mistakes_are_named(wrong, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check_cubic_feature(lambda X: wrong(X).reshape(X.shape[0], -1))
+
+
+def _levels_from(gain, m_shift=0, partial_trace=False):
+    """tr Λ − Σ_{d' ≤ m + m_shift} gain(λ_d', tr), m = 0..d; tr the learned part if asked."""
+    def levels_(eigenvalues, n_context):
+        lam = numpy.sort(numpy.asarray(eigenvalues, dtype=float))[::-1]
+        out = []
+        for m in range(len(lam) + 1):
+            learned = lam[:min(m + m_shift, len(lam))]
+            tr = learned.sum() if partial_trace else lam.sum()
+            out.append(lam.sum() - sum(gain(l, tr, n_context) for l in learned))
+        return numpy.array(out)
+    return levels_
+
+
+def right_gain(l, tr, N):
+    """What direction l removes: λ/(1 + (1 + tr Λ/λ)/N)."""
+    return l / (1 + (1 + tr / l) / N)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (_levels_from(right_gain, m_shift=1), "off by one"),
+        (_levels_from(lambda l, tr, N: l / (1 + 1 + tr / l) / N), "check the brackets"),
+        (_levels_from(lambda l, tr, N: l / (1 + (1 + tr / l) / (N + 1))), "not N \\+ 1"),
+        (_levels_from(right_gain, partial_trace=True), "whole covariance"),
+        (lambda lam, n: numpy.sum(lam) - levels(lam, n), "tr Λ minus that sum"),
+        (_levels_from(lambda l, tr, N: 1 / (l * (1 + (1 + tr / l) / N))), "not the coefficient"),
+        (lambda lam, n: levels(lam, n)[::-1], "in reverse"),
+    ],
+)
+def test_plateau_more_mistakes_are_named(wrong, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check_plateau_losses(wrong)
+
+
+def test_the_helpers_right_forms_pass():
+    """The helpers above make their mistakes on top of answers the checks accept."""
+    assert check_plateau_losses(_levels_from(right_gain)) <= 1e-12
+    assert check_cubic_feature(
+        lambda X: (_beta(X, slice(0, -1))[:, :, None] * X[:, None, :-1, -1]).reshape(
+            X.shape[0], -1)) <= 1e-12

@@ -16,8 +16,11 @@ Two "your turn" cells:
    closed-form loss of principal component regression on m components.
 
 Each check names the typical mistakes: a missing 1/N, x_q βᵀ instead of β x_qᵀ, the query
-counted in β's average, the eigenvalues taken smallest first, the finite-N factor left
-out, the tr Λ/λ term left out, a missing m = 0 entry.
+counted in β's average, a context pair left out of β, x_q read from column 0, β ⊙ x_q or
+whole tokens for the outer product, the eigenvalues taken smallest first, the finite-N
+factor left out, the tr Λ/λ term left out, a missing m = 0 entry, an off-by-one in m,
+misplaced brackets, N + 1, a partial trace, the removed sum alone, c_d for the gain,
+the levels reversed.
 Reference: Zhang, Singh, Latham & Saxe (ICML 2025, arXiv:2501.16265); docs/theory.md §9.
 """
 
@@ -52,6 +55,14 @@ def cubic_feature_mistakes(X: numpy.ndarray) -> list[tuple[str, numpy.ndarray]]:
          numpy.swapaxes(beta @ xq, 1, 2).reshape(B, -1)),
         ("β uses the query's x_q in place of the context inputs: β = (1/N) Σ_n y_n x_n",
          ((X[:, :d, N, None] * X[:, d, None, :N]).sum(-1)[..., None] / N @ xq).reshape(B, -1)),
+        ("the sum over n leaves out the last context pair: n runs over all N context columns,"
+         " X[:, :, :N] (the query is column N)",
+         (X[:, :d, :N - 1] @ X[:, d, :N - 1, None] / N @ xq).reshape(B, -1)),
+        ("the sum over n leaves out the first context pair: n runs over all N context columns,"
+         " X[:, :, :N] (column 0 is c_1)",
+         (X[:, :d, 1:N] @ X[:, d, 1:N, None] / N @ xq).reshape(B, -1)),
+        ("x_q is read from column 0, which is the first context pair: the query is the last"
+         " column, X[:, :d, N]", (beta @ X[:, None, :d, 0]).reshape(B, -1)),
     ]
 
 
@@ -64,6 +75,16 @@ def check_cubic_feature(cubic_feature: Callable, seed: int = 0) -> float:
     cov = la.covariance(D_INPUT, seed=seed)
     data = la.sequences(6, N_CONTEXT, cov, seed=seed + 1)
     answer = call_answer(cubic_feature, data.X.copy(), name="cubic_feature")
+    B, d = data.X.shape[0], D_INPUT
+    if numpy.shape(answer) == (B, d):
+        raise ExerciseError(
+            f"z has d = {d} entries per prompt, expected d² = {d * d}: z = vec(β x_qᵀ) holds"
+            f" every product β_i x_(q,j), an outer product (β[:, :, None] * x_q[:, None, :]),"
+            f" not the entrywise β ⊙ x_q nor β alone")
+    if numpy.shape(answer) == (B, (d + 1) ** 2):
+        raise ExerciseError(
+            f"z has (d + 1)² = {(d + 1) ** 2} entries per prompt, expected d² = {d * d}: β and"
+            f" x_q use the inputs only, the first d rows of the columns, not the y-row")
     expected = la.cubic_feature(data.X)
     residual = check_array("z", answer, expected, mistakes=cubic_feature_mistakes(data.X))
     params = la.init_merged(D_INPUT, 3, 0.7, seed=seed + 2)
@@ -93,6 +114,25 @@ def plateau_mistakes(eigenvalues, n_context: int) -> list[tuple[str, numpy.ndarr
         ("the tr Λ/λ_d term is missing from the denominator 1 + (1 + tr Λ/λ_d)/N",
          levels(lam, lambda l: l / (1 + 1 / N))),
         ("the 1 in (1 + tr Λ/λ_d)/N is missing", levels(lam, lambda l: l / (1 + tr / l / N))),
+        ("off by one: L(M_0) = tr Λ (nothing learned), and L(M_m) removes the first m"
+         " directions λ_1..λ_m, not m + 1",
+         numpy.append(levels(lam, lambda l: l / (1 + (1 + tr / l) / N))[1:],
+                      levels(lam, lambda l: l / (1 + (1 + tr / l) / N))[-1])),
+        ("check the brackets: λ_d/(1 + (1 + tr Λ/λ_d)/N), the /N divides (1 + tr Λ/λ_d) only",
+         levels(lam, lambda l: l / (2 + tr / l) / N)),
+        ("N is the number of context pairs, n_context, not N + 1",
+         levels(lam, lambda l: l / (1 + (1 + tr / l) / (N + 1)))),
+        ("tr Λ is the trace of the whole covariance, Σ of all d eigenvalues, the same in every"
+         " term, not the sum of those learned so far",
+         numpy.array([tr - sum(l / (1 + (1 + lam[:m].sum() / l) / N) for l in lam[:m])
+                      for m in range(len(lam) + 1)])),
+        ("that is what the learned directions remove: L(M_m) is tr Λ minus that sum",
+         tr - levels(lam, lambda l: l / (1 + (1 + tr / l) / N))),
+        ("each direction removes its gain λ_d/(1 + (1 + tr Λ/λ_d)/N), not the coefficient"
+         " c_d = 1/(λ_d (1 + (1 + tr Λ/λ_d)/N)) of A_m",
+         levels(lam, lambda l: 1 / (l * (1 + (1 + tr / l) / N)))),
+        ("the levels are in reverse: m runs from 0 (L = tr Λ) up to d, so they fall",
+         levels(lam, lambda l: l / (1 + (1 + tr / l) / N))[::-1]),
     ]
 
 
