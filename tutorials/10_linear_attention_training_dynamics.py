@@ -133,7 +133,8 @@ for name, params, fw, bw in layers:
 #
 # Write $z = \operatorname{vec}(\beta x_q^\top)$ (row-major: `z[b, i*d + j]` $= \beta_i x_{q,j}$)
 # for tokens `X` of shape $(B, d+1, N+1)$, with $\beta = \frac1N\sum_{n=1}^N y_n x_n$ over the
-# $N$ context columns only. Return $(B, d^2)$.
+# $N$ context columns only. Name the result `z`: the cell's last line flattens it to
+# $(B, d^2)$, so `z` may be the $(B, d, d)$ array of the outer products $\beta x_q^\top$.
 
 # %%
 def cubic_feature(X):
