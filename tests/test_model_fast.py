@@ -1,9 +1,10 @@
 """The fast model pass (model_fast) and the fast Adam (optim_fast) equal the textbook ones.
 
 ``model_fast.forward_fast`` / ``backward_fast`` compute what ``model.forward`` /
-``model.backward`` compute by other products (keys and values never built for a query
-row, block-diagonal per-head weights, softmax's Jacobian through P v, row means as
-products). Equal to rounding, measured three ways, float64, on every backend fixture:
+``model.backward`` compute by other products (a query row through the heads' QK and OV
+circuits, without keys or values, its softmax without a shift; softmax's Jacobian
+through P v, row means as products). Equal to rounding, measured three ways, float64,
+on every backend fixture:
 
 * Every output on the whole model grid of tests/test_model.py (its 768 unpatched
   configurations: patched passes are the textbook pass's, see ``covers``), at the
