@@ -70,7 +70,6 @@ from minimal_icl.experiments.order import (
     spread_across_orders,
 )
 from minimal_icl.gradcheck import assert_gradients_ok, check_gradients, random_like
-from minimal_icl.rnn import rnn_forward
 from minimal_icl.train import paper_setting, train_setup
 
 FAST = os.environ.get("MINIMAL_ICL_FAST") == "1"  # the test suite's short run
