@@ -41,11 +41,11 @@ every output within IDENTITY_RTOL = 1e-12 on the 768 unpatched configurations of
 model grid (the patched half runs the textbook pass); the token and parameter gradients
 as one vector within 1e-12 of its largest entry (both, where the textbook pass is itself
 that sensitive to rounding, within a few times how far it moves when its inputs move by
-one rounding unit: needed on CuPy for a few causal linear stacks); each attention call within 1e-12 of the
-terms its gradients are summed from; NumPy on the whole grid, array_api_strict on its
-pairwise covering selection. Configurations this
-module does not cover (patched blocks, or a contextual layer other than attention) go
-to the textbook pass: see :func:`covers`. Pure array-API code, no compiled extension;
+one rounding unit: needed on CuPy for a few causal linear stacks); each attention call
+within 1e-12 of the terms its gradients are summed from; NumPy on the whole grid,
+array_api_strict on its pairwise covering selection. Configurations this module does
+not cover (patched blocks, or a contextual layer other than attention) go to the
+textbook pass: see :func:`covers`. Pure array-API code, no compiled extension;
 ``backend.reshape`` and ``backend.constant`` (vectors of ones made once) save NumPy's
 per-call overhead, which at the paper's sizes costs more than the arithmetic.
 """
