@@ -76,10 +76,11 @@ class DegenerateQueryError(ValueError):
             f" the MLP input at the query without the removed tokens, u_∅ = {vector}, is the zero"
             f" vector, and ΔW = W δ u_∅ᵀ / ‖u_∅‖² divides"
             f" by ‖u_∅‖² (Theorem 2.2 assumes it is non-zero). Use a query whose MLP input is"
-            f" non-zero: one whose attention output is non-zero (for the query alone"
-            f" A(x) = W_O W_V x: a token outside the null space of W_O W_V), or, with an"
-            f" attention skip (h = x + A(x)), any non-zero query token; a LayerNorm with a"
-            f" non-zero bias also helps. Or leave more tokens in the context."
+            f" non-zero: one whose attention output is non-zero (for the query alone and"
+            f" softmax attention A(x) = W_O W_V x: a token outside the null space of"
+            f" W_O W_V), or, with an attention skip (h = x + A(x)), a non-zero query token"
+            f" with A(x) ≠ −x; a LayerNorm with a non-zero bias also helps. Or leave more"
+            f" tokens in the context."
         )
 
 
@@ -197,7 +198,8 @@ def rank_one_update(
 
     W (M, D), or (B, M, D) for one weight per prompt; delta, a (B, D).
     Returns (delta_W (B, M, D), column (B, M), row (B, D)) with delta_W = column ⊗ row,
-    column = W δ and row = a / ‖a‖².
+    column = W δ and row = a / ‖a‖². With W (M, D), delta and a may carry more leading
+    axes: (B, T, D) gives one update per position, (B, T, M, D) (``positions``).
     Raises DegenerateQueryError where a = 0, naming ``block`` and ``vector`` (the name
     of a in the error message).
     """

@@ -488,6 +488,20 @@ def test_theorem_degenerate_query_error_names_the_block():
     assert isinstance(info.value, ValueError)
 
 
+def test_theorem_attention_skip_query_with_A_equal_to_minus_x_is_degenerate():
+    """An attention skip does not make every non-zero query safe: h = x + A(x) = 0 where
+    A(x) = W_O W_V x = −x (here W_O W_V = −I), and the update is undefined."""
+    config = TransformerConfig(d_token=3, n_heads=1, d_head=3, d_mlp=4, attn_skip=True)
+    params = random_params(config, 5)
+    attn = params.blocks[0].attn._replace(W_V=numpy.eye(3), W_O=-numpy.eye(3))
+    params = params._replace(blocks=(params.blocks[0]._replace(attn=attn),))
+    context, query = random_prompts(config, 5, B=2, N=4)
+    assert numpy.all(numpy.abs(query).sum(axis=-1) > 0)
+    with pytest.raises(DegenerateQueryError) as info:
+        implicit.implicit_update(params, config, context, query)
+    assert info.value.block == 0 and info.value.prompts == (0, 1)
+
+
 # -- float32 --------------------------------------------------------------------------
 
 
