@@ -3,23 +3,27 @@
 A prompt (Dherin et al. 2025, section 4; Garg et al. 2022) holds N pairs of one random
 linear task and a query:
 
-    w, x_1, ..., x_N, x_query ~ N(0, I_d)          fresh for every prompt
-    y_i = ⟨w, x_i⟩ + σ ε_i,  ε_i ~ N(0, 1)         (σ = 0: noiseless, the paper's setting)
-    tokens = [(x_1; y_1), ..., (x_N; y_N), (x_query; 0)]      (N+1, d+1)
-    target = ⟨w, x_query⟩                            the noiseless value at the query
+    w, x_1, ..., x_N, x_q ~ N(0, I_d)              fresh for every prompt
+    y_j = ⟨w, x_j⟩ + σ ε_j,  ε_j ~ N(0, 1)         (σ = 0: noiseless, the paper's setting)
+    tokens = [(x_1; y_1), ..., (x_N; y_N), (x_q; 0)]          (N+1, d+1)
+    target = ⟨w, x_q⟩                                the noiseless value at the query
 
 The model's prediction is the last coordinate of its output at the query token.
 
 Baselines, each a function of a batch (docs/theory.md §6):
 
-    zero             ŷ = 0                                   MSE = E⟨w, x⟩² = d
-    one step of GD   ŷ = η x_qᵀ (1/N) Σ y_i x_i  (from θ_0 = 0)
+    zero             ŷ = 0                                   MSE = E⟨w, x_q⟩² = d
+    one step of GD   ŷ = η x_qᵀ (1/N) Σ_j y_j x_j  (from θ_0 = 0)
                      η* = 1 / (1 + (d+1)/N)                  MSE = d (d+1) / (N+d+1)
-    least squares    ŵ = argmin Σ (⟨w, x_i⟩ − y_i)²          (minimum norm if N < d)
+    least squares    ŵ = argmin_v Σ_j (⟨v, x_j⟩ − y_j)²      (minimum norm if N < d)
     ridge            ŵ = (XᵀX + λI)⁻¹ Xᵀy,  λ = σ²/τ²        the posterior mean for w ~ N(0, τ²I)
 
-η* minimises the expected error E‖(ηS − I) w‖² with S = (1/N) Σ x_i x_iᵀ, because
-E S = I and E tr S² = d (1 + (d+1)/N) (Zhang, Frei & Bartlett 2024, with Λ = I).
+with X = [x_1 .. x_N]ᵀ (N, d) and y = (y_1, .., y_N) the context's inputs and labels.
+
+The MSE of one GD step is the expected error E‖(ηS − I) w‖² with S = (1/N) Σ_j x_j x_jᵀ
+(noiseless labels), = d [η² (1 + (d+1)/N) − 2η + 1] because E S = I and
+E tr S² = d (1 + (d+1)/N) for Gaussian x; η* minimises it (Zhang, Frei & Bartlett 2024,
+with Λ = I; the MSEs of the table are these expectations).
 
 Random numbers are drawn on the host with ``numpy.random.default_rng`` and then moved
 with ``xp.asarray``: one seed gives the same prompts on every backend.
@@ -51,33 +55,33 @@ from .validation import (
 class RegressionBatch(NamedTuple):
     """B in-context regression prompts with N context pairs in dimension d (D = d + 1)."""
 
-    tokens: Array  # (B, N+1, D)  (x_i; y_i) for i = 1..N, then (x_query; 0)
-    target: Array  # (B,)         ⟨w, x_query⟩, without label noise
+    tokens: Array  # (B, N+1, D)  (x_j; y_j) for j = 1..N, then (x_q; 0)
+    target: Array  # (B,)         ⟨w, x_q⟩, without label noise
     w: Array  # (B, d)            the task of each prompt
 
     @property
     def context(self) -> Array:
-        """The N context tokens (x_i; y_i), (B, N, D)."""
+        """The N context tokens (x_j; y_j), (B, N, D)."""
         return self.tokens[:, :-1, :]
 
     @property
     def query(self) -> Array:
-        """The query token (x_query; 0), (B, D)."""
+        """The query token (x_q; 0), (B, D)."""
         return self.tokens[:, -1, :]
 
     @property
     def context_x(self) -> Array:
-        """The context inputs x_i, (B, N, d)."""
+        """The context inputs x_j, (B, N, d)."""
         return self.tokens[:, :-1, :-1]
 
     @property
     def context_y(self) -> Array:
-        """The context labels y_i, (B, N)."""
+        """The context labels y_j, (B, N)."""
         return self.tokens[:, :-1, -1]
 
     @property
     def query_x(self) -> Array:
-        """The query input x_query, (B, d)."""
+        """The query input x_q, (B, d)."""
         return self.tokens[:, -1, :-1]
 
 
@@ -88,7 +92,7 @@ def _draw_host(rng, n_prompts: int, n_context: int, d: int, noise: float):
     """Draw the prompts on the host as float64 NumPy arrays: (tokens, target, w)."""
     w = rng.standard_normal((n_prompts, d))  # (B, d)
     x = rng.standard_normal((n_prompts, n_context + 1, d))  # (B, N+1, d), the query last
-    y = numpy.matmul(x, w[:, :, None])[:, :, 0]  # (B, N+1)  ⟨w, x_i⟩
+    y = numpy.matmul(x, w[:, :, None])[:, :, 0]  # (B, N+1)  ⟨w, x_j⟩, the query's last
     target = y[:, -1].copy()  # (B,)
     if noise > 0.0:
         y[:, :-1] += noise * rng.standard_normal((n_prompts, n_context))
@@ -140,7 +144,8 @@ def regression_prompts(
 
 def default_batches_per_draw(batch_size: int, n_context: int, d: int) -> int:
     """How many batches :func:`regression_stream` draws at once: up to 64, and about 2²⁰
-    random numbers at most (larger draws gain nothing and cost memory)."""
+    random numbers at most (larger draws gain nothing and cost memory), but always one
+    batch, however large."""
     per_batch = batch_size * ((n_context + 1) * d + d)
     return max(1, min(64, 2**20 // per_batch))
 
