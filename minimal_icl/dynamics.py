@@ -15,8 +15,9 @@ A(x)ᵀ, so the whole path W_i − W_0 stays rank 1, and
 
     ‖W_{i+1} − W_i‖_F = ‖W_0 (A_{i+1} − A_i)‖ / ‖A(x)‖.
 
-The L_i are not data-fit losses (they have no minimiser): "gradient descent" here is a
-rewriting of the increments, not the optimisation of a task loss.
+The L_i are not data-fit losses (linear in W, they are unbounded below unless G_i = 0):
+"gradient descent" here is a rewriting of the increments, not the optimisation of a task
+loss.
 
 The prefixes are computed from ONE run of the block on the whole prompt: the query sits
 last and sees every token (causal or not), and there are no positions, so its attention
@@ -29,7 +30,8 @@ with P (s) the query row of the attention weights (scaled scores) on the whole p
 then the residual h_i = z_x + A_i (attn skip) and u_i = LN2(h_i) (LayerNorm), elementwise
 per prefix. For the recurrent layer (``contextual_layer="rnn"``, docs/theory.md §8) one
 run over the prompt gives the states s_i after c_1..c_i, and A_i = W_out tanh(W_s s_i +
-W_in x + b_s) is one more step from each (``rnn.rnn_query_after_prefixes``).
+W_in x + b_s) is one more step from each (``rnn.rnn_query_after_prefixes``; x here is the
+layer's input, LN1(x) with LayerNorm).
 
 Shapes: B prompts, N context tokens, D token width, M MLP width.
 Reference: Dherin et al. (2025), arXiv:2507.16003, Proposition 3.1 and the appendix of v1.
@@ -285,7 +287,9 @@ class FactorisedPath(NamedTuple):
         LayerNorm, no attn skip:    ΔA ∈ γ ⊙ centred(range(W_O)),         dim ≤ min(D − 1, H·K)
         LayerNorm and attn skip:    ΔA ∈ γ ⊙ centred(span{x, range(W_O)}), dim ≤ min(D − 1, H·K + 1)
 
-    (γ is LN2's gain; centred(·) subtracts the mean over the D features). The rank generically reaches this bound
+    (γ is LN2's gain; centred(·) subtracts the mean over the D features). For the recurrent
+    layer (``contextual_layer="rnn"``) range(W_O) is range(W_out) and H·K is S: the ignored
+    attention fields do not bound it. The rank generically reaches this bound
     (checked numerically; docs/theory.md §4), so it exceeds 1 for N ≥ 2 in generic
     models, while for N = 1, W_1 = W_0 + ΔW(C) exactly.
     """

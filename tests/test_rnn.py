@@ -313,6 +313,24 @@ def test_rnn_factorised_path_reproduces_every_suffix():
         assert relative_residual(full[:, -1], patched[:, -1]) <= IDENTITY_RTOL, i
 
 
+@pytest.mark.parametrize("S, rank", [(2, 2), (5, 4)])
+def test_rnn_factorised_update_rank_is_bounded_by_the_state_width(S, rank):
+    """For the recurrent layer ΔA(c_i) ∈ range(W_out), so rank(W_N − W_0) ≤ min(N, M, D, S)
+    (FactorisedPath's docstring): S, not the ignored attention fields n_heads·d_head = 2,
+    bounds it, and a generic block reaches the bound (D = 4, N = 6)."""
+    from minimal_icl import factorised_path
+
+    config = TransformerConfig(
+        d_token=4, n_heads=1, d_head=2, d_mlp=16, d_state=S, contextual_layer="rnn"
+    )
+    params = random_params(config, seed=25)
+    context, query = random_prompts(config, 25, 2, 6)
+    path = factorised_path(params, config, context, query)
+    sigma = numpy.linalg.svd(path.delta_W(6), compute_uv=False)  # (B, 4)
+    assert numpy.all(sigma[:, rank - 1] > 1e-9 * sigma[:, 0])  # measured ≥ 3e-7
+    assert numpy.all(sigma[:, rank:] <= IDENTITY_RTOL * sigma[:, :1])  # measured ≤ 2e-15
+
+
 def test_rnn_path_increments_do_not_decay_like_one_over_i():
     """Random recurrent block, N = 200: the increments ‖W_{i+1} − W_i‖ at the end of the
     context are not 1/i-small; they keep the size they had early on (softmax attention's
