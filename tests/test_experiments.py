@@ -1,7 +1,7 @@
 """The paper's experiments in their fast variant: every figure's numbers, the summary, the CLI.
 
-One module-scoped ``reproduce --fast`` run (one briefly trained paper model and one deep
-model, shared by every figure) feeds the tests; they check the numbers in the JSON files
+One module-scoped ``reproduce --fast`` run (the four briefly trained models of
+``experiments.models``, each shared by the figures that use it) feeds the tests; they check the numbers in the JSON files
 against what the theory says.
 """
 
@@ -25,6 +25,7 @@ from minimal_icl.experiments.common import (
     moving_average,
     write_json,
 )
+from minimal_icl.experiments.finetune import alignment_ceiling
 from minimal_icl.experiments.models import (
     PAPER_HISTORY,
     PAPER_MODEL_FILE,
@@ -503,3 +504,21 @@ def test_statistics_helpers_against_direct_formulas(tmp_path):
     with pytest.raises(ValueError):
         write_json(tmp_path / "x.json", {"a": numpy.nan})  # NaN is not JSON
     assert not list(tmp_path.iterdir())  # and nothing half-written is left
+
+
+def test_alignment_ceiling_is_the_largest_cosine_for_a_fixed_row():
+    """max_c cos_F(F, c aᵀ) = ‖Π F a‖/(‖F‖_F ‖a‖), reached at c = Π F a (Π = I, or the
+    projector onto range(W)), and no other column c beats it."""
+    rng = numpy.random.default_rng(5)
+    B, M, D = 4, 7, 3
+    F, a, W = rng.standard_normal((B, M, D)), rng.standard_normal((B, D)), rng.standard_normal((M, D))
+    projector = W @ numpy.linalg.pinv(W)  # (M, M) onto range(W)
+    for Pi, given in ((numpy.eye(M), None), (projector, W)):
+        ceiling = alignment_ceiling(F, 0.3 * a, given)  # only the row's direction counts
+        best = numpy.einsum("mk,bkd,bd->bm", Pi, F, a)  # c = Π F a
+        reached = cos_frobenius(F, best[:, :, None] * a[:, None, :])
+        assert relative_residual(reached, ceiling) <= IDENTITY_RTOL
+        c = numpy.einsum("mk,nbk->nbm", Pi, rng.standard_normal((200, B, M)))  # columns in range Π
+        others = cos_frobenius(F[None], c[..., None] * a[None, :, None, :])  # (200, B)
+        assert numpy.all(others <= ceiling + IDENTITY_RTOL)
+    assert numpy.all(alignment_ceiling(F, a, W) < alignment_ceiling(F, a))  # range(W) ≠ ℝ^M

@@ -49,8 +49,9 @@ def prepare_out_dir(out) -> Path:
 
 
 def task_rng(seed: int, name: str) -> numpy.random.Generator:
-    """An independent random stream per (seed, purpose): held-out tasks never overlap
-    the training stream, and each figure draws its own."""
+    """A random stream per (seed, purpose), seeded by (seed, CRC-32 of ``name``): independent
+    of the training stream (seeded by ``SeedSequence(seed).spawn``), so held-out tasks are
+    not training prompts, and each figure draws its own."""
     return numpy.random.default_rng([check_seed(seed), zlib.crc32(name.encode())])
 
 

@@ -23,12 +23,13 @@ and
 
 Plotted against i, mean ± SE over the tasks: (a) the test loss of both at the task's
 query, with baselines on the same tasks (zero predictor; one GD step on the first i
-examples from w = 0 with the optimal step η* = 1/(1 + (d+1)/i); least squares on the
-first i examples, minimum-norm for i < d; for noiseless labels ridge with λ = σ²/τ² = 0
-is least squares); (b) the alignment cos_F(ΔW_ft, ΔW_i) = ⟨ΔW_ft, ΔW_i⟩_F /
-(‖ΔW_ft‖_F ‖ΔW_i‖_F), under its ceiling: ΔW_i = (W δu) aᵀ/‖a‖² has the row a = A(x)
-and a column in range(W), and no matrix of that shape has a larger cos_F with ΔW_ft
-than ‖Π_W ΔW_ft a‖/(‖ΔW_ft‖_F ‖a‖) (``alignment_ceiling``).
+examples from θ_0 = 0 with the optimal step η* = 1/(1 + (d+1)/i); least squares on the
+first i examples, minimum-norm for i < d; for noiseless labels ridge tends to least
+squares as λ = σ²/τ² → 0); (b) the alignment cos_F(ΔW_ft, ΔW_i) = ⟨ΔW_ft, ΔW_i⟩_F /
+(‖ΔW_ft‖_F ‖ΔW_i‖_F), under its ceiling: ΔW_i = (W δu) aᵀ/‖a‖² has its row along
+a = A(x) and its column in range(W), and no matrix of that shape has a larger cos_F
+with ΔW_ft than ‖Π_W ΔW_ft a‖/(‖ΔW_ft‖_F ‖a‖), Π_W the orthogonal projector onto
+range(W) (``alignment_ceiling``).
 
 Panels: (a) test loss; (b), (c) cos_F of each protocol's update with ΔW_i under the two
 ceilings (column in range(W); any column); (d) the norms of the updates; (e) the
@@ -90,9 +91,10 @@ class FinetuneConfig:
     lr:       the learning rate in units of the curvature: each task takes steps of size
               lr / mean_j ‖A(x_j)‖² (A(x_j) the MLP input of the lone example token). The
               loss is a function of W through W A(x_j), so its curvature scales with
-              ‖A(x_j)‖², which is small for a lone token (≈ 0.002 for the paper model,
-              against 0.1–0.4 with a context): a fixed learning rate would crawl for one
-              model and diverge for another. The same normalisation as the implicit
+              ‖A(x_j)‖², which is small for a lone token (mean ≈ 0.002 for the paper
+              model, against a median ≈ 0.12 at the query of a whole prompt, quartiles
+              0.03–0.4): a fixed learning rate would crawl for one model and diverge for
+              another. The same normalisation as the implicit
               step η_x = 1/‖A(x)‖² of Proposition 3.1. lr = 0.2 is stable for every i; after
               200 steps the loss on the i examples is ≤ 0.015 (labels have variance
               d = 2): the fit is essentially complete.
@@ -102,8 +104,9 @@ class FinetuneConfig:
     sgd_lr_grid: the online SGD learning rates tried, in units of 1/s, s = mean ‖A(x)‖²
               over the held-out lone tokens: η = lr_sgd / s. ‖A(x)‖² is heavy-tailed
               (up to ≈ 10 s on the paper model's held-out prompts), so one fixed η must
-              stay well below 1: the held-out loss rises again at 0.3, and at 0.5 some
-              passes diverge. The paper model's choice is 0.2.
+              stay well below 1: the held-out loss rises again at 0.3 (0.64 against 0.53
+              at 0.2), and at 0.5 some passes blow up (mean held-out loss ≈ 11, the worst
+              ≈ 1e4). The paper model's choice is 0.2.
     sgd_held_out: the held-out prompts (their own random stream, never the test tasks)
               on which lr_sgd is chosen.
     """
@@ -169,8 +172,8 @@ def online_sgd_W(params, config, u: numpy.ndarray, h: numpy.ndarray, y: numpy.nd
 
     u, h (B, n, D): the lone examples' MLP inputs and residuals; y (B, n): their labels;
     step: η > 0; keep: the values of i (1 ≤ i ≤ n) whose update is returned. Step k
-    (k = 1..n) takes W ← W − η ∇_W (ŷ_j − y_j)², ŷ_j the last coordinate of the block's
-    output for the lone token j alone. The weight after the first i steps has seen exactly
+    (k = 1..max(keep)) takes W ← W − η ∇_W (ŷ_k − y_k)², ŷ_k the last coordinate of the
+    block's output for the lone token (x_k; 0). The weight after the first i steps has seen exactly
     the first i examples, so one pass gives every i. Returns ΔW (len(keep), B, M, D), the
     weight after i steps minus the trained W1.
     """
@@ -259,11 +262,13 @@ def alignment_ceiling(F: numpy.ndarray, row: numpy.ndarray, W=None) -> numpy.nda
     query has the row a = A(x)/‖A(x)‖² and the column W δu in range(W), so no update of
     that shape aligns with F better than this (docs/theory.md §5).
 
-    F (B, M, D), row a (B, D), W (M, D) or None. Returns (B,).
+    F (B, M, D), row a (B, D) (any non-zero multiple: only its direction counts), W (M, D)
+    with M ≥ D and full column rank, or None (a W of lower rank gives a ceiling that still
+    bounds, but need not be reached). Returns (B,).
     """
     Fa = numpy.einsum("bmd,bd->bm", F, row)  # (B, M)
     if W is not None:
-        basis, _ = numpy.linalg.qr(W)  # (M, D) orthonormal columns spanning range(W)
+        basis, _ = numpy.linalg.qr(W)  # (M, D) orthonormal columns: range(W) if rank W = D
         Fa = (Fa @ basis) @ basis.T
     return numpy.linalg.norm(Fa, axis=1) / (numpy.linalg.norm(F, axis=(1, 2))
                                             * numpy.linalg.norm(row, axis=1))

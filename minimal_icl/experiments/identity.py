@@ -7,12 +7,14 @@ weights. The figure shows
     with the prompt, T_W(C, x), and with the query alone and the patch, T_{W+ΔW}(x)
     (they overlap: the identity holds at every point of training, not only at the end);
 (b) a close-up of the two held-out curves;
-(c) for the trained model, |T_W(C, x) − T_{W+ΔW}(x)| over a grid of queries
-    x = (x1, x2), averaged over held-out tasks (contexts), in float64;
+(c) for the trained model, |T_W(C, x) − T_{W+ΔW}(x)| over a grid of query inputs
+    x_q ∈ [−3, 3]² (its two coordinates drawn as x1, x2), averaged over held-out tasks
+    (contexts), in float64;
 (d) the same with the parameters and the data cast to float32.
 
-At x = 0 the query token is zero, A(x) = W_O W_V 0 = 0 and no update exists (the
-theorem divides by ‖A(x)‖²); that grid point is left out and drawn grey.
+At x_q = 0 the query token x = (x_q; 0) is zero: alone, it attends to itself only, so
+A(x) = W_O W_V x = 0 (the attention has no biases) and no update exists (the theorem
+divides by ‖A(x)‖²); that grid point is left out and drawn grey.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class IdentityConfig:
 
     n_tasks:      held-out contexts C (tasks) the grid differences are averaged over.
     grid_half:    the grid has 2·grid_half + 1 points per axis (41 × 41), spanning
-    grid_limit:   [−grid_limit, grid_limit]² (x = 0 is a grid point and is left out).
+    grid_limit:   [−grid_limit, grid_limit]² (x_q = 0 is a grid point and is left out).
     n_heldout:    new prompts for the final comparison with the baselines.
     chunk:        prompts per batch of work (memory bound).
     smooth:       the training loss is drawn as a moving average over this many steps.
@@ -71,7 +73,8 @@ def identity_config(fast: bool = False) -> IdentityConfig:
 
 
 def grid_queries(cfg: IdentityConfig) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """The grid axis (G,) and the query inputs (G·G, 2), row-major: x2 (rows) then x1."""
+    """The grid axis (G,) and the query inputs x_q (G·G, 2), row-major: the second
+    coordinate x2 indexes the rows, the first x1 runs fastest."""
     axis = numpy.arange(-cfg.grid_half, cfg.grid_half + 1) * (cfg.grid_limit / cfg.grid_half)
     x2, x1 = numpy.meshgrid(axis, axis, indexing="ij")
     return axis, numpy.stack([x1.ravel(), x2.ravel()], axis=1)
@@ -81,8 +84,9 @@ def grid_differences(params, config, context: numpy.ndarray, queries: numpy.ndar
                      chunk: int, progress: Progress = QUIET, label: str = "") -> tuple:
     """|T_W(C, x) − T_{W+ΔW}(x)| for every context (task) and every query.
 
-    context (S, N, D) in the dtype to test, queries (Q, d) (none may be 0).
-    Returns (differences (S, Q), predictions with the prompt (S, Q)), as float64 NumPy.
+    context (n_tasks, N, D) in the dtype to test, queries: the query inputs x_q (Q, d),
+    none of them 0 (not checked here: A(x) = 0 has no update). Returns (the differences
+    (n_tasks, Q), the predictions with the prompt (n_tasks, Q)), as float64 NumPy.
     """
     S, N, D = context.shape
     Q = queries.shape[0]
