@@ -14,7 +14,7 @@ and the block run on position t's input alone, patched, gives position t's outpu
 (W + ΔW_t) u_∅,t = W u_t, and h_∅,t + Δb′_t = h_t. Every with-context state comes from
 one run of the whole prompt (a causal mask makes that run's position t exactly the run
 of the prefix up to t), and every position's alone state from one run of the T tokens
-as T one-token prompts: all T patches cost two passes.
+as T one-token prompts: all T patches of a block cost two passes of it.
 
 Stacks, block by block (docs/theory.md §3): block l's alone state is block l run on
 position t's with-context input to block l. Patched block l − 1 returns exactly that
@@ -77,9 +77,10 @@ class DegeneratePositionError(DegenerateQueryError):
             f"implicit update undefined at block {self.block} for {pairs}: the MLP input of the"
             f" token run alone, {vector}, is the zero vector, and"
             f" ΔW_t = W δu_t {vector}ᵀ/‖{vector}‖²"
-            f" divides by ‖{vector}‖² (Theorem 2.2 assumes it is non-zero). A zero token without"
-            f" LayerNorm gives this; change that token, or use a model with an attention skip and"
-            f" LayerNorm bias.",
+            f" divides by ‖{vector}‖² (Theorem 2.2 assumes it is non-zero). A zero token gives"
+            f" this with attention, without LayerNorm or with LayerNorm biases 0 (the"
+            f" initial ones); change that token, or use a model with an attention skip and a"
+            f" non-zero LayerNorm bias.",
         )
 
 
