@@ -194,10 +194,11 @@ def erf(x: Array) -> Array:
 
 
 def erf_array_api(x: Array, n_series: int = 90, n_fraction: int = 60) -> Array:
-    """erf from standard array-API calls only, to about 1e-15 relative in float64.
+    """erf from standard array-API calls only, to about 2e-15 relative in float64.
 
-    Measured against scipy.special.erf on [−12, 12]: at most 12 ulp (1.3e-15 relative),
-    the worst near |x| ≈ 2.3, where the series sums about 30 terms.
+    Measured against scipy.special.erf at 6·10⁷ random points of [1, 3] and 4·10⁷ of
+    [−12, 12]: at most 17 ulp (1.9e-15 relative), the worst for 2 < |x| < 3, where 30 to
+    40 terms of the series are above rounding; within 1 ulp for |x| ≥ 3.
 
     For |x| < 3 the series with positive terms (no cancellation)
         erf(x) = 2/√π · e^{−x²} · Σₙ 2ⁿ x^{2n+1} / (1·3·5···(2n+1));

@@ -61,8 +61,9 @@ def erf_grid():
 
 def test_erf_array_api_matches_scipy_to_a_few_ulp():
     """Over [−12, 12] (and tiny and huge |x|) within 16 ulp of scipy.special.erf;
-    measured at most 12 ulp (1.3e-15 relative), near |x| ≈ 2.3. scipy itself is within
-    2 ulp of the exact value there."""
+    measured on this grid at most 14 ulp, at |x| ≈ 2.8 (at 10⁸ random points up to
+    17 ulp, 1.9e-15 relative, above 16 at only 3 of them). scipy itself is within 2 ulp
+    of the exact value there."""
     x = erf_grid()
     with numpy.errstate(
         over="raise", invalid="raise", divide="raise"
