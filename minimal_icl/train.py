@@ -7,14 +7,15 @@ One step, on a fresh batch of prompts (never repeated), in textbook form:
     _, grads   = backward(dout, cache)
     params, state = adam_step(params, grads, state, lr)             # or sgd_step
 
-``train_step`` computes the same numbers with the speed modules:
+``train_step`` computes the same numbers, to rounding, with the speed modules:
 ``model_fast.query_loss_and_grads`` and ``optim_fast.adam_step_fast``.
 
 Every ``val_every`` steps the loss on a fixed held-out batch is recorded. The result is
 the final parameters and a :class:`History` of NumPy arrays (host memory, ready for a
 checkpoint or a plot). A ``callback`` receives a :class:`Report` (the parameters, the
-losses so far) every ``FLUSH_EVERY`` steps and at every held-out measurement: the command
-line draws its progress line from it, the experiments measure more on the parameters.
+losses so far) whenever the losses are read back from the device: every ``FLUSH_EVERY``
+steps since the last read-back and at every held-out measurement. The command line draws
+its progress line from it, the experiments measure more on the parameters.
 """
 
 from __future__ import annotations
@@ -175,8 +176,7 @@ def train_step(
     rounding, by fewer and larger array operations; the textbook pass for configurations
     it does not cover), and Adam from ``optim_fast.adam_step_fast`` (bit for bit
     ``adam_step``). The first call sets glibc's heap to keep freed memory
-    (``heap.keep_freed_memory``): otherwise the first thousand steps fault in their
-    arrays' pages anew.
+    (``heap.keep_freed_memory``), so that freed arrays are reused from the first step.
 
     Returns (params, state, loss) with loss a 0-d array (``float(loss)`` reads it).
     """
@@ -324,10 +324,11 @@ def train(
     from an independent stream of the same seed. Data take the dtype, namespace and
     device of ``params``.
 
-    ``callback`` (if given) receives a :class:`Report` at step 0, every ``FLUSH_EVERY``
-    steps (when the losses are read back from the device), at every held-out
-    measurement (``val_every`` steps, ``val_loss`` set) and after the last step. It may
-    read the parameters; it must not change them.
+    ``callback`` (if given) receives a :class:`Report` at step 0, whenever the losses are
+    read back from the device (``FLUSH_EVERY`` steps after the previous read-back, so at
+    steps 50, 70, 120, 140, ... for ``val_every`` = 70), at every held-out measurement
+    (``val_every`` steps, ``val_loss`` set) and after the last step. It may read the
+    parameters; it must not change them.
 
     Raises TrainingDivergedError if the loss becomes NaN or infinite.
     Returns TrainResult(params, history).
@@ -435,7 +436,7 @@ def train_setup(
 
 
 def paper_setting(fast: bool = False) -> TrainingSetup:
-    """The setting of Dherin et al. (2025, section 4), with the choices the paper leaves open.
+    """The setting of Dherin et al. (2025, section 4), completed by choices of our own.
 
     Fixed by the paper: d = 2 (tokens of width 3), N = 50 context pairs and one query,
     w, x_j, x_q ~ N(0, I), noiseless labels; ONE block of softmax self-attention
