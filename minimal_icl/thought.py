@@ -13,11 +13,14 @@ and Δ* is the minimum-norm least-squares solution of Δ a_k ≈ u_k:
     U = [u_1 .. u_K] (M, K),   A = [a_1 .. a_K] (D, K).
 
 * K = 1: A⁺ = a_1ᵀ/‖a_1‖², so Δ* is Theorem 2.2's ΔW for x_1.
-* A of full column rank (K ≤ D, generic queries): A⁺A = I, Δ* a_k = u_k for every k,
-  so (W + Δ*) a_k = W u_C(x_k) and every calibration query is reproduced exactly by a
-  block without an MLP skip.
-* K > D: the system is overdetermined; Δ* is a least-squares compromise, exact on no
-  query in general.
+* A of full column rank: A⁺A = I, Δ* a_k = u_k for every k, so (W + Δ*) a_k = W u_C(x_k)
+  and every calibration query is reproduced exactly by a block without an MLP skip.
+  That needs K ≤ dim span{u_∅(x)} over the queries x, which is at most D, but D − 1
+  with LayerNorm whose bias is 0 (LN2's output is then γ ⊙ a centred vector), and d for
+  regression queries (x; 0) through a block without skips or LayerNorm (A(x) = W_O W_V
+  (x; 0)): K = 2 on the paper model. Generic queries reach that dimension.
+* K above that dimension: the system is overdetermined; Δ* is a least-squares
+  compromise, exact on no query in general.
 
 With an MLP skip the block's output at a query is out = h + MLP(u), and the output bias
 b′ enters it as + b′. Given Δ*, the output bias correction
@@ -28,7 +31,7 @@ b′ enters it as + b′. Given Δ*, the output bias correction
 the query alone through the block patched with Δ* only) is the exact minimiser of
 Σ_k ‖T_{W+Δ*, b′+Δb′}(x_k) − T_W(C, x_k)‖² over Δb′: the output is Δb′ plus terms
 free of Δb′, and the minimiser of Σ_k ‖Δb′ − r_k‖² is the mean of the r_k. Where Δ* is
-exact on the calibration queries (K = 1, or K ≤ D generic), T_{W+Δ*}(x_k) =
+exact on the calibration queries (K = 1, or A of full column rank), T_{W+Δ*}(x_k) =
 h_∅(x_k) + MLP(u_C(x_k)) and Δb′* = (1/K) Σ_k (h_C(x_k) − h_∅(x_k)): for K = 1 the
 theorem's Δb′. It is a two-stage fit (Δ* at the MLP input, then Δb′ at the output), not
 the joint minimiser over (Δ, Δb′). Without an MLP skip Δb′ = 0, as in ``ImplicitUpdate``.
@@ -56,9 +59,10 @@ from .validation import check_n_calibration, check_rtol, check_thought_inputs
 # The array-API default of linalg.pinv is max(D, K) · eps, but the inputs a_k come out of
 # a forward pass, and regression queries (x; 0) through a block without skips span only
 # d < D directions: on the trained paper model (K = 3, D = 3) their third singular value
-# is rounding, up to 1.1e-14 · σ_max (measured over 256 prompts), 16 times the default
-# cutoff. Inverted, it would add an arbitrary huge term to Δ*. The cutoff used sits 60
-# times above that rounding and far below the smallest singular values of generic queries.
+# is rounding, up to about 1e-14 · σ_max (1.1e-14 over 256 prompts; 9.0e-15 over another
+# 256 and another training run), 14 to 16 times the default cutoff. Inverted, it would add
+# an arbitrary huge term to Δ*. The cutoff used sits 60 to 75 times above that rounding and
+# far below the smallest singular values of generic queries.
 RANK_CUTOFF = 1000
 
 
@@ -130,8 +134,10 @@ def thought_patch(
         Δb′* = (1/K) Σ_k [T_W(C, x_k) − T_{W+Δ*}(x_k)]  with an MLP skip, else 0
 
     (module docstring: what each minimises). For K = 1 and x_1 the query, Δ* is Theorem
-    2.2's ΔW and Δb′* its Δb′; for K ≤ D generic queries each calibration query is
-    reproduced exactly by a block without an MLP skip. Use it on any query x:
+    2.2's ΔW and Δb′* its Δb′; where A has full column rank (K ≤ D generic queries, but
+    K ≤ D − 1 with LayerNorm of bias 0 and K ≤ d for regression queries through the paper's
+    block: module docstring) each calibration query is reproduced exactly by a block
+    without an MLP skip. Use it on any query x:
     ``forward(params, config, x[:, None, :], patches=(patch,))`` approximates
     ``forward(params, config, [C, x])`` at x.
 

@@ -177,6 +177,30 @@ def test_compression_error_against_its_references(problem, K):
                          rtol=1e-9, atol=IDENTITY_RTOL * size)
 
 
+def test_layer_norm_with_zero_bias_is_exact_on_at_most_D_minus_1_queries():
+    """With LN2's bias 0 every a_k = LN2(h) lies in the (D − 1)-dimensional space γ ⊙
+    centred(ℝ^D): K = D − 1 generic queries are reproduced exactly, K = D are not (the
+    module docstring's count of how many queries the fit can be exact on)."""
+    from minimal_icl import init_params
+
+    config = TransformerConfig(d_token=4, n_heads=2, d_head=2, d_mlp=16, activation="gelu",
+                               attn_skip=True, layer_norm=True)
+    params = init_params(config, seed=1)  # LayerNorm biases 0
+    rng = numpy.random.default_rng(3)
+    context = rng.standard_normal((3, 5, 4))
+    for K, exact in ((3, True), (4, False)):
+        queries = rng.standard_normal((3, K, 4))
+        patch = thought_patch(params, config, context, queries)
+        assert numpy.linalg.matrix_rank(patch.inputs[0]) == 3
+        tokens = numpy.concatenate([numpy.repeat(context, K, axis=0),
+                                    queries.reshape(3 * K, 1, 4)], axis=1)
+        reference = forward(params, config, tokens)[0][:, -1]
+        repeated = BlockPatch(numpy.repeat(patch.delta_W, K, 0), numpy.repeat(patch.delta_b, K, 0))
+        patched = forward(params, config, queries.reshape(3 * K, 1, 4), patches=(repeated,))[0]
+        residual = relative_residual(reference, patched[:, 0])
+        assert (residual <= IDENTITY_RTOL) == exact, (K, residual)  # measured 4.0e-15, 0.24
+
+
 def test_stacks_and_bad_arguments_are_refused():
     config = TransformerConfig(d_token=3, n_blocks=2)
     params = random_params(config, 0)
