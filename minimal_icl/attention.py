@@ -177,7 +177,8 @@ def attention_backward(dout: Array, cache: AttentionCache) -> tuple[Array, Atten
 
     and each projection's dx and dW come from ``linear_backward`` on the merged heads.
     The (B, H, T, K) arrays dk and dv are built explicitly; ``attention_fast`` computes
-    the same gradients without them where that is cheaper. Returns (dx (B, T, D), AttentionParams of gradients).
+    the same gradients without them where that is cheaper.
+    Returns (dx (B, T, D), AttentionParams of gradients).
     """
     c = cache
     K = c.q.shape[-1]
