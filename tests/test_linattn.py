@@ -166,6 +166,16 @@ def test_find_plateaus_on_a_staircase():
     assert [round(level, 6) for _, _, level in runs] == [1.0, 0.5, 0.2]
 
 
+def test_projections_are_one_at_the_converged_predictor():
+    """p_d = e_dᵀ A e_d / c_d with c_d = λ_d⁻¹ (1 + (1 + tr Λ/λ_d)/N)⁻¹, the eigenvalues of
+    Γ⁻¹: 1 on every eigenvector once A = Γ⁻¹, 0 at A = 0, ½ at A = Γ⁻¹/2."""
+    cov = la.covariance(4, seed=2)
+    Gamma_inv = la.converged_predictor(cov.Lambda, 31)
+    p = ld.projections(numpy.stack([Gamma_inv, 0 * Gamma_inv, Gamma_inv / 2]), cov, 31)
+    assert p.shape == (3, 4)
+    assert relative_residual(p, numpy.array([[1.0] * 4, [0.0] * 4, [0.5] * 4])) <= IDENTITY_RTOL
+
+
 def test_short_run_passes_the_plateaus_and_reaches_the_predictor():
     """P = 5,000, ATTN_S rank 1 (H = 5) and ATTN_M (H = 8), seed 0 (fast settings):
     ATTN_S shows d = 4 drops, learns the eigenvectors in decreasing-eigenvalue order and

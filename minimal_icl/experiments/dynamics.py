@@ -65,7 +65,7 @@ def compute(model, cfg: DynamicsConfig, seed: int, progress: Progress = QUIET) -
     context, query = batch.context[part], batch.query[part]  # (1, N, D), (1, D)
     N = context.shape[1]
     path = implicit_path(params, config, context, query)
-    h = path.step_size[:, None, None]  # (1, 1, 1)
+    eta_x = path.step_size[:, None, None]  # (1, 1, 1) η_x = 1/‖A(x)‖²
 
     # W_i from Theorem 2.2 on the prefix prompt [c_1..c_i, x], i = 0..N
     progress.update(f"{NAME}: W_i by Theorem 2.2 per prefix")
@@ -76,7 +76,7 @@ def compute(model, cfg: DynamicsConfig, seed: int, progress: Progress = QUIET) -
     increments = [W[i + 1] - W[i] for i in range(N)]  # each (1, M, D)
 
     step_residual = numpy.array([
-        relative_residual(W[i + 1], W[i] - h * path.gradient(i)) for i in range(N)
+        relative_residual(W[i + 1], W[i] - eta_x * path.gradient(i)) for i in range(N)
     ])
     increment_norms = numpy.array([float(numpy.linalg.norm(inc)) for inc in increments])
     cos_successive = numpy.array([
@@ -137,7 +137,7 @@ def plot(record: dict, path) -> None:
             label=r"$T_{W_i}(x)$: query alone, patched")
     ax.plot(i, d["prediction_prompt"], "-", color="C1", linewidth=1,
             label=r"$T_W(c_1..c_i, x)$: prefix prompt")
-    ax.axhline(head["target"], color="k", linestyle="--", linewidth=1, label=r"target $\langle w, x\rangle$")
+    ax.axhline(head["target"], color="k", linestyle="--", linewidth=1, label=r"target $\langle w, x_q\rangle$")
     ax.set_xlabel("tokens consumed $i$")
     ax.set_ylabel("prediction")
     ax.set_title("(a) prediction along the path")
@@ -162,7 +162,7 @@ def plot(record: dict, path) -> None:
     step_res = numpy.maximum(numpy.asarray(d["step_residual"]), LOG_FLOOR)
     out_res = numpy.maximum(numpy.asarray(d["output_residual"]), LOG_FLOOR)
     ax.semilogy(steps, step_res, "o", color="C3", markersize=3.5,
-                label=r"$W_{i+1}$ vs $W_i - h\nabla L_i(W_i)$")
+                label=r"$W_{i+1}$ vs $W_i - \eta_x \nabla L_i(W_i)$")
     ax.semilogy(i, out_res, "s", color="C4", markersize=3, mfc="none",
                 label=r"$T_{W_i}(x)$ vs $T_W(c_1..c_i, x)$")
     ax.axhline(d["identity_rtol"], color="k", linestyle="--", linewidth=1,

@@ -14,8 +14,10 @@ gradient descent on a fixed training set, and writes ``linear-dynamics.png`` and
 
 Settings (those of docs/theory.md §9, in the package's 1/N convention): d = 4, N = 31,
 λ ∝ (4, 3, 2, 1)/10 with a random rotation, P = 20,000 training sequences (fast: 5,000),
-100,000 held-out sequences (fast: 20,000); ATTN_S lr 0.395, init 0.0628, 50,001 epochs
-(fast: init 0.126, 12,001 epochs); ATTN_M lr 0.124, init 5.6e-6, 3,001 epochs.
+100,000 held-out sequences (fast: 20,000); ATTN_S lr 0.395, init 0.0628, 50,000 epochs
+(fast: init 0.126, 12,000 epochs); ATTN_M lr 0.124, init 5.6e-6, 3,000 epochs. An epoch
+is one full-batch GD step; epochs 0..E are recorded, the 50,001, 12,001 and 3,001 of
+docs/theory.md §9.
 
 The package's rules (not the paper's):
 
@@ -23,8 +25,8 @@ The package's rules (not the paper's):
   the run, at least 2 recorded epochs), over which the held-out loss changes by less
   than 0.5 % of tr Λ per ``window``; its level is the median loss over the run (extended
   by one window, the end of training at most); consecutive plateaus
-  whose levels differ by less than 2 % of tr Λ are merged (the closest predicted levels
-  differ by 7 %). A drop is the passage between consecutive plateaus: drops = plateaus − 1;
+  whose levels differ by less than 2 % of tr Λ are merged (the closest predicted levels,
+  L(M_{d−1}) and L(M_d), differ by 7 % of tr Λ). A drop is the passage between consecutive plateaus: drops = plateaus − 1;
 * a plateau is assigned to m = the number of eigen-directions learned at its middle
   (p_d > 1/2); a plateau m that no run reaches is reported as absent (null), not forced;
 * the time of a drop is the first epoch whose held-out loss is below the midpoint of the

@@ -22,8 +22,9 @@ regression task (d = 2, N = 50), with the same 10 orders for every learner:
         and its endpoint W_N does not;
     (d) full-batch GD on (1/2i) Σ_{j≤i} (θ x_j − y_j)², from θ_0 = 0: a sum over the
         pairs, order-free (rounding level at i = N; for i < N it sees a different set);
-    (e) online SGD, one pass, θ ← θ − η (θ x_j − y_j) x_jᵀ: its updates do not commute,
-        so its prediction depends on the order at every i, the end included.
+    (e) online SGD, one pass, θ ← θ − η (θ x_j − y_j) x_jᵀ (a step on ½ (θ x_j − y_j)²):
+        its updates do not commute, so its prediction depends on the order at every i,
+        the end included.
 
 Choices (the package's own; Shen et al. study LLMs, not this task): 100 held-out
 prompts; the 10 orders are random permutations shared by all prompts; η = 0.1 for online
@@ -105,8 +106,9 @@ def online_sgd_predictions(x, y, x_q, lr: float) -> numpy.ndarray:
 
 
 def full_batch_gd_predictions(x, y, x_q, lr: float, steps: int) -> numpy.ndarray:
-    """⟨θ_K, x_q⟩ after K full-batch GD steps on L_i(θ) = (1/2i) Σ_{j≤i} (⟨θ, x_j⟩ − y_j)²
-    from θ_0 = 0, for every prefix i = 0..N at once (i = 0: no data, θ stays 0).
+    """⟨θ, x_q⟩ after ``steps`` full-batch GD steps θ ← θ − η ∇L(θ) on the first i pairs,
+    L(θ) = (1/2i) Σ_{j≤i} (⟨θ, x_j⟩ − y_j)², from θ_0 = 0, for every prefix i = 0..N at
+    once (i = 0: no data, θ stays 0).
     x (B, N, d), y (B, N), x_q (B, d); returns (B, N+1)."""
     B, N, d = x.shape
     i = numpy.arange(N + 1)

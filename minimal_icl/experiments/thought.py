@@ -16,8 +16,9 @@ trained paper model, for held-out queries x of the same tasks:
 * (b) the squared gap to the with-context output, ‖T_{W+Δ*}(x) − T_W(C, x)‖², on the
   held-out queries and on the calibration queries themselves.
 
-Regression queries are tokens (x_q; 0): through a block without skips their MLP inputs
-a = u_∅(x) span at most d = 2 of the D = 3 directions, so the fit is exact on the
+Regression queries are tokens (x_q; 0): through a block without skips or LayerNorm their
+MLP inputs a = u_∅(x) = W_O W_V x (a query alone attends to itself only) are linear in
+x_q and span at most d = 2 of the D = 3 directions, so the fit is exact on the
 calibration queries for K ≤ 2 only (not K ≤ D), and a least-squares compromise after.
 """
 
@@ -54,7 +55,7 @@ class ThoughtConfig:
     """Our choices for the thought-patch figure (the paper gives none we reproduce).
 
     n_tasks:       held-out tasks (one context of N = 50 pairs and one w each).
-    n_test:        held-out queries per task, x ~ N(0, I), tokens (x; 0).
+    n_test:        held-out queries per task, x_q ~ N(0, I_d), tokens (x_q; 0).
     n_calibration: the K values; the calibration queries are drawn like the held-out
                    ones, independently, and the patch for K uses the first K of them.
     """
@@ -72,7 +73,7 @@ def thought_config(fast: bool = False) -> ThoughtConfig:
 
 
 def query_tokens(B: int, n: int, d: int, rng) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """n regression queries per task: tokens (x; 0) (B, n, d + 1) and inputs x (B, n, d)."""
+    """n regression queries per task: tokens (x_q; 0) (B, n, d + 1) and inputs x_q (B, n, d)."""
     x = rng.standard_normal((B, n, d))
     return numpy.concatenate([x, numpy.zeros((B, n, 1))], axis=-1), x
 
@@ -106,7 +107,7 @@ def compute(model, cfg: ThoughtConfig, seed: int, progress: Progress = QUIET) ->
     K_max = max(cfg.n_calibration)
     calibration, _ = query_tokens(cfg.n_tasks, K_max, setup.d, rng)  # (B, K_max, D)
     test, test_x = query_tokens(cfg.n_tasks, cfg.n_test, setup.d, rng)  # (B, Q, D)
-    y = numpy.einsum("bqd,bd->bq", test_x, w)  # (B, Q) the labels ⟨w, x⟩
+    y = numpy.einsum("bqd,bd->bq", test_x, w)  # (B, Q) the labels ⟨w, x_q⟩
 
     progress.update(f"{NAME}: with-context outputs")
     out_C = with_context(params, config, context, test)  # (B, Q, D)
