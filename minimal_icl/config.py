@@ -18,10 +18,10 @@ class TransformerConfig:
     One block, with z the block input (B, T, D):
 
         u1  = LN1(z)                      if layer_norm else z
-        a   = Attention(u1)               multi-head, output projected back to D
-        h   = z + a                       if attn_skip  else a
-        u2  = LN2(h)                      if layer_norm else h
-        m   = W2 g(W1 u2 + b1) + b2       the MLP; W1 is "the W" of the theorems
+        A   = Attention(u1)               multi-head, output projected back to D
+        h   = z + A                       if attn_skip  else A
+        u   = LN2(h)                      if layer_norm else h      the MLP input
+        m   = W2 g(W1 u + b1) + b2        the MLP; W1 is "the W" of the theorems
         out = h + m                       if mlp_skip   else m
 
     Tokens are used as given (no embedding, no positions), as in Dherin et al. (2025).
@@ -44,7 +44,7 @@ class TransformerConfig:
         contextual_layer:
                     "attention" (the above) or "rnn": the recurrent layer of
                     ``minimal_icl.rnn`` in attention's place, s_t = tanh(W_s s_{t−1} +
-                    W_in c_t + b), s_0 = 0, A_t = W_out s_t (causal by construction; the
+                    W_in c_t + b_s), s_0 = 0, A_t = W_out s_t (causal by construction; the
                     attention fields n_heads, d_head, attention and causal keep their
                     values and are ignored). The package's own addition (docs/theory.md §8).
         d_state:    the recurrent state's width S (used by contextual_layer="rnn" only).
@@ -95,10 +95,13 @@ class TransformerConfig:
             )
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (JSON-ready: ints, floats, strings and bools)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TransformerConfig":
+        """The inverse of :meth:`to_dict`. A field left out takes its default; an unknown
+        key raises a ValueError naming it, and every value is validated as on creation."""
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"TransformerConfig: unknown fields {sorted(unknown)}")
