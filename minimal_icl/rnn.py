@@ -4,10 +4,10 @@ Theorem 2.2 and Proposition 3.1 of Dherin et al. (2025) never use attention: any
 that returns a vector at the query works (docs/theory.md §8). This module is the
 classic contrast, an Elman recurrence with a tanh state, read out at every position:
 
-    s_0 = 0,   s_t = tanh(W_s s_{t−1} + W_in c_t + b),   A_t = W_out s_t     t = 1..T
+    s_0 = 0,   s_t = tanh(W_s s_{t−1} + W_in c_t + b_s),   A_t = W_out s_t     t = 1..T
 
 so the output at the query (the last token) is W_out s_T after reading C then x, and a
-token alone gives A(x) = W_out tanh(W_in x + b). There is no averaging over tokens: a
+token alone gives A(x) = W_out tanh(W_in x + b_s). There is no averaging over tokens: a
 new token enters through one more application of tanh, not through a weight ≈ 1/(i+2).
 
 Shapes: B prompts, T tokens, D token width, S state width (``config.d_state``).
@@ -53,7 +53,7 @@ class RNNCache(NamedTuple):
 
 
 def rnn_step_forward(x: Array, s_prev: Array, p: RNNParams) -> tuple[Array, RNNStepCache]:
-    """One step of the recurrence: s = tanh(W_s s_prev + W_in x + b).
+    """One step of the recurrence: s = tanh(W_s s_prev + W_in x + b_s).
 
     x (B, D), s_prev (B, S). Returns (s (B, S), RNNStepCache).
     """
@@ -68,15 +68,15 @@ def rnn_step_backward(ds: Array, cache: RNNStepCache) -> tuple[Array, Array, Arr
 
         dpre = ds ⊙ (1 − s²)                     (tanh′ = 1 − tanh²)
         dx = dpre W_in,   ds_prev = dpre W_s,
-        dW_in = dpreᵀ x,  dW_s = dpreᵀ s_prev,   db = Σ_B dpre.
+        dW_in = dpreᵀ x,  dW_s = dpreᵀ s_prev,   db_s = Σ_B dpre.
 
-    Returns (dx (B, D), ds_prev (B, S), dW_in (S, D), dW_s (S, S), db (S,)).
+    Returns (dx (B, D), ds_prev (B, S), dW_in (S, D), dW_s (S, S), db_s (S,)).
     """
     c = cache
     xp = namespace(ds)
     # forward was: s = tanh(pre)
     dpre = ds * (1.0 - c.s * c.s)  # (B, S)
-    # forward was: pre = s_prev W_sᵀ + x W_inᵀ + b
+    # forward was: pre = s_prev W_sᵀ + x W_inᵀ + b_s
     dx = dpre @ c.W_in  # (B, D)
     ds_prev = dpre @ c.W_s  # (B, S)
     dW_in = dpre.mT @ c.x  # (S, D)
@@ -86,7 +86,7 @@ def rnn_step_backward(ds: Array, cache: RNNStepCache) -> tuple[Array, Array, Arr
 
 
 def rnn_forward(x: Array, p: RNNParams, last_only: bool = False) -> tuple[Array, RNNCache]:
-    """The recurrent layer over x (B, T, D): s_t = tanh(W_s s_{t−1} + W_in c_t + b),
+    """The recurrent layer over x (B, T, D): s_t = tanh(W_s s_{t−1} + W_in c_t + b_s),
     s_0 = 0, and A_t = W_out s_t.
 
     Returns (A (B, T, D), or (B, 1, D) if ``last_only``, RNNCache).
@@ -141,12 +141,13 @@ def rnn_backward(dout: Array, cache: RNNCache) -> tuple[Array, RNNParams]:
 
 
 def rnn_query_after_prefixes(states: Array, x_query: Array, p: RNNParams) -> Array:
-    """A_i = W_out tanh(W_s s_i + W_in x + b) for every prefix i = 0..N at once.
+    """A_i = W_out tanh(W_s s_i + W_in x + b_s) for every prefix i = 0..N at once.
 
     ``states`` (B, N+1, S) holds s_0 = 0, s_1..s_N: the states after reading c_1..c_i
     (one run over the context); x_query (B, D) is the query's input to the layer. The
-    result (B, N+1, D) is the layer's output at the query on [c_1..c_i, x], exactly
-    what ``rnn_forward`` gives on that prompt (the recurrence only ever looks back).
+    result (B, N+1, D) is the layer's output at the query on [c_1..c_i, x], what
+    ``rnn_forward`` gives on that prompt (the recurrence only ever looks back) to rounding:
+    the same sums, batched differently (measured relative difference ≤ 2e-16).
     """
     xp = namespace(states, x_query)
     x = xp.expand_dims(x_query, axis=1)  # (B, 1, D)

@@ -1,6 +1,6 @@
 """The recurrent contextual layer (minimal_icl.rnn): its gradients, and the theorems on it.
 
-s_0 = 0, s_t = tanh(W_s s_{t−1} + W_in c_t + b), A_t = W_out s_t. Every parameter is
+s_0 = 0, s_t = tanh(W_s s_{t−1} + W_in c_t + b_s), A_t = W_out s_t. Every parameter is
 gradient-checked with a random upstream gradient (one step, the whole sequence, the
 whole model with every switch), a broken backpropagation through time is shown to fail
 the checker, and Theorem 2.2 and Proposition 3.1 are property-tested on recurrent
@@ -67,7 +67,7 @@ def rnn_params(D: int, S: int, seed: int) -> RNNParams:
 
 
 def test_rnn_forward_is_the_recurrence_written_out():
-    """A_t = W_out s_t with s_t = tanh(W_s s_{t−1} + W_in c_t + b), s_0 = 0, by a loop over
+    """A_t = W_out s_t with s_t = tanh(W_s s_{t−1} + W_in c_t + b_s), s_0 = 0, by a loop over
     one prompt and one token at a time (an independent formula)."""
     D, S, T = 3, 5, 6
     p = rnn_params(D, S, 0)
@@ -85,7 +85,7 @@ def test_rnn_forward_is_the_recurrence_written_out():
 
 
 def test_rnn_token_alone_is_W_out_tanh_W_in_x_plus_b():
-    """A(x) = W_out tanh(W_in x + b): one token, from s_0 = 0."""
+    """A(x) = W_out tanh(W_in x + b_s): one token, from s_0 = 0."""
     p = rnn_params(4, 3, 2)
     x = numpy.random.default_rng(3).standard_normal((5, 1, 4))
     out, _ = rnn_forward(x, p)
@@ -94,7 +94,7 @@ def test_rnn_token_alone_is_W_out_tanh_W_in_x_plus_b():
 
 
 def test_rnn_query_after_prefixes_is_a_run_on_each_prefix():
-    """A_i = W_out tanh(W_s s_i + W_in x + b) equals the layer run on [c_1..c_i, x]."""
+    """A_i = W_out tanh(W_s s_i + W_in x + b_s) equals the layer run on [c_1..c_i, x]."""
     D, S, N = 3, 4, 5
     p = rnn_params(D, S, 4)
     rng = numpy.random.default_rng(5)
