@@ -10,10 +10,14 @@ block l run alone,
 and position t's token alone through the patched blocks gives position t's output.
 Innocenti & Achour's variant reproduces every position from the LAST token x alone:
 in the first block u_∅,t, h_∅,t are replaced by u_x, h_x (from the second block on the
-patches are the per-position ones).
+patches are the per-position ones, so that the chained ``forward`` reproduces position
+t; their code instead patches every block from the last position's own input,
+``implicit_update_from_last_token(..., per_block=True)``, not used here).
 
-The figure (the package's own; no version of the paper draws it) measures, on the
-trained paper model (one block) and the trained 4-block pre-LN model of Figure 5:
+The figure is not in Dherin et al.; Innocenti & Achour study the same question (how the
+updates of different tokens relate, within and across blocks) on their own models. This
+measurement, on the package's trained paper model (one block) and the trained 4-block
+pre-LN model of Figure 5, is the package's own:
 
 * within a block: cos_F(ΔW_l,s, ΔW_l,t) between every pair of positions, which for
   rank-1 patches c rᵀ is cos(c_s, c_t) · cos(r_s, r_t) (``position_alignment``), for
