@@ -51,4 +51,5 @@ def activation_forward(x: Array, kind: str) -> tuple[Array, ActivationCache]:
 
 
 def activation_backward(dy: Array, cache: ActivationCache) -> Array:
+    """dy ⊙ g′(x) for the x and kind the forward cached; shaped like dy."""
     return relu_backward(dy, cache) if cache.kind == "relu" else gelu_backward(dy, cache)

@@ -7,7 +7,7 @@
     out = h + MLP(u)          if mlp_skip   else MLP(u)
 
 A ``BlockPatch`` (Theorem 2.2 of Dherin et al. 2025) replaces, per prompt, the MLP's
-first weight W1 by W1 + ΔW and its output bias b2 by b2 + Δb.
+first weight W1 by W1 + ΔW and its output bias b2 by b2 + Δb′.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class BlockPatch(NamedTuple):
     """A per-prompt change of one block's MLP weights."""
 
     delta_W: Array  # (B, M, D) added to W1
-    delta_b: Array  # (B, D)    added to b2
+    delta_b: Array  # (B, D)    added to b2: Δb′
 
 
 class BlockCache(NamedTuple):

@@ -65,7 +65,8 @@ def check_gradients(loss_fn, tree, grads, step: float = FD_STEP) -> dict[str, fl
 
     ``loss_fn(tree) -> float`` is the scalar whose gradient ``grads`` claims to be;
     ``tree`` is any array, record or tuple of them, and ``grads`` has the same structure.
-    Returns ``{dotted name: relative error}``.
+    Returns ``{dotted name: relative error}`` (the name ``"input"`` for a bare array; the
+    positions ``"0"``, ``"1"``, ... for a plain tuple).
     """
     names = [name for name, _ in tree_leaves(tree)]
     errors = {}

@@ -1,4 +1,4 @@
-"""The MLP M(u) = W2 g(W1 u + b1) + b2, a forward/backward pair.
+"""The MLP u ↦ W2 g(W1 u + b1) + b2, a forward/backward pair.
 
 W1 is the W of Theorem 2.2 (Dherin et al. 2025): the first dense layer after attention.
 A patched model passes per-prompt weights: W1 of shape (B, M, D) and b2 of shape (B, D).

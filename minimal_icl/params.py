@@ -34,7 +34,7 @@ class MLPParams(NamedTuple):
     W1: Array  # (M, D)   the first dense layer: "W" in the theorems
     b1: Array  # (M,)
     W2: Array  # (D, M)
-    b2: Array  # (D,)     the output bias: "b'" in the skip-connection theorem
+    b2: Array  # (D,)     the output bias: b′ in the skip-connection theorem
 
 
 class BlockParams(NamedTuple):

@@ -429,6 +429,19 @@ def test_relu_definition_and_kink(backend):
     assert backend.to_numpy(dx).tolist() == [[[0.0, 0.0, 0.0, 7.0, 7.0]]]
 
 
+def test_softmax_attention_of_one_token_is_W_O_W_V_x():
+    """No biases in the projections: a token x alone (T = 1, softmax weight 1 on itself)
+    gives A(x) = W_O W_V x, every head's value concatenated and projected back."""
+    rng = numpy.random.default_rng(0)
+    D, H, K = 3, 4, 2
+    p = AttentionParams(*(rng.standard_normal(shape) for shape in [(H * K, D)] * 3 + [(D, H * K)]))
+    x = rng.standard_normal((5, 1, D))
+    for causal in (False, True):
+        A, _ = attention_forward(x, p, H, "softmax", causal)
+        expected = x[:, 0] @ (p.W_O @ p.W_V).T  # (B, D) rows of W_O W_V x
+        assert relative_residual(A[:, 0], expected) <= IDENTITY_RTOL
+
+
 def test_causal_mask_semantics(backend):
     """Query i is position T − Tq + i and sees keys j ≤ T − Tq + i: the diagonal is never
     masked, and the last query (all that last_only keeps) sees every key."""
