@@ -87,7 +87,9 @@ def linear_dynamics_config(fast: bool = False) -> LinearDynamicsConfig:
 
 
 def projections(effective: numpy.ndarray, cov: la.Covariance, n_context: int) -> numpy.ndarray:
-    """p_d(t) = e_dᵀ A(t) e_d / c_d for each recorded A(t): (E, d), 1 once learned."""
+    """p_d(t) = e_dᵀ A(t) e_d / c_d for each recorded A(t), c_d = λ_d⁻¹ (1 + (1 + tr Λ/λ_d)/N)⁻¹
+    the eigenvalue of Γ⁻¹ on e_d: 1 once learned. effective (n_recorded, d, d); returns
+    (n_recorded, d)."""
     lam, E = cov.eigenvalues, cov.eigenvectors
     c = 1.0 / (lam * (1.0 + (1.0 + lam.sum() / lam) / n_context))
     return numpy.einsum("di,edk,ki->ei", E, effective, E) / c
