@@ -24,11 +24,12 @@ last and sees every token (causal or not), and there are no positions, so its at
 output after i tokens only renormalises the query row of that run (docs/theory.md §4):
 
     softmax:  A_i = W_O concat_h[(Σ_{j≤i} P_j v_j + P_x v_x) / (Σ_{j≤i} P_j + P_x)]
-    linear:   A_i = W_O concat_h[ Σ_{j≤i} s_j v_j + s_x v_x ]
+    linear:   A_i = W_O concat_h[ Σ_{j≤i} P_j v_j + P_x v_x ]
 
-with P (s) the query row of the attention weights (scaled scores) on the whole prompt,
-then the residual h_i = z_x + A_i (attn skip) and u_i = LN2(h_i) (LayerNorm), elementwise
-per prefix. For the recurrent layer (``contextual_layer="rnn"``, docs/theory.md §8) one
+with P the query row of the attention weights on the whole prompt (for linear attention
+the scaled scores S themselves, so a prefix only drops terms; s_i below is the recurrent
+state), then the residual h_i = z_x + A_i (attn skip) and u_i = LN2(h_i) (LayerNorm),
+elementwise per prefix. For the recurrent layer (``contextual_layer="rnn"``, docs/theory.md §8) one
 run over the prompt gives the states s_i after c_1..c_i, and A_i = W_out tanh(W_s s_i +
 W_in x + b_s) is one more step from each (``rnn.rnn_query_after_prefixes``; x here is the
 layer's input, LN1(x) with LayerNorm).
