@@ -6,7 +6,7 @@
 
 Only the query position enters the loss, so ``forward(..., last_only=True)`` (out of
 shape (B, 1, D)) gives the same loss and the same parameter gradients as the full output
-(B, T, D), for less work.
+(B, T, D), to rounding (tests/test_loss_optim.py), for less work.
 """
 
 from __future__ import annotations

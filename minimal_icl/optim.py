@@ -153,7 +153,8 @@ def adam_step(
     Returns (params, state); the new parameters are views of one new vector.
     Raises ValueError for lr not finite ≥ 0, β₁ or β₂ outside [0, 1), ε not finite > 0
     (ε = 0 divides 0 by 0 where a gradient is 0), grads without the records and shapes of
-    params, or a state of other parameters (``minimal_icl.validation``).
+    params, or a state of other parameters; TypeError for a state that is not an
+    AdamState and for arrays that are not real floating point (``minimal_icl.validation``).
     """
     lr = check_learning_rate(lr)
     beta1 = check_fraction("beta1", beta1)
