@@ -84,7 +84,7 @@ def save_checkpoint(
     Raises, before anything is written: ValueError if ``params`` do not match ``config``
     (``validation.check_params``), if ``path`` is a directory or its directory does not
     exist or is not writable, if ``metadata`` is not JSON or an ``extra`` entry is not a
-    numeric array.
+    numeric array; TypeError if ``extra`` is not a dict.
     """
     path = check_writable_file(path, "path")
     check_params(params, config)
