@@ -1,6 +1,6 @@
 """Multi-head self-attention, softmax or linear, a forward/backward pair.
 
-For head h (its K rows W_Q,h, W_K,h, W_V,h of each projection; one row per token):
+For each head (its K rows W_Q,h, W_K,h, W_V,h of each projection; one row per token):
 
     q = x_q W_Q,hᵀ                    queries                          (B, H, Tq, K)
     k = x W_K,hᵀ,  v = x W_V,hᵀ       keys and values                  (B, H, T, K)

@@ -2,7 +2,7 @@
 
 ``attention.attention_backward`` builds the key and value gradients dk = dSᵀ q and
 dv = Pᵀ dPv, (B, H, T, K) each, and passes them through the projections' backward. For
-a projection y = x Wᵀ (W of shape (H·K, D), head h its K rows Wₕ) whose gradient per
+a projection y = x Wᵀ (W of shape (H·K, D), Wₕ the K rows of one head) whose gradient per
 head is dyₕ = Mₕᵀ Gₕ, the same dx and dW come out of either order of the products:
 
     direct:        dyₕ = Mₕᵀ Gₕ  (B, H, T, K);   dx = merge(dy) W;   dW = Σ_b merge(dy)ᵀ x

@@ -85,8 +85,9 @@ def block_backward(
     of the forward; ``fast=True`` runs ``attention_backward_fast`` (the same gradients by
     cheaper products).
 
-    With a patch, the gradient of the per-prompt W1 + ΔW is summed over prompts: it is
-    the gradient with respect to the shared W1 (and to a shared ΔW).
+    With a patch, the gradients of the per-prompt W1 + ΔW and b2 + Δb′ are summed over
+    prompts: they are the gradients with respect to the shared W1 and b2 (and to a
+    shared ΔW and Δb′).
     """
     c = cache
     # forward was: out = h + m (or out = m)
