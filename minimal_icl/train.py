@@ -238,8 +238,10 @@ def compare_with_baselines(
     The prompts come from a third stream of ``seed``, independent of the training and
     validation prompts of :func:`train`. Rows: the trained model, the zero predictor, one
     step of GD with the optimal step η* = 1/(1 + (d+1)/N), least squares (and ridge with
-    λ = σ² if σ > 0). ``excess`` compares each row with the model prompt by prompt, so
-    its standard error is much smaller than the two MSEs' own.
+    λ = σ² if σ > 0). ``excess`` compares each row with the model prompt by prompt: its
+    standard error is below √(stderr² + the model's stderr²), what two independent
+    estimates would give, wherever the two squared errors are positively correlated
+    across prompts (Var(a − b) = Var a + Var b − 2 Cov(a, b)).
     """
     setup = _check_setup(setup)
     check_params(params, setup.config)
