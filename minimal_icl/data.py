@@ -227,7 +227,9 @@ def one_step_gd_mse(d: int, n_context: int, eta: float | None = None) -> float:
 
     E (ŷ − ⟨w, x_q⟩)² = d [η² (1 + (d+1)/N) − 2η + 1],   = d (d+1)/(N+d+1) at η*.
     """
-    eta = optimal_gd_step(d, n_context) if eta is None else float(eta)
+    d = check_positive_int("d", d)
+    n_context = check_positive_int("n_context", n_context)
+    eta = optimal_gd_step(d, n_context) if eta is None else check_step_size(eta)
     return d * (eta * eta * (1.0 + (d + 1) / n_context) - 2.0 * eta + 1.0)
 
 

@@ -187,6 +187,19 @@ def test_prompt_tokens_puts_query_y_in_the_label_slot():
         prompt_tokens(batch.context_x, batch.context_y, batch.query_x, query_y[:2])
 
 
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [((0, 50, 0.5), "d must be a positive int"), ((2, 0, 0.5), "n_context must be a positive int"),
+     ((2, 50, float("nan")), "eta must be a finite float"), ((2, 50, -1.0), "eta must be a finite float"),
+     ((2.0, 50), "d must be a positive int")],
+)  # fmt: skip
+def test_one_step_gd_mse_checks_its_arguments(args, match):
+    """d = 0 gave 0.0, N = 0 a ZeroDivisionError, η = NaN a NaN, η < 0 a number for a step
+    the package refuses elsewhere (one_step_gd_predict)."""
+    with pytest.raises(ValueError, match=match):
+        one_step_gd_mse(*args)
+
+
 def test_optimal_step_and_its_expected_error():
     assert optimal_gd_step(2, 50) == pytest.approx(50 / 53, rel=1e-15)
     assert one_step_gd_mse(2, 50) == pytest.approx(2 * 3 / 53, rel=1e-14)
