@@ -164,6 +164,7 @@ def constant(xp, shape: tuple, value: float, dtype, dev) -> Array:
 
 
 def is_numpy(xp) -> bool:
+    """Whether ``xp`` is NumPy: ``numpy`` itself or array_api_compat's NumPy wrapper."""
     return xp is numpy or array_api_compat.is_numpy_namespace(xp)
 
 

@@ -61,6 +61,8 @@ class CheckpointError(ValueError):
 
 
 class Checkpoint(NamedTuple):
+    """What :func:`load_checkpoint` returns."""
+
     config: TransformerConfig
     params: ModelParams
     extra: dict  # name -> NumPy array

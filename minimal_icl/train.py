@@ -138,6 +138,7 @@ class TrainingSetup:
     val_size: int = 2048
 
     def to_dict(self) -> dict:
+        """The setup as nested plain dicts ("config" and "optimizer" included), JSON-ready."""
         return asdict(self)
 
     @classmethod
@@ -301,6 +302,8 @@ class Report(NamedTuple):
 
 
 class TrainResult(NamedTuple):
+    """What :func:`train` returns: the parameters after the last step and the history."""
+
     params: ModelParams
     history: History
 
