@@ -36,6 +36,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Sequence
 
+import numpy
+
 from .attention import merge_heads, split_heads
 from .backend import Array, device, namespace
 from .block import BlockPatch, block_forward
@@ -173,7 +175,8 @@ def inverse_direction(a: Array, block: int = 0, vector: str = "A(C\\Y, x)") -> A
     xp = namespace(a)
     norm = xp.expand_dims(norms(a), axis=-1)  # (..., 1)
     check_nonzero(norm[..., 0], block, vector)
-    row = (a / norm) / norm
+    with numpy.errstate(over="ignore"):  # NumPy's flag only: the ValueError says it
+        row = (a / norm) / norm
     if not bool(xp.all(xp.isfinite(row))):
         raise ValueError(
             f"block {block}: ‖{vector}‖ is non-zero but so small that {vector}/‖{vector}‖²"

@@ -793,3 +793,16 @@ if __name__ == "__main__":
         for group in FLOAT32_GROUPS:
             q = numpy.quantile(values[name][groups == group], [0.5, 0.99, 0.999, 1.0])
             print(f"| {name} | {group} | " + " | ".join(f"{v:.1e}" for v in q) + " |")
+
+
+def test_inverse_direction_overflow_is_one_valueerror_without_a_warning():
+    """‖a‖ non-zero but so small that a/‖a‖² overflows: a ValueError that says so, and no
+    RuntimeWarning before it (the rule of docs/validation.md)."""
+    import warnings
+
+    from minimal_icl.implicit import inverse_direction
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="so small that"):
+            inverse_direction(numpy.array([[1e-310, 0.0, 0.0]]))
