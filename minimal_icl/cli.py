@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    keep_freed_memory()  # freed arrays stay in the heap: no page faults step after step
+    keep_freed_memory()  # freed arrays stay in the heap (minimal_icl.heap)
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args)
