@@ -306,6 +306,8 @@ def load_checkpoint(
         raise CheckpointError(
             path, f"unexpected parameters for this configuration: {', '.join(unexpected)}"
         )
+    first_name = next(iter(expected))
+    first = contents[f"params/{first_name}"]
     for name, shape in expected.items():
         value = contents[f"params/{name}"]
         if value.shape != shape:
@@ -318,10 +320,9 @@ def load_checkpoint(
                 path, f"parameter {name} has dtype {value.dtype}, expected a float dtype"
                 " (float32 or float64)"
             )
-        first = contents[f"params/{next(iter(expected))}"]
         if value.dtype != first.dtype:
             raise CheckpointError(
-                path, f"parameter {name} has dtype {value.dtype} but {next(iter(expected))} has"
+                path, f"parameter {name} has dtype {value.dtype} but {first_name} has"
                 f" {first.dtype}: the parameters must share one dtype"
             )
 

@@ -54,6 +54,7 @@ from .validation import (
     check_bool,
     check_float_array,
     check_non_negative_int,
+    check_positive_float,
     check_positive_int,
     check_seed,
 )
@@ -220,13 +221,6 @@ def _check_losses_finite(loss: float, epoch: int, lr: float) -> None:
                          f" {loss}; lower the learning rate (lr = {lr:g})")
 
 
-def _check_scale(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, numpy.floating)) or not (
-            numpy.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def init_merged(d: int, n_heads: int, scale: float, seed: int = 0) -> MergedParams:
     """ATTN_M's initial weights: entries ~ N(0, scale²), then v̄_i = 0 and ū_i = 0.
 
@@ -236,7 +230,7 @@ def init_merged(d: int, n_heads: int, scale: float, seed: int = 0) -> MergedPara
     code's convention for this model. Returns (H, d+1, d+1) arrays, float64.
     """
     d, H = check_positive_int("d", d), check_positive_int("n_heads", n_heads)
-    scale = _check_scale("scale", scale)
+    scale = check_positive_float("scale", scale)
     rng = numpy.random.default_rng(check_seed(seed))
     D = d + 1
     W_V = scale * rng.standard_normal((H, D, D))
@@ -253,7 +247,7 @@ def init_separate(d: int, n_heads: int, rank: int, scale: float, seed: int = 0) 
     """
     d, H = check_positive_int("d", d), check_positive_int("n_heads", n_heads)
     R = check_positive_int("rank", rank)
-    scale = _check_scale("scale", scale)
+    scale = check_positive_float("scale", scale)
     rng = numpy.random.default_rng(check_seed(seed))
     D = d + 1
     W_V = scale / numpy.sqrt(H * D * D) * rng.standard_normal((H, D, D))
@@ -728,7 +722,7 @@ def train_gd(params, train: FeatureStatistics, heldout: FeatureStatistics, lr: f
     d = _check_params(params)
     _check_statistics("train", train, d)
     _check_statistics("heldout", heldout, d)
-    lr = _check_scale("lr", lr)
+    lr = check_positive_float("lr", lr)
     epochs = check_non_negative_int("epochs", epochs)
     stride = check_positive_int("stride", stride)
     if stop_below is not None and (
@@ -768,7 +762,7 @@ def per_sequence_gd(params, data: Sequences, lr: float, epochs: int,
     if isinstance(params, CubicParams) and data.X.shape[1] != d + 1:
         raise ValueError(f"data.X has tokens of width {data.X.shape[1]}, the CubicParams of"
                          f" d = {d} need d + 1 = {d + 1}")
-    lr = _check_scale("lr", lr)
+    lr = check_positive_float("lr", lr)
     epochs = check_non_negative_int("epochs", epochs)
     mask = zero_block_mask(params) if check_bool("freeze_zero_blocks", freeze_zero_blocks) else None
     z = cubic_feature(data.X) if isinstance(params, CubicParams) else None

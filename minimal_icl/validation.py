@@ -540,8 +540,6 @@ def check_forward_finite(
     )
 
 
-
-
 def _overflow_sizes(xp, tokens, params, patches=None) -> tuple[str, str]:
     """(words, culprit) after a pass over finite inputs overflowed: the largest |entry| of
     the tokens (``(name, array)`` pairs), of the parameters and of the patches, in words

@@ -238,7 +238,7 @@ def test_bad_arguments_are_refused_by_name():
             la.train_gd(merged, stats, stats, 1e6, 50)
         with pytest.raises(ValueError, match="gradient descent diverged at epoch"):
             la.per_sequence_gd(merged, data, 1e6, 50)
-    with pytest.raises(ValueError, match="lr must be a finite number > 0, got nan"):
+    with pytest.raises(ValueError, match="lr must be a finite float > 0, got nan"):
         la.per_sequence_gd(merged, data, float("nan"), 1)
     with pytest.raises(ValueError, match="epochs must be an int ≥ 0, got -1"):
         la.per_sequence_gd(merged, data, 0.1, -1)
