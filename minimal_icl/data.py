@@ -40,6 +40,7 @@ from .backend import Array, namespace, resolve_dtype
 from .validation import (
     check_batch,
     check_batch_finite,
+    check_batch_tokens,
     check_float_dtype,
     check_generator,
     check_namespace,
@@ -53,7 +54,11 @@ from .validation import (
 
 
 class RegressionBatch(NamedTuple):
-    """B in-context regression prompts with N context pairs in dimension d (D = d + 1)."""
+    """B in-context regression prompts with N context pairs in dimension d (D = d + 1).
+
+    The properties slice ``tokens``; tokens that are not an array with three axes (a
+    list of lists) get a ValueError naming ``batch.tokens`` (:func:`check_batch_tokens`).
+    """
 
     tokens: Array  # (B, N+1, D)  (x_j; y_j) for j = 1..N, then (x_q; 0)
     target: Array  # (B,)         ⟨w, x_q⟩, without label noise
@@ -62,26 +67,31 @@ class RegressionBatch(NamedTuple):
     @property
     def context(self) -> Array:
         """The N context tokens (x_j; y_j), (B, N, D)."""
+        check_batch_tokens(self.tokens)
         return self.tokens[:, :-1, :]
 
     @property
     def query(self) -> Array:
         """The query token (x_q; 0), (B, D)."""
+        check_batch_tokens(self.tokens)
         return self.tokens[:, -1, :]
 
     @property
     def context_x(self) -> Array:
         """The context inputs x_j, (B, N, d)."""
+        check_batch_tokens(self.tokens)
         return self.tokens[:, :-1, :-1]
 
     @property
     def context_y(self) -> Array:
         """The context labels y_j, (B, N)."""
+        check_batch_tokens(self.tokens)
         return self.tokens[:, :-1, -1]
 
     @property
     def query_x(self) -> Array:
         """The query input x_q, (B, d)."""
+        check_batch_tokens(self.tokens)
         return self.tokens[:, -1, :-1]
 
 

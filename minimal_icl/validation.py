@@ -31,7 +31,8 @@ the layers never see one). The functions a user calls check their arguments here
     init_params, data       check_config, check_seed, check_generator, check_positive_int,
                             check_non_negative, check_float_dtype, check_namespace,
                             check_batch, check_batch_finite, check_prompt_parts,
-                            check_result_finite
+                            check_result_finite; RegressionBatch's properties
+                            check_batch_tokens
     train, train_setup      the data checks, check_params, check_token_width,
                             check_optimizer_settings (OptimizerSettings on creation),
                             check_record_dict (TrainingSetup.from_dict)
@@ -1162,14 +1163,8 @@ def check_batch(batch, name: str = "batch") -> None:
             f"{name} must be a RegressionBatch (from regression_prompts), got"
             f" {type(batch).__name__}"
         )
-    shape = _shape(tokens)
-    if shape is None:
-        raise ValueError(
-            f"{name}.tokens must be an array of shape (B, N+1, d+1), got"
-            f" {type(tokens).__name__} (no shape): make the batch with regression_prompts,"
-            " or its fields with numpy.asarray"
-        )
-    if len(shape) != 3 or shape[0] < 1 or shape[1] < 2 or shape[2] < 2:
+    shape = check_batch_tokens(tokens, name)
+    if shape[0] < 1 or shape[1] < 2 or shape[2] < 2:
         raise ValueError(
             f"{name}.tokens must have shape (B, N+1, d+1) with B, N, d ≥ 1, got shape"
             f" {shape}"
@@ -1183,6 +1178,26 @@ def check_batch(batch, name: str = "batch") -> None:
         )
     check_float_array(f"{name}.target", target)
     _same_array_type(f"{name}.target", target, f"{name}.tokens", tokens)
+
+
+def check_batch_tokens(tokens, name: str = "batch") -> tuple:
+    """The shape of ``{name}.tokens``, or a ValueError naming it unless it is an array
+    (numpy.ndarray or another array-API array) with three axes (B, N+1, d+1): the check
+    of RegressionBatch's properties, which slice the tokens (a list of lists would fail
+    inside the indexing). Shapes only; :func:`check_batch` checks the rest."""
+    shape = getattr(tokens, "shape", None)
+    if shape is not None and len(shape) == 3:
+        return tuple(shape)
+    if shape is None:
+        raise ValueError(
+            f"{name}.tokens must be an array of shape (B, N+1, d+1), got"
+            f" {type(tokens).__name__} (no shape): make the batch with regression_prompts,"
+            " or its fields with numpy.asarray"
+        )
+    raise ValueError(
+        f"{name}.tokens must have shape (B, N+1, d+1) with B, N, d ≥ 1, got shape"
+        f" {tuple(shape)}"
+    )
 
 
 def check_batch_finite(batch, name: str = "batch") -> None:

@@ -743,6 +743,11 @@ CASES = [
     ("batch-of-lists", lambda w: zero_predict(RegressionBatch(
         w.batch.tokens.tolist(), w.batch.target.tolist(), w.batch.w.tolist())), ValueError,
      r"batch\.tokens must be an array of shape \(B, N\+1, d\+1\), got list \(no shape\)"),
+    ("batch-context-of-lists", lambda w: RegressionBatch(
+        w.batch.tokens.tolist(), w.batch.target.tolist(), w.batch.w.tolist()).context, ValueError,
+     r"batch\.tokens must be an array of shape \(B, N\+1, d\+1\), got list \(no shape\)"),
+    ("batch-query-x-two-axes", lambda w: w.batch._replace(tokens=w.batch.tokens[0]).query_x,
+     ValueError, r"batch\.tokens must have shape \(B, N\+1, d\+1\) .*got shape \(6, 3\)"),
     ("batch-target-list", lambda w: least_squares_predict(w.batch._replace(
         target=w.batch.target.tolist())), ValueError,
      r"batch\.target must have shape \(B,\) = \(4,\), got None \(list\)"),
