@@ -3,14 +3,17 @@
 ``attention.attention_backward`` builds the key and value gradients dk = dSᵀ q and
 dv = Pᵀ dPv, (B, H, T, K) each, and passes them through the projections' backward. For
 a projection y = x Wᵀ (W of shape (H·K, D), Wₕ the K rows of one head) whose gradient per
-head is dyₕ = Mₕᵀ Gₕ, the same dx and dW come out of either order of the products:
+head is dyₕ = mixingₕᵀ factorₕ, the same dx and dW come out of either order of the products:
 
-    direct:        dyₕ = Mₕᵀ Gₕ  (B, H, T, K);   dx = merge(dy) W;   dW = Σ_b merge(dy)ᵀ x
-    reassociated:  dx = Σₕ Mₕᵀ (Gₕ Wₕ);          dWₕ = Σ_b Gₕᵀ (Mₕ x)
+    direct:        dyₕ = mixingₕᵀ factorₕ  (B, H, T, K);   dx = merge(dy) W;
+                   dW = Σ_b merge(dy)ᵀ x
+    reassociated:  dx = Σₕ mixingₕᵀ (factorₕ Wₕ);   dWₕ = Σ_b factorₕᵀ (mixingₕ x)
 
-with M = dS, G = q for the keys and M = P, G = dPv for the values. The reassociated
-order never builds the (B, H, T, K) array dy. It costs about 2·Tq·D multiply-adds per
-(prompt, head, token) against Tq·K + 2·K·D for the direct order, so it wins when the
+with mixing = dS, factor = q for the keys and mixing = P, factor = dPv for the values:
+``mixing`` (Tq, T) per head weighs the T tokens for each query row, ``factor`` (Tq, K)
+per head holds the K-wide vector of each query row. The reassociated order never builds
+the (B, H, T, K) array dy. It costs about 2·Tq·D multiply-adds per (prompt, head, token)
+against Tq·K + 2·K·D for the direct order, so it wins when the
 queries are few (``last_only``: Tq = 1, as in training) or the tokens narrow (D < K/2
 roughly). ``attention_backward_fast`` takes whichever order is cheaper, per projection.
 The two orders are the same sums, so they agree to rounding: tests/test_attention_fast.py
@@ -32,19 +35,23 @@ from .linear import LinearCache, linear_backward
 from .params import AttentionParams
 
 
-def head_projection_backward(M: Array, G: Array, proj: LinearCache) -> tuple[Array, Array]:
-    """Backward of a key or value projection y = x Wᵀ whose gradient per head is Mₕᵀ Gₕ.
+def head_projection_backward(
+    mixing: Array, factor: Array, proj: LinearCache
+) -> tuple[Array, Array]:
+    """Backward of a key or value projection y = x Wᵀ whose gradient per head is
+    dyₕ = mixingₕᵀ factorₕ.
 
-    Keys: dkₕ = dSₕᵀ qₕ (M = dS, G = q). Values: dvₕ = Pₕᵀ dPvₕ (M = P, G = dPv).
-    Shapes: M (B, H, Tq, T), G (B, H, Tq, K); proj caches x (B, T, D) and W (H·K, D).
+    Keys: dkₕ = dSₕᵀ qₕ (mixing = dS, factor = q). Values: dvₕ = Pₕᵀ dPvₕ (mixing = P,
+    factor = dPv). Shapes: mixing (B, H, Tq, T), factor (B, H, Tq, K); proj caches
+    x (B, T, D) and W (H·K, D).
     Returns (dx (B, T, D), dW (H·K, D)) by the cheaper order (see the module docstring).
     """
     x, W = proj.x, proj.W
-    xp = namespace(M, G, x)
-    B, H, Tq, T = M.shape
-    K, D = G.shape[-1], x.shape[-1]
+    xp = namespace(mixing, factor, x)
+    B, H, Tq, T = mixing.shape
+    K, D = factor.shape[-1], x.shape[-1]
     if 2 * Tq * D >= Tq * K + 2 * K * D:
-        dx, dW, _ = linear_backward(merge_heads(M.mT @ G), proj)  # the direct order
+        dx, dW, _ = linear_backward(merge_heads(mixing.mT @ factor), proj)  # the direct order
         return dx, dW
 
     # Products with a per-head weight Wₕ run per head over all prompts and query rows
@@ -57,14 +64,14 @@ def head_projection_backward(M: Array, G: Array, proj: LinearCache) -> tuple[Arr
         a = xp.reshape(a, (H, B, Tq, a.shape[-1]))
         return xp.reshape(xp.permute_dims(a, (1, 0, 2, 3)), (B, H * Tq, a.shape[-1]))
 
-    M_stacked = xp.reshape(M, (B, H * Tq, T))  # (B, H·Tq, T)
-    G_heads = per_head(G)  # (H, B·Tq, K)
-    GW = per_prompt(G_heads @ xp.reshape(W, (H, K, D)))  # (B, H·Tq, D)  Gₕ Wₕ
-    # Σₕ Mₕᵀ (Gₕ Wₕ): the sum over heads is part of the contraction over H·Tq rows
-    dx = M_stacked.mT @ GW  # (B, T, D)
-    Mx = xp.reshape(M_stacked @ x, (B, H, Tq, D))  # (B, H, Tq, D)  Mₕ x
-    # dWₕ = Σ over prompts and query rows of Gₕᵀ (Mₕ x)
-    dW = G_heads.mT @ per_head(Mx)  # (H, K, D)
+    mixing_stacked = xp.reshape(mixing, (B, H * Tq, T))  # (B, H·Tq, T)
+    factor_heads = per_head(factor)  # (H, B·Tq, K)
+    factor_W = per_prompt(factor_heads @ xp.reshape(W, (H, K, D)))  # (B, H·Tq, D)  factorₕ Wₕ
+    # Σₕ mixingₕᵀ (factorₕ Wₕ): the sum over heads is part of the contraction over H·Tq rows
+    dx = mixing_stacked.mT @ factor_W  # (B, T, D)
+    mixing_x = xp.reshape(mixing_stacked @ x, (B, H, Tq, D))  # (B, H, Tq, D)  mixingₕ x
+    # dWₕ = Σ over prompts and query rows of factorₕᵀ (mixingₕ x)
+    dW = factor_heads.mT @ per_head(mixing_x)  # (H, K, D)
     return dx, xp.reshape(dW, (H * K, D))
 
 

@@ -208,9 +208,9 @@ def test_property_fast_attention_backward_equals_textbook(backend, kind):
     check()
 
 
-def direct_order(M, G, x, W):
-    """dyₕ = Mₕᵀ Gₕ, dx = merge(dy) W, dW = Σ_b merge(dy)ᵀ x, in plain NumPy."""
-    dy = numpy.einsum("bhqt,bhqk->bthk", M, G)
+def direct_order(mixing, factor, x, W):
+    """dyₕ = mixingₕᵀ factorₕ, dx = merge(dy) W, dW = Σ_b merge(dy)ᵀ x, in plain NumPy."""
+    dy = numpy.einsum("bhqt,bhqk->bthk", mixing, factor)
     dy = dy.reshape(dy.shape[0], dy.shape[1], -1)  # (B, T, H·K)
     return dy @ W, numpy.einsum("bto,bti->oi", dy, x)
 
@@ -225,13 +225,17 @@ def direct_order(M, G, x, W):
     ids=["direct", "reassociated", "reassociated-last-only"],
 )
 def test_head_projection_backward_orders_agree(backend, B, H, Tq, T, K, D, order):
-    """Both orders of the key/value projection backward give the direct formula."""
+    """Both orders of the key/value projection backward give the direct formula
+    (arguments by name: mixing is dS or P, factor is q or dPv)."""
     assert uses_direct_order(Tq, K, D) == (order == "direct")
     rng = numpy.random.default_rng(14)
-    M, G = rng.standard_normal((B, H, Tq, T)), rng.standard_normal((B, H, Tq, K))
+    mixing = rng.standard_normal((B, H, Tq, T))
+    factor = rng.standard_normal((B, H, Tq, K))
     x, W = rng.standard_normal((B, T, D)), rng.standard_normal((H * K, D))
     _, proj = linear_forward(backend.asarray(x), backend.asarray(W))
-    dx, dW = head_projection_backward(backend.asarray(M), backend.asarray(G), proj)
-    dx_expected, dW_expected = direct_order(M, G, x, W)
+    dx, dW = head_projection_backward(
+        mixing=backend.asarray(mixing), factor=backend.asarray(factor), proj=proj
+    )
+    dx_expected, dW_expected = direct_order(mixing, factor, x, W)
     assert relative_residual(backend.to_numpy(dx), dx_expected) <= IDENTITY_RTOL
     assert relative_residual(backend.to_numpy(dW), dW_expected) <= IDENTITY_RTOL
