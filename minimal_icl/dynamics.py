@@ -65,6 +65,8 @@ from .validation import (
     check_index,
     check_params,
     check_path_weights,
+    check_prefix_inputs,
+    check_prefix_method,
     check_prompt,
     check_single_block,
     check_states_finite,
@@ -97,9 +99,18 @@ def prefix_states(
     one more step with the query from each (module docstring).
 
     context (B, N, D), query (B, D). Returns (u (B, N+1, D), h (B, N+1, D)).
+    A ValueError or TypeError names the argument: block parameters that do not match
+    ``config``, a context or query of another shape, dtype or array type, an unknown
+    ``method``. Shapes and dtypes only: ``implicit_path`` and ``factorised_path`` also
+    check that the prompt is finite (and call the unchecked ``_prefix_states``).
     """
-    if method not in PREFIX_METHODS:
-        raise ValueError(f"prefix method must be one of {PREFIX_METHODS}, got {method!r}")
+    check_prefix_inputs(block_params, config, context, query)
+    check_prefix_method(method, PREFIX_METHODS)
+    return _prefix_states(block_params, config, context, query, method)
+
+
+def _prefix_states(block_params, config, context, query, method):
+    """:func:`prefix_states` without the argument checks, for callers that made them."""
     xp = namespace(context, query)
     B, N, D = context.shape
     query_token = xp.reshape(query, (B, 1, D))
@@ -241,8 +252,9 @@ def implicit_path(
     """
     block = _single_block(params, config, "implicit_path")
     check_prompt(config, context, query)
+    check_prefix_method(method, PREFIX_METHODS)
     xp = namespace(context, query)
-    u, h = prefix_states(block, config, context, query, method)  # (B, N+1, D) each
+    u, h = _prefix_states(block, config, context, query, method)  # (B, N+1, D) each
     check_states_finite(u, "implicit_path", params, context, query)
     W0 = block.mlp.W1
     A_query = u[:, 0, :]  # (B, D)
@@ -352,6 +364,7 @@ def factorised_path(
     """
     block = _single_block(params, config, "factorised_path")
     check_prompt(config, context, query)
+    check_prefix_method(method, PREFIX_METHODS)
     xp = namespace(context, query)
     if config.contextual_layer == "rnn":
         B, N, D = context.shape
@@ -362,7 +375,7 @@ def factorised_path(
         h_res = xp.concat([run.h for run in runs], axis=1)  # (B, N+1, D)
         check_states_finite(A_suffix, "factorised_path", params, context, query)
     else:
-        u_rev, h_rev = prefix_states(block, config, xp.flip(context, axis=1), query, method)
+        u_rev, h_rev = _prefix_states(block, config, xp.flip(context, axis=1), query, method)
         check_states_finite(u_rev, "factorised_path", params, context, query)
         A_suffix = xp.flip(u_rev, axis=1)  # (B, N+1, D)  A_{>i} = A(c_{i+1}..c_N, x)
         h_res = xp.flip(h_rev, axis=1)  # (B, N+1, D)

@@ -20,8 +20,10 @@ the layers never see one). The functions a user calls check their arguments here
                             check_thought_inputs, check_rtol, check_n_calibration
     implicit_path, factorised_path
                             check_params, check_single_block, check_prompt,
-                            check_states_finite; their methods check_index,
-                            check_path_weights
+                            check_prefix_method, check_states_finite; their methods
+                            check_index, check_path_weights
+    prefix_states           check_prefix_inputs (check_block_params, check_context_query),
+                            check_prefix_method
     von_oswald_*            check_von_oswald, check_von_oswald_tokens, check_float_dtype,
                             check_namespace
     sgd_*, adam_*, unflatten
@@ -311,55 +313,92 @@ def check_params(params, config: TransformerConfig, name: str = "params") -> Non
     contextual = RNNParams if config.contextual_layer == "rnn" else AttentionParams
     first = first_name = None
     for l, block in enumerate(params.blocks):
-        if not isinstance(block, BlockParams):
-            raise ValueError(
-                f"{name}.blocks[{l}] must be a BlockParams, got {type(block).__name__}"
-            )
-        for part, record, kind in (
-            ("attn", block.attn, contextual),
-            ("mlp", block.mlp, MLPParams),
-            ("ln1", block.ln1, LayerNormParams),
-            ("ln2", block.ln2, LayerNormParams),
-        ):
-            if kind is LayerNormParams:
-                if (record is not None) != config.layer_norm:
-                    raise ValueError(
-                        f"block {l}: {part} is {'set' if record is not None else 'None'} but"
-                        f" config.layer_norm = {config.layer_norm} ({name}.blocks[{l}].{part})"
-                    )
-                if record is None:
-                    continue
-            if not isinstance(record, kind):
+        first, first_name = _check_block(block, config, expected, contextual, name, l,
+                                         first, first_name)
+
+
+def check_block_params(block_params, config: TransformerConfig, name: str = "block_params"):
+    """A ValueError naming the parameter unless ``block_params`` is one BlockParams of
+    the shapes ``config`` gives a block (as in :func:`check_params`: real floating point,
+    one dtype and one array type, else a TypeError); a TypeError unless it is a
+    BlockParams (a whole ModelParams is named: pass one of its blocks)."""
+    check_config(config)
+    if not isinstance(block_params, BlockParams):
+        raise TypeError(
+            f"{name} must be a BlockParams (one entry of params.blocks), got"
+            f" {type(block_params).__name__}"
+            + ("; pass params.blocks[0]" if isinstance(block_params, ModelParams) else "")
+        )
+    contextual = RNNParams if config.contextual_layer == "rnn" else AttentionParams
+    _check_block(block_params, config, _expected_shapes(config), contextual, name, None,
+                 None, None)
+
+
+def _check_block(block, config, expected, contextual, name, l, first, first_name):
+    """The checks of one block for :func:`check_params` (block ``l`` of ``name``) and
+    :func:`check_block_params` (l None: the block is ``name``). ``first`` is the first
+    array seen (the others must share its type and dtype), returned with its name."""
+    if not isinstance(block, BlockParams):
+        where, _ = _block_names(name, l)
+        raise ValueError(f"{where} must be a BlockParams, got {type(block).__name__}")
+    for part, record, kind in (
+        ("attn", block.attn, contextual),
+        ("mlp", block.mlp, MLPParams),
+        ("ln1", block.ln1, LayerNormParams),
+        ("ln2", block.ln2, LayerNormParams),
+    ):
+        if kind is LayerNormParams:
+            if (record is not None) != config.layer_norm:
+                where, label = _block_names(name, l)
                 raise ValueError(
-                    f"{name}.blocks[{l}].{part} must be a {kind.__name__},"
-                    f" got {type(record).__name__}"
-                    + (f" (config.contextual_layer = {config.contextual_layer!r})"
-                       if part == "attn" else "")
+                    f"{label}{part} is {'set' if record is not None else 'None'} but"
+                    f" config.layer_norm = {config.layer_norm} ({where}.{part})"
                 )
-            for field, value in zip(record._fields, record):
-                shape = _shape(value)
-                want, formula = expected[field]
-                if shape != want:
-                    label = f"{part}.{field}" if kind is LayerNormParams else field
-                    raise ValueError(
-                        f"block {l}: {label} has shape {shape},"
-                        f" config expects {want} = {formula} ({name}.blocks[{l}].{part}.{field})"
-                    )
-                if first is None:
-                    check_float_array(f"{name}.blocks[{l}].{part}.{field}", value)
-                    first, first_name = value, f"{name}.blocks[{l}].{part}.{field}"
-                elif type(value) is not type(first):
-                    raise TypeError(
-                        f"{name}.blocks[{l}].{part}.{field} is a {type(value).__name__} but"
-                        f" {first_name} is a {type(first).__name__}: move all"
-                        " parameters with to_device"
-                    )
-                elif value.dtype != first.dtype:
-                    check_float_array(f"{name}.blocks[{l}].{part}.{field}", value)
-                    raise TypeError(
-                        f"{name}.blocks[{l}].{part}.{field} has dtype {value.dtype} but the other"
-                        f" parameters have {first.dtype}: use one dtype for all parameters"
-                    )
+            if record is None:
+                continue
+        if not isinstance(record, kind):
+            where, _ = _block_names(name, l)
+            raise ValueError(
+                f"{where}.{part} must be a {kind.__name__},"
+                f" got {type(record).__name__}"
+                + (f" (config.contextual_layer = {config.contextual_layer!r})"
+                   if part == "attn" else "")
+            )
+        for field, value in zip(record._fields, record):
+            shape = _shape(value)
+            want, formula = expected[field]
+            if shape != want:
+                where, label = _block_names(name, l)
+                label_field = f"{part}.{field}" if kind is LayerNormParams else field
+                raise ValueError(
+                    f"{label}{label_field} has shape {shape},"
+                    f" config expects {want} = {formula} ({where}.{part}.{field})"
+                )
+            if first is None:
+                first_name = f"{_block_names(name, l)[0]}.{part}.{field}"
+                check_float_array(first_name, value)
+                first = value
+            elif type(value) is not type(first):
+                where, _ = _block_names(name, l)
+                raise TypeError(
+                    f"{where}.{part}.{field} is a {type(value).__name__} but"
+                    f" {first_name} is a {type(first).__name__}: move all"
+                    " parameters with to_device"
+                )
+            elif value.dtype != first.dtype:
+                where, _ = _block_names(name, l)
+                check_float_array(f"{where}.{part}.{field}", value)
+                raise TypeError(
+                    f"{where}.{part}.{field} has dtype {value.dtype} but the other"
+                    f" parameters have {first.dtype}: use one dtype for all parameters"
+                )
+    return first, first_name
+
+
+def _block_names(name: str, l) -> tuple[str, str]:
+    """(where, label) of a block in messages: ("params.blocks[l]", "block l: "), or
+    (name, "") for a block passed on its own (l None). Built on the error path only."""
+    return (name, "") if l is None else (f"{name}.blocks[{l}]", f"block {l}: ")
 
 
 def _same_array_type(name: str, a, other_name: str, other) -> None:
@@ -694,6 +733,25 @@ def check_single_block(config: TransformerConfig, what: str) -> None:
             " the earlier blocks' outputs on that prefix, so there is no single weight path."
             " Use a one-block model, or implicit_update per prefix."
         )
+
+
+def check_prefix_method(method, methods: tuple) -> str:
+    """``method``, or a ValueError unless it is one of ``methods`` (how ``prefix_states``
+    computes the query's states after each prefix: dynamics.PREFIX_METHODS)."""
+    if not isinstance(method, str) or method not in methods:
+        raise ValueError(f"method (the prefix method) must be one of {methods}, got {method!r}")
+    return method
+
+
+def check_prefix_inputs(block_params, config: TransformerConfig, context: Array,
+                        query: Array) -> None:
+    """``prefix_states``' arguments: block_params one BlockParams of the shapes ``config``
+    gives a block (:func:`check_block_params`), context (B, N, D) and query (B, D) with
+    D = config.d_token (:func:`check_context_query`), all real floating point, the prompt
+    the same array type on the same device as the parameters. Reads no values."""
+    check_block_params(block_params, config)
+    check_context_query(context, query, config.d_token)
+    _same_array_type("context", context, "block_params", block_params.mlp.W1)
 
 
 def check_index(i, low: int, high: int, what: str) -> int:

@@ -74,6 +74,7 @@ from minimal_icl.data import (
     ridge_lambda,
     ridge_predict,
 )
+from minimal_icl.dynamics import prefix_states
 from minimal_icl.optim import unflatten
 from minimal_icl.train import (
     TrainingSetup,
@@ -90,6 +91,7 @@ STACK = TransformerConfig(
     mlp_skip=True,
 )
 ONE = TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=2, d_mlp=5)
+_RNN = TransformerConfig(d_token=3, n_blocks=1, d_mlp=5, d_state=4, contextual_layer="rnn")
 ONE_LN = TransformerConfig(d_token=3, n_blocks=1, n_heads=2, d_head=2, d_mlp=5, layer_norm=True,
                            attn_skip=True, mlp_skip=True)
 
@@ -732,6 +734,29 @@ CASES = [
      w.one, ONE), ValueError, r"path .*: the directory .*absent' does not exist"),
     ("save-path-nul", lambda w: save_checkpoint("m\0.npz", w.one, ONE), ValueError,
      r"path 'm\\x00\.npz' contains a NUL character"),
+    # -- prefix_states: one block's query states after each prefix ------------------------------
+    ("prefix-states-context-width", lambda w: prefix_states(w.one.blocks[0], ONE,
+     numpy.ones((4, 5, 4)), w.query), ValueError,
+     r"context must have shape \(B, N, d_token=3\) with B ≥ 1, got shape \(4, 5, 4\)"),
+    ("prefix-states-query-3d", lambda w: prefix_states(w.one.blocks[0], ONE, w.context,
+     w.query[:, None, :]), ValueError,
+     r"query must have shape \(B, d_token=3\), got shape \(4, 1, 3\)"),
+    ("prefix-states-query-other-prompts", lambda w: prefix_states(w.one.blocks[0], ONE,
+     w.context, w.query[:2]), ValueError, r"query holds 2 prompts but context holds 4"),
+    ("prefix-states-context-int", lambda w: prefix_states(w.one.blocks[0], ONE,
+     w.context.astype(int), w.query), TypeError, r"context: dtype int64 is refused"),
+    ("prefix-states-model-params", lambda w: prefix_states(w.one, ONE, w.context, w.query),
+     TypeError, r"block_params must be a BlockParams .*got ModelParams; pass params\.blocks\[0\]"),
+    ("prefix-states-W1-shape", lambda w: prefix_states(w.one.blocks[0]._replace(
+        mlp=w.one.blocks[0].mlp._replace(W1=numpy.ones((4, 3)))), ONE, w.context, w.query),
+     ValueError, r"W1 has shape \(4, 3\), config expects \(5, 3\) .*\(block_params\.mlp\.W1\)"),
+    ("prefix-states-config-dict", lambda w: prefix_states(w.one.blocks[0], {}, w.context,
+     w.query), TypeError, r"config must be a TransformerConfig, got dict"),
+    ("prefix-states-method", lambda w: prefix_states(w.one.blocks[0], ONE, w.context, w.query,
+     method="fast"), ValueError, r"method \(the prefix method\) must be one of \('auto',"),
+    ("factorised-path-rnn-method", lambda w: factorised_path(
+        init_params(_RNN), _RNN, w.context, w.query, method="fast"), ValueError,
+     r"method \(the prefix method\) must be one of"),
     # -- Proposition 3.1's loss, batches of lists ---------------------------------------------
     ("path-loss-W-shape", lambda w: implicit_path(w.one, ONE, w.context, w.query).loss(
         0, numpy.ones((3, 3))), ValueError,
