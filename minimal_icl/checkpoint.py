@@ -17,7 +17,8 @@ to the same path. The file is created with mode 0o666 less the umask, like any f
 program writes. The parameters must match the configuration (the file could not be
 loaded otherwise), so saving checks them first. Loading always uses
 ``allow_pickle=False``: a file holding a pickled object is refused, never unpickled.
-Every problem with a file raises :class:`CheckpointError`, which names the file.
+Every problem with a file read raises :class:`CheckpointError`, which names the file; a
+write the operating system refuses raises its OSError, reworded to name the path given.
 """
 
 from __future__ import annotations
@@ -85,8 +86,13 @@ def save_checkpoint(
 
     Raises, before anything is written: ValueError if ``params`` do not match ``config``
     (``validation.check_params``), if ``path`` is a directory or its directory does not
-    exist or is not writable, if ``metadata`` is not JSON or an ``extra`` entry is not a
-    numeric array; TypeError if ``extra`` is not a dict.
+    exist or is not writable, if ``path`` exists and is not a regular file (a device such
+    as /dev/null, which the move would replace), if ``metadata`` is not JSON or an
+    ``extra`` entry is not a numeric array; TypeError if ``extra`` is not a dict.
+    OSError (of the operating system's kind: PermissionError, FileNotFoundError, ...)
+    if writing fails all the same (a directory such as /proc that refuses new files even
+    where it looks writable, a full disk): its message names ``path`` and the reason, the
+    temporary file is removed and an existing file at ``path`` is left unchanged.
     """
     path = check_writable_file(path, "path")
     check_params(params, config)
@@ -125,19 +131,39 @@ def save_checkpoint(
         arrays[f"extra/{name}"] = value
 
     temporary = _temporary_path(path)
-    _remove_stale_temporaries(path)
-    # O_EXCL: never write through a file or link someone else put there; mode 0o666 & ~umask
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    step = f"creating the temporary file {os.path.basename(temporary)!r} beside it"
     try:
+        _remove_stale_temporaries(path)
+        # O_EXCL: never write through a file or link someone else put there; 0o666 & ~umask
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:
+        raise _cannot_write(path, step, error) from error
+    try:
+        step = "writing the temporary file"
         with os.fdopen(descriptor, "wb") as handle:
             numpy.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
+        step = "moving the temporary file over it"
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.lexists(temporary):
             os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise _cannot_write(path, step, error) from error
         raise
+
+
+def _cannot_write(path: str, step: str, error: OSError) -> OSError:
+    """``error`` again, of its kind (the same errno, so a PermissionError stays one), with
+    a message naming the argument, the reason and the step that failed (the operating
+    system's own message names the temporary file, which the caller never chose)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    message = (
+        f"save_checkpoint: cannot write path {path!r}: {reason} ({step}); nothing was"
+        " written and an existing file there is unchanged"
+    )
+    return OSError(error.errno, message) if error.errno is not None else type(error)(message)
 
 
 def _temporary_path(path: str, pid: int | None = None) -> str:

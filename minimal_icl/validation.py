@@ -1352,8 +1352,9 @@ def check_flat_vector(vector, size: int) -> None:
 def check_writable_file(path, name: str = "path") -> str:
     """``path`` as a string, or a ValueError naming ``name`` unless a file can be written
     there: not empty, no NUL character, not a directory (nor a name ending in "/"), in an
-    existing directory we may write to, and, if the file exists, one we may replace.
-    Nothing is created."""
+    existing directory we may write to, and, if the file exists, a regular file (not a
+    device such as /dev/null) we may replace. Nothing is created. A directory may still
+    refuse new files where it looks writable (/proc, for root): the write names that."""
     try:
         path = os.fspath(path)
     except TypeError:
@@ -1371,6 +1372,11 @@ def check_writable_file(path, name: str = "path") -> str:
         raise ValueError(f"{name} {path!r}: the directory {directory!r} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise ValueError(f"{name} {path!r}: the directory {directory!r} is not writable")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(
+            f"{name} {path!r} exists and is not a regular file (a device, a pipe or a socket):"
+            " a file written there would replace it"
+        )
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise ValueError(f"{name} {path!r} exists and is not writable")
     return path

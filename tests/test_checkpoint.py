@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import zipfile
 from dataclasses import replace
 
@@ -80,7 +82,8 @@ def test_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint_module.numpy, "savez", broken_savez)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match=r"save_checkpoint: cannot write path '.*model\.npz':"
+                       r" disk full \(writing the temporary file\)"):
         save_checkpoint(path, _params(seed=2), CONFIG)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["model.npz"]  # the temporary file is gone
@@ -90,7 +93,7 @@ def test_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
         raise OSError("rename failed")
 
     monkeypatch.setattr(checkpoint_module.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="rename failed"):
+    with pytest.raises(OSError, match=r"rename failed \(moving the temporary file over it\)"):
         save_checkpoint(path, _params(seed=2), CONFIG)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["model.npz"]
@@ -313,6 +316,47 @@ def test_directories_are_named_as_directories(tmp_path):
     with pytest.raises(ValueError, match=r"the directory .*absent' does not exist"):
         save_checkpoint(tmp_path / "absent" / "m.npz", _params(), CONFIG)
     assert os.listdir(folder) == []
+
+
+def test_a_directory_that_refuses_the_file_is_named_with_the_path(tmp_path, monkeypatch):
+    """The operating system's error names the temporary file; save_checkpoint's names the
+    path given, keeps the error's kind (PermissionError, errno EACCES) and leaves nothing."""
+    real_open = os.open
+
+    def refusing_open(file, flags, mode=0o777):
+        if str(file).endswith(".tmp"):
+            raise PermissionError(errno.EACCES, "Permission denied", file)
+        return real_open(file, flags, mode)
+
+    monkeypatch.setattr(checkpoint_module.os, "open", refusing_open)
+    path = tmp_path / "model.npz"
+    with pytest.raises(PermissionError, match=r"save_checkpoint: cannot write path"
+                       r" '.*model\.npz': Permission denied \(creating the temporary file") as info:
+        save_checkpoint(path, _params(), CONFIG)
+    assert info.value.errno == errno.EACCES
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc file system")
+def test_a_path_under_proc_is_named():
+    """/proc takes no new files: refused up front where the directory is not writable,
+    and by the write where it looks writable (for root), each error naming the path."""
+    with pytest.raises((ValueError, OSError)) as info:
+        save_checkpoint("/proc/model.npz", _params(), CONFIG)
+    assert "path '/proc/model.npz'" in str(info.value)
+    assert not os.path.lexists("/proc/model.npz")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_a_path_that_is_not_a_regular_file_is_not_replaced(tmp_path):
+    """A save moves its file over the path: a device (/dev/null) or a pipe there would be
+    replaced by a regular file, so it is refused before anything is written."""
+    pipe = tmp_path / "model.npz"
+    os.mkfifo(pipe)
+    with pytest.raises(ValueError, match=r"path .*model\.npz' exists and is not a regular file"):
+        save_checkpoint(pipe, _params(), CONFIG)
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
+    assert os.listdir(tmp_path) == ["model.npz"]
 
 
 def test_params_that_do_not_match_are_refused_before_writing(tmp_path):
