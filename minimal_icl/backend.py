@@ -112,7 +112,10 @@ def resolve_dtype(xp, dtype=None):
 
 
 def device(x: Array):
-    """The device an array lives on (``"cpu"`` for NumPy)."""
+    """The device an array lives on (``"cpu"`` for NumPy, without array_api_compat's
+    dispatch: about 0.13 µs against 0.38 µs a call)."""
+    if type(x) is numpy.ndarray:
+        return "cpu"
     return array_api_compat.device(x)
 
 
@@ -124,6 +127,15 @@ def reshape(x: Array, shape: tuple) -> Array:
     if type(x) is numpy.ndarray:
         return x.reshape(shape)
     return namespace(x).reshape(x, shape)
+
+
+def permute_dims(x: Array, axes: tuple) -> Array:
+    """``xp.permute_dims(x, axes)``; for a NumPy array its ``transpose`` method (the same
+    view, without ``numpy.permute_dims``'s Python wrapper: about 0.36 µs against 0.76 µs).
+    For the speed modules, as :func:`reshape`."""
+    if type(x) is numpy.ndarray:
+        return x.transpose(axes)
+    return namespace(x).permute_dims(x, axes)
 
 
 def cached_per_device(maxsize: int):

@@ -60,7 +60,7 @@ import numpy
 
 from .activations import activation_backward, activation_forward
 from .attention import causal_mask
-from .backend import Array, constant, device, namespace, reshape
+from .backend import Array, constant, device, namespace, permute_dims, reshape
 from .config import TransformerConfig
 from .loss import query_loss
 from .params import AttentionParams, LayerNormParams, MLPParams, ModelParams
@@ -110,12 +110,11 @@ def circuits(p: AttentionParams, n_heads: int):
     Returns (QK (H, D, D), OV (H, D, D), and the per-head weights WQ, WK, WV, WOt
     (H, K, D), WOt_h = W_O,hᵀ, which their backward needs).
     """
-    xp = namespace(p.W_Q)
     D = p.W_Q.shape[-1]
     H = n_heads
     K = p.W_Q.shape[0] // H
     WQ, WK, WV = (reshape(W, (H, K, D)) for W in (p.W_Q, p.W_K, p.W_V))
-    WOt = xp.permute_dims(reshape(p.W_O, (D, H, K)), (1, 2, 0))  # (H, K, D)
+    WOt = permute_dims(reshape(p.W_O, (D, H, K)), (1, 2, 0))  # (H, K, D)
     QK = (WQ.mT @ WK) * (1.0 / math.sqrt(K))
     OV = WV.mT @ WOt
     return QK, OV, (WQ, WK, WV, WOt)
@@ -127,18 +126,17 @@ def circuits_backward(dQK: Array, dOV: Array, weights) -> AttentionParams:
     QK_h = W_Q,hᵀ W_K,h/√K:  dW_Q,h = W_K,h dQK_hᵀ/√K,  dW_K,h = W_Q,h dQK_h/√K;
     OV_h = W_V,hᵀ W_O,hᵀ:     dW_V,h = W_O,hᵀ dOV_hᵀ,   d(W_O,hᵀ) = W_V,h dOV_h.
     """
-    xp = namespace(dQK)
     WQ, WK, WV, WOt = weights
     H, K, D = WQ.shape
-    scale = 1.0 / math.sqrt(K)
-    dWQ = (WK @ dQK.mT) * scale
-    dWK = (WQ @ dQK) * scale
+    dQK = dQK * (1.0 / math.sqrt(K))
+    dWQ = WK @ dQK.mT
+    dWK = WQ @ dQK
     dWV = WOt @ dOV.mT
     dWOt = WV @ dOV
     return AttentionParams(
         W_Q=reshape(dWQ, (H * K, D)), W_K=reshape(dWK, (H * K, D)),
         W_V=reshape(dWV, (H * K, D)),
-        W_O=reshape(xp.permute_dims(dWOt, (2, 0, 1)), (D, H * K)),
+        W_O=reshape(permute_dims(dWOt, (2, 0, 1)), (D, H * K)),
     )  # fmt: skip
 
 
@@ -256,12 +254,12 @@ def _query_attention(x: Array, p: AttentionParams, config: TransformerConfig):
     B, T, D = x.shape
     H = config.n_heads
     QK, OV, weights = circuits(p, H)
-    R = reshape(xp.permute_dims(QK, (1, 0, 2)), (D, H * D))  # (D, H·D)
+    R = reshape(permute_dims(QK, (1, 0, 2)), (D, H * D))  # (D, H·D)
     OV = reshape(OV, (H * D, D))
     # [x, 1]ᵀ as a C-contiguous (B, D + 1, T) array: batched products with its rows run
     # at GEMM speed, and its row of ones gives the sums ℓ = Σ_t E_t as products
     xT = xp.empty((B, D + 1, T), dtype=x.dtype, device=device(x))
-    xT[:, :D, :] = xp.permute_dims(x, (0, 2, 1))
+    xT[:, :D, :] = permute_dims(x, (0, 2, 1))
     xT[:, D, :] = 1.0
     r = reshape(x[:, -1, :] @ R, (B, H, D))  # r_h = QK_hᵀ x_q
     if config.attention == "linear":
@@ -313,8 +311,9 @@ def _softmax_average(r: Array, xT: Array):
         yl = E @ xT.mT  # (B, H, D + 1): [Σ_t E_t x_t, ℓ]
     norm = yl[..., D:]  # (B, H, 1)  ℓ
     low, high = _norm_range(xp, r.dtype, T)
-    # NaN fails both comparisons: a non-finite score also takes the exact path
-    if not (low <= float(xp.min(norm)) and float(xp.max(norm)) <= high):
+    # NaN fails both comparisons: a non-finite score also takes the exact path. (The
+    # ndarray methods: xp.min's Python wrapper would double the check's cost.)
+    if not (low <= float(norm.min()) and float(norm.max()) <= high):
         return _softmax_average_exact(r, xT)
     inv_norm = 1.0 / norm
     return E, inv_norm, yl[..., :D] * inv_norm  # ȳ_h = Σ_t P_t x_t, P = E/ℓ
@@ -357,19 +356,21 @@ def _query_attention_backward(dA: Array, c: QueryAttentionCache, p, config, inpu
         row = reshape(reshape(dy_rows * y_rows, (B * H, D)) @ minus_ones, (B, H, 1))
         dyl = xp.concat([dy, row], axis=-1) * c.inv_norm  # (B, H, D + 1)
         dS = c.E * (dyl @ c.xT)  # (B, H, T)
-        # Σ_t dS_t x_t from [x, 1] (its last column, Σ_t dS_t = 0, is dropped): a
-        # product with D + 1 columns runs faster than one with D
-        dr = (dS @ c.xT.mT)[..., :D]  # (B, H, D)
+        # dr_h = Σ_t dS_t x_t from [x, 1]: a product with D + 1 columns runs faster than
+        # one with D, and its last column, Σ_t dS_t = 0, is dropped from dR, not from
+        # dr (no copy of a strided (B, H, D) slice)
+        drl = dS @ c.xT.mT  # (B, H, D + 1)  [dr_h, Σ_t dS_t]
     else:
         dS = dy @ c.xT[:, :D, :]  # dS = dP
-        dr = dS @ c.x
-    dr_rows = reshape(dr, (B, H * D))
+        drl = dS @ c.x  # (B, H, D)  dr_h
+    n = drl.shape[-1]
     x_q = c.x[:, -1, :]
-    dR = x_q.mT @ dr_rows  # (D, H·D)
-    dQK = xp.permute_dims(reshape(dR, (D, H, D)), (1, 0, 2))  # (H, D, D)
+    dR = x_q.mT @ reshape(drl, (B, H * n))  # (D, H·n): Σ_b x_q dr_hᵀ (and Σ_b x_q Σ_t dS_t)
+    dQK = permute_dims(reshape(dR, (D, H, n))[..., :D], (1, 0, 2))  # (H, D, D)
     grads = circuits_backward(dQK, reshape(dOV, (H, D, D)), c.weights)
     if not input_grad:
         return None, grads
+    dr_rows = reshape(drl[..., :D], (B, H * D))
     # through ȳ (Σ_h P_t dȳ_h) and through the scores (Σ_h dS_t r_h)
     if c.inv_norm is not None:
         dx = c.E.mT @ dyl[..., :D] + dS.mT @ c.r  # (B, T, D)
@@ -391,7 +392,7 @@ def _full_attention(x: Array, p: AttentionParams, config: TransformerConfig):
     H, K = config.n_heads, config.d_head
     W_qkv = xp.concat([p.W_Q * (1.0 / math.sqrt(K)), p.W_K, p.W_V], axis=0)  # (3HK, D)
     qkv = reshape(reshape(x, (B * T, D)) @ W_qkv.mT, (B, T, 3, H, K))
-    qkv = xp.permute_dims(qkv, (2, 0, 3, 1, 4))  # (3, B, H, T, K)
+    qkv = permute_dims(qkv, (2, 0, 3, 1, 4))  # (3, B, H, T, K)
     q, k, v = qkv[0, ...], qkv[1, ...], qkv[2, ...]
     St = k @ q.mT  # (B, H, T, T)  Sᵀ: keys along axis 2, queries along axis 3; 1/√K in q
     mask = None
@@ -415,7 +416,7 @@ def _full_attention(x: Array, p: AttentionParams, config: TransformerConfig):
     else:
         E, inv_norm, v1 = St, None, None
         o = E.mT @ v
-    heads = reshape(xp.permute_dims(o, (0, 2, 1, 3)), (B, T, H * K))
+    heads = reshape(permute_dims(o, (0, 2, 1, 3)), (B, T, H * K))
     A = reshape(reshape(heads, (B * T, H * K)) @ p.W_O.mT, (B, T, D))
     return A, FullAttentionCache(x, W_qkv, q, k, v, v1, E, inv_norm, o, heads, mask)
 
@@ -429,7 +430,7 @@ def _full_attention_backward(dA: Array, c: FullAttentionCache, p, config, input_
     dA_rows = reshape(dA, (B * T, D))
     dW_O = dA_rows.mT @ reshape(c.heads, (B * T, HK))  # (D, H·K)
     dheads = dA_rows @ p.W_O  # (B·T, H·K)
-    dPv = xp.permute_dims(reshape(dheads, (B, T, H, K)), (0, 2, 1, 3))  # (B, H, T, K)
+    dPv = permute_dims(reshape(dheads, (B, T, H, K)), (0, 2, 1, 3))  # (B, H, T, K)
     if c.inv_norm is not None:
         # dS = P ⊙ (dP − Σ_keys dP P) with Σ_keys dP P = dPv · o, P = E/ℓ, dP = dPv vᵀ:
         # dSᵀ = Eᵀ ⊙ ([v, 1] [dPv/ℓ, −(dPv · o)/ℓ]ᵀ)
@@ -446,7 +447,7 @@ def _full_attention_backward(dA: Array, c: FullAttentionCache, p, config, input_
     dq = dSt.mT @ c.k  # (B, H, T, K) gradient of the scaled queries
     dk = dSt @ c.q
     # (B, T, 3, H, K) in one copy, the layout of the fused projection's output
-    dqkv = xp.stack([xp.permute_dims(a, (0, 2, 1, 3)) for a in (dq, dk, dv)], axis=2)
+    dqkv = xp.stack([permute_dims(a, (0, 2, 1, 3)) for a in (dq, dk, dv)], axis=2)
     dqkv = reshape(dqkv, (B * T, 3 * HK))
     dW = dqkv.mT @ reshape(c.x, (B * T, D))  # (3HK, D)
     grads = AttentionParams(
@@ -562,6 +563,11 @@ def forward_fast(
             "forward_fast: this configuration is not covered (covers() is False);"
             " use model.forward"
         )
+    return _forward(params, config, tokens, last_only)
+
+
+def _forward(params: ModelParams, config: TransformerConfig, tokens: Array, last_only: bool):
+    """:func:`forward_fast` after its checks."""
     L = config.n_blocks
     x = tokens
     caches = []
@@ -605,7 +611,9 @@ def query_loss_and_grads(params: ModelParams, config: TransformerConfig, tokens,
         loss, dout = query_loss(out, target)
         _, grads = backward(dout, cache, fast=True)
         return loss, grads
-    out, cache = forward_fast(params, config, tokens, last_only=True)
+    check_params(params, config)  # forward_fast's checks, with covers() asked once
+    check_tokens(tokens, config, params)
+    out, cache = _forward(params, config, tokens, last_only=True)
     loss, dout = query_loss(out, target)
     _, grads = backward_fast(dout, cache, input_grad=False)
     return loss, grads

@@ -22,11 +22,12 @@ from .optim import AdamState, _arrays  # the arrays of a tree, in optim.flatten'
 from .validation import check_adam_state, check_fraction, check_learning_rate, check_positive_float
 
 _LAYOUTS: dict = {}  # the leaves' shapes -> [(start, stop, shape)]
-# The parameters adam_step_fast returned last, their layout, the vector they are views of
-# and the state it returned: given those parameters back (the training loop's next step),
-# it reads that vector instead of walking and concatenating them anew, and that state
-# (m and v of the layout's size by construction) needs no check.
-_LAST: list = [None, None, None, None]
+# The parameters adam_step_fast returned last, their layout, the vector they are views of,
+# the state it returned and the function that made those views (:func:`_views`): given
+# those parameters back (the training loop's next step), it reads that vector instead of
+# walking and concatenating them anew, that state (m and v of the layout's size by
+# construction) needs no check, and the new parameters come from the same function.
+_LAST: list = [None, None, None, None, None]
 
 
 def _layout(arrays: list) -> list:
@@ -43,13 +44,21 @@ def _layout(arrays: list) -> list:
     return spans
 
 
-def _rebuild(like, pieces):
+def _views(like, spans):
+    """A function of a flat vector θ returning a tree shaped like ``like`` whose arrays are
+    views of θ, the next (start, stop, shape) of ``spans`` for each array of ``like`` in
+    order: the walk over the tree is done once, when the layout is new, and each step
+    runs only the slicing and the records' constructors."""
     if like is None:
-        return None
+        return lambda theta: None
     if isinstance(like, tuple):
-        parts = [_rebuild(part, pieces) for part in like]
-        return type(like)(*parts) if hasattr(like, "_fields") else tuple(parts)
-    return next(pieces)
+        parts = [_views(part, spans) for part in like]
+        if hasattr(like, "_fields"):  # a record (NamedTuple)
+            make = type(like)
+            return lambda theta: make(*[part(theta) for part in parts])
+        return lambda theta: tuple([part(theta) for part in parts])
+    start, stop, shape = next(spans)
+    return lambda theta: reshape(theta[start:stop], shape)
 
 
 def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=0.999, eps=1e-8):
@@ -65,11 +74,12 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
     beta2 = check_fraction("beta2", beta2)
     eps = check_positive_float("eps", eps)
     if params is _LAST[0]:
-        spans, theta = _LAST[1], _LAST[2]  # params are views of theta: its values
+        spans, theta, views = _LAST[1], _LAST[2], _LAST[4]  # params are views of theta
     else:
         p_arrays = _arrays(params)
         spans = _layout(p_arrays)
         theta = None
+        views = _views(params, iter(spans))
     if state is not _LAST[3] or theta is None:
         check_adam_state(state, params, spans[-1][1])
     xp = namespace(state.m)
@@ -83,8 +93,7 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
     m = beta1 * state.m + (1.0 - beta1) * g
     v = beta2 * state.v + (1.0 - beta2) * (g * g)
     theta = theta - alpha * m / (xp.sqrt(v) + eps_hat)
-    pieces = iter([reshape(theta[start:stop], shape) for start, stop, shape in spans])
-    new_params = _rebuild(params, pieces)
+    new_params = views(theta)
     new_state = AdamState(m=m, v=v, step=t)
-    _LAST[:] = [new_params, spans, theta, new_state]
+    _LAST[:] = [new_params, spans, theta, new_state, views]
     return new_params, new_state
