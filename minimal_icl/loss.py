@@ -11,7 +11,7 @@ shape (B, 1, D)) gives the same loss and the same parameter gradients as the ful
 
 from __future__ import annotations
 
-from .backend import Array, namespace
+from .backend import Array, device, namespace
 from .validation import check_query_loss
 
 
@@ -28,6 +28,7 @@ def query_loss(out: Array, target: Array) -> tuple[Array, Array]:
     B = out.shape[0]
     residual = out[:, -1, -1] - target  # (B,)
     loss = (residual @ residual) / B  # Σ_b residual_b², as a dot product
-    dout = xp.zeros_like(out)  # (B, Tq, D)
+    # (B, Tq, D) zeros (xp.zeros: NumPy's zeros_like is a Python wrapper, 2.1 against 0.6 µs)
+    dout = xp.zeros(out.shape, dtype=out.dtype, device=device(out))
     dout[:, -1, -1] = residual * (2.0 / B)
     return loss, dout
