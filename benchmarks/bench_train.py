@@ -36,8 +36,11 @@ time in the same round (a paired ratio: lower is faster), and the median time pe
 
 Before timing, every peer's loss is checked against minimal_icl float64's, before and
 after one Adam step from the same weights on the same batch. The benchmark also prints
-the single-core floor of a step (its matrix-product FLOPs at the measured single-thread
-GEMM rate) and the number of NumPy calls in one minimal_icl step.
+the single-core floor of a step (its matrix-product FLOPs at the single-thread rate of a
+512×512 matrix product, timed as one more contender in the same rounds, so that "× the
+floor" is a paired ratio too: the machine's speed drifts between processes and over
+minutes, by 20 % and more on a shared virtual machine) and the number of NumPy calls in
+one minimal_icl step.
 """
 
 from __future__ import annotations
@@ -133,16 +136,18 @@ def matmul_flops(config: TransformerConfig, B: int, T: int, last_only: bool) -> 
     return 3.0 * forward_flops
 
 
-def gemm_gflops(dtype, n: int = 512, repeat: int = 7) -> float:
-    """GFLOP/s of one n×n matrix product on this core and thread (best of ``repeat``)."""
-    a = numpy.random.default_rng(0).standard_normal((n, n)).astype(dtype)
-    a @ a
-    best = math.inf
-    for _ in range(repeat):
-        start = time.process_time()
-        a @ a
-        best = min(best, time.process_time() - start)
-    return 2.0 * n**3 / best / 1e9
+GEMM_N = 512  # the matrix product that measures the single-core rate
+
+
+def gemm_step(dtype):
+    """One GEMM_N × GEMM_N matrix product (2·GEMM_N³ flops) on this core and thread: timed
+    in the same rounds as the contenders, so that the floor is a paired ratio too."""
+    a = numpy.random.default_rng(0).standard_normal((GEMM_N, GEMM_N)).astype(dtype)
+
+    def step():
+        return a @ a
+
+    return step
 
 
 def numpy_calls(step) -> tuple[int, int]:
@@ -451,9 +456,6 @@ def main():
     print(f"pinned to core {CORE} of {os.cpu_count()}, one thread; {', '.join(versions)}")
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
           " (other processes share the cores)")
-    rate = {dtype: gemm_gflops(dtype) for dtype in ("float64", "float32")}
-    print(f"single-thread GEMM (512×512): {rate['float64']:.1f} GFLOP/s float64,"
-          f" {rate['float32']:.1f} GFLOP/s float32")
     print(f"{rounds} interleaved rounds of ~{block:g} s per contender; CPU time per step;"
           f" ratio = median over rounds of (time / {REFERENCE} time in the same round)\n")
 
@@ -481,7 +483,9 @@ def main():
         if bad:
             raise SystemExit(f"{workload.name}: losses differ from {REFERENCE}: {bad}")
         steps = {name: make() for name, make in makers.items()}
-        times = interleaved(steps, rounds, block)
+        gemms = {f"GEMM {dt}": gemm_step(dt) for dt in ("float64", "float32")}
+        times = interleaved({**steps, **gemms}, rounds, block)
+        gemm_times = {name[5:]: times.pop(name) for name in gemms}  # by dtype
         ours = times[REFERENCE]
 
         flops = matmul_flops(workload.config, workload.batch_size, T, last_only=True)
@@ -494,18 +498,29 @@ def main():
             ratio = statistics.median(s / o for s, o in zip(seconds, ours))
             gap = "" if name == REFERENCE else f"{gaps[name]:9.1e}"
             print(f"  {name:48s} {ratio:6.2f} {statistics.median(seconds) * 1e3:8.3f} {gap}")
-        ms = statistics.median(ours) * 1e3
-        ms32 = statistics.median(times["minimal_icl float32"]) * 1e3
         counted = minimal_icl_step(workload, "float64")
         counted()  # the first call of a step does one-time work
         calls, python_calls = numpy_calls(counted)
-        floor64 = flops / (rate["float64"] * 1e9) * 1e3
-        floor32 = flops / (rate["float32"] * 1e9) * 1e3
+        # the floor of each round: the step's flops at that round's GEMM rate; the ratio
+        # to it, as every ratio above, is the median over rounds of the paired quotient
+        gemm_flops = 2.0 * GEMM_N**3
+        floors = {dt: [flops * t / gemm_flops for t in ts] for dt, ts in gemm_times.items()}
+        rate = {dt: gemm_flops / statistics.median(ts) / 1e9 for dt, ts in gemm_times.items()}
+        floor64 = statistics.median(floors["float64"]) * 1e3
+        floor32 = statistics.median(floors["float32"]) * 1e3
+        times32 = times["minimal_icl float32"]
+
+        def over(seconds, floor):
+            return statistics.median(s / f for s, f in zip(seconds, floor))
+
         print(f"  matrix products: {flops / 1e6:.2f} MFLOP a query-only step"
-              f" ({full / 1e6:.1f} whole sequence); single-core floor {floor64:.3f} ms float64, {floor32:.3f} ms float32;"
-              f" minimal_icl float64 at {ms / floor64:.1f}× the float64 floor,"
-              f" float32 at {ms32 / floor32:.1f}× the float32 floor, {ms32 / floor64:.1f}×"
-              " the float64 floor")
+              f" ({full / 1e6:.1f} whole sequence); single-thread GEMM ({GEMM_N}×{GEMM_N},"
+              f" in the same rounds) {rate['float64']:.1f} GFLOP/s float64,"
+              f" {rate['float32']:.1f} float32: single-core floor {floor64:.3f} ms float64,"
+              f" {floor32:.3f} ms float32; minimal_icl float64 at"
+              f" {over(ours, floors['float64']):.1f}× the float64 floor, float32 at"
+              f" {over(times32, floors['float32']):.1f}× the float32 floor,"
+              f" {over(times32, floors['float64']):.1f}× the float64 floor")
         print(f"  one minimal_icl step: {calls} NumPy calls (functions, ufuncs, ndarray methods;"
               f" array operators not counted), {python_calls} Python function calls")
         print(f"  loss gap: largest relative difference from {REFERENCE} of the loss before and"

@@ -46,8 +46,9 @@ within 1e-12 of the terms its gradients are summed from; NumPy on the whole grid
 array_api_strict on its pairwise covering selection. Configurations this module does
 not cover (patched blocks, or a contextual layer other than attention) go to the
 textbook pass: see :func:`covers`. Pure array-API code, no compiled extension;
-``backend.reshape`` and ``backend.constant`` (vectors of ones made once) save NumPy's
-per-call overhead, which at the paper's sizes costs more than the arithmetic.
+``backend.reshape``, ``backend.permute_dims``, ``backend.device`` (NumPy's methods, not its
+Python wrappers) and ``backend.constant`` (vectors of ones made once) save NumPy's per-call
+overhead, which at the paper's sizes costs more than the arithmetic.
 """
 
 from __future__ import annotations
