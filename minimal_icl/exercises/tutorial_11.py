@@ -122,7 +122,7 @@ def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
                     f"{label} (block {l + 1}) has shape {shape}: one patch per position;"
                     f" return position t's only: index the (B, T, D) states at t first,"
                     f" u_C[:, t] is (B, D)")
-        u_t, u_0, h_t, h_0 = s.u_C[:, t], s.u_0[:, t], s.h_C[:, t], s.h_0[:, t]
+        u_t, u_0, h_t = s.u_C[:, t], s.u_0[:, t], s.h_C[:, t]
         u_x, h_x = s.u_0[:, -1], s.h_0[:, -1]  # the last token alone
         column = (u_t - u_0) @ s.W.T  # (B, M)  W δu_t
         last = (s.u_C[:, -1] - u_x) @ s.W.T
