@@ -9,8 +9,11 @@ does the same arithmetic in the same order on the same flat vectors,
     θ ← θ − α m / (√v + ε̂),   α = lr √(1 − β₂ᵗ) / (1 − β₁ᵗ),   ε̂ = ε √(1 − β₂ᵗ)
 
 (Kingma & Ba 2015, section 2), with the slices and shapes of the records looked up in a
-layout computed once per tree structure. Its results are bit for bit those of
-``adam_step`` (tests/test_model_fast.py). It is what ``train.train_step`` runs.
+layout computed once per tree structure. In the training loop, where it is given back
+the parameters it returned, it walks only the gradients: the parameters are views of
+the vector it keeps, and the new records come from a function of that vector built once
+(:func:`_views`). Its results are bit for bit those of ``adam_step``
+(tests/test_model_fast.py). It is what ``train.train_step`` runs.
 """
 
 from __future__ import annotations
