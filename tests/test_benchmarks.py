@@ -27,3 +27,49 @@ def test_bench_gpu_numpy_rows():
 def test_bench_gpu_refuses_no_repeats():
     result = run("--small", "--repeats", "0")
     assert result.returncode == 2 and "--repeats must be at least 1, got 0" in result.stderr
+
+
+TRAIN_SCRIPT = SCRIPT.parent / "bench_train.py"
+
+
+def test_bench_train_quick_prints_the_floor_as_a_paired_ratio():
+    """``bench_train.py --quick`` runs (with or without the peers installed) and prints the
+    table and the floor, whose GEMM is timed in the same rounds."""
+    result = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), "--quick", "--no-compile"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for workload in ("paper:", "larger:"):
+        assert workload in out
+    assert out.count("minimal_icl float64                                1.00") == 2
+    assert out.count("(512×512, in the same rounds)") == 2
+    assert out.count("× the float64 floor") == 4  # float64 and float32 against it, twice
+
+
+def test_bench_train_reports_a_peer_that_cannot_run():
+    """A contender whose first step raises (torch.compile without a C++ compiler, say) is
+    reported with its reason and left out; the others are still checked. (In a
+    subprocess: importing the script pins the process to one core.)"""
+    code = """
+import bench_train
+workload = bench_train.workloads()[0]
+def broken():
+    def step():
+        raise RuntimeError("no working C++ compiler\\nsecond line")
+    return step
+makers = {"minimal_icl float32": lambda: bench_train.minimal_icl_step(workload, "float32"),
+          "broken peer": broken}
+gaps, failed = bench_train.check_losses(workload, makers)
+assert failed == {"broken peer": "RuntimeError: no working C++ compiler"}, failed
+assert set(gaps) == {"minimal_icl float32"}, gaps
+assert gaps["minimal_icl float32"] <= bench_train.tolerance("minimal_icl float32"), gaps
+print("checked")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        cwd=SCRIPT.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "checked"
