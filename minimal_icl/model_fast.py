@@ -129,9 +129,9 @@ def circuits_backward(dQK: Array, dOV: Array, weights) -> AttentionParams:
     """
     WQ, WK, WV, WOt = weights
     H, K, D = WQ.shape
-    dQK = dQK * (1.0 / math.sqrt(K))
-    dWQ = WK @ dQK.mT
-    dWK = WQ @ dQK
+    scale = 1.0 / math.sqrt(K)
+    dWQ = (WK @ dQK.mT) * scale
+    dWK = (WQ @ dQK) * scale
     dWV = WOt @ dOV.mT
     dWOt = WV @ dOV
     return AttentionParams(
@@ -357,21 +357,19 @@ def _query_attention_backward(dA: Array, c: QueryAttentionCache, p, config, inpu
         row = reshape(reshape(dy_rows * y_rows, (B * H, D)) @ minus_ones, (B, H, 1))
         dyl = xp.concat([dy, row], axis=-1) * c.inv_norm  # (B, H, D + 1)
         dS = c.E * (dyl @ c.xT)  # (B, H, T)
-        # dr_h = Σ_t dS_t x_t from [x, 1]: a product with D + 1 columns runs faster than
-        # one with D, and its last column, Σ_t dS_t = 0, is dropped from dR, not from
-        # dr (no copy of a strided (B, H, D) slice)
-        drl = dS @ c.xT.mT  # (B, H, D + 1)  [dr_h, Σ_t dS_t]
+        # Σ_t dS_t x_t from [x, 1] (its last column, Σ_t dS_t = 0, is dropped): a
+        # product with D + 1 columns runs faster than one with D
+        dr = (dS @ c.xT.mT)[..., :D]  # (B, H, D)
     else:
         dS = dy @ c.xT[:, :D, :]  # dS = dP
-        drl = dS @ c.x  # (B, H, D)  dr_h
-    n = drl.shape[-1]
+        dr = dS @ c.x
+    dr_rows = reshape(dr, (B, H * D))
     x_q = c.x[:, -1, :]
-    dR = x_q.mT @ reshape(drl, (B, H * n))  # (D, H·n): Σ_b x_q dr_hᵀ (and Σ_b x_q Σ_t dS_t)
-    dQK = permute_dims(reshape(dR, (D, H, n))[..., :D], (1, 0, 2))  # (H, D, D)
+    dR = x_q.mT @ dr_rows  # (D, H·D)
+    dQK = permute_dims(reshape(dR, (D, H, D)), (1, 0, 2))  # (H, D, D)
     grads = circuits_backward(dQK, reshape(dOV, (H, D, D)), c.weights)
     if not input_grad:
         return None, grads
-    dr_rows = reshape(drl[..., :D], (B, H * D))
     # through ȳ (Σ_h P_t dȳ_h) and through the scores (Σ_h dS_t r_h)
     if c.inv_norm is not None:
         dx = c.E.mT @ dyl[..., :D] + dS.mT @ c.r  # (B, T, D)

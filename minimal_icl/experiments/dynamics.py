@@ -98,7 +98,7 @@ def compute(model, cfg: DynamicsConfig, seed: int, progress: Progress = QUIET) -
     headline = {
         "max_step_residual": float(numpy.max(step_residual)),
         "max_output_residual": float(numpy.max(output_residual)),
-        "step_size_h": float(path.step_size[0]),
+        "step_size_eta_x": float(path.step_size[0]),  # η_x = 1/‖A(x)‖² (the paper's h)
         "path_rank_one": all(rank_one),
         "prediction_final": prediction_patched[-1],
         "target": float(batch.target[cfg.prompt_index]),
