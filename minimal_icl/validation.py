@@ -84,6 +84,14 @@ def _shape(a) -> tuple | None:
     return None if shape is None else tuple(shape)
 
 
+def _shape_text(shape) -> str:
+    """A shape for a message: the tuple, or None with what to do about it (a list or
+    another value without a shape was passed where an array belongs)."""
+    if shape is None:
+        return "None: not an array (numpy.asarray makes one of a list)"
+    return str(shape)
+
+
 def _is_integer(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, numpy.integer))
 
@@ -422,11 +430,15 @@ def check_tokens(
     the same array type on the same device as they are). Reads no values."""
     shape = _shape(tokens)
     if shape is None or len(shape) != 3:
-        raise ValueError(f"{name} must have shape (B, T, d_token), got shape {shape}")
+        raise ValueError(
+            f"{name} must have shape (B, T, d_token), got shape {_shape_text(shape)}"
+        )
     if shape[-1] != config.d_token:
         raise ValueError(f"{name} have width {shape[-1]} but config.d_token = {config.d_token}")
     if shape[0] < 1 or shape[1] < 1:
-        raise ValueError(f"{name} must hold at least one prompt of one token, got shape {shape}")
+        raise ValueError(
+            f"{name} must hold at least one prompt of one token, got shape {shape}"
+        )
     check_float_array(name, tokens)
     if params is not None:
         _same_array_type(name, tokens, "params", params.blocks[0].mlp.W1)
@@ -622,7 +634,7 @@ def check_dout(dout: Array, cache, name: str = "dout") -> None:
         raise ValueError(
             f"{name} must have the shape of forward's output, {expected}"
             f"{' (last_only)' if cache.last_only else ''}, got shape"
-            f" {shape}"
+            f" {_shape_text(shape)}"
         )
     check_float_array(name, dout)
     _same_array_type(name, dout, "the forward pass's arrays", inputs[0])
@@ -643,13 +655,13 @@ def check_context_query(context: Array, query: Array, D: int | None = None) -> N
     ):
         raise ValueError(
             f"context must have shape (B, N, {width}) with B ≥ 1, got shape"
-            f" {c_shape}"
+            f" {_shape_text(c_shape)}"
         )
     D = c_shape[-1]
     if q_shape is None or len(q_shape) != 2 or q_shape[-1] != D:
         raise ValueError(
             f"query must have shape (B, d_token={D}), got shape"
-            f" {q_shape}"
+            f" {_shape_text(q_shape)}"
         )
     if q_shape[0] != c_shape[0]:
         raise ValueError(
@@ -829,12 +841,12 @@ def check_minimum_norm_inputs(column: Array, u_without: Array) -> None:
     if c_shape is None or len(c_shape) != 2 or min(c_shape) < 1:
         raise ValueError(
             f"column must have shape (B, M) with B, M ≥ 1 (W δ per prompt), got shape"
-            f" {c_shape}"
+            f" {_shape_text(c_shape)}"
         )
     if a_shape is None or len(a_shape) != 2 or a_shape[1] < 1 or a_shape[0] != c_shape[0]:
         raise ValueError(
             f"u_without must have shape (B, D) with the column's B = {c_shape[0]}, got shape"
-            f" {a_shape}"
+            f" {_shape_text(a_shape)}"
         )
     _float_pair("column", column, "u_without", u_without)
     _same_array_type("u_without", u_without, "column", column)
@@ -900,7 +912,9 @@ def check_linear_attention_inputs(
     W_Q = attn_params.W_Q
     q_shape = _shape(W_Q)
     if q_shape is None or len(q_shape) != 2:
-        raise ValueError(f"attn_params.W_Q must have shape (H·K, D), got shape {q_shape}")
+        raise ValueError(
+            f"attn_params.W_Q must have shape (H·K, D), got shape {_shape_text(q_shape)}"
+        )
     HK, D = q_shape
     for field in ("W_K", "W_V", "W_O"):
         value = getattr(attn_params, field)
@@ -921,13 +935,13 @@ def check_linear_attention_inputs(
     if c_shape is None or len(c_shape) != 3 or c_shape[0] < 1 or c_shape[-1] != D:
         raise ValueError(
             f"context_tokens must have shape (B, |Y|, d_token={D}) with B ≥ 1, got shape"
-            f" {c_shape}"
+            f" {_shape_text(c_shape)}"
         )
     q = _shape(query_token)
     if q != (c_shape[0], D):
         raise ValueError(
             f"query_token must have shape (B, d_token) = {(c_shape[0], D)}, got shape"
-            f" {q}"
+            f" {_shape_text(q)}"
         )
     _float_pair("context_tokens", context_tokens, "query_token", query_token)
     _same_array_type("context_tokens", context_tokens, "attn_params", W_Q)
@@ -1076,7 +1090,7 @@ def check_von_oswald_tokens(tokens: Array) -> None:
     if shape is None or len(shape) != 3 or shape[0] < 1 or shape[1] < 2 or shape[2] < 2:
         raise ValueError(
             "tokens must have shape (B, N+1, d+1) with B ≥ 1, N ≥ 1 and d ≥ 1, got shape"
-            f" {shape}"
+            f" {_shape_text(shape)}"
         )
     check_float_array("tokens", tokens)
 
@@ -1225,7 +1239,7 @@ def check_batch(batch, name: str = "batch") -> None:
     if shape[0] < 1 or shape[1] < 2 or shape[2] < 2:
         raise ValueError(
             f"{name}.tokens must have shape (B, N+1, d+1) with B, N, d ≥ 1, got shape"
-            f" {shape}"
+            f" {_shape_text(shape)}"
         )
     check_float_array(f"{name}.tokens", tokens)
     t_shape = _shape(target)
@@ -1274,7 +1288,7 @@ def check_prompt_parts(context_x, context_y, query_x, query_y=None) -> None:
     if shape is None or len(shape) != 3 or min(shape) < 1:
         raise ValueError(
             f"prompt_tokens: context_x must have shape (B, N, d) with B, N, d ≥ 1, got shape"
-            f" {shape}"
+            f" {_shape_text(shape)}"
         )
     B, N, d = shape
     parts = [("context_y", context_y, (B, N)), ("query_x", query_x, (B, d))]
