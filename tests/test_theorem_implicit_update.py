@@ -435,6 +435,30 @@ def test_theorem_null_space_perturbation_keeps_output_and_increases_norm(problem
     assert numpy.all(norm2 > min_norm2)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("removed", [None, (1, 3)])
+def test_theorem_with_attention_skip_the_row_is_the_query_plus_its_attention_output(
+    causal, removed
+):
+    """docs/theory.md §3: with an attention skip and no LayerNorm the MLP reads h = z + A,
+    so the vector ΔW divides by is u_∅ = x + A(C\\Y, x), not the paper's A(C\\Y, x), and
+    the row of ΔW is (x + A)/‖x + A‖²."""
+    config = TransformerConfig(d_token=4, n_heads=2, d_head=3, d_mlp=6, attn_skip=True,
+                               causal=causal)
+    params = random_params(config, 5)
+    context, query = random_prompts(config, 5, B=3, N=5)
+    (update,) = implicit.implicit_update(params, config, context, query, removed=removed)
+    reduced = remove_tokens(context, query, removed)
+    _, cache = block_forward(reduced, params.blocks[0], config)
+    A = cache.A[:, -1, :]  # (B, D) A(C\\Y, x)
+    expected = query + A
+    assert relative_residual(update.u_without, expected) <= IDENTITY_RTOL
+    row = expected / numpy.sum(expected**2, axis=-1, keepdims=True)
+    assert relative_residual(update.row, row) <= IDENTITY_RTOL
+    # and it is not the attention output alone (the query term is not negligible here)
+    assert relative_residual(update.u_without, A) > 0.1
+
+
 # -- closed forms and degenerate cases ---------------------------------------------------
 
 
