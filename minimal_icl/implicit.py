@@ -76,7 +76,7 @@ class DegenerateQueryError(ValueError):
         super().__init__(
             f"implicit update undefined for prompt(s) {list(self.prompts)} at block {self.block}:"
             f" the MLP input at the query without the removed tokens, u_∅ = {vector}, is the zero"
-            f" vector, and ΔW = W δ u_∅ᵀ / ‖u_∅‖² divides"
+            f" vector, and ΔW = W δu u_∅ᵀ / ‖u_∅‖² divides"
             f" by ‖u_∅‖² (Theorem 2.2 assumes it is non-zero). Use a query whose MLP input is"
             f" non-zero: one whose attention output is non-zero (for the query alone and"
             f" softmax attention A(x) = W_O W_V x: a token outside the null space of"
