@@ -269,8 +269,9 @@ plt.show()
 #   different by construction, while their *predictions* at the query correlate strongly over
 #   the tasks as $i$ grows (about 0.99 at $i = 50$ after full training). That mostly says that
 #   both are accurate, each close to the target at the query; their *errors* correlate far
-#   less (the table's last column: 0.46–0.58 for $i \le 30$ and 0.63 at $i = 50$ after full
-#   training). Different weight changes, both close to the answer at the query.
+#   less (the table's last column: 0.46–0.58 in its rows $i \le 30$, though other $i$ fall
+#   lower, 0.29 at $i = 25$, and 0.63 at $i = 50$ after full training). Different weight
+#   changes, both close to the answer at the query.
 # * The loss gap depends on the protocol. Online SGD, one pass over the examples, gives other
 #   numbers (exercise 4: from better than the patch to worse, with the step size).
 #
