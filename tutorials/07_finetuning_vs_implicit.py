@@ -80,7 +80,7 @@ SEED = 0
 # ## The trained model
 #
 # The paper setting of tutorial 6 (`paper_setting()`: one block, 8 heads of width 2, MLP 128,
-# the package's choices of sizes and training), 20 000 steps: 10–20 s on one core
+# the package's choices of sizes and training), 20 000 steps: about 10 s on one core
 # (300 steps in fast mode).
 
 # %%
@@ -250,11 +250,11 @@ plt.show()
 #   *is* the prompt's error, checked directly below. It falls with $i$.
 # * **Finetuning**, with this protocol, has the lower test error **at every $i$ in the full
 #   run** (the table above; the fast mode's barely trained model can differ, and the line under
-#   the table says where it wins). These are means over 100 tasks: finetuning wins on 79–93 %
-#   of the tasks for $i \ge 2$ and its median error is near 0, but a few tasks where it fails
-#   badly (errors up to 12) weigh on its mean, and at $i = 20$ the mean gap, 0.05, is within
-#   its standard error, 0.06. It transfers to the query because a lone token's MLP input
-#   is a fixed linear image of its input, $A(x_k) = W_O W_V (x_k; 0)$: 200 gradient steps fit a
+#   the table says where it wins). These are means over 100 tasks; per task (not printed here)
+#   finetuning wins on 79–93 % of the tasks for $i \ge 2$ and its median error is near 0, but a
+#   few tasks where it fails badly (errors up to 12.5) weigh on its mean, and at $i = 20$ the
+#   mean gap, 0.05, is within its standard error, 0.06. It transfers to the query because a
+#   lone token's MLP input is a fixed linear image of its input, $A(x_k) = W_O W_V (x_k; 0)$: 200 gradient steps fit a
 #   map from $A(x_k)$ to $y_k$, a regression on the task's own examples, and $A(x_q)$ is the
 #   same linear image of the query. It is also far more computation than one forward pass.
 # * **One optimal GD step** is a baseline, not a bound: other learners can do better with the
@@ -265,12 +265,12 @@ plt.show()
 #   matrix of that shape gets above $\|\Pi_W F a\|/(\|F\|_F\|a\|)$ against
 #   $F = \Delta W_{\mathrm{ft}}$: 0.32–0.33 for $i \ge 3$ after full training (0.41 at $i = 1$).
 #   Letting the column leave $\operatorname{range}(W)$ raises the bound to
-#   $\|F a\|/(\|F\|_F\|a\|) \approx 0.57$, still far from 1. So the two *matrices* are
-#   different by construction, while their *predictions* at the query correlate strongly over
-#   the tasks as $i$ grows (about 0.99 at $i = 50$ after full training). That mostly says that
+#   $\|F a\|/(\|F\|_F\|a\|)$, 0.57–0.59 for $i \ge 2$ (0.71 at $i = 1$), still far from 1.
+#   So the two *matrices* are different by construction, while their *predictions* at the
+#   query correlate strongly over the tasks as $i$ grows (about 0.99 at $i = 50$ after full training). That mostly says that
 #   both are accurate, each close to the target at the query; their *errors* correlate far
-#   less (the table's last column: 0.46–0.58 in its rows $i \le 30$, though other $i$ fall
-#   lower, 0.29 at $i = 25$, and 0.63 at $i = 50$ after full training). Different weight
+#   less (the table's last column: 0.46–0.58 in its rows $i \le 30$ and 0.63 at $i = 50$ after
+#   full training; $i = 25$, not in the table, falls lower, to 0.29). Different weight
 #   changes, both close to the answer at the query.
 # * The loss gap depends on the protocol. Online SGD, one pass over the examples, gives other
 #   numbers (exercise 4: from better than the patch to worse, with the step size).
