@@ -349,9 +349,9 @@ print(f"predicting zero on it:            MSE {zero_other:.2f}")
 # here, after a short training run, worse even than predicting zero (whose error is
 # $\|w\|^2$ on average, $d = 2$; printed above for these 256 prompts). The model that reads
 # the context again does as well on $x'$ as on $x$. Longer training leaves some of the task
-# in $W_N$: for the fully trained `paper_setting()` block, on 4 096 prompts, $W_N$ on another
-# query has an error of 1.5–1.6 against zero's 2.0, still 16–18 times its error on its own
-# query (0.08–0.09). The implicit weights serve the query they were built for.
+# in $W_N$: for the fully trained `paper_setting()` block, on sets of 4 096 prompts, $W_N$ on
+# another query has an error of 1.5–1.6 against zero's 2.0, still 16–19 times its error on
+# its own query (0.08–0.09). The implicit weights serve the query they were built for.
 
 # %% [markdown]
 # ## Where the analogy stops
