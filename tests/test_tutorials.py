@@ -84,6 +84,12 @@ def test_tutorial_runs(path: Path, tmp_path: Path, monkeypatch):
         failure = str(error)
     if failure is not None:
         pytest.fail(f"{path.name} failed:\n{failure}", pytrace=False)
+    # a check prints its verdict; its return value (residuals, for the tests) is not shown
+    # to the reader as a stray Out[] line under it
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and cell.source.strip().startswith("check_"):
+            shown = [o for o in cell.get("outputs", []) if o.get("output_type") == "execute_result"]
+            assert not shown, f"{path.name}: the check cell shows its return value: {cell.source}"
 
 
 def test_tutorials_exist_and_end_in_asserts():

@@ -181,7 +181,7 @@ def softmax_backward_explicit(dprobs, softmax_cache):
 
 
 # %%
-check_softmax_backward_explicit(softmax_backward_explicit)
+check_softmax_backward_explicit(softmax_backward_explicit);  # ";": no Out[] line (the check returns its residuals for the tests);
 
 # %% [markdown]
 # **Stage 2, compact.** Building a $T \times T$ matrix per row is wasteful. Write out
@@ -209,7 +209,7 @@ def softmax_backward_compact(dprobs, softmax_cache):
 
 
 # %%
-check_softmax_backward(softmax_backward_compact)
+check_softmax_backward(softmax_backward_compact);
 
 # %% [markdown]
 # The library's `softmax_backward` is this line. In `attention_backward` it sits between

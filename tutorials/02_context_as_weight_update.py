@@ -143,7 +143,7 @@ def delta_W_from_caches(W, cache_with, cache_alone):
 # `forward(x, patches=...)`, which must give the with-context output.
 
 # %%
-check_delta_W(delta_W_from_caches, params, config)
+check_delta_W(delta_W_from_caches, params, config);
 
 # %% [markdown]
 # ## The package's update, and the patched forward

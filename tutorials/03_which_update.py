@@ -169,7 +169,7 @@ def null_space_part(Z, a):
 # $W + \Delta W + Z_\perp$, which must give the with-context output.
 
 # %%
-check_null_space(null_space_part, params, config)
+check_null_space(null_space_part, params, config);
 
 # %% [markdown]
 # ## Not unique: a family of updates, one of minimum norm

@@ -117,7 +117,7 @@ def skip_patch(W, x, A_with, A_without):
 
 
 # %%
-check_skip_patch(skip_patch)
+check_skip_patch(skip_patch);
 
 # %% [markdown]
 # The package computes the same patch with `implicit_update`. On a skip block of its own we

@@ -113,7 +113,7 @@ def path_step(W_i, W_0, A_i, A_next, A_x):
 
 
 # %%
-check_path_step(path_step)
+check_path_step(path_step);
 
 # %% [markdown]
 # ## Every token is one step

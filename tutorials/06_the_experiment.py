@@ -128,7 +128,7 @@ def predictions_two_ways(params, config, tokens):
 
 
 # %%
-check_predictions_two_ways(predictions_two_ways)
+check_predictions_two_ways(predictions_two_ways);
 
 # %% [markdown]
 # ## Training, with the validation loss computed two ways

@@ -109,7 +109,7 @@ def cos_f(U, V):
 
 
 # %%
-check_cos_frobenius(cos_f)
+check_cos_frobenius(cos_f);
 
 # %% [markdown]
 # ## Figure 4, computed

@@ -126,7 +126,7 @@ def delta_A_linear(attn, n_heads, removed_tokens, query_token):
 
 
 # %%
-check_linear_attention_delta_A(delta_A_linear)
+check_linear_attention_delta_A(delta_A_linear);
 
 # %% [markdown]
 # The check ran your function on a block with $H = 2$ heads of width $K = 3$ and compared it
@@ -245,7 +245,7 @@ def von_oswald_weights(d, eta, N, theta0):
 
 
 # %%
-check_von_oswald_weights(von_oswald_weights)
+check_von_oswald_weights(von_oswald_weights);
 
 # %% [markdown]
 # The check drew $\theta_0 \neq 0$, ran the layer with your weights and compared the query's

@@ -121,7 +121,7 @@ def spread_across_orders(predictions):
 
 
 # %%
-check_order_spread(spread_across_orders)
+check_order_spread(spread_across_orders);
 
 # %% [markdown]
 # From here on the page uses the package's `order_spread` (the same formula), so that it runs
@@ -260,7 +260,7 @@ def fraction_of_rising_steps(errors):
 
 
 # %%
-check_fraction_of_rising_steps(fraction_of_rising_steps)
+check_fraction_of_rising_steps(fraction_of_rising_steps);
 
 # %% [markdown]
 # The package's `rising_fraction` is the same formula. The errors along the path of the

@@ -149,7 +149,7 @@ def cubic_feature(X):
 
 
 # %%
-check_cubic_feature(cubic_feature)
+check_cubic_feature(cubic_feature);
 
 # %% [markdown]
 # The check also ran ATTN_M and the network $w_2^\top W_1 z$ on your $z$ and found the same
@@ -293,7 +293,7 @@ def plateau_levels(eigenvalues, n_context):
 
 
 # %%
-check_plateau_losses(plateau_levels)
+check_plateau_losses(plateau_levels);
 
 # %% [markdown]
 # For the paper's example, $\lambda = (0.4, 0.3, 0.2, 0.1)$ and $N = 31$:

@@ -187,7 +187,7 @@ def position_patch(W, u_C, h_C, u_0, h_0, t):
 
 
 # %%
-check_position_patch(position_patch)
+check_position_patch(position_patch);
 
 # %% [markdown]
 # Now every position of our stack: your patches, block by block, against the package's
@@ -382,7 +382,7 @@ def thought_delta(W, u_C, u_0):
 
 
 # %%
-check_thought_delta(thought_delta)
+check_thought_delta(thought_delta);
 
 # %% [markdown]
 # ### Regression queries span only $d$ directions

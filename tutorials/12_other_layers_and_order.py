@@ -109,7 +109,7 @@ def query_alone(x, p):
 
 
 # %%
-check_rnn_query_alone(query_alone)
+check_rnn_query_alone(query_alone);
 
 # %% [markdown]
 # ## 2. Backpropagation through time
@@ -149,7 +149,7 @@ def step_backward(ds, cache):
 
 
 # %%
-check_rnn_step_backward(step_backward)
+check_rnn_step_backward(step_backward);
 
 # %% [markdown]
 # The package's `backward` runs the same BPTT inside the block. A gradient check of the
