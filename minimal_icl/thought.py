@@ -59,10 +59,11 @@ from .validation import check_n_calibration, check_rtol, check_thought_inputs
 # The array-API default of linalg.pinv is max(D, K) · eps, but the inputs a_k come out of
 # a forward pass, and regression queries (x; 0) through a block without skips span only
 # d < D directions: on the trained paper model (K = 3, D = 3) their third singular value
-# is rounding, up to about 1e-14 · σ_max (1.1e-14 over 256 prompts; 9.0e-15 over another
-# 256 and another training run), 14 to 16 times the default cutoff. Inverted, it would add
-# an arbitrary huge term to Δ*. The cutoff used sits 60 to 75 times above that rounding and
-# far below the smallest singular values of generic queries.
+# is rounding, up to about 1e-14 · σ_max (the largest over 256 prompts: 0.7e-14 to 1.5e-14
+# in eight such draws on the model of seed 0, 0.5e-14 to 0.9e-14 on those of seeds 1 and 2),
+# 7 to 22 times the default cutoff. Inverted, it would add an arbitrary huge term to Δ*.
+# The cutoff used sits 45 to 150 times above that rounding and far below the smallest
+# singular values of generic queries (σ_min/σ_max ≥ 3e-5 over 256 prompts).
 RANK_CUTOFF = 1000
 
 
