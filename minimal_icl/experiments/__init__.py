@@ -15,7 +15,7 @@ numbers and the settings used):
     thought      one patch for all queries: held-out error against K calibration queries
     order        order sensitivity (Shen et al. 2024): spread of predictions over 10 orders
     linear-dynamics  how linear attention learns in context (Zhang, Singh, Latham & Saxe
-                 2025): one drop (merged KQ), one plateau per eigenvalue (separate K, Q)
+                 2025): one drop (merged KQ), one drop per eigenvalue (separate K, Q)
 
 ``reproduce`` runs them all and writes DIR/summary.md. The trained models are shared:
 DIR/paper_model.npz (Figures 2–4, dynamics, positions, thought, order), DIR/deep_model.npz

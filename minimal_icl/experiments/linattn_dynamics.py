@@ -16,13 +16,13 @@ Settings (those of docs/theory.md §9, in the package's 1/N convention): d = 4, 
 λ ∝ (4, 3, 2, 1)/10 with a random rotation, P = 20,000 training sequences (fast: 5,000),
 100,000 held-out sequences (fast: 20,000); ATTN_S lr 0.395, init 0.0628, 50,000 epochs
 (fast: init 0.126, 12,000 epochs); ATTN_M lr 0.124, init 5.6e-6, 3,000 epochs. An epoch
-is one full-batch GD step; epochs 0..E are recorded, the 50,001, 12,001 and 3,001 of
-docs/theory.md §9.
+is one full-batch GD step; a run of E epochs holds epochs 0..E (the 50,001, 12,001 and
+3,001 of docs/theory.md §9), of which every ``stride`` = 10th and the last are recorded.
 
 The package's rules (not the paper's):
 
 * plateau: a maximal run of recorded epochs, at least ``window`` epochs long (0.1 % of
-  the run, at least 2 recorded epochs), over which the held-out loss changes by less
+  the run, at least 2 · stride epochs), over which the held-out loss changes by less
   than 0.5 % of tr Λ per ``window``; its level is the median loss over the run (extended
   by one window, the end of training at most); consecutive plateaus
   whose levels differ by less than 2 % of tr Λ are merged (the closest predicted levels,
