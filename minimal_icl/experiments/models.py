@@ -75,10 +75,11 @@ def deep_setting(fast: bool = False) -> TrainingSetup:
     LayerNorm eps 1e-5; Adam, lr 1e-2 with 50 warm-up steps and cosine decay to 1 %,
     batch 32, 600 steps. "Trained briefly": the figure is about the exactness of the
     per-block patches, which holds for any weights. Its held-out MSE is about 1.4 with
-    seed 0 (1.37 on the figure's 4,000 new prompts, docs/figures/deep.json; the last
-    validation loss of training 1.28; the zero predictor scores about 2, one step of GD
-    0.11); a training this brief moves with rounding-level changes to the training step
-    (1.3, then 1.1, under two earlier versions of the fast pass's query row).
+    seed 0 (1.37 on the figure's 4,000 new prompts, docs/figures/deep.json, 1.47 ± 0.03
+    on 20,000; the last validation loss of training 1.28, on 512 prompts; the zero
+    predictor scores about 2, one step of GD 0.11); a training this brief moves with
+    rounding-level changes to the training step (1.3, then 1.1, under two earlier
+    versions of the fast pass's query row).
     Fast variant: 40 steps.
     """
     config = TransformerConfig(
@@ -214,8 +215,9 @@ def rnn_setting(fast: bool = False) -> TrainingSetup:
     The paper's task (d = 2, N = 50); one block whose contextual layer is the recurrent
     layer of ``minimal_icl.rnn`` with a state of width S = 32, a ReLU MLP of width 64,
     no skips, no LayerNorm; Adam, lr 1e-2, 50 warm-up steps, cosine decay to 1 %,
-    batch 64, 1 000 steps. Its held-out loss falls from about 1.9 to about 0.7 (zero
-    predictor: 2): trained, not good. Fast variant: 60 steps.
+    batch 64, 1 000 steps. With seed 0 its validation loss (the run's 512 held-out
+    prompts) falls from 1.9 to 0.66, and its MSE on 20,000 fresh prompts is 0.83 ± 0.02
+    (zero predictor: 2): trained, not good. Fast variant: 60 steps.
     """
     config = TransformerConfig(d_token=3, n_blocks=1, d_mlp=64, activation="relu",
                                contextual_layer="rnn", d_state=32)
@@ -232,8 +234,9 @@ def causal_stack_setting(fast: bool = False) -> TrainingSetup:
     """A causal stack of L = 2 pre-LN blocks with both skips (the package's own).
 
     The paper's task; softmax attention with 2 heads of width 4, a GELU MLP of width
-    32; Adam, lr 1e-2, 50 warm-up steps, cosine decay to 1 %, batch 32, 500 steps (the
-    held-out loss falls from about 3 to about 0.9). Fast variant: 40 steps.
+    32; Adam, lr 1e-2, 50 warm-up steps, cosine decay to 1 %, batch 32, 500 steps (with
+    seed 0 the validation loss on the run's 512 held-out prompts falls from 3.1 to 0.91;
+    the MSE on 20,000 fresh prompts is 1.03 ± 0.02). Fast variant: 40 steps.
     """
     config = TransformerConfig(
         d_token=3, n_blocks=2, n_heads=2, d_head=4, d_mlp=32, attention="softmax",
