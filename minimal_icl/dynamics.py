@@ -44,6 +44,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy
+
 from .attention import merge_heads
 from .backend import Array, device, namespace
 from .block import BlockPatch, block_forward
@@ -225,6 +227,14 @@ class ImplicitPath(NamedTuple):
         return (self.update(i),)
 
 
+def _step_size(norm: Array) -> Array:
+    """η = 1/‖a‖² from the norms ‖a‖ (non-zero): (1/‖a‖)/‖a‖, which is infinity where
+    η exceeds the largest float (‖a‖ below about 7e-155 in float64): what the float can
+    say, documented in docs/validation.md, so NumPy's overflow warning is not raised."""
+    with numpy.errstate(over="ignore"):  # NumPy's flag; other libraries do not warn
+        return (1.0 / norm) / norm
+
+
 def _check_nonzero_or_overflow(norm, params, config, context, query, vector: str) -> None:
     """check_nonzero, but name an overflow when that is why the vector is zero: a LayerNorm
     whose variance overflows maps its input to 0, and ``forward``'s own check says so.
@@ -264,7 +274,7 @@ def implicit_path(
     columns = (u[:, 1:, :] - u[:, :-1, :]) @ W0.mT  # (B, N, M)
     increment_norms = norms(columns) / xp.expand_dims(norm, axis=-1)  # (B, N)
     delta_b = h - h[:, :1, :] if config.mlp_skip else xp.zeros_like(h)
-    return ImplicitPath(W0, A_query, (1.0 / norm) / norm, u, columns, increment_norms, delta_b)
+    return ImplicitPath(W0, A_query, _step_size(norm), u, columns, increment_norms, delta_b)
 
 
 # -- the factorised form (appendix of v1) ----------------------------------------------
@@ -385,4 +395,4 @@ def factorised_path(
                                    "A(c_{i+1}..c_N, x) for some i ≥ 1")
     delta_A = A_suffix[:, :-1, :] - A_suffix[:, 1:, :]  # (B, N, D)
     delta_b = h_res[:, :1, :] - h_res if config.mlp_skip else xp.zeros_like(h_res)
-    return FactorisedPath(block.mlp.W1, A_suffix, delta_A, (1.0 / norm) / norm, delta_b)
+    return FactorisedPath(block.mlp.W1, A_suffix, delta_A, _step_size(norm), delta_b)

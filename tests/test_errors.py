@@ -853,6 +853,19 @@ def test_tokens_scaled_to_1e_minus_300_are_valid_and_the_identity_holds(world):
         assert relative_residual(patched[:, -1], full[:, -1]) <= IDENTITY_RTOL
 
 
+def test_paths_at_1e_minus_300_return_an_infinite_step_size_without_a_warning(world):
+    """At tokens of 1e-300, η_x = 1/‖A(x)‖² exceeds the largest float: the paths return
+    it as infinity (docs/validation.md), silently, with finite columns."""
+    context, query = world.context * 1e-300, world.query * 1e-300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning fails the test
+        path = implicit_path(world.one, ONE, context, query)
+        factorised = factorised_path(world.one, ONE, context, query)
+    assert numpy.all(numpy.isinf(path.step_size))
+    assert numpy.all(numpy.isfinite(path.columns))
+    assert numpy.any(numpy.isinf(factorised.step_sizes))
+
+
 @pytest.mark.parametrize(
     "removed", [[0, 2], (2, 0), range(3), {1, 2}, numpy.array([0, 4]), []], ids=repr
 )
