@@ -157,7 +157,7 @@ def well_conditioned(config: TransformerConfig) -> bool:
       standard normal tokens, outputs reach 1e5.
 
     On these the identities still hold to the float64 forward pass's own accuracy
-    (residuals up to 3.5e-13 in float64 and 1.03e-4 in float32 were measured with an
+    (residuals of about 4e-13 in float64 and 1.03e-4 in float32 were measured with an
     earlier version of the package, 1.8e-16 and 1.9e-7 with the current one on the same
     draw, see docs/float32.md; the 64-combination test runs them at fixed seeds), but not
     with margin under IDENTITY_RTOL = 1e-12 and FLOAT32_RTOL = 1e-4 in every draw. The
