@@ -15,11 +15,11 @@ A failing assert or an exception fails the test and shows the cell and its trace
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import importlib.util
+import re
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +90,25 @@ def test_tutorial_runs(path: Path, tmp_path: Path, monkeypatch):
         if cell.cell_type == "code" and cell.source.strip().startswith("check_"):
             shown = [o for o in cell.get("outputs", []) if o.get("output_type") == "execute_result"]
             assert not shown, f"{path.name}: the check cell shows its return value: {cell.source}"
+
+
+def test_saving_an_unchanged_tutorial_changes_no_byte(tmp_path: Path):
+    """Opened and saved through jupytext's contents manager (what JupyterLab does, with
+    tutorials/jupytext.toml), every tutorial is written back byte for byte. Needs the
+    tutorials extra (jupyter_server), which `make tutorials` installs."""
+    pytest.importorskip("jupyter_server")
+    from jupyter_server.services.contents.largefilemanager import LargeFileManager
+    from jupytext.sync_contentsmanager import build_sync_jupytext_contents_manager_class
+
+    shutil.copy(TUTORIALS_DIR / "jupytext.toml", tmp_path)
+    for path in TUTORIALS:
+        shutil.copy(path, tmp_path)
+    manager = build_sync_jupytext_contents_manager_class(LargeFileManager)(root_dir=str(tmp_path))
+    for path in TUTORIALS:
+        model = manager.get(path.name, content=True, type="notebook")
+        manager.save(model, path.name)
+        saved = (tmp_path / path.name).read_bytes()
+        assert saved == path.read_bytes(), f"{path.name} changes when saved from JupyterLab"
 
 
 def test_tutorials_exist_and_end_in_asserts():
