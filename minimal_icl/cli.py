@@ -134,7 +134,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--fast",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="a short run of a few seconds, for smoke tests (default: --no-fast)",
+        help="a short run (about a second), for smoke tests (default: --no-fast)",
     )
     parser.add_argument(
         "--quiet",
