@@ -398,6 +398,11 @@ def check_losses(workload: Workload, makers: dict) -> tuple[dict, dict]:
     return gaps, failed
 
 
+def paired(seconds: list, reference: list) -> float:
+    """The median over rounds of seconds / reference in the same round (a paired ratio)."""
+    return statistics.median(s / r for s, r in zip(seconds, reference))
+
+
 def tolerance(name: str) -> float:
     """float64 peers must agree to 1e-9 (rounding, amplified slightly by one Adam step);
     float32 ones to 1e-4 (FLOAT32_RTOL)."""
@@ -504,7 +509,7 @@ def main():
         print(header)
         print("  " + "-" * (len(header) - 2))
         for name, seconds in times.items():
-            ratio = statistics.median(s / o for s, o in zip(seconds, ours))
+            ratio = paired(seconds, ours)
             gap = "" if name == REFERENCE else f"{gaps[name]:9.1e}"
             print(f"  {name:48s} {ratio:6.2f} {statistics.median(seconds) * 1e3:8.3f} {gap}")
         for name, reason in failed.items():
@@ -520,18 +525,14 @@ def main():
         floor64 = statistics.median(floors["float64"]) * 1e3
         floor32 = statistics.median(floors["float32"]) * 1e3
         times32 = times["minimal_icl float32"]
-
-        def over(seconds, floor):
-            return statistics.median(s / f for s, f in zip(seconds, floor))
-
         print(f"  matrix products: {flops / 1e6:.2f} MFLOP a query-only step"
               f" ({full / 1e6:.1f} whole sequence); single-thread GEMM ({GEMM_N}×{GEMM_N},"
               f" in the same rounds) {rate['float64']:.1f} GFLOP/s float64,"
               f" {rate['float32']:.1f} float32: single-core floor {floor64:.3f} ms float64,"
               f" {floor32:.3f} ms float32; minimal_icl float64 at"
-              f" {over(ours, floors['float64']):.1f}× the float64 floor, float32 at"
-              f" {over(times32, floors['float32']):.1f}× the float32 floor,"
-              f" {over(times32, floors['float64']):.1f}× the float64 floor")
+              f" {paired(ours, floors['float64']):.1f}× the float64 floor, float32 at"
+              f" {paired(times32, floors['float32']):.1f}× the float32 floor,"
+              f" {paired(times32, floors['float64']):.1f}× the float64 floor")
         print(f"  one minimal_icl step: {calls} NumPy calls (functions, ufuncs, ndarray methods;"
               f" array operators not counted), {python_calls} Python function calls")
         print(f"  loss gap: largest relative difference from {REFERENCE} of the loss before and"
