@@ -131,8 +131,9 @@ def norms(a: Array) -> Array:
     to a subnormal number or 0 (tokens of 1e-300 give 1e-600), sends the whole array to
     the scaled form s ‖a/s‖ with s = max |a|, which squares numbers of size at most 1
     (in float32 a · a overflows once ‖a‖ > 1.8e19; activations of a stack without
-    LayerNorm grow geometrically with depth, to 5e13 after 64 random blocks with both
-    skips). One check on the (...,) squares
+    LayerNorm grow geometrically with depth: after 64 random softmax blocks with both
+    skips the largest entry is 1e9 to 3e15 for D = 3 to 16, over seeds 0–2). One check
+    on the (...,) squares
     chooses; where a · a ≥ the smallest normal number the plain form's rounding is that of
     normal numbers (a square that underflows inside the sum is off by at most half its
     spacing, 2⁻¹⁰⁷⁵ in float64, against a sum of at least 2⁻¹⁰²²).
@@ -198,8 +199,8 @@ def rank_one_update(
 
     The one place in the package where this formula is computed: ``implicit_update``
     (δ = δu = u_C − u_∅, a = u_∅), the path of Proposition 3.1 (δ = A_i − A(x),
-    a = A(x)) and each step of the factorised path (W = W_{i−1}, δ = ΔA(c_i), a = A_{>i})
-    call it. It solves X a = W δ with minimum Frobenius norm: ΔW a = W δ (aᵀa)/‖a‖².
+    a = A(x)), each step of the factorised path (W = W_{i−1}, δ = ΔA(c_i), a = A_{>i})
+    and the per-position updates of ``positions`` (one δ and a per position) call it. It solves X a = W δ with minimum Frobenius norm: ΔW a = W δ (aᵀa)/‖a‖².
 
     W (M, D), or (B, M, D) for one weight per prompt; delta, a (B, D).
     Returns (delta_W (B, M, D), column (B, M), row (B, D)) with delta_W = column ⊗ row,
@@ -340,7 +341,8 @@ def minimum_norm_solution(column: Array, u_without: Array) -> Array:
     function computes a⁺ with ``linalg.pinv`` (an SVD), independently of that formula.
 
     column (B, M) = W δ, u_without (B, D) = a. Returns (B, M, D).
-    Raises ValueError for a = 0 (no solution), NaN or infinity, or mismatched shapes.
+    Raises ValueError for a = 0 (no solution), NaN or infinity, or mismatched shapes;
+    TypeError for mismatched dtypes or array types.
     """
     check_minimum_norm_inputs(column, u_without)
     xp = namespace(column, u_without)
