@@ -116,6 +116,26 @@ def no_batch_axis(W, cache_with, cache_alone):
     return column.T @ (A_x / numpy.sum(A_x**2, axis=-1, keepdims=True))
 
 
+def column_without_W(W, cache_with, cache_alone):
+    _, A_C, A_x = pieces(W, cache_with, cache_alone)
+    return outer(A_C - A_x, A_x / numpy.sum(A_x**2, axis=-1, keepdims=True))  # (B, D, D)
+
+
+def no_sum_of_squares(W, cache_with, cache_alone):
+    column, _, A_x = pieces(W, cache_with, cache_alone)
+    return outer(column, A_x / A_x**2)  # entry by entry
+
+
+def fourth_power(W, cache_with, cache_alone):
+    column, _, A_x = pieces(W, cache_with, cache_alone)
+    return outer(column, A_x / numpy.sum(A_x**2, axis=-1, keepdims=True) ** 2)
+
+
+def mean_of_squares(W, cache_with, cache_alone):
+    column, _, A_x = pieces(W, cache_with, cache_alone)
+    return outer(column, A_x / numpy.mean(A_x**2, axis=-1, keepdims=True))
+
+
 @pytest.mark.parametrize(
     "config",
     [CONFIG,
@@ -149,6 +169,10 @@ def test_right_answer_passes_and_the_patched_forward_reproduces_the_context(conf
         (in_float32, "computed in float32"),
         (numpy_outer, "numpy.outer flattens"),
         (no_batch_axis, "batch\\) axis is missing"),
+        (column_without_W, "the column is ΔA itself"),
+        (no_sum_of_squares, "entry by entry"),
+        (fourth_power, "‖A\\(x\\)‖⁴"),
+        (mean_of_squares, "not their mean"),
     ],
 )
 def test_typical_mistakes_get_their_hint(answer, hint):

@@ -12,7 +12,9 @@ of the query alone [x]. ``check_delta_W`` compares the answer with the package's
 reproduce the with-context output at the query. Hints name the typical mistakes: no
 division by ‖A(x)‖², a division by ‖A(x)‖, the transposed factor A(x) ⊗ W ΔA, the sign
 of ΔA, A(C, x), ΔA or A(x)/‖A(C, x)‖² as the row, W A(C, x) or W A(x) as the column,
-one ‖A(x)‖² for the whole batch or one per coordinate (axis=0), and W + ΔW.
+one ‖A(x)‖² for the whole batch or one per coordinate (axis=0), W + ΔW, the column ΔA
+without W, the row 1/A(x) (no sum of squares), a division by ‖A(x)‖⁴ and the mean of the
+squares for ‖A(x)‖².
 """
 
 from __future__ import annotations
@@ -65,6 +67,16 @@ def delta_W_mistakes(W, A_with, A_alone) -> list[tuple[str, numpy.ndarray]]:
          " alone's A(x): A(x)ᵀ/‖A(x)‖²", outer(column, delta_A / delta_norm**2)),
         ("the row divides A(x) by ‖A(C, x)‖²; both come from the query alone:"
          " A(x)ᵀ/‖A(x)‖²", outer(column, A_x / norm_C**2)),
+        ("the column is ΔA itself; it is W ΔA (`delta_A @ W.T`, shape (B, M)), what the"
+         " patched W must add to W A(x)", outer(delta_A, A_x / norm**2)),
+        ("the row is A(x)/A(x)**2 entry by entry (1/A(x)); ‖A(x)‖² is one number per"
+         " prompt, the sum of its D squares: numpy.sum(A_x**2, axis=-1, keepdims=True)",
+         outer(column, 1.0 / A_x)),
+        ("you divided by ‖A(x)‖⁴ (the squared norm squared again): the row is"
+         " A(x)ᵀ/‖A(x)‖², numpy.sum(A_x**2, ...) is already ‖A(x)‖²",
+         outer(column, A_x / norm**4)),
+        ("‖A(x)‖² is the sum of the D squares, not their mean: numpy.sum, not"
+         " numpy.mean", outer(column, A_x / numpy.mean(A_x * A_x, axis=-1, keepdims=True))),
     ]
 
 
