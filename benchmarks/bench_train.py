@@ -115,25 +115,30 @@ def workloads():
 
 
 def matmul_flops(config: TransformerConfig, B: int, T: int, last_only: bool) -> float:
-    """2 × multiply-adds of the matrix products of one training step, roughly.
+    """2 × multiply-adds of the matrix products of one training step.
 
     Forward per block, with Tq the query rows (T, or 1 in the last block with last_only):
     Q: Tq·D·HK, K and V: 2·T·D·HK, scores and P·V: 2·H·Tq·T·K, output: Tq·HK·D,
-    MLP: 2·Tq·D·M; times 2 flops per multiply-add and B prompts. The backward is counted
-    as twice the forward (one product for the input gradient, one for the weight
-    gradient), so a step is 3 × forward. Elementwise work (softmax, LayerNorm, Adam) is
-    left out: it is small in flops and large in memory traffic.
+    MLP: 2·Tq·D·M; times 2 flops per multiply-add and B prompts. The backward of a
+    product needs one product for the weight (or second operand's) gradient and one for
+    the input gradient, twice the forward, except where the input is the tokens: training
+    needs no token gradient, so a first block without LayerNorm skips its projections'
+    input gradients (Q, K, V: Tq·D·HK + 2·T·D·HK). (A pre-LN first block needs them for
+    LN's gain and bias.) Elementwise work (softmax, LayerNorm, Adam) is left out: it is
+    small in flops and large in memory traffic.
     """
     D, H, K, M, L = config.d_token, config.n_heads, config.d_head, config.d_mlp, config.n_blocks
     HK = H * K
-    forward_flops = 0.0
+    multiply_adds = 0.0
     for block in range(L):
         Tq = 1 if (last_only and block == L - 1) else T
-        multiply_adds = (
-            Tq * D * HK + 2 * T * D * HK + 2 * H * Tq * T * K + Tq * HK * D + 2 * Tq * D * M
-        )
-        forward_flops += 2.0 * B * multiply_adds
-    return 3.0 * forward_flops
+        projections = Tq * D * HK + 2 * T * D * HK
+        forward = projections + 2 * H * Tq * T * K + Tq * HK * D + 2 * Tq * D * M
+        backward = 2 * forward
+        if block == 0 and not config.layer_norm:
+            backward -= projections  # no gradient for the tokens
+        multiply_adds += forward + backward
+    return 2.0 * B * multiply_adds
 
 
 GEMM_N = 512  # the matrix product that measures the single-core rate

@@ -73,3 +73,27 @@ print("checked")
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "checked"
+
+
+def test_bench_train_counts_the_matrix_products_of_a_step():
+    """The floor's FLOP count, product by product, for the paper step (B 64, T 51, D 3,
+    8 heads × 2, MLP 128, query row only): forward x_q W_Qᵀ 48, K and V 2·51·3·16 = 4896,
+    scores and P·V 2·8·51·2 = 1632, W_O 48, MLP 2·3·128 = 768 multiply-adds per prompt
+    (7392); backward twice that less the input gradients of Q, K and V (the tokens'
+    gradient, which training does not compute): 14784 − 4944. A pre-LN first block needs
+    those for LN's gain and bias: three times the forward."""
+    code = """
+import bench_train
+from minimal_icl import TransformerConfig
+paper = bench_train.workloads()[0]
+assert bench_train.matmul_flops(paper.config, 64, 51, True) == 2 * 64 * (7392 + 14784 - 4944)
+c = TransformerConfig(d_token=3, n_blocks=1, n_heads=8, d_head=2, d_mlp=128, layer_norm=True)
+assert bench_train.matmul_flops(c, 64, 51, True) == 2 * 64 * 3 * 7392
+print("checked")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        cwd=SCRIPT.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "checked"
