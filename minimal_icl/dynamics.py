@@ -1,8 +1,9 @@
 """Proposition 3.1 (Dherin et al. 2025, v1): consuming context tokens is a gradient path.
 
 Feed the context c_1, ..., c_N to one block one token at a time. With A_i = A(c_1..c_i, x)
-the query's MLP input after the first i tokens (A_0 = A(x)) and W_i = W_0 + ΔW(c_1..c_i)
-the patch of Theorem 2.2 for that prefix,
+the query's MLP input after the first i tokens (A_0 = A(x)) and W_i = W_0 + ΔW_i, ΔW_i
+Theorem 2.2's patch for the prompt [c_1..c_i, x] with its whole context removed (not
+ΔW(Y) for Y = {c_1..c_i} removed from the whole prompt, which keeps c_{i+1}..c_N),
 
     W_{i+1} = W_i − η_x ∇_W L_i(W_i),   η_x = 1/‖A(x)‖²,
     L_i(W) = trace(G_iᵀ W),              G_i = W_0 (A_i − A_{i+1}) A(x)ᵀ,
@@ -23,16 +24,17 @@ The prefixes are computed from ONE run of the block on the whole prompt: the que
 last and sees every token (causal or not), and there are no positions, so its attention
 output after i tokens only renormalises the query row of that run (docs/theory.md §4):
 
-    softmax:  A_i = W_O concat_h[(Σ_{j≤i} P_j v_j + P_x v_x) / (Σ_{j≤i} P_j + P_x)]
-    linear:   A_i = W_O concat_h[ Σ_{j≤i} P_j v_j + P_x v_x ]
+    softmax:  A(c_1..c_i, x) = W_O concat_h[(Σ_{j≤i} P_j v_j + P_x v_x) / (Σ_{j≤i} P_j + P_x)]
+    linear:   A(c_1..c_i, x) = W_O concat_h[ Σ_{j≤i} P_j v_j + P_x v_x ]
 
 with P the query row of the attention weights on the whole prompt (for linear attention
 the scaled scores S themselves, so a prefix only drops terms; s_i below is the recurrent
-state), then the residual h_i = z_x + A_i (attn skip) and u_i = LN2(h_i) (LayerNorm),
-elementwise per prefix. For the recurrent layer (``contextual_layer="rnn"``, docs/theory.md §8) one
-run over the prompt gives the states s_i after c_1..c_i, and A_i = W_out tanh(W_s s_i +
-W_in x + b_s) is one more step from each (``rnn.rnn_query_after_prefixes``; x here is the
-layer's input, LN1(x) with LayerNorm).
+state), then the residual h_i = z_x + A(c_1..c_i, x) with an attn skip (else h_i is that
+attention output) and u_i = LN2(h_i) with LayerNorm (else u_i = h_i), elementwise per
+prefix; the path's A_i is u_i. For the recurrent layer (``contextual_layer="rnn"``,
+docs/theory.md §8) one run over the prompt gives the states s_i after c_1..c_i, and
+A(c_1..c_i, x) = W_out tanh(W_s s_i + W_in x + b_s) is one more step from each
+(``rnn.rnn_query_after_prefixes``; x here is the layer's input, LN1(x) with LayerNorm).
 
 Shapes: B prompts, N context tokens, D token width, M MLP width.
 Reference: Dherin et al. (2025), arXiv:2507.16003, Proposition 3.1 and the appendix of v1.
@@ -189,7 +191,7 @@ class ImplicitPath(NamedTuple):
     A_prefix: Array  # (B, N+1, D)  A_i = A(c_1..c_i, x) at the MLP input, i = 0..N
     columns: Array  # (B, N, M)     W_0 (A_{i+1} − A_i): W_{i+1} − W_i = η_x columns[:, i] ⊗ A(x)
     increment_norms: Array  # (B, N)  ‖W_{i+1} − W_i‖_F = ‖W_0 (A_{i+1} − A_i)‖ / ‖A(x)‖
-    delta_b_prefix: Array  # (B, N+1, D)  Δb for prefix i: h_i − h_0 (zeros without MLP skip)
+    delta_b_prefix: Array  # (B, N+1, D)  Δb′ for prefix i: h_i − h_0 (zeros without MLP skip)
 
     @property
     def n_context(self) -> int:
@@ -295,7 +297,8 @@ class FactorisedPath(NamedTuple):
     [c_i..c_N, x]. By induction
     W_i A_{>i} = W_{i−1}(A_{>i} + ΔA(c_i)) = W_{i−1} A_{>i−1} = W_0 A_{>0},
     so T_{W_i}(c_{i+1}..c_N, x) = T_{W_0}(C, x) for every i, and T_{W_N}(x) = T_{W_0}(C, x).
-    (With an MLP skip the output bias follows b_i = b_0 + h_C − h(A_{>i}).)
+    (With an MLP skip the output bias follows b′_i = b′_0 + h_C − h(A_{>i}), h(A_{>i}) the
+    query's residual on [c_{i+1}..c_N, x].)
 
     W_N − W_0 also solves X A(x) = W_0 ΔA but is not the rank-1 ΔW(C) in general, another
     face of non-uniqueness. Being another solution, ‖W_N − W_0‖_F ≥ ‖ΔW(C)‖_F (ΔW(C) has
@@ -321,7 +324,7 @@ class FactorisedPath(NamedTuple):
     A_suffix: Array  # (B, N+1, D)  A_{>i} = A(c_{i+1}..c_N, x) at the MLP input, i = 0..N
     delta_A: Array  # (B, N, D)     ΔA(c_i) = A_{>i−1} − A_{>i} at index i − 1
     step_sizes: Array  # (B, N)     η_i = 1/‖A_{>i}‖² at index i − 1
-    delta_b_suffix: Array  # (B, N+1, D)  b_i − b_0 = h(A_{>0}) − h(A_{>i}) (0 without MLP skip)
+    delta_b_suffix: Array  # (B, N+1, D)  b′_i − b′_0 = h(A_{>0}) − h(A_{>i}) (0 without MLP skip)
 
     @property
     def n_context(self) -> int:
@@ -354,7 +357,7 @@ class FactorisedPath(NamedTuple):
         return self.W0 + self.delta_W(i)
 
     def patch(self, i: int) -> tuple:
-        """Patches for ``forward`` on the prompt [c_{i+1}..c_N, x]: W_i − W_0 and b_i − b_0."""
+        """Patches for ``forward`` on the prompt [c_{i+1}..c_N, x]: W_i − W_0 and b′_i − b′_0."""
         return (BlockPatch(delta_W=self.delta_W(i), delta_b=self.delta_b_suffix[:, i, :]),)
 
 
