@@ -18,7 +18,8 @@ from minimal_icl.exercises.tutorial_08 import (
 
 
 def delta_A(attn, n_heads, removed, query, *, scale=True, transpose=False, with_query=False,
-            one_head=False, skip_W_O=False, split_K_H=False, width=None, mean=False):
+            one_head=False, skip_W_O=False, split_K_H=False, width=None, mean=False,
+            concat_K_H=False):
     """The closed form, right by default; each keyword makes one typical mistake
     (width: a callable (K, H·K, D) -> the divisor of the scores in place of √K)."""
     if with_query:
@@ -42,7 +43,8 @@ def delta_A(attn, n_heads, removed, query, *, scale=True, transpose=False, with_
     heads = numpy.einsum("bhvk,bhk->bhv", memory, q) / divisor
     if mean:
         heads = heads / n
-    heads = numpy.swapaxes(heads, -1, -2).reshape(B, -1) if split_K_H else heads.reshape(B, -1)
+    concatenate_K_H = split_K_H or concat_K_H  # (B, H, K) -> (B, K, H) -> (B, H·K)
+    heads = numpy.swapaxes(heads, -1, -2).reshape(B, -1) if concatenate_K_H else heads.reshape(B, -1)
     return heads if skip_W_O else heads @ attn.W_O.T
 
 
@@ -63,6 +65,8 @@ def test_delta_A_right_answer_passes(capsys):
         ({"width": lambda K, HK, D: math.sqrt(HK)}, r"divided by √\(H·K\), the width of all"),
         ({"width": lambda K, HK, D: math.sqrt(D)}, "divided by √D, the token width"),
         ({"width": lambda K, HK, D: K}, "divided by K, not by its square root"),
+        ({"width": lambda K, HK, D: math.sqrt(HK // K)}, r"divided by √H, the number of heads"),
+        ({"concat_K_H": True}, "heads are concatenated the wrong way"),
         ({"mean": True}, r"a mean over the removed tokens: .* no 1/\|Y\|"),
     ],
 )
@@ -138,6 +142,9 @@ def test_von_oswald_right_answer_passes(capsys):
         ({"P": lambda eta, N, d: eta / N * numpy.diag([0.0] * d + [1.0])},
          "in the y-entry alone gives the same layer"),
         ({"P": lambda eta, N, d: eta / N * numpy.eye(d)}, r"W_P acts on whole tokens"),
+        ({"P": lambda eta, N, d: eta / N}, "W_P is a matrix, .* not the number η/N"),
+        ({"P": lambda eta, N, d: eta / (2 * N) * numpy.eye(d + 1)},
+         r"the 1/2 of L\(θ\) .* cancels against the 2"),
     ],
 )
 def test_von_oswald_mistakes_get_their_hint(mistake, hint):
@@ -167,4 +174,23 @@ def test_von_oswald_a_d_by_d_key_is_named():
         return numpy.eye(d), numpy.eye(d), W_V, W_P
 
     with pytest.raises(ExerciseError, match="act on whole tokens"):
+        check_von_oswald_weights(wrong)
+
+
+def test_von_oswald_step_moved_into_the_value_is_named():
+    """W_V = (η/N)[[0, 0], [θ_0, −1]] with W_P = I: the same layer, named by its hint."""
+    def wrong(d, eta, N, theta0):
+        W_K, W_Q, W_V, W_P = weights(d, eta, N, theta0)
+        return W_K, W_Q, eta / N * W_V, numpy.eye(d + 1)
+
+    with pytest.raises(ExerciseError, match="η/N sits in W_V"):
+        check_von_oswald_weights(wrong)
+
+
+def test_von_oswald_value_and_projection_returned_swapped_are_named():
+    def wrong(d, eta, N, theta0):
+        W_K, W_Q, W_V, W_P = weights(d, eta, N, theta0)
+        return W_K, W_Q, W_P, W_V
+
+    with pytest.raises(ExerciseError, match=r"that is W_P .* in the order \(W_K, W_Q, W_V, W_P\)"):
         check_von_oswald_weights(wrong)

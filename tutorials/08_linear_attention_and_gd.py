@@ -298,7 +298,8 @@ for (label, step), value in vo_residuals.items():
 #
 # Put an MLP after the layer whose first weight reads minus the $y$-slot,
 # $W = (0, \dots, 0, -1)$. With $\theta_0 = 0$ the query's own value vanishes, so $A(x) = 0$,
-# the MLP input without context is $u_\emptyset = e_q = (x_q; 0)$, and the context vector is
+# the MLP input without context is $u_\emptyset = e_q + A(x) = e_q = (x_q; 0)$ (the block's
+# attention skip passes $e_q$ on), and the context vector is
 # the whole attention output, $\delta u = (0; -\theta_1 x_q)$. Theorem 2.2 then gives
 #
 # $$ \Delta W = \frac{(W\delta u)\, e_q^\top}{\|e_q\|^2}
@@ -339,8 +340,9 @@ print(f"ΔW of the read-out vs ((θ_1 x_q) x_qᵀ/‖x_q‖², 0): {residual_rea
 # $\mathbb{E}[x_q x_q^\top] = I$),
 # using $\mathbb{E}[\hat\Lambda^2] = (1 + \frac{d+1}{N})\, I$ (exercise 1). Sweep $\eta$ for $d = 5$,
 # $N = 10$ (where $\eta^* = 0.625$ is far from 1). The error is quadratic in $\eta$, so its
-# empirical minimiser is $\hat\eta = \sum_b p_b y_b / \sum_b p_b^2$, $p_b$ the prediction at
-# $\eta = 1$.
+# empirical minimiser is $\hat\eta = \sum_b p_b y_b / \sum_b p_b^2$, with $p_b$ the
+# prediction at $\eta = 1$ and $y_b$ the query's target $w^\top x_q$ in prompt $b$ (the
+# prediction at $\eta$ is $\eta\, p_b$).
 
 # %%
 d_sweep, N_sweep = 5, 10

@@ -19,11 +19,12 @@ Two "your turn" cells:
    L(θ) = (1/2N) Σ_j (θ x_j − y_j)².
 
 Each check gives a specific hint for the typical mistakes: a missing 1/N or 1/√K (or √K
-taken of the wrong width, or 1/K), a mean over Y instead of a sum, the weights not
+taken of the wrong width or of H, or 1/K), a mean over Y instead of a sum, the weights not
 transposed (a shape error inside the reader's function), the wrong sign of the −1, swapped
 key and value roles, θ_0 in the transposed block, I_d copied into the value, 1/(N+1),
-W_P on the y-entry only, W_O left out, one big head instead of H separate ones, the
-query's own term in the sum.
+W_P on the y-entry only, W_P the number η/N, the 1/2 of L kept in W_P, η/N moved into
+W_V, W_V and W_P returned in each other's place, W_O left out, one big head instead of H
+separate ones, heads split or concatenated as (K, H), the query's own term in the sum.
 Reference: von Oswald et al. (ICML 2023), Proposition 1; docs/theory.md §6.
 """
 
@@ -87,6 +88,13 @@ def linear_attention_mistakes(attn: AttentionParams, n_heads: int, removed_token
     heads_wrong = numpy.transpose(heads_wrong[..., 0], (0, 2, 1)) / math.sqrt(K)  # (B, K, H)
     wrong_split = heads_wrong.reshape(heads_wrong.shape[0], -1) @ attn.W_O.T  # (B, D)
 
+    # the heads split right, but concatenated as (K, H): feature i·H + h of head h
+    right_heads = ((numpy.swapaxes(_heads(removed_tokens, attn.W_V, n_heads), -1, -2)
+                    @ _heads(removed_tokens, attn.W_K, n_heads))
+                   @ numpy.swapaxes(q, -1, -2))[..., 0] / math.sqrt(K)  # (B, H, K)
+    wrong_concat = numpy.swapaxes(right_heads, -1, -2).reshape(right_heads.shape[0], -1)
+    wrong_concat = wrong_concat @ attn.W_O.T  # (B, D)
+
     with_query = numpy.concatenate([removed_tokens, query_token[:, None, :]], axis=1)
     big_q = query_token @ attn.W_Q.T  # (B, H·K): one head of width H·K
     big_memory = numpy.swapaxes(removed_tokens @ attn.W_V.T, -1, -2) @ (removed_tokens @ attn.W_K.T)
@@ -101,6 +109,9 @@ def linear_attention_mistakes(attn: AttentionParams, n_heads: int, removed_token
          " K = H·K/H", closed_form(removed_tokens, scale=1.0 / math.sqrt(D))),
         ("the scores are divided by K, not by its square root: S = q kᵀ/√K",
          closed_form(removed_tokens, scale=1.0 / K)),
+        ("the scores are divided by √H, the number of heads (`n_heads`): K is the width of"
+         " one head, K = H·K/H (`attn.W_Q.shape[0] // n_heads`)",
+         closed_form(removed_tokens, scale=1.0 / math.sqrt(n_heads))),
         ("that is a mean over the removed tokens: un-normalised linear attention sums"
          " v_c (k_cᵀ q_x) over c ∈ Y with no 1/|Y| (a softmax would normalise; this layer"
          " does not)", closed_form(removed_tokens) / removed_tokens.shape[1]),
@@ -117,6 +128,10 @@ def linear_attention_mistakes(attn: AttentionParams, n_heads: int, removed_token
         ("the heads are split the wrong way: the first head owns the features 0 … K − 1,"
          " the second K … 2K − 1, and so on, so reshape (…, H·K) to (…, H, K), not"
          " (…, K, H)", wrong_split),
+        ("the heads are concatenated the wrong way: the split is right, but concatenating"
+         " must undo it, the first head's K features first, then the second head's, so"
+         " reshape (B, H, K) to"
+         " (B, H·K) without swapping the last two axes", wrong_concat),
     ]
 
 
@@ -217,6 +232,11 @@ def von_oswald_mistakes(d: int, eta: float, N: int, theta0) -> dict[str, list]:
             ("θ_0 sits in both the last row and the last column: the value's y-entry is"
              " θ_0 x_j − y_j, so θ_0 goes in the last ROW only and the x-part of the value"
              " stays 0", W_V + _blocks(d, theta0, corner=0.0, transposed=True)[1]),
+            ("η/N sits in W_V: with W_P = I that is the same layer, but von Oswald's value"
+             " carries the residual θ_0 x_j − y_j itself, W_V = [[0, 0], [θ_0, −1]], and"
+             " W_P = (η/N) I supplies the step", eta / N * W_V),
+            ("that is W_P = (η/N) I: return the four matrices in the order"
+             " (W_K, W_Q, W_V, W_P)", eta / N * numpy.eye(d + 1)),
         ],
         "W_P": [
             ("the 1/N is missing: L(θ) = (1/2N) Σ_j (θ x_j − y_j)² is a mean over the N"
@@ -232,6 +252,12 @@ def von_oswald_mistakes(d: int, eta: float, N: int, theta0) -> dict[str, list]:
              " pairs only, so W_P = (η/N) I", eta / (N + 1) * numpy.eye(d + 1)),
             ("W_P acts on whole tokens (x; y) of width d + 1, not on x alone: W_P ="
              " (η/N) I_{d+1}, a (d+1, d+1) matrix", eta / N * numpy.eye(d)),
+            ("W_P is a matrix, (η/N) I_{d+1} of shape (d+1, d+1), not the number η/N",
+             numpy.asarray(eta / N)),
+            ("the 1/2 of L(θ) = (1/2N) Σ_j (θ x_j − y_j)² cancels against the 2 of the"
+             " square's derivative: ∇L(θ_0) = (1/N) Σ_j (θ_0 x_j − y_j) x_jᵀ, so W_P ="
+             " (η/N) I", eta / (2 * N) * numpy.eye(d + 1)),
+            ("that is W_V: return the four matrices in the order (W_K, W_Q, W_V, W_P)", W_V),
             ("(η/N) in the y-entry alone gives the same layer here (the value's x-part is"
              " zero, so W_P's other diagonal entries multiply 0), but von Oswald's P is"
              " (η/N) I: write the identity", eta / N * numpy.diag([0.0] * d + [1.0])),
