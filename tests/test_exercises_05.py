@@ -13,7 +13,8 @@ from minimal_icl.tolerances import IDENTITY_RTOL, relative_residual
 
 def step_with(gradient_sign=1.0, row="x", eta_power=2, eta_in_gradient=False,
               uphill=False, from_W0=False, column_from="W_0", batch_eta=False, swap=False,
-              W_0_untransposed=False, eta_from="x", unit_row=False):
+              W_0_untransposed=False, eta_from="x", unit_row=False, no_W_0=False,
+              eta_axis0=False, eta_mean=False):
     """A path step with one switch per typical mistake (the defaults are right)."""
 
     def step(W_i, W_0, A_i, A_next, A_x):
@@ -24,17 +25,29 @@ def step_with(gradient_sign=1.0, row="x", eta_power=2, eta_in_gradient=False,
             column = gradient_sign * numpy.einsum("bmd,bd->bm", W_i, A_i - A_next)
         else:
             column = gradient_sign * (A_i - A_next) @ W_0.T  # (B, M)
+        if no_W_0:
+            column = A_i - A_next  # (B, D): W_0 left out
         G = column[:, :, None] * rows[row][:, None, :]  # (B, M, D)
         if unit_row:
             G = G / numpy.linalg.norm(A_x, axis=-1)[:, None, None]
         eta = 1.0 / numpy.linalg.norm(rows[eta_from], axis=-1) ** eta_power  # (B,)
         if batch_eta:
             eta = numpy.full(len(A_x), 1.0 / numpy.sum(A_x * A_x))
+        if eta_axis0:
+            eta = 1.0 / numpy.sum(A_x * A_x, axis=0)  # (D,): one per coordinate
+        if eta_mean:
+            eta = 1.0 / numpy.mean(A_x * A_x, axis=-1)
         if eta_in_gradient:
             G = eta[:, None, None] * G
         start = W_0 if from_W0 else W_i
         sign = 1.0 if uphill else -1.0
-        W_next = start + sign * eta[:, None, None] * G
+        if no_W_0:  # W_next from the right G, so that only G_i is wrong
+            W_next = W_i - eta[:, None, None] * (((A_i - A_next) @ W_0.T)[:, :, None]
+                                                 * A_x[:, None, :])
+        elif eta_axis0:
+            W_next = start + sign * eta * G  # (D,) broadcast over the last axis
+        else:
+            W_next = start + sign * eta[:, None, None] * G
         return (W_next, G) if swap else (G, W_next)
 
     return step
@@ -73,6 +86,9 @@ def test_the_case_is_a_real_step_of_the_path():
         (dict(unit_row=True), "the row is A\\(x\\)/‖A\\(x\\)‖"),
         (dict(eta_from="i"), "the step size is 1/‖A_i‖²"),
         (dict(eta_from="next"), "the step size is 1/‖A_\\{i\\+1\\}‖²"),
+        (dict(no_W_0=True), "without W_0"),
+        (dict(eta_axis0=True), "summed over the prompts \\(axis=0\\)"),
+        (dict(eta_mean=True), "not their mean"),
     ],
 )
 def test_each_typical_mistake_gets_its_hint(mistake, hint):

@@ -97,9 +97,10 @@ path = implicit_path(params, config, context, query)
 # $$
 #
 # Inputs: `W_i` (B, M, D), `W_0` (M, D), `A_i`, `A_next` $= A_{i+1}$ and `A_x` $= A(x)$, each
-# (B, D). Return `(G_i, W_next)`, both (B, M, D). (For one prompt, $W_0 v$ is `W_0 @ v`; for a
-# batch of vectors (B, D), `v @ W_0.T` is (B, M), and an outer product per prompt is
-# `column[:, :, None] * row[:, None, :]`.)
+# (B, D). Return `(G_i, W_next)`, both (B, M, D). (For one prompt, $W_0 v$ is `W_0 @ v`;
+# for a batch of vectors (B, D), `v @ W_0.T` is (B, M), and an outer product per prompt is
+# `column[:, :, None] * row[:, None, :]`. $\eta_x$ is one number per prompt, shape (B,):
+# `eta_x[:, None, None]` scales the (B, M, D) stack prompt by prompt.)
 
 # %%
 def path_step(W_i, W_0, A_i, A_next, A_x):
@@ -170,14 +171,16 @@ print("relative error of ∇L_5 = G_5 at W_0 and at a random W:",
 # %%
 path_ranks = [int(numpy.linalg.matrix_rank(path.weights(i) - path.W0).max())
               for i in range(1, N + 1)]
-direct_norms = numpy.stack([numpy.linalg.norm(path.weights(i + 1) - path.weights(i), axis=(1, 2))
-                            for i in range(N)], axis=1)  # (B, N)
+direct_norms = numpy.stack(
+    [numpy.linalg.norm(path.weights(i + 1) - path.weights(i), axis=(1, 2))
+     for i in range(N)], axis=1)  # (B, N)
 residual_norms = relative_residual(direct_norms, path.increment_norms)
 print("rank of W_i − W_0 for i = 1..N:", set(path_ranks),
       f"; increments against the matrices: residual {residual_norms:.1e}")
 W0_norm = numpy.linalg.norm(path.W0)
 first_move = numpy.median(path.increment_norms[:, 0]) / W0_norm
-whole_move = numpy.median(numpy.linalg.norm(path.weights(N) - path.W0, axis=(1, 2))) / W0_norm
+whole_move = numpy.median(
+    numpy.linalg.norm(path.weights(N) - path.W0, axis=(1, 2))) / W0_norm
 print(f"median over prompts: ‖W_1 − W_0‖_F/‖W_0‖_F = {first_move:.2f},"
       f" ‖W_N − W_0‖_F/‖W_0‖_F = {whole_move:.2f}")
 
@@ -200,7 +203,8 @@ plt.show()
 #
 # The appendix of v1 consumes the tokens **from the front** while the rest stays in context.
 # Write $A_{>i} = A(c_{i+1}, \dots, c_N, x)$ for the query's MLP input once $c_1..c_i$ are
-# consumed ($A_{>0} = A(C, x)$, $A_{>N} = A(x)$; the field `factorised.A_suffix[:, i]`). Token $c_i$ contributes
+# consumed ($A_{>0} = A(C, x)$, $A_{>N} = A(x)$; the field `factorised.A_suffix[:, i]`).
+# Token $c_i$ contributes
 #
 # $$
 # \Delta A(c_i) = A_{>i-1} - A_{>i} = A(c_i, \dots, c_N, x) - A(c_{i+1}, \dots, c_N, x),
@@ -209,7 +213,8 @@ plt.show()
 # and each step is Theorem 2.2 applied to $W_{i-1}$, removing $c_i$:
 #
 # $$
-# W_i = W_{i-1}(I + \eta_i F_i),\qquad F_i = \Delta A(c_i)\, A_{>i}^\top,\qquad \eta_i = \frac{1}{\|A_{>i}\|^2}.
+# W_i = W_{i-1}(I + \eta_i F_i),\qquad F_i = \Delta A(c_i)\, A_{>i}^\top,\qquad
+# \eta_i = \frac{1}{\|A_{>i}\|^2}.
 # $$
 #
 # By induction $W_i A_{>i} = W_0 A_{>0}$, so $T_{W_N}(x) = T_{W_0}(C, x)$, like $W_0 + \Delta W(C)$.
@@ -217,7 +222,8 @@ plt.show()
 # with $W_0 \Delta A(c_j)$ and ends with some $A_{>k}^\top$, so
 #
 # $$
-# \operatorname{rank}(W_N - W_0) \le \min\big(N,\ M,\ \dim\operatorname{span}\{\Delta A(c_1), \dots, \Delta A(c_N)\}\big),
+# \operatorname{rank}(W_N - W_0) \le
+# \min\big(N,\ M,\ \dim\operatorname{span}\{\Delta A(c_1), \dots, \Delta A(c_N)\}\big),
 # $$
 #
 # and $\dim\operatorname{span}\Delta A \le D$ (here $D = 3$). With LayerNorm before the MLP every
@@ -290,9 +296,10 @@ for (name, n), (r, s) in ranks.items():
 # $i + 1$ context tokens are in):
 # the increment $\|W_0(A_{i+1} - A_i)\|/\|A(x)\|$ is of order $1/i$ **on average**. One prompt
 # need not follow it: with sharp attention (large scores) most new tokens get almost no
-# weight and a few get almost all of it. Measure $p_{i+1}$ on random weights, from the query's row $P_{x,\cdot}$ of the
-# attention weights of one run on the whole prompt: a prefix's weights are their
-# renormalisations, so $p_{i+1} = P_{x,i+1}/(\sum_{j \le i+1} P_{x,j} + P_{x,x})$.
+# weight and a few get almost all of it. Measure $p_{i+1}$ on random weights, from the
+# query's row $P_{x,\cdot}$ of the attention weights of one run on the whole prompt: a
+# prefix's weights are their renormalisations, so
+# $p_{i+1} = P_{x,i+1}/(\sum_{j \le i+1} P_{x,j} + P_{x,x})$.
 
 # %%
 n_long = 200
@@ -322,7 +329,8 @@ print(f"lengths within 1 s.e. of 1: {numpy.mean(distance <= 1):.0%}, within 2 s.
 # $i + 1 \ge 10$.
 #
 # **Predict before you run the next cell**: un-normalised linear attention adds
-# $s_{i+1} v_{i+1}$ with a weight that does not depend on $i$. Do its increments decay?
+# $S_{i+1} v_{i+1}$ (its weight is the score itself, $P = S$), a weight that does not
+# depend on $i$. Do its increments decay?
 
 # %%
 curves, slopes = {}, {}
@@ -330,7 +338,8 @@ for attention in ("softmax", "linear"):
     random_config = TransformerConfig(d_token=3, n_blocks=1, n_heads=1, d_head=8, d_mlp=32,
                                       attention=attention, activation="relu")
     random_params = init_params(random_config, seed=0)
-    long_path = implicit_path(random_params, random_config, long_batch.context, long_batch.query)
+    long_path = implicit_path(random_params, random_config, long_batch.context,
+                              long_batch.query)
     curves[attention] = mean_se(long_path.increment_norms, axis=0)  # (mean, se), each (N,)
     slopes[attention] = loglog_slope(steps[9:], curves[attention][0][9:])
 print("log-log slope of the mean increment, i + 1 ≥ 10:",
@@ -365,13 +374,16 @@ plt.show()
 #
 # * One token is one step: $W_{i+1} = W_i - \eta_x G_i$, $G_i = W_0(A_i - A_{i+1})A(x)^\top$,
 #   $\eta_x = 1/\|A(x)\|^2$, and $T_{W_i}(x) = T_{W_0}(c_1..c_i, x)$.
-# * The "loss" is linear, $L_i(W) = \operatorname{trace}(G_i^\top W)$, so $\nabla L_i = G_i$ everywhere
-#   and nothing is minimised; the path $W_i - W_0 = \Delta W_i$ stays rank 1.
+# * The "loss" is linear, $L_i(W) = \operatorname{trace}(G_i^\top W)$, so
+#   $\nabla L_i = G_i$ everywhere and nothing is minimised; the path
+#   $W_i - W_0 = \Delta W_i$ stays rank 1.
 # * Increments: $\|W_{i+1} - W_i\|_F = \|W_0(A_{i+1} - A_i)\|/\|A(x)\|$, of order $p_{i+1}$; for
-#   softmax attention with any weights $\mathbb{E}[p_{i+1}] = \mathbb{E}[1 - P_{x,x}]/(i+1)$, so of order
-#   $1/i$ on average over contexts drawn alike (not prompt by prompt); no decay for linear attention.
+#   softmax attention with any weights $\mathbb{E}[p_{i+1}] = \mathbb{E}[1 - P_{x,x}]/(i+1)$,
+#   so of order $1/i$ on average over contexts drawn alike (not prompt by prompt); no
+#   decay for linear attention.
 # * The factorised path $W_i = W_{i-1}(I + \eta_i F_i)$ reaches the same output with another
-#   matrix: $\operatorname{rank}(W_N - W_0) \le \min(N, M, \dim\operatorname{span}\Delta A)$, $\le D - 1$ with LayerNorm.
+#   matrix: $\operatorname{rank}(W_N - W_0) \le \min(N, M, \dim\operatorname{span}\Delta A)$,
+#   $\le D - 1$ with LayerNorm.
 
 # %% [markdown]
 # ## Exercises
@@ -403,7 +415,8 @@ plt.show()
 
 # %% jupyter={"source_hidden": true}
 # Solution 2. All scores 0: p_(i+1) = 1/(i+2) exactly, and
-# A_(i+1) − A_i = W_O (v_(i+1) − v̄_i)/(i+2). The numerator is a random vector whose size does not shrink, so (i+2)·increment stays flat.
+# A_(i+1) − A_i = W_O (v_(i+1) − v̄_i)/(i+2). The numerator is a random vector whose size
+# does not shrink, so (i+2)·increment stays flat.
 block = params.blocks[0]
 no_W_Q = block.attn._replace(W_Q=0.0 * block.attn.W_Q)  # every score q·k/√K is 0
 uniform_params = params._replace(blocks=(block._replace(attn=no_W_Q),))
@@ -425,7 +438,8 @@ print(f"formula against increment_norms: relative residual"
       f" {relative_residual(formula, uniform.increment_norms):.1e}")
 
 # %% jupyter={"source_hidden": true}
-# Solution 3. Softmax: unchanged (the new token still gets a weight ~1/(i+2), and LN2 is smooth).
+# Solution 3. Softmax: unchanged (the new token still gets a weight ~1/(i+2), and LN2 is
+# smooth).
 # Linear attention: now ~1/i as well. A(c_1..c_i, x) grows like i, LN2 divides by its norm
 # ~ i, so u_i converges and its increments are ~1/i. Normalisation again, not learning.
 for attention in ("softmax", "linear"):
@@ -434,7 +448,8 @@ for attention in ("softmax", "linear"):
     ln_path = implicit_path(init_params(ln_config, seed=0), ln_config,
                             long_batch.context, long_batch.query)
     ln_mean = numpy.mean(ln_path.increment_norms, axis=0)
-    print(f"{attention:8s} with skip + LayerNorm: slope {loglog_slope(steps[9:], ln_mean[9:]):.2f}")
+    ln_slope = loglog_slope(steps[9:], ln_mean[9:])
+    print(f"{attention:8s} with skip + LayerNorm: slope {ln_slope:.2f}")
 
 # %% jupyter={"source_hidden": true}
 # Solution 4. D = 5: the rank is min(N, 5) without LayerNorm and min(N, 4) = min(N, D − 1) with

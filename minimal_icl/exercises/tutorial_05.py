@@ -100,6 +100,8 @@ def check_path_step(step: Callable, i: int = 3, seed: int = 0) -> None:
          outer(numpy.einsum("bmd,bd->bm", case.W_i, A_i - A_next), A_x)),
         ("the row is A(x)/‖A(x)‖; the row of G_i is A(x) itself, and the division by"
          " ‖A(x)‖² is the step size η_x, in the step", G_right / norm_x),
+        ("the column is A_i − A_{i+1} without W_0: G_i = W_0 (A_i − A_{i+1}) A(x)ᵀ, its"
+         " column `(A_i - A_next) @ W_0.T` of shape (B, M)", outer(A_i - A_next, A_x)),
     ])
 
     W_right = numpy.asarray(case.path.weights(i + 1))
@@ -121,4 +123,9 @@ def check_path_step(step: Callable, i: int = 3, seed: int = 0) -> None:
          " every step", -G_right / numpy.sum(A_i * A_i, axis=-1)[:, None, None]),
         ("the step size is 1/‖A_{i+1}‖²; η_x = 1/‖A(x)‖² uses the query alone, the same at"
          " every step", -G_right / numpy.sum(A_next * A_next, axis=-1)[:, None, None]),
+        ("‖A(x)‖² is summed over the prompts (axis=0), one number per coordinate: each"
+         " prompt's η_x = 1/‖A(x)‖² sums its own D squares (axis=-1), then"
+         " `eta_x[:, None, None]`", -G_right / numpy.sum(A_x * A_x, axis=0)),
+        ("‖A(x)‖² is the sum of the D squares, not their mean: numpy.sum, not numpy.mean",
+         -G_right / numpy.mean(A_x * A_x, axis=-1)[:, None, None]),
     ])
