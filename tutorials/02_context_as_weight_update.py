@@ -155,9 +155,10 @@ check_delta_W(delta_W_from_caches, params, config);
 # `minimal_icl.implicit.rank_one_update(W, delta, a)`, called with $\delta = \Delta A$ and
 # $a = A(x)$; here are its lines (read from the package, not copied). `inverse_direction`
 # returns $a/\|a\|^2$ and raises `DegenerateQueryError` where $a = 0$ (`block` and `vector`
-# only name the block and the vector in that error); `W.mT` is the transpose of the last two
-# axes, and the second branch serves a weight of shape `(B, M, D)`, one per prompt, which
-# the factorised path of tutorial 5 needs.
+# only name the block and the vector in that error); `xp` is the array namespace of the
+# inputs (NumPy here; CuPy or array_api_strict arrays get theirs), `W.mT` is the transpose
+# of the last two axes, and the second branch serves a weight of shape `(B, M, D)`, one per
+# prompt, which the factorised path of tutorial 5 needs.
 
 # %%
 source = inspect.getsource(rank_one_update).splitlines()
