@@ -77,8 +77,9 @@ def von_oswald_attention(
 
     d: input width (tokens have width d + 1); eta: the GD step size η; n_context: N;
     theta0: θ_0, the initial regression weights (d,) or (1, d), default 0.
-    Raises ValueError unless d and n_context are ints ≥ 1 and η is finite and ≥ 0;
-    TypeError for a dtype that is not real floating point (``minimal_icl.validation``).
+    Raises ValueError unless d and n_context are ints ≥ 1, η is finite and ≥ 0 and
+    theta0 is None or d finite numbers of shape (d,) or (1, d); TypeError for a dtype
+    that is not real floating point (``minimal_icl.validation``).
     """
     d, eta, n_context = check_von_oswald(d, eta, n_context)
     xp = check_namespace(xp)
@@ -147,9 +148,9 @@ def von_oswald_predict(tokens: Array, eta: float, theta0=None) -> Array:
     that its own value vanishes (see the module docstring); what was there is not used.
     Returns ŷ = 2 ⟨θ_0, x_q⟩ − (y-slot) = ⟨θ_1, x_q⟩, i.e. −(y-slot) for θ_0 = 0: the
     prediction of :func:`minimal_icl.data.one_step_gd_predict` with the same η and θ_0.
-    Raises as :func:`von_oswald_attention` for η, ValueError unless tokens are (B, N+1,
-    d+1) with B, N, d ≥ 1 and finite (read after the pass, by ``forward``), TypeError
-    unless real floating point.
+    Raises as :func:`von_oswald_attention` for η and theta0, ValueError unless tokens are
+    (B, N+1, d+1) with B, N, d ≥ 1 and finite apart from the query's y-slot (read after
+    the pass, by ``forward``), TypeError unless real floating point.
     """
     check_von_oswald_tokens(tokens)
     xp = namespace(tokens)

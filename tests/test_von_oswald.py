@@ -199,3 +199,24 @@ def test_von_oswald_rejects_bad_arguments():
         von_oswald_predict(prompt_tokens(x, y, q), 0.1, theta0=[numpy.nan, 0.0, 0.0])
     with pytest.raises(ValueError, match="tokens must have shape"):
         von_oswald_predict(x[:, :1], 0.1)
+
+
+def test_von_oswald_predict_does_not_read_the_query_label_slot():
+    """The query's y-slot is overwritten with ⟨θ_0, x_q⟩ before the layer runs: any value
+    there, NaN included, gives the same prediction; NaN anywhere else is refused."""
+    rng = numpy.random.default_rng(1)
+    x, y, q = (
+        rng.standard_normal((3, 4, 2)),
+        rng.standard_normal((3, 4)),
+        rng.standard_normal((3, 2)),
+    )
+    tokens = prompt_tokens(x, y, q)
+    reference = von_oswald_predict(tokens, 0.3, theta0=[0.5, -1.0])
+    for value in (7.0, numpy.nan):
+        changed = tokens.copy()
+        changed[:, -1, -1] = value
+        assert numpy.array_equal(von_oswald_predict(changed, 0.3, theta0=[0.5, -1.0]), reference)
+    changed = tokens.copy()
+    changed[0, 1, -1] = numpy.nan
+    with pytest.raises(ValueError, match="NaN"):
+        von_oswald_predict(changed, 0.3)
