@@ -399,7 +399,8 @@ plt.show()
 #    and check that $(i+2)\,\|W_{i+1} - W_i\|_F$ does not decay.
 # 3. *(Prediction.)* Linear attention's increments do not decay. Predict what an attention skip
 #    and a LayerNorm before the MLP do to them ($u = \mathrm{LN2}(x + A)$), then measure the
-#    slope for both kinds of attention.
+#    slope for both kinds of attention (`attn_skip=True, layer_norm=True`; the flag puts
+#    LN1 before the attention as well).
 # 4. *(Extension.)* Repeat the rank measurement of the factorised path for a block with
 #    $D = 5$ (regression tokens with $d = 4$), without and with LayerNorm, for $N = 1..6$.
 #    Which bound is reached?
