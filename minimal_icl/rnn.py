@@ -147,9 +147,11 @@ def rnn_query_after_prefixes(states: Array, x_query: Array, p: RNNParams) -> Arr
     (one run over the context); x_query (B, D) is the query's input to the layer. The
     result (B, N+1, D) is the layer's output at the query on [c_1..c_i, x], what
     ``rnn_forward`` gives on that prompt (the recurrence only ever looks back) to rounding:
-    the same sums, batched differently (relative difference up to about 5e-16, median
-    2e-16, measured on the trained recurrent block of ``experiments.models.rnn_setting``
-    over 4 × 256 prompts and every prefix).
+    the same sums, batched differently. Measured on the trained recurrent block of
+    ``experiments.models.rnn_setting``, 4 batches of 256 prompts, every prefix: the
+    ``relative_residual`` of a batch (against its largest entry) is up to about 5e-16,
+    median 2e-16; prompt by prompt, against that prompt's own largest entry, up to 2e-14
+    (median 1e-16), where a prompt's output is small.
     """
     xp = namespace(states, x_query)
     x = xp.expand_dims(x_query, axis=1)  # (B, 1, D)
