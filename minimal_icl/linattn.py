@@ -496,7 +496,8 @@ class Sequences(NamedTuple):
 
 
 def covariance(d: int, seed: int = 0, eigenvalues=None) -> Covariance:
-    """Λ = Q diag(λ) Qᵀ with Q a random rotation (QR of a Gaussian matrix, signs fixed).
+    """Λ = Q diag(λ) Qᵀ with Q a random orthogonal matrix, Haar-distributed (QR of a
+    Gaussian matrix, signs fixed; det Q = ±1, so not always a rotation).
 
     Default λ ∝ (d, d−1, .., 1) normalised so that tr Λ = 1 (the paper's and the code's
     default). Given ``eigenvalues``, they are used as they are (sorted decreasing).
@@ -511,7 +512,7 @@ def covariance(d: int, seed: int = 0, eigenvalues=None) -> Covariance:
         if lam.shape != (d,) or not numpy.all((lam > 0) & numpy.isfinite(lam)):
             raise ValueError(f"eigenvalues must be {d} finite positive numbers, got {eigenvalues!r}")
     Q, Rm = numpy.linalg.qr(rng.standard_normal((d, d)))
-    Q = Q * numpy.sign(numpy.diag(Rm))  # a Haar-distributed rotation
+    Q = Q * numpy.sign(numpy.diag(Rm))  # Haar-distributed on the orthogonal group
     return Covariance(Q @ numpy.diag(lam) @ Q.T, lam, Q)
 
 
@@ -523,7 +524,7 @@ def sequences(n_sequences: int, n_context: int, cov: Covariance, seed: int = 0) 
     _check_record("cov", cov, (Covariance,), "covariance")
     rng = numpy.random.default_rng(check_seed(seed))
     d = cov.eigenvalues.shape[0]
-    root = cov.eigenvectors * numpy.sqrt(cov.eigenvalues)  # Λ^{1/2} up to a rotation
+    root = cov.eigenvectors * numpy.sqrt(cov.eigenvalues)  # Λ^{1/2} Q: root rootᵀ = Λ
     x = root @ rng.standard_normal((P, d, N + 1))  # (P, d, N+1)
     w = rng.standard_normal((P, d))
     y = numpy.einsum("pd,pdt->pt", w, x)  # (P, N+1)
@@ -549,7 +550,8 @@ def plateau_losses(eigenvalues, n_context: int) -> numpy.ndarray:
 
     The loss of principal component regression on the top m eigenvectors (ATTN_S's
     plateaus; eigenvalues taken in decreasing order). Zhang et al. 2025, re-derived in
-    docs/theory.md from E[S A S] = (1 + 1/N) Λ A Λ + (1/N) tr(AΛ) Λ.
+    docs/theory.md from E[S B S] = (1 + 1/N) Λ B Λ + (1/N) tr(BΛ) Λ for symmetric B,
+    S = (1/N) Σ_n x_n x_nᵀ (Isserlis; for any B the (1/N) Λ B Λ term is (1/N) Λ Bᵀ Λ).
     """
     lam = numpy.sort(numpy.asarray(eigenvalues, dtype=numpy.float64))[::-1]
     if lam.ndim != 1 or lam.size == 0 or not numpy.all((lam > 0) & numpy.isfinite(lam)):
@@ -716,8 +718,9 @@ def train_gd(params, train: FeatureStatistics, heldout: FeatureStatistics, lr: f
     """Full-batch gradient descent θ ← θ − lr ∇L(θ) on the training statistics, for
     ATTN_M or ATTN_S weights; records the training and held-out losses and the effective
     matrix every ``stride`` epochs (and at the last epoch). ``freeze_zero_blocks`` keeps
-    the zero-initialised entries at zero; ``stop_below`` ends the run once the held-out
-    loss is below it (a drop-time measurement). Exact: equal to ``per_sequence_gd``.
+    the zero-initialised entries at zero; ``stop_below`` ends the run at the first
+    recorded epoch whose held-out loss is below it (a drop-time measurement, to within
+    ``stride`` epochs). Exact: equal to ``per_sequence_gd``.
     """
     d = _check_params(params)
     _check_statistics("train", train, d)

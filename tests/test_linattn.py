@@ -148,6 +148,24 @@ def test_plateau_levels_closed_form():
         assert la.predictor_loss(other, cov.Lambda, 31) > levels[-1]
 
 
+def test_covariance_is_its_eigendecomposition_with_an_orthogonal_Q():
+    """Λ = Q diag(λ) Qᵀ with Q orthogonal (det Q = ±1: seeds give both signs) and, by
+    default, λ ∝ (d, d−1, .., 1) with tr Λ = 1; given eigenvalues come back sorted."""
+    signs = set()
+    for seed in range(8):
+        cov = la.covariance(3, seed=seed)
+        Q, lam = cov.eigenvectors, cov.eigenvalues
+        assert relative_residual(Q.T @ Q, numpy.eye(3)) <= IDENTITY_RTOL
+        assert relative_residual(cov.Lambda, (Q * lam) @ Q.T) <= IDENTITY_RTOL
+        assert relative_residual(cov.Lambda @ Q, Q * lam) <= IDENTITY_RTOL
+        assert relative_residual(lam, numpy.array([3.0, 2.0, 1.0]) / 6.0) <= IDENTITY_RTOL
+        assert abs(numpy.trace(cov.Lambda) - 1.0) <= IDENTITY_RTOL
+        signs.add(int(numpy.round(numpy.linalg.det(Q))))
+    assert signs == {1, -1}
+    given_ = la.covariance(3, seed=0, eigenvalues=[0.2, 0.5, 0.3])
+    assert numpy.array_equal(given_.eigenvalues, [0.5, 0.3, 0.2])
+
+
 def test_predictor_loss_by_sampling():
     """The closed-form loss of ŷ = βᵀ A x_q against 200,000 sampled sequences (4 SE)."""
     cov = la.covariance(3, seed=3)
