@@ -18,7 +18,8 @@ from minimal_icl.tolerances import relative_residual
 
 
 def position_patch_with(row="alone", power=2, column="delta", position="t", lone="own",
-                        bias="delta", transpose=False, column_product="W.T"):
+                        bias="delta", transpose=False, column_product="W.T", norm="prompt",
+                        index="position"):
     """A per-position patch with one switch per typical mistake (the defaults are right)."""
 
     def position_patch(W, u_C, h_C, u_0, h_0, t):
@@ -27,13 +28,18 @@ def position_patch_with(row="alone", power=2, column="delta", position="t", lone
             rows = u_0 / numpy.sum(u_0**2, -1, keepdims=True)  # (B, T, D)
             delta_W = (du @ W.T)[..., None] * rows[..., None, :]  # (B, T, M, D)
             return delta_W, h_C - h_0
+        if index == "prompt":  # u_C[t]: the first axis is the prompts, so this is prompt t
+            u_C, h_C, u_0, h_0 = (numpy.swapaxes(v, 0, 1) for v in (u_C, h_C, u_0, h_0))
         s = {"t": t, "last": -1, "before": t - 1, "after": t + 1}[position]
         u_t, h_t = u_C[:, s], h_C[:, s]
         u_n, h_n = (u_0[:, s], h_0[:, s]) if lone == "own" else (u_0[:, -1], h_0[:, -1])
-        a = {"alone": u_n, "with": u_t}[row]
-        du = {"delta": u_t - u_n, "u_t": u_t}[column]
+        a = {"alone": u_n, "with": u_t, "h": h_n}[row]
+        du = {"delta": u_t - u_n, "u_t": u_t, "h": h_t - h_n}[column]
         c = du @ W if column_product == "W" else du @ W.T  # (B, M); du @ W: shapes mismatch
-        r = a / numpy.linalg.norm(a, axis=-1, keepdims=True) ** power
+        if norm == "batch":  # one ‖·‖² for the whole batch
+            r = a / numpy.sum(a * a) ** (power / 2)
+        else:
+            r = a / numpy.linalg.norm(a, axis=-1, keepdims=True) ** power
         delta_W = c[:, :, None] * r[:, None, :]
         if transpose:
             delta_W = numpy.swapaxes(delta_W, -1, -2)
@@ -66,6 +72,7 @@ def thought_delta_with(kind="pinv"):
             "swapped": lambda: (U @ numpy.linalg.pinv(A)).mT,
             "normal_equations": lambda: U @ numpy.linalg.inv(A.mT @ A) @ A.mT,
             "pinv_of_u_0": lambda: U @ numpy.linalg.pinv(u_0),  # (B, D, K): K ≠ D, mismatch
+            "no_W": lambda: (u_C - u_0).mT @ numpy.linalg.pinv(A),  # (B, D, D), not (B, M, D)
             # A⁺ = Aᵀ(AAᵀ)⁻¹ needs K ≥ D: AAᵀ is singular for K = 3 < D = 4, where
             # numpy.linalg.inv raises LinAlgError when its LU meets an exact zero pivot
             # (it does for one of the case's prompts here; the raise keeps the test
@@ -113,6 +120,10 @@ def test_the_position_case_is_not_degenerate():
          "ΔW_t \\(block 1\\) has shape \\(4, 6, 8, 4\\): one patch per position"),
         (dict(bias="u"), "Δb′_t is u_t − u_∅,t, the change of the MLP input"),
         (dict(column_product="W"), "ValueError .*the column W δu_t of every prompt is `du @ W.T`"),
+        (dict(norm="batch"), "summed over the whole batch: each prompt divides by its own"),
+        (dict(index="prompt"), r"u_C\[t\] indexes the first axis, the prompts"),
+        (dict(row="h"), "the row is built from h_∅,t, the residual stream"),
+        (dict(column="h"), r"the column is W \(h_t − h_∅,t\)"),
     ],
 )
 def test_each_typical_position_mistake_gets_its_hint(mistake, hint):
@@ -153,6 +164,7 @@ def test_the_thought_case_has_generic_queries():
         ("normal_equations", "right for K = 3 ≤ D: for K = 7 > D = 4 the K × K matrix AᵀA is"
                              " singular"),
         ("pinv_of_u_0", "ValueError .*last two\\s+axes swapped, \\(B, D, K\\)"),
+        ("no_W", "U is missing W: u_k = W"),
         ("right_inverse",
          "LinAlgError .*for K = 3, D = 4: A Aᵀ \\(D × D\\) is singular when K < D"),
     ],
@@ -191,3 +203,14 @@ def test_a_value_error_without_a_hint_is_left_alone():
         call_answer(broken)
     with pytest.raises(ExerciseError, match="not aligned.*: transpose it"):
         call_answer(broken, on_value_error="transpose it")
+
+
+def test_a_prompt_index_for_the_bias_is_named():
+    """ΔW_t right, Δb′_t from h_C[t] (prompt t, (T, D)): named, not a bare shape message."""
+    right = position_patch_with()
+
+    def wrong(W, u_C, h_C, u_0, h_0, t):
+        return right(W, u_C, h_C, u_0, h_0, t)[0], h_C[t] - h_0[t]
+
+    with pytest.raises(ExerciseError, match=r"h_C\[t\] indexes the first axis, the prompts"):
+        check_position_patch(wrong)

@@ -390,7 +390,7 @@ check_thought_delta(thought_delta);
 #
 # On the paper model the queries are tokens $(x; 0)$. A prompt of one token gives it softmax
 # weight 1, and the block has no skip and no attention bias, so
-# $a = u_\emptyset(x) = A(x) = \sum_h W_O^h W_V^h (x; 0)$: linear in $x \in \mathbb{R}^d$. The
+# $a = u_\emptyset(x) = A(x) = \sum_h W_{O,h} W_{V,h} (x; 0)$: linear in $x \in \mathbb{R}^d$. The
 # $a_k$ span at most $d = 2$ of the $D = 3$ directions, so the fit is exact on at most **2**
 # calibration queries, not 3. Numerically the third singular value of $A$ is rounding, and
 # where it lies above `numpy.linalg.pinv`'s default cutoff, $10^{-15}\,\sigma_{\max}$ (for
@@ -510,7 +510,7 @@ print(f"K = {K}: MSE − the prompt's {paired.mean():+.4f}"
 # * Every position: $\Delta W_t = W (u_t - u_{\emptyset,t})\,u_{\emptyset,t}^\top/\|u_{\emptyset,t}\|^2$, $\Delta b'_t = h_t - h_{\emptyset,t}$, and position $t$'s token alone through the patched block gives $T_W(\text{prompt})_t$; all $T$ patches of a block from two passes.
 # * The last-token variant: $\Delta W_t = W (u_t - u_x)\,u_x^\top/\|u_x\|^2$, $\Delta b'_t = h_t - h_x$: every position from the last token alone.
 # * Alignment of rank-1 patches: $\cos_F(\kappa_s \rho_s^\top, \kappa_t \rho_t^\top) = \cos(\kappa_s, \kappa_t)\cos(\rho_s, \rho_t)$.
-# * One patch for all queries: $\Delta^* = U A^+$, exact on the calibration queries while $A$ has full column rank ($K \le \operatorname{rank} A$; here $d = 2$), a least-squares compromise after.
+# * One patch for all queries: $\Delta^* = U A^+$, exact on the calibration queries while $A$ has full column rank ($K \le \dim\operatorname{span}\{u_\emptyset(x)\}$, here $d = 2$), a least-squares compromise after.
 
 # %% [markdown]
 # ## Exercises
@@ -551,7 +551,7 @@ unchanged = max(relative_residual(a.delta_W[:, :9], b.delta_W[:, :9])
 print(f"(a) at t = T − 1: {last_same:.1e};  (b) positions 0..8 after changing 9..: {unchanged:.1e}")
 
 # %% [markdown] jupyter={"source_hidden": true}
-# **Solution 3.** With tokens $(x; 1)$, $a = \sum_h W_O^h W_V^h (x; 1)$ is still linear in the
+# **Solution 3.** With tokens $(x; 1)$, $a = \sum_h W_{O,h} W_{V,h} (x; 1)$ is still linear in the
 # token, and the tokens now span all $D = 3$ directions: $A$ has full column rank for
 # $K \le 3$, so the fit is exact up to $K = 3$, and not for $K = 4$.
 

@@ -128,6 +128,8 @@ def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
         last = (s.u_C[:, -1] - u_x) @ s.W.T
         before = (s.u_C[:, t - 1] - s.u_0[:, t - 1]) @ s.W.T  # position t − 1's column
         after = (s.u_C[:, t + 1] - s.u_0[:, t + 1]) @ s.W.T  # position t + 1's column
+        prompt_t = (s.u_C[t] - s.u_0[t]) @ s.W.T  # u_C[t]: prompt t, (T, M), not position t
+        batch_norm = _rank_one(column, u_0, power=0) / numpy.sum(u_0 * u_0)  # one ‖·‖² for all
         name = f"ΔW_t (block {l + 1})"
         check_array(name, delta_W, case.expected[l].delta_W, mistakes=[
             ("the row is built from the with-context input u_t; it is position t's input"
@@ -145,6 +147,16 @@ def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
              " (position t is u_C[:, t])", _rank_one(before, s.u_0[:, t - 1])),
             ("that is position t + 1's patch: position t is u_C[:, t] (counted from 0, it"
              " holds token t + 1 of the prompt)", _rank_one(after, s.u_0[:, t + 1])),
+            ("‖u_∅,t‖² is summed over the whole batch: each prompt divides by its own, a"
+             " sum over the last axis only (`axis=-1`, one number per prompt)", batch_norm),
+            ("u_C[t] indexes the first axis, the prompts: the states are (B, T, D), so"
+             " position t of every prompt is u_C[:, t] (B, D)", _rank_one(prompt_t, s.u_0[t])),
+            ("the row is built from h_∅,t, the residual stream; the patch multiplies the MLP"
+             " input, so the row is u_∅,t/‖u_∅,t‖² (u = LN2(h) in these pre-LN blocks)",
+             _rank_one(column, s.h_0[:, t])),
+            ("the column is W (h_t − h_∅,t), the change of the residual stream; W acts on the"
+             " MLP input, so the column is W (u_t − u_∅,t) (u = LN2(h) in these pre-LN"
+             " blocks)", _rank_one((h_t - s.h_0[:, t]) @ s.W.T, u_0)),
         ])
         check_array(f"Δb′_t (block {l + 1})", delta_b, case.expected[l].delta_b, mistakes=[
             ("Δb′_t is zero: the MLP skip carries h past the MLP, so the output must also"
@@ -158,6 +170,8 @@ def check_position_patch(position_patch: Callable, seed: int = 0) -> None:
              s.h_C[:, t - 1] - s.h_0[:, t - 1]),
             ("that is position t + 1's Δb′: position t is h_C[:, t] (counted from 0)",
              s.h_C[:, t + 1] - s.h_0[:, t + 1]),
+            ("h_C[t] indexes the first axis, the prompts: the states are (B, T, D), so"
+             " position t of every prompt is h_C[:, t] (B, D)", s.h_C[t] - s.h_0[t]),
             ("Δb′_t is u_t − u_∅,t, the change of the MLP input; the output bias takes the"
              " change of the residual stream, h_t − h_∅,t", u_t - u_0),
         ])
@@ -252,6 +266,9 @@ def check_thought_delta(thought_delta: Callable, seed: int = 0) -> None:
              U @ A.mT),
             ("U holds W u_C(x_k); it holds what the patch must ADD, u_k = W (u_C − u_∅)",
              (u_C @ W.T).mT @ numpy.linalg.pinv(A)),
+            ("U is missing W: u_k = W (u_C(x_k) − u_∅(x_k)) lives in ℝ^M, the MLP's hidden"
+             " width, so U = `((u_C - u_0) @ W.T).mT` is (B, M, K)",
+             (u_C - u_0).mT @ numpy.linalg.pinv(A)),
             ("A is built from the with-context inputs u_C(x_k); the patch acts on the query"
              " alone: a_k = u_∅(x_k)", U @ numpy.linalg.pinv(u_C.mT)),
         ]
