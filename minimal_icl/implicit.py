@@ -285,8 +285,9 @@ def implicit_update(
     The patch acts at every position of the reduced prompt, so the kept tokens' inputs
     to block l + 1 differ from their representations in the full run; u_∅ is computed
     after that change, and by induction the query's input to every block (hence its
-    output) equals the full run's: (W + ΔW) u_∅ = W u_C, and with an MLP skip
-    h_∅ + M(u_C) + Δb′ = h_C + M(u_C). For Y = C the reduced prompt is the query alone,
+    output) equals the full run's: (W + ΔW) u_∅ = W u_C, so the patched MLP gives
+    M_W(u_C), and with an MLP skip h_∅ + M_W(u_C) + Δb′ = h_C + M_W(u_C) (M_W the MLP
+    with first weight W, docs/theory.md §1). For Y = C the reduced prompt is the query alone,
     whose patched state is its with-context state, and the construction is the classic
     one: u_∅ from block l run on the query's with-context input alone. The patches of a
     partial Y depend on the kept tokens too; each ΔW_l is rank 1.
