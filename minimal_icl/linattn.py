@@ -34,7 +34,8 @@ The prediction depends on the data only through the features φ = G ⊗ x_q:
 
 so the mean squared error over a fixed set of sequences is a quadratic in the
 (d+1)²d-entry tensor T with three precomputed statistics (``FeatureStatistics``), and
-full-batch gradient descent costs the same for any number of sequences
+a step of full-batch gradient descent costs the same for any number P of sequences,
+O(F²) with F = (d+1)²d, once the statistics are computed (one pass, O(P F²))
 (``train_gd``; equal to the per-sequence forward and backward, ``per_sequence_gd``).
 
 The loss is the mean squared error without ½, L = mean (y_q − ŷ)², as in the reference
