@@ -79,8 +79,8 @@ class DegenerateQueryError(ValueError):
             f" vector, and ΔW = W δu u_∅ᵀ / ‖u_∅‖² divides"
             f" by ‖u_∅‖² (Theorem 2.2 assumes it is non-zero). Use a query whose MLP input is"
             f" non-zero: one whose attention output is non-zero (for the query alone and"
-            f" softmax attention A(x) = W_O W_V x: a token outside the null space of"
-            f" W_O W_V), or, with an attention skip (h = x + A(x)), a non-zero query token"
+            f" softmax attention A(x) = W_O W_V x, or W_O W_V LN1(x) after a pre-LayerNorm:"
+            f" a token outside the null space of W_O W_V), or, with an attention skip (h = x + A(x)), a non-zero query token"
             f" with A(x) ≠ −x; a LayerNorm with a non-zero bias also helps. Or leave more"
             f" tokens in the context."
         )
