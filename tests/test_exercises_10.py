@@ -148,3 +148,42 @@ def test_the_helpers_right_forms_pass():
     assert check_cubic_feature(
         lambda X: (_beta(X, slice(0, -1))[:, :, None] * X[:, None, :-1, -1]).reshape(
             X.shape[0], -1)) <= 1e-12
+
+
+def _levels_with(gain, *, start=None, order="decreasing", cumulative=True):
+    """start − Σ_{d' ≤ m} gain(λ_d', tr Λ, N) (start = tr Λ unless given), m = 0..d."""
+    def levels_(eigenvalues, n_context):
+        lam = numpy.asarray(eigenvalues, dtype=float)
+        lam = numpy.sort(lam)[::-1] if order == "decreasing" else lam
+        g = gain(lam, lam.sum(), n_context)
+        removed = numpy.cumsum(g) if cumulative else g
+        return (lam.sum() if start is None else start) - numpy.concatenate([[0.0], removed])
+    return levels_
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (_levels_with(lambda l, tr, N: right_gain(l, 1.0, N), start=1.0), "here not 1"),
+        (_levels_with(lambda l, tr, N: right_gain(l, 1.0, N)), "inside the gain"),
+        (_levels_with(right_gain, order="given"), "in the order given"),
+        (_levels_with(right_gain, cumulative=False), "cumulative sum"),
+        (_levels_with(lambda l, tr, N: l / (1 + (1 + l / tr) / N)), "inverted"),
+        (_levels_with(lambda l, tr, N: l / (1 - (1 + tr / l) / N)), "a sign"),
+    ],
+)
+def test_plateau_trace_order_and_sum_mistakes_are_named(wrong, hint):
+    """tr Λ = 1 (the page's normalisation) hard-coded, the eigenvalues left unsorted, the
+    m-th gain alone, tr Λ/λ inverted, a minus for the plus: each is named, none passes."""
+    with pytest.raises(ExerciseError, match=hint):
+        check_plateau_losses(wrong)
+
+
+def test_cubic_feature_labels_from_row_0_are_named():
+    def wrong(X):
+        d, N = X.shape[1] - 1, X.shape[2] - 1
+        beta = (X[:, :d, :N] * X[:, None, 0, :N]).sum(-1) / N
+        return (beta[:, :, None] * X[:, None, :d, N]).reshape(X.shape[0], -1)
+
+    with pytest.raises(ExerciseError, match="read from row 0"):
+        check_cubic_feature(wrong)

@@ -280,7 +280,8 @@ print(f"‖A − A_train‖/‖Γ⁻¹‖ = {train_gap:.4f};  ‖A_train − Γ�
 #
 # Write $L(M_m) = \operatorname{tr}\Lambda - \sum_{d'\le m}\lambda_{d'}/(1 + (1 + \operatorname{tr}\Lambda/\lambda_{d'})/N)$
 # for $m = 0, \dots, d$ (an array of $d + 1$ levels), the eigenvalues taken in **decreasing**
-# order whatever order they are given in.
+# order whatever order they are given in, and $\operatorname{tr}\Lambda = \sum_{d'}\lambda_{d'}$
+# (1 on this page, not for every $\Lambda$: the check's sum to 2).
 
 # %%
 def plateau_levels(eigenvalues, n_context):
@@ -457,7 +458,7 @@ print(f"Γ⁻¹ for Λ = I: {white[0, 0]:.6f} I;  η* = {optimal_gd_step(d, N):.
 # ## Summary
 #
 # - ATTN_M with $\bar v_i = \bar u_i = 0$ is a two-layer linear network on the cubic feature: $\hat y = \sum_i v_i\beta^\top U_i x_q = w_2^\top W_1 \operatorname{vec}(\beta x_q^\top)$, with the same gradient-descent trajectory.
-# - The data enter through $\overline{\varphi\varphi^\top}$, $\overline{y_q\varphi}$, $\overline{y_q^2}$ with $\varphi = \operatorname{vec}(XX^\top/N \otimes x_q)$: exact full-batch GD at a cost independent of $P$.
+# - The data enter through $\overline{\varphi\varphi^\top}$, $\overline{y_q\varphi}$, $\overline{y_q^2}$ with $\varphi = \operatorname{vec}(XX^\top/N \otimes x_q)$: after one pass over the data, each step of exact full-batch GD costs the same for any $P$.
 # - ATTN_M makes one drop, at a time growing like $\ln(1/\text{scale})/(2\,\mathrm{lr}\,\|\Lambda^2\|_F)$, to $\hat y = \beta^\top(\Lambda + (\Lambda + \operatorname{tr}\Lambda\, I)/N)^{-1} x_q$.
 # - Rank-1 ATTN_S learns $e_1, e_2, \dots$ in turn, resting at $L(M_m) = \operatorname{tr}\Lambda - \sum_{d'\le m}\lambda_{d'}/(1 + (1 + \operatorname{tr}\Lambda/\lambda_{d'})/N)$, where it runs principal component regression $A_m = \sum_{d'\le m} c_{d'} e_{d'}e_{d'}^\top$.
 # - For $\Lambda = I$ the end point is tutorial 8's step: $\Gamma^{-1} = \eta^* I$, $\eta^* = 1/(1 + (d+1)/N)$.

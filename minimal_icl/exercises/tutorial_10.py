@@ -18,9 +18,11 @@ Two "your turn" cells:
 Each check names the typical mistakes: a missing 1/N, x_q βᵀ instead of β x_qᵀ, the query
 counted in β's average, a context pair left out of β, x_q read from column 0, β ⊙ x_q or
 whole tokens for the outer product, the eigenvalues taken smallest first, the finite-N
-factor left out, the tr Λ/λ term left out, a missing m = 0 entry, an off-by-one in m,
-misplaced brackets, N + 1, a partial trace, the removed sum alone, c_d for the gain,
-the levels reversed.
+factor left out, the tr Λ/λ term left out or inverted, tr Λ taken as 1 (the page's
+normalisation), the eigenvalues in the order given, the m-th gain alone instead of the
+cumulative sum, a missing m = 0 entry, an off-by-one in m, misplaced brackets, N + 1, a
+partial trace, the removed sum alone, c_d for the gain, a minus in the denominator, the
+levels reversed; and for z, the labels read from row 0.
 Reference: Zhang, Singh, Latham & Saxe (ICML 2025, arXiv:2501.16265); docs/theory.md §9.
 """
 
@@ -63,6 +65,8 @@ def cubic_feature_mistakes(X: numpy.ndarray) -> list[tuple[str, numpy.ndarray]]:
          (X[:, :d, 1:N] @ X[:, d, 1:N, None] / N @ xq).reshape(B, -1)),
         ("x_q is read from column 0, which is the first context pair: the query is the last"
          " column, X[:, :d, N]", (beta @ X[:, None, :d, 0]).reshape(B, -1)),
+        ("the labels y_n are read from row 0, the first input coordinate: y is the last row,"
+         " X[:, d, :N]", (X[:, :d, :N] @ X[:, 0, :N, None] / N @ xq).reshape(B, -1)),
     ]
 
 
@@ -100,13 +104,32 @@ def check_cubic_feature(cubic_feature: Callable, seed: int = 0) -> float:
 
 def plateau_mistakes(eigenvalues, n_context: int) -> list[tuple[str, numpy.ndarray]]:
     """The typical wrong plateau levels, with their hints."""
-    lam = numpy.sort(numpy.asarray(eigenvalues, dtype=numpy.float64))[::-1]
+    given = numpy.asarray(eigenvalues, dtype=numpy.float64)
+    lam = numpy.sort(given)[::-1]
     N, tr = n_context, lam.sum()
 
-    def levels(order, gain):
-        return tr - numpy.concatenate([[0.0], numpy.cumsum(gain(order))])
+    def levels(order, gain, start=tr):
+        return start - numpy.concatenate([[0.0], numpy.cumsum(gain(order))])
+
+    def right(l, trace=tr):
+        return l / (1 + (1 + trace / l) / N)
 
     return [
+        ("tr Λ is the sum of the eigenvalues, here not 1: the page's Λ is normalised to"
+         " tr Λ = 1, the function must work for any Λ (lam.sum())",
+         levels(lam, lambda l: right(l, 1.0), start=1.0)),
+        ("tr Λ inside the gain is the sum of the eigenvalues, here not 1 (lam.sum())",
+         levels(lam, lambda l: right(l, 1.0))),
+        ("the eigenvalues are used in the order given: take them in decreasing order"
+         " (lam, sorted in the cell's first line), whatever order they come in",
+         levels(given, right)),
+        ("L(M_m) removes the gains of all m learned directions: a cumulative sum over"
+         " d' ≤ m, not the m-th gain alone",
+         tr - numpy.concatenate([[0.0], right(lam)])),
+        ("tr Λ/λ_d is inverted: the denominator is 1 + (1 + tr Λ/λ_d)/N",
+         levels(lam, lambda l: l / (1 + (1 + l / tr) / N))),
+        ("a sign: the denominator is 1 + (1 + tr Λ/λ_d)/N, larger than 1 (a finite context"
+         " removes less than λ_d)", levels(lam, lambda l: l / (1 - (1 + tr / l) / N))),
         ("the eigenvalues are taken smallest first: the plateaus learn λ_1 ≥ λ_2 ≥ … in "
          "decreasing order", levels(lam[::-1], lambda l: l / (1 + (1 + tr / l) / N))),
         ("the finite-N factor is missing: each direction removes λ_d/(1 + (1 + tr Λ/λ_d)/N), "
@@ -139,7 +162,8 @@ def plateau_mistakes(eigenvalues, n_context: int) -> list[tuple[str, numpy.ndarr
 def check_plateau_losses(plateau_losses: Callable) -> float:
     """Run the reader's ``plateau_losses(eigenvalues, n_context) -> (d+1,)`` and compare
     with the package and with the loss of principal component regression."""
-    eigenvalues, N = numpy.array([0.1, 0.45, 0.3, 0.15]), 11  # unsorted on purpose
+    # unsorted on purpose, and tr Λ = 2: an answer that assumes the page's tr Λ = 1 differs
+    eigenvalues, N = numpy.array([0.2, 0.9, 0.6, 0.3]), 13
     answer = call_answer(plateau_losses, eigenvalues.copy(), N, name="plateau_losses")
     expected = la.plateau_losses(eigenvalues, N)
     mistakes = plateau_mistakes(eigenvalues, N)
