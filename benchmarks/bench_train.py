@@ -26,6 +26,11 @@ Contenders, each from the same initial weights and the same batch:
                                  jax.jit; float32 and float64 (when jax is installed)
   PyTorch eager, whole sequence  (extra row, not a fair peer) every block on all T rows,
                                  as public replications write it, torch.optim.Adam; float32
+  NumPy by hand                  (extra row, paper workload only) the same NumPy products
+                                 as minimal_icl's step in one function written for the
+                                 paper's block, without records or checks: what those
+                                 NumPy calls cost alone; float64, equal to minimal_icl's
+                                 step to the last bit
 
 Method: the process is pinned to one core (os.sched_setaffinity) with one thread in
 every library. After a warm-up (and JIT compilation), each round times a block of about
@@ -86,6 +91,7 @@ from minimal_icl.train import (  # noqa: E402
 
 LR = 1e-3  # the learning rate of every contender (the same Adam settings everywhere)
 REFERENCE = "minimal_icl float64"
+BY_HAND = "NumPy by hand, paper block only, float64 (extra)"
 
 
 class Workload:
@@ -203,6 +209,106 @@ def minimal_icl_step(workload: Workload, dtype: str):
     def step():
         # forward(..., last_only=True) inside: the last block computes the query row only
         state[0], state[1], loss = train_step(state[0], state[1], config, batch, optimizer, LR)
+        return loss
+
+    return step
+
+
+def numpy_by_hand_step(workload: Workload, dtype: str):
+    """The paper step as one NumPy function written for this model only: what the same
+    NumPy operations cost without the package's generality, records and checks.
+
+    The products of ``model_fast``'s query row (the heads' circuits, the unshifted
+    softmax, the augmented products with [x, 1]) in one function body, on the parameters
+    as views of one flat vector, the gradients written into one flat vector in place, the
+    ReLU as a product with its 0/1 mask, no argument checks, no range check of ℓ (which
+    the package uses to fall back on the shifted softmax), and Adam on the flat vectors.
+    Its loss and gradients are minimal_icl's to the last bit here. Only the paper's
+    configuration: one block of softmax attention, ReLU MLP, no skips, no LayerNorm.
+    """
+    c = workload.config
+    if c.n_blocks != 1 or c.layer_norm or c.attn_skip or c.mlp_skip or c.activation != "relu":
+        raise ValueError("the NumPy step by hand is written for the paper's block only")
+    B, T, D = workload.batch_size, workload.n_context + 1, c.d_token
+    H, K, M = c.n_heads, c.d_head, c.d_mlp
+    leaves = [a for _, a in tree_leaves(init_params(c, seed=0, dtype=dtype))]
+    names = [name for name, _ in tree_leaves(init_params(c, seed=0, dtype=dtype))]
+    assert [n.rsplit(".", 1)[-1] for n in names] == [
+        "W_Q", "W_K", "W_V", "W_O", "W1", "b1", "W2", "b2"], names  # fmt: skip
+    ends = numpy.cumsum([0] + [a.size for a in leaves]).tolist()
+    span = [slice(ends[i], ends[i + 1]) for i in range(len(leaves))]
+    batch = regression_prompts(B, workload.n_context, workload.d, seed=0, dtype=dtype)
+    x, target = batch.tokens, batch.target
+    xT = numpy.empty((B, D + 1, T), dtype=dtype)  # [x, 1]ᵀ
+    xT[:, :D, :] = x.transpose(0, 2, 1)
+    xT[:, D, :] = 1.0
+    x_q = x[:, -1, :]
+    scale = 1.0 / math.sqrt(K)
+    ones = numpy.ones((1, B), dtype=dtype)
+    minus_ones = -numpy.ones((D, 1), dtype=dtype)
+    P = ends[-1]
+    state = {"theta": numpy.concatenate([a.ravel() for a in leaves]), "t": 0,
+             "m": numpy.zeros(P, dtype=dtype), "v": numpy.zeros(P, dtype=dtype)}  # fmt: skip
+    g = numpy.empty(P, dtype=dtype)
+    gQ, gK, gV, gO, gW1, gb1, gW2, gb2 = (g[s] for s in span)
+
+    def loss_and_grads(theta):
+        WQ, WK, WV = (theta[s].reshape(H, K, D) for s in span[:3])
+        WOt = theta[span[3]].reshape(D, H, K).transpose(1, 2, 0)  # (H, K, D)
+        W1, b1 = theta[span[4]].reshape(M, D), theta[span[5]]
+        W2, b2 = theta[span[6]].reshape(D, M), theta[span[7]]
+        QK = (WQ.mT @ WK) * scale  # (H, D, D)
+        OV = (WV.mT @ WOt).reshape(H * D, D)
+        r = (x_q @ QK.transpose(1, 0, 2).reshape(D, H * D)).reshape(B, H, D)
+        E = numpy.exp(r @ xT[:, :D, :])  # (B, H, T)
+        yl = E @ xT.mT  # (B, H, D + 1)
+        inv_norm = 1.0 / yl[..., D:]
+        y_rows = (yl[..., :D] * inv_norm).reshape(B, H * D)
+        A = y_rows @ OV  # (B, D)
+        pre = A @ W1.T
+        pre += b1
+        mask = (pre > 0.0).astype(dtype)
+        hidden = pre * mask
+        out = hidden @ W2.T
+        out += b2
+        residual = out[:, -1] - target
+        loss = (residual @ residual) / B
+        dout = numpy.zeros((B, D), dtype=dtype)
+        dout[:, -1] = residual * (2.0 / B)
+        numpy.matmul(dout.T, hidden, out=gW2.reshape(D, M))
+        numpy.matmul(ones, dout, out=gb2.reshape(1, D))
+        dpre = (dout @ W2) * mask
+        numpy.matmul(dpre.T, A, out=gW1.reshape(M, D))
+        numpy.matmul(ones, dpre, out=gb1.reshape(1, M))
+        dA = dpre @ W1
+        dy_rows = dA @ OV.T
+        dOV = (y_rows.T @ dA).reshape(H, D, D)
+        row = ((dy_rows * y_rows).reshape(B * H, D) @ minus_ones).reshape(B, H, 1)
+        dyl = numpy.concatenate([dy_rows.reshape(B, H, D), row], axis=-1)
+        dyl *= inv_norm
+        dS = dyl @ xT
+        dS *= E
+        dr = (dS @ xT.mT)[..., :D].reshape(B, H * D)
+        dQK = (x_q.T @ dr).reshape(D, H, D).transpose(1, 0, 2)
+        numpy.matmul(WK, dQK.mT, out=gQ.reshape(H, K, D))
+        numpy.multiply(gQ, scale, out=gQ)
+        numpy.matmul(WQ, dQK, out=gK.reshape(H, K, D))
+        numpy.multiply(gK, scale, out=gK)
+        numpy.matmul(WOt, dOV.mT, out=gV.reshape(H, K, D))
+        gO.reshape(D, H, K)[...] = (WV @ dOV).transpose(2, 0, 1)
+        return loss
+
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+
+    def step():
+        loss = loss_and_grads(state["theta"])
+        t = state["t"] + 1
+        root = math.sqrt(1.0 - beta2**t)
+        alpha = LR * root / (1.0 - beta1**t)
+        m = beta1 * state["m"] + (1.0 - beta1) * g
+        v = beta2 * state["v"] + (1.0 - beta2) * (g * g)
+        state["theta"] = state["theta"] - alpha * m / (numpy.sqrt(v) + eps * root)
+        state["m"], state["v"], state["t"] = m, v, t
         return loss
 
     return step
@@ -480,6 +586,8 @@ def main():
         T = workload.n_context + 1
         makers = {f"minimal_icl {dt}": (lambda dt=dt: minimal_icl_step(workload, dt))
                   for dt in ("float64", "float32")}
+        if workload.name == "paper":
+            makers[BY_HAND] = lambda: numpy_by_hand_step(workload, "float64")
         if torch is not None:
             for dt in ("float32", "float64"):
                 makers[f"PyTorch eager, query-only, fused Adam, {dt}"] = (
@@ -537,7 +645,9 @@ def main():
               f" {floor32:.3f} ms float32; minimal_icl float64 at"
               f" {paired(ours, floors['float64']):.1f}× the float64 floor, float32 at"
               f" {paired(times32, floors['float32']):.1f}× the float32 floor,"
-              f" {paired(times32, floors['float64']):.1f}× the float64 floor")
+              f" {paired(times32, floors['float64']):.1f}× the float64 floor"
+              + (f"; NumPy by hand at {paired(times[BY_HAND], floors['float64']):.1f}×"
+                 " the float64 floor" if BY_HAND in times else ""))
         print(f"  one minimal_icl step: {calls} NumPy calls (functions, ufuncs, ndarray methods;"
               f" array operators not counted), {python_calls} Python function calls")
         print(f"  loss gap: largest relative difference from {REFERENCE} of the loss before and"

@@ -45,7 +45,9 @@ def test_bench_train_quick_prints_the_floor_as_a_paired_ratio():
         assert workload in out
     assert out.count("minimal_icl float64                                1.00") == 2
     assert out.count("(512×512, in the same rounds)") == 2
-    assert out.count("× the float64 floor") == 4  # float64 and float32 against it, twice
+    # float64 and float32 against it in both workloads, the NumPy step by hand in the first
+    assert out.count("× the float64 floor") == 5
+    assert out.count("NumPy by hand at") == 1
 
 
 def test_bench_train_reports_a_peer_that_cannot_run():
@@ -89,6 +91,34 @@ paper = bench_train.workloads()[0]
 assert bench_train.matmul_flops(paper.config, 64, 51, True) == 2 * 64 * (7392 + 14784 - 4944)
 c = TransformerConfig(d_token=3, n_blocks=1, n_heads=8, d_head=2, d_mlp=128, layer_norm=True)
 assert bench_train.matmul_flops(c, 64, 51, True) == 2 * 64 * 3 * 7392
+print("checked")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        cwd=SCRIPT.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "checked"
+
+
+def test_bench_train_numpy_by_hand_is_the_package_step_to_the_last_bit():
+    """The benchmark's hand-written NumPy step (the paper block only) computes the same
+    losses as train_step, bit for bit, over four steps (so the same gradients and Adam
+    updates), and refuses another configuration."""
+    code = """
+import bench_train
+paper, larger = bench_train.workloads()
+ours = bench_train.minimal_icl_step(paper, "float64")
+by_hand = bench_train.numpy_by_hand_step(paper, "float64")
+losses = [(float(ours()), float(by_hand())) for _ in range(4)]
+assert all(a == b for a, b in losses), losses
+assert losses[0][0] != losses[-1][0]
+try:
+    bench_train.numpy_by_hand_step(larger, "float64")
+except ValueError as error:
+    assert "paper's block only" in str(error)
+else:
+    raise AssertionError("no error for the larger workload")
 print("checked")
 """
     result = subprocess.run(
