@@ -11,6 +11,7 @@ CuPy where it cannot run, files. docs/validation.md lists what each entry point 
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import sys
@@ -177,6 +178,16 @@ def _stored(w, **fields):
 def _grads(w):
     out, cache = forward(w.params, STACK, w.tokens, last_only=True)
     return backward(numpy.ones_like(out), cache)[1]
+
+
+def _exercise(number: int):
+    """The module of tutorial ``number``'s exercise checks."""
+    return importlib.import_module(f"minimal_icl.exercises.tutorial_{number:02d}")
+
+
+def _unwritten(*args, **kwargs):
+    """A reader's function not written yet; a check refusing its own arguments never calls it."""
+    raise NotImplementedError
 
 
 # (id, call, exception class, pattern the message must match: the argument and the problem)
@@ -818,6 +829,33 @@ CASES = [
     ("forward-huge-patches", lambda w: predict(w.one, ONE, w.query[:, None] * 10.0, patches=(
         w.patches[0]._replace(delta_W=numpy.full((4, 5, 3), 1e308)),)), ValueError,
      r"and so are the patches \(largest \|entry\| 1e\+308\), .* Rescale the patches$"),
+    # -- the exercise checks' own arguments (the reader's function is never called) ---------
+    ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
+        _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
+    ("exercise-01-explicit-seed-bool", lambda w: _exercise(1).check_softmax_backward_explicit(
+        _unwritten, seed=True), ValueError, r"seed must be an int ≥ 0, got True"),
+    ("exercise-02-config-text", lambda w: _exercise(2).check_delta_W(
+        _unwritten, w.one, "ONE"), TypeError, r"config must be a TransformerConfig, got str"),
+    ("exercise-02-no-context", lambda w: _exercise(2).check_delta_W(
+        _unwritten, w.one, ONE, n_context=0), ValueError,
+     r"n_context must be a positive int, got 0"),
+    ("exercise-03-negative-prompts", lambda w: _exercise(3).check_null_space(
+        _unwritten, w.one, ONE, n_prompts=-1), ValueError,
+     r"n_prompts must be a positive int, got -1"),
+    ("exercise-03-seed-float", lambda w: _exercise(3).check_null_space(
+        _unwritten, w.one, ONE, seed=1.5), ValueError, r"seed must be an int ≥ 0, got 1\.5"),
+    ("exercise-07-seed-text", lambda w: _exercise(7).check_cos_frobenius(
+        _unwritten, seed="0"), ValueError, r"seed must be an int ≥ 0, got '0'"),
+    ("exercise-08-seed-negative", lambda w: _exercise(8).check_von_oswald_weights(
+        _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
+    ("exercise-09-spread-seed-float", lambda w: _exercise(9).check_order_spread(
+        _unwritten, seed=1.5), ValueError, r"seed must be an int ≥ 0, got 1\.5"),
+    ("exercise-09-rising-seed-bool", lambda w: _exercise(9).check_fraction_of_rising_steps(
+        _unwritten, seed=True), ValueError, r"seed must be an int ≥ 0, got True"),
+    ("exercise-12-query-seed-negative", lambda w: _exercise(12).check_rnn_query_alone(
+        _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
+    ("exercise-12-backward-seed-text", lambda w: _exercise(12).check_rnn_step_backward(
+        _unwritten, seed="a"), ValueError, r"seed must be an int ≥ 0, got 'a'"),
 ]
 
 

@@ -26,6 +26,7 @@ import numpy
 from ..attention import softmax_backward, softmax_forward
 from ..gradcheck import check_layer
 from ..tolerances import GRADCHECK_RTOL
+from ..validation import check_seed
 from . import ExerciseError, call_answer, check_array
 
 __all__ = [
@@ -152,6 +153,7 @@ def check_softmax_backward_explicit(backward: Callable, seed: int = 0) -> tuple[
     compares it with ``softmax_backward`` on (B, H, Tq, T) = (2, 3, 4, 5) arrays.
     Returns (gradient-check error, relative residual). Raises ExerciseError with a hint.
     """
+    seed = check_seed(seed)
     return _check(backward, getattr(backward, "__name__", "your backward"), seed,
                   EXPLICIT_SHAPE_HINT)
 
@@ -161,5 +163,6 @@ def check_softmax_backward(backward: Callable, seed: int = 1) -> tuple[float, fl
 
     The same two checks as :func:`check_softmax_backward_explicit`, on other draws.
     """
+    seed = check_seed(seed)
     return _check(backward, getattr(backward, "__name__", "your backward"), seed,
                   COMPACT_SHAPE_HINT)

@@ -29,6 +29,7 @@ from ..implicit import implicit_update, null_space_perturbation
 from ..model import forward
 from ..params import ModelParams
 from ..tolerances import IDENTITY_RTOL, relative_residual
+from ..validation import check_config, check_positive_int, check_seed
 from . import ExerciseError, call_answer, check_array
 
 __all__ = ["check_null_space", "null_space_mistakes"]
@@ -96,6 +97,10 @@ def check_null_space(
     One-block models only. Returns the residual of the patched forward.
     Raises ExerciseError with a hint.
     """
+    check_config(config)
+    n_prompts = check_positive_int("n_prompts", n_prompts)
+    n_context = check_positive_int("n_context", n_context)
+    seed = check_seed(seed)
     if config.n_blocks != 1:
         raise ValueError(
             f"check_null_space: expected a one-block model, config has {config.n_blocks} blocks"

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy
 
 from ..experiments.common import cos_frobenius
+from ..validation import check_seed
 from . import call_answer, check_array
 
 __all__ = ["alignment_case", "check_cos_frobenius"]
@@ -44,6 +45,7 @@ def check_cos_frobenius(cos_f: Callable, seed: int = 0) -> None:
 
     Raises ExerciseError with a hint naming the mistake.
     """
+    seed = check_seed(seed)
     U, V = alignment_case(seed)
     answer = call_answer(cos_f, U.copy(), V.copy(), name="cos_f",
                          on_value_error="U and V are stacks (B, M, D): numpy.trace uses axes 0"

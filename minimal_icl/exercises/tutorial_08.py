@@ -39,6 +39,7 @@ from ..config import TransformerConfig
 from ..implicit import implicit_update, linear_attention_context_vector
 from ..model import forward
 from ..params import AttentionParams, BlockParams, ModelParams
+from ..validation import check_seed
 from ..von_oswald import von_oswald_attention, von_oswald_model
 from . import ExerciseError, call_answer, check_array
 
@@ -285,6 +286,7 @@ def check_von_oswald_weights(function: Callable, seed: int = 0) -> float:
     step θ_1 = θ_0 − η ∇L(θ_0): the query's y-slot must become y_q + (θ_0 − θ_1) x_q.
     Returns the residual of the layer against the explicit step; raises ExerciseError.
     """
+    seed = check_seed(seed)
     label = getattr(function, "__name__", "your function")
     d, eta, N = 2, 0.3, 8
     rng = numpy.random.default_rng(seed)

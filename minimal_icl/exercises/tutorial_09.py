@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy
 
+from ..validation import check_seed
 from . import ExerciseError, call_answer, check_array, check_scalar
 
 __all__ = [
@@ -61,6 +62,7 @@ def check_order_spread(function: Callable, seed: int = 0) -> float:
 
     Returns the relative residual; raises ExerciseError with a hint.
     """
+    seed = check_seed(seed)
     label = getattr(function, "__name__", "your function")
     p = _predictions(seed)
     answer = call_answer(function, p.copy(), name=label)
@@ -113,6 +115,7 @@ def check_fraction_of_rising_steps(function: Callable, seed: int = 0) -> float:
 
     Returns the fraction; raises ExerciseError with a hint.
     """
+    seed = check_seed(seed)
     label = getattr(function, "__name__", "your function")
     e = _errors(seed)
     answer = call_answer(function, e.copy(), name=label)

@@ -31,6 +31,7 @@ import numpy
 from .. import rnn as rnn_module
 from ..gradcheck import assert_gradients_ok, check_layer
 from ..rnn import RNNParams, rnn_forward, rnn_step_backward, rnn_step_forward
+from ..validation import check_seed
 from . import ExerciseError, call_answer, check_array
 
 __all__ = ["check_rnn_query_alone", "check_rnn_step_backward", "rnn_params_for_check"]
@@ -53,6 +54,7 @@ def check_rnn_query_alone(function: Callable, seed: int = 0) -> float:
     The expected answer is the package's ``rnn_forward`` on the one-token prompts.
     Returns the relative residual; raises ExerciseError with a hint.
     """
+    seed = check_seed(seed)
     label = getattr(function, "__name__", "your function")
     p = rnn_params_for_check(seed=seed)
     x = numpy.random.default_rng(seed + 1).standard_normal((4, 3))
@@ -98,6 +100,7 @@ def check_rnn_step_backward(function: Callable, seed: int = 0) -> dict:
     package's inside ``rnn_backward`` and the whole layer is gradient-checked against
     finite differences (random upstream gradient). Returns the gradient check's errors.
     """
+    seed = check_seed(seed)
     label = getattr(function, "__name__", "your function")
     ds, cache = _step_inputs(seed)
     answer = call_answer(function, ds.copy(), cache, name=label,
