@@ -52,6 +52,7 @@ from .params import ModelParams, init_params
 from .validation import (
     check_batch,
     check_bool,
+    check_callback,
     check_config,
     check_non_negative,
     check_optimizer_settings,
@@ -61,6 +62,7 @@ from .validation import (
     check_seed,
     check_token_width,
     check_tokens,
+    check_training_setup,
 )
 
 OPTIMIZERS = ("adam", "sgd")
@@ -125,7 +127,9 @@ def optimizer_step(settings: OptimizerSettings, params, grads, state, lr: float)
 
 @dataclass(frozen=True)
 class TrainingSetup:
-    """Everything that defines a training run except the seed."""
+    """Everything that defines a training run except the seed. Every field is checked on
+    creation (a ValueError or TypeError naming it): steps, batch_size, n_context, d,
+    val_every and val_size positive ints, config.d_token = d + 1, noise finite ≥ 0."""
 
     config: TransformerConfig
     optimizer: OptimizerSettings
@@ -136,6 +140,9 @@ class TrainingSetup:
     noise: float = 0.0
     val_every: int = 500
     val_size: int = 2048
+
+    def __post_init__(self):
+        check_training_setup(self, OptimizerSettings)
 
     def to_dict(self) -> dict:
         """The setup as nested plain dicts ("config" and "optimizer" included), JSON-ready."""
@@ -338,6 +345,7 @@ def train(
     Raises TrainingDivergedError if the loss becomes NaN or infinite.
     Returns TrainResult(params, history).
     """
+    check_callback(callback)
     steps = check_positive_int("steps", steps)
     batch_size = check_positive_int("batch_size", batch_size)
     n_context = check_positive_int("n_context", n_context)
@@ -420,6 +428,7 @@ def train_setup(
 ) -> TrainResult:
     """Initialise a model with ``seed`` and train it as ``setup`` says (data seed ``seed``)."""
     setup = _check_setup(setup)
+    check_callback(callback)
     params = init_params(setup.config, seed=seed, dtype=dtype, xp=xp, device=device)
     return train(
         setup.config,

@@ -36,7 +36,8 @@ the layers never see one). The functions a user calls check their arguments here
                             check_result_finite; RegressionBatch's properties
                             check_batch_tokens
     train, train_setup      the data checks, check_params, check_token_width,
-                            check_optimizer_settings (OptimizerSettings on creation),
+                            check_callback, check_optimizer_settings (OptimizerSettings
+                            on creation), check_training_setup (TrainingSetup on creation),
                             check_record_dict (TrainingSetup.from_dict)
     save_checkpoint, the command line
                             check_writable_file
@@ -1199,6 +1200,39 @@ def check_sgd_state(state, params, momentum: float) -> None:
     if velocity is None:
         raise ValueError("sgd_step: momentum > 0 needs a state from sgd_init(params, momentum)")
     check_same_tree("state.velocity", velocity, "params", params)
+
+
+def check_callback(callback, name: str = "callback"):
+    """``callback``, or a TypeError naming ``name`` unless it is None or callable (an int
+    or a string would fail only when the first report is made, without naming it)."""
+    if callback is not None and not callable(callback):
+        raise TypeError(
+            f"{name} must be None or a function taking a Report, got"
+            f" {type(callback).__name__} {callback!r}"
+        )
+    return callback
+
+
+def check_training_setup(setup, optimizer_type: type) -> None:
+    """Every field of ``train.TrainingSetup``, each error naming its field: config a
+    TransformerConfig, optimizer an ``optimizer_type`` (OptimizerSettings), steps,
+    batch_size, n_context, val_every and val_size positive ints, d a positive int with
+    config.d_token = d + 1, noise finite ≥ 0."""
+    prefix = "TrainingSetup."
+    check_config(setup.config, prefix + "config")
+    if not isinstance(setup.optimizer, optimizer_type):
+        raise TypeError(
+            f"{prefix}optimizer must be an OptimizerSettings, got"
+            f" {type(setup.optimizer).__name__}"
+        )
+    for field in ("steps", "batch_size", "n_context", "d", "val_every", "val_size"):
+        check_positive_int(prefix + field, getattr(setup, field))
+    if setup.config.d_token != setup.d + 1:
+        raise ValueError(
+            f"{prefix}d = {setup.d}: prompts in dimension d need config.d_token = d + 1 ="
+            f" {setup.d + 1}, got {setup.config.d_token}"
+        )
+    check_non_negative(prefix + "noise", setup.noise)
 
 
 def check_optimizer_settings(settings, names: tuple, schedules: tuple) -> None:

@@ -829,6 +829,27 @@ CASES = [
     ("forward-huge-patches", lambda w: predict(w.one, ONE, w.query[:, None] * 10.0, patches=(
         w.patches[0]._replace(delta_W=numpy.full((4, 5, 3), 1e308)),)), ValueError,
      r"and so are the patches \(largest \|entry\| 1e\+308\), .* Rescale the patches$"),
+    # -- a training setup is checked when it is made; the callback before training --------
+    ("setup-steps-zero", lambda w: TrainingSetup(ONE, OptimizerSettings(), steps=0,
+     batch_size=4, n_context=5, d=2), ValueError, r"TrainingSetup\.steps must be a positive int,"
+     r" got 0"),
+    ("setup-d-does-not-fit-config", lambda w: TrainingSetup(ONE, OptimizerSettings(), steps=1,
+     batch_size=4, n_context=5, d=3), ValueError,
+     r"TrainingSetup\.d = 3: .*config\.d_token = d \+ 1 = 4, got 3"),
+    ("setup-optimizer-dict", lambda w: TrainingSetup(ONE, {"name": "adam"}, steps=1,
+     batch_size=4, n_context=5, d=2), TypeError,
+     r"TrainingSetup\.optimizer must be an OptimizerSettings, got dict"),
+    ("setup-noise-nan", lambda w: TrainingSetup(ONE, OptimizerSettings(), steps=1,
+     batch_size=4, n_context=5, d=2, noise=float("nan")), ValueError,
+     r"TrainingSetup\.noise must be a finite float ≥ 0, got nan"),
+    ("setup-from-dict-steps-float", lambda w: TrainingSetup.from_dict(
+        {**_setup().to_dict(), "steps": 2.5}), ValueError,
+     r"TrainingSetup\.steps must be a positive int, got 2\.5"),
+    ("train-callback-text", lambda w: train(ONE, w.one, OptimizerSettings(), 1, 4, 5, 2,
+     callback="print"), TypeError,
+     r"callback must be None or a function taking a Report, got str 'print'"),
+    ("train-setup-callback-int", lambda w: train_setup(_setup(), callback=5), TypeError,
+     r"callback must be None or a function taking a Report, got int 5"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
