@@ -33,7 +33,9 @@ def test_query_alone_right_answer_passes(capsys):
          "the read-out has a tanh of its own"),
         (lambda x, p: numpy.tanh(numpy.tanh(x @ p.W_in.T + p.b) @ p.W_s.T + x @ p.W_in.T + p.b)
          @ p.W_out.T, "the state after two steps"),
-        (lambda x, p: numpy.tanh(x @ p.W_in.T + p.b), "has shape"),
+        (lambda x, p: numpy.tanh(x @ p.W_in.T + p.b), "that is the state s_1"),
+        (lambda x, p: numpy.tanh(x @ p.W_in.T - p.b) @ p.W_out.T, "with a plus sign"),
+        (lambda x, p: (numpy.tanh(x @ p.W_in.T) + p.b) @ p.W_out.T, "added after the tanh"),
         (lambda x, p: numpy.tanh(x @ p.W_in + p.b) @ p.W_out.T,
          "ValueError .*a weight acts from the right, transposed"),
     ],
@@ -59,6 +61,13 @@ def test_step_backward_right_answer_passes_and_is_gradient_checked(capsys):
     assert set(errors) == {"0", "1.W_in", "1.W_s", "1.b", "1.W_out"}
     assert max(errors.values()) <= 1e-6
     assert "passes the gradient check" in capsys.readouterr().out
+
+
+def _with(gradients, k, change):
+    """The five gradients with the k-th changed (one mistake on top of the right step)."""
+    gradients = list(gradients)
+    gradients[k] = change(gradients[k])
+    return tuple(gradients)
 
 
 def _step(derivative=lambda s: 1.0 - s * s, transpose_W_s=False, sum_b=True, at_s_prev=False,
@@ -94,6 +103,11 @@ def _step(derivative=lambda s: 1.0 - s * s, transpose_W_s=False, sum_b=True, at_
         (_step(db=lambda dpre: dpre.mean(axis=0)), r"averaged over the prompts.*no 1/B"),
         (_step(db=lambda dpre: dpre.sum(axis=1)), r"db has shape \(4,\), one entry per prompt"),
         (_step(swap_weights=True), r"dW_in has shape \(5, 5\), the shape of dW_s: return"),
+        (_step(db=lambda dpre: dpre.sum()), r"db is one number.*dpre.sum\(axis=0\)"),
+        (lambda ds, c: _with(rnn_step_backward(ds, c), 1, lambda g: g + ds),
+         r"ds_prev is this step's share only"),
+        (lambda ds, c: _with(rnn_step_backward(ds, c), 1, lambda g: g * (1.0 - c.s_prev ** 2)),
+         r"the tanh′ of the step that made s_prev"),
     ],
 )
 def test_step_backward_mistakes_get_their_hint(wrong, hint):

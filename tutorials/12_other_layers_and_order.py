@@ -355,7 +355,7 @@ plt.show()
 # ## Summary
 #
 # - Theorem 2.2 needs only a vector at the query: for $s_t = \tanh(W_s s_{t-1} + W_{in} c_t + b_s)$, $A = W_{out} s$, the patch $\Delta W = W\,\Delta A\,A(x)^\top/\|A(x)\|^2$ is exact, with $A(x) = W_{out}\tanh(W_{in}x + b_s)$.
-# - Backpropagation through time: $d\mathrm{pre} = ds \odot (1 - s^2)$, $ds_{t-1} = d\mathrm{pre}\,W_s$, weight gradients summed over $t$.
+# - Backpropagation through time: $d\mathrm{pre}_t = ds_t \odot (1 - s_t^2)$, $ds_{t-1} = dA_{t-1}W_{out} + d\mathrm{pre}_t\,W_s$ (rows), weight gradients summed over $t$.
 # - $\|W_{i+1} - W_i\|_F = \|W_0(A_{i+1} - A_i)\|/\|A(x)\|$ decays like $1/i$ for softmax attention and stays flat for the recurrent block: the decay comes from averaging.
 # - $\mathrm{spread} = \frac1B\sum_b \operatorname{std}_r p_{r,b}$ is $\approx 10^{-16}$ for one block (causal or not), $W_N$ and full-batch GD, and positive for a causal stack, the recurrent block and online SGD.
 

@@ -14,11 +14,13 @@ Two "your turn" cells, on the recurrent layer of ``minimal_icl.rnn``:
    compared with the package's ``rnn_step_backward`` and then run inside the package's
    ``rnn_backward`` through the gradient checker (a random upstream gradient).
 
-Each check names the typical mistakes: the tanh or the bias left out, a recurrence that
+Each check names the typical mistakes: the tanh or the bias left out, the bias subtracted
+or added after the tanh, the state returned without its read-out, a recurrence that
 starts from s_0 ≠ 0, a tanh on the read-out, the query read after two steps; tanh's
 derivative dropped, replaced by the sigmoid's, taken at s_prev or at tanh(s), W_s not
-transposed the right way, dW_s from s instead of s_prev, the bias gradient averaged or
-not summed over prompts (or summed over the wrong axis), the five gradients out of order.
+transposed the right way, ds added to ds_prev or ds_prev multiplied by the previous
+step's tanh′, dW_s from s instead of s_prev, the bias gradient averaged or not summed over
+prompts (or summed over the wrong axis or over both), the five gradients out of order.
 """
 
 from __future__ import annotations
@@ -75,6 +77,12 @@ def check_rnn_query_alone(function: Callable, seed: int = 0) -> float:
         ("the read-out has a tanh of its own: A = W_out s_1 is linear in the state, the only"
          " tanh is the one inside s_1 = tanh(W_in x + b)",
          numpy.tanh(numpy.tanh(x @ p.W_in.T + p.b) @ p.W_out.T)),
+        ("the bias enters with a plus sign: s_1 = tanh(W_in x + b)",
+         numpy.tanh(x @ p.W_in.T - p.b) @ p.W_out.T),
+        ("the bias is added after the tanh: it belongs inside, s_1 = tanh(W_in x + b)",
+         (numpy.tanh(x @ p.W_in.T) + p.b) @ p.W_out.T),
+        ("that is the state s_1 = tanh(W_in x + b), (B, S): A(x) = W_out s_1 is the read-out,"
+         " (B, D), `s @ p.W_out.T`", numpy.tanh(x @ p.W_in.T + p.b)),
         ("that is the state after two steps (x read twice): the query is the only token, so"
          " the recurrence takes ONE step from s_0 = 0, s_1 = tanh(W_in x + b), and A = W_out s_1",
          numpy.tanh(numpy.tanh(x @ p.W_in.T + p.b) @ p.W_s.T + x @ p.W_in.T + p.b)
@@ -150,6 +158,13 @@ def check_rnn_step_backward(function: Callable, seed: int = 0) -> dict:
         if name == "ds_prev":
             mistakes.append(("W_s is transposed: pre = s_prev W_sᵀ + ..., so ds_prev = dpre W_s",
                              dpre @ c.W_s.T))
+            mistakes.append(("ds_prev is this step's share only, dpre W_s: the sequence's loop"
+                             " adds the read-out's dA_(t−1) W_out to it, not the step, and ds"
+                             " (the gradient at s_t) does not flow to s_(t−1) directly",
+                             dpre @ c.W_s + ds))
+            mistakes.append(("ds_prev is the gradient at s_prev itself, dpre W_s: the tanh′ of"
+                             " the step that made s_prev, (1 − s_prev²), is applied by that"
+                             " step's own backward", (dpre @ c.W_s) * (1.0 - c.s_prev ** 2)))
         if name == "dW_s":
             mistakes.append(("dW_s multiplies the state W_s acts on, the previous one:"
                              " dW_s = dpreᵀ s_prev, not dpreᵀ s", dpre.T @ c.s))
@@ -161,6 +176,11 @@ def check_rnn_step_backward(function: Callable, seed: int = 0) -> dict:
             raise ExerciseError(
                 f"db has shape {dpre.shape}, expected {expected[k].shape}: the bias is shared by"
                 " every prompt, so its gradient is summed over them, db = Σ_B dpre"
+            )
+        if name == "db" and numpy.ndim(answer[k]) == 0:
+            raise ExerciseError(
+                f"db is one number, expected shape {expected[k].shape}: one entry per state"
+                " unit, so sum dpre (B, S) over the prompts only, dpre.sum(axis=0)"
             )
         if name == "db" and numpy.shape(answer[k]) == dpre.shape[:1]:
             raise ExerciseError(
