@@ -93,6 +93,20 @@ def flattened_outer(Z, a):
     return Z @ (numpy.eye(D) - numpy.outer(a, a) / numpy.sum(a * a))  # (B·D, B·D): ValueError
 
 
+def reflection(Z, a):
+    Za, a_row = Za_and_row(Z, a)
+    return Z - 2.0 * Za * a_row / numpy.sum(a * a, axis=-1)[:, None, None]
+
+
+def unit_vector_divided_again(Z, a):
+    unit = a / numpy.linalg.norm(a, axis=-1, keepdims=True)
+    return Z - (Z @ unit[:, :, None]) * unit[:, None, :] / numpy.sum(a * a, axis=-1)[:, None, None]
+
+
+def zero(Z, a):
+    return numpy.zeros_like(Z)
+
+
 def placeholder(Z, a):
     raise NotImplementedError("your turn")
 
@@ -126,6 +140,9 @@ def test_right_answer_passes(answer, config, capsys):
         (entrywise, "entry by entry"),
         (prompt_0_norm, "prompt 0's ‖a‖²"),
         (flattened_outer, "ValueError .*numpy.outer flattens the batch"),
+        (reflection, "subtracted twice.*Householder"),
+        (unit_vector_divided_again, "divided by ‖a‖⁴"),
+        (zero, "Z_⊥ = 0 annihilates a"),
     ],
 )
 def test_typical_mistakes_get_their_hint(answer, hint):

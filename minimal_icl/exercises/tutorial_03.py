@@ -13,8 +13,10 @@ Z_⊥ a = 0, and runs the patched forward with ΔW + Z_⊥, which must reproduce
 with-context output at the query. Hints name the typical mistakes: a missing ‖a‖², a
 division by ‖a‖, the projection onto a instead of away from it, the correction alone or
 without its row aᵀ, an entrywise product for the matrix product, the projector applied to
-the rows instead of the columns, one ‖a‖² for the whole batch or prompt 0's for all, and
-(as shape errors) a numpy.outer that flattens the batch.
+the rows instead of the columns, one ‖a‖² for the whole batch or prompt 0's for all, the
+correction subtracted twice (the reflection I − 2 a aᵀ/‖a‖²), a division by ‖a‖⁴ (the unit
+vector a/‖a‖ divided by ‖a‖² again), a zero Z_⊥, and (as shape errors) a numpy.outer that
+flattens the batch.
 """
 
 from __future__ import annotations
@@ -66,6 +68,14 @@ def null_space_mistakes(Z, a) -> list[tuple[str, numpy.ndarray]]:
          Z - Za * a_row / numpy.sum(a[0] * a[0])),
         ("every prompt used prompt 0's a: each prompt b has its own a_b (a is (B, D))",
          Z - (Z @ a[0])[:, :, None] * a[0] / numpy.sum(a[0] * a[0])),
+        ("the correction is subtracted twice: Z (I − 2 a aᵀ/‖a‖²) is the reflection"
+         " across the plane orthogonal to a (a Householder matrix), which sends Z a to −Z a;"
+         " the projector subtracts the part along a once", Z - 2.0 * Za * a_row / norm**2),
+        ("the correction is divided by ‖a‖⁴: with the unit vector â = a/‖a‖ the projector"
+         " is I − â âᵀ, with no further division by ‖a‖²", Z - Za * a_row / norm**4),
+        ("Z_⊥ = 0 annihilates a, but it is not the part of Z orthogonal to a:"
+         " Z_⊥ = Z − (Z a) aᵀ/‖a‖² keeps everything of Z but its part along a",
+         numpy.zeros_like(Z)),
     ]
     if Z.shape[-1] == Z.shape[-2]:  # only then can the projector act from the left
         left = Z - a[:, :, None] * (a_row @ Z) / norm**2  # (I − a aᵀ/‖a‖²) Z
