@@ -47,9 +47,11 @@ from .validation import (
     check_non_negative,
     check_positive_float,
     check_positive_int,
+    check_prediction_finite,
     check_prompt_parts,
     check_result_finite,
     check_step_size,
+    check_theta0,
 )
 
 
@@ -253,16 +255,10 @@ def zero_predict(batch: RegressionBatch) -> Array:
 def theta0_row(theta0, d: int) -> numpy.ndarray:
     """θ_0, the initial weights of explicit gradient descent, as a host (1, d) float64 row.
 
-    ``theta0``: None (θ_0 = 0), or d finite numbers of shape (d,) or (1, d).
+    ``theta0``: None (θ_0 = 0), or d finite real numbers of shape (d,) or (1, d)
+    (:func:`minimal_icl.validation.check_theta0`).
     """
-    if theta0 is None:
-        return numpy.zeros((1, d))
-    theta0 = numpy.asarray(theta0, dtype=numpy.float64)
-    if theta0.shape not in ((d,), (1, d)):
-        raise ValueError(f"theta0 must have shape ({d},) or (1, {d}), got {theta0.shape}")
-    if not numpy.all(numpy.isfinite(theta0)):
-        raise ValueError("theta0 contains NaN or infinity")
-    return theta0.reshape(1, d)
+    return check_theta0(theta0, d)
 
 
 def one_step_gd_predict(batch: RegressionBatch, eta: float | None = None, theta0=None) -> Array:
@@ -275,7 +271,10 @@ def one_step_gd_predict(batch: RegressionBatch, eta: float | None = None, theta0
     ``eta``: η, by default η* = 1/(1 + (d+1)/N); ``theta0``: θ_0 of shape (d,) or (1, d).
     The query's label slot is not read. One linear-attention layer computes the same
     prediction (von Oswald et al. 2023; :func:`minimal_icl.von_oswald.von_oswald_predict`).
-    Raises ValueError unless η is finite and ≥ 0 (as ``von_oswald_predict``).
+    Raises ValueError unless η is finite and ≥ 0 (as ``von_oswald_predict``), and for a
+    prediction that is not finite (one read): NaN or infinity in the tokens, or an
+    overflow of finite ones (η or θ_0 near the largest float); TypeError for a θ_0 of
+    complex numbers, booleans or text.
     """
     check_batch(batch)
     xp = namespace(batch.tokens)
@@ -285,10 +284,12 @@ def one_step_gd_predict(batch: RegressionBatch, eta: float | None = None, theta0
         eta = optimal_gd_step(d, N)
     eta = check_step_size(eta)  # a Python float keeps the batch's dtype
     theta0 = xp.asarray(theta0_row(theta0, d), dtype=x.dtype, device=x.device)  # (1, d)
-    residual = xp.sum(x * theta0[:, None, :], axis=-1) - y  # (B, N)  ⟨θ_0, x_j⟩ − y_j
-    gradient = xp.sum(residual[..., None] * x, axis=1) / N  # (B, d)  ∇L(θ_0)
-    theta1 = theta0 - eta * gradient  # (B, d)
-    return xp.sum(theta1 * x_q, axis=-1)
+    with numpy.errstate(over="ignore", invalid="ignore"):  # checked just below
+        residual = xp.sum(x * theta0[:, None, :], axis=-1) - y  # (B, N)  ⟨θ_0, x_j⟩ − y_j
+        gradient = xp.sum(residual[..., None] * x, axis=1) / N  # (B, d)  ∇L(θ_0)
+        theta1 = theta0 - eta * gradient  # (B, d)
+        prediction = xp.sum(theta1 * x_q, axis=-1)
+    return check_prediction_finite(prediction, batch, "one_step_gd_predict")
 
 
 def least_squares_predict(batch: RegressionBatch) -> Array:

@@ -25,7 +25,7 @@ the layers never see one). The functions a user calls check their arguments here
     prefix_states           check_prefix_inputs (check_block_params, check_context_query),
                             check_prefix_method
     von_oswald_*            check_von_oswald, check_von_oswald_tokens, check_float_dtype,
-                            check_namespace
+                            check_namespace, check_theta0, check_result_finite
     sgd_*, adam_*, unflatten
                             check_learning_rate, check_fraction, check_positive_float,
                             check_same_tree, check_adam_state, check_sgd_state,
@@ -33,7 +33,7 @@ the layers never see one). The functions a user calls check their arguments here
     init_params, data       check_config, check_seed, check_generator, check_positive_int,
                             check_non_negative, check_float_dtype, check_namespace,
                             check_batch, check_batch_finite, check_prompt_parts,
-                            check_result_finite; RegressionBatch's properties
+                            check_result_finite, check_theta0, check_prediction_finite; RegressionBatch's properties
                             check_batch_tokens
     train, train_setup      the data checks, check_params, check_token_width,
                             check_callback, check_optimizer_settings (OptimizerSettings
@@ -1075,6 +1075,55 @@ def check_step_size(eta, name: str = "eta") -> float:
             f"{name} must be a finite float ≥ 0 (a gradient step size), got {eta!r}"
         )
     return float(eta)
+
+
+def check_theta0(theta0, d: int) -> numpy.ndarray:
+    """θ_0, the initial weights of explicit gradient descent, as a host (1, d) float64 row:
+    None (θ_0 = 0), or d finite real numbers of shape (d,) or (1, d) (a list, a NumPy
+    array of floats or ints, an array of another library). A TypeError for complex
+    numbers (their imaginary part would be dropped), booleans, text or objects."""
+    if theta0 is None:
+        return numpy.zeros((1, d))
+    if hasattr(theta0, "shape") and hasattr(theta0, "dtype") and not isinstance(
+        theta0, (numpy.ndarray, numpy.generic)
+    ):
+        from .backend import to_device  # an array of another library, brought to the host
+
+        theta0 = to_device(theta0, "numpy")
+    try:
+        values = numpy.asarray(theta0)
+    except (TypeError, ValueError):  # a ragged list, say
+        raise ValueError(
+            f"theta0 must be {d} real numbers of shape ({d},) or (1, {d}), got a"
+            f" {type(theta0).__name__} that is not rectangular"
+        ) from None
+    if values.dtype.kind not in "iuf":
+        problem = ("text and Python objects are not numbers" if values.dtype.kind in "USO"
+                   else _dtype_problem(values.dtype))
+        raise TypeError(
+            f"theta0 must hold real numbers (the initial weights θ_0), got dtype"
+            f" {values.dtype}: {problem}"
+        )
+    if values.shape not in ((d,), (1, d)):
+        raise ValueError(f"theta0 must have shape ({d},) or (1, {d}), got {values.shape}")
+    values = values.astype(numpy.float64)
+    if not numpy.all(numpy.isfinite(values)):
+        raise ValueError("theta0 contains NaN or infinity")
+    return values.reshape(1, d)
+
+
+def check_prediction_finite(prediction: Array, batch, what: str) -> Array:
+    """``prediction``, or a ValueError (one device-to-host read): the tokens' NaN or
+    infinity if that is the cause (read after the failure only), else an overflow of
+    finite inputs, naming what to rescale."""
+    xp = namespace(prediction)
+    if bool(_non_finite(xp, prediction)):
+        check_batch_finite(batch)
+        raise ValueError(
+            f"{what}: the prediction overflowed {prediction.dtype} (infinity or NaN) although"
+            " the tokens are finite. Rescale the tokens, eta or theta0"
+        )
+    return prediction
 
 
 def check_von_oswald(d, eta, n_context) -> tuple[int, float, int]:

@@ -55,6 +55,7 @@ from .params import AttentionParams, BlockParams, MLPParams, ModelParams
 from .validation import (
     check_float_dtype,
     check_namespace,
+    check_result_finite,
     check_von_oswald,
     check_von_oswald_tokens,
 )
@@ -158,10 +159,17 @@ def von_oswald_predict(tokens: Array, eta: float, theta0=None) -> Array:
     d, N = D - 1, T - 1
     query_x = tokens[:, -1, :d]  # (B, d)
     theta0_ = xp.asarray(theta0_row(theta0, d), dtype=tokens.dtype, device=tokens.device)
-    y_initial = xp.sum(theta0_ * query_x, axis=-1)  # (B,)  ⟨θ_0, x_q⟩
+    with numpy.errstate(over="ignore", invalid="ignore"):  # checked just below
+        y_initial = xp.sum(theta0_ * query_x, axis=-1)  # (B,)  ⟨θ_0, x_q⟩
+    if theta0 is not None:  # ⟨θ_0, x_q⟩ of finite tokens overflows only for a huge θ_0
+        check_result_finite(y_initial, "von_oswald_predict: ⟨θ_0, x_q⟩")
     tokens = prompt_tokens(tokens[:, :-1, :d], tokens[:, :-1, d], query_x, y_initial)
     config, params = von_oswald_model(
         d, eta, N, theta0, dtype=tokens.dtype, xp=xp, device=tokens.device
     )
     out, _ = forward(params, config, tokens, last_only=True)  # (B, 1, D)
-    return 2.0 * y_initial - out[:, -1, d]
+    if theta0 is None:
+        return -out[:, -1, d]
+    with numpy.errstate(over="ignore", invalid="ignore"):  # checked just below
+        prediction = 2.0 * y_initial - out[:, -1, d]
+    return check_result_finite(prediction, "von_oswald_predict")

@@ -829,6 +829,27 @@ CASES = [
     ("forward-huge-patches", lambda w: predict(w.one, ONE, w.query[:, None] * 10.0, patches=(
         w.patches[0]._replace(delta_W=numpy.full((4, 5, 3), 1e308)),)), ValueError,
      r"and so are the patches \(largest \|entry\| 1e\+308\), .* Rescale the patches$"),
+    # -- θ_0 of explicit gradient descent; a prediction that overflows --------------------
+    ("gd-theta0-complex", lambda w: one_step_gd_predict(w.batch, 0.1, numpy.ones(2) * (1 + 1j)),
+     TypeError, r"theta0 must hold real numbers .*got dtype complex128"),
+    ("von-oswald-theta0-complex", lambda w: von_oswald_attention(2, 0.1, 5, numpy.ones(2) * 1j),
+     TypeError, r"theta0 must hold real numbers .*got dtype complex128"),
+    ("gd-theta0-text", lambda w: one_step_gd_predict(w.batch, 0.1, "ab"), TypeError,
+     r"theta0 must hold real numbers .*got dtype <U2: text and Python objects are not numbers"),
+    ("gd-theta0-bool", lambda w: one_step_gd_predict(w.batch, 0.1, numpy.array([True, False])),
+     TypeError, r"theta0 must hold real numbers .*got dtype bool"),
+    ("gd-theta0-ragged", lambda w: one_step_gd_predict(w.batch, 0.1, [[1.0], [1.0, 2.0]]),
+     ValueError, r"theta0 must be 2 real numbers of shape \(2,\) or \(1, 2\), got a list that is"
+     r" not rectangular"),
+    ("gd-huge-eta-overflows", lambda w: one_step_gd_predict(w.batch, 1e308), ValueError,
+     r"one_step_gd_predict: the prediction overflowed float64 .*Rescale the tokens, eta or"
+     r" theta0"),
+    ("gd-huge-theta0-overflows", lambda w: one_step_gd_predict(w.batch, 0.1,
+     numpy.full(2, 1e308)), ValueError, r"one_step_gd_predict: the prediction overflowed"),
+    ("gd-nan-tokens", lambda w: one_step_gd_predict(w.batch._replace(
+        tokens=w.batch.tokens * numpy.nan)), ValueError, r"batch\.tokens contain NaN or infinity"),
+    ("von-oswald-huge-theta0", lambda w: von_oswald_predict(w.tokens, 0.1,
+     numpy.full(2, 1e308)), ValueError, r"von_oswald_predict: ⟨θ_0, x_q⟩: the result overflowed"),
     # -- a training setup is checked when it is made; the callback before training --------
     ("setup-steps-zero", lambda w: TrainingSetup(ONE, OptimizerSettings(), steps=0,
      batch_size=4, n_context=5, d=2), ValueError, r"TrainingSetup\.steps must be a positive int,"
