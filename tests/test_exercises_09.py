@@ -42,6 +42,12 @@ def test_order_spread_right_answer_passes(capsys):
         (lambda p: numpy.std(p, axis=0).mean(axis=1), "one value per prompt"),
         (lambda p: numpy.std(p, axis=2).mean(axis=0), "one value per prompt"),
         (lambda p: numpy.std(p, axis=0).mean(), "returned one number"),
+        (lambda p: numpy.std(p, axis=0), "one spread per prompt and step"),
+        (lambda p: numpy.std(p, axis=0).T, "one spread per prompt and step"),
+        (lambda p: (p.max(axis=0) - p.min(axis=0)).mean(axis=0), "the range across orders"),
+        (lambda p: numpy.abs(p - p.mean(axis=0)).mean(axis=0).mean(axis=0),
+         "mean absolute deviation"),
+        (lambda p: numpy.median(numpy.std(p, axis=0), axis=0), "the median over prompts"),
     ],
 )
 def test_order_spread_mistakes_get_their_hint(wrong, hint):
@@ -85,6 +91,10 @@ def test_rising_fraction_right_answer_passes(capsys):
         (lambda e: numpy.mean(e[:, 2:] > e[:, 1:-1]), "skipped the first step"),
         (lambda e: numpy.mean(numpy.diff(e, axis=1)), "mean change of the error"),
         (lambda e: numpy.sum(e[:, 1:] > e[:, :-1]) / (e.shape[1] - 1), "divided the count by N"),
+        (lambda e: numpy.mean(e[:, 1:-1] > e[:, :-2]), "skipped the last step"),
+        (lambda e: numpy.mean(numpy.any(e[:, 1:] > e[:, :-1], axis=1)),
+         "prompts with at least one rising step"),
+        (lambda e: numpy.mean(e[:, -1] > e[:, 0]), "last error e\\[b, N\\]"),
     ],
 )
 def test_rising_fraction_mistakes_get_their_hint(wrong, hint):

@@ -16,9 +16,11 @@ Two "your turn" cells, the two measurements the tutorial's conclusions rest on:
 
 Each check compares the reader's function with the formula on fresh arrays and names the
 typical mistakes: the wrong axis, the variance for the standard deviation, the spread of
-the average, one std over orders and prompts pooled, a mean over the steps, the falling
-steps, the trend of the mean error, a comparison with W_0, the mean change of the error, a
-count divided by N.
+the average, one std over orders and prompts pooled, the range, the mean absolute deviation
+or the median over prompts in place of their mean, a mean over the steps, the stds not yet
+averaged over prompts; the falling steps, the trend of the mean error, a comparison with
+W_0 or of the last error with the first, the mean change of the error, the fraction of
+prompts with a rising step, the first or the last step skipped, a count divided by N.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ def check_order_spread(function: Callable, seed: int = 0) -> float:
         raise ExerciseError(
             f"{label} returned one number: keep one spread per step i, an array of N + 1"
             f" values; average over the prompts only (axis 0 of the (B, N+1) stds)")
+    if numpy.shape(answer) in ((B, T), (T, B)):
+        raise ExerciseError(
+            f"{label} returned shape {numpy.shape(answer)}: one spread per prompt and step;"
+            f" the std across orders (axis 0) is (B, N+1) = ({B}, {T}): average it over the"
+            f" prompts (its axis 0) to get the (N+1,) = ({T},) spreads")
     std_orders = numpy.std(p, axis=0)  # (B, N+1)
     mistakes = [
         ("you took the spread across prompts (axis 1): the orders are axis 0 of"
@@ -93,6 +100,14 @@ def check_order_spread(function: Callable, seed: int = 0) -> float:
         ("that is one standard deviation over orders and prompts together, which counts how"
          " the prompts differ from each other; take each prompt's std across orders (axis 0),"
          " then average over prompts", numpy.std(numpy.reshape(p, (R * B, T)), axis=0)),
+        ("that is the range across orders (largest minus smallest prediction): the spread is"
+         " the standard deviation across orders, averaged over prompts",
+         numpy.mean(numpy.max(p, axis=0) - numpy.min(p, axis=0), axis=0)),
+        ("that is the mean absolute deviation from the mean over orders: the spread is the"
+         " standard deviation, the square root of the mean squared deviation",
+         numpy.mean(numpy.mean(numpy.abs(p - numpy.mean(p, axis=0)), axis=0), axis=0)),
+        ("that is the median over prompts: the spread is the mean (1/B) Σ_b over prompts",
+         numpy.median(std_orders, axis=0)),
     ]
     residual = check_array("the spread across orders", answer, numpy.mean(std_orders, axis=0),
                            mistakes=mistakes, quiet=True)
@@ -155,6 +170,14 @@ def check_fraction_of_rising_steps(function: Callable, seed: int = 0) -> float:
          " [e[b, i+1] > e[b, i]] is 1 or 0, and average those", float(numpy.mean(numpy.diff(e)))),
         ("you divided the count by N, the steps of one prompt: divide by B·N, the steps of"
          " all prompts", float(numpy.sum(e[:, 1:] > e[:, :-1]) / (e.shape[1] - 1))),
+        ("you skipped the last step (i = N − 1 → N): i runs over 0..N − 1, e[:, 1:] against"
+         " e[:, :-1]", float(numpy.mean(e[:, 1:-1] > e[:, :-2]))),
+        ("that is the fraction of prompts with at least one rising step: count every step"
+         " (b, i) on its own and divide by B·N",
+         float(numpy.mean(numpy.any(e[:, 1:] > e[:, :-1], axis=1)))),
+        ("you compared the last error e[b, N] with the first e[b, 0]: that asks whether the"
+         " whole path helped; the question is each single step, e[b, i+1] against e[b, i]",
+         float(numpy.mean(e[:, -1] > e[:, 0]))),
     ]
     expected = rising_fraction(e)
     check_scalar("the fraction of rising steps", answer, expected, mistakes=mistakes, quiet=True)
