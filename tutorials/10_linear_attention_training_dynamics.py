@@ -391,9 +391,11 @@ print("share of ‖A − A_m‖² in the learned–unlearned entries, 0 < m < d:
 # next to what a learned direction gains). Most of the rest is the finite training set's, not
 # a transient: during a plateau it barely moves, and it shrinks as $P$ grows (on the $M_3$
 # plateau 0.06 of $\|A_3\|_F$ at $P$ = 20,000, printed above, 0.015–0.025 at 100,000 and
-# under 0.01 at 400,000 in the package's runs); only on the short first plateau does part of
-# it still fade (at $P$ = 20,000 from 0.17 at its first epoch to the 0.07 printed above). On
-# the last plateau the rest is the training set's own optimum, as for ATTN_M.
+# under 0.01 at 400,000 in the package's runs). The short first plateau is the exception:
+# there the rest is a transient, fading through the whole plateau (at $P$ = 20,000 from 0.17
+# at its first epoch to the 0.07 printed above), and it does not shrink with $P$ (still 0.07
+# at the middle of that plateau at $P$ = 400,000). On the last plateau the rest is the
+# training set's own optimum, as for ATTN_M.
 #
 # %% [markdown]
 # ## 8. How the time of the drop depends on the initial scale
