@@ -48,6 +48,7 @@ def test_order_spread_right_answer_passes(capsys):
         (lambda p: numpy.abs(p - p.mean(axis=0)).mean(axis=0).mean(axis=0),
          "mean absolute deviation"),
         (lambda p: numpy.median(numpy.std(p, axis=0), axis=0), "the median over prompts"),
+        (lambda p: numpy.std(p, axis=3).mean(axis=0), "ValueError .*three axes"),
     ],
 )
 def test_order_spread_mistakes_get_their_hint(wrong, hint):
@@ -95,6 +96,7 @@ def test_rising_fraction_right_answer_passes(capsys):
         (lambda e: numpy.mean(numpy.any(e[:, 1:] > e[:, :-1], axis=1)),
          "prompts with at least one rising step"),
         (lambda e: numpy.mean(e[:, -1] > e[:, 0]), "last error e\\[b, N\\]"),
+        (lambda e: numpy.mean(e[:, 1:] > e[:, :-2]), "ValueError .*slices of the same shape"),
     ],
 )
 def test_rising_fraction_mistakes_get_their_hint(wrong, hint):

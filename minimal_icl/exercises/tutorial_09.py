@@ -20,7 +20,9 @@ the average, one std over orders and prompts pooled, the range, the mean absolut
 or the median over prompts in place of their mean, a mean over the steps, the stds not yet
 averaged over prompts; the falling steps, the trend of the mean error, a comparison with
 W_0 or of the last error with the first, the mean change of the error, the fraction of
-prompts with a rising step, the first or the last step skipped, a count divided by N.
+prompts with a rising step, the first or the last step skipped, a count divided by N. A
+ValueError inside the reader's function (an axis that does not exist, slices of different
+lengths) comes back as a hint on the axes or the slices.
 """
 
 from __future__ import annotations
@@ -67,7 +69,11 @@ def check_order_spread(function: Callable, seed: int = 0) -> float:
     seed = check_seed(seed)
     label = getattr(function, "__name__", "your function")
     p = _predictions(seed)
-    answer = call_answer(function, p.copy(), name=label)
+    answer = call_answer(function, p.copy(), name=label,
+                         on_value_error="predictions has three axes, (R, B, N+1): axis 0 the"
+                         " orders, axis 1 the prompts, axis 2 the steps i; the std across"
+                         " orders is `numpy.std(predictions, axis=0)` (B, N+1), then its mean"
+                         " over axis 0")
     R, B, T = p.shape
     if numpy.shape(answer) == (B,):
         raise ExerciseError(
@@ -133,7 +139,10 @@ def check_fraction_of_rising_steps(function: Callable, seed: int = 0) -> float:
     seed = check_seed(seed)
     label = getattr(function, "__name__", "your function")
     e = _errors(seed)
-    answer = call_answer(function, e.copy(), name=label)
+    answer = call_answer(function, e.copy(), name=label,
+                         on_value_error="compare two slices of the same shape (B, N):"
+                         " `errors[:, 1:]` (e[b, i+1], i = 0..N−1) against `errors[:, :-1]`"
+                         " (e[b, i])")
     if isinstance(answer, numpy.generic):  # a NumPy scalar (numpy.mean's result)
         answer = numpy.asarray(answer)
     if numpy.ndim(answer) != 0 and numpy.size(answer) != 1:
