@@ -72,7 +72,7 @@ FAST = os.environ.get("MINIMAL_ICL_FAST") == "1"  # the test suite's short run
 # ## 1. The task and the two layers
 #
 # The paper's default data: $d = 4$, $N = 31$, eigenvalues of $\Lambda$ proportional to
-# $1, \dots, d$ and normalised so that $\operatorname{tr}\Lambda = 1$, with a random rotation,
+# $1, \dots, d$ and normalised so that $\operatorname{tr}\Lambda = 1$, with a random orthogonal $Q$,
 # $\Lambda = Q\operatorname{diag}(\lambda)Q^\top$; a **fixed** training set of $P$ sequences,
 # trained by full-batch gradient descent on $L = \operatorname{mean}(y_q - \hat y)^2$ (no ½, as
 # the reference code). The package keeps the paper's $1/N$ and draws $w \sim \mathcal N(0, I)$;
