@@ -343,18 +343,20 @@ def ridge_predict(batch: RegressionBatch, lam: float) -> Array:
     check_batch_finite(batch)
     xp = namespace(batch.tokens)
     x, y = batch.context_x, batch.context_y
-    gram = x.mT @ x  # (B, d, d)
     eye = xp.eye(d, dtype=x.dtype, device=x.device)
-    rhs = x.mT @ xp.expand_dims(y, axis=-1)  # (B, d, 1)
     try:
-        w_hat = xp.linalg.solve(gram + lam * eye, rhs)[..., 0]  # (B, d)
+        with numpy.errstate(over="ignore", invalid="ignore"):  # the result is checked below
+            gram = x.mT @ x  # (B, d, d)
+            rhs = x.mT @ xp.expand_dims(y, axis=-1)  # (B, d, 1)
+            w_hat = xp.linalg.solve(gram + lam * eye, rhs)[..., 0]  # (B, d)
+            prediction = xp.sum(w_hat * batch.query_x, axis=-1)
     except numpy.linalg.LinAlgError:
         raise ValueError(
             f"ridge_predict: XᵀX + λI is singular for some prompt (lam = {lam!r}): its context"
             " inputs do not span ℝ^d and λ is zero or below XᵀX's rounding. Use a larger lam,"
             " or least_squares_predict for the minimum-norm fit (the limit λ → 0)"
         ) from None
-    return check_result_finite(xp.sum(w_hat * batch.query_x, axis=-1), "ridge_predict")
+    return check_result_finite(prediction, "ridge_predict")
 
 
 def mse(prediction: Array, target: Array) -> float:

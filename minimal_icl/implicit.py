@@ -347,8 +347,9 @@ def minimum_norm_solution(column: Array, u_without: Array) -> Array:
     """
     check_minimum_norm_inputs(column, u_without)
     xp = namespace(column, u_without)
-    a_pinv = xp.linalg.pinv(xp.expand_dims(u_without, axis=-1))  # (B, 1, D)
-    X = xp.expand_dims(column, axis=-1) @ a_pinv  # (B, M, D)
+    with quiet_checked_pass(True):  # an overflow is checked for just below
+        a_pinv = xp.linalg.pinv(xp.expand_dims(u_without, axis=-1))  # (B, 1, D)
+        X = xp.expand_dims(column, axis=-1) @ a_pinv  # (B, M, D)
     return check_result_finite(X, "minimum_norm_solution")
 
 
@@ -370,9 +371,11 @@ def null_space_perturbation(update: ImplicitUpdate, perturbation: Array) -> Arra
     check_null_space_inputs(update, perturbation)
     xp = namespace(update.delta_W, perturbation)
     a = xp.expand_dims(update.u_without, axis=-1)  # (B, D, 1)
-    Z_a = perturbation @ a  # (B, M, 1)
-    Z_perp = perturbation - Z_a * xp.expand_dims(update.row, axis=-2)  # (B, M, D)
-    return check_result_finite(update.delta_W + Z_perp, "null_space_perturbation")
+    with quiet_checked_pass(True):  # an overflow is checked for just below
+        Z_a = perturbation @ a  # (B, M, 1)
+        Z_perp = perturbation - Z_a * xp.expand_dims(update.row, axis=-2)  # (B, M, D)
+        result = update.delta_W + Z_perp
+    return check_result_finite(result, "null_space_perturbation")
 
 
 # -- linear attention: the context vector in closed form --------------------------------
@@ -397,12 +400,13 @@ def linear_attention_context_vector(
     n_heads = check_linear_attention_inputs(attn_params, n_heads, context_tokens, query_token)
     xp = namespace(context_tokens, query_token, attn_params.W_Q)
     B, _, D = context_tokens.shape
-    q, _ = linear_forward(xp.reshape(query_token, (B, 1, D)), attn_params.W_Q)  # (B, 1, H·K)
-    k, _ = linear_forward(context_tokens, attn_params.W_K)  # (B, |Y|, H·K)
-    v, _ = linear_forward(context_tokens, attn_params.W_V)  # (B, |Y|, H·K)
-    q, k, v = split_heads(q, n_heads), split_heads(k, n_heads), split_heads(v, n_heads)
-    K = q.shape[-1]
-    memory = v.mT @ k  # (B, H, K, K)  Σ_y v_y k_yᵀ
-    heads = (q @ memory.mT) * (1.0 / math.sqrt(K))  # (B, H, 1, K)
-    out, _ = linear_forward(merge_heads(heads), attn_params.W_O)  # (B, 1, D)
+    with quiet_checked_pass(True):  # an overflow is checked for just below
+        q, _ = linear_forward(xp.reshape(query_token, (B, 1, D)), attn_params.W_Q)  # (B, 1, H·K)
+        k, _ = linear_forward(context_tokens, attn_params.W_K)  # (B, |Y|, H·K)
+        v, _ = linear_forward(context_tokens, attn_params.W_V)  # (B, |Y|, H·K)
+        q, k, v = split_heads(q, n_heads), split_heads(k, n_heads), split_heads(v, n_heads)
+        K = q.shape[-1]
+        memory = v.mT @ k  # (B, H, K, K)  Σ_y v_y k_yᵀ
+        heads = (q @ memory.mT) * (1.0 / math.sqrt(K))  # (B, H, 1, K)
+        out, _ = linear_forward(merge_heads(heads), attn_params.W_O)  # (B, 1, D)
     return check_result_finite(out[:, 0, :], "linear_attention_context_vector")

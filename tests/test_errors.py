@@ -964,12 +964,22 @@ def test_every_collection_of_positions_is_accepted(world, removed):
         lambda w: forward(w.one, ONE, w.tokens * 1e200),
         lambda w: forward(w.params, STACK, w.tokens * 1e160),
         lambda w: implicit_update(w.params, STACK, w.context * 1e200, w.query * 1e200),
+        lambda w: implicit_path(w.one, ONE, w.context * 1e200, w.query * 1e200),
+        lambda w: factorised_path(w.one, ONE, w.context * 1e200, w.query * 1e200),
+        lambda w: linear_attention_context_vector(w.one.blocks[0].attn, 2, w.context * 1e200,
+                                                  w.query * 1e200),
+        lambda w: minimum_norm_solution(numpy.full((4, 5), 1e308), w.query * 1e-10),
+        lambda w: ridge_predict(w.batch._replace(tokens=w.batch.tokens * 1e200), 0.1),
+        lambda w: one_step_gd_predict(w.batch, 1e308),
     ],
-    ids=["nan", "inf", "overflow", "layernorm-overflow", "implicit-update-overflow"],
+    ids=["nan", "inf", "overflow", "layernorm-overflow", "implicit-update-overflow",
+         "implicit-path-overflow", "factorised-path-overflow", "linear-attention-overflow",
+         "minimum-norm-overflow", "ridge-overflow", "one-step-gd-overflow"],
 )
 def test_the_error_path_prints_no_numpy_warning(world, call):
-    """forward checks finiteness after the pass; the pass's RuntimeWarnings (overflow,
-    invalid value) are silenced, so the ValueError is the only message."""
+    """forward, the paths of Proposition 3.1, the theorems' small functions and the
+    baselines check finiteness after computing; the RuntimeWarnings of the computation
+    (overflow, invalid value) are silenced, so the ValueError is the only message."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a RuntimeWarning would fail the test
         with pytest.raises(ValueError, match=r"NaN or infinity|overflowed"):
