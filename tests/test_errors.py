@@ -76,6 +76,7 @@ from minimal_icl.data import (
     ridge_predict,
 )
 from minimal_icl.dynamics import prefix_states
+from minimal_icl.experiments import ExperimentError, reproduce, run_figure
 from minimal_icl.optim import unflatten
 from minimal_icl.train import (
     TrainingSetup,
@@ -871,6 +872,17 @@ CASES = [
      r"callback must be None or a function taking a Report, got str 'print'"),
     ("train-setup-callback-int", lambda w: train_setup(_setup(), callback=5), TypeError,
      r"callback must be None or a function taking a Report, got int 5"),
+    # -- the experiments' entry points: checked before the output folder is made ---------
+    ("run-figure-progress-int", lambda w: run_figure("identity", w.tmp / "figure", fast=True,
+     progress=5), TypeError, r"progress must be a minimal_icl\.experiments\.Progress .*got int"),
+    ("reproduce-progress-text", lambda w: reproduce(w.tmp / "all", fast=True, progress="x"),
+     TypeError, r"progress must be a minimal_icl\.experiments\.Progress .*got str"),
+    ("run-figure-name-list", lambda w: run_figure(["identity"], w.tmp / "figure"),
+     ExperimentError, r"unknown figure \['identity'\]; choose one of identity"),
+    ("run-figure-out-none", lambda w: run_figure("identity", None, fast=True), TypeError,
+     r"out must be a folder path, got NoneType"),
+    ("reproduce-fast-text", lambda w: reproduce(w.tmp / "all", fast="no"), TypeError,
+     r"fast must be True or False, got str 'no'"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),

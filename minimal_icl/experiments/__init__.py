@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..validation import check_bool
 from . import convergence, deep, dynamics, finetune, identity
 from . import linattn_dynamics, order, positions, thought
 from .common import QUIET, ExperimentError, Progress, check_seed, prepare_out_dir
@@ -48,19 +49,32 @@ FIGURES = {
 }
 
 
+def _check_run(seed, fast, progress) -> tuple[int, bool]:
+    """The arguments every run shares, checked before the output folder is made: seed an
+    int ≥ 0 (ExperimentError), fast True or False, progress a Progress (TypeError)."""
+    seed = check_seed(seed)
+    fast = check_bool("fast", fast)
+    if not isinstance(progress, Progress):
+        raise TypeError(
+            "progress must be a minimal_icl.experiments.Progress (Progress(quiet=True) for"
+            f" none), got {type(progress).__name__}"
+        )
+    return seed, fast
+
+
 def run_figure(name: str, out, seed: int = 0, fast: bool = False,
                progress: Progress = QUIET) -> dict:
     """Run one figure into the folder ``out``; returns its JSON record."""
-    if name not in FIGURES:
+    if not isinstance(name, str) or name not in FIGURES:
         raise ExperimentError(f"unknown figure {name!r}; choose one of {', '.join(FIGURES)}")
-    seed = check_seed(seed)
+    seed, fast = _check_run(seed, fast, progress)
     out = prepare_out_dir(out)
     return FIGURES[name](out, seed=seed, fast=fast, progress=progress)
 
 
 def reproduce(out, seed: int = 0, fast: bool = False, progress: Progress = QUIET) -> dict:
     """Run every figure into ``out`` and write summary.md; returns {name: record}."""
-    seed = check_seed(seed)
+    seed, fast = _check_run(seed, fast, progress)
     out = prepare_out_dir(out)
     start = time.perf_counter()
     records = {}

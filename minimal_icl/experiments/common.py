@@ -37,7 +37,10 @@ def check_seed(seed) -> int:
 
 def prepare_out_dir(out) -> Path:
     """Create the output folder if needed and check that files can be written in it."""
-    path = Path(out)
+    try:
+        path = Path(out)
+    except TypeError:
+        raise TypeError(f"out must be a folder path, got {type(out).__name__}") from None
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
