@@ -256,14 +256,25 @@ def tree_map(fn: Callable, tree, *rest):
     """Apply ``fn`` to every array of ``tree`` (and the matching arrays of ``rest``).
 
     Records (NamedTuple) and tuples are rebuilt with the same type; ``None`` stays
-    ``None``. Nothing is modified in place.
+    ``None``. Nothing is modified in place. The trees of ``rest`` must have the tuples
+    and the None entries of ``tree`` (a ValueError otherwise: zip would silently drop
+    the blocks of the longer tree).
     """
     if tree is None:
+        if any(part is not None for part in rest):
+            raise ValueError("tree_map: the trees do not match: an entry of tree is None but"
+                             " the same entry of rest is set")
         return None
-    if _is_record(tree):
-        return type(tree)(*(tree_map(fn, *parts) for parts in zip(tree, *rest)))
     if isinstance(tree, tuple):
-        return tuple(tree_map(fn, *parts) for parts in zip(tree, *rest))
+        for part in rest:
+            if not isinstance(part, tuple) or len(part) != len(tree):
+                got = f"{len(part)} entries" if isinstance(part, tuple) else type(part).__name__
+                raise ValueError(
+                    f"tree_map: the trees do not match: a {type(tree).__name__} of"
+                    f" {len(tree)} entries in tree, {got} in rest"
+                )
+        parts = (tree_map(fn, *entries) for entries in zip(tree, *rest))
+        return type(tree)(*parts) if _is_record(tree) else tuple(parts)
     return fn(tree, *rest)
 
 
@@ -315,6 +326,12 @@ def to_device(tree, target: str = "numpy", dtype=None):
         from .validation import check_float_dtype  # validation imports this module
 
         dtype = check_float_dtype(numpy, dtype)
+        for name, a in tree_leaves(tree):
+            if getattr(getattr(a, "dtype", None), "kind", None) == "c":
+                raise TypeError(
+                    f"to_device: {name or 'tree'} is complex ({a.dtype}): dtype"
+                    f" {numpy.dtype(dtype)} would drop its imaginary part"
+                )
 
     def move_arrays(a):
         # records also hold plain Python values (head counts, flags): leave those alone

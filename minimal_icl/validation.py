@@ -211,6 +211,8 @@ def is_real_floating(dtype, xp=None) -> bool:
 def _dtype_problem(dtype) -> str:
     """Why a dtype is refused, in words."""
     name = str(dtype)
+    if getattr(dtype, "kind", None) in ("U", "S", "O"):
+        return "text and Python objects are not numbers"
     if "int" in name:
         return "integers would truncate every value"
     if "complex" in name:
@@ -1098,11 +1100,9 @@ def check_theta0(theta0, d: int) -> numpy.ndarray:
             f" {type(theta0).__name__} that is not rectangular"
         ) from None
     if values.dtype.kind not in "iuf":
-        problem = ("text and Python objects are not numbers" if values.dtype.kind in "USO"
-                   else _dtype_problem(values.dtype))
         raise TypeError(
             f"theta0 must hold real numbers (the initial weights θ_0), got dtype"
-            f" {values.dtype}: {problem}"
+            f" {values.dtype}: {_dtype_problem(values.dtype)}"
         )
     if values.shape not in ((d,), (1, d)):
         raise ValueError(f"theta0 must have shape ({d},) or (1, {d}), got {values.shape}")
@@ -1396,6 +1396,12 @@ def check_same_shape(name_a: str, a, name_b: str, b) -> None:
     for name, x in ((name_a, a), (name_b, b)):
         if not (hasattr(x, "shape") and hasattr(x, "dtype")):
             raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+        kind = getattr(x.dtype, "kind", None)  # NumPy and CuPy; other libraries: isdtype
+        numeric = kind in tuple("iufc") if kind is not None else bool(
+            namespace(x).isdtype(x.dtype, "numeric"))
+        if not numeric:
+            raise TypeError(f"{name} must be an array of numbers, got dtype {x.dtype}:"
+                            f" {_dtype_problem(x.dtype)}")
     try:
         shape = numpy.broadcast_shapes(tuple(a.shape), tuple(b.shape))
     except ValueError:

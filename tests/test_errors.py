@@ -883,6 +883,20 @@ CASES = [
      r"out must be a folder path, got NoneType"),
     ("reproduce-fast-text", lambda w: reproduce(w.tmp / "all", fast="no"), TypeError,
      r"fast must be True or False, got str 'no'"),
+    # -- relative_residual's and tree_map's arguments --------------------------------------
+    ("relative-residual-bool", lambda w: relative_residual(w.query > 0, w.query > 0), TypeError,
+     r"a must be an array of numbers, got dtype bool: booleans are not numbers"),
+    ("relative-residual-text", lambda w: relative_residual(w.query, numpy.array(["a"])),
+     TypeError, r"b must be an array of numbers, got dtype <U1: text and Python objects"),
+    ("tree-map-other-block-count", lambda w: tree_map(lambda a, b: a + b, w.one, w.params),
+     ValueError, r"tree_map: the trees do not match: a tuple of 1 entries in tree, 2 entries"
+     r" in rest"),
+    ("tree-map-none-against-set", lambda w: tree_map(lambda a, b: a + b, w.one,
+     init_params(_other(n_blocks=1), seed=0)), ValueError,
+     r"tree_map: the trees do not match: an entry of tree is None but the same entry of rest"),
+    ("to-device-complex-to-float32", lambda w: to_device((w.query * 1j,), "numpy", "float32"),
+     TypeError, r"to_device: 0 is complex \(complex128\): dtype float32 would drop its"
+     r" imaginary part"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
@@ -956,6 +970,16 @@ def test_paths_at_1e_minus_300_return_an_infinite_step_size_without_a_warning(wo
     assert numpy.all(numpy.isinf(path.step_size))
     assert numpy.all(numpy.isfinite(path.columns))
     assert numpy.any(numpy.isinf(factorised.step_sizes))
+
+
+def test_relative_residual_of_numbers_near_the_largest_float():
+    """a − b beyond the largest float: the residual is still measured (2, not infinity),
+    without a warning."""
+    a = numpy.array([1e308, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert relative_residual(a, -a) == 2.0
+        assert relative_residual(a, a) == 0.0
 
 
 @pytest.mark.parametrize(
