@@ -972,6 +972,21 @@ def test_paths_at_1e_minus_300_return_an_infinite_step_size_without_a_warning(wo
     assert numpy.any(numpy.isinf(factorised.step_sizes))
 
 
+@pytest.mark.parametrize("answer, message", [
+    (numpy.array([0.5 + 0j]), r"x is complex \(complex128\): expected real numbers"),
+    ("0.5", r"x: expected an array of numbers, got str of dtype <U3"),
+], ids=["complex", "text"])
+def test_an_exercise_answer_of_complex_numbers_or_text_is_wrong(answer, message):
+    """An exercise check does not cast a complex answer to its real part (with a
+    ComplexWarning) nor parse text as a number: both are wrong answers, named."""
+    from minimal_icl.exercises import ExerciseError, check_scalar
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ExerciseError, match=message):
+            check_scalar("x", answer, 0.5)
+
+
 def test_relative_residual_of_numbers_near_the_largest_float():
     """a − b beyond the largest float: the residual is still measured (2, not infinity),
     without a warning."""

@@ -72,9 +72,15 @@ def _as_host(value, name: str) -> numpy.ndarray:
     elif hasattr(value, "shape") and hasattr(value, "dtype"):
         value = to_device(value, "numpy")  # any other array-API array, brought to the host
     try:
-        return numpy.asarray(value, dtype=numpy.float64)
-    except (TypeError, ValueError):
+        values = numpy.asarray(value)
+    except (TypeError, ValueError):  # a ragged list
         raise ExerciseError(f"{name}: expected an array, got {type(value).__name__}") from None
+    if values.dtype.kind == "c":  # casting would drop the imaginary part, with a warning
+        raise ExerciseError(f"{name} is complex ({values.dtype}): expected real numbers")
+    if values.dtype.kind not in "biuf":  # text would be parsed as a number
+        raise ExerciseError(f"{name}: expected an array of numbers, got {type(value).__name__}"
+                            f" of dtype {values.dtype}")
+    return values.astype(numpy.float64)
 
 
 def _constant_factor(answer: numpy.ndarray, expected: numpy.ndarray) -> float | None:
