@@ -43,8 +43,9 @@ thorough: $(BIN)/.installed-test
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q tests -k "property or theorem"
 
 # The benchmark's peers, PyTorch and JAX: the bench extra.
+# PyTorch's CPU build comes from its own index (PyPI's Linux torch is a CUDA build of GBs).
 $(BIN)/.installed-bench: pyproject.toml $(BIN)/.installed-test
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m pip install --quiet -e '.[bench]' --extra-index-url https://download.pytorch.org/whl/cpu
 	touch $@
 
 bench: $(BIN)/.installed-bench
