@@ -205,13 +205,38 @@ def _check_dout(dout, cache, kind, made_by: str) -> None:
 
 
 def _check_square(name: str, a) -> int:
-    """d, or a ValueError naming ``name`` unless ``a`` is a (d, d) real floating array."""
+    """d, or a ValueError naming ``name`` unless ``a`` is a finite (d, d) real floating
+    array (a small host matrix: its values are read)."""
     shape = getattr(a, "shape", None)
     if shape is None or len(shape) != 2 or shape[0] != shape[1] or shape[0] < 1:
         raise ValueError(f"{name} must be a square (d, d) array, got"
                          f" {type(a).__name__ if shape is None else shape}")
     check_float_array(name, a)
+    if not numpy.all(numpy.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or infinity")
     return shape[0]
+
+
+def _check_eigenvalues(eigenvalues, d: int | None = None) -> numpy.ndarray:
+    """The eigenvalues of a covariance as a float64 array sorted in decreasing order, or an
+    error naming them: a TypeError for complex numbers (the imaginary part would be
+    dropped), booleans or text, a ValueError unless they are (d of) finite positive
+    numbers in one axis."""
+    want = "a non-empty list of" if d is None else f"{d}"
+    try:
+        values = numpy.asarray(eigenvalues)
+    except (TypeError, ValueError):  # a ragged list
+        raise ValueError(f"eigenvalues must be {want} finite positive numbers, got"
+                         f" {eigenvalues!r}") from None
+    if values.dtype.kind not in "iuf":
+        raise TypeError(f"eigenvalues must be real numbers, got dtype {values.dtype}"
+                        f" ({eigenvalues!r})")
+    lam = numpy.sort(values.astype(numpy.float64))[::-1]
+    if (lam.ndim != 1 or lam.size == 0 or (d is not None and lam.shape != (d,))
+            or not numpy.all((lam > 0) & numpy.isfinite(lam))):
+        raise ValueError(f"eigenvalues must be {want} finite positive numbers, got"
+                         f" {eigenvalues!r}")
+    return lam
 
 
 def _check_losses_finite(loss: float, epoch: int, lr: float) -> None:
@@ -509,9 +534,7 @@ def covariance(d: int, seed: int = 0, eigenvalues=None) -> Covariance:
         lam = numpy.arange(d, 0, -1, dtype=numpy.float64)
         lam /= lam.sum()
     else:
-        lam = numpy.sort(numpy.asarray(eigenvalues, dtype=numpy.float64))[::-1]
-        if lam.shape != (d,) or not numpy.all((lam > 0) & numpy.isfinite(lam)):
-            raise ValueError(f"eigenvalues must be {d} finite positive numbers, got {eigenvalues!r}")
+        lam = _check_eigenvalues(eigenvalues, d)
     Q, Rm = numpy.linalg.qr(rng.standard_normal((d, d)))
     Q = Q * numpy.sign(numpy.diag(Rm))  # Haar-distributed on the orthogonal group
     return Covariance(Q @ numpy.diag(lam) @ Q.T, lam, Q)
@@ -543,7 +566,13 @@ def converged_predictor(Lambda: numpy.ndarray, n_context: int) -> numpy.ndarray:
     (Zhang, Frei & Bartlett 2024; both parametrizations converge to it)."""
     d = _check_square("Lambda", Lambda)
     N = check_positive_int("n_context", n_context)
-    return numpy.linalg.inv(Lambda + (Lambda + numpy.trace(Lambda) * numpy.eye(d)) / N)
+    try:
+        return numpy.linalg.inv(Lambda + (Lambda + numpy.trace(Lambda) * numpy.eye(d)) / N)
+    except numpy.linalg.LinAlgError:
+        raise ValueError(
+            "converged_predictor: Γ = Λ + (Λ + tr Λ I)/N is singular: Lambda must be a"
+            " covariance (positive semi-definite with tr Λ > 0)"
+        ) from None
 
 
 def plateau_losses(eigenvalues, n_context: int) -> numpy.ndarray:
@@ -554,10 +583,7 @@ def plateau_losses(eigenvalues, n_context: int) -> numpy.ndarray:
     docs/theory.md from E[S B S] = (1 + 1/N) Λ B Λ + (1/N) tr(BΛ) Λ for symmetric B,
     S = (1/N) Σ_n x_n x_nᵀ (Isserlis; for any B the (1/N) Λ B Λ term is (1/N) Λ Bᵀ Λ).
     """
-    lam = numpy.sort(numpy.asarray(eigenvalues, dtype=numpy.float64))[::-1]
-    if lam.ndim != 1 or lam.size == 0 or not numpy.all((lam > 0) & numpy.isfinite(lam)):
-        raise ValueError(f"eigenvalues must be a non-empty list of finite positive numbers,"
-                         f" got {eigenvalues!r}")
+    lam = _check_eigenvalues(eigenvalues)
     N = check_positive_int("n_context", n_context)
     gain = lam / (1.0 + (1.0 + lam.sum() / lam) / N)
     return lam.sum() - numpy.concatenate([[0.0], numpy.cumsum(gain)])
@@ -587,6 +613,8 @@ def predictor_loss(A: numpy.ndarray, Lambda: numpy.ndarray, n_context: int) -> f
         raise ValueError(f"A must have Lambda's shape {(d, d)}, got"
                          f" {getattr(A, 'shape', type(A).__name__)}")
     check_float_array("A", A)
+    if not numpy.all(numpy.isfinite(A)):
+        raise ValueError("A contains NaN or infinity")
     LAL = Lambda @ A @ Lambda
     return float(numpy.trace(Lambda) - 2.0 * numpy.trace(LAL)
                  + (1.0 + 1.0 / N) * numpy.trace(LAL @ A.T @ Lambda)

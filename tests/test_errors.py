@@ -66,6 +66,7 @@ from minimal_icl import (
     zero_predict,
 )
 from minimal_icl import backend as backend_module
+from minimal_icl import linattn
 from minimal_icl.backend import BackendUnavailableError, require_cupy, resolve_namespace
 from minimal_icl.checkpoint import FORMAT
 from minimal_icl.data import (
@@ -897,6 +898,21 @@ CASES = [
     ("to-device-complex-to-float32", lambda w: to_device((w.query * 1j,), "numpy", "float32"),
      TypeError, r"to_device: 0 is complex \(complex128\): dtype float32 would drop its"
      r" imaginary part"),
+    # -- linear attention's population quantities ----------------------------------------
+    ("linattn-covariance-complex-eigenvalues", lambda w: linattn.covariance(
+        2, eigenvalues=numpy.array([1j, 1.0])), TypeError,
+     r"eigenvalues must be real numbers, got dtype complex128"),
+    ("linattn-plateau-text-eigenvalues", lambda w: linattn.plateau_losses("ab", 4), TypeError,
+     r"eigenvalues must be real numbers, got dtype <U2"),
+    ("linattn-converged-zero-covariance", lambda w: linattn.converged_predictor(
+        numpy.zeros((2, 2)), 4), ValueError,
+     r"converged_predictor: Γ = Λ \+ \(Λ \+ tr Λ I\)/N is singular: Lambda must be a"
+     r" covariance"),
+    ("linattn-converged-nan", lambda w: linattn.converged_predictor(
+        numpy.full((2, 2), numpy.nan), 4), ValueError, r"Lambda contains NaN or infinity"),
+    ("linattn-predictor-loss-nan", lambda w: linattn.predictor_loss(
+        numpy.full((2, 2), numpy.nan), numpy.eye(2), 4), ValueError,
+     r"A contains NaN or infinity"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
