@@ -271,7 +271,8 @@ def load_checkpoint(
         raise TypeError(f"path must be a file path, got {type(path).__name__}") from None
     if config is not None:
         check_config(config)
-    xp = None if xp is None else check_namespace(xp)
+    # a device alone means NumPy's (where anything but "cpu" is refused, as in init_params)
+    xp = None if xp is None and device is None else check_namespace(xp)
     if os.path.isdir(path):
         raise CheckpointError(path, "is a directory, not a checkpoint file")
     if not os.path.exists(path):

@@ -1459,7 +1459,7 @@ def check_writable_file(path, name: str = "path") -> str:
     device such as /dev/null) we may replace. Nothing is created. A directory may still
     refuse new files where it looks writable (/proc, for root): the write names that."""
     try:
-        path = os.fspath(path)
+        path = os.fsdecode(os.fspath(path))  # bytes as the file system encodes them
     except TypeError:
         raise TypeError(f"{name} must be a file path, got {type(path).__name__}") from None
     if not path:

@@ -182,6 +182,13 @@ def _grads(w):
     return backward(numpy.ones_like(out), cache)[1]
 
 
+def _saved(w) -> str:
+    """A checkpoint of the one-block model, saved under a bytes path."""
+    path = str(w.tmp / "one.npz")
+    save_checkpoint(path.encode(), w.one, ONE)
+    return path
+
+
 def _exercise(number: int):
     """The module of tutorial ``number``'s exercise checks."""
     return importlib.import_module(f"minimal_icl.exercises.tutorial_{number:02d}")
@@ -913,6 +920,8 @@ CASES = [
     ("linattn-predictor-loss-nan", lambda w: linattn.predictor_loss(
         numpy.full((2, 2), numpy.nan), numpy.eye(2), 4), ValueError,
      r"A contains NaN or infinity"),
+    ("load-device-without-xp", lambda w: load_checkpoint(_saved(w), device="gpu"), ValueError,
+     r"Device not understood.*gpu"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
@@ -1001,6 +1010,16 @@ def test_an_exercise_answer_of_complex_numbers_or_text_is_wrong(answer, message)
         warnings.simplefilter("error")
         with pytest.raises(ExerciseError, match=message):
             check_scalar("x", answer, 0.5)
+
+
+def test_a_checkpoint_path_of_bytes_is_saved_and_loaded(world):
+    """A path given as bytes (as os.fsencode makes it) is a path: save_checkpoint took
+    it to a TypeError of os.path's ("Can't mix strings and bytes")."""
+    path = world.tmp / "bytes.npz"
+    save_checkpoint(bytes(path), world.one, ONE)
+    loaded = load_checkpoint(bytes(path), config=ONE)
+    assert all(numpy.array_equal(a, b) for (_, a), (_, b) in
+               zip(tree_leaves(loaded.params), tree_leaves(world.one)))
 
 
 def test_relative_residual_of_numbers_near_the_largest_float():
