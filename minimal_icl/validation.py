@@ -881,8 +881,19 @@ def check_null_space_inputs(update, perturbation: Array) -> None:
             f"update must be an ImplicitUpdate (from implicit_update), got {type(update).__name__}"
         )
     delta_W = update.delta_W
-    shape = tuple(delta_W.shape)
+    shape = _shape(delta_W)
+    if shape is None or len(shape) < 3:
+        raise ValueError(
+            f"update.delta_W must have shape (B, M, D) (or (B, T, M, D)), got"
+            f" {_shape_text(shape)}"
+        )
     M, D = shape[-2], shape[-1]
+    for field in ("row", "u_without"):  # the rank-1 factors the projection uses
+        if _shape(getattr(update, field)) != shape[:-2] + (D,):
+            raise ValueError(
+                f"update.{field} must have shape {shape[:-2] + (D,)} (delta_W's {shape}), got"
+                f" {_shape_text(_shape(getattr(update, field)))}"
+            )
     allowed = ((M, D), shape)
     z_shape = _shape(perturbation)
     if z_shape not in allowed:
@@ -1061,7 +1072,8 @@ def check_n_calibration(n_calibration, K_max: int) -> tuple[int, ...]:
         if not _is_integer(K) or not 1 <= K <= K_max:
             raise ValueError(
                 f"n_calibration entries must be ints in [1, {K_max}] (the calibration queries"
-                f" given), got {K!r}"
+                f" given), got {K!r}: calibration_queries hold {K_max} queries per prompt, so"
+                f" pass n_calibration with entries ≤ {K_max} (the default goes up to 25)"
             )
     return tuple(int(K) for K in Ks)
 
@@ -1207,7 +1219,7 @@ def check_float_tree(name: str, tree) -> None:
     if not leaves:
         raise ValueError(f"{name} hold no arrays")
     for field, value in leaves:
-        check_float_array(f"{name}.{field}", value)
+        check_float_array(f"{name}.{field}" if field else name, value)
 
 
 def check_adam_state(state, params, size: int) -> None:

@@ -922,6 +922,18 @@ CASES = [
      r"A contains NaN or infinity"),
     ("load-device-without-xp", lambda w: load_checkpoint(_saved(w), device="gpu"), ValueError,
      r"Device not understood.*gpu"),
+    ("null-space-update-without-u", lambda w: null_space_perturbation(
+        w.patches[0]._replace(u_without=None), numpy.ones((5, 3))), ValueError,
+     r"update\.u_without must have shape \(4, 3\) \(delta_W's \(4, 5, 3\)\), got None"),
+    ("null-space-update-row-of-other-prompts", lambda w: null_space_perturbation(
+        w.patches[0]._replace(row=w.patches[0].row[:2]), numpy.ones((5, 3))), ValueError,
+     r"update\.row must have shape \(4, 3\) .*got \(2, 3\)"),
+    ("sgd-init-bare-list", lambda w: sgd_init([numpy.ones(2)]), TypeError,
+     r"^params must be an array, got list"),
+    ("compression-default-needs-25", lambda w: compression_error(w.one, ONE, w.context,
+     w.tokens[:, :3], w.tokens[:, 3:]), ValueError,
+     r"got 5: calibration_queries hold 3 queries per prompt, so pass n_calibration with"
+     r" entries ≤ 3 \(the default goes up to 25\)"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
