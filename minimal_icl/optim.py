@@ -162,7 +162,7 @@ def adam_step(
     eps = check_positive_float("eps", eps)
     check_same_tree("grads", grads, "params", params)
     g = flatten(grads)  # (P,)
-    check_adam_state(state, params, g.shape[0])
+    check_adam_state(state, params, g.shape[0], g.dtype)
     t = state.step + 1
     root = math.sqrt(1.0 - beta2**t)
     alpha = lr * root / (1.0 - beta1**t)

@@ -1163,7 +1163,9 @@ def check_von_oswald_tokens(tokens: Array) -> None:
 def check_same_tree(name: str, tree, like_name: str, like) -> None:
     """A ValueError naming the first difference unless ``tree`` has the records, the
     None entries and the array shapes of ``like``; a TypeError unless its arrays are real
-    floating point (the gradients or the velocity given to an optimiser with its params)."""
+    floating point of ``like``'s dtypes (the gradients or the velocity given to an
+    optimiser with its params: float64 gradients would turn float32 parameters into
+    float64 ones)."""
     if _same_tree(tree, like):  # the quick walk; the slow one below names the difference
         return
 
@@ -1193,6 +1195,12 @@ def check_same_tree(name: str, tree, like_name: str, like) -> None:
                 f" {like_name}{where} has {tuple(b.shape)}: {name} do not match {like_name}"
             )
         check_float_array(f"{name}{where}", a)
+        if a.dtype != b.dtype:
+            raise TypeError(
+                f"{name}{where} has dtype {a.dtype} but {like_name}{where} has {b.dtype}: the"
+                f" step would turn {like_name} into {a.dtype}; give {name} the dtype of"
+                f" {like_name}"
+            )
 
     walk(tree, like, "")
 
@@ -1210,6 +1218,7 @@ def _same_tree(a, b) -> bool:
         dtype is not None
         and tuple(a.shape) == tuple(b.shape)
         and _REAL_FLOATING.get((type(dtype), dtype), False)
+        and dtype == b.dtype
     )
 
 
@@ -1222,8 +1231,10 @@ def check_float_tree(name: str, tree) -> None:
         check_float_array(f"{name}.{field}" if field else name, value)
 
 
-def check_adam_state(state, params, size: int) -> None:
-    """Adam's state: m and v of shape (P,), P = ``size`` (the entries of params), and t ≥ 0."""
+def check_adam_state(state, params, size: int, dtype=None) -> None:
+    """Adam's state: m and v of shape (P,), P = ``size`` (the entries of params), of the
+    params' ``dtype`` when given (a float64 state turns float32 parameters into float64
+    ones), and t ≥ 0."""
     if not all(hasattr(state, f) for f in ("m", "v", "step")):
         raise TypeError(
             f"state must be the AdamState of adam_init(params), got {type(state).__name__}"
@@ -1236,6 +1247,12 @@ def check_adam_state(state, params, size: int) -> None:
                 " belongs to other parameters (adam_init(params) makes a matching one)"
             )
         check_float_array(f"state.{field}", getattr(state, field))
+        if dtype is not None and getattr(state, field).dtype != dtype:
+            raise TypeError(
+                f"state.{field} has dtype {getattr(state, field).dtype} but params have"
+                f" {dtype}: the step would turn the parameters into"
+                f" {getattr(state, field).dtype}; adam_init(params) makes a matching state"
+            )
     check_seed(state.step, "state.step")
 
 

@@ -934,6 +934,16 @@ CASES = [
      w.tokens[:, :3], w.tokens[:, 3:]), ValueError,
      r"got 5: calibration_queries hold 3 queries per prompt, so pass n_calibration with"
      r" entries ≤ 3 \(the default goes up to 25\)"),
+    ("sgd-float64-grads-for-float32-params", lambda w: sgd_step(_set(w.params, numpy.float32),
+     w.params, None, 0.1), TypeError, r"grads\.blocks\.0\.attn\.W_Q has dtype float64 but"
+     r" params\.blocks\.0\.attn\.W_Q has float32: the step would turn params into float64"),
+    ("sgd-float64-velocity-for-float32-params", lambda w: sgd_step(_set(w.params, numpy.float32),
+     _set(w.params, numpy.float32), sgd_init(w.params, 0.5), 0.1, 0.5), TypeError,
+     r"state\.velocity\.blocks\.0\.attn\.W_Q has dtype float64 but .* float32"),
+    ("adam-float64-state-for-float32-params", lambda w: adam_step(_set(w.params, numpy.float32),
+     _set(w.params, numpy.float32), adam_init(w.params), 0.1), TypeError,
+     r"state\.m has dtype float64 but params have float32: the step would turn the parameters"
+     r" into float64"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
