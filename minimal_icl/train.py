@@ -360,6 +360,13 @@ def train(
     first = tree_leaves(params)[0][1]
     xp, dtype, device = namespace(first), first.dtype, array_device(first)
     train_seed, val_seed = numpy.random.SeedSequence(seed).spawn(2)
+    try:  # before any work: one float per step is recorded
+        train_loss = numpy.empty(steps)
+    except (ValueError, MemoryError):  # beyond NumPy's largest array, or the memory
+        raise ValueError(
+            f"steps = {steps}: the record of one loss per step ({steps} floats) cannot be"
+            " allocated"
+        ) from None
 
     val_batch = regression_prompts(
         val_size, n_context, d, numpy.random.default_rng(val_seed), noise, dtype, xp, device
@@ -368,7 +375,6 @@ def train(
         batch_size, n_context, d, numpy.random.default_rng(train_seed), noise, dtype, xp, device
     )
     state = optimizer_init(optimizer, params)
-    train_loss = numpy.empty(steps)
     val_step, val_loss, wall_time = [], [], []
     pending = []  # the losses of the last steps, still 0-d arrays on the device
     start = time.perf_counter()

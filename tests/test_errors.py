@@ -944,6 +944,9 @@ CASES = [
      _set(w.params, numpy.float32), adam_init(w.params), 0.1), TypeError,
      r"state\.m has dtype float64 but params have float32: the step would turn the parameters"
      r" into float64"),
+    ("train-steps-beyond-any-array", lambda w: train(ONE, w.one, OptimizerSettings(), 10**20,
+     4, 5, 2), ValueError, r"steps = 100000000000000000000: the record of one loss per step"
+     r" .* cannot be allocated"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
