@@ -78,6 +78,13 @@ from minimal_icl.data import (
 )
 from minimal_icl.dynamics import prefix_states
 from minimal_icl.experiments import ExperimentError, reproduce, run_figure
+from minimal_icl.experiments.common import (
+    cos_frobenius,
+    loglog_slope,
+    mean_se,
+    moving_average,
+    task_rng,
+)
 from minimal_icl.optim import unflatten
 from minimal_icl.train import (
     TrainingSetup,
@@ -947,6 +954,35 @@ CASES = [
     ("train-steps-beyond-any-array", lambda w: train(ONE, w.one, OptimizerSettings(), 10**20,
      4, 5, 2), ValueError, r"steps = 100000000000000000000: the record of one loss per step"
      r" .* cannot be allocated"),
+    # -- the experiments' statistics, as the tutorials call them -----------------------------
+    ("cos-frobenius-vectors", lambda w: cos_frobenius(w.query[0], w.query[1]), ValueError,
+     r"cos_frobenius: A must be an array of matrices \(\.\.\., m, n\), got \(3,\)"),
+    ("cos-frobenius-shapes", lambda w: cos_frobenius(w.patches[0].delta_W,
+     w.patches[0].delta_W[:, :4]), ValueError,
+     r"cos_frobenius: A \(4, 5, 3\) and B \(4, 4, 3\) must have one shape"),
+    ("cos-frobenius-complex", lambda w: cos_frobenius(w.patches[0].delta_W * 1j,
+     w.patches[0].delta_W), TypeError, r"cos_frobenius: A must hold real numbers, got dtype"
+     r" complex128"),
+    ("cos-frobenius-nan", lambda w: cos_frobenius(w.patches[0].delta_W,
+     w.patches[0].delta_W * numpy.nan), ValueError, r"cos_frobenius: B contains NaN or infinity"),
+    ("mean-se-axis-out-of-range", lambda w: mean_se(numpy.ones((4, 3)), axis=2), ValueError,
+     r"mean_se: axis must be an int in \[-2, 2\) for values of shape \(4, 3\), got 2"),
+    ("mean-se-one-number", lambda w: mean_se(3.0), ValueError,
+     r"mean_se needs at least 2 samples, got one number"),
+    ("loglog-slope-one-x", lambda w: loglog_slope([2.0, 2.0], [1.0, 4.0]), ValueError,
+     r"loglog_slope needs at least two distinct x"),
+    ("loglog-slope-infinity", lambda w: loglog_slope([1.0, numpy.inf], [1.0, 4.0]), ValueError,
+     r"loglog_slope needs finite x and y"),
+    ("loglog-slope-text", lambda w: loglog_slope(["a", "b"], [1.0, 4.0]), TypeError,
+     r"loglog_slope: x must hold real numbers, got dtype <U1"),
+    ("moving-average-no-points", lambda w: moving_average(numpy.arange(10.0), 3, max_points=0),
+     ValueError, r"moving_average: max_points must be a positive int, got 0"),
+    ("moving-average-window-float", lambda w: moving_average(numpy.arange(10.0), 2.5),
+     ValueError, r"moving_average: window must be a positive int, got 2\.5"),
+    ("moving-average-empty", lambda w: moving_average([], 3), ValueError,
+     r"moving_average: values must be a non-empty 1-d array, got shape \(0,\)"),
+    ("task-rng-name-int", lambda w: task_rng(0, 5), TypeError,
+     r"task_rng: name must be a str \(the purpose\), got int"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
@@ -1045,6 +1081,16 @@ def test_a_checkpoint_path_of_bytes_is_saved_and_loaded(world):
     loaded = load_checkpoint(bytes(path), config=ONE)
     assert all(numpy.array_equal(a, b) for (_, a), (_, b) in
                zip(tree_leaves(loaded.params), tree_leaves(world.one)))
+
+
+def test_cos_frobenius_of_matrices_near_the_largest_float(world):
+    """‖A‖²_F beyond the largest float: the cosine is still measured (it does not depend on
+    scale), without a warning, instead of infinity over infinity."""
+    A, B = world.patches[0].delta_W, world.patches[1].delta_W
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        huge = cos_frobenius(A * 1e200, B * 1e200)
+    assert relative_residual(huge, cos_frobenius(A, B)) <= IDENTITY_RTOL
 
 
 def test_relative_residual_of_numbers_near_the_largest_float():

@@ -55,6 +55,8 @@ def task_rng(seed: int, name: str) -> numpy.random.Generator:
     """A random stream per (seed, purpose), seeded by (seed, CRC-32 of ``name``): independent
     of the training stream (seeded by ``SeedSequence(seed).spawn``), so held-out tasks are
     not training prompts, and each figure draws its own."""
+    if not isinstance(name, str):
+        raise TypeError(f"task_rng: name must be a str (the purpose), got {type(name).__name__}")
     return numpy.random.default_rng([check_seed(seed), zlib.crc32(name.encode())])
 
 
@@ -66,7 +68,14 @@ def mean_se(values, axis: int = 0) -> tuple[numpy.ndarray, numpy.ndarray]:
 
     Needs at least two samples along ``axis`` (one sample has no standard error).
     """
-    values = numpy.asarray(values, dtype=numpy.float64)
+    values = _real_array("mean_se", "values", values)
+    if values.ndim == 0:
+        raise ExperimentError("mean_se needs at least 2 samples, got one number")
+    if not _is_int(axis) or not -values.ndim <= axis < values.ndim:
+        raise ExperimentError(
+            f"mean_se: axis must be an int in [{-values.ndim}, {values.ndim}) for values of"
+            f" shape {values.shape}, got {axis!r}"
+        )
     n = values.shape[axis]
     if n < 2:
         raise ExperimentError(f"mean_se needs at least 2 samples, got {n}")
@@ -77,12 +86,16 @@ def mean_se(values, axis: int = 0) -> tuple[numpy.ndarray, numpy.ndarray]:
 
 def loglog_slope(x, y) -> float:
     """Slope of the least-squares line through (log x, log y): y ≈ c · x^slope."""
-    x = numpy.asarray(x, dtype=numpy.float64)
-    y = numpy.asarray(y, dtype=numpy.float64)
+    x = _real_array("loglog_slope", "x", x)
+    y = _real_array("loglog_slope", "y", y)
     if x.shape != y.shape or x.ndim != 1 or x.size < 2:
         raise ExperimentError(f"loglog_slope needs two 1-d arrays of equal length ≥ 2, got {x.shape}, {y.shape}")
     if not (numpy.all(x > 0) and numpy.all(y > 0)):
         raise ExperimentError("loglog_slope needs positive x and y (a log-log fit)")
+    if not (numpy.all(numpy.isfinite(x)) and numpy.all(numpy.isfinite(y))):
+        raise ExperimentError("loglog_slope needs finite x and y, got infinity")
+    if numpy.all(x == x[0]):
+        raise ExperimentError(f"loglog_slope needs at least two distinct x, got all {x[0]!r}")
     slope, _ = numpy.polyfit(numpy.log(x), numpy.log(y), 1)
     return float(slope)
 
@@ -90,15 +103,62 @@ def loglog_slope(x, y) -> float:
 def cos_frobenius(A: Array, B: Array) -> Array:
     """cos_F(A, B) = ⟨A, B⟩_F / (‖A‖_F ‖B‖_F), ⟨A, B⟩_F = trace(Aᵀ B), per leading index.
 
-    A, B: (..., m, n). Returns (...). A zero matrix has no direction: ValueError.
+    A, B: (..., m, n) real, finite, of shapes that broadcast. Returns (...). A zero matrix
+    has no direction: ValueError. Matrices whose squared norm exceeds the largest float
+    are measured after dividing each by its largest entry (cos_F does not depend on scale).
     """
+    _check_matrices(A, B)
     xp = namespace(A, B)
-    inner = xp.sum(A * B, axis=(-2, -1))
-    norm_A = xp.sqrt(xp.sum(A * A, axis=(-2, -1)))
-    norm_B = xp.sqrt(xp.sum(B * B, axis=(-2, -1)))
+    with numpy.errstate(over="ignore", invalid="ignore"):  # an overflow is redone below
+        inner = xp.sum(A * B, axis=(-2, -1))
+        norm_A = xp.sqrt(xp.sum(A * A, axis=(-2, -1)))
+        norm_B = xp.sqrt(xp.sum(B * B, axis=(-2, -1)))
     if bool(xp.any(norm_A == 0)) or bool(xp.any(norm_B == 0)):
         raise ValueError("cos_frobenius: a zero matrix has no direction (its Frobenius norm is 0)")
+    if not (bool(xp.all(xp.isfinite(norm_A))) and bool(xp.all(xp.isfinite(norm_B)))):
+        A = A / xp.max(xp.abs(A), axis=(-2, -1), keepdims=True)
+        B = B / xp.max(xp.abs(B), axis=(-2, -1), keepdims=True)
+        return cos_frobenius(A, B)
     return inner / (norm_A * norm_B)
+
+
+def _is_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, numpy.integer))
+
+
+def _real_array(function: str, name: str, values) -> numpy.ndarray:
+    """``values`` as a float64 host array, or an error naming ``name``: a TypeError for
+    complex numbers, booleans or text, a ValueError for a ragged list."""
+    try:
+        values = numpy.asarray(values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{function}: {name} must be an array of numbers, got a"
+                         f" {type(values).__name__} that is not rectangular") from None
+    if values.dtype.kind not in "iuf":
+        raise TypeError(f"{function}: {name} must hold real numbers, got dtype {values.dtype}")
+    return values.astype(numpy.float64)
+
+
+def _check_matrices(A, B) -> None:
+    """cos_frobenius's arguments: arrays of real, finite (m, n) matrices whose shapes
+    broadcast (a ValueError or TypeError naming A or B)."""
+    shapes = []
+    for name, X in (("A", A), ("B", B)):
+        shape = getattr(X, "shape", None)
+        if shape is None or len(shape) < 2:
+            raise ValueError(f"cos_frobenius: {name} must be an array of matrices (..., m, n),"
+                             f" got {type(X).__name__ if shape is None else tuple(shape)}")
+        kind = getattr(X.dtype, "kind", None)
+        if kind is not None and kind not in "iuf":  # complex: ⟨A, B⟩ would need a conjugate
+            raise TypeError(f"cos_frobenius: {name} must hold real numbers, got dtype {X.dtype}")
+        if not bool(namespace(X).all(namespace(X).isfinite(X))):
+            raise ValueError(f"cos_frobenius: {name} contains NaN or infinity")
+        shapes.append(tuple(shape))
+    try:
+        numpy.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError(f"cos_frobenius: A {shapes[0]} and B {shapes[1]} must have one shape"
+                         " (or shapes that broadcast)") from None
 
 
 def heldout_table(table: dict) -> dict:
@@ -161,9 +221,16 @@ def write_json(path, record: dict) -> Path:
 
 def moving_average(values, window: int, max_points: int = 1000) -> tuple[numpy.ndarray, numpy.ndarray]:
     """(steps, averages): the mean over each ``window`` consecutive values, ending at
-    step = 1-based index, thinned to at most ``max_points`` points for plotting."""
-    values = numpy.asarray(values, dtype=numpy.float64)
-    window = max(1, min(int(window), values.shape[0]))
+    step = 1-based index, thinned to at most ``max_points`` points for plotting. A window
+    longer than the values is shortened to their number."""
+    values = _real_array("moving_average", "values", values)
+    if values.ndim != 1 or values.shape[0] < 1:
+        raise ExperimentError(f"moving_average: values must be a non-empty 1-d array, got"
+                              f" shape {values.shape}")
+    for name, value in (("window", window), ("max_points", max_points)):
+        if not _is_int(value) or value < 1:
+            raise ExperimentError(f"moving_average: {name} must be a positive int, got {value!r}")
+    window = min(int(window), values.shape[0])
     smoothed = numpy.convolve(values, numpy.ones(window) / window, mode="valid")
     steps = numpy.arange(window, values.shape[0] + 1)
     stride = max(1, -(-smoothed.shape[0] // max_points))
