@@ -720,6 +720,11 @@ def removed_positions(removed, n_context: int) -> tuple[int, ...]:
         )
     if getattr(removed, "ndim", 1) != 1:
         raise ValueError(f"removed must be one-dimensional, got shape {removed.shape}")
+    if getattr(getattr(removed, "dtype", None), "kind", None) == "b":
+        raise TypeError(
+            "removed must list context positions, got a boolean mask: pass the positions"
+            " where it is True, numpy.flatnonzero(mask)"
+        )
     positions = []
     for j in removed:
         if isinstance(j, bool):

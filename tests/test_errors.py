@@ -983,6 +983,9 @@ CASES = [
      r"moving_average: values must be a non-empty 1-d array, got shape \(0,\)"),
     ("task-rng-name-int", lambda w: task_rng(0, 5), TypeError,
      r"task_rng: name must be a str \(the purpose\), got int"),
+    ("removed-boolean-mask", lambda w: implicit_update(w.one, ONE, w.context, w.query,
+     removed=numpy.array([True, False, True, False, False])), TypeError,
+     r"removed must list context positions, got a boolean mask: .*numpy\.flatnonzero\(mask\)"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
