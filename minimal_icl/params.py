@@ -68,11 +68,13 @@ def init_params(
     from .validation import (  # validation imports this module's records: import it here
         check_config,
         check_float_dtype,
+        check_model_size,
         check_namespace,
         check_seed,
     )
 
     check_config(config)
+    check_model_size(config)
     seed = check_seed(seed)
     xp = check_namespace(xp)
     dtype = check_float_dtype(xp, dtype)

@@ -299,6 +299,35 @@ def _expected_shapes(config: TransformerConfig) -> dict:
     }
 
 
+def _host_memory() -> int | None:
+    """The machine's physical memory in bytes, where the system says (None elsewhere)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_model_size(config: TransformerConfig, name: str = "config") -> int:
+    """The number of parameters ``config`` describes, or a ValueError naming ``name`` if
+    they would not fit in the machine's memory as the float64 numbers they are drawn as:
+    init_params would otherwise allocate block after block until the memory runs out (a
+    single impossible array is NumPy's MemoryError at once; many possible ones are not)."""
+    shapes = _expected_shapes(config)
+    contextual = (("W_in", "W_s", "b", "W_out") if config.contextual_layer == "rnn"
+                  else ("W_Q", "W_K", "W_V", "W_O"))
+    fields = contextual + ("W1", "b1", "W2", "b2") + (
+        ("gain", "bias", "gain", "bias") if config.layer_norm else ())
+    count = config.n_blocks * sum(math.prod(shapes[field][0]) for field in fields)
+    memory = _host_memory()
+    if memory is not None and 8 * count > memory:
+        raise ValueError(
+            f"{name} describes {count:.3g} parameters ({8 * count / 2**30:.3g} GiB as float64),"
+            f" more than this machine's memory ({memory / 2**30:.3g} GiB): reduce n_blocks,"
+            " d_mlp, d_token, n_heads·d_head or d_state"
+        )
+    return count
+
+
 def check_params(params, config: TransformerConfig, name: str = "params") -> None:
     """A ValueError naming the parameter unless ``params`` is what ``config`` describes.
 

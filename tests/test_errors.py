@@ -986,6 +986,10 @@ CASES = [
     ("removed-boolean-mask", lambda w: implicit_update(w.one, ONE, w.context, w.query,
      removed=numpy.array([True, False, True, False, False])), TypeError,
      r"removed must list context positions, got a boolean mask: .*numpy\.flatnonzero\(mask\)"),
+    ("init-params-beyond-memory", lambda w: init_params(TransformerConfig(
+        d_token=3, d_mlp=10**6, n_blocks=10**6)), ValueError,
+     r"config describes 7e\+12 parameters \(5\.22e\+04 GiB as float64\), more than this"
+     r" machine's memory"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
