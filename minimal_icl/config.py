@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 ATTENTIONS = ("softmax", "linear")
@@ -102,6 +103,11 @@ class TransformerConfig:
     def from_dict(cls, values: dict) -> "TransformerConfig":
         """The inverse of :meth:`to_dict`. A field left out takes its default; an unknown
         key raises a ValueError naming it, and every value is validated as on creation."""
+        if not isinstance(values, Mapping):
+            raise TypeError(
+                f"TransformerConfig.from_dict: values must be a dict of fields, got"
+                f" {type(values).__name__}"
+            )
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"TransformerConfig: unknown fields {sorted(unknown)}")

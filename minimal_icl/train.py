@@ -100,7 +100,12 @@ class OptimizerSettings:
         check_optimizer_settings(self, OPTIMIZERS, SCHEDULES)
 
     def lr_at(self, step: int, total_steps: int) -> float:
-        """The learning rate of step ``step`` (1-based) out of ``total_steps``."""
+        """The learning rate of step ``step`` (1-based) out of ``total_steps``: ints with
+        1 ≤ step ≤ total_steps (step 0 or −1 gave a zero or negative rate in warmup)."""
+        total_steps = check_positive_int("total_steps", total_steps)
+        step = check_positive_int("step", step)
+        if step > total_steps:
+            raise ValueError(f"step must be in [1, total_steps = {total_steps}], got {step}")
         if step <= self.warmup_steps:
             return self.lr * step / self.warmup_steps
         if self.schedule == "constant":

@@ -990,6 +990,16 @@ CASES = [
         d_token=3, d_mlp=10**6, n_blocks=10**6)), ValueError,
      r"config describes 7e\+12 parameters \(5\.22e\+04 GiB as float64\), more than this"
      r" machine's memory"),
+    ("lr-at-step-zero", lambda w: OptimizerSettings(warmup_steps=5).lr_at(0, 10), ValueError,
+     r"step must be a positive int, got 0"),
+    ("lr-at-beyond-the-run", lambda w: OptimizerSettings().lr_at(11, 10), ValueError,
+     r"step must be in \[1, total_steps = 10\], got 11"),
+    ("lr-at-text", lambda w: OptimizerSettings().lr_at("2", 10), ValueError,
+     r"step must be a positive int, got '2'"),
+    ("config-from-dict-none", lambda w: TransformerConfig.from_dict(None), TypeError,
+     r"TransformerConfig\.from_dict: values must be a dict of fields, got NoneType"),
+    ("config-from-dict-list", lambda w: TransformerConfig.from_dict([("d_token", 3)]), TypeError,
+     r"TransformerConfig\.from_dict: values must be a dict of fields, got list"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
