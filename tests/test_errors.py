@@ -78,6 +78,7 @@ from minimal_icl.data import (
 )
 from minimal_icl.dynamics import prefix_states
 from minimal_icl.experiments import ExperimentError, reproduce, run_figure
+from minimal_icl.experiments import order as order_figure
 from minimal_icl.experiments.common import (
     cos_frobenius,
     loglog_slope,
@@ -1000,6 +1001,18 @@ CASES = [
      r"TransformerConfig\.from_dict: values must be a dict of fields, got NoneType"),
     ("config-from-dict-list", lambda w: TransformerConfig.from_dict([("d_token", 3)]), TypeError,
      r"TransformerConfig\.from_dict: values must be a dict of fields, got list"),
+    ("order-sgd-query-of-other-width", lambda w: order_figure.online_sgd_predictions(
+        w.batch.context_x, w.batch.context_y, w.batch.query_x[:, :1], 0.1), ValueError,
+     r"online_sgd_predictions: x \(4, 5, 2\) needs x_q of shape \(4, 2\), got \(4, 1\)"),
+    ("order-gd-steps-float", lambda w: order_figure.full_batch_gd_predictions(
+        w.batch.context_x, w.batch.context_y, w.batch.query_x, 0.1, 2.5), ValueError,
+     r"steps must be an int ≥ 0, got 2\.5"),
+    ("order-sgd-lr-nan", lambda w: order_figure.online_sgd_predictions(
+        w.batch.context_x, w.batch.context_y, w.batch.query_x, float("nan")), ValueError,
+     r"lr must be a finite float ≥ 0"),
+    ("order-spread-one-axis", lambda w: order_figure.spread_across_orders(numpy.ones(3)),
+     ValueError, r"spread_across_orders: predictions must have shape \(R, B\) or"
+     r" \(R, B, N\+1\) with R, B ≥ 1 \(orders, prompts\), got \(3,\)"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),

@@ -43,7 +43,16 @@ import numpy
 from ..data import regression_prompts
 from ..dynamics import implicit_path
 from ..model import forward, predict
-from .common import QUIET, Progress, new_figure, run_experiment, save_figure, task_rng
+from ..validation import check_float_array, check_non_negative_int, check_step_size
+from .common import (
+    QUIET,
+    Progress,
+    _real_array,
+    new_figure,
+    run_experiment,
+    save_figure,
+    task_rng,
+)
 from .models import causal_stack_model, paper_model, rnn_model
 
 NAME = "order"
@@ -78,9 +87,32 @@ def spread_across_orders(predictions) -> numpy.ndarray:
     """Shen et al.'s measure: (1/B) Σ_b std_r p[r, b, ...], the population standard
     deviation over the orders r averaged over the prompts b.
 
-    predictions (R, B) or (R, B, N+1). Returns a float, or (N+1,).
+    predictions (R, B) or (R, B, N+1), R, B ≥ 1. Returns a float, or (N+1,).
     """
-    return numpy.mean(numpy.std(numpy.asarray(predictions, dtype=numpy.float64), axis=0), axis=0)
+    predictions = _real_array("spread_across_orders", "predictions", predictions)
+    if predictions.ndim not in (2, 3) or min(predictions.shape) < 1:
+        raise ValueError(
+            "spread_across_orders: predictions must have shape (R, B) or (R, B, N+1) with"
+            f" R, B ≥ 1 (orders, prompts), got {predictions.shape}"
+        )
+    return numpy.mean(numpy.std(predictions, axis=0), axis=0)
+
+
+def _check_pairs(function: str, x, y, x_q) -> None:
+    """x (B, N, d), y (B, N), x_q (B, d) of real floating point, B, N, d ≥ 1: the context
+    pairs and the query of the explicit learners (a ValueError or TypeError naming the
+    argument; x_q of another width would broadcast silently)."""
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"{function}: x must have shape (B, N, d) with B, N, d ≥ 1, got"
+                         f" {type(x).__name__ if shape is None else tuple(shape)}")
+    B, N, d = shape
+    for name, a, want in (("y", y, (B, N)), ("x_q", x_q, (B, d))):
+        if getattr(a, "shape", None) != want:
+            raise ValueError(f"{function}: x {tuple(shape)} needs {name} of shape {want}, got"
+                             f" {getattr(a, 'shape', type(a).__name__)}")
+    for name, a in (("x", x), ("y", y), ("x_q", x_q)):
+        check_float_array(name, a)
 
 
 def path_predictions(params, config, context, query) -> numpy.ndarray:
@@ -95,7 +127,9 @@ def path_predictions(params, config, context, query) -> numpy.ndarray:
 def online_sgd_predictions(x, y, x_q, lr: float) -> numpy.ndarray:
     """⟨θ_i, x_q⟩ after i online SGD steps θ ← θ − η (⟨θ, x_j⟩ − y_j) x_j from θ_0 = 0,
     one pair at a time in the given order, i = 0..N. x (B, N, d), y (B, N), x_q (B, d);
-    returns (B, N+1)."""
+    returns (B, N+1). The step η = ``lr`` is finite and ≥ 0."""
+    _check_pairs("online_sgd_predictions", x, y, x_q)
+    lr = check_step_size(lr, "lr")
     theta = numpy.zeros((x.shape[0], x.shape[2]))
     out = [numpy.sum(theta * x_q, axis=1)]
     for j in range(x.shape[1]):
@@ -109,7 +143,11 @@ def full_batch_gd_predictions(x, y, x_q, lr: float, steps: int) -> numpy.ndarray
     """⟨θ, x_q⟩ after ``steps`` full-batch GD steps θ ← θ − η ∇L(θ) on the first i pairs,
     L(θ) = (1/2i) Σ_{j≤i} (⟨θ, x_j⟩ − y_j)², from θ_0 = 0, for every prefix i = 0..N at
     once (i = 0: no data, θ stays 0).
-    x (B, N, d), y (B, N), x_q (B, d); returns (B, N+1)."""
+    x (B, N, d), y (B, N), x_q (B, d); returns (B, N+1). The step η = ``lr`` is finite
+    and ≥ 0; ``steps`` an int ≥ 0."""
+    _check_pairs("full_batch_gd_predictions", x, y, x_q)
+    lr = check_step_size(lr, "lr")
+    steps = check_non_negative_int("steps", steps)
     B, N, d = x.shape
     i = numpy.arange(N + 1)
     mask = (numpy.arange(N)[None, :] < i[:, None]) / numpy.maximum(i, 1)[:, None]  # (N+1, N)
