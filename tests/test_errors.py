@@ -78,7 +78,9 @@ from minimal_icl.data import (
 )
 from minimal_icl.dynamics import prefix_states
 from minimal_icl.experiments import ExperimentError, reproduce, run_figure
+from minimal_icl.experiments import finetune as finetune_figure
 from minimal_icl.experiments import order as order_figure
+from minimal_icl.experiments import thought as thought_figure
 from minimal_icl.experiments.common import (
     cos_frobenius,
     loglog_slope,
@@ -195,6 +197,11 @@ def _saved(w) -> str:
     path = str(w.tmp / "one.npz")
     save_checkpoint(path.encode(), w.one, ONE)
     return path
+
+
+def _lone(w):
+    """The one-block model's MLP inputs and residuals of the context tokens alone."""
+    return finetune_figure.lone_token_inputs(w.one, ONE, w.batch.context_x)
 
 
 def _exercise(number: int):
@@ -1013,6 +1020,34 @@ CASES = [
     ("order-spread-one-axis", lambda w: order_figure.spread_across_orders(numpy.ones(3)),
      ValueError, r"spread_across_orders: predictions must have shape \(R, B\) or"
      r" \(R, B, N\+1\) with R, B ≥ 1 \(orders, prompts\), got \(3,\)"),
+    ("finetune-lone-inputs-of-tokens", lambda w: finetune_figure.lone_token_inputs(
+        w.one, ONE, w.batch.context), ValueError,
+     r"lone_token_inputs: x must have shape \(B, n, d\) with B, n ≥ 1 and d = config\.d_token"
+     r" − 1 = 2, got \(4, 5, 3\)"),
+    ("finetune-lone-inputs-config-text", lambda w: finetune_figure.lone_token_inputs(
+        w.one, "ONE", w.batch.context_x), TypeError, r"config must be a TransformerConfig"),
+    ("finetune-short-labels", lambda w: finetune_figure.finetune_W(w.one, ONE, *_lone(w),
+     w.batch.context_y[:, :2], 0.1, 3), ValueError,
+     r"finetune_W: y must have shape \(4, 5\), got \(4, 2\)"),
+    ("finetune-lr-nan", lambda w: finetune_figure.finetune_W(w.one, ONE, *_lone(w),
+     w.batch.context_y, float("nan"), 3), ValueError, r"lr must be a finite float > 0, got nan"),
+    ("finetune-sgd-step-infinite", lambda w: finetune_figure.online_sgd_W(w.one, ONE,
+     *_lone(w), w.batch.context_y, float("inf"), [1]), ValueError,
+     r"online SGD: step must be a finite float > 0, got inf"),
+    ("finetune-sgd-keep-int", lambda w: finetune_figure.online_sgd_W(w.one, ONE, *_lone(w),
+     w.batch.context_y, 0.1, 2), TypeError, r"online SGD: keep must be a list of ints i"),
+    ("finetune-ceiling-zero-row", lambda w: finetune_figure.alignment_ceiling(
+        w.patches[0].delta_W, numpy.zeros((4, 3))), ValueError,
+     r"alignment_ceiling: F and row must be non-zero for every prompt"),
+    ("thought-query-tokens-seed-text", lambda w: thought_figure.query_tokens(4, 3, 2, "rng"),
+     ValueError, r"rng must be an int ≥ 0 or a numpy Generator, got 'rng'"),
+    ("thought-with-context-other-prompts", lambda w: thought_figure.with_context(w.one, ONE,
+     w.context, w.tokens[:2]), ValueError,
+     r"with_context: queries must have shape \(B, Q, D\) with the context's B = 4, got"
+     r" \(2, 6, 3\)"),
+    ("thought-patched-alone-no-patch", lambda w: thought_figure.patched_alone(w.one, ONE,
+     w.tokens, None), TypeError,
+     r"patched_alone: patch must be a ThoughtPatch or a BlockPatch, got NoneType"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),

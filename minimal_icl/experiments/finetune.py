@@ -66,6 +66,13 @@ from ..dynamics import implicit_path
 from ..mlp import mlp_backward, mlp_forward
 from ..model import predict
 from ..params import MLPParams
+from ..validation import (
+    check_float_array,
+    check_non_negative_int,
+    check_params,
+    check_positive_float,
+    check_single_block,
+)
 from .common import (
     QUIET,
     ExperimentError,
@@ -125,11 +132,49 @@ def finetune_config(fast: bool = False) -> FinetuneConfig:
     return FinetuneConfig()
 
 
+def _check_shape(function: str, name: str, a, want: tuple) -> None:
+    """A ValueError naming ``name`` unless ``a`` is an array of shape ``want``, a TypeError
+    unless it is real floating point."""
+    shape = getattr(a, "shape", None)
+    if shape is None or tuple(shape) != want:
+        raise ValueError(f"{function}: {name} must have shape {want}, got"
+                         f" {type(a).__name__ if shape is None else tuple(shape)}")
+    check_float_array(name, a)
+
+
+def _check_examples(function: str, params, config, u, h, y) -> tuple[int, int]:
+    """The one-block model and its lone examples: u, h (B, i, D) with B, i ≥ 1 and
+    D = config.d_token, y (B, i). Returns (B, i)."""
+    check_params(params, config)
+    check_single_block(config, function)
+    shape = getattr(u, "shape", None)
+    if shape is None or len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"{function}: u must have shape (B, i, D) with B, i ≥ 1, got"
+                         f" {type(u).__name__ if shape is None else tuple(shape)}")
+    B, i, _ = shape
+    _check_shape(function, "u", u, (B, i, config.d_token))
+    _check_shape(function, "h", h, (B, i, config.d_token))
+    _check_shape(function, "y", y, (B, i))
+    return B, i
+
+
 def lone_token_inputs(params, config, x: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
     """The MLP input u and residual h of the block for each token (x_j; 0) alone.
 
-    x (B, n, d). Returns (u (B, n, D), h (B, n, D)).
+    x (B, n, d), d = config.d_token − 1. Returns (u (B, n, D), h (B, n, D)).
     """
+    check_params(params, config)
+    check_single_block(config, "lone_token_inputs")
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) != 3 or min(shape) < 1 or shape[2] != config.d_token - 1:
+        raise ValueError(
+            f"lone_token_inputs: x must have shape (B, n, d) with B, n ≥ 1 and d ="
+            f" config.d_token − 1 = {config.d_token - 1}, got"
+            f" {type(x).__name__ if shape is None else tuple(shape)}"
+        )
+    check_float_array("x", x)
+    if not numpy.all(numpy.isfinite(x)):
+        raise ValueError("lone_token_inputs: x contains NaN or infinity")
     B, n, d = x.shape
     lone = numpy.concatenate([x, numpy.zeros((B, n, 1), dtype=x.dtype)], axis=-1)
     _, cache = block_forward(lone.reshape(B * n, 1, d + 1), params.blocks[0], config)
@@ -144,8 +189,11 @@ def finetune_W(params, config, u: numpy.ndarray, h: numpy.ndarray, y: numpy.ndar
     Loss per task: L(W) = (1/i) Σ_j (ŷ_j − y_j)², ŷ_j the last coordinate of the block's
     output (MLP(u_j), plus h_j with an MLP skip). Each task steps by
     W ← W − (lr / mean_j ‖u_j‖²) ∇L(W). Returns (ΔW_ft (B, M, D), the final training
-    loss (B,)).
+    loss (B,)). lr is finite and > 0, steps an int ≥ 0.
     """
+    _check_examples("finetune_W", params, config, u, h, y)
+    lr = check_positive_float("lr", lr)
+    steps = check_non_negative_int("steps", steps)
     mlp = params.blocks[0].mlp
     B, i, D = u.shape
     scale = numpy.mean(numpy.sum(u * u, axis=-1), axis=1)  # (B,) mean_j ‖u_j‖²
@@ -177,13 +225,19 @@ def online_sgd_W(params, config, u: numpy.ndarray, h: numpy.ndarray, y: numpy.nd
     the first i examples, so one pass gives every i. Returns ΔW (len(keep), B, M, D), the
     weight after i steps minus the trained W1.
     """
-    if not step > 0:
-        raise ExperimentError(f"online SGD: step must be > 0, got {step}")
-    mlp = params.blocks[0].mlp
-    B, n, D = u.shape
+    B, n = _check_examples("online_sgd_W", params, config, u, h, y)
+    try:
+        step = check_positive_float("step", step)
+    except ValueError as error:  # an ExperimentError, as the figure's other refusals
+        raise ExperimentError(f"online SGD: {error}") from None
+    if isinstance(keep, (str, bytes)) or not hasattr(keep, "__iter__"):
+        raise TypeError(f"online SGD: keep must be a list of ints i (1 ≤ i ≤ {n}), got"
+                        f" {type(keep).__name__} {keep!r}")
     keep = tuple(keep)
-    if any(not 1 <= i <= n for i in keep):
-        raise ExperimentError(f"online SGD: keep must lie in 1..{n}, got {keep}")
+    if not keep or any(isinstance(i, bool) or not isinstance(i, (int, numpy.integer))
+                       or not 1 <= i <= n for i in keep):
+        raise ExperimentError(f"online SGD: keep must be ints in 1..{n}, at least one, got {keep}")
+    mlp = params.blocks[0].mlp
     W = numpy.broadcast_to(mlp.W1, (B, *mlp.W1.shape))  # (B, M, D) one copy per task
     skip = h[..., -1] if config.mlp_skip else numpy.zeros_like(y)
     kept = {}
@@ -205,6 +259,8 @@ def fit_loss(params, config, delta_W: numpy.ndarray, u: numpy.ndarray, h: numpy.
 
     delta_W (B, M, D); u, h (B, i, D); y (B, i). Returns (B,).
     """
+    B, _ = _check_examples("fit_loss", params, config, u, h, y)
+    _check_shape("fit_loss", "delta_W", delta_W, (B, config.d_mlp, config.d_token))
     mlp = params.blocks[0].mlp
     out, _ = mlp_forward(u, MLPParams(mlp.W1 + delta_W, mlp.b1, mlp.W2, mlp.b2),
                          config.activation)
@@ -266,6 +322,18 @@ def alignment_ceiling(F: numpy.ndarray, row: numpy.ndarray, W=None) -> numpy.nda
     with M ≥ D and full column rank, or None (a W of lower rank gives a ceiling that still
     bounds, but need not be reached). Returns (B,).
     """
+    shape = getattr(F, "shape", None)
+    if shape is None or len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"alignment_ceiling: F must have shape (B, M, D), got"
+                         f" {type(F).__name__ if shape is None else tuple(shape)}")
+    B, M, D = shape
+    check_float_array("F", F)
+    _check_shape("alignment_ceiling", "row", row, (B, D))
+    if W is not None:
+        _check_shape("alignment_ceiling", "W", W, (M, D))
+    if not (numpy.all(numpy.any(F != 0, axis=(1, 2))) and numpy.all(numpy.any(row != 0, axis=1))):
+        raise ValueError("alignment_ceiling: F and row must be non-zero for every prompt"
+                         " (a zero has no direction)")
     Fa = numpy.einsum("bmd,bd->bm", F, row)  # (B, M)
     if W is not None:
         basis, _ = numpy.linalg.qr(W)  # (M, D) orthonormal columns: range(W) if rank W = D

@@ -33,6 +33,7 @@ from ..implicit import implicit_update
 from ..model import forward
 from ..thought import RANK_CUTOFF, compression_error, thought_patch
 from ..tolerances import IDENTITY_RTOL
+from ..validation import check_generator, check_positive_int
 from .common import (
     QUIET,
     Progress,
@@ -73,13 +74,30 @@ def thought_config(fast: bool = False) -> ThoughtConfig:
 
 
 def query_tokens(B: int, n: int, d: int, rng) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """n regression queries per task: tokens (x_q; 0) (B, n, d + 1) and inputs x_q (B, n, d)."""
+    """n regression queries per task: tokens (x_q; 0) (B, n, d + 1) and inputs x_q (B, n, d).
+    B, n, d positive ints; rng a numpy Generator (or an int ≥ 0 seeding one)."""
+    B, n, d = (check_positive_int(name, v) for name, v in (("B", B), ("n", n), ("d", d)))
+    rng = check_generator(rng, "rng")
     x = rng.standard_normal((B, n, d))
     return numpy.concatenate([x, numpy.zeros((B, n, 1))], axis=-1), x
 
 
+def _check_queries(function: str, name: str, queries, B=None) -> None:
+    """A ValueError naming ``name`` unless it is an array (B, Q, D) (of ``B`` prompts if
+    given; the context's (B, N, D) too): reshaping another would fail inside, or mix the
+    tasks."""
+    shape = getattr(queries, "shape", None)
+    if shape is None or len(shape) != 3 or min(shape) < 1 or (B is not None and shape[0] != B):
+        want = "(B, Q, D)" if B is None else f"(B, Q, D) with the context's B = {B}"
+        raise ValueError(f"{function}: {name} must have shape {want}, got"
+                         f" {type(queries).__name__ if shape is None else tuple(shape)}")
+
+
 def with_context(params, config, context, queries) -> numpy.ndarray:
-    """T_W(C, x) for every query: (B, Q, D), from the prompts [C, x_q]."""
+    """T_W(C, x) for every query: (B, Q, D), from the prompts [C, x_q]. context (B, N, D),
+    queries (B, Q, D) (``forward`` checks the rest)."""
+    _check_queries("with_context", "context", context)
+    _check_queries("with_context", "queries", queries, context.shape[0])
     B, N, D = context.shape
     Q = queries.shape[1]
     prompts = numpy.concatenate(
@@ -89,7 +107,13 @@ def with_context(params, config, context, queries) -> numpy.ndarray:
 
 
 def patched_alone(params, config, queries, patch) -> numpy.ndarray:
-    """T_{W+Δ*, b′+Δb′*}(x): each query alone through its task's patched block, (B, Q, D)."""
+    """T_{W+Δ*, b′+Δb′*}(x): each query alone through its task's patched block, (B, Q, D).
+    queries (B, Q, D); patch a ThoughtPatch or BlockPatch of B prompts (``forward`` checks
+    its shapes)."""
+    _check_queries("patched_alone", "queries", queries)
+    if not (hasattr(patch, "delta_W") and hasattr(patch, "delta_b")):
+        raise TypeError(f"patched_alone: patch must be a ThoughtPatch or a BlockPatch, got"
+                        f" {type(patch).__name__}")
     B, Q, D = queries.shape
     repeated = BlockPatch(numpy.repeat(patch.delta_W, Q, axis=0),
                           numpy.repeat(patch.delta_b, Q, axis=0))
