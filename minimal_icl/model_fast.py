@@ -175,24 +175,29 @@ def _layernorm_backward(dy: Array, c: RowNormCache):
 
 
 def _activation(x: Array, kind: str):
-    """relu as max(x, 0) against a 0-d zero made once (no zeros array); gelu as
-    ``activations``."""
+    """relu as x · [x > 0], a product with its 0/1 mask, which the backward reuses; gelu
+    as ``activations``.
+
+    The product equals max(x, 0) for every finite x (−0 instead of +0 where x < 0, which
+    no later product or sum tells apart) and for NaN; only x = −∞ gives NaN where max
+    gives 0. NumPy's maximum against a scalar zero takes a slower loop than a product of
+    two arrays: 5.9 µs against 2.2 at (64, 128); mask and product together cost 6.0, and
+    the backward's product with the mask 2.2 instead of 5.6 for comparing and casting.
+    """
     if kind != "relu":
         return activation_forward(x, kind)
     xp = namespace(x)
     zero = constant(xp, (), 0.0, x.dtype, device(x))
-    return xp.maximum(x, zero), (x, zero)
+    mask = xp.astype(x > zero, x.dtype)  # relu'(x): 1 for x > 0, 0 for x ≤ 0
+    return x * mask, mask
 
 
 def _activation_backward(dy: Array, cache, kind: str):
     if kind != "relu":
         return activation_backward(dy, cache)
-    xp = namespace(dy)
-    x, zero = cache
-    # relu'(x) = 1 for x > 0, 0 for x ≤ 0, as a 0/1 factor: NumPy's where is ten times
-    # slower than a cast and a product (only a non-finite dy at x ≤ 0 would tell them
-    # apart: 0 from where, NaN from the product)
-    return dy * xp.astype(x > zero, dy.dtype)
+    # the mask as a 0/1 factor: NumPy's where is ten times slower than a product (only a
+    # non-finite dy at x ≤ 0 would tell them apart: 0 from where, NaN from the product)
+    return dy * cache
 
 
 # -- caches ------------------------------------------------------------------------------
@@ -355,8 +360,10 @@ def _query_attention_backward(dA: Array, c: QueryAttentionCache, p, config, inpu
         minus_ones = constant(xp, (D, 1), -1.0, dA.dtype, device(dA))
         # −dȳ_h·ȳ_h (B, H, 1): a product of the (B·H, D) rows, not a reduction over D
         row = reshape(reshape(dy_rows * y_rows, (B * H, D)) @ minus_ones, (B, H, 1))
-        dyl = xp.concat([dy, row], axis=-1) * c.inv_norm  # (B, H, D + 1)
-        dS = c.E * (dyl @ c.xT)  # (B, H, T)
+        dyl = xp.concat([dy, row], axis=-1)  # (B, H, D + 1)
+        dyl *= c.inv_norm  # in place, as below: fresh arrays, one allocation fewer each
+        dS = dyl @ c.xT  # (B, H, T)
+        dS *= c.E
         # Σ_t dS_t x_t from [x, 1] (its last column, Σ_t dS_t = 0, is dropped): a
         # product with D + 1 columns runs faster than one with D
         dr = (dS @ c.xT.mT)[..., :D]  # (B, H, D)
@@ -480,8 +487,11 @@ def _block_forward(z: Array, bp, config: TransformerConfig, query_only: bool):
     h = z_rows + A if config.attn_skip else A  # (B·Tq, D)
     u, ln2 = _layernorm(h, bp.ln2, config.ln_eps)
     m = bp.mlp
-    hidden, act = _activation(u @ m.W1.mT + m.b1, config.activation)  # (B·Tq, M)
-    out = hidden @ m.W2.mT + m.b2
+    pre = u @ m.W1.mT
+    pre += m.b1  # in place: the product's fresh array
+    hidden, act = _activation(pre, config.activation)  # (B·Tq, M)
+    out = hidden @ m.W2.mT
+    out += m.b2
     if config.mlp_skip:
         out = h + out
     cache = FastBlockCache(bp, z, ln1, attn, ln2, u, act, hidden, query_only)
