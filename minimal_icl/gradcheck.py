@@ -20,12 +20,20 @@ import numpy
 
 from .backend import Array, namespace, tree_leaves, tree_map
 from .tolerances import GRADCHECK_RTOL
+from .validation import (
+    check_float_array,
+    check_generator,
+    check_non_negative,
+    check_positive_float,
+    check_same_shape,
+)
 
 FD_STEP = 1e-5  # fourth-order central differences: truncation ~h⁴, rounding ~1e-16/h
 
 
 def relative_error(analytic: Array, numeric: Array) -> float:
     """‖a − n‖ / max(‖a‖, ‖n‖) over all entries (0.0 when both are exactly zero)."""
+    check_same_shape("analytic", analytic, "numeric", numeric)
     xp = namespace(analytic, numeric)
     diff = float(xp.sqrt(xp.sum((analytic - numeric) ** 2)))
     scale = max(float(xp.sqrt(xp.sum(analytic**2))), float(xp.sqrt(xp.sum(numeric**2))))
@@ -41,8 +49,13 @@ def numerical_gradient(f, x: Array, step: float = FD_STEP) -> Array:
     rounding far below GRADCHECK_RTOL, and a ReLU kink is rarely within 2h.
 
     ``f`` maps an array shaped like x to a Python float. Works on any array-API array
-    (the perturbation is built in x's own namespace and device).
+    (the perturbation is built in x's own namespace and device). x is real floating point
+    (an integer x would round every perturbation to 0), the step h finite and > 0.
     """
+    if not callable(f):
+        raise TypeError(f"numerical_gradient: f must be a function, got {type(f).__name__}")
+    check_float_array("x", x)
+    step = check_positive_float("step", step)
     xp = namespace(x)
     n = math.prod(x.shape)
     flat = xp.reshape(x, (n,))
@@ -74,6 +87,12 @@ def check_gradients(loss_fn, tree, grads, step: float = FD_STEP) -> dict[str, fl
         analytic = dict(tree_leaves(grads)).get(name)
         if analytic is None:
             raise ValueError(f"check_gradients: no gradient for {name!r}")
+        if getattr(analytic, "shape", None) != getattr(leaf, "shape", None):
+            raise ValueError(
+                f"check_gradients: the gradient for {name or 'input'!r} has shape"
+                f" {getattr(analytic, 'shape', type(analytic).__name__)}, its array"
+                f" {getattr(leaf, 'shape', None)}"
+            )
 
         def f(value, index=index):
             counter = iter(range(len(names)))
@@ -85,7 +104,9 @@ def check_gradients(loss_fn, tree, grads, step: float = FD_STEP) -> dict[str, fl
 
 
 def assert_gradients_ok(errors: dict[str, float], rtol: float = GRADCHECK_RTOL) -> None:
-    """Raise AssertionError listing every gradient whose relative error exceeds ``rtol``."""
+    """Raise AssertionError listing every gradient whose relative error exceeds ``rtol``
+    (a finite number ≥ 0)."""
+    rtol = check_non_negative("rtol", rtol)
     bad = {name: err for name, err in errors.items() if not err <= rtol}
     if bad:
         lines = ", ".join(f"{name}: {err:.2e}" for name, err in sorted(bad.items()))
@@ -93,7 +114,9 @@ def assert_gradients_ok(errors: dict[str, float], rtol: float = GRADCHECK_RTOL) 
 
 
 def random_like(x: Array, rng: numpy.random.Generator) -> Array:
-    """Standard normal numbers shaped like x, drawn on the host, in x's namespace."""
+    """Standard normal numbers shaped like x, drawn on the host, in x's namespace. ``rng``
+    a numpy Generator (or an int ≥ 0 seeding one)."""
+    rng = check_generator(rng, "rng")
     xp = namespace(x)
     return xp.asarray(rng.standard_normal(tuple(x.shape)), dtype=x.dtype, device=x.device)
 

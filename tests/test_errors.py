@@ -66,7 +66,7 @@ from minimal_icl import (
     zero_predict,
 )
 from minimal_icl import backend as backend_module
-from minimal_icl import linattn
+from minimal_icl import gradcheck, linattn
 from minimal_icl.backend import BackendUnavailableError, require_cupy, resolve_namespace
 from minimal_icl.checkpoint import FORMAT
 from minimal_icl.data import (
@@ -1048,6 +1048,20 @@ CASES = [
     ("thought-patched-alone-no-patch", lambda w: thought_figure.patched_alone(w.one, ONE,
      w.tokens, None), TypeError,
      r"patched_alone: patch must be a ThoughtPatch or a BlockPatch, got NoneType"),
+    # -- the gradient checks the tutorials run ----------------------------------------------
+    ("gradcheck-integer-x", lambda w: gradcheck.numerical_gradient(
+        lambda x: float(numpy.sum(x * x)), numpy.ones(3, dtype=int)), TypeError,
+     r"x: dtype int64 is refused"),
+    ("gradcheck-step-zero", lambda w: gradcheck.numerical_gradient(
+        lambda x: float(numpy.sum(x * x)), numpy.ones(3), 0.0), ValueError,
+     r"step must be a finite float > 0, got 0\.0"),
+    ("gradcheck-gradient-of-other-shape", lambda w: gradcheck.check_gradients(
+        lambda x: float(numpy.sum(x * x)), numpy.ones(3), numpy.ones(2)), ValueError,
+     r"check_gradients: the gradient for 'input' has shape \(2,\), its array \(3,\)"),
+    ("gradcheck-rtol-negative", lambda w: gradcheck.assert_gradients_ok({"W": 0.1}, -1.0),
+     ValueError, r"rtol must be a finite float ≥ 0, got -1\.0"),
+    ("gradcheck-rng-text", lambda w: gradcheck.random_like(w.query, "rng"), ValueError,
+     r"rng must be an int ≥ 0 or a numpy Generator, got 'rng'"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
