@@ -30,11 +30,12 @@ the layers never see one). The functions a user calls check their arguments here
                             check_learning_rate, check_fraction, check_positive_float,
                             check_same_tree, check_adam_state, check_sgd_state,
                             check_flat_vector
-    init_params, data       check_config, check_seed, check_generator, check_positive_int,
+    init_params, data       check_config, check_model_size, check_seed, check_generator,
+                            check_positive_int,
                             check_non_negative, check_float_dtype, check_namespace,
                             check_batch, check_batch_finite, check_prompt_parts,
-                            check_result_finite, check_theta0, check_prediction_finite; RegressionBatch's properties
-                            check_batch_tokens
+                            check_result_finite, check_theta0, check_prediction_finite;
+                            RegressionBatch's properties check_batch_tokens
     train, train_setup      the data checks, check_params, check_token_width,
                             check_callback, check_optimizer_settings (OptimizerSettings
                             on creation), check_training_setup (TrainingSetup on creation),
