@@ -14,7 +14,8 @@ random upstream gradient G) and against the library's ``softmax_backward`` on a 
 random dP, with hints for the typical mistakes: the missing −Σ_j dP_j P_j term, the plain
 mean or the unweighted sum of dP instead of its P-weighted sum, a sum over the wrong axis or
 over every axis, a missing factor P, the diagonal of the Jacobian alone, and the slips of
-the explicit stage (p @ p for p pᵀ, the identity for diag(p), J applied to p instead of dp).
+the explicit stage (p @ p for p pᵀ, the identity or diag(dp) for diag(p), J applied to p
+instead of dp, J ⊙ dp summed over the wrong index, which gives zero).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy
 
 from ..attention import softmax_backward, softmax_forward
 from ..gradcheck import check_layer
-from ..tolerances import GRADCHECK_RTOL
+from ..tolerances import GRADCHECK_RTOL, IDENTITY_RTOL
 from ..validation import check_seed
 from . import ExerciseError, call_answer, check_array
 
@@ -94,6 +95,10 @@ def softmax_backward_mistakes(
          P * (total - weighted)),
         ("the diagonal part is diag(p), not the identity: ∂p_i/∂s_i = p_i (1 − p_i)",
          dP - P * weighted),
+        ("numpy.diag(dp) brings the upstream gradient into the Jacobian: its diagonal part"
+         " is diag(p), J = diag(p) − p pᵀ is made of p alone, and dp enters only through"
+         " ds = Jᵀ dp",
+         dP * dP - P * weighted),
         ("numpy.outer(p, dp) brings the upstream gradient into the Jacobian: J = diag(p) − p"
          " pᵀ is made of p alone, and dp enters only through ds = Jᵀ dp",
          P * dP - dP * weighted),
@@ -125,6 +130,15 @@ def _check(backward: Callable, label: str, seed: int,
             f"{label} changed dprobs in place: a backward must leave its inputs as they are"
             f" (the caller may still need them); write `dprobs - ...` into a new array"
             f" instead of `dprobs -= ...`")
+    values = numpy.asarray(answer) if isinstance(answer, numpy.ndarray) else None
+    if (values is not None and values.shape == expected.shape
+            and values.dtype.kind == "f" and numpy.all(numpy.isfinite(values))
+            and numpy.max(numpy.abs(values)) <= IDENTITY_RTOL * numpy.max(numpy.abs(expected))):
+        raise ExerciseError(
+            f"dS is zero (to rounding): the columns of J = diag(p) − p pᵀ sum to zero"
+            f" (Σ_i J_ik = p_k − p_k Σ_i p_i = 0), so a sum of J ⊙ dp over its first index"
+            f" i (`numpy.sum(J * dp, axis=0)`) vanishes; ds_k = Σ_i J_ik dp_i pairs dp with"
+            f" that same index i: `J.T @ dp`")
     residual = check_array(
         "dS", answer, expected,
         mistakes=softmax_backward_mistakes(dprobs, probs), quiet=True,
