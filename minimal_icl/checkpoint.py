@@ -315,8 +315,9 @@ def load_checkpoint(
         raise CheckpointError(path, f"configuration does not match ({differ})")
     metadata = {}
     if "metadata" in contents:
+        text = _read_text(path, contents, "metadata")  # names a non-text entry itself
         try:
-            metadata = json.loads(_read_text(path, contents, "metadata"))
+            metadata = json.loads(text)
         except ValueError as error:
             raise CheckpointError(path, f"the metadata is not valid JSON ({error})") from None
 

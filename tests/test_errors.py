@@ -204,6 +204,15 @@ def _lone(w):
     return finetune_figure.lone_token_inputs(w.one, ONE, w.batch.context_x)
 
 
+def _with_entry(w, **entries) -> str:
+    """The one-block model's checkpoint with ``entries`` added to the archive."""
+    path = _saved(w)
+    with numpy.load(path) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    numpy.savez(path, **{**arrays, **entries})
+    return path
+
+
 def _exercise(number: int):
     """The module of tutorial ``number``'s exercise checks."""
     return importlib.import_module(f"minimal_icl.exercises.tutorial_{number:02d}")
@@ -1062,6 +1071,8 @@ CASES = [
      ValueError, r"rtol must be a finite float ≥ 0, got -1\.0"),
     ("gradcheck-rng-text", lambda w: gradcheck.random_like(w.query, "rng"), ValueError,
      r"rng must be an int ≥ 0 or a numpy Generator, got 'rng'"),
+    ("load-metadata-not-text", lambda w: load_checkpoint(_with_entry(w, metadata=numpy.array(5))),
+     ValueError, r"one\.npz: entry 'metadata' must be a text scalar, got int64 \(\)$"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),
