@@ -23,9 +23,10 @@ def relu_forward(x: Array) -> tuple[Array, ActivationCache]:
 
 
 def relu_backward(dy: Array, cache: ActivationCache) -> Array:
-    """relu'(x) = 1 for x > 0 and 0 for x ≤ 0 (the subgradient 0 at the kink)."""
+    """dy ⊙ relu′(x): relu′(x) = 1 for x > 0 and 0 for x ≤ 0 (the subgradient 0 at the
+    kink)."""
     xp = namespace(dy, cache.x)
-    # forward was: y = max(x, 0)
+    # forward was: y = max(x, 0), so dx = dy where x > 0, else 0
     return xp.where(cache.x > 0, dy, xp.zeros_like(dy))
 
 
@@ -36,17 +37,22 @@ def gelu_forward(x: Array) -> tuple[Array, ActivationCache]:
 
 
 def gelu_backward(dy: Array, cache: ActivationCache) -> Array:
-    """gelu'(x) = Φ(x) + x φ(x), φ(x) = e^{−x²/2}/√(2π)."""
+    """dy ⊙ gelu′(x): gelu′(x) = Φ(x) + x φ(x) (the product rule, Φ′ = φ), with the normal
+    density φ(x) = e^{−x²/2}/√(2π)."""
     xp = namespace(dy, cache.x)
     x = cache.x
-    # forward was: y = x Φ(x)
+    # forward was: y = x Φ(x), so dx = dy (Φ(x) + x φ(x))
     phi_cdf = 0.5 * (1.0 + erf(x * _INV_SQRT2))
     phi_pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
     return dy * (phi_cdf + x * phi_pdf)
 
 
 def activation_forward(x: Array, kind: str) -> tuple[Array, ActivationCache]:
-    """g(x) for kind "relu" or "gelu" (TransformerConfig.activation, checked there)."""
+    """g(x) for kind "relu" or "gelu"; returns (g(x), ActivationCache), g(x) shaped like x.
+
+    ``kind`` is checked by TransformerConfig (``activation``), not here: any other string
+    runs GELU.
+    """
     return relu_forward(x) if kind == "relu" else gelu_forward(x)
 
 

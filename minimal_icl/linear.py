@@ -1,7 +1,7 @@
 """The dense layer y = x Wᵀ + b, with a weight shared by all prompts or one per prompt.
 
 A per-prompt weight (B, out, in) is how a patched model runs: each prompt carries its
-own W + ΔW (Theorem 2.2).
+own W + ΔW (Theorem 2.2 in v1 of Dherin et al. 2025, arXiv:2507.16003).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class LinearCache(NamedTuple):
 
 
 def linear_forward(x: Array, W: Array, b: Array | None = None) -> tuple[Array, LinearCache]:
-    """y = x Wᵀ + b.
+    """y = x Wᵀ + b: each row x_t of x (a token) gives the row y_t = W x_t + b.
 
     Shapes: x (B, T, in); W (out, in) or (B, out, in); b None, (out,) or (B, out).
     Returns y (B, T, out).
@@ -39,12 +39,22 @@ def linear_forward(x: Array, W: Array, b: Array | None = None) -> tuple[Array, L
 
 
 def linear_backward(dy: Array, cache: LinearCache) -> tuple[Array, Array, Array | None]:
-    """Gradients of y = x Wᵀ + b: returns (dx, dW, db), dW and db shaped like W and b."""
+    """Gradients of y = x Wᵀ + b: returns (dx, dW, db), dW and db shaped like W and b.
+
+    From y_t = W x_t + b for every row t (every prompt and position):
+
+        dx_t = Wᵀ dy_t, i.e. dx = dy W                         (B, T, in)
+        dW = Σ_t dy_t x_tᵀ, i.e. dyᵀ x summed over the rows     (out, in)
+        db = Σ_t dy_t                                          (out,)
+
+    For a per-prompt W (B, out, in) or b (B, out) the sums run over the T positions of
+    each prompt only: dW (B, out, in), db (B, out). db is None without a bias.
+    """
     x, W, bias_ndim = cache
     xp = namespace(dy, x, W)
     n_out, n_in = W.shape[-2], W.shape[-1]
 
-    # forward was: y = x Wᵀ + b, so dx = dy W
+    # forward was: y = x Wᵀ + b, so dx = dy W and dW = dyᵀ x (summed over the rows)
     if W.ndim == 2:
         # a shared W: every prompt and position at once, one GEMM each for dx and dW
         dy_rows = xp.reshape(dy, (-1, n_out))  # (B·T, out)
@@ -54,6 +64,7 @@ def linear_backward(dy: Array, cache: LinearCache) -> tuple[Array, Array, Array 
         dx = dy @ W  # (B, T, in)
         dW = dy.mT @ x  # (B, out, in)
 
+    # forward was: y = ... + b, b added to every row, so db = Σ_t dy_t
     if bias_ndim == 0:
         db = None
     elif bias_ndim == 1:
