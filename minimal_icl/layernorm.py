@@ -20,7 +20,7 @@ class LayerNormCache(NamedTuple):
 
 
 def layernorm_forward(x: Array, p: LayerNormParams, eps: float) -> tuple[Array, LayerNormCache]:
-    """LN(x) for x (B, T, D); returns y (B, T, D)."""
+    """LN(x) for x (B, T, D); returns (y, LayerNormCache), y (B, T, D)."""
     xp = namespace(x, p.gain)
     mu = xp.mean(x, axis=-1, keepdims=True)  # (B, T, 1)
     xc = x - mu
@@ -31,7 +31,17 @@ def layernorm_forward(x: Array, p: LayerNormParams, eps: float) -> tuple[Array, 
 
 
 def layernorm_backward(dy: Array, cache: LayerNormCache) -> tuple[Array, LayerNormParams]:
-    """Returns (dx, LayerNormParams(gain=dgain, bias=dbias))."""
+    """Returns (dx, LayerNormParams(gain=dgain, bias=dbias)); dx (B, T, D), the others (D,).
+
+    With x̂ = (x − μ) r, r = 1/√(σ² + eps), and dx̂ = dy ⊙ γ, over the last axis:
+
+        dγ = Σ_rows dy ⊙ x̂,   dβ = Σ_rows dy,
+        dx = r (dx̂ − mean(dx̂) − x̂ mean(dx̂ ⊙ x̂)).
+
+    The last line sums three paths: x directly (r dx̂), through μ (∂μ/∂x_j = 1/D gives
+    −r mean(dx̂)) and through σ² (∂r/∂x_j = −r³ (x_j − μ)/D gives −r x̂ mean(dx̂ ⊙ x̂));
+    it is exact for any eps, which x̂ and r already contain.
+    """
     x_hat, rstd, gain = cache
     xp = namespace(dy, x_hat)
     D = x_hat.shape[-1]
