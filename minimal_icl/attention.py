@@ -9,6 +9,10 @@ For each head (its K rows W_Q,h, W_K,h, W_V,h of each projection; one row per to
     P = S                             "linear" attention, un-normalised; if causal, S = 0 there
     out = concat_h(P v) W_Oᵀ          output at the query positions    (B, Tq, D)
 
+Here x (B, T, D) is the layer's input, one token per row: the tokens z entering the
+block, after LN1 with LayerNorm (docs/notation.md); x_q holds its rows at the query
+positions (not the regression input x_q of the notation table).
+
 There are no biases in the projections, as in Dherin et al. (2025): a token alone gives
 A(x) = W_O W_V x for softmax attention.
 
@@ -133,8 +137,8 @@ def attention_forward(
 ) -> tuple[Array, AttentionCache]:
     """Self-attention over x (B, T, D); returns (B, T, D), or (B, 1, D) if ``last_only``.
 
-    Per head: q = x_q W_Qᵀ, k = x W_Kᵀ, v = x W_Vᵀ; S = q kᵀ/√K; P = softmax(S) or P = S;
-    out = concat_h(P v) W_Oᵀ (see the module docstring). Returns (out, AttentionCache).
+    Per head: q = x_q W_Q,hᵀ, k = x W_K,hᵀ, v = x W_V,hᵀ; S = q kᵀ/√K; P = softmax(S) or
+    P = S; out = concat_h(P v) W_Oᵀ (see the module docstring). Returns (out, AttentionCache).
     """
     B, T, D = x.shape
     x_q = x[:, -1:, :] if last_only else x  # (B, Tq, D) the positions that query
@@ -171,9 +175,9 @@ def attention_backward(dout: Array, cache: AttentionCache) -> tuple[Array, Atten
 
     With dPv = ∂loss/∂(P v) and dS = ∂loss/∂S (per head):
 
-        dP = dPv vᵀ      dv = Pᵀ dPv
-        dS = softmax_backward(dP) (dS = dP for linear attention), masked, divided by √K
-        dq = dS k        dk = dSᵀ q
+        dP = dPv vᵀ            dv = Pᵀ dPv
+        dS = softmax_backward(dP) (dS = dP for linear attention), 0 where masked
+        dq = dS k / √K         dk = dSᵀ q / √K
 
     and each projection's dx and dW come from ``linear_backward`` on the merged heads.
     The (B, H, T, K) arrays dk and dv are built explicitly; ``attention_fast`` computes
@@ -194,10 +198,10 @@ def attention_backward(dout: Array, cache: AttentionCache) -> tuple[Array, Atten
     # forward was: S = where(mask, S, fill)
     if c.mask is not None:
         dscores = mask_backward(dscores, c.mask)
-    # forward was: S = q kᵀ / √K
+    # forward was: S = q kᵀ / √K, so the product q kᵀ gets dS/√K
     dscores = dscores / math.sqrt(K)
-    dq = dscores @ c.k  # (B, H, Tq, K)  dq = dS k
-    dk = dscores.mT @ c.q  # (B, H, T, K)  dk = dSᵀ q
+    dq = dscores @ c.k  # (B, H, Tq, K)  dq = dS k/√K
+    dk = dscores.mT @ c.q  # (B, H, T, K)  dk = dSᵀ q/√K
     # forward was: v = split_heads(x W_Vᵀ)
     dx_v, dW_V, _ = linear_backward(merge_heads(dv), c.v_proj)  # (B, T, D)
     # forward was: k = split_heads(x W_Kᵀ)

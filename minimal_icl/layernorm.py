@@ -31,7 +31,8 @@ def layernorm_forward(x: Array, p: LayerNormParams, eps: float) -> tuple[Array, 
 
 
 def layernorm_backward(dy: Array, cache: LayerNormCache) -> tuple[Array, LayerNormParams]:
-    """Returns (dx, LayerNormParams(gain=dgain, bias=dbias)); dx (B, T, D), the others (D,).
+    """Returns (dx, LayerNormParams(gain=dgain, bias=dbias)): dx (B, T, D), dgain and
+    dbias (D,).
 
     With x̂ = (x − μ) r, r = 1/√(σ² + eps), and dx̂ = dy ⊙ γ, over the last axis:
 
