@@ -22,7 +22,7 @@ def patch_with(row="x+A", power=2, column="delta", bias="delta", transpose=False
                 :, None, :], d
         rows = {"x+A": x + A_without, "A": A_without, "with": x + A_with, "x": x}
         columns = {"delta": A_with - A_without, "h_C": x + A_with, "A_C": A_with,
-                   "h_0": x + A_without}
+                   "h_0": x + A_without, "x+delta": x + A_with - A_without}
         a = rows[row]
         c = columns[column] @ W.T  # (B, M)
         r = a / numpy.linalg.norm(a, axis=axis, keepdims=True) ** power  # (B, D)
@@ -35,7 +35,8 @@ def patch_with(row="x+A", power=2, column="delta", bias="delta", transpose=False
             delta_W = W + delta_W
         biases = {"delta": A_with - A_without, "zero": numpy.zeros_like(x),
                   "h_C": x + A_with, "A_C": A_with, "minus": A_without - A_with,
-                  "h_0": x + A_without, "x": x}
+                  "h_0": x + A_without, "x": x, "x+delta": x + A_with - A_without,
+                  "column": (A_with - A_without) @ W.T}
         return delta_W, biases[bias]
 
     return skip_patch
@@ -81,6 +82,9 @@ def test_the_case_is_the_skip_block_whose_row_is_x_plus_A():
         (dict(patched=True), "the patched weight W \\+ ΔW"),
         (dict(bias="h_0"), "Δb′ is h_∅"),
         (dict(bias="x"), "Δb′ is the query token x"),
+        (dict(column="x+delta"), "the column is W \\(x \\+ A\\(C, x\\) − A\\(x\\)\\)"),
+        (dict(bias="x+delta"), "Δb′ is x \\+ ΔA"),
+        (dict(bias="column"), "Δb′ is the column W ΔA, of width M = 16"),
     ],
 )
 def test_each_typical_mistake_gets_its_hint(mistake, hint):

@@ -114,6 +114,10 @@ def check_skip_patch(skip_patch: Callable, seed: int = 0) -> None:
         ("‖a‖² is summed over the prompts (axis=0), one sum per coordinate: each prompt's"
          " ‖x + A(x)‖² sums its own D squares, axis=-1 (keepdims=True)",
          column[:, :, None] * (h_0 / numpy.sum(h_0 * h_0, axis=0, keepdims=True))[:, None, :]),
+        ("the column is W (x + A(C, x) − A(x)), the with-context input h_C minus A(x)"
+         " alone; the input without the context carries the skip's x too, h_∅ = x + A(x),"
+         " so x cancels: the column is W (h_C − h_∅) = W ΔA",
+         _rank_one((x + A_C - A_0) @ W.T, h_0)),
         ("that is the patched weight W + ΔW: return the update ΔW alone",
          W + _rank_one(column, h_0)),
         ("the row is built from x alone: it is the whole MLP input without the context,"
@@ -130,6 +134,12 @@ def check_skip_patch(skip_patch: Callable, seed: int = 0) -> None:
         ("Δb′ is h_∅ = x + A(x), the residual stream without the context; it is the"
          " change h_C − h_∅ = ΔA", h_0),
         ("Δb′ is A(C, x); subtract A(x): Δb′ = A(C, x) − A(x) = ΔA", A_C),
+        ("Δb′ is x + ΔA, h_C minus A(x) alone; the residual stream without the context"
+         " carries the skip's x too, h_∅ = x + A(x), so x cancels: Δb′ = h_C − h_∅ = ΔA",
+         x + A_C - A_0),
+        (f"Δb′ is the column W ΔA, of width M = {M}; Δb′ is added to the MLP's output bias"
+         f" b′, after W′, so it lives in ℝ^D (D = {D}): the change of the residual stream"
+         " itself, Δb′ = h_C − h_∅ = ΔA, with no W", column),
         ("Δb′ is the query token x; x is the same with and without the context, so it"
          " cancels: Δb′ = h_C − h_∅ = ΔA", x),
     ])
