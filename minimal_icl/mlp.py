@@ -1,7 +1,8 @@
 """The MLP u ↦ W2 g(W1 u + b1) + b2, a forward/backward pair.
 
-W1 is the W of Theorem 2.2 (Dherin et al. 2025): the first dense layer after attention.
-A patched model passes per-prompt weights: W1 of shape (B, M, D) and b2 of shape (B, D).
+W1 is the W of Theorem 2.2 in v1 of Dherin et al. (2025): the first dense layer after
+attention. A patched model passes per-prompt weights, W1 of shape (B, M, D) and b2 of
+shape (B, D), and gets their gradients per prompt, in the same shapes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ def mlp_forward(u: Array, p: MLPParams, activation: str) -> tuple[Array, MLPCach
 
 
 def mlp_backward(dout: Array, cache: MLPCache) -> tuple[Array, MLPParams]:
-    """Returns (du, MLPParams of gradients), each gradient shaped like its parameter."""
+    """Returns (du, MLPParams of gradients), du (B, T, D), each gradient shaped like its
+    parameter. Three steps, each a ``linear_backward`` or ``activation_backward``:
+
+        dhidden = dout W2,   dpre = dhidden ⊙ g′(pre),   du = dpre W1
+    """
     # forward was: out = hidden W2ᵀ + b2
     dhidden, dW2, db2 = linear_backward(dout, cache.fc2)
     # forward was: hidden = g(pre)
