@@ -79,6 +79,7 @@ from minimal_icl.data import (
 from minimal_icl.dynamics import prefix_states
 from minimal_icl.experiments import ExperimentError, reproduce, run_figure
 from minimal_icl.experiments import finetune as finetune_figure
+from minimal_icl.experiments import linattn_dynamics as linear_dynamics
 from minimal_icl.experiments import order as order_figure
 from minimal_icl.experiments import thought as thought_figure
 from minimal_icl.experiments.common import (
@@ -1057,6 +1058,20 @@ CASES = [
     ("thought-patched-alone-no-patch", lambda w: thought_figure.patched_alone(w.one, ONE,
      w.tokens, None), TypeError,
      r"patched_alone: patch must be a ThoughtPatch or a BlockPatch, got NoneType"),
+    ("linear-dynamics-projections-other-d", lambda w: linear_dynamics.projections(
+        numpy.ones((3, 3, 3)), linattn.covariance(2), 5), ValueError,
+     r"projections: effective must have shape \(n_recorded, 2, 2\) for the covariance's d = 2,"
+     r" got \(3, 3, 3\)"),
+    ("linear-dynamics-plateaus-of-no-epochs", lambda w: linear_dynamics.find_plateaus(
+        numpy.arange(0), numpy.ones(0), 2, 0.1), ValueError,
+     r"find_plateaus: epochs must be a non-empty 1-d array, got shape \(0,\)"),
+    ("linear-dynamics-plateaus-window-zero", lambda w: linear_dynamics.find_plateaus(
+        numpy.arange(10), numpy.ones(10), 0, 0.1), ValueError,
+     r"window must be a positive int, got 0"),
+    ("linear-dynamics-thin-no-points", lambda w: linear_dynamics.thin(numpy.arange(10), 0),
+     ValueError, r"max_points must be a positive int, got 0"),
+    ("linear-dynamics-drop-time-not-a-run", lambda w: linear_dynamics.drop_time((1, 2), 0.5),
+     TypeError, r"traj must be a Trajectory \(train_gd\), got tuple"),
     # -- the gradient checks the tutorials run ----------------------------------------------
     ("gradcheck-integer-x", lambda w: gradcheck.numerical_gradient(
         lambda x: float(numpy.sum(x * x)), numpy.ones(3, dtype=int)), TypeError,

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass
 import numpy
 
 from .. import linattn as la
+from ..validation import check_non_negative, check_positive_int
 from .common import (QUIET, Progress, check_seed, new_figure, prepare_out_dir, save_figure,
                      write_json)
 
@@ -90,9 +91,39 @@ def projections(effective: numpy.ndarray, cov: la.Covariance, n_context: int) ->
     """p_d(t) = e_dᵀ A(t) e_d / c_d for each recorded A(t), c_d = λ_d⁻¹ (1 + (1 + tr Λ/λ_d)/N)⁻¹
     the eigenvalue of Γ⁻¹ on e_d: 1 once learned. effective (n_recorded, d, d); returns
     (n_recorded, d)."""
+    la._check_record("cov", cov, (la.Covariance,), "covariance")
+    n_context = check_positive_int("n_context", n_context)
+    d = cov.eigenvalues.shape[0]
+    shape = getattr(effective, "shape", None)
+    if shape is None or len(shape) != 3 or tuple(shape[1:]) != (d, d):
+        raise ValueError(f"projections: effective must have shape (n_recorded, {d}, {d}) for"
+                         f" the covariance's d = {d}, got"
+                         f" {type(effective).__name__ if shape is None else tuple(shape)}")
     lam, E = cov.eigenvalues, cov.eigenvectors
     c = 1.0 / (lam * (1.0 + (1.0 + lam.sum() / lam) / n_context))
     return numpy.einsum("di,edk,ki->ei", E, effective, E) / c
+
+
+def _curve(function: str, epochs, loss=None):
+    """epochs (and loss) as 1-d real host arrays of one length ≥ 1, epochs increasing: a
+    ValueError or TypeError naming them."""
+    arrays = []
+    for name, values in (("epochs", epochs), ("loss", loss)):
+        if values is None:
+            continue
+        values = numpy.asarray(values)
+        if values.dtype.kind not in "iuf":
+            raise TypeError(f"{function}: {name} must hold real numbers, got dtype {values.dtype}")
+        if values.ndim != 1 or values.shape[0] < 1:
+            raise ValueError(f"{function}: {name} must be a non-empty 1-d array, got shape"
+                             f" {values.shape}")
+        arrays.append(values)
+    if len(arrays) == 2 and arrays[0].shape != arrays[1].shape:
+        raise ValueError(f"{function}: epochs and loss must have one length, got"
+                         f" {arrays[0].shape[0]} and {arrays[1].shape[0]}")
+    if numpy.any(numpy.diff(arrays[0]) <= 0):
+        raise ValueError(f"{function}: epochs must be increasing")
+    return arrays if len(arrays) == 2 else arrays[0]
 
 
 def find_plateaus(epochs, loss, window: int, tol: float,
@@ -102,8 +133,13 @@ def find_plateaus(epochs, loss, window: int, tol: float,
     e at which |L(e + window) − L(e)| < tol, the run itself at least ``window`` long; the
     plateau extends to window epochs after the run's last epoch (the end of training at
     most). Near the end, L(e + window) is read at the last epoch. Consecutive plateaus
-    whose levels differ by less than ``merge_tol`` are one plateau (a wiggle is no drop)."""
-    epochs, loss = numpy.asarray(epochs), numpy.asarray(loss)
+    whose levels differ by less than ``merge_tol`` are one plateau (a wiggle is no drop).
+    epochs increasing and loss: real, 1-d, one length ≥ 1; window a positive int; tol and
+    merge_tol finite ≥ 0."""
+    epochs, loss = _curve("find_plateaus", epochs, loss)
+    window = check_positive_int("window", window)
+    tol = check_non_negative("tol", tol)
+    merge_tol = check_non_negative("merge_tol", merge_tol)
     ahead = numpy.interp(numpy.minimum(epochs + window, epochs[-1]), epochs, loss)
     flat = numpy.abs(ahead - loss) < tol
     runs, start = [], None
@@ -129,7 +165,17 @@ def find_plateaus(epochs, loss, window: int, tol: float,
 
 
 def analyse(traj: la.Trajectory, cov: la.Covariance, cfg: LinearDynamicsConfig, epochs: int):
-    """Plateaus, drops, the measured level of each plateau m and the learning order."""
+    """Plateaus, drops, the measured level of each plateau m and the learning order.
+    traj a Trajectory (train_gd), cov a Covariance of cfg.d, cfg a LinearDynamicsConfig,
+    epochs the run's length (a positive int)."""
+    la._check_record("traj", traj, (la.Trajectory,), "train_gd")
+    if not isinstance(cfg, LinearDynamicsConfig):
+        raise TypeError(f"cfg must be a LinearDynamicsConfig (linear_dynamics_config), got"
+                        f" {type(cfg).__name__}")
+    la._check_record("cov", cov, (la.Covariance,), "covariance")
+    if cov.eigenvalues.shape[0] != cfg.d:
+        raise ValueError(f"analyse: cov is of d = {cov.eigenvalues.shape[0]}, cfg.d = {cfg.d}")
+    epochs = check_positive_int("epochs", epochs)
     trace = float(cov.eigenvalues.sum())
     window = max(int(cfg.flat_fraction * epochs), 2 * cfg.stride)
     plateaus = find_plateaus(traj.epochs, traj.heldout_loss, window, cfg.flat_tol * trace,
@@ -151,15 +197,22 @@ def analyse(traj: la.Trajectory, cov: la.Covariance, cfg: LinearDynamicsConfig, 
 
 def thin(epochs, max_points: int = 600) -> numpy.ndarray:
     """Indices of at most about ``max_points`` recorded epochs, evenly spaced in
-    log(epoch + 1), the first and last always kept (for the JSON and the log-x plots)."""
-    epochs = numpy.asarray(epochs)
+    log(epoch + 1), the first and last always kept (for the JSON and the log-x plots).
+    epochs increasing, non-empty; max_points a positive int."""
+    epochs = _curve("thin", epochs)
+    max_points = check_positive_int("max_points", max_points)
     grid = numpy.geomspace(1, epochs[-1] + 1, max_points) - 1
     keep = numpy.unique(numpy.searchsorted(epochs, grid).clip(0, len(epochs) - 1))
     return numpy.union1d(keep, [0, len(epochs) - 1])
 
 
 def drop_time(traj: la.Trajectory, level: float) -> float | None:
-    """The first recorded epoch whose held-out loss is below ``level`` (None if never)."""
+    """The first recorded epoch whose held-out loss is below ``level`` (None if never).
+    traj a Trajectory (train_gd), level a finite number."""
+    la._check_record("traj", traj, (la.Trajectory,), "train_gd")
+    if isinstance(level, bool) or not isinstance(level, (int, float, numpy.integer,
+                                                         numpy.floating)) or not numpy.isfinite(level):
+        raise ValueError(f"drop_time: level must be a finite number, got {level!r}")
     below = traj.heldout_loss < level
     return float(traj.epochs[numpy.argmax(below)]) if numpy.any(below) else None
 
