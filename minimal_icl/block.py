@@ -6,7 +6,7 @@
     u   = LN2(h)              if layer_norm else h          the MLP input
     out = h + MLP(u)          if mlp_skip   else MLP(u)
 
-A ``BlockPatch`` (Theorem 2.2 of Dherin et al. 2025) replaces, per prompt, the MLP's
+A ``BlockPatch`` (Theorem 2.2 in v1 of Dherin et al. 2025) replaces, per prompt, the MLP's
 first weight W1 by W1 + ΔW and its output bias b2 by b2 + Δb′.
 """
 
@@ -36,7 +36,7 @@ class BlockCache(NamedTuple):
     attn: AttentionCache | RNNCache  # the contextual layer's cache
     ln2: LayerNormCache | None
     mlp: MLPCache
-    A: Array  # (B, Tq, D) attention output
+    A: Array  # (B, Tq, D) attention output (Tq = T, or 1 with last_only)
     h: Array  # (B, Tq, D) the residual stream after attention (h = A without attn_skip)
     u: Array  # (B, Tq, D) the MLP input LN2(h) (u = h without layer_norm)
     patched: bool  # whether the MLP ran with per-prompt weights
@@ -51,7 +51,10 @@ def block_forward(
     patch: BlockPatch | None = None,
     last_only: bool = False,
 ) -> tuple[Array, BlockCache]:
-    """Run one block on z (B, T, D); returns (B, T, D), or (B, 1, D) if ``last_only``."""
+    """Run one block on z (B, T, D); returns (out, BlockCache), out (B, T, D), or (B, 1, D)
+    if ``last_only`` (the output at the query only; the contextual layer still reads every
+    token). ``patch``: None, or a ``BlockPatch`` applied to every position of each prompt.
+    """
     u1, ln1 = layernorm_forward(z, p.ln1, config.ln_eps) if config.layer_norm else (z, None)
     if config.contextual_layer == "rnn":
         A, attn = rnn_forward(u1, p.attn, last_only)  # (B, Tq, D)
@@ -102,7 +105,7 @@ def block_backward(
         dh, dln2 = layernorm_backward(du, c.ln2)
     else:
         dh, dln2 = du, None
-    if c.mlp_skip:
+    if c.mlp_skip:  # forward was: out = h + m, so h also gets dout
         dh = dh + dout
     # forward was: h = z_q + A (or h = A)
     dA = dh
@@ -115,6 +118,7 @@ def block_backward(
         dz, dln1 = layernorm_backward(du1, c.ln1)
     else:
         dz, dln1 = du1, None
+    # forward was: h = z_q + A, so z's query rows (every row without last_only) also get dh
     if c.attn_skip:
         if c.attn.last_only:
             xp = namespace(dz)
