@@ -43,8 +43,9 @@ def forward(
     """Run the model on ``tokens`` (B, T, D).
 
     Args:
-        patches: None, or one ``BlockPatch`` (or None) per block: per-prompt updates of
-            each block's W1 and b2, as returned by ``implicit_update``.
+        patches: None, or one entry per block, each None, a ``BlockPatch`` or an
+            ``ImplicitUpdate`` (delta_W (B, M, D), delta_b (B, D)): per-prompt updates of
+            each block's W1 and b2; ``implicit_update`` returns such a tuple.
         last_only: compute the last block at the last position only and return
             (B, 1, D). Every earlier block still runs on all positions (the last block's
             keys and values need them), and a recurrent layer (``contextual_layer="rnn"``)
@@ -81,7 +82,8 @@ def forward(
 
 
 def backward(dout: Array, cache: ModelCache, fast: bool = False) -> tuple[Array, ModelParams]:
-    """Gradients of a scalar loss given dout = ∂loss/∂out; returns (dtokens, grads).
+    """Gradients of a scalar loss given dout = ∂loss/∂out (shaped like forward's out);
+    returns (dtokens (B, T, D), grads: a ModelParams of gradients shaped like params).
 
     By default each block's backward is the textbook one (``attention_backward``, the
     mirror of the forward); ``fast=True`` takes each attention backward by
@@ -93,7 +95,7 @@ def backward(dout: Array, cache: ModelCache, fast: bool = False) -> tuple[Array,
     fast = check_bool("fast", fast)
     grads = []
     dx = dout
-    # forward was: x_{l+1} = block_l(x_l), so walk the blocks backwards
+    # forward was: z_{l+1} = block_l(z_l) (the loop's x), so walk the blocks backwards
     for block_cache in reversed(cache.blocks):
         dx, dblock = block_backward(dx, block_cache, fast)
         grads.append(dblock)
