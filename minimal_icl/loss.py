@@ -19,8 +19,8 @@ def query_loss(out: Array, target: Array) -> tuple[Array, Array]:
     """Mean squared error at the query and its gradient with respect to ``out``.
 
     Shapes: out (B, Tq, D) (Tq = T, or 1 from ``last_only``), target (B,).
-    Returns (loss, dout): loss a 0-d array in the namespace of ``out`` (``float(loss)``
-    reads it), dout shaped like ``out``. Shapes and dtypes are checked
+    Returns (loss, dout): loss a 0-d array in the namespace of ``out`` (on NumPy a
+    numpy.float64 scalar; ``float(loss)`` reads it), dout shaped like ``out``. Shapes and dtypes are checked
     (``validation.check_query_loss``); no value is read.
     """
     check_query_loss(out, target)
