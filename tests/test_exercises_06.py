@@ -23,6 +23,15 @@ def with_prompt_reading(position, coordinate):
     return two_ways
 
 
+def with_prompt_patched(params, config, tokens):
+    updates = implicit_update(params, config, tokens[:, :-1], tokens[:, -1])
+    return predict(params, config, tokens, patches=updates), right(params, config, tokens)[1]
+
+
+def with_prompt_without_query(params, config, tokens):
+    return predict(params, config, tokens[:, :-1]), right(params, config, tokens)[1]
+
+
 def patched_variant(kind):
     def two_ways(params, config, tokens):
         updates = implicit_update(params, config, tokens[:, :-1], tokens[:, -1])
@@ -42,6 +51,14 @@ def patched_variant(kind):
             patched = predict(params, config, alone, patches=updates[0])
         elif kind == "delta_W":
             patched = predict(params, config, alone, patches=updates[0].delta_W)
+        elif kind == "context without its first pair":
+            patched = predict(params, config, alone,
+                              patches=implicit_update(params, config, tokens[:, 1:-1],
+                                                      tokens[:, -1]))
+        elif kind == "first token":
+            patched = predict(params, config, tokens[:, :1], patches=updates)
+        elif kind == "whole output token":
+            patched = forward(params, config, alone, patches=updates)[0][:, -1]
         elif kind == "context short by one":
             patched = predict(params, config, alone,
                               patches=implicit_update(params, config, tokens[:, :-2],
@@ -75,6 +92,12 @@ def test_the_right_answer_passes(capsys):
         (patched_variant("one entry"), "ValueError .*whole tuple implicit_update returns"),
         (patched_variant("delta_W"), "TypeError .*tuple that implicit_update returns as it is"),
         (patched_variant("context short by one"), "misses its last pair"),
+        (patched_variant("context without its first pair"), "misses its first pair"),
+        (patched_variant("first token"), "FIRST token, tokens\\[:, :1\\]"),
+        (patched_variant("whole output token"), "whole output token of the patched query"),
+        (with_prompt_patched, "patched the prompt too"),
+        (with_prompt_without_query, "prompt without its query"),
+        (with_prompt_reading(-1, slice(None)), "whole output token at the query"),
     ],
 )
 def test_each_typical_mistake_gets_its_hint(two_ways, hint):

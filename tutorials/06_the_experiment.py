@@ -188,7 +188,8 @@ print(f"‖ΔW‖_F {norm_delta_W:.1f}, ‖W‖_F {norm_W:.1f}, ‖A(x)‖ {norm
 # For each of a set of held-out contexts $C$, put every query $x_q$ of a grid in
 # $[-3, 3]^2$ after it and compute $|T_W(C, x) - T_{W+\Delta W}(x)|$, in float64 and with the
 # model and the data cast to float32. The query $x_q = 0$ is left out: there the query token
-# is 0, $A(x) = W_O W_V\, 0 = 0$, and no update exists (tutorial 3). The lines below do what
+# is 0, and alone the query attends only to itself (softmax weight 1), so
+# $A(x) = W_O W_V\, 0 = 0$ and no update exists (tutorial 3). The lines below do what
 # `minimal_icl.experiments.identity` does for the figure:
 
 # %%

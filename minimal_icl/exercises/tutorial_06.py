@@ -75,6 +75,14 @@ def check_predictions_two_ways(two_ways: Callable, seed: int = 0) -> None:
          " position: out[:, -1, -1]", full[:, 0, -1]),
         ("that is the query alone without the context: the prompt is the whole tokens array",
          predict(params, config, alone)),
+        ("you patched the prompt too: with the prompt the context acts through attention"
+         " already, T_W(C, x) = predict(params, config, tokens) with no patches",
+         predict(params, config, tokens, patches=updates)),
+        ("that is the prompt without its query, tokens[:, :-1], read at its last pair: the"
+         " prediction is read at the query, the last token of the whole tokens array",
+         predict(params, config, context)),
+        ("that is the whole output token at the query, (B, D): the prediction is its LAST"
+         " coordinate, out[:, -1, -1]", full[:, -1]),
     ])
 
     patched_full, _ = forward(params, config, alone, patches=updates)  # (B, 1, D)
@@ -87,6 +95,10 @@ def check_predictions_two_ways(two_ways: Callable, seed: int = 0) -> None:
          predict(params, config, tokens, patches=updates)),
         ("you read the first coordinate; the prediction is the LAST coordinate",
          patched_full[:, -1, 0]),
+        ("that is the whole output token of the patched query, (B, D): the prediction is its"
+         " LAST coordinate, out[:, -1, -1]", patched_full[:, -1]),
+        ("you ran the FIRST token, tokens[:, :1], through the patched model: the query is the"
+         " LAST token, tokens[:, -1:]", predict(params, config, tokens[:, :1], patches=updates)),
         ("the context you patched with holds the query too: the context is tokens[:, :-1],"
          " the query tokens[:, -1]",
          predict(params, config, alone, patches=implicit_update(params, config, tokens, query))),
@@ -94,6 +106,10 @@ def check_predictions_two_ways(two_ways: Callable, seed: int = 0) -> None:
          " (everything but the query), tokens[:, :-2] drops c_N",
          predict(params, config, alone,
                  patches=implicit_update(params, config, tokens[:, :-2], query))),
+        ("the context you patched with misses its first pair: tokens[:, :-1] is all N pairs"
+         " (everything but the query), tokens[:, 1:-1] drops c_1",
+         predict(params, config, alone,
+                 patches=implicit_update(params, config, tokens[:, 1:-1], query))),
     ])
     if numpy.array_equal(_as_host(patched, "patched"), _as_host(with_prompt, "with_prompt")):
         # the two ways round differently here (2.8e-16 apart): equal bits are a copy
