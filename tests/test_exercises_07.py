@@ -58,6 +58,9 @@ def fro(U):
         (lambda U, V: numpy.mean(U * V, axis=(-2, -1)) / (fro(U) * fro(V)), "mean of U ⊙ V"),
         (lambda U, V: numpy.sum(U * V, axis=(-2, -1)) / numpy.sqrt(fro(U) ** 2 + fro(V) ** 2),
          "not √"),
+        (lambda U, V: 1.0 - numpy.sum(U * V, axis=(-2, -1)) / (fro(U) * fro(V)), "cosine distance"),
+        (lambda U, V: numpy.trace(U @ V, axis1=-2, axis2=-1) / (fro(U) * fro(V)),
+         "ValueError .*does not exist for M ≠ D \\(transpose U first"),
     ],
 )
 def test_each_typical_mistake_gets_its_hint(cos_f, hint):

@@ -45,8 +45,8 @@
 #
 # **What we will see**: the implicit curve is the prompt's own error (`IDENTITY_RTOL`); in the
 # full run finetuning has the lower test error at every $i$; $\cos_F$ is small (about 0.2 at
-# $i = 50$) but sits under a structural **ceiling**: no matrix with $\Delta W_i$'s row $A(x)$ and
-# a column in $\operatorname{range}(W)$ gets above $\|\Pi_W F a\|/(\|F\|_F\|a\|) \approx 0.32$
+# $i = 50$) but sits under a structural **ceiling**: no matrix with $\Delta W_i$'s row $a = A(x)$
+# and a column in $\operatorname{range}(W)$ gets above $\|\Pi_W F a\|/(\|F\|_F\|a\|) \approx 0.32$
 # against the finetuned update $F$ ($\Pi_W$ the projector onto $\operatorname{range}(W)$; with
 # the column unrestricted the bound is $\|F a\|/(\|F\|_F\|a\|) \approx 0.57$); and the two
 # updates' *predictions* at the query are strongly correlated (about 0.99 at $i = 50$).
@@ -255,21 +255,23 @@ plt.show()
 #   finetuning wins on 79–93 % of the tasks for $i \ge 2$ and its median error is near 0, but a
 #   few tasks where it fails badly (errors up to 12.5) weigh on its mean, and at $i = 20$ the
 #   mean gap, 0.05, is within its standard error, 0.06. It transfers to the query because a
-#   lone token's MLP input is a fixed linear image of its input, $A(x_k) = W_O W_V (x_k; 0)$: 200 gradient steps fit a
+#   lone token's MLP input is a fixed linear image of its input (alone, a token attends only to
+#   itself, with softmax weight 1), $A(x_k) = W_O W_V (x_k; 0)$: 200 gradient steps fit a
 #   map from $A(x_k)$ to $y_k$, a regression on the task's own examples, and $A(x_q)$ is the
 #   same linear image of the query. It is also far more computation than one forward pass.
 # * **One optimal GD step** is a baseline, not a bound: other learners can do better with the
 #   same examples (least squares is exact from $i = d = 2$; after full training the model
 #   itself beats one GD step on the 50-pair prompts of tutorial 6, 0.091 against 0.111).
 # * The **alignment** $\cos_F(\Delta W_{\mathrm{ft}}, \Delta W_i)$ rises with $i$, from about 0.015
-#   at $i = 1$ to about 0.2 from $i = 20$ on. Read it against its ceiling: $\Delta W_i$ has the fixed row $A(x)$ and a column in $\operatorname{range}(W)$, and no
-#   matrix of that shape gets above $\|\Pi_W F a\|/(\|F\|_F\|a\|)$ against
+#   at $i = 1$ to about 0.2 from $i = 20$ on. Read it against its ceiling: $\Delta W_i$ has
+#   the fixed row $a = A(x)$ and a column in $\operatorname{range}(W)$, and no matrix of that
+#   shape gets above $\|\Pi_W F a\|/(\|F\|_F\|a\|)$ against
 #   $F = \Delta W_{\mathrm{ft}}$: 0.32–0.33 for $i \ge 3$ after full training (0.41 at $i = 1$).
 #   Letting the column leave $\operatorname{range}(W)$ raises the bound to
 #   $\|F a\|/(\|F\|_F\|a\|)$, 0.57–0.59 for $i \ge 2$ (0.71 at $i = 1$), still far from 1.
 #   So the two *matrices* are different by construction, while their *predictions* at the
-#   query correlate strongly over the tasks as $i$ grows (about 0.99 at $i = 50$ after full training). That mostly says that
-#   both are accurate, each close to the target at the query; their *errors* correlate far
+#   query correlate strongly over the tasks as $i$ grows (about 0.99 at $i = 50$ after full
+#   training). That mostly says that both are accurate, each close to the target at the query; their *errors* correlate far
 #   less (the table's last column: 0.46–0.58 in its rows $i \le 30$ and 0.63 at $i = 50$ after
 #   full training; $i = 25$, not in the table, falls lower, to 0.29). Different weight
 #   changes, both close to the answer at the query.
@@ -301,8 +303,8 @@ print(f"i = {i}: T_(W+ΔW_i)(x) against T_W(c_1..c_i, x): relative residual {res
 # 0.025, 0.05, 0.1, 0.15, 0.2, 0.3 (`finetune.choose_sgd_lr`; unlike exercise 4's step, which is
 # normalised per example): the lr whose held-out test error, averaged over the prompts and
 # over $i$ = 1..10, 15, 20, ..., 50 (`protocol.contexts`), is the smallest. That average,
-# printed below, is dominated by the short prefixes, hence far above the error at $i = 50$. After full training it picks 0.2 and ends at 0.061 at $i = 50$,
-# between full-batch descent (0.031) and the patch (0.072). Over every $i = 1..50$ it is
+# printed below, is dominated by the short prefixes, hence far above the error at $i = 50$.
+# After full training it picks 0.2 and ends at 0.061 at $i = 50$, between full-batch descent (0.031) and the patch (0.072). Over every $i = 1..50$ it is
 # above the patch from $i = 2$ to 44 and below it at $i = 1$ and from 45 to 50 (the table
 # below, not plotted, shows it above at 2–30).
 # Its matrix is no closer to $\Delta W_i$ ($\cos_F \approx 0.20$ under a ceiling $\approx 0.32$), and

@@ -48,8 +48,10 @@ def check_cos_frobenius(cos_f: Callable, seed: int = 0) -> None:
     seed = check_seed(seed)
     U, V = alignment_case(seed)
     answer = call_answer(cos_f, U.copy(), V.copy(), name="cos_f",
-                         on_value_error="U and V are stacks (B, M, D): numpy.trace uses axes 0"
-                         " and 1 unless told (axis1=-2, axis2=-1),"
+                         on_value_error="U and V are stacks (B, M, D): ⟨U, V⟩_F = trace(Uᵀ V),"
+                         " and U @ V of two (M, D) matrices does not exist for M ≠ D"
+                         " (transpose U first: numpy.swapaxes(U, -1, -2) @ V);"
+                         " numpy.trace uses axes 0 and 1 unless told (axis1=-2, axis2=-1),"
                          " numpy.sum(U * V, axis=(-2, -1)) gives ⟨U, V⟩_F per prompt and"
                          " numpy.linalg.norm(U, axis=(-2, -1)) gives ‖U‖_F per prompt"
                          " (numpy.linalg.norm(U, 'fro') needs that axis for a stack)")
@@ -85,4 +87,6 @@ def check_cos_frobenius(cos_f: Callable, seed: int = 0) -> None:
          numpy.mean(U * V, axis=(-2, -1)) / (fro_U * fro_V)),
         ("the denominator is the product ‖U‖_F ‖V‖_F, not √(‖U‖_F² + ‖V‖_F²)",
          inner / numpy.sqrt(fro_U**2 + fro_V**2)),
+        ("that is 1 − cos_F, the cosine distance (scipy.spatial.distance.cosine returns it):"
+         " cos_F is the cosine itself, ⟨U, V⟩_F/(‖U‖_F ‖V‖_F)", 1.0 - expected),
     ])
