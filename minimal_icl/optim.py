@@ -90,7 +90,9 @@ def _rebuild(like, arrays: Iterator):
 
 
 def flatten(tree):
-    """Every array of ``tree`` reshaped to a row and concatenated: one vector (P,)."""
+    """Every array of ``tree`` reshaped to a row and concatenated: one vector (P,), P the
+    number of entries of all arrays (a size letter of this module only; P is the attention
+    weights elsewhere)."""
     arrays = _arrays(tree)
     xp = namespace(*arrays)
     return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
@@ -145,16 +147,19 @@ def adam_step(
     computed in the form of Kingma & Ba's section 2, with the bias corrections folded
     into two scalars (the same number up to rounding, fewer array operations):
 
-        θ ← θ − α m / (√v + ε̂),    α = lr √(1 − β₂ᵗ) / (1 − β₁ᵗ),  ε̂ = ε √(1 − β₂ᵗ).
+        θ ← θ − α m / (√v + ε̂),    α = lr √(1 − β₂ᵗ) / (1 − β₁ᵗ),  ε̂ = ε √(1 − β₂ᵗ)
+
+    (Kingma & Ba name ε̂ without a value; ε̂ = ε √(1 − β₂ᵗ) makes the two forms equal).
 
     All parameters are updated as one vector (see :func:`flatten`): a dozen operations
     per step instead of a dozen per parameter array, which matters for small models
     where each array operation costs more in overhead than in arithmetic.
     Returns (params, state); the new parameters are views of one new vector.
     Raises ValueError for lr not finite ≥ 0, β₁ or β₂ outside [0, 1), ε not finite > 0
-    (ε = 0 divides 0 by 0 where a gradient is 0), grads without the records and shapes of
-    params, or a state of other parameters; TypeError for a state that is not an
-    AdamState and for arrays that are not real floating point (``minimal_icl.validation``).
+    (ε = 0 divides 0 by 0 wherever the gradient has been 0 at every step so far), grads
+    without the records and shapes of params, or a state of other parameters; TypeError
+    for a state that is not an AdamState and for arrays that are not real floating point
+    (``minimal_icl.validation``).
     """
     lr = check_learning_rate(lr)
     beta1 = check_fraction("beta1", beta1)
