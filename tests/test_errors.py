@@ -80,6 +80,7 @@ from minimal_icl.dynamics import prefix_states
 from minimal_icl.experiments import ExperimentError, reproduce, run_figure
 from minimal_icl.experiments import finetune as finetune_figure
 from minimal_icl.experiments import linattn_dynamics as linear_dynamics
+from minimal_icl.experiments import models as experiment_models
 from minimal_icl.experiments import order as order_figure
 from minimal_icl.experiments import thought as thought_figure
 from minimal_icl.experiments.common import (
@@ -1072,6 +1073,16 @@ CASES = [
      ValueError, r"max_points must be a positive int, got 0"),
     ("linear-dynamics-drop-time-not-a-run", lambda w: linear_dynamics.drop_time((1, 2), 0.5),
      TypeError, r"traj must be a Trajectory \(train_gd\), got tuple"),
+    ("figure-config-fast-text", lambda w: finetune_figure.finetune_config(fast="no"), TypeError,
+     r"fast must be True or False, got str 'no'"),
+    ("rnn-setting-fast-int", lambda w: experiment_models.rnn_setting(1), TypeError,
+     r"fast must be True or False, got int 1"),
+    ("paper-model-seed-negative", lambda w: experiment_models.paper_model(w.tmp, seed=-1),
+     ValueError, r"seed must be an integer ≥ 0, got -1"),
+    ("trained-model-progress-int", lambda w: experiment_models.rnn_model(w.tmp, fast=True,
+     progress=5), TypeError, r"progress must be a minimal_icl\.experiments\.Progress"),
+    ("deep-model-out-none", lambda w: experiment_models.deep_model(None, fast=True), TypeError,
+     r"out_dir must be a folder path, got NoneType"),
     # -- the gradient checks the tutorials run ----------------------------------------------
     ("gradcheck-integer-x", lambda w: gradcheck.numerical_gradient(
         lambda x: float(numpy.sum(x * x)), numpy.ones(3, dtype=int)), TypeError,

@@ -33,7 +33,14 @@ from pathlib import Path
 from ..validation import check_bool
 from . import convergence, deep, dynamics, finetune, identity
 from . import linattn_dynamics, order, positions, thought
-from .common import QUIET, ExperimentError, Progress, check_seed, prepare_out_dir
+from .common import (
+    QUIET,
+    ExperimentError,
+    Progress,
+    check_progress,
+    check_seed,
+    prepare_out_dir,
+)
 from .summary import write_summary
 
 FIGURES = {
@@ -54,11 +61,7 @@ def _check_run(seed, fast, progress) -> tuple[int, bool]:
     int ≥ 0 (ExperimentError), fast True or False, progress a Progress (TypeError)."""
     seed = check_seed(seed)
     fast = check_bool("fast", fast)
-    if not isinstance(progress, Progress):
-        raise TypeError(
-            "progress must be a minimal_icl.experiments.Progress (Progress(quiet=True) for"
-            f" none), got {type(progress).__name__}"
-        )
+    check_progress(progress)
     return seed, fast
 
 

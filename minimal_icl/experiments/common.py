@@ -35,12 +35,27 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
+def check_progress(progress) -> None:
+    """A TypeError unless ``progress`` is a :class:`Progress` (its first update would be
+    an AttributeError)."""
+    if not isinstance(progress, Progress):
+        raise TypeError(
+            "progress must be a minimal_icl.experiments.Progress (Progress(quiet=True) for"
+            f" none), got {type(progress).__name__}"
+        )
+
+
+def check_out_dir(out, name: str = "out") -> Path:
+    """``out`` as a Path, or a TypeError naming ``name`` unless it is a path."""
+    try:
+        return Path(out)
+    except TypeError:
+        raise TypeError(f"{name} must be a folder path, got {type(out).__name__}") from None
+
+
 def prepare_out_dir(out) -> Path:
     """Create the output folder if needed and check that files can be written in it."""
-    try:
-        path = Path(out)
-    except TypeError:
-        raise TypeError(f"out must be a folder path, got {type(out).__name__}") from None
+    path = check_out_dir(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):

@@ -31,6 +31,7 @@ import numpy
 from ..data import regression_prompts
 from ..dynamics import implicit_path
 from ..params import init_params
+from ..validation import check_bool
 from .common import (
     QUIET,
     Progress,
@@ -62,6 +63,7 @@ class ConvergenceConfig:
 
 def convergence_config(fast: bool = False) -> ConvergenceConfig:
     """The settings; the fast variant differs only in the (briefly trained) model."""
+    fast = check_bool("fast", fast)
     return ConvergenceConfig()
 
 

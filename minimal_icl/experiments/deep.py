@@ -25,6 +25,7 @@ from ..implicit import implicit_update
 from ..model import forward
 from ..tolerances import IDENTITY_RTOL
 from ..train import compare_with_baselines
+from ..validation import check_bool
 from .common import (
     QUIET,
     Progress,
@@ -57,6 +58,8 @@ class DeepConfig:
 
 
 def deep_config(fast: bool = False) -> DeepConfig:
+    """The settings; the fast variant uses 500 held-out prompts. fast is True or False."""
+    fast = check_bool("fast", fast)
     if fast:
         return DeepConfig(n_heldout=500, smooth=10)
     return DeepConfig()

@@ -27,6 +27,7 @@ from ..dynamics import implicit_path
 from ..implicit import implicit_update
 from ..model import forward
 from ..tolerances import IDENTITY_RTOL, relative_residual
+from ..validation import check_bool
 from .common import (
     QUIET,
     Progress,
@@ -55,6 +56,7 @@ class DynamicsConfig:
 
 def dynamics_config(fast: bool = False) -> DynamicsConfig:
     """The settings; the fast variant differs only in the (briefly trained) model."""
+    fast = check_bool("fast", fast)
     return DynamicsConfig()
 
 

@@ -67,6 +67,7 @@ from ..mlp import mlp_backward, mlp_forward
 from ..model import predict
 from ..params import MLPParams
 from ..validation import (
+    check_bool,
     check_float_array,
     check_non_negative_int,
     check_params,
@@ -127,6 +128,8 @@ class FinetuneConfig:
 
 
 def finetune_config(fast: bool = False) -> FinetuneConfig:
+    """The settings; the fast variant takes 50 finetuning steps. fast is True or False."""
+    fast = check_bool("fast", fast)
     if fast:
         return FinetuneConfig(steps=50, contexts=(1, 2, 3, 5, 10, 20, 50))
     return FinetuneConfig()

@@ -29,6 +29,7 @@ from ..data import prompt_tokens, regression_prompts
 from ..model import predict
 from ..tolerances import FLOAT32_RTOL, IDENTITY_RTOL
 from ..train import compare_with_baselines
+from ..validation import check_bool
 from .common import (
     QUIET,
     Progress,
@@ -67,6 +68,8 @@ class IdentityConfig:
 
 
 def identity_config(fast: bool = False) -> IdentityConfig:
+    """The settings; the fast variant uses 20 tasks and a smaller grid. fast is True or False."""
+    fast = check_bool("fast", fast)
     if fast:
         return IdentityConfig(n_tasks=20, grid_half=5, n_heldout=2000, smooth=20)
     return IdentityConfig()

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 import numpy
 
 from .. import linattn as la
-from ..validation import check_non_negative, check_positive_int
+from ..validation import check_bool, check_non_negative, check_positive_int
 from .common import (QUIET, Progress, check_seed, new_figure, prepare_out_dir, save_figure,
                      write_json)
 
@@ -80,6 +80,7 @@ def linear_dynamics_config(fast: bool = False) -> LinearDynamicsConfig:
     """The settings; the fast variant: 5,000 training and 20,000 held-out sequences,
     12,000 epochs for ATTN_S and for the sweeps over three initial scales per
     parametrization, no rank-2 ATTN_S run."""
+    fast = check_bool("fast", fast)
     if not fast:
         return LinearDynamicsConfig()
     return LinearDynamicsConfig(n_train=5_000, n_heldout=20_000, s_init=0.126, s_epochs=12_000,

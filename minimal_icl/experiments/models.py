@@ -37,7 +37,8 @@ from ..implicit import implicit_update
 from ..model import predict
 from ..params import ModelParams
 from ..train import OptimizerSettings, Report, TrainingSetup, paper_setting, train_setup
-from .common import QUIET, Progress
+from ..validation import check_bool
+from .common import QUIET, Progress, check_out_dir, check_progress, check_seed
 
 PAPER_MODEL_FILE = "paper_model.npz"
 DEEP_MODEL_FILE = "deep_model.npz"
@@ -82,6 +83,7 @@ def deep_setting(fast: bool = False) -> TrainingSetup:
     versions of the fast pass's query row).
     Fast variant: 40 steps.
     """
+    fast = check_bool("fast", fast)
     config = TransformerConfig(
         d_token=3, n_blocks=4, n_heads=1, d_head=8, d_mlp=16, attention="softmax",
         activation="gelu", causal=False, attn_skip=True, mlp_skip=True, layer_norm=True,
@@ -183,10 +185,13 @@ def paper_model(out_dir, seed: int = 0, fast: bool = False, progress: Progress =
     A checkpoint written by ``python -m minimal_icl train`` (same setting and seed) is
     reused, except by Figure 2 (``need_patched_history``), which needs the validation
     loss recorded with the patch as well; the model is then trained again (to the same
-    parameters) with that record.
+    parameters) with that record. out_dir a folder path, seed an int ≥ 0, fast True or
+    False, progress a Progress.
     """
+    seed = check_seed(seed)
+    check_progress(progress)
     setup = paper_setting(fast=fast)
-    path = Path(out_dir) / PAPER_MODEL_FILE
+    path = check_out_dir(out_dir, "out_dir") / PAPER_MODEL_FILE
     needed = PAPER_HISTORY if need_patched_history else ("train_loss",)
     loaded = _try_load(path, setup, seed, needed)
     if loaded is not None:
@@ -219,6 +224,7 @@ def rnn_setting(fast: bool = False) -> TrainingSetup:
     prompts) falls from 1.9 to 0.66, and its MSE on 20,000 fresh prompts is 0.83 ± 0.02
     (zero predictor: 2): trained, not good. Fast variant: 60 steps.
     """
+    fast = check_bool("fast", fast)
     config = TransformerConfig(d_token=3, n_blocks=1, d_mlp=64, activation="relu",
                                contextual_layer="rnn", d_state=32)
     optimizer = OptimizerSettings(name="adam", lr=1e-2, schedule="cosine", warmup_steps=50,
@@ -238,6 +244,7 @@ def causal_stack_setting(fast: bool = False) -> TrainingSetup:
     seed 0 the validation loss on the run's 512 held-out prompts falls from 3.1 to 0.91;
     the MSE on 20,000 fresh prompts is 1.03 ± 0.02). Fast variant: 40 steps.
     """
+    fast = check_bool("fast", fast)
     config = TransformerConfig(
         d_token=3, n_blocks=2, n_heads=2, d_head=4, d_mlp=32, attention="softmax",
         activation="gelu", causal=True, attn_skip=True, mlp_skip=True, layer_norm=True,
@@ -254,8 +261,13 @@ def causal_stack_setting(fast: bool = False) -> TrainingSetup:
 def trained_model(out_dir, file_name: str, setup: TrainingSetup, seed: int = 0,
                   progress: Progress = QUIET, label: str = "model") -> TrainedModel:
     """``train.train_setup(setup, seed)``, loaded from DIR/``file_name`` when that file
-    was trained with the same setup and seed, else trained and saved there."""
-    path = Path(out_dir) / file_name
+    was trained with the same setup and seed, else trained and saved there. out_dir a
+    folder path, setup a TrainingSetup, seed an int ≥ 0, progress a Progress."""
+    seed = check_seed(seed)
+    check_progress(progress)
+    if not isinstance(setup, TrainingSetup):
+        raise TypeError(f"setup must be a TrainingSetup, got {type(setup).__name__}")
+    path = check_out_dir(out_dir, "out_dir") / file_name
     needed = ("train_loss", "val_step", "val_loss")
     loaded = _try_load(path, setup, seed, needed)
     if loaded is not None:

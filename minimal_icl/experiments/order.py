@@ -43,7 +43,12 @@ import numpy
 from ..data import regression_prompts
 from ..dynamics import implicit_path
 from ..model import forward, predict
-from ..validation import check_float_array, check_non_negative_int, check_step_size
+from ..validation import (
+    check_bool,
+    check_float_array,
+    check_non_negative_int,
+    check_step_size,
+)
 from .common import (
     QUIET,
     Progress,
@@ -80,6 +85,7 @@ class OrderConfig:
 
 def order_config(fast: bool = False) -> OrderConfig:
     """The settings; the fast variant uses 20 prompts (and briefly trained models)."""
+    fast = check_bool("fast", fast)
     return OrderConfig(n_tasks=20) if fast else OrderConfig()
 
 

@@ -45,6 +45,7 @@ from ..positions import (
     position_alignment,
 )
 from ..tolerances import IDENTITY_RTOL, relative_residual
+from ..validation import check_bool
 from .common import QUIET, Progress, new_figure, run_experiment, save_figure, task_rng
 from .models import deep_model, paper_model
 
@@ -69,6 +70,7 @@ class PositionsConfig:
 
 def positions_config(fast: bool = False) -> PositionsConfig:
     """The settings; the fast variant uses 10 prompts and 2,000 random pairs."""
+    fast = check_bool("fast", fast)
     if fast:
         return PositionsConfig(n_tasks=10, n_random_pairs=2_000)
     return PositionsConfig()

@@ -33,7 +33,7 @@ from ..implicit import implicit_update
 from ..model import forward
 from ..thought import RANK_CUTOFF, compression_error, thought_patch
 from ..tolerances import IDENTITY_RTOL
-from ..validation import check_generator, check_positive_int
+from ..validation import check_bool, check_generator, check_positive_int
 from .common import (
     QUIET,
     Progress,
@@ -68,6 +68,7 @@ class ThoughtConfig:
 
 def thought_config(fast: bool = False) -> ThoughtConfig:
     """The settings; the fast variant uses 10 tasks, 20 held-out queries, K ≤ 10."""
+    fast = check_bool("fast", fast)
     if fast:
         return ThoughtConfig(n_tasks=10, n_test=20, n_calibration=(1, 2, 3, 5, 10))
     return ThoughtConfig()
