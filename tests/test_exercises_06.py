@@ -49,6 +49,8 @@ def patched_variant(kind):
             patched = predict(params, config, tokens[:, -1], patches=updates)
         elif kind == "one entry":
             patched = predict(params, config, alone, patches=updates[0])
+        elif kind == "wrapped":
+            patched = predict(params, config, alone, patches=(updates,))
         elif kind == "delta_W":
             patched = predict(params, config, alone, patches=updates[0].delta_W)
         elif kind == "context without its first pair":
@@ -91,6 +93,7 @@ def test_the_right_answer_passes(capsys):
         (patched_variant("query as (B, D)"), "ValueError .*tokens\\[:, -1:, :\\] \\(B, 1, D\\)"),
         (patched_variant("one entry"), "ValueError .*whole tuple implicit_update returns"),
         (patched_variant("delta_W"), "TypeError .*tuple that implicit_update returns as it is"),
+        (patched_variant("wrapped"), "TypeError .*not wrapped in another tuple"),
         (patched_variant("context short by one"), "misses its last pair"),
         (patched_variant("context without its first pair"), "misses its first pair"),
         (patched_variant("first token"), "FIRST token, tokens\\[:, :1\\]"),

@@ -58,7 +58,8 @@ def check_predictions_two_ways(two_ways: Callable, seed: int = 0) -> None:
         raise ExerciseError(
             f"predictions_two_ways raised TypeError ({error}): predict's patches= takes the"
             " tuple that implicit_update returns as it is, one ImplicitUpdate per block (not"
-            " an entry's delta_W: the patch needs its row and column too)") from error
+            " wrapped in another tuple, and not an entry's delta_W: the patch needs its row"
+            " and column too)") from error
     if not isinstance(answer, (tuple, list)) or len(answer) != 2:
         raise ExerciseError("predictions_two_ways must return two arrays: (with_prompt, patched)")
     # a NumPy scalar (one number for the whole batch) becomes a 0-d array: a shape hint
