@@ -4,7 +4,7 @@ Parameters are small NamedTuple records of arrays, nested per block; gradients c
 in the same record types (``backward`` returns a ``ModelParams`` of gradients). Weights
 use the paper's orientation (out, in): a dense layer computes ``x Wᵀ + b`` on row-vector
 tokens, which is ``W z + b`` on a column vector z, so ``MLPParams.W1`` is exactly the W
-of Theorem 2.2.
+of Theorem 2.2 in v1 of Dherin et al. (2025).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class MLPParams(NamedTuple):
     W1: Array  # (M, D)   the first dense layer: "W" in the theorems
     b1: Array  # (M,)
     W2: Array  # (D, M)
-    b2: Array  # (D,)     the output bias: b′ in the skip-connection theorem
+    b2: Array  # (D,)     the output bias b′ (the paper's skip form, docs/theory.md §3)
 
 
 class BlockParams(NamedTuple):
@@ -55,7 +55,8 @@ def init_params(
     xp=None,
     device=None,
 ) -> ModelParams:
-    """Random parameters for ``config``: weights ~ N(0, 1/fan_in), biases 0, LN gain 1.
+    """Random parameters for ``config``: weights ~ N(0, 1/fan_in), biases 0 (LayerNorm's
+    bias β too), LayerNorm's gain γ = 1.
 
     The contextual layer is attention (W_Q, W_K, W_V, W_O) or, for
     ``contextual_layer="rnn"``, the recurrent layer (W_in, W_s, W_out; b = 0).
@@ -64,6 +65,8 @@ def init_params(
     ``xp`` (default NumPy; also "numpy" or "cupy" by name) on ``device``, so one seed
     gives the same model everywhere. ``seed`` is an int ≥ 0 and ``dtype`` a real
     floating-point type (float64 by default); anything else raises, naming the argument.
+    The configuration is checked first, and one whose parameters would not fit in the
+    machine's memory raises a ValueError before any number is drawn.
     """
     from .validation import (  # validation imports this module's records: import it here
         check_config,

@@ -632,6 +632,21 @@ def test_init_params_keeps_dtype_and_device(backend):
         assert numpy.array_equal(backend.to_numpy(a), b.astype(numpy.float32)), name
 
 
+def test_init_params_draws_weights_with_variance_one_over_fan_in():
+    """init_params' docstring: weights N(0, 1/fan_in) from default_rng(seed), biases 0,
+    LayerNorm gain 1 and bias 0 (the draws in the records' order: W_Q, W_K, W_V, W_O, W1, W2)."""
+    config = TransformerConfig(d_token=4, n_heads=2, d_head=3, d_mlp=5, layer_norm=True)
+    block = init_params(config, seed=7).blocks[0]
+    rng = numpy.random.default_rng(7)
+    for W in (block.attn.W_Q, block.attn.W_K, block.attn.W_V, block.attn.W_O, block.mlp.W1,
+              block.mlp.W2):
+        n_out, fan_in = W.shape
+        assert numpy.array_equal(W, rng.standard_normal((n_out, fan_in)) / numpy.sqrt(fan_in))
+    for bias in (block.mlp.b1, block.mlp.b2, block.ln1.bias, block.ln2.bias):
+        assert not numpy.any(bias)
+    assert numpy.all(block.ln1.gain == 1.0) and numpy.all(block.ln2.gain == 1.0)
+
+
 # ---------------------------------------------------------------------------------------
 # Validation: configurations, tokens, patches, parameters
 # ---------------------------------------------------------------------------------------
