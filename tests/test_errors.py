@@ -77,7 +77,7 @@ from minimal_icl.data import (
     ridge_predict,
 )
 from minimal_icl.dynamics import prefix_states
-from minimal_icl.experiments import ExperimentError, reproduce, run_figure
+from minimal_icl.experiments import ExperimentError, Progress, reproduce, run_figure
 from minimal_icl.experiments import finetune as finetune_figure
 from minimal_icl.experiments import linattn_dynamics as linear_dynamics
 from minimal_icl.experiments import models as experiment_models
@@ -1083,6 +1083,10 @@ CASES = [
      progress=5), TypeError, r"progress must be a minimal_icl\.experiments\.Progress"),
     ("deep-model-out-none", lambda w: experiment_models.deep_model(None, fast=True), TypeError,
      r"out_dir must be a folder path, got NoneType"),
+    ("progress-quiet-text", lambda w: Progress(quiet="no"), TypeError,
+     r"quiet must be True or False, got str 'no'"),
+    ("progress-stream-path", lambda w: Progress(stream="log.txt"), TypeError,
+     r"stream must be a text stream \(sys\.stderr, io\.StringIO\(\)\), got str"),
     # -- the gradient checks the tutorials run ----------------------------------------------
     ("gradcheck-integer-x", lambda w: gradcheck.numerical_gradient(
         lambda x: float(numpy.sum(x * x)), numpy.ones(3, dtype=int)), TypeError,

@@ -325,12 +325,18 @@ class Progress:
     """The live status line of long work: ``[stage] done/total  elapsed``.
 
     Drawn with ``progress.ProgressLine``, and only where it draws: on a
-    terminal, unless ``quiet`` or the environment variable CI is set.
+    terminal, unless ``quiet`` or the environment variable CI is set. quiet is True or
+    False ("no" would count as true); stream None (standard error) or a text stream.
     """
 
     def __init__(self, quiet: bool = False, stream=None):
         from ..progress import ProgressLine, progress_enabled
+        from ..validation import check_bool
 
+        quiet = check_bool("quiet", quiet)
+        if stream is not None and not (hasattr(stream, "write") and hasattr(stream, "flush")):
+            raise TypeError(f"stream must be a text stream (sys.stderr, io.StringIO()), got"
+                            f" {type(stream).__name__}")
         self.stream = sys.stderr if stream is None else stream
         self.line = ProgressLine(self.stream, enabled=progress_enabled(self.stream, quiet))
         self.start = time.perf_counter()
