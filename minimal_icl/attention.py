@@ -13,8 +13,8 @@ Here x (B, T, D) is the layer's input, one token per row: the tokens z entering 
 block, after LN1 with LayerNorm (docs/notation.md); x_q holds its rows at the query
 positions (not the regression input x_q of the notation table).
 
-There are no biases in the projections, as in Dherin et al. (2025): a token alone gives
-A(x) = W_O W_V x for softmax attention.
+There are no biases in the projections (the package's choice, README "Our choices"): a
+token alone gives A(x) = W_O W_V x for softmax attention.
 
 ``last_only=True`` takes the queries from the last position only (x_q = x[:, -1:],
 Tq = 1) while keys and values still come from every token: the model's output is read at

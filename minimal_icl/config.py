@@ -25,7 +25,8 @@ class TransformerConfig:
         m   = W2 g(W1 u + b1) + b2        the MLP; W1 is "the W" of the theorems
         out = h + m                       if mlp_skip   else m
 
-    Tokens are used as given (no embedding, no positions), as in Dherin et al. (2025).
+    Tokens are used as given (no embedding, no positions): the package's choice, like
+    attention without biases (README, "Our choices"), not a setting taken from the paper.
 
     Fields:
         d_token:    token width D = model width.
@@ -102,7 +103,8 @@ class TransformerConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TransformerConfig":
         """The inverse of :meth:`to_dict`. A field left out takes its default; an unknown
-        key raises a ValueError naming it, and every value is validated as on creation."""
+        key raises a ValueError naming it, values that are not a mapping a TypeError, and
+        every value is validated as on creation."""
         if not isinstance(values, Mapping):
             raise TypeError(
                 f"TransformerConfig.from_dict: values must be a dict of fields, got"
