@@ -5,8 +5,8 @@ upstream gradient (an all-ones upstream gradient is blind to errors that sum to 
 such as a wrong softmax Jacobian) and in working in float64. Two choices are the
 package's own: fourth-order central differences (CS231n's are second-order,
 (f(x + h) − f(x − h))/2h), and one error per parameter array,
-‖analytic − numeric‖ / max(‖analytic‖, ‖numeric‖), where CS231n reports element-wise
-relative errors.
+‖analytic − numeric‖ / max(‖analytic‖, ‖numeric‖), where CS231n's notebooks report the
+largest element-wise one, max |a − n| / max(1e-8, |a| + |n|) (their ``rel_error``).
 
     error = check_gradients(loss_fn, tree, grads)     # {name: relative error}
     assert_gradients_ok(error)                         # raises if any > GRADCHECK_RTOL
@@ -86,7 +86,7 @@ def check_gradients(loss_fn, tree, grads, step: float = FD_STEP) -> dict[str, fl
     for index, (name, leaf) in enumerate(tree_leaves(tree)):
         analytic = dict(tree_leaves(grads)).get(name)
         if analytic is None:
-            raise ValueError(f"check_gradients: no gradient for {name!r}")
+            raise ValueError(f"check_gradients: no gradient for {name or 'input'!r}")
         if getattr(analytic, "shape", None) != getattr(leaf, "shape", None):
             raise ValueError(
                 f"check_gradients: the gradient for {name or 'input'!r} has shape"

@@ -114,6 +114,8 @@ def test_check_gradients_names_every_leaf_and_needs_every_gradient():
         check_gradients(loss, tree, grads._replace(b=None))
     # a plain array is checked under the name "input"
     assert set(check_gradients(lambda v: float(numpy.sum(v**2)), x, 2 * x)) == {"input"}
+    with pytest.raises(ValueError, match="no gradient for 'input'"):
+        check_gradients(lambda v: float(numpy.sum(v**2)), x, None)
 
 
 def test_assert_gradients_ok_reports_every_failure():
