@@ -295,6 +295,21 @@ def tree_leaves(tree, prefix: str = "") -> list[tuple[str, Array]]:
     return [(prefix[:-1], tree)]
 
 
+def _is_complex(a) -> bool:
+    """Whether ``a`` is an array of complex numbers, in any namespace (False for values
+    that are not arrays)."""
+    dtype = getattr(a, "dtype", None)
+    if dtype is None or not hasattr(a, "shape"):
+        return False
+    kind = getattr(dtype, "kind", None)  # NumPy and CuPy
+    if kind is not None:
+        return kind == "c"
+    try:
+        return bool(namespace(a).isdtype(dtype, "complex floating"))
+    except Exception:  # noqa: BLE001 - not an array this package knows
+        return False
+
+
 def to_device(tree, target: str = "numpy", dtype=None):
     """Move every array of a tree to another backend, optionally changing its dtype.
 
@@ -327,7 +342,7 @@ def to_device(tree, target: str = "numpy", dtype=None):
 
         dtype = check_float_dtype(numpy, dtype)
         for name, a in tree_leaves(tree):
-            if getattr(getattr(a, "dtype", None), "kind", None) == "c":
+            if _is_complex(a):
                 raise TypeError(
                     f"to_device: {name or 'tree'} is complex ({a.dtype}): dtype"
                     f" {numpy.dtype(dtype)} would drop its imaginary part"

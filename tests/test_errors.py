@@ -1213,6 +1213,21 @@ def test_cos_frobenius_of_matrices_near_the_largest_float(world):
     assert relative_residual(huge, cos_frobenius(A, B)) <= IDENTITY_RTOL
 
 
+def test_complex_arrays_of_another_library_are_named():
+    """The complex checks read the dtype through the array API where it has no NumPy
+    ``kind`` (array_api_strict): to_device named NumPy's complex arrays only, and let an
+    array_api_strict one lose its imaginary part with a ComplexWarning."""
+    import array_api_strict
+
+    z = array_api_strict.asarray(numpy.ones((2, 2, 2)) * 1j)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TypeError, match=r"to_device: 0 is complex .* would drop its"):
+            to_device((z,), "numpy", "float32")
+        with pytest.raises(TypeError, match=r"cos_frobenius: A must hold real numbers"):
+            cos_frobenius(z, array_api_strict.ones((2, 2, 2)))
+
+
 def test_relative_residual_of_numbers_near_the_largest_float():
     """a − b beyond the largest float: the residual is still measured (2, not infinity),
     without a warning."""

@@ -163,8 +163,10 @@ def _check_matrices(A, B) -> None:
         if shape is None or len(shape) < 2:
             raise ValueError(f"cos_frobenius: {name} must be an array of matrices (..., m, n),"
                              f" got {type(X).__name__ if shape is None else tuple(shape)}")
-        kind = getattr(X.dtype, "kind", None)
-        if kind is not None and kind not in "iuf":  # complex: ⟨A, B⟩ would need a conjugate
+        kind = getattr(X.dtype, "kind", None)  # NumPy and CuPy; other libraries: isdtype
+        real = kind in tuple("iuf") if kind is not None else bool(
+            namespace(X).isdtype(X.dtype, ("real floating", "integral")))
+        if not real:  # complex: ⟨A, B⟩ would need a conjugate
             raise TypeError(f"cos_frobenius: {name} must hold real numbers, got dtype {X.dtype}")
         if not bool(namespace(X).all(namespace(X).isfinite(X))):
             raise ValueError(f"cos_frobenius: {name} contains NaN or infinity")
