@@ -324,6 +324,8 @@ def to_device(tree, target: str = "numpy", dtype=None):
         def move(a):
             if array_api_compat.is_cupy_array(a):
                 a = a.get()
+            elif isinstance(a, numpy.generic):  # a NumPy scalar: no DLPack
+                a = numpy.asarray(a)
             elif not isinstance(a, numpy.ndarray):
                 a = numpy.from_dlpack(a)  # any other array-API array on the host
             return a if dtype is None else a.astype(dtype)

@@ -1223,6 +1223,11 @@ def check_same_tree(name: str, tree, like_name: str, like) -> None:
             for field, x, y in zip(fields, a, b):
                 walk(x, y, f"{where}.{field}")
             return
+        if _shape(b) is None:
+            raise TypeError(
+                f"{like_name}{where} must be an array (or a record of arrays), got"
+                f" {type(b).__name__}"
+            )
         shape = _shape(a)
         if shape != tuple(b.shape):
             raise ValueError(
@@ -1251,7 +1256,7 @@ def _same_tree(a, b) -> bool:
     dtype = getattr(a, "dtype", None)
     return (
         dtype is not None
-        and tuple(a.shape) == tuple(b.shape)
+        and _shape(a) == _shape(b) is not None
         and _REAL_FLOATING.get((type(dtype), dtype), False)
         and dtype == b.dtype
     )

@@ -1087,6 +1087,10 @@ CASES = [
      r"quiet must be True or False, got str 'no'"),
     ("progress-stream-path", lambda w: Progress(stream="log.txt"), TypeError,
      r"stream must be a text stream \(sys\.stderr, io\.StringIO\(\)\), got str"),
+    ("sgd-params-not-arrays", lambda w: sgd_step([1.0, 2.0], w.query, None, 0.1), TypeError,
+     r"params must be an array \(or a record of arrays\), got list"),
+    ("adam-params-text", lambda w: adam_step("params", w.query, adam_init(w.query), 0.1),
+     TypeError, r"params must be an array \(or a record of arrays\), got str"),
     # -- the gradient checks the tutorials run ----------------------------------------------
     ("gradcheck-integer-x", lambda w: gradcheck.numerical_gradient(
         lambda x: float(numpy.sum(x * x)), numpy.ones(3, dtype=int)), TypeError,
@@ -1226,6 +1230,14 @@ def test_complex_arrays_of_another_library_are_named():
             to_device((z,), "numpy", "float32")
         with pytest.raises(TypeError, match=r"cos_frobenius: A must hold real numbers"):
             cos_frobenius(z, array_api_strict.ones((2, 2, 2)))
+
+
+def test_to_device_moves_numpy_scalars():
+    """A NumPy scalar has a shape and a dtype but no DLPack: to_device moved it with
+    numpy.from_dlpack, an AttributeError."""
+    moved = to_device((numpy.float32(0.5), numpy.float64(2.0)), "numpy", "float64")
+    assert [float(a) for a in moved] == [0.5, 2.0]
+    assert all(a.dtype == numpy.float64 for a in moved)
 
 
 def test_relative_residual_of_numbers_near_the_largest_float():
