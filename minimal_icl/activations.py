@@ -49,11 +49,12 @@ def gelu_backward(dy: Array, cache: ActivationCache) -> Array:
 
 def activation_forward(x: Array, kind: str) -> tuple[Array, ActivationCache]:
     """g(x) for kind "relu" or "gelu"; returns (g(x), ActivationCache), g(x) shaped like x.
-
-    ``kind`` is checked by TransformerConfig (``activation``), not here: any other string
-    runs GELU.
-    """
-    return relu_forward(x) if kind == "relu" else gelu_forward(x)
+    Raises ValueError for any other kind."""
+    if kind == "relu":
+        return relu_forward(x)
+    if kind == "gelu":
+        return gelu_forward(x)
+    raise ValueError(f"activation_forward: kind must be 'relu' or 'gelu', got {kind!r}")
 
 
 def activation_backward(dy: Array, cache: ActivationCache) -> Array:

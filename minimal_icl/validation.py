@@ -1493,13 +1493,13 @@ def check_query_loss(out: Array, target: Array) -> None:
     if shape is None or len(shape) != 3 or min(shape) < 1:
         raise ValueError(
             "query_loss: out must have shape (B, Tq, D) with B, Tq, D ≥ 1 (forward's output),"
-            f" got {shape}"
+            f" got {_shape_text(shape)}"
         )
     t_shape = _shape(target)
     if t_shape != (shape[0],):
         raise ValueError(
             f"query_loss: target must have shape (B,) = ({shape[0]},), got"
-            f" {t_shape}"
+            f" {_shape_text(t_shape)}"
         )
     check_float_array("out", out)
     check_float_array("target", target)
