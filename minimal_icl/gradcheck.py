@@ -15,6 +15,7 @@ largest element-wise one, max |a − n| / max(1e-8, |a| + |n|) (their ``rel_erro
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy
 
@@ -34,6 +35,9 @@ FD_STEP = 1e-5  # fourth-order central differences: truncation ~h⁴, rounding ~
 def relative_error(analytic: Array, numeric: Array) -> float:
     """‖a − n‖ / max(‖a‖, ‖n‖) over all entries (0.0 when both are exactly zero)."""
     check_same_shape("analytic", analytic, "numeric", numeric)
+    for name, a in (("analytic", analytic), ("numeric", numeric)):
+        if getattr(a.dtype, "kind", "f") == "c":  # float() of a complex norm drops its imaginary part
+            raise TypeError(f"relative_error: {name} is complex ({a.dtype}); gradients are real")
     xp = namespace(analytic, numeric)
     diff = float(xp.sqrt(xp.sum((analytic - numeric) ** 2)))
     scale = max(float(xp.sqrt(xp.sum(analytic**2))), float(xp.sqrt(xp.sum(numeric**2))))
@@ -107,6 +111,9 @@ def assert_gradients_ok(errors: dict[str, float], rtol: float = GRADCHECK_RTOL) 
     """Raise AssertionError listing every gradient whose relative error exceeds ``rtol``
     (a finite number ≥ 0)."""
     rtol = check_non_negative("rtol", rtol)
+    if not isinstance(errors, Mapping):
+        raise TypeError(f"errors must be the dict of check_gradients or check_layer, got"
+                        f" {type(errors).__name__}")
     bad = {name: err for name, err in errors.items() if not err <= rtol}
     if bad:
         lines = ", ".join(f"{name}: {err:.2e}" for name, err in sorted(bad.items()))

@@ -36,12 +36,14 @@ from minimal_icl import (
     compression_error,
     factorised_path,
     forward,
+    gradcheck,
     implicit_path,
     implicit_update,
     implicit_update_every_position,
     implicit_update_from_last_token,
     init_params,
     least_squares_predict,
+    linattn,
     linear_attention_context_vector,
     load_checkpoint,
     minimum_norm_solution,
@@ -66,7 +68,7 @@ from minimal_icl import (
     zero_predict,
 )
 from minimal_icl import backend as backend_module
-from minimal_icl import gradcheck, linattn
+from minimal_icl.activations import activation_forward
 from minimal_icl.backend import BackendUnavailableError, require_cupy, resolve_namespace
 from minimal_icl.checkpoint import FORMAT
 from minimal_icl.data import (
@@ -85,6 +87,7 @@ from minimal_icl.experiments import order as order_figure
 from minimal_icl.experiments import thought as thought_figure
 from minimal_icl.experiments.common import (
     cos_frobenius,
+    heldout_table,
     loglog_slope,
     mean_se,
     moving_average,
@@ -482,6 +485,8 @@ CASES = [
     ("init-config-dict", lambda w: init_params(STACK.to_dict()), TypeError,
      r"config must be a TransformerConfig, got dict"),
     # -- the loss, unflatten, von Oswald's construction ------------------------------------
+    ("activation-kind", lambda w: activation_forward(w.tokens, "tanh"), ValueError,
+     r"activation_forward: kind must be 'relu' or 'gelu', got 'tanh'"),
     ("loss-out-list", lambda w: query_loss(w.tokens.tolist(), w.target), ValueError,
      r"query_loss: out must have shape \(B, Tq, D\) with B, Tq, D ≥ 1 .*got None"),
     ("loss-target-list", lambda w: query_loss(w.tokens, w.target.tolist()), ValueError,
@@ -1107,6 +1112,15 @@ CASES = [
      r"rng must be an int ≥ 0 or a numpy Generator, got 'rng'"),
     ("load-metadata-not-text", lambda w: load_checkpoint(_with_entry(w, metadata=numpy.array(5))),
      ValueError, r"one\.npz: entry 'metadata' must be a text scalar, got int64 \(\)$"),
+    ("gradcheck-errors-not-a-dict", lambda w: gradcheck.assert_gradients_ok([0.1]), TypeError,
+     r"errors must be the dict of check_gradients or check_layer, got list"),
+    ("gradcheck-complex-relative-error", lambda w: gradcheck.relative_error(
+        numpy.ones(2) * 1j, numpy.ones(2)), TypeError,
+     r"relative_error: analytic is complex \(complex128\); gradients are real"),
+    ("linear-dynamics-thin-none", lambda w: linear_dynamics.thin(None), TypeError,
+     r"thin: epochs must hold real numbers, got dtype object"),
+    ("heldout-table-not-a-table", lambda w: heldout_table(None), TypeError,
+     r"heldout_table: table must be the dict of rows that compare_with_baselines returns"),
     # -- the exercise checks' own arguments (the reader's function is never called) ---------
     ("exercise-01-seed-negative", lambda w: _exercise(1).check_softmax_backward(
         _unwritten, seed=-1), ValueError, r"seed must be an int ≥ 0, got -1"),

@@ -186,6 +186,10 @@ def heldout_table(table: dict) -> dict:
          "excess": {name: mean of (its squared error − the model's), same prompts},
          "excess_se": {name: standard error of that paired difference}}
     """
+    if not isinstance(table, dict) or not all(
+            hasattr(row, "mse") and hasattr(row, "excess") for row in table.values()):
+        raise TypeError(f"heldout_table: table must be the dict of rows that"
+                        f" compare_with_baselines returns, got {type(table).__name__}")
     keys = (("trained model", "model"), ("zero", "zero"), ("one step of GD", "one_step_gd"),
             ("least squares", "least_squares"), ("ridge", "ridge"))
     out = {"mse": {}, "se": {}, "excess": {}, "excess_se": {}}

@@ -110,7 +110,7 @@ def _curve(function: str, epochs, loss=None):
     ValueError or TypeError naming them."""
     arrays = []
     for name, values in (("epochs", epochs), ("loss", loss)):
-        if values is None:
+        if name == "loss" and values is None:
             continue
         values = numpy.asarray(values)
         if values.dtype.kind not in "iuf":
