@@ -97,7 +97,8 @@ class OptimizerSettings:
     final_lr_fraction: float = 0.0
 
     def __post_init__(self):
-        check_optimizer_settings(self, OPTIMIZERS, SCHEDULES)
+        for field, value in check_optimizer_settings(self, OPTIMIZERS, SCHEDULES).items():
+            object.__setattr__(self, field, value)  # a NumPy scalar becomes a Python number
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """The learning rate of step ``step`` (1-based) out of ``total_steps``: ints with
@@ -147,7 +148,8 @@ class TrainingSetup:
     val_size: int = 2048
 
     def __post_init__(self):
-        check_training_setup(self, OptimizerSettings)
+        for field, value in check_training_setup(self, OptimizerSettings).items():
+            object.__setattr__(self, field, value)  # a NumPy scalar becomes a Python number
 
     def to_dict(self) -> dict:
         """The setup as nested plain dicts ("config" and "optimizer" included), JSON-ready."""

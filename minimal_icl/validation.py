@@ -1331,11 +1331,12 @@ def check_callback(callback, name: str = "callback"):
     return callback
 
 
-def check_training_setup(setup, optimizer_type: type) -> None:
+def check_training_setup(setup, optimizer_type: type) -> dict:
     """Every field of ``train.TrainingSetup``, each error naming its field: config a
     TransformerConfig, optimizer an ``optimizer_type`` (OptimizerSettings), steps,
     batch_size, n_context, val_every and val_size positive ints, d a positive int with
-    config.d_token = d + 1, noise finite ≥ 0."""
+    config.d_token = d + 1, noise finite ≥ 0. Returns the numbers as Python ints and
+    floats (NumPy scalars are not JSON)."""
     prefix = "TrainingSetup."
     check_config(setup.config, prefix + "config")
     if not isinstance(setup.optimizer, optimizer_type):
@@ -1343,34 +1344,40 @@ def check_training_setup(setup, optimizer_type: type) -> None:
             f"{prefix}optimizer must be an OptimizerSettings, got"
             f" {type(setup.optimizer).__name__}"
         )
-    for field in ("steps", "batch_size", "n_context", "d", "val_every", "val_size"):
-        check_positive_int(prefix + field, getattr(setup, field))
+    values = {field: check_positive_int(prefix + field, getattr(setup, field))
+              for field in ("steps", "batch_size", "n_context", "d", "val_every", "val_size")}
     if setup.config.d_token != setup.d + 1:
         raise ValueError(
             f"{prefix}d = {setup.d}: prompts in dimension d need config.d_token = d + 1 ="
             f" {setup.d + 1}, got {setup.config.d_token}"
         )
-    check_non_negative(prefix + "noise", setup.noise)
+    return {**values, "noise": check_non_negative(prefix + "noise", setup.noise)}
 
 
-def check_optimizer_settings(settings, names: tuple, schedules: tuple) -> None:
-    """Every field of ``train.OptimizerSettings``, each error naming its field."""
+def check_optimizer_settings(settings, names: tuple, schedules: tuple) -> dict:
+    """Every field of ``train.OptimizerSettings``, each error naming its field. Returns the
+    numbers as Python ints and floats (a NumPy scalar in the record would make its
+    ``to_dict`` fail as JSON when a checkpoint stores it)."""
     s, prefix = settings, "OptimizerSettings."
     if s.name not in names:
         raise ValueError(f"{prefix}name must be one of {names}, got {s.name!r}")
     if s.schedule not in schedules:
         raise ValueError(f"{prefix}schedule must be one of {schedules}, got {s.schedule!r}")
-    check_positive_float(prefix + "lr", s.lr)
-    check_fraction(prefix + "beta1", s.beta1)
-    check_fraction(prefix + "beta2", s.beta2)
-    check_positive_float(prefix + "eps", s.eps)
-    check_fraction(prefix + "momentum", s.momentum)
+    values = {
+        "lr": check_positive_float(prefix + "lr", s.lr),
+        "beta1": check_fraction(prefix + "beta1", s.beta1),
+        "beta2": check_fraction(prefix + "beta2", s.beta2),
+        "eps": check_positive_float(prefix + "eps", s.eps),
+        "momentum": check_fraction(prefix + "momentum", s.momentum),
+    }
     if not _is_integer(s.warmup_steps) or s.warmup_steps < 0:
         raise ValueError(f"{prefix}warmup_steps must be an int ≥ 0, got {s.warmup_steps!r}")
     if not _is_real(s.final_lr_fraction) or not 0.0 <= s.final_lr_fraction <= 1.0:
         raise ValueError(
             f"{prefix}final_lr_fraction must be in [0, 1], got {s.final_lr_fraction!r}"
         )
+    return {**values, "warmup_steps": int(s.warmup_steps),
+            "final_lr_fraction": float(s.final_lr_fraction)}
 
 
 # -- data ------------------------------------------------------------------------------------

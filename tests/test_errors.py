@@ -1254,6 +1254,20 @@ def test_to_device_moves_numpy_scalars():
     assert all(a.dtype == numpy.float64 for a in moved)
 
 
+def test_a_setup_of_numpy_numbers_is_stored_as_json(world):
+    """NumPy integers and floats count as numbers in OptimizerSettings and TrainingSetup
+    (docs/validation.md), and are kept as Python numbers: a checkpoint's metadata holds
+    the setup as JSON, which refused numpy.int64 after the training."""
+    optimizer = OptimizerSettings(lr=numpy.float32(0.5), warmup_steps=numpy.int64(3))
+    setup = TrainingSetup(ONE, optimizer, steps=numpy.int64(1), batch_size=numpy.int32(4),
+                          n_context=numpy.int64(5), d=numpy.int64(2), noise=numpy.float64(0.1))
+    path = world.tmp / "numpy-setup.npz"
+    save_checkpoint(path, world.one, ONE, metadata={"setup": setup.to_dict()})
+    stored = load_checkpoint(path).metadata["setup"]
+    assert TrainingSetup.from_dict(stored) == setup
+    assert type(setup.steps) is int and type(setup.optimizer.lr) is float
+
+
 def test_relative_residual_of_numbers_near_the_largest_float():
     """a − b beyond the largest float: the residual is still measured (2, not infinity),
     without a warning."""
