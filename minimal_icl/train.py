@@ -400,7 +400,9 @@ def train(
     report(0, held_out=True)
     for step in range(1, steps + 1):
         lr = optimizer.lr_at(step, steps)
-        params, state, loss = train_step(params, state, config, next(batches), optimizer, lr)
+        # a diverging run overflows: _check_finite below names it, without NumPy's warnings
+        with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            params, state, loss = train_step(params, state, config, next(batches), optimizer, lr)
         pending.append(loss)
         held_out = step % val_every == 0 or step == steps
         if len(pending) == FLUSH_EVERY or held_out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 
 import numpy
@@ -104,12 +105,14 @@ def test_callback_receives_the_parameters_and_the_losses():
     assert evaluate(reports[2].params, SMALL, val) == pytest.approx(reports[2].val_loss, rel=1e-12)
 
 
-def test_divergence_raises_a_clear_error():
-    with (
-        numpy.errstate(all="ignore"),
-        pytest.raises(TrainingDivergedError, match="diverged at step"),
-    ):
-        _run(steps=50, optimizer=OptimizerSettings(name="sgd", lr=1e6))
+@pytest.mark.parametrize("optimizer", [OptimizerSettings(name="sgd", lr=1e6),
+                                       OptimizerSettings(name="adam", lr=1e100)])
+def test_divergence_raises_a_clear_error(optimizer):
+    """The named error, and no NumPy RuntimeWarning (overflow in matmul) before it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(TrainingDivergedError, match="diverged at step"):
+            _run(steps=50, optimizer=optimizer)
 
 
 def test_learning_rate_schedule():
