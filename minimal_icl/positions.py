@@ -225,12 +225,13 @@ def at_position(updates: Sequence[ImplicitUpdate], t: int) -> tuple[ImplicitUpda
 
 
 def position_alignment(updates: Sequence[ImplicitUpdate]) -> tuple[Array, ...]:
-    """cos_F(ΔW_s, ΔW_t) between every pair of positions, within each block.
+    """cos_F(ΔW_t, ΔW_t′) between every pair of positions t, t′, within each block.
 
-    For rank-1 matrices ΔW = c rᵀ (column c = W δu, row r = u_∅/‖u_∅‖²),
-    ⟨c_s r_sᵀ, c_t r_tᵀ⟩_F = (c_s·c_t)(r_s·r_t) and ‖c rᵀ‖_F = ‖c‖‖r‖, so
+    The patches are rank 1, ΔW_t = (W δu_t) a_tᵀ/‖a_t‖² (column W δu_t, row along a_t, the
+    vector position t's patch divides by), so ⟨ΔW_t, ΔW_t′⟩_F = (W δu_t · W δu_t′)
+    (a_t · a_t′)/(‖a_t‖² ‖a_t′‖²) and ‖ΔW_t‖_F = ‖W δu_t‖/‖a_t‖, hence
 
-        cos_F(ΔW_s, ΔW_t) = cos(c_s, c_t) · cos(r_s, r_t).
+        cos_F(ΔW_t, ΔW_t′) = cos(W δu_t, W δu_t′) · cos(a_t, a_t′).
 
     ``updates`` with a position axis (arrays (B, T, ...)). Returns one (B, T, T) array
     per block; entries involving a zero ΔW (a position whose context does not move its

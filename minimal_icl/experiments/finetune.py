@@ -318,7 +318,7 @@ def alignment_ceiling(F: numpy.ndarray, row: numpy.ndarray, W=None) -> numpy.nda
 
     Π = I, or the orthogonal projector onto range(W). By Cauchy–Schwarz ⟨F, c aᵀ⟩_F =
     cᵀ(F a) = cᵀ(Π F a) for c in the range of Π, largest for c ∝ Π F a. Every ΔW_i of one
-    query has the row a = A(x)/‖A(x)‖² and the column W δu in range(W), so no update of
+    query has its row along a = A(x) and the column W δu in range(W), so no update of
     that shape aligns with F better than this (docs/theory.md §5).
 
     F (B, M, D), row a (B, D) (any non-zero multiple: only its direction counts), W (M, D)

@@ -19,8 +19,9 @@ updates of different tokens relate, within and across blocks) on their own model
 measurement, on the package's trained paper model (one block) and the trained 4-block
 pre-LN model of Figure 5, is the package's own:
 
-* within a block: cos_F(ΔW_l,s, ΔW_l,t) between every pair of positions, which for
-  rank-1 patches c rᵀ is cos(c_s, c_t) · cos(r_s, r_t) (``position_alignment``), for
+* within a block: cos_F(ΔW_l,t, ΔW_l,t′) between every pair of positions, which for
+  rank-1 patches (W δu_t) a_tᵀ/‖a_t‖² is cos(W δu_t, W δu_t′) · cos(a_t, a_t′)
+  (``position_alignment``), for
   the own-token patches and for the last-token variant;
 * across blocks: cos_F(ΔW_l,t, ΔW_l′,t) at the same position (the blocks' W_l have the
   same shape; their coordinates are not shared, so the number is read against the
@@ -112,7 +113,7 @@ def random_rank_one_cos(M: int, D: int, n: int, rng) -> float:
 
 
 def alignment_summary(cos: numpy.ndarray) -> dict:
-    """Mean cos_F and mean |cos_F| over pairs s ≠ t of one block's (B, T, T) alignment:
+    """Mean cos_F and mean |cos_F| over pairs t ≠ t′ of one block's (B, T, T) alignment:
     between two context positions, and between the query (last position) and the context."""
     T = cos.shape[-1]
     off = ~numpy.eye(T - 1, dtype=bool)
