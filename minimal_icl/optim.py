@@ -90,9 +90,8 @@ def _rebuild(like, arrays: Iterator):
 
 
 def flatten(tree):
-    """Every array of ``tree`` reshaped to a row and concatenated: one vector (P,), P the
-    number of entries of all arrays (a size letter of this module only; P is the attention
-    weights elsewhere)."""
+    """Every array of ``tree`` reshaped to a row and concatenated: one vector (n_params,),
+    n_params the number of entries of all arrays."""
     arrays = _arrays(tree)
     xp = namespace(*arrays)
     return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
@@ -118,8 +117,8 @@ def unflatten(vector, like):
 class AdamState(NamedTuple):
     """Adam's moments for all parameters at once, as vectors in :func:`flatten` order."""
 
-    m: Any  # (P,) first-moment estimate
-    v: Any  # (P,) second-moment estimate
+    m: Any  # (n_params,) first-moment estimate
+    v: Any  # (n_params,) second-moment estimate
     step: int  # steps taken so far, t
 
 
@@ -166,7 +165,7 @@ def adam_step(
     beta2 = check_fraction("beta2", beta2)
     eps = check_positive_float("eps", eps)
     check_same_tree("grads", grads, "params", params)
-    g = flatten(grads)  # (P,)
+    g = flatten(grads)  # (n_params,)
     check_adam_state(state, params, g.shape[0], g.dtype)
     t = state.step + 1
     root = math.sqrt(1.0 - beta2**t)

@@ -87,8 +87,8 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
         check_adam_state(state, params, spans[-1][1])
     xp = namespace(state.m)
     if theta is None:
-        theta = xp.concat(p_arrays, axis=None)  # (P,) the arrays flattened, in order
-    g = xp.concat(_arrays(grads), axis=None)  # (P,)
+        theta = xp.concat(p_arrays, axis=None)  # (n_params,) the arrays flattened, in order
+    g = xp.concat(_arrays(grads), axis=None)  # (n_params,)
     t = state.step + 1
     root = math.sqrt(1.0 - beta2**t)
     alpha = lr * root / (1.0 - beta1**t)
