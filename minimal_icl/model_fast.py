@@ -7,7 +7,10 @@ calls; the tutorials and the theorems read the textbook layers. Four changes:
 
 * **The query row's attention through the heads' circuits, without keys or values.** In a
   block computed at the last position only (``last_only``, Tq = 1: the last block in
-  training), head h reads the tokens through two (D, D) matrices (Elhage et al. 2021),
+  training), head h reads the tokens through two (D, D) matrices (Elhage et al. 2021);
+  as in attention.py, x (B, T, D) is the layer's input (the tokens z, after LN1 with
+  LayerNorm), x_t its rows and x_q its query row (not the regression input x_q,
+  docs/notation.md):
 
       QK_h = W_Q,hᵀ W_K,h / √K:   S_t = x_qᵀ QK_h x_t = r_hᵀ x_t,   r_h = QK_hᵀ x_q (D,)
       OV_h = W_V,hᵀ W_O,hᵀ:       A = W_O (W_V,h ȳ_h)_h = Σ_h OV_hᵀ ȳ_h,   ȳ_h = Σ_t P_t x_t
