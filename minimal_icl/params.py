@@ -59,7 +59,7 @@ def init_params(
     bias β too), LayerNorm's gain γ = 1.
 
     The contextual layer is attention (W_Q, W_K, W_V, W_O) or, for
-    ``contextual_layer="rnn"``, the recurrent layer (W_in, W_s, W_out; b = 0).
+    ``contextual_layer="rnn"``, the recurrent layer (W_in, W_s, W_out; b_s = 0).
 
     Numbers are drawn on the host with ``numpy.random.default_rng(seed)`` and moved to
     ``xp`` (default NumPy; also "numpy" or "cupy" by name) on ``device``, so one seed

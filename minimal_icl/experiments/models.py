@@ -103,7 +103,7 @@ def deep_setting(fast: bool = False) -> TrainingSetup:
 def patched_predict(params: ModelParams, config: TransformerConfig, tokens, chunk: int = 1024):
     """T_{W+ΔW}(x): the query alone through the model patched with its context's ΔW.
 
-    tokens (B, N+1, D) = [context, query]; ΔW, Δb from ``implicit_update`` (Y = C).
+    tokens (B, N+1, D) = [context, query]; ΔW, Δb′ from ``implicit_update`` (Y = C).
     Returns the predictions (B,), computed in chunks of ``chunk`` prompts.
     """
     parts = []
