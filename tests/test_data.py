@@ -223,6 +223,14 @@ def test_ridge_is_the_posterior_mean_and_tends_to_least_squares():
         for b in range(5)
     ]
     assert relative_residual(ridge_predict(batch, lam), numpy.array(expected)) <= 1e-12
+    # the posterior mean by Gaussian conditioning, another formula: w ~ N(0, τ² I) and
+    # y = X w + σ ε give E[w | y] = τ² Xᵀ (τ² X Xᵀ + σ² I)⁻¹ y, here with τ = 2, σ = 0.3
+    posterior = [
+        4.0 * X[b].T @ numpy.linalg.solve(4.0 * X[b] @ X[b].T + 0.09 * numpy.eye(8), y[b])
+        @ batch.query_x[b]
+        for b in range(5)
+    ]
+    assert relative_residual(ridge_predict(batch, lam), numpy.array(posterior)) <= 1e-12
     assert relative_residual(ridge_predict(batch, 0.0), least_squares_predict(batch)) <= 1e-10
     with pytest.raises(ValueError, match="lambda"):
         ridge_predict(batch, -1.0)
