@@ -151,7 +151,7 @@ def well_conditioned(config: TransformerConfig) -> bool:
 
     * LayerNorm over D = 2 features: LN of (a, b) is ±(1, −1) smoothed over |a − b| ~ √eps,
       so its condition number reaches |h|/√eps ~ 300 |h|, and the patched query-alone
-      run meets it at a different point (u_∅ = LN(h_∅)) from the with-context run;
+      run meets it at a different point (u_∅ = LN2(h_∅)) from the with-context run;
     * stacks of un-normalised linear attention without LayerNorm: linear attention is
       cubic in its input, so a stack composes polynomials of degree 9 or 27 and, with
       standard normal tokens, outputs reach 1e5.
@@ -159,7 +159,8 @@ def well_conditioned(config: TransformerConfig) -> bool:
     On these the identities still hold to the float64 forward pass's own accuracy
     (residuals of about 4e-13 in float64 and 1.03e-4 in float32 were measured with an
     earlier version of the package, 1.8e-16 and 1.9e-7 with the current one on the same
-    draw, see docs/float32.md; the 64-combination test runs them at fixed seeds), but not
+    draw, see docs/float32.md; in float64 the one-block property tests still draw LayerNorm
+    over D = 2 and the 64-combination test runs linear-attention stacks at fixed seeds), but not
     with margin under IDENTITY_RTOL = 1e-12 and FLOAT32_RTOL = 1e-4 in every draw. The
     float32 test and the stack tests draw well-conditioned models only.
     """
