@@ -594,7 +594,7 @@ assert prefix_residual <= IDENTITY_RTOL and first_is_zero
 assert max(variant_residual) <= IDENTITY_RTOL and same_rows and block2_same <= IDENTITY_RTOL
 assert factorised <= IDENTITY_RTOL
 assert alignment["own token"] > alignment["last token"]  # own patches align; the variant's signs cancel
-assert numpy.max(ratio) < 1e-12  # regression queries: rank A = d = 2
+assert numpy.max(ratio) < IDENTITY_RTOL  # regression queries: rank A = d = 2
 clearly_above, clearly_below = ratio > 1.1e-15, ratio < 0.9e-15  # away from the cutoff
 assert numpy.all(naive_norm[clearly_above] > 1e6 * package_norm[clearly_above])  # inverted
 if clearly_below.any():  # where the default cutoff drops σ_3 the two agree
