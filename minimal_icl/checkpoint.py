@@ -43,6 +43,7 @@ from .params import (
 from .validation import (
     _expected_shapes,
     check_config,
+    check_device,
     check_namespace,
     check_params,
     check_writable_file,
@@ -273,6 +274,8 @@ def load_checkpoint(
         check_config(config)
     # a device alone means NumPy's (where anything but "cpu" is refused, as in init_params)
     xp = None if xp is None and device is None else check_namespace(xp)
+    if xp is not None:
+        check_device(xp, device)
     if os.path.isdir(path):
         raise CheckpointError(path, "is a directory, not a checkpoint file")
     if not os.path.exists(path):

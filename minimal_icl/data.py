@@ -41,6 +41,7 @@ from .validation import (
     check_batch,
     check_batch_finite,
     check_batch_tokens,
+    check_device,
     check_float_dtype,
     check_generator,
     check_namespace,
@@ -149,6 +150,7 @@ def regression_prompts(
     d = check_positive_int("d", d)
     noise = check_non_negative("noise", noise)
     xp = check_namespace(xp)
+    check_device(xp, device)
     dtype = check_float_dtype(xp, dtype)
     tokens, target, w = _draw_host(check_generator(seed), batch_size, n_context, d, noise)
     return _to_batch(tokens, target, w, dtype, xp, device)
@@ -190,6 +192,7 @@ def regression_stream(
     noise = check_non_negative("noise", noise)
     rng = check_generator(seed)
     xp = check_namespace(xp)
+    check_device(xp, device)
     dtype = check_float_dtype(xp, dtype)
     return _stream(rng, batch_size, n_context, d, noise, dtype, xp, device, batches_per_draw)
 

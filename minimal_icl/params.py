@@ -70,6 +70,7 @@ def init_params(
     """
     from .validation import (  # validation imports this module's records: import it here
         check_config,
+        check_device,
         check_float_dtype,
         check_model_size,
         check_namespace,
@@ -80,6 +81,7 @@ def init_params(
     check_model_size(config)
     seed = check_seed(seed)
     xp = check_namespace(xp)
+    check_device(xp, device)
     dtype = check_float_dtype(xp, dtype)
     rng = numpy.random.default_rng(seed)
     D, H, K, M = config.d_token, config.n_heads, config.d_head, config.d_mlp

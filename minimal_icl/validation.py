@@ -252,6 +252,20 @@ def check_namespace(xp, name: str = "xp"):
     return resolve_namespace(xp, name)
 
 
+def check_device(xp, device, name: str = "device"):
+    """``device`` if it is a device of the namespace ``xp`` (None: the namespace's default);
+    a ValueError naming ``name`` otherwise. Tried on an empty array: nothing is allocated
+    (NumPy knows only "cpu"; CuPy takes a GPU's number or ``cupy.cuda.Device``)."""
+    if device is None:
+        return None
+    try:
+        xp.empty((0,), device=device)
+    except Exception as error:  # noqa: BLE001 - each library refuses a device its own way
+        library = getattr(xp, "__name__", type(xp).__name__)
+        raise ValueError(f"{name} {device!r} is not a device of {library}: {error}") from None
+    return device
+
+
 def check_float_dtype(xp, dtype, name: str = "dtype"):
     """``dtype`` resolved in ``xp``; a TypeError naming ``name`` unless real floating point."""
     try:

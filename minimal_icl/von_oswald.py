@@ -53,6 +53,7 @@ from .data import prompt_tokens, theta0_row
 from .model import forward
 from .params import AttentionParams, BlockParams, MLPParams, ModelParams
 from .validation import (
+    check_device,
     check_float_dtype,
     check_namespace,
     check_result_finite,
@@ -84,6 +85,7 @@ def von_oswald_attention(
     """
     d, eta, n_context = check_von_oswald(d, eta, n_context)
     xp = check_namespace(xp)
+    check_device(xp, device)
     dtype = check_float_dtype(xp, dtype)
     D = K = d + 1
     theta0 = theta0_row(theta0, d)  # (1, d)
