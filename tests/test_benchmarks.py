@@ -50,6 +50,17 @@ def test_bench_train_quick_prints_the_floor_as_a_paired_ratio():
     assert out.count("NumPy by hand at") == 1
 
 
+def _run_checked(code: str) -> None:
+    """Run ``code`` in a fresh Python beside the benchmarks (importing bench_train pins
+    the process to one core, so not in this one); it must end by printing "checked"."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        cwd=SCRIPT.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "checked"
+
+
 def test_bench_train_reports_a_peer_that_cannot_run():
     """A contender whose first step raises (torch.compile without a C++ compiler, say) is
     reported with its reason and left out; the others are still checked. (In a
@@ -69,12 +80,7 @@ assert set(gaps) == {"minimal_icl float32"}, gaps
 assert gaps["minimal_icl float32"] <= bench_train.tolerance("minimal_icl float32"), gaps
 print("checked")
 """
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-        cwd=SCRIPT.parent,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "checked"
+    _run_checked(code)
 
 
 def test_bench_train_counts_the_matrix_products_of_a_step():
@@ -93,12 +99,7 @@ c = TransformerConfig(d_token=3, n_blocks=1, n_heads=8, d_head=2, d_mlp=128, lay
 assert bench_train.matmul_flops(c, 64, 51, True) == 2 * 64 * 3 * 7392
 print("checked")
 """
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-        cwd=SCRIPT.parent,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "checked"
+    _run_checked(code)
 
 
 def test_bench_train_numpy_by_hand_is_the_package_step_to_the_last_bit():
@@ -121,9 +122,4 @@ else:
     raise AssertionError("no error for the larger workload")
 print("checked")
 """
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-        cwd=SCRIPT.parent,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "checked"
+    _run_checked(code)
