@@ -82,8 +82,8 @@ def test_theorem_path_weights_reproduce_every_prefix_output(problem):
 
 @given(problems(config=one_block()))
 def test_theorem_path_weights_are_the_prefix_rank1_updates(problem):
-    """W_i = W_0 + ΔW(c_1..c_i): the path's weights are Theorem 2.2's update of each
-    prefix, as implicit_update computes it from separate runs."""
+    """W_i = W_0 + ΔW_i: the path's weights are Theorem 2.2's update of each prefix
+    c_1..c_i, as implicit_update computes it from separate runs."""
     config, params, context, query = problem[:4]
     path = implicit_path(params, config, context, query)
     W0 = params.blocks[0].mlp.W1
@@ -92,7 +92,7 @@ def test_theorem_path_weights_are_the_prefix_rank1_updates(problem):
     for i in range(context.shape[1] + 1):
         (update,) = implicit_update(params, config, context[:, :i], query)
         assert relative_residual(path.weights(i), W0 + update.delta_W) <= IDENTITY_RTOL
-        scale = h_scale + numpy.max(numpy.abs(update.delta_b), axis=-1)  # Δb = h_C − h_∅
+        scale = h_scale + numpy.max(numpy.abs(update.delta_b), axis=-1)  # Δb′ = h_C − h_∅
         assert residual_against(path.update(i).delta_b, update.delta_b, scale) <= IDENTITY_RTOL
 
 
@@ -131,8 +131,8 @@ def test_theorem_consuming_a_token_is_a_gradient_step(problem, data):
 
 @given(problems(config=one_block()), st.integers(1, 8))
 def test_theorem_step_size_depends_only_on_the_query(problem, other_N):
-    """h = 1/‖A(x)‖², with A(x) the block's MLP input on the query alone; another
-    context of another length gives the same h."""
+    """η_x = 1/‖A(x)‖², with A(x) the block's MLP input on the query alone; another
+    context of another length gives the same η_x."""
     config, params, context, query, _, seed = problem
     path = implicit_path(params, config, context, query)
     _, alone = block_forward(query[:, None, :], params.blocks[0], config)
@@ -147,9 +147,9 @@ def test_theorem_step_size_depends_only_on_the_query(problem, other_N):
 
 @given(problems(config=one_block()))
 def test_theorem_path_stays_rank_one_with_right_factor_A_x(problem):
-    """All W_i − W_0 share the right factor A(x)ᵀ: the updates ΔW(c_1..c_i) of every
+    """All W_i − W_0 share the right factor A(x)ᵀ: the updates ΔW_i of every
     prefix (separate implicit_update calls), stacked, have one non-zero singular value,
-    and each increment is h · W_0 (A_{i+1} − A_i) ⊗ A(x)."""
+    and each increment is W_{i+1} − W_i = η_x W_0 (A_{i+1} − A_i) A(x)ᵀ."""
     config, params, context, query = problem[:4]
     N = context.shape[1]
     path = implicit_path(params, config, context, query)
@@ -221,7 +221,7 @@ def test_prefix_states_fall_back_when_the_query_weight_underflows():
 
 @given(problems(config=one_block()))
 def test_theorem_factorised_path_reproduces_the_context_output(problem):
-    """W_i = W_{i−1}(I + h_i A_i) keeps the output: T_{W_i}(c_{i+1}..c_N, x) = T_{W_0}(C, x)
+    """W_i = W_{i−1}(I + η_i F_i) keeps the output: T_{W_i}(c_{i+1}..c_N, x) = T_{W_0}(C, x)
     for every i, in particular T_{W_N}(x) = T_{W_0}(C, x)."""
     config, params, context, query = problem[:4]
     path = factorised_path(params, config, context, query)
@@ -233,26 +233,27 @@ def test_theorem_factorised_path_reproduces_the_context_output(problem):
 
 @given(problems(config=one_block()))
 def test_theorem_factorised_weights_are_the_product_of_factors(problem):
-    """W_i = W_0 (I + h_1 A_1)···(I + h_i A_i) with A_i = ΔA(c_i) S_iᵀ, h_i = 1/‖S_i‖² and
-    S_i the block's MLP input on [c_{i+1}..c_N, x] (separate runs, D × D products)."""
+    """W_i = W_0 (I + η_1 F_1)···(I + η_i F_i) with F_i = ΔA(c_i) A_{>i}ᵀ, η_i = 1/‖A_{>i}‖²
+    and A_{>i} the block's MLP input on [c_{i+1}..c_N, x] (separate runs, D × D products)."""
     config, params, context, query = problem[:4]
     path = factorised_path(params, config, context, query)
     B, N, D = context.shape
-    S = numpy.stack(
+    A_suffix = numpy.stack(
         [
             block_forward(with_query(context[:, i:], query), params.blocks[0], config)[1].u[:, -1]
             for i in range(N + 1)
         ],
         axis=1,
-    )  # (B, N+1, D)
-    assert relative_residual(path.A_suffix, S) <= IDENTITY_RTOL
+    )  # (B, N+1, D)  A_{>i}, i = 0..N
+    assert relative_residual(path.A_suffix, A_suffix) <= IDENTITY_RTOL
     product = numpy.broadcast_to(numpy.eye(D), (B, D, D))
     for i in range(1, N + 1):
-        h_i = 1.0 / numpy.sum(S[:, i] ** 2, axis=-1)
-        A_i = (S[:, i - 1] - S[:, i])[:, :, None] * S[:, i][:, None, :]
-        scale = (norm(S[:, i - 1]) + norm(S[:, i])) * norm(S[:, i])  # ΔA(c_i) is a difference
-        assert residual_against(path.factor(i), A_i, scale) <= IDENTITY_RTOL
-        product = product @ (numpy.eye(D) + h_i[:, None, None] * A_i)
+        before, after = A_suffix[:, i - 1], A_suffix[:, i]  # A_{>i−1}, A_{>i}
+        eta_i = 1.0 / numpy.sum(after**2, axis=-1)
+        F_i = (before - after)[:, :, None] * after[:, None, :]  # ΔA(c_i) A_{>i}ᵀ
+        scale = (norm(before) + norm(after)) * norm(after)  # ΔA(c_i) is a difference
+        assert residual_against(path.factor(i), F_i, scale) <= IDENTITY_RTOL
+        product = product @ (numpy.eye(D) + eta_i[:, None, None] * F_i)
         assert (
             relative_residual(path.weights(i), params.blocks[0].mlp.W1 @ product) <= IDENTITY_RTOL
         )
@@ -262,9 +263,9 @@ def test_theorem_factorised_weights_are_the_product_of_factors(problem):
     problems(config=generic_one_block(), n_context=st.integers(2, 8), batch=st.just(GENERIC_BATCH))
 )
 def test_theorem_factorised_endpoint_is_another_solution_not_the_rank1_update(problem):
-    """For N ≥ 2, W_N − W_0 solves X A(x) = W_0 ΔA like ΔW(C), has the larger Frobenius
-    norm (ΔW(C) is the minimum-norm solution), and differs from ΔW(C) (generically: the
-    median gap over the prompts exceeds GENERIC_GAP)."""
+    """For N ≥ 2, W_N − W_0 solves X A(x) = W_0 ΔA like ΔW(C), its Frobenius norm is no
+    smaller (ΔW(C) is the minimum-norm solution), and it differs from ΔW(C)
+    (generically: the median gap over the prompts exceeds GENERIC_GAP)."""
     config, params, context, query = problem[:4]
     path = factorised_path(params, config, context, query)
     (update,) = implicit_update(params, config, context, query)
@@ -412,7 +413,7 @@ def test_theorem_causal_stack_patches_depend_on_order(problem):
 def test_every_path_update_is_computed_by_the_one_rank_one_update(monkeypatch):
     """ΔW = (W δ) aᵀ/‖a‖² has one implementation, implicit.rank_one_update: the path's
     W_i − W_0 (δ = A_i − A(x), a = A(x)) and every step of the factorised path
-    (W = W_{j−1}, δ = ΔA(c_j), a = S_j) call it, and give exactly what it returns."""
+    (W = W_{j−1}, δ = ΔA(c_j), a = A_{>j}) call it, and give exactly what it returns."""
     import minimal_icl.dynamics as dynamics
     from minimal_icl.implicit import rank_one_update
 
@@ -445,7 +446,7 @@ def test_every_path_update_is_computed_by_the_one_rank_one_update(monkeypatch):
 
 @given(problems(config=one_block(attn_skip=False, layer_norm=False)))
 def test_theorem_path_with_zero_query_raises_degenerate_query_error(problem):
-    """A(x) = W_O W_V 0 = 0 without skip or LayerNorm: h = 1/‖A(x)‖² does not exist."""
+    """A(x) = W_O W_V 0 = 0 without skip or LayerNorm: η_x = 1/‖A(x)‖² does not exist."""
     config, params, context, query = problem[:4]
     query = query.copy()
     query[-1] = 0.0
