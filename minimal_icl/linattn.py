@@ -324,6 +324,9 @@ class SeparateCache(NamedTuple):
 
 
 def _check_tokens(X, params) -> None:
+    if hasattr(X, "shape") and not isinstance(X, numpy.ndarray):
+        raise TypeError(f"X must be a NumPy array (this module runs on NumPy only), got "
+                        f"{type(X).__module__}.{type(X).__name__}")
     if not isinstance(X, numpy.ndarray) or X.ndim != 3:
         raise ValueError(f"X must be a (B, d+1, N+1) array of tokens as columns, got "
                          f"{getattr(X, 'shape', type(X).__name__)}")

@@ -1549,3 +1549,14 @@ def test_sgd_without_momentum_takes_its_own_state_or_none(world):
                for (_, a), (_, b) in zip(tree_leaves(stepped), tree_leaves(again)))
     W1 = world.params.blocks[0].mlp.W1
     assert numpy.array_equal(stepped.blocks[0].mlp.W1, W1 - 0.1 * W1)  # θ − lr g with g = θ
+
+
+def test_linattn_names_an_array_of_another_library():
+    """linattn runs on NumPy only: an array_api_strict array of a valid shape is a
+    TypeError that says so (its shape was quoted as if it were wrong before)."""
+    import array_api_strict
+
+    params = linattn.init_merged(2, n_heads=1, scale=0.1, seed=0)
+    X = array_api_strict.asarray(numpy.ones((3, 3, 5)))
+    with pytest.raises(TypeError, match=r"X must be a NumPy array \(this module runs on NumPy"):
+        linattn.merged_forward(X, params)
