@@ -108,12 +108,14 @@ def test_the_variant_patch_is_the_last_positions_patch_at_the_last_position():
 
 @given(problems(config=any_model, n_context=st.integers(1, 6)))
 def test_position_t_patch_is_the_query_patch_of_what_t_attends_to(problem):
-    """Position t's patch is implicit_update's for the prompt [context of t, z_t]: the
-    prefix before t with a causal mask; all other tokens (in order) without one, since
-    attention without positions is permutation-equivariant."""
+    """Position t's patch (δu, the row, ΔW and Δb′ of every block) is implicit_update's
+    for the prompt [context of t, z_t]: the prefix before t with a causal mask; all
+    other tokens (in order) without one, since attention without positions is
+    permutation-equivariant."""
     config, params = problem.config, problem.params
     tokens = prompt(problem)
     updates = implicit_update_every_position(params, config, tokens)
+    _, cache = forward(params, config, tokens)  # h_C of every block and position, for scale
     for t in range(tokens.shape[1]):
         context = tokens[:, :t] if config.causal else numpy.delete(tokens, t, axis=1)
         if context.shape[1] == 0:
@@ -126,6 +128,12 @@ def test_position_t_patch_is_the_query_patch_of_what_t_attends_to(problem):
             assert relative_residual(mine.row[:, t], theirs.row) <= IDENTITY_RTOL
             scale = size * abs(params.blocks[l].mlp.W1).max() * abs(theirs.row).max(-1)
             assert residual_against(mine.delta_W[:, t], theirs.delta_W, scale) <= IDENTITY_RTOL
+            if config.mlp_skip:  # Δb′ = h_C − h_∅: against the size of the two terms
+                h_C = cache.blocks[l].h[:, t]
+                h_size = numpy.maximum(abs(h_C).max(-1), abs(h_C - mine.delta_b[:, t]).max(-1))
+                assert residual_against(mine.delta_b[:, t], theirs.delta_b, h_size) <= IDENTITY_RTOL
+            else:  # no output-bias patch without an MLP skip
+                assert not numpy.any(mine.delta_b[:, t]) and not numpy.any(theirs.delta_b)
 
 
 @given(problems(config=configs(causal=st.just(True)).filter(well_conditioned)))
