@@ -511,8 +511,10 @@ def test_property_last_only_is_the_last_row(case, seed):
 
     The two backwards add the same products in different orders, so each gradient is
     compared against the scale of the whole backward (its largest entry): a W_Q
-    gradient of 1e-7 left over from a cancellation of O(1) terms (rank collapse, or
-    LayerNorm on 3-wide tokens) agrees only to 1e-9 of itself, 1e-16 of the terms."""
+    gradient left over from a cancellation of O(1) terms (rank collapse, or LayerNorm on
+    3-wide tokens) is rounding noise, and the two can differ by more than itself
+    (measured over 300 draws: one of 7e-24 by 43 times itself, 1e-22 of the largest
+    entry)."""
     config = make_config(case)
     params = random_params(config, seed)
     tokens = random_tokens(seed, config, n_tokens=4)
