@@ -355,7 +355,9 @@ def test_property_checker_rejects_both_softmax_bugs_on_every_shape(B, H, Tq, T, 
     GRADCHECK_RTOL. (With one key softmax is the constant 1, whose true gradient 0 the
     first bug also gives.) Scores of order 0.1 to 1: at scale 3 two keys can saturate the
     softmax, whose gradient P(1 − P) then falls to about e^{-12}, below what float64
-    finite differences resolve to GRADCHECK_RTOL (measured: 5e-6)."""
+    finite differences resolve to GRADCHECK_RTOL (measured with the correct backward on
+    two keys, worst of 50 upstream gradients: 1.2e-6 at a score gap of 10, 3.9e-5 at
+    12; over 1500 random draws at scale 3, 2.2e-7, and 1.4e-9 at scale 1)."""
     scores = scale * numpy.random.default_rng(seed).standard_normal((B, H, Tq, T))
     assert_gradients_ok(check_layer(softmax_forward, softmax_backward, scores, seed=seed))
     for bug in (no_leading_factor, no_sum_term):
