@@ -23,9 +23,10 @@ from minimal_icl import (
 from minimal_icl.block import BlockPatch, block_forward
 from minimal_icl.thought import ThoughtPatch, compression_error, thought_patch
 
-# A of full column rank, with margin: the smallest singular value of the calibration
-# inputs at least GENERIC_RANK times the largest (about 15 % of random draws fall below,
-# most of them structurally rank-deficient: one head of width 1 without attention skip,
+# A of full rank min(K, D), with margin: the smallest singular value of the calibration
+# inputs at least GENERIC_RANK times the largest (about 18 % of the draws of these tests
+# fall below, measured over 3 × 600 draws of one block and K = 1..12, most of them
+# structurally rank-deficient: one head of width 1 without attention skip,
 # LayerNorm over 2 features, where every a_k lies in one or two fixed directions).
 GENERIC_RANK = 1e-3
 # The same patched outputs rounded along two routes (compression_error's batch and one
