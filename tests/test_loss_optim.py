@@ -21,6 +21,13 @@ from minimal_icl.optim import (
 )
 from minimal_icl.tolerances import IDENTITY_RTOL, relative_residual
 
+# The query loss against the same mean of squares summed by NumPy: a few roundings of
+# eps = 2.2e-16 (measured 1.9e-16).
+LOSS_RTOL = 1e-15
+# The loss of a last_only run against the full run's: the query row comes from the same
+# products (measured equal); the margin allows a BLAS that blocks the products otherwise.
+LAST_ONLY_LOSS_RTOL = 1e-14
+
 
 def test_query_loss_value_and_gradient_by_finite_differences():
     rng = numpy.random.default_rng(0)
@@ -28,7 +35,7 @@ def test_query_loss_value_and_gradient_by_finite_differences():
     target = rng.standard_normal(5)
     loss, dout = query_loss(out, target)
     assert float(loss) == pytest.approx(
-        float(numpy.mean((out[:, -1, -1] - target) ** 2)), rel=1e-15
+        float(numpy.mean((out[:, -1, -1] - target) ** 2)), rel=LOSS_RTOL
     )
     assert dout.shape == out.shape
     mask = numpy.zeros(out.shape, dtype=bool)
@@ -51,7 +58,7 @@ def test_loss_through_the_model_last_only_matches_full_output():
         loss, dout = query_loss(out, target)
         results.append((float(loss), backward(dout, cache)[1]))
     (loss_full, grads_full), (loss_last, grads_last) = results
-    assert loss_last == pytest.approx(loss_full, rel=1e-14)
+    assert loss_last == pytest.approx(loss_full, rel=LAST_ONLY_LOSS_RTOL)
     for (name, a), (_, b) in zip(tree_leaves(grads_full), tree_leaves(grads_last)):
         assert relative_residual(a, b) <= IDENTITY_RTOL, name
 
@@ -130,11 +137,13 @@ def test_adam_against_algorithm_1():
 
 
 def test_first_adam_step_moves_every_weight_by_about_lr():
-    """At t = 1, m̂ = g and v̂ = g², so each entry moves by lr·g/(|g| + ε) ≈ lr·sign(g)."""
+    """At t = 1, m̂ = g and v̂ = g², so each entry moves by lr·g/(|g| + ε) ≈ lr·sign(g)
+    (ε = 1e-8, adam_step's default; measured to 5.5e-14 of the move)."""
     params, grads = _tree(0), _tree(5)
     new, _ = adam_step(params, grads, adam_init(params), lr=1e-3)
     for (_, p), (_, g), (_, n) in zip(tree_leaves(params), tree_leaves(grads), tree_leaves(new)):
-        assert numpy.allclose(p - n, 1e-3 * g / (numpy.abs(g) + 1e-8), rtol=1e-12, atol=0)
+        move = 1e-3 * g / (numpy.abs(g) + 1e-8)
+        assert numpy.allclose(p - n, move, rtol=IDENTITY_RTOL, atol=0)
 
 
 def test_optimisers_do_not_modify_their_inputs(backend):
