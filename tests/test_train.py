@@ -212,3 +212,24 @@ def test_comparison_table_has_every_baseline():
     assert model.excess == 0.0 and model.excess_stderr == 0.0
     for row in table.values():  # the paired difference is the difference of the means
         assert row.excess == pytest.approx(row.mse - model.mse, abs=1e-12)
+
+
+def test_comparison_prompts_are_the_third_stream_and_ridge_uses_sigma_squared():
+    """The held-out prompts are child 2 of SeedSequence(seed) (training and validation use
+    children 0 and 1), and with label noise σ the ridge row is ridge with λ = σ²/τ² = σ²."""
+    from minimal_icl.data import mse, ridge_predict, zero_predict
+    from minimal_icl.tolerances import IDENTITY_RTOL
+
+    noise = 0.5
+    setup = replace(paper_setting(fast=True), config=SMALL, n_context=4, noise=noise)
+    params = init_params(SMALL, seed=0)
+    table = compare_with_baselines(params, setup, n_prompts=64, seed=3)
+    rng = numpy.random.default_rng(numpy.random.SeedSequence(3).spawn(3)[2])
+    batch = regression_prompts(64, 4, 2, rng, noise)
+    assert table["zero predictor"].mse == mse(zero_predict(batch), batch.target)
+    assert table["ridge (λ = σ²)"].mse == pytest.approx(
+        mse(ridge_predict(batch, noise**2), batch.target), rel=IDENTITY_RTOL
+    )
+    # λ = σ instead of σ² moves this MSE by 1.5 %, 1e10 times the tolerance above
+    wrong = mse(ridge_predict(batch, noise), batch.target)
+    assert table["ridge (λ = σ²)"].mse != pytest.approx(wrong, rel=IDENTITY_RTOL)
