@@ -13,7 +13,8 @@ import time
 
 
 def progress_enabled(stream, quiet: bool = False) -> bool:
-    """Whether to draw a live progress line: not quiet, a terminal, and not under CI."""
+    """Whether to draw a live progress line: not quiet, ``stream`` a terminal (its
+    ``isatty()``), and the environment variable CI unset or empty."""
     if quiet or os.environ.get("CI"):
         return False
     isatty = getattr(stream, "isatty", None)
@@ -21,7 +22,9 @@ def progress_enabled(stream, quiet: bool = False) -> bool:
 
 
 class ProgressLine:
-    """One status line rewritten in place with a carriage return, at most every 0.1 s."""
+    """One status line rewritten in place with a carriage return, at most once every
+    ``interval`` seconds (0.1 by default) unless an update is forced; nothing is written
+    when ``enabled`` is False."""
 
     def __init__(self, stream=None, enabled: bool = True, interval: float = 0.1):
         self.stream = sys.stderr if stream is None else stream
@@ -31,7 +34,8 @@ class ProgressLine:
         self._shown = False
 
     def update(self, text: str, force: bool = False) -> None:
-        """Show ``text`` (unless the last update was less than ``interval`` seconds ago)."""
+        """Show ``text``, unless the last update shown was less than ``interval`` seconds
+        ago and ``force`` is False (``force=True`` shows it in any case, e.g. the last step)."""
         now = time.perf_counter()
         if not self.enabled or (not force and now - self._last < self.interval):
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import types
 
 from minimal_icl.cli import main
 from minimal_icl.progress import ProgressLine, progress_enabled
@@ -47,3 +48,16 @@ def test_train_command_draws_its_progress_line_on_a_terminal(tmp_path, monkeypat
     monkeypatch.setattr("sys.stderr", quiet)
     assert main(["train", "--out", str(tmp_path), "--fast", "--steps", "5", "--quiet"]) == 0
     assert quiet.getvalue() == ""
+
+
+def test_unforced_updates_are_drawn_once_the_interval_has_passed(monkeypatch):
+    """``interval`` throttles unforced updates only: with a clock that moves by 0.25 s per
+    reading (exact in binary), an interval of 0.5 s draws every other update."""
+    clock = iter(0.25 * k for k in range(100))
+    fake_time = types.SimpleNamespace(perf_counter=lambda: next(clock))
+    monkeypatch.setattr("minimal_icl.progress.time", fake_time)  # this module's clock only
+    terminal = FakeTerminal()
+    line = ProgressLine(terminal, interval=0.5)
+    for k in range(5):  # at 0, 0.25, 0.5, 0.75, 1 s
+        line.update(str(k))
+    assert terminal.getvalue() == "\r0\x1b[K\r2\x1b[K\r4\x1b[K"
