@@ -182,8 +182,8 @@ def best_seconds(f, repeats: int = 7) -> float:
 
 @pytest.mark.parametrize("scale", [1.0, 1e-300, 1e150])
 def test_implicit_path_norms_at_every_scale(prompts, scale):
-    """implicit_path's increment norms ‖W_0 (A_{i+1} − A_i)‖/‖A(x)‖ and η_x = 1/‖A(x)‖² on tokens
-    scaled by 1e-300 (every square underflows; η_x itself, about 1e590, is inf, as the
+    """implicit_path's increment norms ‖W_0 (A_{i+1} − A_i)‖/‖A(x)‖ and η_x = 1/‖A(x)‖² on
+    tokens scaled by 1e-300 (every square underflows; η_x itself, about 1e590, is inf, as the
     float says) and 1e150 (the squares of the increments overflow), against math.hypot
     of the path's own vectors."""
     context, query, _ = prompts
