@@ -113,7 +113,8 @@ def resolve_dtype(xp, dtype=None):
 
 def device(x: Array):
     """The device an array lives on (``"cpu"`` for NumPy, without array_api_compat's
-    dispatch: about 0.13 µs against 0.38 µs a call)."""
+    dispatch: about 0.1 µs against 0.3 to 0.5 µs a call on one core, NumPy 2.4 and
+    array_api_compat 1.16)."""
     if type(x) is numpy.ndarray:
         return "cpu"
     return array_api_compat.device(x)
@@ -209,9 +210,10 @@ def erf(x: Array) -> Array:
 def erf_array_api(x: Array, n_series: int = 90, n_fraction: int = 60) -> Array:
     """erf from standard array-API calls only, to about 2e-15 relative in float64.
 
-    Measured against scipy.special.erf at 6·10⁷ random points of [1, 3] and 4·10⁷ of
-    [−12, 12]: at most 17 ulp (1.9e-15 relative), the worst for 2 < |x| < 3, where 30 to
-    40 terms of the series are above rounding; within 1 ulp for |x| ≥ 3.
+    Measured against scipy.special.erf at 4·10⁷ random points of [2, 3] and 4·10⁶ of
+    [−12, 12]: at most 18 ulp of the value (2.0e-15 relative, at x = 2.919), the worst
+    for 2 < |x| < 3, where 30 to 40 terms of the series are above rounding; within 1 ulp
+    for |x| ≥ 3.
 
     For |x| < 3 the series with positive terms (no cancellation)
         erf(x) = 2/√π · e^{−x²} · Σₙ 2ⁿ x^{2n+1} / (1·3·5···(2n+1));
