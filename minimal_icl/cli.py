@@ -6,7 +6,7 @@
 
 Each command is one entry of :data:`COMMANDS`: a help line, a function that adds its
 arguments to an ``argparse`` sub-parser, and a function that runs it and returns the
-exit status. A new command (``figure NAME``, ``reproduce``) is one more entry.
+exit status; a new command is one more entry, as ``figure NAME`` and ``reproduce`` are.
 Errors the package knows about (a ValueError such as a bad checkpoint, an OSError such
 as an unwritable directory) are printed as one line on stderr with exit status 2.
 Every file a command writes is checked before any training starts (a directory in the
@@ -134,13 +134,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--fast",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="a short run (about a second), for smoke tests (default: --no-fast)",
+        help="300 steps (under a second), for smoke tests (default: --no-fast)",
     )
     parser.add_argument(
         "--quiet",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="print only the final comparison (default: --no-quiet)",
+        help="print only the final comparison and where the model was saved: no training"
+        " log, no progress line (default: --no-quiet)",
     )
 
 
@@ -328,12 +329,14 @@ COMMANDS: dict[str, Command] = {
         run=run_train,
     ),
     "figure": Command(
-        "compute one of the paper's figures (PNG + JSON)",
+        "compute one figure (PNG + JSON): the paper's Figures 2-5 or one of the further"
+        " experiments",
         add_arguments=add_figure_arguments,
         run=run_figure,
     ),
     "reproduce": Command(
-        "reproduce every figure of the paper and write summary.md",
+        "run every figure (the paper's Figures 2-5 and the further experiments) and write"
+        " summary.md",
         add_arguments=add_experiment_arguments,
         run=run_reproduce,
     ),

@@ -158,3 +158,17 @@ def test_model_note_for_a_model_trained_here():
     )
     assert existed == {"deep_model.npz": True}  # the next figure finds it saved
     assert model_note({"headline": {}}, "out", existed) is None
+
+
+def test_help_texts_match_what_the_commands_do(capsys):
+    """--fast's help gives the fast setting's step count, and the figure commands do not
+    call every figure one of the paper's (five of them are further experiments)."""
+    from minimal_icl.experiments import FIGURES
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{paper_setting(fast=True).steps} steps" in text
+    assert len(FIGURES) > 4  # Figures 2-5 and more
+    for name in ("figure", "reproduce"):
+        assert "Figures 2-5" in COMMANDS[name].help and "further" in COMMANDS[name].help
