@@ -4,9 +4,9 @@ A prompt (Dherin et al. 2025, section 4; Garg et al. 2022) holds N pairs of one 
 linear task and a query:
 
     w, x_1, ..., x_N, x_q ~ N(0, I_d)              fresh for every prompt
-    y_j = ⟨w, x_j⟩ + σ ε_j,  ε_j ~ N(0, 1)         (σ = 0: noiseless, the paper's setting)
+    y_j = ⟨w, x_j⟩ + independent noise ~ N(0, σ²)  (σ = 0: noiseless, the paper's setting)
     tokens = [(x_1; y_1), ..., (x_N; y_N), (x_q; 0)]          (N+1, d+1)
-    target = ⟨w, x_q⟩                                the noiseless value at the query
+    target y_q = ⟨w, x_q⟩                            the noiseless value at the query
 
 The model's prediction is the last coordinate of its output at the query token.
 
