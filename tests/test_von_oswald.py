@@ -111,7 +111,7 @@ def test_theorem_von_oswald_layer_is_the_papers_update_rule(task):
     P = (eta / n) * numpy.eye(d + 1)
     # W_O = P √K: the engine divides the scores by √K
     assert relative_residual(attn.W_O, P * math.sqrt(K)) <= IDENTITY_RTOL
-    scores = numpy.einsum("bnk,bk->bn", e @ attn.W_K.T, e_q @ attn.W_Q.T)  # (W_K e_i)ᵀ W_Q e_q
+    scores = numpy.einsum("bnk,bk->bn", e @ attn.W_K.T, e_q @ attn.W_Q.T)  # (W_K e_j)ᵀ W_Q e_q
     update = numpy.einsum("bn,bnk->bk", scores, e @ attn.W_V.T) @ P.T
     config, params = von_oswald_model(d, eta, n, theta0)
     out, _ = forward(params, config, tokens)
