@@ -198,8 +198,9 @@ def _activation(x: Array, kind: str):
 def _activation_backward(dy: Array, cache, kind: str):
     if kind != "relu":
         return activation_backward(dy, cache)
-    # the mask as a 0/1 factor: NumPy's where is ten times slower than a product (only a
-    # non-finite dy at x ≤ 0 would tell them apart: 0 from where, NaN from the product)
+    # the mask as a 0/1 factor: NumPy's where is three to four times slower than a product
+    # (7.4 µs against 2.1 at (64, 128), one core; only a non-finite dy at x ≤ 0 would
+    # tell them apart: 0 from where, NaN from the product)
     return dy * cache
 
 
@@ -214,7 +215,7 @@ class QueryAttentionCache(NamedTuple):
     R: Array  # (D, H·D)  [QK_1 … QK_H]: r = x_q R
     OV: Array  # (H·D, D)  [OV_1; …; OV_H]: A = ȳ OV
     weights: tuple  # the per-head weights (H, K, D) of :func:`circuits`
-    r: Array  # (B, H, D)  r_h = QK_hᵀ x_q = W_K,hᵀ q_h
+    r: Array  # (B, H, D)  r_h = QK_hᵀ x_q = W_K,hᵀ q_h/√K
     E: Array  # (B, H, T)  exp(S) (softmax; exp(S − max S) on the exact path) or S (linear)
     inv_norm: Array | None  # (B, H, 1) 1/ℓ, ℓ = Σ_t E (softmax); None (linear)
     y: Array  # (B, H, D)  ȳ_h = Σ_t P_t x_t
@@ -272,7 +273,7 @@ def _query_attention(x: Array, p: AttentionParams, config: TransformerConfig):
     xT[:, D, :] = 1.0
     r = reshape(x[:, -1, :] @ R, (B, H, D))  # r_h = QK_hᵀ x_q
     if config.attention == "linear":
-        E = r @ xT[:, :D, :]  # (B, H, T)  S_t = r_hᵀ x_t = q_h · k_t
+        E = r @ xT[:, :D, :]  # (B, H, T)  S_t = r_hᵀ x_t = q_h · k_t/√K
         inv_norm = None  # the query sees every key: no causal mask at the last position
         y = E @ x
     else:
@@ -287,21 +288,27 @@ def _softmax_average(r: Array, xT: Array):
     Softmax is the same for every shift c of the scores, P = exp(S − c)/Σ_t exp(S − c);
     the textbook takes c = max_t S_t so that no exponential overflows, at the price of a
     maximum over the T keys and a subtraction on the (B, H, T) scores, which at the
-    paper's sizes cost more than the exponential. Here c = 0, and the range is checked
+    paper's sizes cost about as much as the exponential (40 µs against 43 at (64, 8, 51),
+    one core). Here c = 0, and the range is checked
     after the fact instead: the batch is redone with the exact maximum
     (:func:`_softmax_average_exact`) unless every ℓ = Σ_t exp(S_t) lies in
-    [T·smallest_normal, √largest]. Inside that range nothing is lost:
+    [T·smallest_normal, √largest]. Inside that range the weights and averages are as
+    accurate as the textbook's, up to eps/2 in all:
 
     * precision: exp turns the absolute rounding error of a score into the same relative
       error of its weight, and the textbook's weights carry the same error of S_t (and
       that of rounding S_t − max S besides); an exp(S_t) below smallest_normal is rounded
-      on the subnormal grid, by at most smallest_normal·eps/2, which adds at most eps/2
-      to weights that sum to 1 while ℓ ≥ T·smallest_normal;
+      on the subnormal grid, by at most smallest_normal·eps/2, which moves its weight by
+      at most eps/(2T) while ℓ ≥ T·smallest_normal, eps/2 in all over weights that sum
+      to 1 (an absolute bound: such a weight, below 1/T, may lose relative digits that
+      the textbook's keeps: measured, a weight of 1.1e-17 off by 75 %);
     * range: exp(S_t) ≤ ℓ ≤ √largest (1.3e154 in float64, 1.8e19 in float32: every
-      score below 354 and 44), so the averages Σ_t E_t x_t stay finite for tokens below
-      √largest, and the backward scales by 1/ℓ before it multiplies by E.
+      score at most ½ ln largest = 354.9 and 44.4), so the averages Σ_t E_t x_t stay
+      finite for tokens below √largest, and the backward scales by 1/ℓ before it
+      multiplies by E.
 
-    Scores of the trained paper model stay within ±26. The check reads two numbers
+    Scores of the paper model stay within ±26 over its 20,000 training steps (25.5 at
+    most, float64 and float32, seed 0). The check reads two numbers
     back: free for NumPy, a synchronisation per step on a GPU, so arrays of other
     libraries take the exact maximum directly (a training step reads nothing back
     there, tests/test_errors.py).

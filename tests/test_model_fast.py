@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import warnings
 
 import numpy
@@ -613,6 +614,25 @@ def test_training_takes_the_unshifted_path(monkeypatch, dtype):
     unshifted = _count_calls(monkeypatch, "_softmax_average")
     train_setup(paper_setting(fast=True), seed=0, dtype=getattr(numpy, dtype))
     assert len(unshifted) == 300 and calls == []
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_largest_score_the_range_passes_is_half_ln_largest(monkeypatch, dtype):
+    """A single dominant score passes the check up to ½ ln largest (354.9 in float64,
+    44.4 in float32; the other scores far below), and takes the exact path just above:
+    the bound _softmax_average's docstring gives for every score of a batch it keeps."""
+    calls = _spy_on_the_exact_path(monkeypatch)
+    half_ln_max = 0.5 * math.log(float(numpy.finfo(dtype).max))
+    for level, exact in ((half_ln_max - 0.05, False), (half_ln_max + 0.05, True)):
+        x = numpy.array([[level, -30.0, -40.0]], dtype=dtype)  # scores S_t = x_t (D = 1)
+        r = numpy.ones((1, 1, 1), dtype=dtype)
+        xT = numpy.ascontiguousarray(numpy.stack([x, numpy.ones_like(x)], axis=1))
+        E, inv_norm, y = model_fast._softmax_average(r, xT)
+        assert (calls == [1]) is exact, (level, calls)
+        E0, inv_norm0, y0 = model_fast._softmax_average_exact(r, xT)
+        rtol = IDENTITY_RTOL if dtype == "float64" else FLOAT32_RTOL
+        assert relative_residual(E * inv_norm, E0 * inv_norm0) <= rtol
+        calls.clear()
 
 
 @pytest.mark.parametrize(
