@@ -10,9 +10,9 @@ One step, on a fresh batch of prompts (never repeated), in textbook form:
 ``train_step`` computes the same numbers, to rounding, with the speed modules:
 ``model_fast.query_loss_and_grads`` and ``optim_fast.adam_step_fast``.
 
-Every ``val_every`` steps the loss on a fixed held-out batch is recorded. The result is
-the final parameters and a :class:`History` of NumPy arrays (host memory, ready for a
-checkpoint or a plot). A ``callback`` receives a :class:`Report` (the parameters, the
+Before the first step, every ``val_every`` steps and after the last step the loss on a
+fixed held-out batch is recorded. The result is the final parameters and a
+:class:`History` of NumPy arrays (host memory, ready for a checkpoint or a plot). A ``callback`` receives a :class:`Report` (the parameters, the
 losses so far) whenever the losses are read back from the device: every ``FLUSH_EVERY``
 steps since the last read-back and at every held-out measurement. The command line draws
 its progress line from it, the experiments measure more on the parameters.
