@@ -1,7 +1,8 @@
 """Adam for the training step: ``optim.adam_step`` with the parameter layout computed once.
 
-``optim.adam_step`` walks the parameter tree three times per step (flatten the gradients,
-flatten the parameters, rebuild the records around the new vector), generically. For a
+``optim.adam_step`` walks the parameter trees several times per step, generically (check
+that the gradients have the parameters' records, shapes and dtypes, flatten both, rebuild
+the records around the new vector). For a
 model of a thousand numbers that walk costs more than the arithmetic. ``adam_step_fast``
 does the same arithmetic in the same order on the same flat vectors,
 
@@ -67,8 +68,14 @@ def _views(like, spans):
 def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=0.999, eps=1e-8):
     """``optim.adam_step(params, grads, state, lr, beta1, beta2, eps)``, bit for bit.
 
-    ``grads`` must have the records and shapes of ``params`` (``model_fast.backward_fast``
-    returns them so); the scalars and the state are checked as ``adam_step`` checks them.
+    ``grads`` must have the records, shapes and dtype of ``params``
+    (``model_fast.backward_fast`` returns them so): unlike ``adam_step``, nothing checks
+    them here (a wrong size fails in NumPy's broadcasting, a float32 gradient is
+    accepted). The scalars are checked as ``adam_step`` checks them, and the state
+    (type, shapes, step) unless it and the parameters are those the last call returned
+    (then they match by construction), but not its dtype against the parameters'
+    (``adam_step`` refuses a float32 state for float64 parameters; this function
+    accepts it).
     Returns (params, state); the new parameters are views of one new vector, which the
     next call reads directly when it is given those parameters (no walk, no concatenation).
     """
