@@ -282,8 +282,8 @@ plt.show()
 # `paper_setting()` on in-context regression (its 20 000 Adam steps take about 10 s here;
 # 300 steps under `MINIMAL_ICL_FAST=1`, the test suite's short run), and check the identity
 # again on fresh prompts. From the paper: $d = 2$, $N = 50$ pairs, one block of softmax
-# attention and an MLP, no skips, no LayerNorm. The package's own choices for the rest (see
-# the docstring of `paper_setting`): **8 heads of width $K = 2$**, a ReLU MLP of width
+# attention and an MLP, no MLP skip, no LayerNorm. The package's own choices for the rest (see
+# the docstring of `paper_setting`): no attention skip either, **8 heads of width $K = 2$**, a ReLU MLP of width
 # $M = 128$, Adam. The baselines are scored on the same fresh prompts as the model: predicting
 # 0 (error $E\,y^2 = d = 2$ in expectation), and one step of gradient descent on the context
 # from $\theta_0 = 0$ with the step $\eta^* = 1/(1 + (d+1)/N)$.

@@ -25,8 +25,9 @@
 #   the tokens are the columns of
 #   $E = \begin{pmatrix} x_1 & \cdots & x_N & x_q\\ y_1 & \cdots & y_N & 0\end{pmatrix} \in \mathbb{R}^{3\times 51}$
 #   (in the code each token is a row: `tokens` is (B, N+1, D), D = d + 1 = 3);
-# * the model is **one block**, softmax self-attention then an MLP, no skip connections, no
-#   LayerNorm; its prediction is the last coordinate of its output at the query.
+# * the model is **one block**, softmax self-attention then an MLP, no MLP skip, no
+#   LayerNorm; its prediction is the last coordinate of its output at the query. (The
+#   package's block has no attention skip either, its own choice: the block of Theorem 2.2.)
 #
 # **Figure 2** trains it and computes the validation loss two ways: with the prompt,
 # $T_W(C, x)$, and with the query alone and the patch, $T_{W + \Delta W}(x)$. By the corollary of
