@@ -1,5 +1,5 @@
 # minimal_icl: every target sets itself up (a virtual environment in .venv).
-#   make reproduce   reproduce the paper's figures into results/
+#   make reproduce   the paper's figures and the further experiments, into results/
 #   make test        the whole test suite, tutorials included
 #   make tutorials   open the tutorials in JupyterLab
 #   make html        render the executed tutorials to static HTML in site/
