@@ -313,8 +313,8 @@ def _softmax_average(r: Array, xT: Array):
     libraries take the exact maximum directly (a training step reads nothing back
     there, tests/test_errors.py).
 
-    r (B, H, D), xT = [x, 1]ᵀ (B, D + 1, T). Returns (E (B, H, T) = exp(S), 1/ℓ (B, H, 1),
-    ȳ (B, H, D)).
+    r (B, H, D), xT = [x, 1]ᵀ (B, D + 1, T). Returns (E (B, H, T) = exp(S), or
+    exp(S − max_t S_t) where the exact path runs, 1/ℓ (B, H, 1) for that E, ȳ (B, H, D)).
     """
     xp = namespace(r)
     _, D1, T = xT.shape
