@@ -80,8 +80,11 @@ _IMPLEMENTED = {
 
 def covers(config: TransformerConfig, patches=None) -> bool:
     """Whether the fast pass computes this configuration: attention ("softmax" or
-    "linear") as the contextual layer, and no patches. Anything else (a recurrent
-    contextual layer, per-prompt patches) is the textbook pass's."""
+    "linear") as the contextual layer, every field of the config outside ``_IMPLEMENTED``
+    at its default (``contextual_layer``, and ``d_state`` too although attention does not
+    read it: an attention config with d_state = 32 is the textbook pass's), and no
+    patches. Anything else (a recurrent contextual layer, per-prompt patches) is the
+    textbook pass's."""
     if patches is not None and any(p is not None for p in patches):
         return False
     return _covers_config(config)
