@@ -183,9 +183,9 @@ def test_one_step_gd_against_a_loop():
         for b in range(4):
             start = numpy.zeros(3) if theta0 is None else numpy.array(theta0)
             gradient = numpy.zeros(3)
-            for i in range(9):
-                x_i, y_i = batch.tokens[b, i, :3], batch.tokens[b, i, 3]
-                gradient += (start @ x_i - y_i) * x_i / 9
+            for j in range(9):
+                x_j, y_j = batch.tokens[b, j, :3], batch.tokens[b, j, 3]
+                gradient += (start @ x_j - y_j) * x_j / 9
             theta1 = start - step * gradient
             expected.append(theta1 @ batch.tokens[b, -1, :3])
         assert (

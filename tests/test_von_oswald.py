@@ -108,11 +108,11 @@ def test_theorem_von_oswald_layer_is_the_papers_update_rule(task):
     tokens = construction_tokens(x, y, query_x, theta0)
     e, e_q = tokens[:, :-1], tokens[:, -1]
     K = d + 1
-    P = (eta / n) * numpy.eye(d + 1)
-    # W_O = P √K: the engine divides the scores by √K
-    assert relative_residual(attn.W_O, P * math.sqrt(K)) <= IDENTITY_RTOL
+    W_P = (eta / n) * numpy.eye(d + 1)
+    # W_O = W_P √K: the engine divides the scores by √K
+    assert relative_residual(attn.W_O, W_P * math.sqrt(K)) <= IDENTITY_RTOL
     scores = numpy.einsum("bnk,bk->bn", e @ attn.W_K.T, e_q @ attn.W_Q.T)  # (W_K e_j)ᵀ W_Q e_q
-    update = numpy.einsum("bn,bnk->bk", scores, e @ attn.W_V.T) @ P.T
+    update = numpy.einsum("bn,bnk->bk", scores, e @ attn.W_V.T) @ W_P.T
     config, params = von_oswald_model(d, eta, n, theta0)
     out, _ = forward(params, config, tokens)
     assert relative_residual(out[:, -1], e_q + update) <= IDENTITY_RTOL
