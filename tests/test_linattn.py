@@ -199,8 +199,8 @@ def test_find_plateaus_on_a_staircase():
 
 
 def test_projections_are_one_at_the_converged_predictor():
-    """p_d = e_dᵀ A e_d / c_d with c_d = λ_d⁻¹ (1 + (1 + tr Λ/λ_d)/N)⁻¹, the eigenvalues of
-    Γ⁻¹: 1 on every eigenvector once A = Γ⁻¹, 0 at A = 0, ½ at A = Γ⁻¹/2."""
+    """p_d′ = e_d′ᵀ A e_d′ / c_d′ with c_d′ = λ_d′⁻¹ (1 + (1 + tr Λ/λ_d′)/N)⁻¹, the
+    eigenvalues of Γ⁻¹: 1 on every eigenvector once A = Γ⁻¹, 0 at A = 0, ½ at A = Γ⁻¹/2."""
     cov = la.covariance(4, seed=2)
     Gamma_inv = la.converged_predictor(cov.Lambda, 31)
     p = ld.projections(numpy.stack([Gamma_inv, 0 * Gamma_inv, Gamma_inv / 2]), cov, 31)
