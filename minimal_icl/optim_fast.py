@@ -23,15 +23,22 @@ import math
 
 from .backend import namespace, reshape
 from .optim import AdamState, _arrays  # the arrays of a tree, in optim.flatten's order
-from .validation import check_adam_state, check_fraction, check_learning_rate, check_positive_float
+from .validation import (
+    check_adam_state,
+    check_fraction,
+    check_learning_rate,
+    check_positive_float,
+    check_same_tree,
+)
 
 _LAYOUTS: dict = {}  # the leaves' shapes -> [(start, stop, shape)]
 # The parameters adam_step_fast returned last, their layout, the vector they are views of,
-# the state it returned and the function that made those views (:func:`_views`): given
+# the state it returned, the function that made those views (:func:`_views`) and the
+# arrays' shapes in the layout's order (what the gradients must have): given
 # those parameters back (the training loop's next step), it reads that vector instead of
 # walking and concatenating them anew, that state (m and v of the layout's size by
 # construction) needs no check, and the new parameters come from the same function.
-_LAST: list = [None, None, None, None, None]
+_LAST: list = [None, None, None, None, None, None]
 
 
 def _layout(arrays: list) -> list:
@@ -69,13 +76,12 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
     """``optim.adam_step(params, grads, state, lr, beta1, beta2, eps)``, bit for bit.
 
     ``grads`` must have the records, shapes and dtype of ``params``
-    (``model_fast.backward_fast`` returns them so): unlike ``adam_step``, nothing checks
-    them here (a wrong size fails in NumPy's broadcasting, a float32 gradient is
-    accepted). The scalars are checked as ``adam_step`` checks them, and the state
-    (type, shapes, step) unless it and the parameters are those the last call returned
-    (then they match by construction), but not its dtype against the parameters'
-    (``adam_step`` refuses a float32 state for float64 parameters; this function
-    accepts it).
+    (``model_fast.backward_fast`` returns them so): their shapes, in the layout's order,
+    and the dtype of their concatenation are compared with the parameters' (a list
+    comparison and an attribute, not a walk; a mismatch is named by
+    ``validation.check_same_tree``). The scalars are checked as ``adam_step`` checks them,
+    and the state (type, shapes, dtype, step) unless it and the parameters are those the
+    last call returned (then they match by construction).
     Returns (params, state); the new parameters are views of one new vector, which the
     next call reads directly when it is given those parameters (no walk, no concatenation).
     """
@@ -83,19 +89,27 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
     beta1 = check_fraction("beta1", beta1)
     beta2 = check_fraction("beta2", beta2)
     eps = check_positive_float("eps", eps)
-    if params is _LAST[0]:
-        spans, theta, views = _LAST[1], _LAST[2], _LAST[4]  # params are views of theta
+    if params is _LAST[0]:  # params are views of theta
+        spans, theta, views, shapes = _LAST[1], _LAST[2], _LAST[4], _LAST[5]
+        dtype = theta.dtype
     else:
         p_arrays = _arrays(params)
         spans = _layout(p_arrays)
         theta = None
         views = _views(params, iter(spans))
+        shapes = [shape for _, _, shape in spans]
+        dtype = p_arrays[0].dtype
     if state is not _LAST[3] or theta is None:
-        check_adam_state(state, params, spans[-1][1])
+        check_adam_state(state, params, spans[-1][1], dtype)
     xp = namespace(state.m)
     if theta is None:
         theta = xp.concat(p_arrays, axis=None)  # (n_params,) the arrays flattened, in order
-    g = xp.concat(_arrays(grads), axis=None)  # (n_params,)
+    g_arrays = _arrays(grads)
+    if [getattr(a, "shape", None) for a in g_arrays] != shapes:
+        check_same_tree("grads", grads, "params", params)  # names the difference
+    g = xp.concat(g_arrays, axis=None)  # (n_params,)
+    if g.dtype != dtype:
+        check_same_tree("grads", grads, "params", params)  # names the dtype
     t = state.step + 1
     root = math.sqrt(1.0 - beta2**t)
     alpha = lr * root / (1.0 - beta1**t)
@@ -105,5 +119,5 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
     theta = theta - alpha * m / (xp.sqrt(v) + eps_hat)
     new_params = views(theta)
     new_state = AdamState(m=m, v=v, step=t)
-    _LAST[:] = [new_params, spans, theta, new_state, views]
+    _LAST[:] = [new_params, spans, theta, new_state, views, shapes]
     return new_params, new_state

@@ -1560,3 +1560,28 @@ def test_linattn_names_an_array_of_another_library():
     X = array_api_strict.asarray(numpy.ones((3, 3, 5)))
     with pytest.raises(TypeError, match=r"X must be a NumPy array \(this module runs on NumPy"):
         linattn.merged_forward(X, params)
+
+
+def test_adam_step_fast_checks_gradients_and_state_as_adam_step_does():
+    """adam_step_fast accepted a float32 state and float32 gradients for float64
+    parameters, and gradients of other shapes failed in NumPy's broadcasting (or, of the
+    same size, were silently misplaced); now each is named, as by adam_step."""
+    from minimal_icl.optim_fast import adam_step_fast
+
+    p = init_params(STACK, seed=0)
+    g = init_params(STACK, seed=1)
+    state = adam_init(p)
+    f32 = state._replace(m=state.m.astype(numpy.float32), v=state.v.astype(numpy.float32))
+    with pytest.raises(TypeError, match=r"state.m has dtype float32 but params have float64"):
+        adam_step_fast(p, g, f32, 1e-3)
+    with pytest.raises(TypeError, match=r"grads.blocks.0.attn.W_Q has dtype float32"):
+        adam_step_fast(p, tree_map(lambda a: a.astype(numpy.float32), g), state, 1e-3)
+    mlp = g.blocks[0].mlp
+    swapped = g._replace(blocks=(g.blocks[0]._replace(mlp=mlp._replace(W1=mlp.W2, W2=mlp.W1)),)
+                         + g.blocks[1:])
+    with pytest.raises(ValueError, match=r"grads.blocks.0.mlp.W1 has shape"):
+        adam_step_fast(p, swapped, state, 1e-3)
+    # and given back what it returned, the step still checks the gradients
+    p1, s1 = adam_step_fast(p, g, state, 1e-3)
+    with pytest.raises(ValueError, match=r"grads.blocks.0.mlp.W1 has shape"):
+        adam_step_fast(p1, swapped, s1, 1e-3)
