@@ -8,7 +8,8 @@ gradient descent on a fixed training set, and writes ``linear-dynamics.png`` and
   at zero, the cubic-feature network (training loss, on top of the latter) and ATTN_S, with
   the plateau levels L(M_m) as horizontal lines;
 * the learned effective matrix's projections on the eigenvectors of Λ over time,
-  p_d(t) = e_dᵀ A(t) e_d / c_d, c_d = λ_d⁻¹ (1 + (1 + tr Λ/λ_d)/N)⁻¹ (1 once learned);
+  p_d′(t) = e_d′ᵀ A(t) e_d′ / c_d′, c_d′ = λ_d′⁻¹ (1 + (1 + tr Λ/λ_d′)/N)⁻¹ (1 once
+  learned; d′ indexes the eigenvectors, as in docs/notation.md);
 * the time of the first drop against the initialisation scale, for each parametrization;
 * (full run) rank-2 ATTN_S.
 
@@ -89,9 +90,9 @@ def linear_dynamics_config(fast: bool = False) -> LinearDynamicsConfig:
 
 
 def projections(effective: numpy.ndarray, cov: la.Covariance, n_context: int) -> numpy.ndarray:
-    """p_d(t) = e_dᵀ A(t) e_d / c_d for each recorded A(t), c_d = λ_d⁻¹ (1 + (1 + tr Λ/λ_d)/N)⁻¹
-    the eigenvalue of Γ⁻¹ on e_d: 1 once learned. effective (n_recorded, d, d); returns
-    (n_recorded, d)."""
+    """p_d′(t) = e_d′ᵀ A(t) e_d′ / c_d′ for each recorded A(t), with
+    c_d′ = λ_d′⁻¹ (1 + (1 + tr Λ/λ_d′)/N)⁻¹ the eigenvalue of Γ⁻¹ on e_d′: 1 once learned.
+    effective (n_recorded, d, d); returns (n_recorded, d), one column per eigenvector."""
     la._check_record("cov", cov, (la.Covariance,), "covariance")
     n_context = check_positive_int("n_context", n_context)
     d = cov.eigenvalues.shape[0]
