@@ -61,14 +61,15 @@ def non_negative_int(text: str) -> int:
 
 def check_outputs(out: str, names) -> dict[str, bool]:
     """Create the folder ``out`` and check that each file ``out/NAME`` can be written,
-    before any work starts; returns {name: whether the file exists already}."""
+    before any work starts; returns {name: whether the file exists already}.
+
+    The folder is checked as the figures check it, by writing (and removing) a file in
+    it: a folder that takes no new files although it looks writable (/proc, for root)
+    is refused here, not by the save after the training."""
+    from .experiments.common import prepare_out_dir
     from .validation import check_writable_file
 
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise ValueError(f"cannot write to output folder {out!r}: {reason}") from None
+    prepare_out_dir(out)
     existed = {}
     for name in names:
         path = check_writable_file(os.path.join(out, name), "output file")

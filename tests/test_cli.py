@@ -172,3 +172,12 @@ def test_help_texts_match_what_the_commands_do(capsys):
     assert len(FIGURES) > 4  # Figures 2-5 and more
     for name in ("figure", "reproduce"):
         assert "Figures 2-5" in COMMANDS[name].help and "further" in COMMANDS[name].help
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux's /proc")
+def test_train_refuses_a_folder_that_takes_no_files_before_training(capsys):
+    # /proc looks writable to root, but takes no new files: the save failed after training.
+    assert main(["train", "--out", "/proc", "--steps", "100000"]) == 2  # would take minutes
+    printed = capsys.readouterr()
+    assert printed.out == ""  # no training line, no step
+    assert printed.err.startswith("minimal-icl train: error: cannot write to output folder '/proc'")
