@@ -181,3 +181,10 @@ def test_train_refuses_a_folder_that_takes_no_files_before_training(capsys):
     printed = capsys.readouterr()
     assert printed.out == ""  # no training line, no step
     assert printed.err.startswith("minimal-icl train: error: cannot write to output folder '/proc'")
+
+
+def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--out", "", "--steps", "100000"]) == 2
+    assert capsys.readouterr().err.startswith("minimal-icl train: error: out is empty")
+    assert os.listdir(tmp_path) == []  # nothing written into the current folder

@@ -928,6 +928,10 @@ CASES = [
      ExperimentError, r"unknown figure \['identity'\]; choose one of identity"),
     ("run-figure-out-none", lambda w: run_figure("identity", None, fast=True), TypeError,
      r"out must be a folder path, got NoneType"),
+    ("run-figure-out-empty", lambda w: run_figure("identity", "", fast=True), ExperimentError,
+     r"out is empty: give a folder path \('\.' for the current folder\)"),  # wrote into .
+    ("reproduce-out-nul", lambda w: reproduce(str(w.tmp / "a\0b"), fast=True), ExperimentError,
+     r"out '.*a\\x00b' contains a NUL character"),  # NumPy's bare "embedded null byte"
     ("reproduce-fast-text", lambda w: reproduce(w.tmp / "all", fast="no"), TypeError,
      r"fast must be True or False, got str 'no'"),
     # -- relative_residual's and tree_map's arguments --------------------------------------

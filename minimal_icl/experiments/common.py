@@ -46,11 +46,18 @@ def check_progress(progress) -> None:
 
 
 def check_out_dir(out, name: str = "out") -> Path:
-    """``out`` as a Path, or a TypeError naming ``name`` unless it is a path."""
+    """``out`` as a Path, or a TypeError naming ``name`` unless it is a path; an empty
+    string (which Path reads as the current folder) or a NUL character is an
+    ExperimentError."""
     try:
-        return Path(out)
+        path = Path(out)
     except TypeError:
         raise TypeError(f"{name} must be a folder path, got {type(out).__name__}") from None
+    if os.fspath(out) == "":
+        raise ExperimentError(f"{name} is empty: give a folder path ('.' for the current folder)")
+    if "\0" in str(path):
+        raise ExperimentError(f"{name} {str(path)!r} contains a NUL character, which no folder name holds")
+    return path
 
 
 def prepare_out_dir(out) -> Path:
