@@ -229,6 +229,14 @@ def _unwritten(*args, **kwargs):
 
 
 # (id, call, exception class, pattern the message must match: the argument and the problem)
+def _blocked_models(w):
+    """A folder holding a file "afile" and a folder where deep_model.npz would go."""
+    folder = w.tmp / "models"
+    (folder / "deep_model.npz").mkdir(parents=True, exist_ok=True)
+    (folder / "afile").write_text("")
+    return folder
+
+
 CASES = [
     # -- parameters that do not match the configuration -------------------------------
     ("forward-fewer-blocks", lambda w: forward(w.one, STACK, w.tokens), ValueError,
@@ -1100,6 +1108,12 @@ CASES = [
      progress=5), TypeError, r"progress must be a minimal_icl\.experiments\.Progress"),
     ("deep-model-out-none", lambda w: experiment_models.deep_model(None, fast=True), TypeError,
      r"out_dir must be a folder path, got NoneType"),
+    # the folder and the model file are checked before the training (minutes), not at the save
+    ("paper-model-out-in-a-file", lambda w: experiment_models.paper_model(
+        _blocked_models(w) / "afile" / "sub"), ExperimentError,
+     r"cannot write to output folder '.*afile/sub': Not a directory"),
+    ("deep-model-file-is-a-folder", lambda w: experiment_models.deep_model(
+        _blocked_models(w)), ValueError, r"the model file '.*deep_model\.npz' is a directory"),
     ("progress-quiet-text", lambda w: Progress(quiet="no"), TypeError,
      r"quiet must be True or False, got str 'no'"),
     ("progress-stream-path", lambda w: Progress(stream="log.txt"), TypeError,

@@ -37,8 +37,8 @@ from ..implicit import implicit_update
 from ..model import predict
 from ..params import ModelParams
 from ..train import OptimizerSettings, Report, TrainingSetup, paper_setting, train_setup
-from ..validation import check_bool
-from .common import QUIET, Progress, check_out_dir, check_progress, check_seed
+from ..validation import check_bool, check_writable_file
+from .common import QUIET, Progress, check_out_dir, check_progress, check_seed, prepare_out_dir
 
 PAPER_MODEL_FILE = "paper_model.npz"
 DEEP_MODEL_FILE = "deep_model.npz"
@@ -170,6 +170,15 @@ def _try_load(path: Path, setup: TrainingSetup, seed: int, needed: tuple[str, ..
     return stored.params, history
 
 
+def _model_path(out_dir, file_name: str) -> Path:
+    """out_dir/file_name, with the folder made and both checked before anything is
+    trained: a folder that does not exist (or takes no files) and a directory in the
+    way of the file failed at the save, after the training."""
+    path = prepare_out_dir(check_out_dir(out_dir, "out_dir")) / file_name
+    check_writable_file(path, "the model file")
+    return path
+
+
 def _save(path: Path, params, setup: TrainingSetup, seed: int, history: dict) -> None:
     save_checkpoint(
         path, params, setup.config,
@@ -191,7 +200,7 @@ def paper_model(out_dir, seed: int = 0, fast: bool = False, progress: Progress =
     seed = check_seed(seed)
     check_progress(progress)
     setup = paper_setting(fast=fast)
-    path = check_out_dir(out_dir, "out_dir") / PAPER_MODEL_FILE
+    path = _model_path(out_dir, PAPER_MODEL_FILE)
     needed = PAPER_HISTORY if need_patched_history else ("train_loss",)
     loaded = _try_load(path, setup, seed, needed)
     if loaded is not None:
@@ -267,7 +276,7 @@ def trained_model(out_dir, file_name: str, setup: TrainingSetup, seed: int = 0,
     check_progress(progress)
     if not isinstance(setup, TrainingSetup):
         raise TypeError(f"setup must be a TrainingSetup, got {type(setup).__name__}")
-    path = check_out_dir(out_dir, "out_dir") / file_name
+    path = _model_path(out_dir, file_name)
     needed = ("train_loss", "val_step", "val_loss")
     loaded = _try_load(path, setup, seed, needed)
     if loaded is not None:
