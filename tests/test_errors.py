@@ -81,9 +81,11 @@ from minimal_icl.data import (
 from minimal_icl.dynamics import prefix_states
 from minimal_icl.experiments import ExperimentError, Progress, reproduce, run_figure
 from minimal_icl.experiments import finetune as finetune_figure
+from minimal_icl.experiments import identity as identity_figure
 from minimal_icl.experiments import linattn_dynamics as linear_dynamics
 from minimal_icl.experiments import models as experiment_models
 from minimal_icl.experiments import order as order_figure
+from minimal_icl.experiments import positions as positions_figure
 from minimal_icl.experiments import thought as thought_figure
 from minimal_icl.experiments.common import (
     cos_frobenius,
@@ -1102,6 +1104,21 @@ CASES = [
      r"fast must be True or False, got str 'no'"),
     ("rnn-setting-fast-int", lambda w: experiment_models.rnn_setting(1), TypeError,
      r"fast must be True or False, got int 1"),
+    # the figures' config records check their fields on creation
+    ("identity-config-grid-half-zero", lambda w: identity_figure.IdentityConfig(grid_half=0),
+     ValueError, r"IdentityConfig\.grid_half must be a positive int, got 0"),  # divided by 0
+    ("identity-config-grid-limit-negative", lambda w: identity_figure.IdentityConfig(
+        grid_limit=-1.0), ValueError, r"IdentityConfig\.grid_limit must be a finite float > 0"),
+    ("positions-config-no-random-pairs", lambda w: positions_figure.PositionsConfig(
+        n_random_pairs=0), ValueError, r"PositionsConfig\.n_random_pairs must be a positive int"),  # a NaN reference level, with NumPy's "Mean of empty slice"
+    ("thought-config-calibration-zero", lambda w: thought_figure.ThoughtConfig(
+        n_calibration=(0, 5)), ValueError, r"ThoughtConfig\.n_calibration\[0\] must be a positive int"),
+    ("finetune-config-contexts-empty", lambda w: finetune_figure.FinetuneConfig(contexts=()),
+     ValueError, r"FinetuneConfig\.contexts is empty"),
+    ("order-config-lr-nan", lambda w: order_figure.OrderConfig(sgd_lr=float("nan")),
+     ValueError, r"OrderConfig\.sgd_lr must be a finite float > 0, got nan"),
+    ("linear-dynamics-config-rank2-text", lambda w: linear_dynamics.LinearDynamicsConfig(
+        rank2="no"), TypeError, r"LinearDynamicsConfig\.rank2 must be True or False"),
     ("paper-model-seed-negative", lambda w: experiment_models.paper_model(w.tmp, seed=-1),
      ValueError, r"seed must be an integer ≥ 0, got -1"),
     ("trained-model-progress-int", lambda w: experiment_models.rnn_model(w.tmp, fast=True,

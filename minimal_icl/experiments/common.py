@@ -7,6 +7,7 @@ one ``NAME.png`` and one ``NAME.json`` per figure.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -43,6 +44,44 @@ def check_progress(progress) -> None:
             "progress must be a minimal_icl.experiments.Progress (Progress(quiet=True) for"
             f" none), got {type(progress).__name__}"
         )
+
+
+def check_config_record(record, non_negative: tuple[str, ...] = ()) -> None:
+    """Every field of a figure's config record, checked by the kind of its default, with a
+    ValueError or TypeError naming Record.field: an int field a positive int (an int ≥ 0
+    for the fields named in ``non_negative``), a float field a finite float > 0 (≥ 0 for
+    those named), a bool field True or False, a tuple field a non-empty tuple (or list)
+    of such numbers. Called on creation by each record (IdentityConfig(grid_half=0) divided by
+    zero in the figure; grid_limit = −1 or 2.5 grid points ran and drew nonsense)."""
+    from ..validation import (
+        check_bool,
+        check_non_negative,
+        check_non_negative_int,
+        check_positive_float,
+        check_positive_int,
+    )
+
+    def check(name: str, like, value, zero_allowed: bool) -> None:
+        if isinstance(like, bool):
+            check_bool(name, value)
+        elif isinstance(like, int):
+            (check_non_negative_int if zero_allowed else check_positive_int)(name, value)
+        elif isinstance(like, float):
+            (check_non_negative if zero_allowed else check_positive_float)(name, value)
+
+    for field in dataclasses.fields(record):
+        name = f"{type(record).__name__}.{field.name}"
+        value, like = getattr(record, field.name), field.default
+        zero_allowed = field.name in non_negative
+        if isinstance(like, tuple):
+            if not isinstance(value, (tuple, list)):
+                raise TypeError(f"{name} must be a tuple of numbers, got {type(value).__name__}")
+            if not value:
+                raise ValueError(f"{name} is empty: give at least one value")
+            for i, entry in enumerate(value):
+                check(f"{name}[{i}]", like[0], entry, zero_allowed)
+        else:
+            check(name, like, value, zero_allowed)
 
 
 def check_out_dir(out, name: str = "out") -> Path:

@@ -35,6 +35,7 @@ from ..validation import check_bool
 from .common import (
     QUIET,
     Progress,
+    check_config_record,
     loglog_slope,
     mean_se,
     new_figure,
@@ -59,6 +60,9 @@ class ConvergenceConfig:
 
     n_tasks: int = 100
     fit_from: int = 5
+
+    def __post_init__(self) -> None:
+        check_config_record(self, ("fit_from",))
 
 
 def convergence_config(fast: bool = False) -> ConvergenceConfig:

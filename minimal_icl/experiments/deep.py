@@ -29,6 +29,7 @@ from ..validation import check_bool
 from .common import (
     QUIET,
     Progress,
+    check_config_record,
     heldout_table,
     mean_se,
     moving_average,
@@ -55,6 +56,9 @@ class DeepConfig:
     n_tasks: int = 100
     n_heldout: int = 4000
     smooth: int = 50
+
+    def __post_init__(self) -> None:
+        check_config_record(self)
 
 
 def deep_config(fast: bool = False) -> DeepConfig:

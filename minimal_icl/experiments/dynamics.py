@@ -31,6 +31,7 @@ from ..validation import check_bool
 from .common import (
     QUIET,
     Progress,
+    check_config_record,
     cos_frobenius,
     new_figure,
     run_experiment,
@@ -52,6 +53,9 @@ class DynamicsConfig:
     """
 
     prompt_index: int = 0
+
+    def __post_init__(self) -> None:
+        check_config_record(self, ("prompt_index",))
 
 
 def dynamics_config(fast: bool = False) -> DynamicsConfig:

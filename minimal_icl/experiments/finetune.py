@@ -78,6 +78,7 @@ from .common import (
     QUIET,
     ExperimentError,
     Progress,
+    check_config_record,
     cos_frobenius,
     mean_se,
     new_figure,
@@ -125,6 +126,9 @@ class FinetuneConfig:
     contexts: tuple = (*range(1, 11), 15, 20, 25, 30, 35, 40, 45, 50)
     sgd_lr_grid: tuple = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3)
     sgd_held_out: int = 100
+
+    def __post_init__(self) -> None:
+        check_config_record(self)
 
 
 def finetune_config(fast: bool = False) -> FinetuneConfig:

@@ -33,6 +33,7 @@ from ..validation import check_bool
 from .common import (
     QUIET,
     Progress,
+    check_config_record,
     heldout_table,
     moving_average,
     new_figure,
@@ -65,6 +66,9 @@ class IdentityConfig:
     n_heldout: int = 10_000
     chunk: int = 8192
     smooth: int = 200
+
+    def __post_init__(self) -> None:
+        check_config_record(self)
 
 
 def identity_config(fast: bool = False) -> IdentityConfig:

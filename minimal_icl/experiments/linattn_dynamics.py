@@ -45,8 +45,8 @@ import numpy
 
 from .. import linattn as la
 from ..validation import check_bool, check_non_negative, check_positive_int
-from .common import (QUIET, Progress, check_seed, new_figure, prepare_out_dir, save_figure,
-                     write_json)
+from .common import (QUIET, Progress, check_config_record, check_seed, new_figure,
+                     prepare_out_dir, save_figure, write_json)
 
 NAME = "linear-dynamics"
 
@@ -75,6 +75,9 @@ class LinearDynamicsConfig:
     flat_fraction: float = 0.001  # ours: the plateau window, a fraction of the run
     flat_tol: float = 0.005  # ours: loss change per window on a plateau, × tr Λ
     merge_tol: float = 0.02  # ours: plateaus closer than this (× tr Λ) are one plateau
+
+    def __post_init__(self) -> None:
+        check_config_record(self, ("flat_tol", "merge_tol"))
 
 
 def linear_dynamics_config(fast: bool = False) -> LinearDynamicsConfig:

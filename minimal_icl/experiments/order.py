@@ -53,6 +53,7 @@ from .common import (
     QUIET,
     Progress,
     _real_array,
+    check_config_record,
     new_figure,
     run_experiment,
     save_figure,
@@ -81,6 +82,9 @@ class OrderConfig:
     sgd_lr: float = 0.1
     gd_lr: float = 0.1
     gd_steps: int = 50
+
+    def __post_init__(self) -> None:
+        check_config_record(self)
 
 
 def order_config(fast: bool = False) -> OrderConfig:

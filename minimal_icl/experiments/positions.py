@@ -47,7 +47,15 @@ from ..positions import (
 )
 from ..tolerances import IDENTITY_RTOL, relative_residual
 from ..validation import check_bool
-from .common import QUIET, Progress, new_figure, run_experiment, save_figure, task_rng
+from .common import (
+    QUIET,
+    Progress,
+    check_config_record,
+    new_figure,
+    run_experiment,
+    save_figure,
+    task_rng,
+)
 from .models import deep_model, paper_model
 
 NAME = "positions"
@@ -67,6 +75,9 @@ class PositionsConfig:
 
     n_tasks: int = 100
     n_random_pairs: int = 20_000
+
+    def __post_init__(self) -> None:
+        check_config_record(self)
 
 
 def positions_config(fast: bool = False) -> PositionsConfig:

@@ -37,6 +37,7 @@ from ..validation import check_bool, check_generator, check_positive_int
 from .common import (
     QUIET,
     Progress,
+    check_config_record,
     mean_se,
     new_figure,
     plain_log_ticks,
@@ -64,6 +65,9 @@ class ThoughtConfig:
     n_tasks: int = 100
     n_test: int = 100
     n_calibration: tuple = (1, 2, 3, 4, 5, 7, 10, 15, 25, 50)
+
+    def __post_init__(self) -> None:
+        check_config_record(self)
 
 
 def thought_config(fast: bool = False) -> ThoughtConfig:
