@@ -191,18 +191,40 @@ def test_placeholders_and_bad_returns():
         check_thought_delta(lambda W, u_C, u_0: W)
 
 
-def test_a_value_error_without_a_hint_is_left_alone():
-    """call_answer turns a ValueError into an ExerciseError only where the check gives a
-    hint for it; otherwise the reader sees NumPy's error itself."""
+def test_an_error_in_the_readers_function_is_an_exercise_error_that_keeps_its_cause():
+    """call_answer turns any exception raised inside the reader's function into an
+    ExerciseError quoting it, with the check's hint where it gives one; the original stays
+    chained (its traceback points at the reader's line)."""
     from minimal_icl.exercises import call_answer
 
     def broken():
         raise ValueError("shapes (2,3) and (2,3) not aligned")
 
-    with pytest.raises(ValueError, match="not aligned"):
+    with pytest.raises(ExerciseError, match=r"broken raised ValueError \(shapes .* not aligned\):"
+                       r" the traceback above shows the line") as info:
         call_answer(broken)
+    assert isinstance(info.value.__cause__, ValueError)
     with pytest.raises(ExerciseError, match="not aligned.*: transpose it"):
         call_answer(broken, on_value_error="transpose it")
+    with pytest.raises(ExerciseError, match=r"raised ZeroDivisionError \(division by zero\)"):
+        call_answer(lambda x: x / 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (lambda W, u_C, u_0: 1 / 0, r"thought_delta raised ZeroDivisionError"),
+        (lambda W, u_C, u_0: u_C[9, 9, 9], r"thought_delta raised IndexError"),
+        (lambda W, u_C, u_0: {}["a"], r"thought_delta raised KeyError"),
+        (lambda W, u_C: W, (r"thought_delta cannot be called as the check calls it, with 3"
+                            r" arguments \(too many positional arguments\): keep the parameters")),
+    ],
+)
+def test_a_reader_function_that_raises_or_takes_other_arguments_is_named(answer, message):
+    """A function that raises (ZeroDivisionError, IndexError, KeyError were raw Python
+    errors) or takes other parameters than the cell's gets an ExerciseError."""
+    with pytest.raises(ExerciseError, match=message):
+        check_thought_delta(answer)
 
 
 def test_a_prompt_index_for_the_bias_is_named():

@@ -17,6 +17,7 @@ written yet: every check can fail, and the test suite makes sure each one does.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Iterable
 
 import numpy
@@ -41,27 +42,51 @@ class ExerciseError(AssertionError):
 
 
 def call_answer(function: Callable, *args, name: str | None = None,
-                on_value_error: str | None = None, **kwargs):
-    """Call the reader's function; a placeholder still in it becomes an ExerciseError.
+                on_value_error: str | None = None, on_type_error: str | None = None,
+                **kwargs):
+    """Call the reader's function; whatever goes wrong in it becomes an ExerciseError.
 
-    on_value_error: a hint for a ValueError raised inside the reader's function (NumPy's
-    message for mismatched shapes, say): it becomes an ExerciseError that quotes NumPy's
-    message and adds the hint (the original stays chained for its traceback).
+    A placeholder still in it says the exercise is not written yet. A function whose
+    signature cannot take the check's arguments (a parameter removed or renamed) is
+    named before it runs. Any other exception raised inside the reader's function
+    becomes an ExerciseError that quotes it; the original stays chained, so its
+    traceback, shown above the ExerciseError, points at the reader's line.
+    on_value_error, on_type_error: a hint added for a ValueError (NumPy's message for
+    mismatched shapes, say) or a TypeError raised inside the reader's function.
     """
     label = name or getattr(function, "__name__", "your function")
     if not callable(function):
         raise ExerciseError(f"{label}: expected the function you wrote, got {type(function).__name__}")
     try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # a builtin without a signature: just call it
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise ExerciseError(
+                f"{label} cannot be called as the check calls it, with {len(args)}"
+                f" argument{'s' if len(args) != 1 else ''} ({error}): keep the parameters"
+                f" the exercise's cell gives it") from None
+    try:
         return function(*args, **kwargs)
+    except ExerciseError:
+        raise
     except NotImplementedError as error:
         raise ExerciseError(
             f"{label} is not written yet ({error}): replace the `raise NotImplementedError`"
             f" line in its cell with your lines, run that cell, then this one."
         ) from None
-    except ValueError as error:
-        if on_value_error is None:
-            raise
-        raise ExerciseError(f"{label} raised ValueError ({error}): {on_value_error}") from error
+    except Exception as error:
+        kind, hint = type(error).__name__, None
+        if isinstance(error, ValueError) and on_value_error is not None:
+            kind, hint = "ValueError", on_value_error  # NumPy's AxisError is one too
+        elif isinstance(error, TypeError) and on_type_error is not None:
+            kind, hint = "TypeError", on_type_error
+        if hint is None:
+            hint = "the traceback above shows the line of your function that raised it"
+        raise ExerciseError(f"{label} raised {kind} ({error}): {hint}") from error
 
 
 def _as_host(value, name: str) -> numpy.ndarray:

@@ -47,19 +47,15 @@ def check_predictions_two_ways(two_ways: Callable, seed: int = 0) -> None:
     context, query). Raises ExerciseError with a hint naming the mistake.
     """
     params, config, tokens = paper_shaped_model(seed)
-    try:
-        answer = call_answer(two_ways, params, config, tokens.copy(), name="predictions_two_ways",
-                             on_value_error="a prompt is (B, T, D), so the query alone is"
-                             " tokens[:, -1:, :] (B, 1, D) for predict, while implicit_update"
-                             " takes the query as a token per prompt, tokens[:, -1] (B, D);"
-                             " and predict's patches= takes the whole tuple implicit_update"
-                             " returns, one entry per block")
-    except TypeError as error:  # patches= given one entry's delta_W, say
-        raise ExerciseError(
-            f"predictions_two_ways raised TypeError ({error}): predict's patches= takes the"
-            " tuple that implicit_update returns as it is, one ImplicitUpdate per block (not"
-            " wrapped in another tuple, and not an entry's delta_W: the patch needs its row"
-            " and column too)") from error
+    answer = call_answer(
+        two_ways, params, config, tokens.copy(), name="predictions_two_ways",
+        on_value_error="a prompt is (B, T, D), so the query alone is tokens[:, -1:, :]"
+        " (B, 1, D) for predict, while implicit_update takes the query as a token per prompt,"
+        " tokens[:, -1] (B, D); and predict's patches= takes the whole tuple implicit_update"
+        " returns, one entry per block",
+        on_type_error="predict's patches= takes the tuple that implicit_update returns as it"
+        " is, one ImplicitUpdate per block (not wrapped in another tuple, and not an entry's"
+        " delta_W: the patch needs its row and column too)")  # patches= given a delta_W, say
     if not isinstance(answer, (tuple, list)) or len(answer) != 2:
         raise ExerciseError("predictions_two_ways must return two arrays: (with_prompt, patched)")
     # a NumPy scalar (one number for the whole batch) becomes a 0-d array: a shape hint
