@@ -208,13 +208,8 @@ def run_train(args: argparse.Namespace) -> int:
     line.clear()
     n_test = 2000 if args.fast else 10000
     table = compare_with_baselines(result.params, setup, n_prompts=n_test, seed=args.seed)
-    print(f"held-out mean squared error on {n_test} new prompts (± standard error):")
-    print(f"  {'':30s} {'MSE':>17s}   {'baseline − model, same prompts':>30s}")
-    for name, row in table.items():
-        versus = (
-            "" if name == "trained model" else f"   {row.excess:+18.4f} ± {row.excess_stderr:.4f}"
-        )
-        print(f"  {name:30s} {row.mse:8.4f} ± {row.stderr:.4f}{versus}")
+    # saved before anything more is printed: a closed pipe (| head) or a terminal that
+    # cannot show ± would otherwise lose the trained model
     history = result.history
     save_checkpoint(
         path,
@@ -227,6 +222,13 @@ def run_train(args: argparse.Namespace) -> int:
             "held_out": {name: row._asdict() for name, row in table.items()},
         },
     )
+    print(f"held-out mean squared error on {n_test} new prompts (± standard error):")
+    print(f"  {'':30s} {'MSE':>17s}   {'baseline − model, same prompts':>30s}")
+    for name, row in table.items():
+        versus = (
+            "" if name == "trained model" else f"   {row.excess:+18.4f} ± {row.excess_stderr:.4f}"
+        )
+        print(f"  {name:30s} {row.mse:8.4f} ± {row.stderr:.4f}{versus}")
     print(f"saved {path}" + (" (replacing the model that was there)" if replacing else ""))
     return 0
 
@@ -361,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # freed arrays stay in the heap (minimal_icl.heap)
+    for stream in (sys.stdout, sys.stderr):  # ±, η, ≥ on a terminal that cannot show them
+        if hasattr(stream, "reconfigure"):  # (PYTHONIOENCODING=ascii): \xb1, not an error
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args)

@@ -188,3 +188,20 @@ def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch):
     assert main(["train", "--out", "", "--steps", "100000"]) == 2
     assert capsys.readouterr().err.startswith("minimal-icl train: error: out is empty")
     assert os.listdir(tmp_path) == []  # nothing written into the current folder
+
+
+def test_a_terminal_without_unicode_gets_escapes_and_the_model_is_saved(tmp_path):
+    # PYTHONIOENCODING=ascii: printing the table's ± was a UnicodeEncodeError, after the
+    # training and before the save, so the trained model was lost
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONIOENCODING="ascii")
+    done = subprocess.run(
+        [sys.executable, "-m", "minimal_icl", "train", "--out", str(tmp_path), "--fast", "--quiet"],
+        capture_output=True,
+        check=False,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "(\\xb1 standard error)" in done.stdout
+    assert (tmp_path / "paper_model.npz").is_file()
