@@ -81,3 +81,10 @@ def test_numpy_scalars_and_other_backends_are_accepted():
     import array_api_strict as xps
 
     check_array("ΔW", xps.asarray(expected()), expected(), quiet=True)
+
+
+def test_an_array_that_cannot_leave_its_library_is_named():
+    torch = pytest.importorskip("torch")
+    answer = torch.tensor(expected(), requires_grad=True)  # no DLPack: a bare BufferError
+    with pytest.raises(ExerciseError, match=r"ΔW: a Tensor that cannot be brought to NumPy"):
+        check_array("ΔW", answer, expected(), quiet=True)

@@ -95,7 +95,11 @@ def _as_host(value, name: str) -> numpy.ndarray:
     if isinstance(value, (numpy.ndarray, numpy.generic)):
         pass  # already on the host (a NumPy scalar such as numpy.float64 has no DLPack)
     elif hasattr(value, "shape") and hasattr(value, "dtype"):
-        value = to_device(value, "numpy")  # any other array-API array, brought to the host
+        try:  # any other array-API array, brought to the host
+            value = to_device(value, "numpy")
+        except Exception as error:  # a PyTorch tensor that requires grad: a BufferError
+            raise ExerciseError(f"{name}: a {type(value).__name__} that cannot be brought to"
+                                f" NumPy ({error}); return a NumPy array") from error
     try:
         values = numpy.asarray(value)
     except (TypeError, ValueError):  # a ragged list
