@@ -74,6 +74,9 @@ def test_check_scalar():
     check_scalar("η", 0.5, 0.5, quiet=True)
     with pytest.raises(ExerciseError):
         check_scalar("η", 0.25, 0.5)
+    for several in ([0.5, 0.5], numpy.ones(3), []):  # NumPy's "cannot reshape" before
+        with pytest.raises(ExerciseError, match=r"η must be one number, got an array of shape"):
+            check_scalar("η", several, 0.5)
 
 
 def test_numpy_scalars_and_other_backends_are_accepted():

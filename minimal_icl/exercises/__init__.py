@@ -211,5 +211,8 @@ def _raise_named_mistake(name: str, answer, mistakes) -> None:
 def check_scalar(name: str, answer, expected, *, rtol: float = IDENTITY_RTOL,
                  mistakes: Iterable[tuple[str, object]] = (), quiet: bool = False) -> float:
     """check_array for one number (a loss, a step size, a rank)."""
-    return check_array(name, numpy.reshape(_as_host(answer, name), ()), expected,
+    values = _as_host(answer, name)
+    if values.size != 1:
+        raise ExerciseError(f"{name} must be one number, got an array of shape {values.shape}")
+    return check_array(name, numpy.reshape(values, ()), expected,
                        rtol=rtol, mistakes=mistakes, quiet=quiet)
