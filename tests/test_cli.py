@@ -205,3 +205,12 @@ def test_a_terminal_without_unicode_gets_escapes_and_the_model_is_saved(tmp_path
     assert done.returncode == 0, done.stderr
     assert "(\\xb1 standard error)" in done.stdout
     assert (tmp_path / "paper_model.npz").is_file()
+
+
+def test_a_corrupt_saved_model_says_how_to_get_past_it(tmp_path, capsys):
+    (tmp_path / "paper_model.npz").write_text("not an archive")
+    assert main(["figure", "convergence", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "paper_model.npz: not an .npz (zip) archive" in err
+    assert err.rstrip().endswith("delete the file to train the model again there")

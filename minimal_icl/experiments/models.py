@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import TransformerConfig
 from ..data import mse, regression_prompts
 from ..implicit import implicit_update
@@ -157,7 +157,11 @@ def _try_load(path: Path, setup: TrainingSetup, seed: int, needed: tuple[str, ..
     """
     if not path.exists():
         return None
-    stored = load_checkpoint(path)
+    try:
+        stored = load_checkpoint(path)
+    except CheckpointError as error:  # said how to get past it, not only what is wrong
+        raise CheckpointError(path, f"{error.problem}; delete the file to train the model"
+                              " again there") from None
     metadata = stored.metadata
     try:
         same = (TrainingSetup.from_dict(metadata["setup"]) == setup
