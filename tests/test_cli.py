@@ -78,16 +78,20 @@ def test_known_errors_give_one_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and err.startswith("minimal-icl train: error:")
 
 
-def test_python_dash_m_entry_point(tmp_path):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    done = subprocess.run(
-        [sys.executable, "-m", "minimal_icl", "train", "--out", str(tmp_path), "--steps", "-1"],
+def _python_dash_m(*args, **env):
+    """``python -m minimal_icl *args`` in a fresh process, with ``env`` added."""
+    return subprocess.run(
+        [sys.executable, "-m", "minimal_icl", *args],
         capture_output=True,
         check=False,
         text=True,
-        env=env,
+        env=dict(os.environ, OPENBLAS_NUM_THREADS="1", **env),
         timeout=120,
     )
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    done = _python_dash_m("train", "--out", str(tmp_path), "--steps", "-1")
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1 and "--steps" in done.stderr
 
@@ -193,15 +197,8 @@ def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch):
 def test_a_terminal_without_unicode_gets_escapes_and_the_model_is_saved(tmp_path):
     # PYTHONIOENCODING=ascii: printing the table's ± was a UnicodeEncodeError, after the
     # training and before the save, so the trained model was lost
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONIOENCODING="ascii")
-    done = subprocess.run(
-        [sys.executable, "-m", "minimal_icl", "train", "--out", str(tmp_path), "--fast", "--quiet"],
-        capture_output=True,
-        check=False,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    done = _python_dash_m("train", "--out", str(tmp_path), "--fast", "--quiet",
+                          PYTHONIOENCODING="ascii")
     assert done.returncode == 0, done.stderr
     assert "(\\xb1 standard error)" in done.stdout
     assert (tmp_path / "paper_model.npz").is_file()
