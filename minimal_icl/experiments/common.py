@@ -20,6 +20,14 @@ from pathlib import Path
 import numpy
 
 from ..backend import Array, namespace
+from ..validation import (
+    _is_integer,
+    check_bool,
+    check_non_negative,
+    check_non_negative_int,
+    check_positive_float,
+    check_positive_int,
+)
 
 
 class ExperimentError(ValueError):
@@ -53,14 +61,6 @@ def check_config_record(record, non_negative: tuple[str, ...] = ()) -> None:
     those named), a bool field True or False, a tuple field a non-empty tuple (or list)
     of such numbers. Called on creation by each record (IdentityConfig(grid_half=0) divided by
     zero in the figure; grid_limit = −1 or 2.5 grid points ran and drew nonsense)."""
-    from ..validation import (
-        check_bool,
-        check_non_negative,
-        check_non_negative_int,
-        check_positive_float,
-        check_positive_int,
-    )
-
     def check(name: str, like, value, zero_allowed: bool) -> None:
         if isinstance(like, bool):
             check_bool(name, value)
@@ -132,7 +132,7 @@ def mean_se(values, axis: int = 0) -> tuple[numpy.ndarray, numpy.ndarray]:
     values = _real_array("mean_se", "values", values)
     if values.ndim == 0:
         raise ExperimentError("mean_se needs at least 2 samples, got one number")
-    if not _is_int(axis) or not -values.ndim <= axis < values.ndim:
+    if not _is_integer(axis) or not -values.ndim <= axis < values.ndim:
         raise ExperimentError(
             f"mean_se: axis must be an int in [{-values.ndim}, {values.ndim}) for values of"
             f" shape {values.shape}, got {axis!r}"
@@ -181,10 +181,6 @@ def cos_frobenius(A: Array, B: Array) -> Array:
         B = B / xp.max(xp.abs(B), axis=(-2, -1), keepdims=True)
         return cos_frobenius(A, B)
     return inner / (norm_A * norm_B)
-
-
-def _is_int(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, numpy.integer))
 
 
 def _real_array(function: str, name: str, values) -> numpy.ndarray:
@@ -295,7 +291,7 @@ def moving_average(values, window: int, max_points: int = 1000) -> tuple[numpy.n
         raise ExperimentError(f"moving_average: values must be a non-empty 1-d array, got"
                               f" shape {values.shape}")
     for name, value in (("window", window), ("max_points", max_points)):
-        if not _is_int(value) or value < 1:
+        if not _is_integer(value) or value < 1:
             raise ExperimentError(f"moving_average: {name} must be a positive int, got {value!r}")
     window = min(int(window), values.shape[0])
     smoothed = numpy.convolve(values, numpy.ones(window) / window, mode="valid")
@@ -383,7 +379,6 @@ class Progress:
 
     def __init__(self, quiet: bool = False, stream=None):
         from ..progress import ProgressLine, progress_enabled
-        from ..validation import check_bool
 
         quiet = check_bool("quiet", quiet)
         if stream is not None and not (hasattr(stream, "write") and hasattr(stream, "flush")):

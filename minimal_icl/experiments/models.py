@@ -36,7 +36,14 @@ from ..data import mse, regression_prompts
 from ..implicit import implicit_update
 from ..model import predict
 from ..params import ModelParams
-from ..train import OptimizerSettings, Report, TrainingSetup, paper_setting, train_setup
+from ..train import (
+    OptimizerSettings,
+    Report,
+    TrainingSetup,
+    _check_setup,
+    paper_setting,
+    train_setup,
+)
 from ..validation import check_bool, check_writable_file
 from .common import QUIET, Progress, check_out_dir, check_progress, check_seed, prepare_out_dir
 
@@ -278,8 +285,7 @@ def trained_model(out_dir, file_name: str, setup: TrainingSetup, seed: int = 0,
     folder path, setup a TrainingSetup, seed an int ≥ 0, progress a Progress."""
     seed = check_seed(seed)
     check_progress(progress)
-    if not isinstance(setup, TrainingSetup):
-        raise TypeError(f"setup must be a TrainingSetup, got {type(setup).__name__}")
+    setup = _check_setup(setup)
     path = _model_path(out_dir, file_name)
     needed = ("train_loss", "val_step", "val_loss")
     loaded = _try_load(path, setup, seed, needed)
