@@ -36,7 +36,8 @@ def relative_error(analytic: Array, numeric: Array) -> float:
     """‖a − n‖ / max(‖a‖, ‖n‖) over all entries (0.0 when both are exactly zero)."""
     check_same_shape("analytic", analytic, "numeric", numeric)
     for name, a in (("analytic", analytic), ("numeric", numeric)):
-        if getattr(a.dtype, "kind", "f") == "c":  # float() of a complex norm drops its imaginary part
+        # float() of a complex norm would drop its imaginary part
+        if getattr(a.dtype, "kind", "f") == "c":
             raise TypeError(f"relative_error: {name} is complex ({a.dtype}); gradients are real")
     xp = namespace(analytic, numeric)
     diff = float(xp.sqrt(xp.sum((analytic - numeric) ** 2)))

@@ -80,8 +80,8 @@ class DegenerateQueryError(ValueError):
             f" by ‖u_∅‖² (Theorem 2.2 assumes it is non-zero). Use a query whose MLP input is"
             f" non-zero: one whose attention output is non-zero (for the query alone and"
             f" softmax attention A(x) = W_O W_V x, or W_O W_V LN1(x) after a pre-LayerNorm:"
-            f" a token outside the null space of W_O W_V), or, with an attention skip (h = x + A(x)), a non-zero query token"
-            f" with A(x) ≠ −x; a LayerNorm with a non-zero bias also helps. Or leave more"
+            f" a token outside the null space of W_O W_V), or, with an attention skip"
+            f" (h = x + A(x)), a non-zero query token with A(x) ≠ −x; a LayerNorm with a non-zero bias also helps. Or leave more"
             f" tokens in the context."
         )
 
@@ -200,7 +200,8 @@ def rank_one_update(
     The one place in the package where this formula is computed: ``implicit_update``
     (δ = δu = u_C − u_∅, a = u_∅), the path of Proposition 3.1 (δ = A_i − A(x),
     a = A(x)), each step of the factorised path (W = W_{i−1}, δ = ΔA(c_i), a = A_{>i})
-    and the per-position updates of ``positions`` (one δ and a per position) call it. It solves X a = W δ with minimum Frobenius norm: ΔW a = W δ (aᵀa)/‖a‖².
+    and the per-position updates of ``positions`` (one δ and a per position) call it.
+    It solves X a = W δ with minimum Frobenius norm: ΔW a = W δ (aᵀa)/‖a‖².
 
     W (M, D), or (B, M, D) for one weight per prompt; delta, a (B, D).
     Returns (delta_W (B, M, D), column (B, M), row (B, D)) with delta_W = column ⊗ row,

@@ -20,8 +20,8 @@ def query_loss(out: Array, target: Array) -> tuple[Array, Array]:
 
     Shapes: out (B, Tq, D) (Tq = T, or 1 from ``last_only``), target (B,).
     Returns (loss, dout): loss a 0-d array in the namespace of ``out`` (on NumPy a
-    numpy.float64 scalar; ``float(loss)`` reads it), dout shaped like ``out``. Shapes and dtypes are checked
-    (``validation.check_query_loss``); no value is read.
+    numpy.float64 scalar; ``float(loss)`` reads it), dout shaped like ``out``. Shapes and
+    dtypes are checked (``validation.check_query_loss``); no value is read.
     """
     check_query_loss(out, target)
     xp = namespace(out, target)

@@ -152,7 +152,8 @@ def thought_patch(
     targets (B, K, M).
     Raises ValueError for a stack (n_blocks > 1), mismatched shapes, or rtol not finite ≥ 0
     or ≥ 1 (given, or the default's, which reaches 1 from K = 8389 float32 queries on:
-    every singular value would count as zero); TypeError for a context and queries of different dtypes.
+    every singular value would count as zero); TypeError for a context and queries of
+    different dtypes.
     Reference: Dherin et al. (2025), later versions; docs/theory.md §7.
     """
     check_thought_inputs(params, config, context, calibration_queries, "calibration_queries")

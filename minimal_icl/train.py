@@ -12,8 +12,8 @@ One step, on a fresh batch of prompts (never repeated), in textbook form:
 
 Before the first step, every ``val_every`` steps and after the last step the loss on a
 fixed held-out batch is recorded. The result is the final parameters and a
-:class:`History` of NumPy arrays (host memory, ready for a checkpoint or a plot). A ``callback`` receives a :class:`Report` (the parameters, the
-losses so far) whenever the losses are read back from the device: every ``FLUSH_EVERY``
+:class:`History` of NumPy arrays (host memory, ready for a checkpoint or a plot). A
+``callback`` receives a :class:`Report` (the parameters, the losses so far) whenever the losses are read back from the device: every ``FLUSH_EVERY``
 steps since the last read-back and at every held-out measurement. The command line draws
 its progress line from it, the experiments measure more on the parameters.
 """

@@ -215,7 +215,8 @@ def test_prompt_tokens_puts_query_y_in_the_label_slot():
 @pytest.mark.parametrize(
     ("args", "match"),
     [((0, 50, 0.5), "d must be a positive int"), ((2, 0, 0.5), "n_context must be a positive int"),
-     ((2, 50, float("nan")), "eta must be a finite float"), ((2, 50, -1.0), "eta must be a finite float"),
+     ((2, 50, float("nan")), "eta must be a finite float"),
+     ((2, 50, -1.0), "eta must be a finite float"),
      ((2.0, 50), "d must be a positive int")],
 )  # fmt: skip
 def test_one_step_gd_mse_checks_its_arguments(args, match):

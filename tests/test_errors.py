@@ -700,7 +700,8 @@ CASES = [
     ("remove-tokens-query-3d", lambda w: remove_tokens(w.context, w.query[:, None], [0]),
      ValueError, r"query must have shape \(B, d_token=3\), got shape \(4, 1, 3\)"),
     ("remove-tokens-list", lambda w: remove_tokens(w.context.tolist(), w.query, [0]),
-     ValueError, r"context must have shape \(B, N, d_token\) with B ≥ 1, got shape None: not an array"),
+     ValueError,
+     r"context must have shape \(B, N, d_token\) with B ≥ 1, got shape None: not an array"),
     ("remove-tokens-prompts-differ", lambda w: remove_tokens(w.context, w.query[:2], [0]),
      ValueError, r"query holds 2 prompts but context holds 4"),
     ("remove-tokens-int-dtype", lambda w: remove_tokens(w.context.astype(int),
@@ -1110,9 +1111,11 @@ CASES = [
     ("identity-config-grid-limit-negative", lambda w: identity_figure.IdentityConfig(
         grid_limit=-1.0), ValueError, r"IdentityConfig\.grid_limit must be a finite float > 0"),
     ("positions-config-no-random-pairs", lambda w: positions_figure.PositionsConfig(
-        n_random_pairs=0), ValueError, r"PositionsConfig\.n_random_pairs must be a positive int"),  # a NaN reference level, with NumPy's "Mean of empty slice"
+        n_random_pairs=0), ValueError, r"PositionsConfig\.n_random_pairs must be a positive int"),
+    # (that was a NaN reference level, with NumPy's "Mean of empty slice")
     ("thought-config-calibration-zero", lambda w: thought_figure.ThoughtConfig(
-        n_calibration=(0, 5)), ValueError, r"ThoughtConfig\.n_calibration\[0\] must be a positive int"),
+        n_calibration=(0, 5)), ValueError,
+     r"ThoughtConfig\.n_calibration\[0\] must be a positive int"),
     ("finetune-config-contexts-empty", lambda w: finetune_figure.FinetuneConfig(contexts=()),
      ValueError, r"FinetuneConfig\.contexts is empty"),
     ("order-config-lr-nan", lambda w: order_figure.OrderConfig(sgd_lr=float("nan")),

@@ -44,7 +44,9 @@ def delta_A(attn, n_heads, removed, query, *, scale=True, transpose=False, with_
     if mean:
         heads = heads / n
     concatenate_K_H = split_K_H or concat_K_H  # (B, H, K) -> (B, K, H) -> (B, H·K)
-    heads = numpy.swapaxes(heads, -1, -2).reshape(B, -1) if concatenate_K_H else heads.reshape(B, -1)
+    if concatenate_K_H:
+        heads = numpy.swapaxes(heads, -1, -2)
+    heads = heads.reshape(B, -1)
     return heads if skip_W_O else heads @ attn.W_O.T
 
 

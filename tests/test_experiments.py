@@ -1,8 +1,8 @@
 """The paper's experiments in their fast variant: every figure's numbers, the summary, the CLI.
 
 One module-scoped ``reproduce --fast`` run (the four briefly trained models of
-``experiments.models``, each shared by the figures that use it) feeds the tests; they check the numbers in the JSON files
-against what the theory says.
+``experiments.models``, each shared by the figures that use it) feeds the tests; they
+check the numbers in the JSON files against what the theory says.
 """
 
 from __future__ import annotations
@@ -558,7 +558,8 @@ def test_alignment_ceiling_is_the_largest_cosine_for_a_fixed_row():
     projector onto range(W)), and no other column c beats it."""
     rng = numpy.random.default_rng(5)
     B, M, D = 4, 7, 3
-    F, a, W = rng.standard_normal((B, M, D)), rng.standard_normal((B, D)), rng.standard_normal((M, D))
+    F, a = rng.standard_normal((B, M, D)), rng.standard_normal((B, D))
+    W = rng.standard_normal((M, D))
     projector = W @ numpy.linalg.pinv(W)  # (M, M) onto range(W)
     for Pi, given in ((numpy.eye(M), None), (projector, W)):
         ceiling = alignment_ceiling(F, 0.3 * a, given)  # only the row's direction counts

@@ -135,10 +135,10 @@ def _check(backward: Callable, label: str, seed: int,
             and values.dtype.kind == "f" and numpy.all(numpy.isfinite(values))
             and numpy.max(numpy.abs(values)) <= IDENTITY_RTOL * numpy.max(numpy.abs(expected))):
         raise ExerciseError(
-            f"dS is zero (to rounding): the columns of J = diag(p) − p pᵀ sum to zero"
-            f" (Σ_i J_ik = p_k − p_k Σ_i p_i = 0), so a sum of J ⊙ dp over its first index"
-            f" i (`numpy.sum(J * dp, axis=0)`) vanishes; ds_k = Σ_i J_ik dp_i pairs dp with"
-            f" that same index i: `J.T @ dp`")
+            "dS is zero (to rounding): the columns of J = diag(p) − p pᵀ sum to zero"
+            " (Σ_i J_ik = p_k − p_k Σ_i p_i = 0), so a sum of J ⊙ dp over its first index"
+            " i (`numpy.sum(J * dp, axis=0)`) vanishes; ds_k = Σ_i J_ik dp_i pairs dp with"
+            " that same index i: `J.T @ dp`")
     residual = check_array(
         "dS", answer, expected,
         mistakes=softmax_backward_mistakes(dprobs, probs), quiet=True,

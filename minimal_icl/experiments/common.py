@@ -95,7 +95,9 @@ def check_out_dir(out, name: str = "out") -> Path:
     if os.fspath(out) == "":
         raise ExperimentError(f"{name} is empty: give a folder path ('.' for the current folder)")
     if "\0" in str(path):
-        raise ExperimentError(f"{name} {str(path)!r} contains a NUL character, which no folder name holds")
+        raise ExperimentError(
+            f"{name} {str(path)!r} contains a NUL character, which no folder name holds"
+        )
     return path
 
 

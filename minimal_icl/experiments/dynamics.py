@@ -143,7 +143,8 @@ def plot(record: dict, path) -> None:
             label=r"$T_{W_i}(x)$: query alone, patched")
     ax.plot(i, d["prediction_prompt"], "-", color="C1", linewidth=1,
             label=r"$T_W(c_1..c_i, x)$: prefix prompt")
-    ax.axhline(head["target"], color="k", linestyle="--", linewidth=1, label=r"target $\langle w, x_q\rangle$")
+    ax.axhline(head["target"], color="k", linestyle="--", linewidth=1,
+               label=r"target $\langle w, x_q\rangle$")
     ax.set_xlabel("tokens consumed $i$")
     ax.set_ylabel("prediction")
     ax.set_title("(a) prediction along the path")

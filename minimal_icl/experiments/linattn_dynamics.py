@@ -27,7 +27,8 @@ The package's rules (not the paper's):
   than 0.5 % of tr Λ per ``window``; its level is the median loss over the run (extended
   by one window, the end of training at most); consecutive plateaus
   whose levels differ by less than 2 % of tr Λ are merged (the closest predicted levels,
-  L(M_{d−1}) and L(M_d), differ by 7 % of tr Λ). A drop is the passage between consecutive plateaus: drops = plateaus − 1;
+  L(M_{d−1}) and L(M_d), differ by 7 % of tr Λ). A drop is the passage between
+  consecutive plateaus: drops = plateaus − 1;
 * a plateau is assigned to m = the number of eigen-directions learned at its middle
   (p_d > 1/2); a plateau m that no run reaches is reported as absent (null), not forced;
 * the time of a drop is the first epoch whose held-out loss is below the midpoint of the
@@ -215,8 +216,8 @@ def drop_time(traj: la.Trajectory, level: float) -> float | None:
     """The first recorded epoch whose held-out loss is below ``level`` (None if never).
     traj a Trajectory (train_gd), level a finite number."""
     la._check_record("traj", traj, (la.Trajectory,), "train_gd")
-    if isinstance(level, bool) or not isinstance(level, (int, float, numpy.integer,
-                                                         numpy.floating)) or not numpy.isfinite(level):
+    number = (int, float, numpy.integer, numpy.floating)
+    if isinstance(level, bool) or not isinstance(level, number) or not numpy.isfinite(level):
         raise ValueError(f"drop_time: level must be a finite number, got {level!r}")
     below = traj.heldout_loss < level
     return float(traj.epochs[numpy.argmax(below)]) if numpy.any(below) else None
