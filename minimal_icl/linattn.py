@@ -58,6 +58,7 @@ from .validation import (
     check_positive_float,
     check_positive_int,
     check_seed,
+    host_real_array,
 )
 
 __all__ = [
@@ -223,15 +224,7 @@ def _check_eigenvalues(eigenvalues, d: int | None = None) -> numpy.ndarray:
     dropped), booleans or text, a ValueError unless they are (d of) finite positive
     numbers in one axis."""
     want = "a non-empty list of" if d is None else f"{d}"
-    try:
-        values = numpy.asarray(eigenvalues)
-    except (TypeError, ValueError):  # a ragged list
-        raise ValueError(f"eigenvalues must be {want} finite positive numbers, got"
-                         f" {eigenvalues!r}") from None
-    if values.dtype.kind not in "iuf":
-        raise TypeError(f"eigenvalues must be real numbers, got dtype {values.dtype}"
-                        f" ({eigenvalues!r})")
-    lam = numpy.sort(values.astype(numpy.float64))[::-1]
+    lam = numpy.sort(host_real_array("eigenvalues", eigenvalues))[::-1]
     if (lam.ndim != 1 or lam.size == 0 or (d is not None and lam.shape != (d,))
             or not numpy.all((lam > 0) & numpy.isfinite(lam))):
         raise ValueError(f"eigenvalues must be {want} finite positive numbers, got"

@@ -1140,6 +1140,25 @@ def check_step_size(eta, name: str = "eta") -> float:
     return float(eta)
 
 
+def host_real_array(name: str, values) -> numpy.ndarray:
+    """``values`` (a list, a NumPy array of floats or ints) as a float64 NumPy array, or an
+    error naming ``name``: a ValueError for a ragged list, a TypeError for complex numbers
+    (their imaginary part would be dropped), booleans, text or Python objects. For the
+    small host arrays of the figures and the closed forms; shapes are the caller's."""
+    try:
+        array = numpy.asarray(values)
+    except (TypeError, ValueError):  # a ragged list, say
+        raise ValueError(
+            f"{name} must be an array of numbers, got a {type(values).__name__} that is not"
+            " rectangular"
+        ) from None
+    if array.dtype.kind not in "iuf":
+        raise TypeError(
+            f"{name} must hold real numbers, got dtype {array.dtype}: {_dtype_problem(array.dtype)}"
+        )
+    return array.astype(numpy.float64)
+
+
 def check_theta0(theta0, d: int) -> numpy.ndarray:
     """θ_0, the initial weights of explicit gradient descent, as a host (1, d) float64 row:
     None (θ_0 = 0), or d finite real numbers of shape (d,) or (1, d) (a list, a NumPy
@@ -1153,21 +1172,9 @@ def check_theta0(theta0, d: int) -> numpy.ndarray:
         from .backend import to_device  # an array of another library, brought to the host
 
         theta0 = to_device(theta0, "numpy")
-    try:
-        values = numpy.asarray(theta0)
-    except (TypeError, ValueError):  # a ragged list, say
-        raise ValueError(
-            f"theta0 must be {d} real numbers of shape ({d},) or (1, {d}), got a"
-            f" {type(theta0).__name__} that is not rectangular"
-        ) from None
-    if values.dtype.kind not in "iuf":
-        raise TypeError(
-            f"theta0 must hold real numbers (the initial weights θ_0), got dtype"
-            f" {values.dtype}: {_dtype_problem(values.dtype)}"
-        )
+    values = host_real_array("theta0", theta0)  # the initial weights θ_0
     if values.shape not in ((d,), (1, d)):
         raise ValueError(f"theta0 must have shape ({d},) or (1, {d}), got {values.shape}")
-    values = values.astype(numpy.float64)
     if not numpy.all(numpy.isfinite(values)):
         raise ValueError("theta0 contains NaN or infinity")
     return values.reshape(1, d)

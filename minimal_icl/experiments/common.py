@@ -23,6 +23,7 @@ from ..backend import Array, namespace
 from ..validation import (
     _is_integer,
     check_bool,
+    host_real_array,
     check_non_negative,
     check_non_negative_int,
     check_positive_float,
@@ -186,16 +187,9 @@ def cos_frobenius(A: Array, B: Array) -> Array:
 
 
 def _real_array(function: str, name: str, values) -> numpy.ndarray:
-    """``values`` as a float64 host array, or an error naming ``name``: a TypeError for
-    complex numbers, booleans or text, a ValueError for a ragged list."""
-    try:
-        values = numpy.asarray(values)
-    except (TypeError, ValueError):
-        raise ValueError(f"{function}: {name} must be an array of numbers, got a"
-                         f" {type(values).__name__} that is not rectangular") from None
-    if values.dtype.kind not in "iuf":
-        raise TypeError(f"{function}: {name} must hold real numbers, got dtype {values.dtype}")
-    return values.astype(numpy.float64)
+    """``values`` as a float64 host array, or an error naming ``function: name``
+    (:func:`minimal_icl.validation.host_real_array`)."""
+    return host_real_array(f"{function}: {name}", values)
 
 
 def _check_matrices(A, B) -> None:

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 import numpy
 
 from .. import linattn as la
-from ..validation import check_bool, check_non_negative, check_positive_int
+from ..validation import check_bool, check_non_negative, check_positive_int, host_real_array
 from .common import (QUIET, Progress, check_config_record, check_seed, new_figure,
                      prepare_out_dir, save_figure, write_json)
 
@@ -117,9 +117,7 @@ def _curve(function: str, epochs, loss=None):
     for name, values in (("epochs", epochs), ("loss", loss)):
         if name == "loss" and values is None:
             continue
-        values = numpy.asarray(values)
-        if values.dtype.kind not in "iuf":
-            raise TypeError(f"{function}: {name} must hold real numbers, got dtype {values.dtype}")
+        values = host_real_array(f"{function}: {name}", values)
         if values.ndim != 1 or values.shape[0] < 1:
             raise ValueError(f"{function}: {name} must be a non-empty 1-d array, got shape"
                              f" {values.shape}")
