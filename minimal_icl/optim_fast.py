@@ -20,6 +20,7 @@ the vector it keeps, and the new records come from a function of that vector bui
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from .backend import namespace, reshape
 from .optim import AdamState, _arrays  # the arrays of a tree, in optim.flatten's order
@@ -32,27 +33,38 @@ from .validation import (
 )
 
 _LAYOUTS: dict = {}  # the leaves' shapes -> [(start, stop, shape)]
-# The parameters adam_step_fast returned last, their layout, the vector they are views of,
-# the state it returned, the function that made those views (:func:`_views`) and the
-# arrays' shapes in the layout's order (what the gradients must have): given
-# those parameters back (the training loop's next step), it reads that vector instead of
-# walking and concatenating them anew, that state (m and v of the layout's size by
-# construction) needs no check, and the new parameters come from the same function.
-_LAST: list = [None, None, None, None, None, None]
 
 
-def _layout(arrays: list) -> list:
-    """[(start, stop, shape)] of ``arrays`` in one vector, computed once per list of shapes."""
-    key = tuple(tuple(a.shape) for a in arrays)
-    spans = _LAYOUTS.get(key)
+class _Returned(NamedTuple):
+    """What :func:`adam_step_fast` returned last, and how: given those parameters back (the
+    training loop's next step), it reads their vector instead of walking and
+    concatenating them anew, that state (m and v of the layout's size by construction)
+    needs no check, and the new parameters come from the same view function."""
+
+    params: object  # the parameters returned, views of theta
+    shapes: tuple  # their arrays' shapes in the layout's order (what the gradients must have)
+    spans: list  # the layout: (start, stop, shape) per array
+    theta: object  # (n_params,) the vector they are views of
+    state: AdamState  # the state returned
+    views: object  # the function of theta that made them (:func:`_views`)
+
+
+_LAST = [None]  # the last call's _Returned
+
+
+def _layout(arrays: list) -> tuple[tuple, list]:
+    """(shapes, [(start, stop, shape)]) of ``arrays`` in one vector, the spans computed
+    once per list of shapes."""
+    shapes = tuple(tuple(a.shape) for a in arrays)
+    spans = _LAYOUTS.get(shapes)
     if spans is None:
         spans, start = [], 0
-        for shape in key:
+        for shape in shapes:
             size = math.prod(shape)
             spans.append((start, start + size, shape))
             start += size
-        _LAYOUTS[key] = spans
-    return spans
+        _LAYOUTS[shapes] = spans
+    return shapes, spans
 
 
 def _views(like, spans):
@@ -89,23 +101,23 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
     beta1 = check_fraction("beta1", beta1)
     beta2 = check_fraction("beta2", beta2)
     eps = check_positive_float("eps", eps)
-    if params is _LAST[0]:  # params are views of theta
-        spans, theta, views, shapes = _LAST[1], _LAST[2], _LAST[4], _LAST[5]
+    last = _LAST[0]
+    if last is not None and params is last.params:  # params are views of last.theta
+        shapes, spans, theta, views = last.shapes, last.spans, last.theta, last.views
         dtype = theta.dtype
     else:
         p_arrays = _arrays(params)
-        spans = _layout(p_arrays)
+        shapes, spans = _layout(p_arrays)
         theta = None
         views = _views(params, iter(spans))
-        shapes = [shape for _, _, shape in spans]
         dtype = p_arrays[0].dtype
-    if state is not _LAST[3] or theta is None:
+    if theta is None or state is not last.state:
         check_adam_state(state, params, spans[-1][1], dtype)
     xp = namespace(state.m)
     if theta is None:
         theta = xp.concat(p_arrays, axis=None)  # (n_params,) the arrays flattened, in order
     g_arrays = _arrays(grads)
-    if [getattr(a, "shape", None) for a in g_arrays] != shapes:
+    if tuple(getattr(a, "shape", None) for a in g_arrays) != shapes:
         check_same_tree("grads", grads, "params", params)  # names the difference
     g = xp.concat(g_arrays, axis=None)  # (n_params,)
     if g.dtype != dtype:
@@ -119,5 +131,5 @@ def adam_step_fast(params, grads, state: AdamState, lr: float, beta1=0.9, beta2=
     theta = theta - alpha * m / (xp.sqrt(v) + eps_hat)
     new_params = views(theta)
     new_state = AdamState(m=m, v=v, step=t)
-    _LAST[:] = [new_params, spans, theta, new_state, views, shapes]
+    _LAST[0] = _Returned(new_params, shapes, spans, theta, new_state, views)
     return new_params, new_state
