@@ -231,8 +231,7 @@ def numpy_by_hand_step(workload: Workload, dtype: str):
         raise ValueError("the NumPy step by hand is written for the paper's block only")
     B, T, D = workload.batch_size, workload.n_context + 1, c.d_token
     H, K, M = c.n_heads, c.d_head, c.d_mlp
-    leaves = [a for _, a in tree_leaves(init_params(c, seed=0, dtype=dtype))]
-    names = [name for name, _ in tree_leaves(init_params(c, seed=0, dtype=dtype))]
+    names, leaves = zip(*tree_leaves(init_params(c, seed=0, dtype=dtype)))
     assert [n.rsplit(".", 1)[-1] for n in names] == [
         "W_Q", "W_K", "W_V", "W_O", "W1", "b1", "W2", "b2"], names  # fmt: skip
     ends = numpy.cumsum([0] + [a.size for a in leaves]).tolist()
