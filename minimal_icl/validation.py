@@ -31,7 +31,7 @@ the layers never see one). The functions a user calls check their arguments here
                             check_same_tree, check_adam_state, check_sgd_state,
                             check_flat_vector
     init_params, data       check_config, check_model_size, check_seed, check_generator,
-                            check_positive_int,
+                            check_positive_int, check_device,
                             check_non_negative, check_float_dtype, check_namespace,
                             check_batch, check_batch_finite, check_prompt_parts,
                             check_result_finite, check_theta0, check_prediction_finite;
@@ -43,6 +43,8 @@ the layers never see one). The functions a user calls check their arguments here
     save_checkpoint, the command line
                             check_writable_file
     relative_residual       check_same_shape
+    θ_0, the figures' curves, linattn's eigenvalues
+                            host_real_array (small host arrays of real numbers)
 
 Every check raises a ValueError or a TypeError (TypeError for an argument of the wrong
 kind: an integer or complex dtype, an int where a sequence is needed, a string where a
